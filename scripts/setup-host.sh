@@ -1,0 +1,101 @@
+#!/usr/bin/env bash
+# Prepare this host for bmslice development and CI (Debian 12, root, no systemd).
+# Idempotent and safe to run repeatedly:
+#   - installs the Debian packages (libvirt, QEMU/KVM, hwloc, genisoimage, build deps)
+#   - creates .venv and installs the project with the dev + libvirt extras
+#   - starts virtlogd/libvirtd (scripts/start-libvirtd.sh)
+#   - ensures the libvirt storage pool 'default' (dir, /var/lib/libvirt/images) is active
+set -euo pipefail
+
+REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$REPO_ROOT"
+
+log() { printf '[setup-host] %s\n' "$*"; }
+t0=$SECONDS
+
+if [[ $(id -u) -ne 0 ]]; then
+    echo "setup-host.sh must run as root" >&2
+    exit 1
+fi
+
+# --- 1. Debian packages -----------------------------------------------------------------
+PACKAGES=(
+    libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients
+    qemu-system-x86 qemu-utils libvirt-dev pkg-config hwloc genisoimage
+    gcc make
+)
+missing=()
+for pkg in "${PACKAGES[@]}"; do
+    status=$(dpkg-query -W -f='${db:Status-Status}' "$pkg" 2>/dev/null || true)
+    [[ $status == installed ]] || missing+=("$pkg")
+done
+if [[ ${#missing[@]} -gt 0 ]]; then
+    log "installing Debian packages: ${missing[*]}"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+    log "packages installed ($((SECONDS - t0)) s)"
+else
+    log "Debian packages already installed"
+fi
+
+# --- 2. Python venv -----------------------------------------------------------------------
+PYTHON=""
+for cand in python3.11 python3; do
+    if command -v "$cand" >/dev/null 2>&1 &&
+        "$cand" -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else 1)' 2>/dev/null; then
+        PYTHON=$cand
+        break
+    fi
+done
+if [[ -z $PYTHON ]]; then
+    echo "setup-host.sh: need Python >= 3.11 as python3.11 or python3" >&2
+    exit 1
+fi
+
+VENV="$REPO_ROOT/.venv"
+if [[ ! -x $VENV/bin/python ]]; then
+    log "creating .venv with $($PYTHON --version)"
+    "$PYTHON" -m venv "$VENV"
+fi
+
+# Reinstall only when pyproject.toml changed or the install is broken.
+STAMP="$VENV/.bmslice-install-stamp"
+want=$(sha256sum pyproject.toml | cut -d' ' -f1)
+have=$(cat "$STAMP" 2>/dev/null || true)
+if [[ $want != "$have" ]] ||
+    ! "$VENV/bin/python" -c 'import bmslice, libvirt' >/dev/null 2>&1 ||
+    [[ ! -x $VENV/bin/pytest || ! -x $VENV/bin/ruff || ! -x $VENV/bin/mypy ]]; then
+    log "pip install -e '.[dev,libvirt]' (libvirt-python builds from source, ~20-60 s)"
+    "$VENV/bin/python" -m pip install -q --disable-pip-version-check -e '.[dev,libvirt]'
+    printf '%s\n' "$want" >"$STAMP"
+    log "venv ready ($((SECONDS - t0)) s)"
+else
+    log ".venv up to date"
+fi
+
+# --- 3. libvirt daemons ----------------------------------------------------------------------
+bash "$REPO_ROOT/scripts/start-libvirtd.sh"
+
+# --- 4. storage pool 'default' ---------------------------------------------------------------
+URI="qemu:///system"
+POOL_DIR=/var/lib/libvirt/images
+mkdir -p "$POOL_DIR"
+if ! virsh -c "$URI" pool-info default >/dev/null 2>&1; then
+    virsh -q -c "$URI" pool-define-as default dir --target "$POOL_DIR" >/dev/null
+    log "defined storage pool 'default' ($POOL_DIR)"
+fi
+pool_info() { virsh -c "$URI" pool-info default 2>/dev/null || true; }
+# (captured first: `virsh | grep -q` trips pipefail when grep exits early)
+info=$(pool_info)
+if ! grep -Eq '^State:[[:space:]]+running' <<<"$info"; then
+    virsh -q -c "$URI" pool-build default >/dev/null 2>&1 || true
+    virsh -q -c "$URI" pool-start default >/dev/null
+    log "started storage pool 'default'"
+fi
+if ! grep -Eq '^Autostart:[[:space:]]+yes' <<<"$info"; then
+    virsh -q -c "$URI" pool-autostart default >/dev/null
+fi
+log "storage pool 'default' active at $POOL_DIR"
+
+log "done in $((SECONDS - t0)) s"

@@ -1,0 +1,38 @@
+"""Where the CLI reads a host from: a sysfs tree, a libvirt connection or an hwloc XML file."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from bmslice.errors import TopologyError
+from bmslice.model.topology import HostTopology
+
+
+def add_source_args(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument("--host-root", type=Path, metavar="DIR", help="read DIR/sys and DIR/proc (default /)")
+    group.add_argument("--connect", metavar="URI", help="read the host through libvirt (e.g. qemu+ssh://host/system)")
+    group.add_argument("--hwloc", type=Path, metavar="FILE", help="read an `lstopo --of xml` file")
+
+
+def read_topology(args: argparse.Namespace) -> HostTopology:
+    if getattr(args, "hwloc", None) is not None:
+        from bmslice.topology.hwloc import topology_from_hwloc
+
+        path: Path = args.hwloc
+        try:
+            data = path.read_bytes()
+        except OSError as exc:
+            raise TopologyError(f"{path}: cannot read hwloc XML: {exc.strerror or exc}") from None
+        return topology_from_hwloc(data, source=str(path))
+    if getattr(args, "connect", None):
+        from bmslice.apply.connection import read_libvirt_topology
+
+        return read_libvirt_topology(args.connect)
+    from bmslice.topology.sysfs import read_host_tree
+
+    root: Path = args.host_root or Path("/")
+    if not root.is_dir():
+        raise TopologyError(f"--host-root {root}: no such directory")
+    return read_host_tree(root)

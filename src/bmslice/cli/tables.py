@@ -1,0 +1,89 @@
+"""Readable (rich) views of a topology and a plan. Printing happens only in the CLI layer."""
+
+from __future__ import annotations
+
+from rich.console import Console, Group
+from rich.table import Table
+from rich.text import Text
+
+from bmslice.cpuset import CpuSet
+from bmslice.model.plan import Plan
+from bmslice.model.sizes import format_mib
+from bmslice.model.topology import HostTopology
+
+
+def topology_view(topo: HostTopology) -> Group:
+    head = Text(
+        f"{topo.hostname or 'host'}: {topo.cpu_model or topo.cpu_vendor}, {len(topo.packages)} socket(s), "
+        f"{len(topo.numa_nodes)} NUMA node(s), {len(topo.cores)} cores, {len(topo.online_cpus)} CPUs online "
+        f"(SMT {'on' if topo.smt else 'off'}), IOMMU {_tri(topo.iommu_active)}"
+    )
+    nodes = Table(title="NUMA nodes", title_justify="left")
+    for col in ("node", "CPUs", "cores (sibling sets)", "memory", "hugepages total/free"):
+        nodes.add_column(col)
+    for node in topo.numa_nodes:
+        cores = [c for c in topo.cores if c.node == node.id]
+        pages = ", ".join(f"{h.size_kib}k: {h.total}/{h.free}" for h in node.hugepages) or "-"
+        nodes.add_row(
+            str(node.id), node.cpus.format(), " ".join(f"({c.cpus})" for c in cores), format_mib(node.memory_mib), pages
+        )
+    nics = Table(title="Network PCI devices", title_justify="left")
+    for col in ("address", "interfaces", "NUMA", "IOMMU group", "driver", "SR-IOV VFs", "note"):
+        nics.add_column(col)
+    for dev in topo.pci_devices:
+        if not dev.is_network:
+            continue
+        note = "default route" if topo.default_route_interface in dev.interfaces else ""
+        if dev.physfn:
+            note = f"VF of {dev.physfn}"
+        nics.add_row(
+            dev.address,
+            ",".join(dev.interfaces) or "-",
+            _tri(dev.numa_node),
+            _tri(dev.iommu_group),
+            dev.driver or "-",
+            f"{dev.sriov_numvfs}/{dev.sriov_totalvfs}" if dev.sriov_totalvfs else "-",
+            note,
+        )
+    tail = Text(f"kernel cmdline: {topo.kernel_cmdline or '(unknown)'}")
+    warnings = [Text(f"warning: {w}", style="yellow") for w in topo.warnings]
+    return Group(head, nodes, nics, tail, *warnings)
+
+
+def _tri(value: object) -> str:
+    return "unknown" if value is None else ("yes" if value is True else "no" if value is False else str(value))
+
+
+def plan_view(plan: Plan) -> Group:
+    host = plan.host
+    head = Table(title="Host", title_justify="left", show_header=False)
+    head.add_column()
+    head.add_column()
+    head.add_row("reserved CPUs (host OS, IRQs)", host.reserved_cpus.format())
+    head.add_row("isolated CPUs", host.isolated_cpus.format() or "-")
+    head.add_row("kernel args", " ".join(host.kernel_args))
+    head.add_row("reboot required", "yes: " + " ".join(host.missing_kernel_args) if host.reboot_required else "no")
+    parts: list[Table | Text] = [head]
+    for vm in plan.vms:
+        table = Table(title=f"{vm.name} (NUMA node {','.join(map(str, vm.numa_nodes))})", title_justify="left")
+        table.add_column("guest vCPU")
+        table.add_column("host CPU")
+        table.add_column("host core")
+        for i, cpu in enumerate(vm.vcpu_pins):
+            core = next((c for c in vm.cores if cpu in c), CpuSet.of(cpu))
+            table.add_row(str(i), str(cpu), f"({core})")
+        table.add_row("emulator", vm.emulator_cpus.format(), vm.emulator_policy)
+        if vm.iothreads:
+            table.add_row(f"IOThreads x{vm.iothreads}", vm.iothread_cpus.format(), "")
+        t = vm.guest_topology
+        table.caption = (
+            f"memory {format_mib(vm.memory_mib)}, guest topology {t.sockets} socket x {t.cores} cores x "
+            f"{t.threads} threads, devices: {', '.join(d.address + (' ' + d.interface if d.interface else '') for d in vm.devices) or 'none'}"
+        )
+        parts.append(table)
+    parts.extend(Text(f"warning: {w}", style="yellow") for w in plan.warnings)
+    return Group(*parts)
+
+
+def console() -> Console:
+    return Console(highlight=False, soft_wrap=False)

@@ -1,0 +1,21 @@
+"""Errors bmslice raises on purpose; the CLI turns each into one `error: ...` line and exit 2."""
+
+
+class BmsliceError(Exception):
+    """Base of every error meant for the user, never a traceback."""
+
+
+class TopologyError(BmsliceError):
+    """The host could not be read (missing tree, unreachable libvirt, unparsable XML)."""
+
+
+class SpecError(BmsliceError):
+    """The slicing spec is malformed: names file, field and reason."""
+
+
+class PlanError(BmsliceError):
+    """No valid layout exists: names the resource that fell short and by how much."""
+
+
+class ApplyError(BmsliceError):
+    """A change to the host failed or was refused; the host was left as it was."""

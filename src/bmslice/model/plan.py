@@ -1,0 +1,177 @@
+"""The plan: every decision bmslice made, as frozen values that render and verify read.
+
+`plan_to_dict` gives the JSON form (`bmslice plan --json`) and `plan_from_dict` reads it
+back, so an applied layout can be recorded on the host and kept stable on re-planning.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from bmslice.cpuset import CpuSet
+
+
+@dataclass(frozen=True)
+class GuestTopology:
+    sockets: int
+    cores: int
+    threads: int
+    dies: int = 1
+
+
+@dataclass(frozen=True)
+class DeviceAssignment:
+    address: str
+    type: str  # "passthrough"
+    numa_node: int | None
+    interface: str | None = None
+    driver: str | None = None  # the host driver it had at discovery
+
+
+@dataclass(frozen=True)
+class NodeHugepages:
+    node: int
+    size_kib: int
+    pages: int
+
+
+@dataclass(frozen=True)
+class VmPlan:
+    name: str
+    numa_nodes: tuple[int, ...]
+    vcpu_pins: tuple[int, ...]  # host CPU of guest vCPU 0, 1, ...
+    emulator_cpus: CpuSet
+    iothread_cpus: CpuSet
+    iothreads: int
+    guest_topology: GuestTopology
+    memory_mib: int
+    hugepage_kib: int | None
+    cores: tuple[CpuSet, ...]  # whole host cores this VM owns (vCPU cores + dedicated emulator core)
+    emulator_policy: str
+    devices: tuple[DeviceAssignment, ...] = ()
+    disable_cpu_features: tuple[str, ...] = ()
+    domain_type: str = "kvm"
+    warnings: tuple[str, ...] = ()
+
+    @property
+    def vcpus(self) -> int:
+        return len(self.vcpu_pins)
+
+    @property
+    def vcpu_cpus(self) -> CpuSet:
+        return CpuSet.from_iter(self.vcpu_pins)
+
+    @property
+    def owned_cpus(self) -> CpuSet:
+        return CpuSet.union(self.cores)
+
+
+@dataclass(frozen=True)
+class HostPlan:
+    reserved_cpus: CpuSet
+    isolated_cpus: CpuSet
+    kernel_args: tuple[str, ...]
+    reboot_required: bool
+    missing_kernel_args: tuple[str, ...] = ()
+    hugepages: tuple[NodeHugepages, ...] = ()
+    cpu_vendor: str = ""
+
+
+@dataclass(frozen=True)
+class Plan:
+    host: HostPlan
+    vms: tuple[VmPlan, ...]
+    warnings: tuple[str, ...] = field(default=())
+
+    def vm(self, name: str) -> VmPlan:
+        for vm in self.vms:
+            if vm.name == name:
+                return vm
+        raise KeyError(name)
+
+
+def _vm_to_dict(vm: VmPlan) -> dict[str, Any]:
+    return {
+        "name": vm.name,
+        "numa_nodes": list(vm.numa_nodes),
+        "vcpu_pins": list(vm.vcpu_pins),
+        "emulator_cpus": vm.emulator_cpus.sorted(),
+        "iothread_cpus": vm.iothread_cpus.sorted(),
+        "iothreads": vm.iothreads,
+        "emulator_policy": vm.emulator_policy,
+        "cores": [core.sorted() for core in vm.cores],
+        "guest_topology": {
+            "sockets": vm.guest_topology.sockets,
+            "dies": vm.guest_topology.dies,
+            "cores": vm.guest_topology.cores,
+            "threads": vm.guest_topology.threads,
+        },
+        "memory_mib": vm.memory_mib,
+        "hugepage_kib": vm.hugepage_kib,
+        "devices": [
+            {"address": d.address, "type": d.type, "numa_node": d.numa_node, "interface": d.interface, "driver": d.driver}
+            for d in vm.devices
+        ],
+        "disable_cpu_features": list(vm.disable_cpu_features),
+        "domain_type": vm.domain_type,
+        "warnings": list(vm.warnings),
+    }
+
+
+def plan_to_dict(plan: Plan) -> dict[str, Any]:
+    host = plan.host
+    return {
+        "host": {
+            "cpu_vendor": host.cpu_vendor,
+            "reserved_cpus": host.reserved_cpus.sorted(),
+            "isolated_cpus": host.isolated_cpus.sorted(),
+            "kernel_args": list(host.kernel_args),
+            "reboot_required": host.reboot_required,
+            "missing_kernel_args": list(host.missing_kernel_args),
+            "hugepages": [{"node": h.node, "size_kib": h.size_kib, "pages": h.pages} for h in host.hugepages],
+        },
+        "vms": [_vm_to_dict(vm) for vm in plan.vms],
+        "warnings": list(plan.warnings),
+    }
+
+
+def vm_from_dict(data: dict[str, Any]) -> VmPlan:
+    topo = data["guest_topology"]
+    return VmPlan(
+        name=data["name"],
+        numa_nodes=tuple(data["numa_nodes"]),
+        vcpu_pins=tuple(data["vcpu_pins"]),
+        emulator_cpus=CpuSet.from_iter(data["emulator_cpus"]),
+        iothread_cpus=CpuSet.from_iter(data["iothread_cpus"]),
+        iothreads=data["iothreads"],
+        guest_topology=GuestTopology(topo["sockets"], topo["cores"], topo["threads"], topo.get("dies", 1)),
+        memory_mib=data["memory_mib"],
+        hugepage_kib=data.get("hugepage_kib"),
+        cores=tuple(CpuSet.from_iter(c) for c in data["cores"]),
+        emulator_policy=data["emulator_policy"],
+        devices=tuple(
+            DeviceAssignment(d["address"], d["type"], d.get("numa_node"), d.get("interface"), d.get("driver"))
+            for d in data.get("devices", [])
+        ),
+        disable_cpu_features=tuple(data.get("disable_cpu_features", [])),
+        domain_type=data.get("domain_type", "kvm"),
+        warnings=tuple(data.get("warnings", [])),
+    )
+
+
+def plan_from_dict(data: dict[str, Any]) -> Plan:
+    host = data["host"]
+    return Plan(
+        host=HostPlan(
+            reserved_cpus=CpuSet.from_iter(host["reserved_cpus"]),
+            isolated_cpus=CpuSet.from_iter(host["isolated_cpus"]),
+            kernel_args=tuple(host["kernel_args"]),
+            reboot_required=host["reboot_required"],
+            missing_kernel_args=tuple(host.get("missing_kernel_args", [])),
+            hugepages=tuple(NodeHugepages(h["node"], h["size_kib"], h["pages"]) for h in host.get("hugepages", [])),
+            cpu_vendor=host.get("cpu_vendor", ""),
+        ),
+        vms=tuple(vm_from_dict(vm) for vm in data["vms"]),
+        warnings=tuple(data.get("warnings", [])),
+    )

@@ -1,0 +1,214 @@
+"""The slicing spec: what the user asks for, validated strictly at load time.
+
+Unknown keys, non-positive counts, bad sizes, bad PCI addresses and duplicate names are
+refused with one line naming the file, the field and the reason.
+"""
+
+from __future__ import annotations
+
+import re
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated, Any
+
+import yaml
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from bmslice.cpuset import CpuListError, CpuSet
+from bmslice.errors import SpecError
+from bmslice.model.sizes import parse_size_mib
+
+PCI_ADDRESS_RE = re.compile(r"^(?:([0-9a-fA-F]{4}):)?([0-9a-fA-F]{2}):([0-9a-fA-F]{2})\.([0-7])$")
+IFNAME_RE = re.compile(r"^[A-Za-z0-9_.@-]{1,15}$")
+VM_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]{0,63}$")
+CPU_FEATURE_RE = re.compile(r"^[a-z0-9][a-z0-9_.-]*$")
+
+
+def canonical_pci_address(text: str) -> str | None:
+    """ "01:00.0" -> "0000:01:00.0"; None when `text` is not a PCI address."""
+    match = PCI_ADDRESS_RE.match(text.strip())
+    if not match:
+        return None
+    domain, bus, slot, func = match.groups()
+    return f"{(domain or '0000').lower()}:{bus.lower()}:{slot.lower()}.{func}"
+
+
+def _size(value: Any) -> int:
+    if not isinstance(value, str | int):
+        raise ValueError(f"expected a size such as 8GiB, got {value!r}")
+    return parse_size_mib(value)
+
+
+SizeMiB = Annotated[int, BeforeValidator(_size)]
+
+
+class EmulatorPolicy(StrEnum):
+    DEDICATED = "dedicated"  # one whole core of the VM's node for emulator + IOThreads
+    HOST = "host"  # share the host-reserved CPUs of the VM's node
+
+
+class HugepageSize(StrEnum):
+    NONE = "none"
+    SIZE_2M = "2M"
+    SIZE_1G = "1G"
+
+    @property
+    def kib(self) -> int | None:
+        return {"none": None, "2M": 2048, "1G": 1048576}[self.value]
+
+
+class NicNumaPolicy(StrEnum):
+    PREFER = "prefer"  # a cross-NUMA NIC is a warning
+    REQUIRE = "require"  # a cross-NUMA NIC is a refusal
+
+
+class IsolateScope(StrEnum):
+    ALL = "all"  # every online CPU the host does not keep: a later slice needs no reboot
+    VMS = "vms"  # only the CPUs planned for VMs
+
+
+class DomainType(StrEnum):
+    KVM = "kvm"
+    QEMU = "qemu"  # TCG, for machines without /dev/kvm
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class HostSpec(_Strict):
+    reserved_cores_per_node: int = Field(default=1, ge=0)
+    reserved_cpus: str | None = None  # explicit list instead of reserved_cores_per_node
+    reserved_memory_per_node: SizeMiB = 2048
+    nic_numa_policy: NicNumaPolicy = NicNumaPolicy.PREFER
+    isolate: IsolateScope = IsolateScope.ALL
+    allow_management_nic: bool = False
+    domain_type: DomainType = DomainType.KVM
+
+    @field_validator("reserved_cpus")
+    @classmethod
+    def _cpu_list(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        try:
+            cpus = CpuSet.parse(str(value))
+        except CpuListError as exc:
+            raise ValueError(str(exc)) from None
+        if not cpus:
+            raise ValueError("must name at least one CPU")
+        return cpus.format()
+
+    @property
+    def reserved_cpuset(self) -> CpuSet | None:
+        return CpuSet.parse(self.reserved_cpus) if self.reserved_cpus is not None else None
+
+
+class NicSpec(_Strict):
+    passthrough: str
+
+    @field_validator("passthrough")
+    @classmethod
+    def _device(cls, value: str) -> str:
+        value = value.strip()
+        if canonical_pci_address(value):
+            return canonical_pci_address(value) or value
+        if ":" in value or not IFNAME_RE.match(value):
+            raise ValueError(f"{value!r} is neither an interface name nor a PCI address like 0000:01:00.0")
+        return value
+
+
+class VmSpec(_Strict):
+    name: str
+    vcpus: int = Field(gt=0, le=4096)
+    memory: SizeMiB
+    numa_node: int | None = Field(default=None, ge=0)
+    emulator: EmulatorPolicy = EmulatorPolicy.DEDICATED
+    iothreads: int = Field(default=1, ge=0, le=64)
+    hugepages: HugepageSize = HugepageSize.NONE
+    disable_cpu_features: tuple[str, ...] = ()
+    nics: tuple[NicSpec, ...] = ()
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, value: str) -> str:
+        if not VM_NAME_RE.match(value):
+            raise ValueError(f"{value!r} is not a valid domain name (letters, digits, '_', '.', '+', '-'; max 64)")
+        return value
+
+    @field_validator("disable_cpu_features")
+    @classmethod
+    def _features(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for feature in value:
+            if not CPU_FEATURE_RE.match(feature):
+                raise ValueError(f"{feature!r} is not a CPU feature name")
+        return value
+
+    @model_validator(mode="after")
+    def _hugepage_memory(self) -> VmSpec:
+        page_kib = self.hugepages.kib
+        if page_kib and (self.memory * 1024) % page_kib:
+            raise ValueError(f"memory {self.memory} MiB is not a whole number of {self.hugepages.value} hugepages")
+        return self
+
+
+class Spec(_Strict):
+    host: HostSpec = HostSpec()
+    vms: tuple[VmSpec, ...] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _unique_names(self) -> Spec:
+        seen: set[str] = set()
+        for vm in self.vms:
+            if vm.name in seen:
+                raise ValueError(f"duplicate VM name {vm.name!r}")
+            seen.add(vm.name)
+        return self
+
+    def vm(self, name: str) -> VmSpec:
+        for vm in self.vms:
+            if vm.name == name:
+                return vm
+        raise KeyError(name)
+
+
+def _location(loc: tuple[int | str, ...]) -> str:
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out or "(top level)"
+
+
+def _reason(error: Any) -> str:
+    kind = error["type"]
+    if kind == "extra_forbidden":
+        return "unknown key"
+    if kind == "missing":
+        return "required field is missing"
+    msg = str(error["msg"])
+    return msg.removeprefix("Value error, ")
+
+
+def spec_from_data(data: Any, origin: str) -> Spec:
+    """Validate already-parsed data; errors name `origin`, the field and the reason."""
+    if not isinstance(data, dict):
+        raise SpecError(f"{origin}: the spec must be a mapping with 'vms' (and optionally 'host')")
+    try:
+        return Spec.model_validate(data)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        raise SpecError(f"{origin}: {_location(tuple(first['loc']))}: {_reason(first)}") from None
+
+
+def load_spec(path: Path) -> Spec:
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise SpecError(f"{path}: cannot read spec: {exc.strerror or exc}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark is not None else ""
+        problem = getattr(exc, "problem", None) or "invalid YAML"
+        raise SpecError(f"{path}: YAML error{where}: {problem}") from None
+    return spec_from_data(data, str(path))

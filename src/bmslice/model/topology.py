@@ -1,0 +1,240 @@
+"""The host as bmslice sees it: one typed, frozen model whatever the source.
+
+Every reader (sysfs tree, libvirt capabilities + node devices, hwloc XML) returns a
+`HostTopology`; the planner only ever sees this model. OS CPU numbers are kept as the
+kernel gives them: no logical renumbering.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from functools import cached_property
+from typing import Any
+
+from bmslice.cpuset import CpuSet
+
+NETWORK_CLASS_PREFIX = "0x02"
+BRIDGE_CLASS_PREFIX = "0x0604"
+
+
+@dataclass(frozen=True)
+class Cpu:
+    id: int
+    package: int
+    core: int
+    node: int | None
+    siblings: CpuSet
+    online: bool = True
+    die: int = 0
+
+
+@dataclass(frozen=True)
+class Hugepages:
+    size_kib: int
+    total: int
+    free: int
+
+
+@dataclass(frozen=True)
+class NumaNode:
+    id: int
+    cpus: CpuSet
+    memory_mib: int
+    free_mib: int | None = None
+    hugepages: tuple[Hugepages, ...] = ()
+    distances: tuple[int, ...] = ()
+
+    def hugepages_of(self, size_kib: int) -> Hugepages:
+        for pages in self.hugepages:
+            if pages.size_kib == size_kib:
+                return pages
+        return Hugepages(size_kib, 0, 0)
+
+
+@dataclass(frozen=True)
+class NetInterface:
+    """A kernel network interface; `master` is the bond or bridge it is enslaved to."""
+
+    name: str
+    pci_address: str | None = None
+    mac: str | None = None
+    master: str | None = None
+    master_kind: str | None = None  # "bond" | "bridge" | None
+
+
+@dataclass(frozen=True)
+class PciDevice:
+    address: str  # canonical "0000:01:00.0"
+    class_code: str  # "0x020000"
+    vendor: str  # "0x8086"
+    device: str  # "0x1528"
+    numa_node: int | None
+    iommu_group: int | None
+    driver: str | None
+    interfaces: tuple[str, ...] = ()
+    sriov_totalvfs: int = 0
+    sriov_numvfs: int = 0
+    physfn: str | None = None
+    virtfns: tuple[str, ...] = ()
+    description: str | None = None
+
+    @property
+    def is_network(self) -> bool:
+        return self.class_code.startswith(NETWORK_CLASS_PREFIX)
+
+    @property
+    def is_bridge(self) -> bool:
+        return self.class_code.startswith(BRIDGE_CLASS_PREFIX)
+
+    @property
+    def libvirt_name(self) -> str:
+        """Node device name as libvirt spells it: pci_0000_01_00_0."""
+        return "pci_" + self.address.replace(":", "_").replace(".", "_")
+
+
+@dataclass(frozen=True)
+class Core:
+    """One physical core: its online hardware threads, all on one NUMA node."""
+
+    cpus: CpuSet
+    package: int
+    node: int
+
+    @property
+    def first(self) -> int:
+        return self.cpus.min()
+
+    @property
+    def threads(self) -> int:
+        return len(self.cpus)
+
+
+@dataclass(frozen=True)
+class HostTopology:
+    cpu_vendor: str  # "GenuineIntel" | "AuthenticAMD" | other
+    kernel_cmdline: str
+    default_route_interface: str | None
+    cpus: tuple[Cpu, ...]
+    numa_nodes: tuple[NumaNode, ...]
+    pci_devices: tuple[PciDevice, ...] = ()
+    net_interfaces: tuple[NetInterface, ...] = ()
+    cpu_model: str = ""
+    cpu_flags: frozenset[str] = frozenset()
+    iommu_active: bool | None = None  # None: the source cannot tell
+    source: str = ""
+    hostname: str = ""
+    warnings: tuple[str, ...] = field(default=())
+
+    @cached_property
+    def online_cpus(self) -> CpuSet:
+        return CpuSet.from_iter(c.id for c in self.cpus if c.online)
+
+    @cached_property
+    def cores(self) -> tuple[Core, ...]:
+        """Physical cores from online sibling sets, ordered by their lowest CPU."""
+        by_id = {c.id: c for c in self.cpus if c.online}
+        seen: set[int] = set()
+        cores: list[Core] = []
+        for cpu in sorted(by_id.values(), key=lambda c: c.id):
+            if cpu.id in seen:
+                continue
+            members = (cpu.siblings & self.online_cpus) | CpuSet.of(cpu.id)
+            seen.update(members)
+            node = cpu.node if cpu.node is not None else 0
+            cores.append(Core(members, cpu.package, node))
+        return tuple(cores)
+
+    @cached_property
+    def smt(self) -> bool:
+        return any(core.threads > 1 for core in self.cores)
+
+    def node(self, node_id: int) -> NumaNode:
+        for node in self.numa_nodes:
+            if node.id == node_id:
+                return node
+        raise KeyError(node_id)
+
+    def pci(self, address: str) -> PciDevice | None:
+        for dev in self.pci_devices:
+            if dev.address == address:
+                return dev
+        return None
+
+    def pci_by_interface(self, name: str) -> PciDevice | None:
+        for dev in self.pci_devices:
+            if name in dev.interfaces:
+                return dev
+        return None
+
+    def interface(self, name: str) -> NetInterface | None:
+        for iface in self.net_interfaces:
+            if iface.name == name:
+                return iface
+        return None
+
+    def iommu_group_members(self, group: int) -> tuple[PciDevice, ...]:
+        return tuple(d for d in self.pci_devices if d.iommu_group == group)
+
+    @property
+    def packages(self) -> tuple[int, ...]:
+        return tuple(sorted({c.package for c in self.cpus if c.online}))
+
+
+def topology_to_dict(topo: HostTopology) -> dict[str, Any]:
+    """The JSON form printed by `bmslice discover --json`."""
+    return {
+        "source": topo.source,
+        "hostname": topo.hostname,
+        "cpu_vendor": topo.cpu_vendor,
+        "cpu_model": topo.cpu_model,
+        "kernel_cmdline": topo.kernel_cmdline,
+        "default_route_interface": topo.default_route_interface,
+        "iommu_active": topo.iommu_active,
+        "cpus": [
+            {
+                "id": c.id,
+                "package": c.package,
+                "die": c.die,
+                "core": c.core,
+                "node": c.node,
+                "siblings": c.siblings.sorted(),
+                "online": c.online,
+            }
+            for c in topo.cpus
+        ],
+        "cores": [{"cpus": core.cpus.sorted(), "package": core.package, "node": core.node} for core in topo.cores],
+        "numa_nodes": [
+            {
+                "id": n.id,
+                "cpus": n.cpus.sorted(),
+                "memory_mib": n.memory_mib,
+                "free_mib": n.free_mib,
+                "hugepages": [{"size_kib": h.size_kib, "total": h.total, "free": h.free} for h in n.hugepages],
+                "distances": list(n.distances),
+            }
+            for n in topo.numa_nodes
+        ],
+        "pci_devices": [
+            {
+                "address": d.address,
+                "class": d.class_code,
+                "vendor": d.vendor,
+                "device": d.device,
+                "description": d.description,
+                "numa_node": d.numa_node,
+                "iommu_group": d.iommu_group,
+                "driver": d.driver,
+                "interfaces": list(d.interfaces),
+                "sriov_totalvfs": d.sriov_totalvfs,
+                "sriov_numvfs": d.sriov_numvfs,
+                "physfn": d.physfn,
+                "virtfns": list(d.virtfns),
+            }
+            for d in topo.pci_devices
+        ],
+        "net_interfaces": [
+            {"name": i.name, "pci_address": i.pci_address, "mac": i.mac, "master": i.master, "master_kind": i.master_kind}
+            for i in topo.net_interfaces
+        ],
+        "warnings": list(topo.warnings),
+    }

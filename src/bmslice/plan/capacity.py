@@ -1,0 +1,76 @@
+"""Whole-core capacity of a NUMA node and what a VM asks of it.
+
+Cores are whole: a VM owns every online thread of each core it uses, so siblings are
+never split between owners. A node's free cores come in two kinds: "twos" (both SMT
+threads online) and "ones" (no SMT, or a sibling offline). A VM asks for
+`pairs` (two vCPUs that can sit on one SMT core) and `singles` (an odd last vCPU, or the
+dedicated emulator core, either of which needs one core of any kind).
+
+Whether a set of VMs fits a node depends only on the sums, which makes placement a
+search over sums rather than over individual cores:
+
+>>> NodeFree(node=0, twos=5, ones=0, memory_mib=30720).fits(Load(singles=1, pairs=4, memory_mib=8192))
+True
+>>> NodeFree(node=0, twos=4, ones=0, memory_mib=30720).fits(Load(singles=1, pairs=4, memory_mib=8192))
+False
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Load:
+    """What one or more VMs take from a node."""
+
+    singles: int = 0
+    pairs: int = 0
+    memory_mib: int = 0
+
+    def __add__(self, other: Load) -> Load:
+        return Load(self.singles + other.singles, self.pairs + other.pairs, self.memory_mib + other.memory_mib)
+
+
+@dataclass(frozen=True)
+class NodeFree:
+    """Free whole cores and memory of one NUMA node (after the host and kept slices)."""
+
+    node: int
+    twos: int
+    ones: int
+    memory_mib: int
+
+    @property
+    def cores(self) -> int:
+        return self.twos + self.ones
+
+    def split(self, load: Load) -> tuple[int, int] | None:
+        """(ones, twos) given to singles, or None when the load does not fit.
+
+        Ones go to singles first: a one serving a single saves a whole two, while two
+        ones serving a pair save only one.
+        """
+        if load.memory_mib > self.memory_mib:
+            return None
+        ones_to_singles = min(self.ones, load.singles)
+        twos_to_singles = load.singles - ones_to_singles
+        if twos_to_singles > self.twos:
+            return None
+        pair_capacity = (self.twos - twos_to_singles) + (self.ones - ones_to_singles) // 2
+        if pair_capacity < load.pairs:
+            return None
+        return ones_to_singles, twos_to_singles
+
+    def fits(self, load: Load) -> bool:
+        return self.split(load) is not None
+
+    def cores_needed(self, load: Load) -> int:
+        """Whole cores `load` takes here, for messages (pairs on twos when there are twos)."""
+        return load.singles + (load.pairs if self.twos else 2 * load.pairs)
+
+
+def vm_load(vcpus: int, dedicated_emulator: bool, memory_mib: int) -> Load:
+    """The load of one VM. On a node without SMT a pair takes two ones (see `split`)."""
+    pairs, odd = divmod(vcpus, 2)
+    return Load(singles=odd + int(dedicated_emulator), pairs=pairs, memory_mib=memory_mib)

@@ -1,0 +1,126 @@
+"""NIC resolution and the safety rules for handing a PCI device to a VM.
+
+Refusals (faults.md 1, 2, 3, 22, 24): the management / default-route NIC, bond members
+and bridge ports, a PF that already has VFs, a device named twice, an IOMMU group that
+also holds devices the host still uses. Warnings: cross-NUMA NIC (16), unknown NUMA
+node (17), IOMMU not active yet (4: apply refuses, the plan says what fixes it).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+from bmslice.errors import PlanError
+from bmslice.model.spec import HostSpec, VmSpec
+from bmslice.model.topology import HostTopology, PciDevice
+
+# Drivers that mean "not used by the host": the device is already parked for a guest.
+PARKED_DRIVERS = frozenset({None, "vfio-pci", "pci-stub"})
+
+
+@dataclass(frozen=True)
+class ResolvedNic:
+    vm: str
+    field: str  # "vms[0].nics[1].passthrough", for messages
+    device: PciDevice
+
+
+def _label(dev: PciDevice) -> str:
+    names = ",".join(dev.interfaces)
+    return f"{dev.address} ({names})" if names else dev.address
+
+
+def resolve_nics(topo: HostTopology, vms: Sequence[VmSpec], origin: str) -> list[ResolvedNic]:
+    """Each NIC entry of the spec as a host PCI device; unknown names are refused."""
+    out: list[ResolvedNic] = []
+    for vi, vm in enumerate(vms):
+        for ni, nic in enumerate(vm.nics):
+            field = f"vms[{vi}].nics[{ni}].passthrough"
+            ref = nic.passthrough
+            dev = topo.pci(ref) if ":" in ref else topo.pci_by_interface(ref)
+            if dev is None:
+                known = ", ".join(sorted(i for d in topo.pci_devices if d.is_network for i in d.interfaces)) or "none"
+                kind = "PCI device" if ":" in ref else "NIC"
+                raise PlanError(f"{origin}: {field}: no {kind} {ref!r} on this host (NICs: {known})")
+            out.append(ResolvedNic(vm.name, field, dev))
+    return out
+
+
+def check_nics(topo: HostTopology, nics: Sequence[ResolvedNic], host: HostSpec, origin: str) -> list[str]:
+    """Refuse unsafe assignments (PlanError); return host-level warnings."""
+    owner: dict[str, str] = {}
+    for nic in nics:
+        if nic.device.address in owner:
+            raise PlanError(
+                f"{origin}: {nic.field}: {_label(nic.device)} is already given to {owner[nic.device.address]}; "
+                "a device can go to one VM only"
+            )
+        owner[nic.device.address] = nic.vm
+    warnings: list[str] = []
+    for nic in nics:
+        _check_host_use(topo, nic, host.allow_management_nic, origin, warnings)
+        _check_iommu_group(topo, nic, owner, origin)
+    if nics and topo.iommu_active is False:
+        warnings.append(
+            "IOMMU is not active (no /sys/kernel/iommu_groups): passthrough needs the planned kernel args and a reboot"
+        )
+    return warnings
+
+
+def _check_host_use(topo: HostTopology, nic: ResolvedNic, allow_mgmt: bool, origin: str, warnings: list[str]) -> None:
+    dev = nic.device
+    route_if = topo.default_route_interface
+    for name in dev.interfaces:
+        iface = topo.interface(name)
+        if name == route_if:
+            if not allow_mgmt:
+                raise PlanError(
+                    f"{origin}: {nic.field}: {name} ({dev.address}) carries the host's default route; "
+                    "passing it through would cut the host off (override: host.allow_management_nic: true)"
+                )
+            warnings.append(f"OVERRIDE: {nic.vm} takes {name}, the host's default-route NIC (allow_management_nic)")
+        if iface is not None and iface.master is not None:
+            raise PlanError(
+                f"{origin}: {nic.field}: {name} ({dev.address}) is a {iface.master_kind or 'master'} member of "
+                f"{iface.master}; release it from {iface.master} first"
+            )
+    if dev.sriov_numvfs > 0:
+        raise PlanError(
+            f"{origin}: {nic.field}: {_label(dev)} has {dev.sriov_numvfs} VFs enabled; a PF with VFs cannot be "
+            "passed through whole"
+        )
+
+
+def _check_iommu_group(topo: HostTopology, nic: ResolvedNic, owner: Mapping[str, str], origin: str) -> None:
+    group = nic.device.iommu_group
+    if group is None:
+        return
+    blockers = []
+    for member in topo.iommu_group_members(group):
+        if member.address == nic.device.address or member.is_bridge:
+            continue
+        member_owner = owner.get(member.address)
+        if member_owner == nic.vm:
+            continue
+        if member_owner is not None:
+            blockers.append(f"{_label(member)} given to {member_owner}")
+        elif member.driver not in PARKED_DRIVERS:
+            blockers.append(f"{_label(member)} driver {member.driver}")
+    if blockers:
+        raise PlanError(
+            f"{origin}: {nic.field}: IOMMU group {group} of {_label(nic.device)} also holds devices the host or "
+            f"another VM uses: {'; '.join(blockers)} (give the whole group to {nic.vm})"
+        )
+
+
+def numa_warning(vm: str, dev: PciDevice, vm_nodes: Sequence[int]) -> str | None:
+    if dev.numa_node is None:
+        return f"{vm}: NIC {_label(dev)} reports no NUMA node (-1); locality unknown"
+    if dev.numa_node not in vm_nodes:
+        where = ",".join(str(n) for n in vm_nodes)
+        return (
+            f"{vm}: NIC {_label(dev)} is on NUMA node {dev.numa_node}, the VM's CPUs and memory are on node {where} "
+            "(cross-NUMA)"
+        )
+    return None

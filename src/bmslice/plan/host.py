@@ -1,0 +1,113 @@
+"""The host's half of the plan: the CPUs it keeps, what is isolated, the kernel args.
+
+>>> kernel_args("GenuineIntel", CpuSet.parse("0-1,12-13"), CpuSet.parse("2-11,14-23"), ())
+('intel_iommu=on', 'iommu=pt', 'isolcpus=2-11,14-23', 'nohz_full=2-11,14-23', 'rcu_nocbs=2-11,14-23', \
+'irqaffinity=0-1,12-13')
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from bmslice.cpuset import CpuListError, CpuSet
+from bmslice.errors import PlanError
+from bmslice.model.plan import NodeHugepages
+from bmslice.model.spec import HostSpec
+from bmslice.model.topology import Core, HostTopology
+
+CPU_LIST_ARGS = ("isolcpus", "nohz_full", "rcu_nocbs", "irqaffinity")
+GIB_KIB = 1048576
+
+
+def reserved_cores(topo: HostTopology, host: HostSpec) -> tuple[Core, ...]:
+    """Whole cores the host OS keeps: the lowest N of each node, or an explicit list.
+
+    CPU 0's core always stays with the host (boot CPU; faults.md 7).
+    """
+    cores = topo.cores
+    explicit = host.reserved_cpuset
+    if explicit is not None:
+        offline = explicit - topo.online_cpus
+        if offline:
+            raise PlanError(f"host.reserved_cpus: CPUs {offline} are offline or do not exist")
+        kept = tuple(core for core in cores if not core.cpus.isdisjoint(explicit))
+        split = [core for core in kept if not core.cpus.issubset(explicit)]
+        if split:
+            raise PlanError(
+                f"host.reserved_cpus: {explicit} splits core {split[0].cpus}; the host keeps whole cores"
+            )
+    else:
+        kept = tuple(
+            core
+            for node in topo.numa_nodes
+            for core in [c for c in cores if c.node == node.id][: host.reserved_cores_per_node]
+        )
+    if 0 in topo.online_cpus and not any(0 in core.cpus for core in kept):
+        if explicit is not None:
+            raise PlanError(f"host.reserved_cpus: {explicit} leaves out CPU 0; the boot CPU stays with the host")
+        kept = kept + tuple(core for core in cores if 0 in core.cpus)
+    if not kept:
+        raise PlanError("the host would keep no CPU at all; set host.reserved_cores_per_node to 1 or more")
+    return tuple(sorted(kept, key=lambda c: c.first))
+
+
+def iommu_args(vendor: str) -> tuple[str, ...]:
+    """Intel needs intel_iommu=on; AMD's IOMMU is on by default and has no "on" value."""
+    if vendor == "GenuineIntel":
+        return ("intel_iommu=on", "iommu=pt")
+    return ("iommu=pt",)
+
+
+def hugepage_args(hugepages: Sequence[NodeHugepages]) -> tuple[str, ...]:
+    """1 GiB pages can only be had reliably at boot, per node: hugepages=0:4,1:4."""
+    gig = [h for h in hugepages if h.size_kib == GIB_KIB and h.pages > 0]
+    if not gig:
+        return ()
+    per_node = ",".join(f"{h.node}:{h.pages}" for h in sorted(gig, key=lambda h: h.node))
+    return ("hugepagesz=1G", f"hugepages={per_node}")
+
+
+def kernel_args(
+    vendor: str, reserved: CpuSet, isolated: CpuSet, hugepages: Sequence[NodeHugepages]
+) -> tuple[str, ...]:
+    args = list(iommu_args(vendor))
+    if isolated:
+        for key in ("isolcpus", "nohz_full", "rcu_nocbs"):
+            args.append(f"{key}={isolated}")
+    args.append(f"irqaffinity={reserved}")
+    args.extend(hugepage_args(hugepages))
+    return tuple(args)
+
+
+def _cpu_value(value: str) -> CpuSet | None:
+    """The CPU list of isolcpus=managed_irq,domain,2-11 style values."""
+    parts = [p for p in value.split(",") if p and not p[0].isalpha()]
+    try:
+        return CpuSet.parse(",".join(parts))
+    except CpuListError:
+        return None
+
+
+def missing_args(planned: Sequence[str], cmdline: str, iommu_active: bool | None) -> tuple[str, ...]:
+    """Planned args the running kernel was not booted with.
+
+    CPU lists compare as sets, not strings; the IOMMU arg counts as present when sysfs
+    shows IOMMU groups, whatever the command line says (faults.md 6).
+    """
+    running: dict[str, str] = {}
+    for token in cmdline.split():
+        key, _, value = token.partition("=")
+        running[key] = value
+    missing = []
+    for arg in planned:
+        key, _, value = arg.partition("=")
+        if key in ("intel_iommu", "amd_iommu") and iommu_active:
+            continue
+        if key not in running:
+            missing.append(arg)
+        elif key in CPU_LIST_ARGS:
+            if _cpu_value(running[key]) != _cpu_value(value):
+                missing.append(arg)
+        elif running[key] != value:
+            missing.append(arg)
+    return tuple(missing)

@@ -1,0 +1,231 @@
+"""make_plan: a pure function of (topology, spec, slices already running) -> Plan.
+
+No I/O here. Infeasible specs raise PlanError naming the shortfall; unsafe device
+choices raise PlanError naming the device and the rule.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Sequence
+
+from bmslice.cpuset import CpuSet
+from bmslice.errors import PlanError
+from bmslice.model.plan import DeviceAssignment, GuestTopology, HostPlan, NodeHugepages, Plan, VmPlan
+from bmslice.model.spec import EmulatorPolicy, IsolateScope, NicNumaPolicy, Spec, VmSpec
+from bmslice.model.topology import Core, HostTopology
+from bmslice.plan.allocate import Allocation, NodeRequest, allocate_node
+from bmslice.plan.capacity import NodeFree, vm_load
+from bmslice.plan.devices import ResolvedNic, check_nics, numa_warning, resolve_nics
+from bmslice.plan.host import kernel_args, missing_args, reserved_cores
+from bmslice.plan.placement import Request, place
+from bmslice.plan.shortfall import explain
+
+
+def make_plan(topo: HostTopology, spec: Spec, origin: str = "spec", keep: Sequence[VmPlan] = ()) -> Plan:
+    """Plan every VM of `spec` on `topo`; VMs in `keep` (already running) stay where they are.
+
+    A kept VM that the spec no longer names still holds its cores (it runs until destroyed).
+    """
+    if any(core.threads > 2 for core in topo.cores):
+        raise PlanError("cores with more than 2 hardware threads are not supported")
+    host_cores = reserved_cores(topo, spec.host)
+    reserved = CpuSet.union(c.cpus for c in host_cores)
+    nics = resolve_nics(topo, spec.vms, origin)
+    warnings = list(topo.warnings) + check_nics(topo, nics, spec.host, origin)
+    kept = _kept(topo, spec, keep, reserved, warnings)
+    taken = reserved | CpuSet.union(vm.owned_cpus for vm in kept.values())
+    free_cores = [core for core in topo.cores if core.cpus.isdisjoint(taken)]
+    free = _node_free(topo, spec, free_cores, kept)
+    new_vms = [vm for vm in spec.vms if vm.name not in kept]
+    requests = [_request(topo, vm, nics, spec) for vm in new_vms]
+    assignment = place(requests, free)
+    if assignment is None:
+        raise PlanError(explain(requests, free))
+    allocations = _allocate(free_cores, new_vms, assignment)
+    vms = tuple(
+        _vm_plan(topo, spec, vm, kept.get(vm.name), allocations.get(vm.name), assignment.get(vm.name), nics, host_cores)
+        for vm in spec.vms
+    )
+    plan_vms = vms + tuple(vm for name, vm in kept.items() if name not in {v.name for v in spec.vms})
+    return _with_host(topo, spec, reserved, vms, plan_vms, warnings)
+
+
+def _kept(
+    topo: HostTopology, spec: Spec, keep: Sequence[VmPlan], reserved: CpuSet, warnings: list[str]
+) -> dict[str, VmPlan]:
+    names = {vm.name for vm in spec.vms}
+    kept: dict[str, VmPlan] = {}
+    used = CpuSet()
+    for old in keep:
+        cpus = old.owned_cpus
+        if not cpus.issubset(topo.online_cpus):
+            raise PlanError(f"{old.name} runs on CPUs {cpus - topo.online_cpus} that are now offline")
+        if not cpus.isdisjoint(reserved) or not cpus.isdisjoint(used):
+            raise PlanError(f"{old.name} runs on CPUs {cpus} that the host or another slice now claims")
+        used = used | cpus
+        if old.name not in names:
+            warnings.append(f"{old.name} runs but is not in the spec; its CPUs {cpus} stay taken until destroyed")
+        else:
+            _check_still_fits(old, spec.vm(old.name))
+        kept[old.name] = old
+    return kept
+
+
+def _check_still_fits(old: VmPlan, vm: VmSpec) -> None:
+    changes = []
+    if old.vcpus != vm.vcpus:
+        changes.append(f"vcpus {old.vcpus} -> {vm.vcpus}")
+    if old.emulator_policy != vm.emulator.value:
+        changes.append(f"emulator {old.emulator_policy} -> {vm.emulator.value}")
+    if vm.numa_node is not None and vm.numa_node not in old.numa_nodes:
+        changes.append(f"numa_node {old.numa_nodes[0]} -> {vm.numa_node}")
+    if changes:
+        raise PlanError(
+            f"{vm.name} already runs on CPUs {old.owned_cpus} and the spec changes {', '.join(changes)}; "
+            "moving a running slice needs --allow-move"
+        )
+
+
+def _node_free(topo: HostTopology, spec: Spec, free_cores: Sequence[Core], kept: dict[str, VmPlan]) -> list[NodeFree]:
+    kept_mem: dict[int, int] = defaultdict(int)
+    for vm in kept.values():
+        kept_mem[vm.numa_nodes[0]] += vm.memory_mib
+    out = []
+    for node in topo.numa_nodes:
+        cores = [c for c in free_cores if c.node == node.id]
+        if not node.cpus:
+            continue
+        mem = node.memory_mib - spec.host.reserved_memory_per_node - kept_mem[node.id]
+        out.append(NodeFree(node.id, sum(c.threads == 2 for c in cores), sum(c.threads == 1 for c in cores), mem))
+    return out
+
+
+def _request(topo: HostTopology, vm: VmSpec, nics: Sequence[ResolvedNic], spec: Spec) -> Request:
+    node_ids = [n.id for n in topo.numa_nodes if n.cpus]
+    nic_nodes = [n.device.numa_node for n in nics if n.vm == vm.name and n.device.numa_node is not None]
+
+    def cost(node: int) -> int:
+        return sum(1 for nic_node in nic_nodes if nic_node != node)
+
+    if vm.numa_node is not None:
+        if vm.numa_node not in node_ids:
+            raise PlanError(f"{vm.name}: numa_node {vm.numa_node} does not exist or has no CPUs (nodes: {node_ids})")
+        candidates = [vm.numa_node]
+    else:
+        candidates = sorted(node_ids, key=lambda n: (cost(n), n))
+    if spec.host.nic_numa_policy is NicNumaPolicy.REQUIRE and nic_nodes:
+        local = [n for n in candidates if cost(n) == 0]
+        if not local:
+            raise PlanError(
+                f"{vm.name}: its NICs are on NUMA nodes {sorted(set(nic_nodes))} and nic_numa_policy is require, "
+                f"but the VM can only go to node {candidates}"
+            )
+        candidates = local
+    load = vm_load(vm.vcpus, vm.emulator is EmulatorPolicy.DEDICATED, vm.memory)
+    return Request(vm.name, load, tuple(candidates), tuple(cost(n) for n in candidates))
+
+
+def _allocate(free_cores: Sequence[Core], vms: Sequence[VmSpec], assignment: dict[str, int]) -> dict[str, Allocation]:
+    by_node: dict[int, list[NodeRequest]] = defaultdict(list)
+    for vm in vms:
+        by_node[assignment[vm.name]].append(
+            NodeRequest(vm.name, vm.vcpus, vm.emulator is EmulatorPolicy.DEDICATED)
+        )
+    out: dict[str, Allocation] = {}
+    for node, requests in sorted(by_node.items()):
+        out.update(allocate_node([c for c in free_cores if c.node == node], requests))
+    return out
+
+
+def _vm_plan(
+    topo: HostTopology,
+    spec: Spec,
+    vm: VmSpec,
+    old: VmPlan | None,
+    alloc: Allocation | None,
+    node: int | None,
+    nics: Sequence[ResolvedNic],
+    host_cores: Sequence[Core],
+) -> VmPlan:
+    if old is not None:
+        node, pins, cores = old.numa_nodes[0], old.vcpu_pins, old.cores
+        emu_cpus, topology = old.emulator_cpus, old.guest_topology
+    else:
+        assert alloc is not None and node is not None
+        pins, cores = alloc.vcpu_pins, alloc.cores
+        if alloc.emulator_core is not None:
+            emu_cpus = alloc.emulator_core
+        else:
+            local = [c.cpus for c in host_cores if c.node == node] or [c.cpus for c in host_cores]
+            emu_cpus = CpuSet.union(local)
+        pairs = alloc.sibling_pairs and vm.vcpus % 2 == 0 and topo.smt
+        topology = GuestTopology(1, vm.vcpus // 2, 2) if pairs else GuestTopology(1, vm.vcpus, 1)
+    devices = []
+    warnings = []
+    for nic in nics:
+        if nic.vm != vm.name:
+            continue
+        dev = nic.device
+        devices.append(DeviceAssignment(dev.address, "passthrough", dev.numa_node, ",".join(dev.interfaces) or None, dev.driver))
+        warning = numa_warning(vm.name, dev, (node,))
+        if warning:
+            warnings.append(warning)
+    return VmPlan(
+        name=vm.name,
+        numa_nodes=(node,),
+        vcpu_pins=tuple(pins),
+        emulator_cpus=emu_cpus,
+        iothread_cpus=emu_cpus if vm.iothreads else CpuSet(),
+        iothreads=vm.iothreads,
+        guest_topology=topology,
+        memory_mib=vm.memory,
+        hugepage_kib=vm.hugepages.kib,
+        cores=tuple(cores),
+        emulator_policy=vm.emulator.value,
+        devices=tuple(devices),
+        disable_cpu_features=vm.disable_cpu_features,
+        domain_type=spec.host.domain_type.value,
+        warnings=tuple(warnings),
+    )
+
+
+def _hugepages(vms: Sequence[VmPlan]) -> tuple[NodeHugepages, ...]:
+    pages: dict[tuple[int, int], int] = defaultdict(int)
+    for vm in vms:
+        if vm.hugepage_kib:
+            pages[(vm.numa_nodes[0], vm.hugepage_kib)] += vm.memory_mib * 1024 // vm.hugepage_kib
+    return tuple(NodeHugepages(node, size, n) for (node, size), n in sorted(pages.items()))
+
+
+def _with_host(
+    topo: HostTopology,
+    spec: Spec,
+    reserved: CpuSet,
+    spec_vms: Sequence[VmPlan],
+    all_vms: tuple[VmPlan, ...],
+    warnings: list[str],
+) -> Plan:
+    if spec.host.isolate is IsolateScope.ALL:
+        isolated = topo.online_cpus - reserved
+    else:
+        isolated = CpuSet.union(vm.owned_cpus for vm in all_vms)
+    hugepages = _hugepages(all_vms)
+    args = kernel_args(topo.cpu_vendor, reserved, isolated, hugepages)
+    if topo.kernel_cmdline:
+        missing = missing_args(args, topo.kernel_cmdline, topo.iommu_active)
+    else:
+        missing = args
+        warnings.append(f"the kernel command line is unknown from {topo.source or 'this source'}; assuming a reboot")
+    for vm in spec_vms:
+        warnings.extend(vm.warnings)
+    host = HostPlan(
+        reserved_cpus=reserved,
+        isolated_cpus=isolated,
+        kernel_args=args,
+        reboot_required=bool(missing),
+        missing_kernel_args=missing,
+        hugepages=hugepages,
+        cpu_vendor=topo.cpu_vendor,
+    )
+    return Plan(host=host, vms=all_vms, warnings=tuple(dict.fromkeys(warnings)))

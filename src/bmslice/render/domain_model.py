@@ -1,0 +1,94 @@
+"""The libvirt-level view of a slice's domain, which both writes and reads domain XML.
+
+Rendering builds a `Domain` from a `VmPlan` and serialises it; verification parses the
+live XML into the same `Domain` and compares field by field, so what is checked is
+exactly what was written (the virtinst approach: one model for both directions).
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from dataclasses import dataclass
+
+from bmslice.cpuset import CpuSet
+from bmslice.model.plan import GuestTopology, VmPlan, plan_to_dict
+
+BMSLICE_NS = "https://bmslice.dev/xmlns/slice/1"
+_UUID_NAMESPACE = uuid.UUID("6f1d3c1e-5b1a-4f53-9a51-6d8c0b6a4e01")
+
+
+@dataclass(frozen=True)
+class Disk:
+    path: str
+    target: str  # "vda", "sda"
+    device: str = "disk"  # "disk" | "cdrom"
+    format: str = "qcow2"  # "qcow2" | "raw"
+    bus: str = "virtio"  # "virtio" | "sata"
+    iothread: int | None = None
+    readonly: bool = False
+
+
+@dataclass(frozen=True)
+class Domain:
+    name: str
+    uuid: str
+    type: str
+    memory_kib: int
+    vcpus: int
+    iothreads: int
+    vcpupins: tuple[tuple[int, CpuSet], ...]
+    emulatorpin: CpuSet | None
+    iothreadpins: tuple[tuple[int, CpuSet], ...]
+    numa_mode: str | None
+    numa_nodeset: CpuSet | None
+    cpu_mode: str
+    topology: GuestTopology | None
+    disabled_features: tuple[str, ...]
+    hostdevs: tuple[str, ...]  # PCI addresses "0000:01:00.0"
+    hugepage_kib: int | None = None
+    disks: tuple[Disk, ...] = ()
+    plan_json: str | None = None  # the VmPlan this domain was rendered from (metadata)
+
+
+def domain_uuid(name: str) -> str:
+    """Stable per name, so re-rendering the same plan gives the same bytes."""
+    return str(uuid.uuid5(_UUID_NAMESPACE, name))
+
+
+def domain_from_plan(vm: VmPlan, disks: tuple[Disk, ...] = ()) -> Domain:
+    vm_json = json.dumps(plan_to_dict_vm(vm), sort_keys=True)
+    return Domain(
+        name=vm.name,
+        uuid=domain_uuid(vm.name),
+        type=vm.domain_type,
+        memory_kib=vm.memory_mib * 1024,
+        vcpus=vm.vcpus,
+        iothreads=vm.iothreads,
+        vcpupins=tuple((i, CpuSet.of(cpu)) for i, cpu in enumerate(vm.vcpu_pins)),
+        emulatorpin=vm.emulator_cpus,
+        iothreadpins=tuple((i, vm.iothread_cpus) for i in range(1, vm.iothreads + 1)),
+        numa_mode="strict",
+        numa_nodeset=CpuSet.from_iter(vm.numa_nodes),
+        cpu_mode=cpu_mode(vm.domain_type),
+        topology=vm.guest_topology,
+        disabled_features=vm.disable_cpu_features,
+        hostdevs=tuple(d.address for d in vm.devices if d.type == "passthrough"),
+        hugepage_kib=vm.hugepage_kib,
+        disks=disks,
+        plan_json=vm_json,
+    )
+
+
+def cpu_mode(domain_type: str) -> str:
+    """host-passthrough under KVM; TCG cannot pass the host CPU through, "maximum" is its nearest."""
+    return "host-passthrough" if domain_type == "kvm" else "maximum"
+
+
+def plan_to_dict_vm(vm: VmPlan) -> dict[str, object]:
+    """The VM's own entry of the plan JSON (recorded in the domain's metadata)."""
+    from bmslice.model.plan import HostPlan, Plan
+
+    empty_host = HostPlan(CpuSet(), CpuSet(), (), False)
+    entry: dict[str, object] = plan_to_dict(Plan(empty_host, (vm,)))["vms"][0]
+    return entry

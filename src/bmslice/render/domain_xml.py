@@ -1,0 +1,202 @@
+"""Domain <-> libvirt domain XML, built and read with lxml.
+
+Element order follows libvirt's own output so rendered files are stable and diff well.
+No policy here: every decision was made in the plan.
+"""
+
+from __future__ import annotations
+
+from lxml import etree
+
+from bmslice.cpuset import CpuSet
+from bmslice.model.plan import GuestTopology
+from bmslice.render.domain_model import BMSLICE_NS, Disk, Domain
+
+_E = etree.Element
+_Sub = etree.SubElement
+
+
+def _pci_address(parent: etree._Element, address: str) -> None:
+    domain, bus, rest = address.split(":")
+    slot, function = rest.split(".")
+    _Sub(parent, "address", domain=f"0x{domain}", bus=f"0x{bus}", slot=f"0x{slot}", function=f"0x{function}")
+
+
+def _cputune(root: etree._Element, dom: Domain) -> None:
+    tune = _Sub(root, "cputune")
+    for vcpu, cpus in dom.vcpupins:
+        _Sub(tune, "vcpupin", vcpu=str(vcpu), cpuset=cpus.format())
+    if dom.emulatorpin is not None:
+        _Sub(tune, "emulatorpin", cpuset=dom.emulatorpin.format())
+    for iothread, cpus in dom.iothreadpins:
+        _Sub(tune, "iothreadpin", iothread=str(iothread), cpuset=cpus.format())
+
+
+def _cpu(root: etree._Element, dom: Domain) -> None:
+    attrs = {"mode": dom.cpu_mode}
+    if dom.cpu_mode == "host-passthrough":
+        attrs.update(check="none", migratable="off")
+    cpu = _Sub(root, "cpu", attrs)
+    if dom.topology is not None:
+        t = dom.topology
+        _Sub(cpu, "topology", sockets=str(t.sockets), dies=str(t.dies), cores=str(t.cores), threads=str(t.threads))
+    for feature in dom.disabled_features:
+        _Sub(cpu, "feature", policy="disable", name=feature)
+
+
+def _disk(devices: etree._Element, disk: Disk) -> None:
+    el = _Sub(devices, "disk", type="file", device=disk.device)
+    driver = {"name": "qemu", "type": disk.format}
+    if disk.iothread is not None:
+        driver["iothread"] = str(disk.iothread)
+    _Sub(el, "driver", driver)
+    _Sub(el, "source", file=disk.path)
+    _Sub(el, "target", dev=disk.target, bus=disk.bus)
+    if disk.readonly:
+        _Sub(el, "readonly")
+
+
+def _devices(root: etree._Element, dom: Domain) -> None:
+    devices = _Sub(root, "devices")
+    for disk in dom.disks:
+        _disk(devices, disk)
+    for address in dom.hostdevs:
+        hostdev = _Sub(devices, "hostdev", mode="subsystem", type="pci", managed="yes")
+        _Sub(hostdev, "driver", name="vfio")
+        _pci_address(_Sub(hostdev, "source"), address)
+    serial = _Sub(devices, "serial", type="pty")
+    _Sub(serial, "target", port="0")
+    console = _Sub(devices, "console", type="pty")
+    _Sub(console, "target", type="serial", port="0")
+    _Sub(devices, "memballoon", model="none")  # no ballooning: memory is pinned for VFIO anyway
+
+
+def to_element(dom: Domain) -> etree._Element:
+    root = _E("domain", type=dom.type)
+    _Sub(root, "name").text = dom.name
+    _Sub(root, "uuid").text = dom.uuid
+    if dom.plan_json is not None:
+        meta = _Sub(root, "metadata")
+        _Sub(meta, f"{{{BMSLICE_NS}}}slice", nsmap={"bmslice": BMSLICE_NS}).text = dom.plan_json
+    _Sub(root, "memory", unit="KiB").text = str(dom.memory_kib)
+    _Sub(root, "currentMemory", unit="KiB").text = str(dom.memory_kib)
+    if dom.hugepage_kib:
+        backing = _Sub(root, "memoryBacking")
+        _Sub(_Sub(backing, "hugepages"), "page", size=str(dom.hugepage_kib), unit="KiB")
+    _Sub(root, "vcpu", placement="static").text = str(dom.vcpus)
+    if dom.iothreads:
+        _Sub(root, "iothreads").text = str(dom.iothreads)
+    _cputune(root, dom)
+    if dom.numa_nodeset is not None and dom.numa_mode is not None:
+        _Sub(_Sub(root, "numatune"), "memory", mode=dom.numa_mode, nodeset=dom.numa_nodeset.format())
+    os_el = _Sub(root, "os")
+    _Sub(os_el, "type", arch="x86_64", machine="q35").text = "hvm"
+    _Sub(os_el, "boot", dev="hd")
+    features = _Sub(root, "features")
+    _Sub(features, "acpi")
+    _Sub(features, "apic")
+    _cpu(root, dom)
+    _Sub(root, "clock", offset="utc")
+    _Sub(root, "on_poweroff").text = "destroy"
+    _Sub(root, "on_reboot").text = "restart"
+    _Sub(root, "on_crash").text = "destroy"
+    _devices(root, dom)
+    return root
+
+
+def to_xml(dom: Domain) -> str:
+    return etree.tostring(to_element(dom), pretty_print=True, encoding="unicode")
+
+
+# --- reading back -----------------------------------------------------------------
+
+
+def _int(el: etree._Element | None, default: int = 0) -> int:
+    return int(el.text) if el is not None and el.text else default
+
+
+def _kib(el: etree._Element | None) -> int:
+    if el is None or not el.text:
+        return 0
+    factor = {"b": 1 / 1024, "bytes": 1 / 1024, "kib": 1, "k": 1, "mib": 1024, "m": 1024, "gib": 1048576, "g": 1048576}
+    return int(int(el.text) * factor.get(el.get("unit", "KiB").lower(), 1))
+
+
+def _address_text(el: etree._Element) -> str:
+    def part(name: str, width: int) -> str:
+        return f"{int(el.get(name, '0'), 0):0{width}x}"
+
+    return f"{part('domain', 4)}:{part('bus', 2)}:{part('slot', 2)}.{int(el.get('function', '0'), 0)}"
+
+
+def _read_topology(cpu: etree._Element | None) -> GuestTopology | None:
+    topo = cpu.find("topology") if cpu is not None else None
+    if topo is None:
+        return None
+    return GuestTopology(
+        int(topo.get("sockets", "1")), int(topo.get("cores", "1")), int(topo.get("threads", "1")), int(topo.get("dies", "1"))
+    )
+
+
+def _read_disks(root: etree._Element) -> tuple[Disk, ...]:
+    out = []
+    for el in root.findall("devices/disk"):
+        source, target, driver = el.find("source"), el.find("target"), el.find("driver")
+        if source is None or target is None or source.get("file") is None:
+            continue
+        iothread = driver.get("iothread") if driver is not None else None
+        out.append(
+            Disk(
+                path=source.get("file", ""),
+                target=target.get("dev", ""),
+                device=el.get("device", "disk"),
+                format=driver.get("type", "raw") if driver is not None else "raw",
+                bus=target.get("bus", ""),
+                iothread=int(iothread) if iothread else None,
+                readonly=el.find("readonly") is not None,
+            )
+        )
+    return tuple(out)
+
+
+def from_xml(text: str | bytes) -> Domain:
+    """Parse domain XML (as libvirt returns it) into a Domain; unknown elements are ignored."""
+    parser = etree.XMLParser(resolve_entities=False, no_network=True)
+    root = etree.fromstring(text.encode() if isinstance(text, str) else text, parser)
+    tune = root.find("cputune")
+    emulator = tune.find("emulatorpin") if tune is not None else None
+    numa = root.find("numatune/memory")
+    cpu = root.find("cpu")
+    page = root.find("memoryBacking/hugepages/page")
+    meta = root.find(f"metadata/{{{BMSLICE_NS}}}slice")
+    return Domain(
+        name=root.findtext("name", ""),
+        uuid=root.findtext("uuid", ""),
+        type=root.get("type", ""),
+        memory_kib=_kib(root.find("memory")),
+        vcpus=_int(root.find("vcpu")),
+        iothreads=_int(root.find("iothreads")),
+        vcpupins=tuple(
+            (int(p.get("vcpu", "0")), CpuSet.parse(p.get("cpuset", "")))
+            for p in (tune.findall("vcpupin") if tune is not None else [])
+        ),
+        emulatorpin=CpuSet.parse(emulator.get("cpuset", "")) if emulator is not None else None,
+        iothreadpins=tuple(
+            (int(p.get("iothread", "0")), CpuSet.parse(p.get("cpuset", "")))
+            for p in (tune.findall("iothreadpin") if tune is not None else [])
+        ),
+        numa_mode=numa.get("mode") if numa is not None else None,
+        numa_nodeset=CpuSet.parse(numa.get("nodeset", "")) if numa is not None else None,
+        cpu_mode=cpu.get("mode", "") if cpu is not None else "",
+        topology=_read_topology(cpu),
+        disabled_features=tuple(
+            f.get("name", "") for f in (cpu.findall("feature") if cpu is not None else []) if f.get("policy") == "disable"
+        ),
+        hostdevs=tuple(
+            _address_text(addr)
+            for addr in root.findall("devices/hostdev[@type='pci']/source/address")
+        ),
+        hugepage_kib=int(page.get("size", "0")) if page is not None else None,
+        disks=_read_disks(root),
+        plan_json=meta.text if meta is not None else None,
+    )

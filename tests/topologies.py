@@ -1,0 +1,103 @@
+"""In-memory HostTopology builders for planner tests (fast enough for hypothesis).
+
+Disk trees (tests/treebuilder.py) test discovery; these test planning.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from bmslice.cpuset import CpuSet
+from bmslice.model.topology import Cpu, HostTopology, NumaNode, PciDevice
+
+
+def synthetic(
+    sockets: int = 2,
+    cores: int = 6,
+    threads: int = 2,
+    nodes_per_socket: int = 1,
+    numbering: str = "spread",
+    memory_mib_per_node: int = 32768,
+    offline: Sequence[int] = (),
+    nics: Sequence[PciDevice] = (),
+    vendor: str = "GenuineIntel",
+    cmdline: str = "root=/dev/sda1 ro",
+    default_route: str | None = None,
+) -> HostTopology:
+    """A machine with `sockets` x `cores` x `threads`.
+
+    numbering "spread": siblings are N and N + total cores (Intel);
+    "adjacent": siblings N, N+1; "interleaved": the design note's server, where socket s
+    holds CPUs s, s+sockets, ... (node 0 even, node 1 odd) and siblings are N, N + total cores.
+    """
+    total_cores = sockets * cores
+    cpu_ids: dict[tuple[int, int, int], int] = {}
+    for s in range(sockets):
+        for c in range(cores):
+            for t in range(threads):
+                if numbering == "adjacent":
+                    cpu = (s * cores + c) * threads + t
+                elif numbering == "interleaved":
+                    cpu = c * sockets + s + t * total_cores
+                else:
+                    cpu = s * cores + c + t * total_cores
+                cpu_ids[(s, c, t)] = cpu
+    cores_per_node = cores // nodes_per_socket
+    cpus: list[Cpu] = []
+    node_cpus: dict[int, set[int]] = {}
+    for (s, c, _t), cpu in cpu_ids.items():
+        node = s * nodes_per_socket + min(c // cores_per_node, nodes_per_socket - 1)
+        siblings = CpuSet.from_iter(cpu_ids[(s, c, t)] for t in range(threads) if cpu_ids[(s, c, t)] not in offline)
+        online = cpu not in offline
+        cpus.append(Cpu(cpu, s, c, node, siblings if online else CpuSet.of(cpu), online))
+        node_cpus.setdefault(node, set()).add(cpu)
+    nodes = tuple(
+        NumaNode(n, CpuSet.from_iter(ids), memory_mib_per_node, memory_mib_per_node)
+        for n, ids in sorted(node_cpus.items())
+    )
+    return HostTopology(
+        cpu_vendor=vendor,
+        kernel_cmdline=cmdline,
+        default_route_interface=default_route,
+        cpus=tuple(sorted(cpus, key=lambda c: c.id)),
+        numa_nodes=nodes,
+        pci_devices=tuple(nics),
+        iommu_active=True,
+        source="synthetic",
+    )
+
+
+def nic(address: str, name: str, node: int | None, group: int, driver: str = "ixgbe", vfs: int = 0) -> PciDevice:
+    return PciDevice(
+        address=address,
+        class_code="0x020000",
+        vendor="0x8086",
+        device="0x1528",
+        numa_node=node,
+        iommu_group=group,
+        driver=driver,
+        interfaces=(name,),
+        sriov_totalvfs=63,
+        sriov_numvfs=vfs,
+    )
+
+
+def server1(**kwargs: object) -> HostTopology:
+    """The design note's server1, in memory (the disk tree is examples/server1/host)."""
+    nics = (
+        nic("0000:01:00.0", "eno1", 0, 25),
+        nic("0000:01:00.1", "eno2", 0, 26),
+        nic("0000:08:00.0", "eno3", 0, 30, driver="igb"),
+        nic("0000:08:00.1", "eno4", 0, 31, driver="igb"),
+    )
+    args: dict[str, object] = {
+        "sockets": 2,
+        "cores": 6,
+        "threads": 2,
+        "numbering": "interleaved",
+        "nics": nics,
+        "default_route": "eno3",
+        "cmdline": "BOOT_IMAGE=/vmlinuz-4.15.0-20-generic root=/dev/mapper/server1--vg-root ro intel_iommu=on",
+    }
+    args.update(kwargs)
+    return synthetic(**args)  # type: ignore[arg-type]

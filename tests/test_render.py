@@ -5,16 +5,16 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from golden import assert_golden
 from lxml import etree
-from schema import schema_errors
-from topologies import server1, synthetic
 
 from bmslice.model.spec import load_spec, spec_from_data
 from bmslice.plan.planner import make_plan
 from bmslice.render.artifacts import render_plan
 from bmslice.render.domain_model import domain_from_plan
 from bmslice.render.domain_xml import from_xml, to_xml
+from golden import assert_golden
+from schema import schema_errors
+from topologies import server1, synthetic
 
 EXAMPLE = Path(__file__).parents[1] / "examples" / "server1" / "spec.yaml"
 

@@ -10,8 +10,8 @@ import argparse
 import json
 import sys
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, NoReturn
 from pathlib import Path
+from typing import TYPE_CHECKING, NoReturn
 
 from bmslice import __version__
 from bmslice.cli.sources import add_source_args, read_topology

@@ -76,11 +76,12 @@ def plan_view(plan: Plan) -> Group:
         if vm.iothreads:
             table.add_row(f"IOThreads x{vm.iothreads}", vm.iothread_cpus.format(), "")
         t = vm.guest_topology
-        table.caption = (
-            f"memory {format_mib(vm.memory_mib)}, guest topology {t.sockets} socket x {t.cores} cores x "
-            f"{t.threads} threads, devices: {', '.join(d.address + (' ' + d.interface if d.interface else '') for d in vm.devices) or 'none'}"
+        devices = ", ".join(f"{d.address} {d.interface or ''}".strip() for d in vm.devices) or "none"
+        summary = Text(
+            f"  memory {format_mib(vm.memory_mib)}, guest topology {t.sockets} socket x {t.cores} cores x "
+            f"{t.threads} threads, devices: {devices}"
         )
-        parts.append(table)
+        parts.extend([table, summary])
     parts.extend(Text(f"warning: {w}", style="yellow") for w in plan.warnings)
     return Group(*parts)
 

@@ -110,7 +110,13 @@ def _vm_to_dict(vm: VmPlan) -> dict[str, Any]:
         "memory_mib": vm.memory_mib,
         "hugepage_kib": vm.hugepage_kib,
         "devices": [
-            {"address": d.address, "type": d.type, "numa_node": d.numa_node, "interface": d.interface, "driver": d.driver}
+            {
+                "address": d.address,
+                "type": d.type,
+                "numa_node": d.numa_node,
+                "interface": d.interface,
+                "driver": d.driver,
+            }
             for d in vm.devices
         ],
         "disable_cpu_features": list(vm.disable_cpu_features),

@@ -117,6 +117,35 @@ class NicSpec(_Strict):
         return value
 
 
+HASH_PREFIXES = ("$6$", "$5$", "$y$", "$2b$", "$2y$", "$gy$")
+SSH_KEY_RE = re.compile(r"^(ssh-(rsa|ed25519|dss)|ecdsa-sha2-nistp\d+|sk-\S+)\s+[A-Za-z0-9+/=]+(\s.*)?$")
+
+
+class DiskSpec(_Strict):
+    """The VM's root disk: a qcow2 volume in a libvirt pool, backed by `image` when given."""
+
+    size: SizeMiB = 10240
+    image: Path | None = None
+    pool: str = "default"
+
+
+class CloudInitSpec(_Strict):
+    """A NoCloud seed. Keys only, or a *hashed* password read from a file: never a password."""
+
+    ssh_authorized_keys: tuple[str, ...] = ()
+    ssh_authorized_keys_file: Path | None = None
+    password_hash_file: Path | None = None
+    user_data: Path | None = None
+
+    @field_validator("ssh_authorized_keys")
+    @classmethod
+    def _keys(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for key in value:
+            if not SSH_KEY_RE.match(key.strip()):
+                raise ValueError(f"{key[:20]!r}... is not an SSH public key")
+        return tuple(k.strip() for k in value)
+
+
 class VmSpec(_Strict):
     name: str
     vcpus: int = Field(gt=0, le=4096)
@@ -127,6 +156,8 @@ class VmSpec(_Strict):
     hugepages: HugepageSize = HugepageSize.NONE
     disable_cpu_features: tuple[str, ...] = ()
     nics: tuple[NicSpec, ...] = ()
+    disk: DiskSpec | None = None
+    cloud_init: CloudInitSpec | None = None
 
     @field_validator("name")
     @classmethod

@@ -233,7 +233,13 @@ def topology_to_dict(topo: HostTopology) -> dict[str, Any]:
             for d in topo.pci_devices
         ],
         "net_interfaces": [
-            {"name": i.name, "pci_address": i.pci_address, "mac": i.mac, "master": i.master, "master_kind": i.master_kind}
+            {
+                "name": i.name,
+                "pci_address": i.pci_address,
+                "mac": i.mac,
+                "master": i.master,
+                "master_kind": i.master_kind,
+            }
             for i in topo.net_interfaces
         ],
         "warnings": list(topo.warnings),

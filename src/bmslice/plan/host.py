@@ -33,9 +33,7 @@ def reserved_cores(topo: HostTopology, host: HostSpec) -> tuple[Core, ...]:
         kept = tuple(core for core in cores if not core.cpus.isdisjoint(explicit))
         split = [core for core in kept if not core.cpus.issubset(explicit)]
         if split:
-            raise PlanError(
-                f"host.reserved_cpus: {explicit} splits core {split[0].cpus}; the host keeps whole cores"
-            )
+            raise PlanError(f"host.reserved_cpus: {explicit} splits core {split[0].cpus}; the host keeps whole cores")
     else:
         kept = tuple(
             core
@@ -67,9 +65,7 @@ def hugepage_args(hugepages: Sequence[NodeHugepages]) -> tuple[str, ...]:
     return ("hugepagesz=1G", f"hugepages={per_node}")
 
 
-def kernel_args(
-    vendor: str, reserved: CpuSet, isolated: CpuSet, hugepages: Sequence[NodeHugepages]
-) -> tuple[str, ...]:
+def kernel_args(vendor: str, reserved: CpuSet, isolated: CpuSet, hugepages: Sequence[NodeHugepages]) -> tuple[str, ...]:
     args = list(iommu_args(vendor))
     if isolated:
         for key in ("isolcpus", "nohz_full", "rcu_nocbs"):

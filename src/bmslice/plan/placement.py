@@ -72,7 +72,7 @@ class _Search:
             new_load = loads[slot] + req.load
             if not self.nodes[node].fits(new_load):
                 continue
-            rest = self.best(i + 1, loads[:slot] + (new_load,) + loads[slot + 1 :])
+            rest = self.best(i + 1, (*loads[:slot], new_load, *loads[slot + 1 :]))
             if rest != _INFEASIBLE and cost + rest < best_cost:
                 best_cost, best_node = cost + rest, node
                 if best_cost == self.lower_bound[i]:
@@ -90,7 +90,7 @@ class _Search:
             assert node is not None
             out[req.name] = node
             slot = self.index[node]
-            loads = loads[:slot] + (loads[slot] + req.load,) + loads[slot + 1 :]
+            loads = (*loads[:slot], loads[slot] + req.load, *loads[slot + 1 :])
         return out
 
 

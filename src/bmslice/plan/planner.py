@@ -129,9 +129,7 @@ def _request(topo: HostTopology, vm: VmSpec, nics: Sequence[ResolvedNic], spec: 
 def _allocate(free_cores: Sequence[Core], vms: Sequence[VmSpec], assignment: dict[str, int]) -> dict[str, Allocation]:
     by_node: dict[int, list[NodeRequest]] = defaultdict(list)
     for vm in vms:
-        by_node[assignment[vm.name]].append(
-            NodeRequest(vm.name, vm.vcpus, vm.emulator is EmulatorPolicy.DEDICATED)
-        )
+        by_node[assignment[vm.name]].append(NodeRequest(vm.name, vm.vcpus, vm.emulator is EmulatorPolicy.DEDICATED))
     out: dict[str, Allocation] = {}
     for node, requests in sorted(by_node.items()):
         out.update(allocate_node([c for c in free_cores if c.node == node], requests))
@@ -163,11 +161,16 @@ def _vm_plan(
         topology = GuestTopology(1, vm.vcpus // 2, 2) if pairs else GuestTopology(1, vm.vcpus, 1)
     devices = []
     warnings = []
+    # A running slice's devices sit on vfio-pci now; the host driver to return them to is the recorded one.
+    recorded = {d.address: d.driver for d in old.devices} if old is not None else {}
     for nic in nics:
         if nic.vm != vm.name:
             continue
         dev = nic.device
-        devices.append(DeviceAssignment(dev.address, "passthrough", dev.numa_node, ",".join(dev.interfaces) or None, dev.driver))
+        driver = recorded.get(dev.address, dev.driver)
+        devices.append(
+            DeviceAssignment(dev.address, "passthrough", dev.numa_node, ",".join(dev.interfaces) or None, driver)
+        )
         warning = numa_warning(vm.name, dev, (node,))
         if warning:
             warnings.append(warning)

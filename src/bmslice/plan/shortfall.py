@@ -32,7 +32,9 @@ def _alone(req: Request, nodes: Mapping[int, NodeFree]) -> str | None:
                 f"{req.name} needs {_cores(node.cores_needed(req.load))} on NUMA node {node.node}, "
                 f"only {node.cores} {'is' if node.cores == 1 else 'are'} free"
             )
-        return f"{req.name} needs {req.load.memory_mib} MiB on NUMA node {node.node}, only {node.memory_mib} MiB are free"
+        return (
+            f"{req.name} needs {req.load.memory_mib} MiB on NUMA node {node.node}, only {node.memory_mib} MiB are free"
+        )
     if len(core_short) == len(candidates):
         most = max(candidates, key=lambda n: (n.cores, -n.node))
         return (
@@ -67,7 +69,10 @@ def _bound_together(requests: Sequence[Request], nodes: Mapping[int, NodeFree]) 
                 f"VMs bound to NUMA node {node_id} ({names}) need {_cores(node.cores_needed(total))}, "
                 f"only {node.cores} are free"
             )
-        return f"VMs bound to NUMA node {node_id} ({names}) need {total.memory_mib} MiB, only {node.memory_mib} MiB are free"
+        return (
+            f"VMs bound to NUMA node {node_id} ({names}) need {total.memory_mib} MiB, "
+            f"only {node.memory_mib} MiB are free"
+        )
     return None
 
 

@@ -134,7 +134,10 @@ def _read_topology(cpu: etree._Element | None) -> GuestTopology | None:
     if topo is None:
         return None
     return GuestTopology(
-        int(topo.get("sockets", "1")), int(topo.get("cores", "1")), int(topo.get("threads", "1")), int(topo.get("dies", "1"))
+        int(topo.get("sockets", "1")),
+        int(topo.get("cores", "1")),
+        int(topo.get("threads", "1")),
+        int(topo.get("dies", "1")),
     )
 
 
@@ -190,12 +193,11 @@ def from_xml(text: str | bytes) -> Domain:
         cpu_mode=cpu.get("mode", "") if cpu is not None else "",
         topology=_read_topology(cpu),
         disabled_features=tuple(
-            f.get("name", "") for f in (cpu.findall("feature") if cpu is not None else []) if f.get("policy") == "disable"
+            f.get("name", "")
+            for f in (cpu.findall("feature") if cpu is not None else [])
+            if f.get("policy") == "disable"
         ),
-        hostdevs=tuple(
-            _address_text(addr)
-            for addr in root.findall("devices/hostdev[@type='pci']/source/address")
-        ),
+        hostdevs=tuple(_address_text(addr) for addr in root.findall("devices/hostdev[@type='pci']/source/address")),
         hugepage_kib=int(page.get("size", "0")) if page is not None else None,
         disks=_read_disks(root),
         plan_json=meta.text if meta is not None else None,

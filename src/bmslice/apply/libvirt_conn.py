@@ -1,0 +1,102 @@
+"""Opening a read-write libvirt connection and reading live domains back."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import libvirt
+
+from bmslice.apply.connection import _reason, _silence_default_error_printer
+from bmslice.cpuset import CpuSet
+from bmslice.errors import ApplyError
+from bmslice.model.live import LiveDomain
+from bmslice.render.domain_model import BMSLICE_NS
+
+LibvirtError = libvirt.libvirtError
+VALIDATE = libvirt.VIR_DOMAIN_DEFINE_VALIDATE
+AFFECT_LIVE = libvirt.VIR_DOMAIN_AFFECT_LIVE
+AFFECT_CONFIG = libvirt.VIR_DOMAIN_AFFECT_CONFIG
+
+
+def reason(exc: BaseException) -> str:
+    return _reason(exc) if isinstance(exc, libvirt.libvirtError) else str(exc)
+
+
+def open_rw(uri: str) -> Any:
+    _silence_default_error_printer()
+    try:
+        conn = libvirt.open(uri)
+    except libvirt.libvirtError as exc:
+        raise ApplyError(f"cannot connect to {uri}: {_reason(exc)}") from None
+    if conn is None:
+        raise ApplyError(f"cannot connect to {uri}")
+    return conn
+
+
+def host_cpu_count(conn: Any) -> int:
+    return int(conn.getCPUMap(0)[0])
+
+
+def cpumap(cpus: CpuSet, count: int) -> tuple[bool, ...]:
+    return tuple(i in cpus for i in range(count))
+
+
+def _cpuset(mask: Any) -> CpuSet:
+    return CpuSet.from_iter(i for i, on in enumerate(mask) if on)
+
+
+def is_managed(dom: Any) -> bool:
+    try:
+        dom.metadata(libvirt.VIR_DOMAIN_METADATA_ELEMENT, BMSLICE_NS, 0)
+    except libvirt.libvirtError:
+        return False
+    return True
+
+
+def lookup(conn: Any, name: str) -> Any | None:
+    try:
+        return conn.lookupByName(name)
+    except libvirt.libvirtError as exc:
+        if exc.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN:
+            return None
+        raise ApplyError(f"cannot look up domain {name}: {_reason(exc)}") from None
+
+
+def _pid(conn: Any, name: str) -> int | None:
+    if not conn.getURI().startswith("qemu:///system"):
+        return None
+    try:
+        return int(open(f"/run/libvirt/qemu/{name}.pid").read().strip())
+    except (OSError, ValueError):
+        return None
+
+
+def read_live(conn: Any, dom: Any) -> LiveDomain:
+    """Everything verify needs about one domain; pin info is the live one when running."""
+    name = dom.name()
+    active = bool(dom.isActive())
+    inactive_xml = dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE)
+    xml = dom.XMLDesc(0) if active else inactive_xml
+    flags = AFFECT_LIVE if active else AFFECT_CONFIG
+    try:
+        vcpus = tuple(_cpuset(m) for m in dom.vcpuPinInfo(flags))
+        emulator = _cpuset(dom.emulatorPinInfo(flags))
+        iothreads = tuple((int(i), _cpuset(m)) for i, m in dom.ioThreadInfo(flags))
+    except libvirt.libvirtError:  # drivers without pin info (test:///) still report XML
+        vcpus, emulator, iothreads = (), None, ()
+    return LiveDomain(
+        name=name,
+        active=active,
+        autostart=bool(dom.autostart()),
+        xml=xml,
+        inactive_xml=inactive_xml,
+        vcpu_pins=vcpus,
+        emulator_pin=emulator,
+        iothread_pins=iothreads,
+        pid=_pid(conn, name) if active else None,
+    )
+
+
+def managed_domains(conn: Any) -> dict[str, LiveDomain]:
+    """Every domain bmslice defined (it carries bmslice metadata), by name."""
+    return {dom.name(): read_live(conn, dom) for dom in conn.listAllDomains(0) if is_managed(dom)}

@@ -1,0 +1,327 @@
+"""Read a host from `lstopo --of xml` output (hwloc 2.x; hwloc 1.x tolerated).
+
+hwloc 2.x attaches NUMANode objects as memory children of a CPU-side object (Package,
+Die, Group); hwloc 1.x makes NUMANode a parent of Socket/Package and cores. Both write a
+`nodeset` on every CPU-side object, so a PU's node is read from its own nodeset and
+structure is only used for packages, dies and cores. CPU numbers are the PU `os_index`,
+exactly as the kernel numbers them.
+
+hwloc knows nothing of the kernel command line, routes, IOMMU groups, drivers or SR-IOV;
+those stay empty and `HostTopology.warnings` says so.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from dataclasses import replace
+
+from lxml import etree
+
+from bmslice.cpuset import CpuSet
+from bmslice.errors import TopologyError
+from bmslice.model.topology import Cpu, HostTopology, Hugepages, NetInterface, NumaNode, PciDevice
+
+PACKAGE_TYPES = ("Package", "Socket")  # "Socket" is hwloc < 1.11's name for a package
+NETWORK_OSDEV = "2"  # HWLOC_OBJ_OSDEV_NETWORK: kernel netdevs (not OpenFabrics HCAs, "3")
+
+# "0200 [8086:1572] [8086:0006] 02": class+subclass, [vendor:device], [subsystem], revision.
+_PCI_TYPE = re.compile(r"^([0-9a-fA-F]{4}) \[([0-9a-fA-F]{4}):([0-9a-fA-F]{4})\]")
+_PCI_BUSID = re.compile(r"^[0-9a-fA-F]{4,8}:[0-9a-fA-F]{2}:[0-9a-fA-F]{2}\.[0-7]$")
+
+# lstopo writes <!DOCTYPE topology SYSTEM "hwloc2.dtd">: never fetch or apply it.
+_PARSER = etree.XMLParser(
+    resolve_entities=False, load_dtd=False, no_network=True, dtd_validation=False, remove_blank_text=True
+)
+
+UNKNOWN_FROM_HWLOC = (
+    "hwloc XML has no kernel command line, default route, IOMMU groups, PCI drivers or SR-IOV links; "
+    "those are reported empty"
+)
+
+
+def topology_from_hwloc(xml_text: str | bytes, source: str) -> HostTopology:
+    """Build the host model from an hwloc XML export."""
+    root = _parse(xml_text)
+    machine = root.find("object")
+    if machine is None:
+        raise TopologyError("hwloc XML has no root object")
+    warnings: list[str] = []
+    objects = list(machine.iter("object"))
+    cpus = _read_cpus(objects)
+    nodes = _read_nodes(root, machine, objects, cpus, warnings)
+    if len(nodes) == 1:  # a non-NUMA 1.x export may leave PU nodesets empty
+        cpus = [c if c.node is not None else replace(c, node=nodes[0].id) for c in cpus]
+    pci_devices, interfaces = _read_pci(objects, warnings)
+    warnings.append(UNKNOWN_FROM_HWLOC)
+    return HostTopology(
+        cpu_vendor=_info(objects, "CPUVendor", warnings),
+        kernel_cmdline="",
+        default_route_interface=None,
+        cpus=tuple(cpus),
+        numa_nodes=tuple(nodes),
+        pci_devices=tuple(pci_devices),
+        net_interfaces=tuple(interfaces),
+        cpu_model=_info(objects, "CPUModel", warnings),
+        cpu_flags=frozenset(),
+        iommu_active=None,
+        source=source,
+        hostname=_own_info(machine, "HostName") or "",
+        warnings=tuple(warnings),
+    )
+
+
+# --- parsing helpers ------------------------------------------------------------------
+
+
+def _parse(xml_text: str | bytes) -> etree._Element:
+    # Encode first: lxml refuses a str that carries an XML encoding declaration.
+    data = xml_text.encode("utf-8") if isinstance(xml_text, str) else xml_text
+    try:
+        root = etree.fromstring(data, _PARSER)
+    except etree.XMLSyntaxError as exc:
+        raise TopologyError(f"cannot parse hwloc XML: {exc}") from None
+    if root.tag != "topology":
+        raise TopologyError(f"not an hwloc XML export: root element is <{root.tag}>, expected <topology>")
+    return root
+
+
+def _int(element: etree._Element, attr: str) -> int:
+    text = element.get(attr)
+    try:
+        return int(text or "")
+    except ValueError:
+        raise TopologyError(f"hwloc XML: {element.get('type')} object has a bad {attr}={text!r}") from None
+
+
+def _mask(text: str | None) -> CpuSet:
+    """hwloc bitmap "0x00000003,0xffffffff" (32-bit words, most significant first).
+
+    A leading "0xf...f" word marks an infinite set; only the finite part is kept.
+    """
+    words = [w.strip() for w in (text or "").split(",") if w.strip()]
+    if words and words[0].lower() == "0xf...f":
+        words = words[1:]
+    try:
+        value = int("".join(w.lower().removeprefix("0x").rjust(8, "0") for w in words) or "0", 16)
+    except ValueError:
+        raise TopologyError(f"hwloc XML: bad bitmap {text!r}") from None
+    return CpuSet.from_iter(i for i in range(value.bit_length()) if value >> i & 1)
+
+
+def _own_info(element: etree._Element, name: str) -> str | None:
+    for info in element.iterfind("info"):
+        if info.get("name") == name:
+            return info.get("value")
+    return None
+
+
+def _info(objects: list[etree._Element], name: str, warnings: list[str]) -> str:
+    """An <info> found on a package first (where hwloc 2 puts CPU infos), else anywhere."""
+    packages = [o for o in objects if o.get("type") in PACKAGE_TYPES]
+    for obj in [*packages, *objects]:
+        value = _own_info(obj, name)
+        if value:
+            return value.strip()
+    warnings.append(f"hwloc XML has no {name} info")
+    return ""
+
+
+def _nearest(element: etree._Element, types: Iterable[str]) -> etree._Element | None:
+    wanted = set(types)
+    for ancestor in element.iterancestors("object"):
+        if ancestor.get("type") in wanted:
+            return ancestor
+    return None
+
+
+# --- CPUs -----------------------------------------------------------------------------
+
+
+def _pu_ids(container: etree._Element) -> CpuSet:
+    return CpuSet.from_iter(_int(pu, "os_index") for pu in container.iter("object") if pu.get("type") == "PU")
+
+
+def _pu_node(pu: etree._Element) -> int | None:
+    """The lowest node in the PU's nodeset: its DRAM node when HBM or CXL nodes are local too.
+
+    The kernel lists each CPU under exactly one node; the lowest local node is that one.
+    """
+    local = _mask(pu.get("nodeset"))
+    if local:
+        return local.min()
+    node = _nearest(pu, ("NUMANode",))  # hwloc 1.x without nodesets on PUs
+    return _int(node, "os_index") if node is not None else None
+
+
+def _read_cpu(pu: etree._Element) -> Cpu:
+    pu_id = _int(pu, "os_index")
+    core = _nearest(pu, ("Core",))
+    package = _nearest(pu, PACKAGE_TYPES)
+    die = _nearest(pu, ("Die",))
+    return Cpu(
+        id=pu_id,
+        package=_int(package, "os_index") if package is not None else 0,
+        core=_int(core, "os_index") if core is not None else pu_id,
+        node=_pu_node(pu),
+        siblings=_pu_ids(core) if core is not None else CpuSet.of(pu_id),
+        die=_int(die, "os_index") if die is not None else 0,
+    )
+
+
+def _read_cpus(objects: list[etree._Element]) -> list[Cpu]:
+    # hwloc only exports PUs it can use: offline CPUs are absent, not marked offline.
+    cpus = [_read_cpu(o) for o in objects if o.get("type") == "PU"]
+    if not cpus:
+        raise TopologyError("hwloc XML has no PU objects")
+    return sorted(cpus, key=lambda c: c.id)
+
+
+# --- NUMA nodes -----------------------------------------------------------------------
+
+
+def _hugepages(node: etree._Element) -> tuple[Hugepages, ...]:
+    """Every page_type but the smallest (the base page). hwloc has no free counts: all free."""
+    pools = {_int(p, "size") // 1024: _int(p, "count") for p in node.iterfind("page_type")}
+    if pools:
+        del pools[min(pools)]
+    return tuple(Hugepages(size, total, total) for size, total in sorted(pools.items()))
+
+
+def _read_node(element: etree._Element, cpus: list[Cpu], distances: dict[int, tuple[int, ...]]) -> NumaNode:
+    node_id = _int(element, "os_index")
+    return NumaNode(
+        id=node_id,
+        cpus=CpuSet.from_iter(c.id for c in cpus if c.node == node_id),
+        memory_mib=int(element.get("local_memory") or 0) // (1024 * 1024),
+        hugepages=_hugepages(element),
+        distances=distances.get(node_id, ()),
+    )
+
+
+def _read_nodes(
+    root: etree._Element,
+    machine: etree._Element,
+    objects: list[etree._Element],
+    cpus: list[Cpu],
+    warnings: list[str],
+) -> list[NumaNode]:
+    elements = [o for o in objects if o.get("type") == "NUMANode"]
+    if not elements:
+        return [_machine_as_node(machine, cpus, warnings)]
+    node_ids = [_int(e, "os_index") for e in elements]
+    distances = _distances_v2(root, node_ids) or _distances_v1(machine, node_ids)
+    if not distances and len(node_ids) == 1:
+        distances = {node_ids[0]: (10,)}  # hwloc exports no trivial matrix; sysfs would say "10"
+    nodes = sorted((_read_node(e, cpus, distances) for e in elements), key=lambda n: n.id)
+    if any(p.total for n in nodes for p in n.hugepages):
+        warnings.append("hwloc XML gives hugepage pool sizes only; assumed all free")
+    return nodes
+
+
+def _machine_as_node(machine: etree._Element, cpus: list[Cpu], warnings: list[str]) -> NumaNode:
+    """hwloc 1.x on a non-NUMA machine has no NUMANode: memory sits on the Machine object."""
+    warnings.append("hwloc XML has no NUMANode; assumed one node 0 holding every CPU")
+    return NumaNode(
+        id=0,
+        cpus=CpuSet.from_iter(c.id for c in cpus),
+        memory_mib=int(machine.get("local_memory") or 0) // (1024 * 1024),
+        hugepages=_hugepages(machine),
+        distances=(10,),
+    )
+
+
+def _rows(values: list[int], order: list[int]) -> dict[int, tuple[int, ...]]:
+    """Square matrix in `order` -> each node's row, columns sorted by node id like sysfs."""
+    n = len(order)
+    by_pair = {(order[i], order[j]): values[i * n + j] for i in range(n) for j in range(n)}
+    ids = sorted(order)
+    return {a: tuple(by_pair[(a, b)] for b in ids) for a in ids}
+
+
+def _distances_v2(root: etree._Element, node_ids: list[int]) -> dict[int, tuple[int, ...]]:
+    """<distances2 type="NUMANode" indexing="os">: indexes, then values split over elements."""
+    for matrix in root.iter("distances2"):
+        if matrix.get("type") != "NUMANode" or matrix.get("indexing", "os") != "os":
+            continue
+        order = [int(x) for x in " ".join(i.text or "" for i in matrix.iterfind("indexes")).split()]
+        values = [int(x) for x in " ".join(v.text or "" for v in matrix.iterfind("u64values")).split()]
+        if sorted(order) == sorted(node_ids) and len(values) == len(order) ** 2:
+            return _rows(values, order)
+    return {}
+
+
+def _distances_v1(machine: etree._Element, node_ids: list[int]) -> dict[int, tuple[int, ...]]:
+    """hwloc 1.x <distances latency_base=B><latency value=V/>...: distance V*B, objects in
+    logical order, which for NUMA nodes is the order they appear in the document."""
+    for matrix in machine.iter("distances"):
+        values = [float(lat.get("value") or 0) for lat in matrix.iterfind("latency")]
+        if int(matrix.get("nbobjs") or 0) == len(node_ids) and len(values) == len(node_ids) ** 2:
+            base = float(matrix.get("latency_base") or 1)
+            return _rows([round(v * base) for v in values], node_ids)
+    return {}
+
+
+# --- PCI devices and interfaces -------------------------------------------------------
+
+
+def _pci_node(element: etree._Element) -> int | None:
+    """Locality from the nearest ancestor with a nodeset: I/O objects carry none themselves.
+
+    A device hanging off the Machine of a multi-node host has no single local node.
+    """
+    for ancestor in element.iterancestors("object"):
+        nodeset = ancestor.get("nodeset")
+        if nodeset is not None:
+            local = _mask(nodeset)
+            return local.min() if len(local) == 1 else None
+    return None
+
+
+def _net_children(element: etree._Element) -> list[NetInterface]:
+    address = element.get("pci_busid", "").lower()
+    return [
+        NetInterface(name=osdev.get("name", ""), pci_address=address, mac=(_own_info(osdev, "Address") or None))
+        for osdev in element.iterfind("object")
+        if osdev.get("type") == "OSDev" and osdev.get("osdev_type") == NETWORK_OSDEV
+    ]
+
+
+def _description(element: etree._Element) -> str | None:
+    # Names come from pci.ids at export time, when hwloc found it.
+    parts = [_own_info(element, "PCIVendor"), _own_info(element, "PCIDevice")]
+    return " ".join(p for p in parts if p) or None
+
+
+def _read_pci_device(element: etree._Element, interfaces: list[NetInterface]) -> PciDevice:
+    busid = element.get("pci_busid", "").lower()
+    match = _PCI_TYPE.match(element.get("pci_type", ""))
+    if not _PCI_BUSID.match(busid) or match is None:
+        raise TopologyError(f"hwloc XML: bad PCI object pci_busid={busid!r} pci_type={element.get('pci_type')!r}")
+    class_id, vendor, device = (g.lower() for g in match.groups())
+    return PciDevice(
+        address=busid,
+        # hwloc keeps class and subclass only; the programming interface is taken as 00.
+        class_code=f"0x{class_id}00",
+        vendor=f"0x{vendor}",
+        device=f"0x{device}",
+        numa_node=_pci_node(element),
+        iommu_group=None,
+        driver=None,
+        interfaces=tuple(sorted(i.name for i in interfaces)),
+        description=_description(element),
+    )
+
+
+def _read_pci(objects: list[etree._Element], warnings: list[str]) -> tuple[list[PciDevice], list[NetInterface]]:
+    """PCIDev objects and PCI-to-PCI bridges (a host bridge has no pci_busid)."""
+    devices: list[PciDevice] = []
+    interfaces: list[NetInterface] = []
+    for element in objects:
+        if element.get("type") in ("PCIDev", "Bridge") and element.get("pci_busid"):
+            own = _net_children(element)
+            devices.append(_read_pci_device(element, own))
+            interfaces += own
+    if not devices:
+        warnings.append("hwloc XML has no PCI devices (exported without I/O discovery?)")
+    return sorted(devices, key=lambda d: d.address), sorted(interfaces, key=lambda i: i.name)

@@ -1,0 +1,433 @@
+"""Read a host from a sysfs/procfs tree: the live machine (root "/") or a captured copy.
+
+Every path is the one Linux uses, taken relative to a root directory, the way hwloc's
+HWLOC_FSROOT works: `read_host_tree(Path("/"))` reads this machine and
+`read_host_tree(Path("tests/data/trees/x"))` reads a tree captured by
+`scripts/gather-host-tree` or written by `tests/treebuilder.py`.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass, replace
+from pathlib import Path, PurePosixPath
+
+from bmslice.cpuset import CpuListError, CpuSet
+from bmslice.errors import TopologyError
+from bmslice.model.topology import Cpu, HostTopology, Hugepages, NetInterface, NumaNode, PciDevice
+
+CPU_DIR = "sys/devices/system/cpu"
+NODE_DIR = "sys/devices/system/node"
+PCI_DIR = "sys/bus/pci/devices"
+NET_DIR = "sys/class/net"
+IOMMU_DIR = "sys/kernel/iommu_groups"
+HUGEPAGES_DIR = "sys/kernel/mm/hugepages"
+
+_PCI_ADDRESS = re.compile(r"^(?:([0-9a-fA-F]{4,8}):)?([0-9a-fA-F]{2}):([0-9a-fA-F]{2})\.([0-7])$")
+_NUMBERED = re.compile(r"^(cpu|node|virtfn)(\d+)$")
+_HUGEPAGES = re.compile(r"^hugepages-(\d+)kB$")
+_VIRTIO = re.compile(r"^virtio\d+$")
+_MAX_SYMLINK_HOPS = 40
+
+
+class FsRoot:
+    """Reads files below `root` as if it were "/"; absent or unreadable files read as None.
+
+    Symlinks are followed inside the root: an absolute target is taken relative to the root,
+    so a captured tree can never leak reads from the machine running the tests.
+    Problems that should not stop discovery are collected in `warnings`.
+    """
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.warnings: list[str] = []
+
+    def resolve(self, rel: str) -> Path:
+        pending = list(reversed(PurePosixPath(rel).parts))
+        current: list[str] = []
+        hops = 0
+        while pending:
+            part = pending.pop()
+            if part in ("/", ".", ""):
+                continue
+            if part == "..":
+                if current:
+                    current.pop()
+                continue
+            candidate = self.root.joinpath(*current, part)
+            if hops < _MAX_SYMLINK_HOPS and candidate.is_symlink():
+                hops += 1
+                target = PurePosixPath(os.readlink(candidate))
+                if target.is_absolute():
+                    current = []
+                pending.extend(reversed(target.parts))
+            else:
+                current.append(part)
+        return self.root.joinpath(*current)
+
+    def display(self, rel: str) -> str:
+        return str(self.root / rel)
+
+    def is_dir(self, rel: str) -> bool:
+        return self.resolve(rel).is_dir()
+
+    def read(self, rel: str) -> str | None:
+        try:
+            return self.resolve(rel).read_text(encoding="utf-8", errors="replace")
+        except OSError:
+            return None
+
+    def read_line(self, rel: str) -> str | None:
+        text = self.read(rel)
+        return None if text is None else text.strip()
+
+    def read_int(self, rel: str) -> int | None:
+        text = self.read_line(rel)
+        if text is None:
+            return None
+        try:
+            return int(text, 0)
+        except ValueError:
+            self.warnings.append(f"{self.display(rel)}: expected an integer, got {text!r}; ignored")
+            return None
+
+    def read_cpuset(self, rel: str) -> CpuSet | None:
+        text = self.read_line(rel)
+        if text is None:
+            return None
+        try:
+            return CpuSet.parse(text)
+        except CpuListError as exc:
+            self.warnings.append(f"{self.display(rel)}: {exc}; ignored")
+            return None
+
+    def listdir(self, rel: str) -> list[str]:
+        try:
+            return sorted(os.listdir(self.resolve(rel)))
+        except OSError:
+            return []
+
+    def link_name(self, rel: str) -> str | None:
+        """Name of what a symlink points to (how sysfs names a driver or IOMMU group)."""
+        path = PurePosixPath(rel)
+        if not (self.resolve(str(path.parent)) / path.name).is_symlink():
+            return None
+        # The resolved name, not the raw target's last part, which may be "..".
+        return self.resolve(rel).name or None
+
+    def numbered(self, rel: str, prefix: str) -> list[int]:
+        """The N of every `<prefix>N` entry in a directory, ascending."""
+        found = []
+        for name in self.listdir(rel):
+            match = _NUMBERED.match(name)
+            if match and match.group(1) == prefix:
+                found.append(int(match.group(2)))
+        return sorted(found)
+
+
+def canonical_pci_address(text: str) -> str | None:
+    """Canonical form "0000:01:00.0" of "01:00.0" or "0000:01:00.0"; None for anything else."""
+    match = _PCI_ADDRESS.match(text.strip())
+    if not match:
+        return None
+    domain, bus, slot, function = match.groups()
+    return f"{int(domain or '0', 16):04x}:{bus.lower()}:{slot.lower()}.{function}"
+
+
+def read_host_tree(root: Path | str = Path("/")) -> HostTopology:
+    """Discover a host from ROOT/sys and ROOT/proc; raise TopologyError without CPU information."""
+    fs = FsRoot(Path(root))
+    if not fs.is_dir(CPU_DIR):
+        raise TopologyError(f"no CPU topology: {fs.display(CPU_DIR)} does not exist")
+    nodes = _read_nodes(fs)
+    cpus = _read_cpus(fs, nodes)
+    if not cpus:
+        raise TopologyError(f"no CPUs listed in {fs.display(CPU_DIR)}")
+    if not nodes:
+        nodes = [_single_node(fs, cpus)]
+    interfaces = _read_net_interfaces(fs)
+    vendor, model, flags = _read_cpuinfo(fs)
+    return HostTopology(
+        cpu_vendor=vendor,
+        kernel_cmdline=fs.read_line("proc/cmdline") or "",
+        default_route_interface=_default_route(fs),
+        cpus=tuple(cpus),
+        numa_nodes=tuple(nodes),
+        pci_devices=tuple(_read_pci_devices(fs, interfaces)),
+        net_interfaces=tuple(interfaces),
+        cpu_model=model,
+        cpu_flags=flags,
+        iommu_active=bool(fs.listdir(IOMMU_DIR)),
+        source=f"sysfs:{fs.root}",
+        hostname=fs.read_line("proc/sys/kernel/hostname") or "",
+        warnings=tuple(fs.warnings),
+    )
+
+
+# --- CPUs -----------------------------------------------------------------------------
+
+
+def _cpu_ids(fs: FsRoot) -> list[int]:
+    # "present" excludes hot-plug slots that "possible" lists but that have no CPU in them.
+    present = fs.read_cpuset(f"{CPU_DIR}/present")
+    return present.sorted() if present else fs.numbered(CPU_DIR, "cpu")
+
+
+def _is_online(fs: FsRoot, cpu_id: int, online: CpuSet | None) -> bool:
+    flag = fs.read_int(f"{CPU_DIR}/cpu{cpu_id}/online")
+    if flag is not None:
+        return flag == 1
+    # cpu0 usually has no online file because it cannot be unplugged.
+    return online is None or cpu_id in online
+
+
+def _cpu_nodes(fs: FsRoot, nodes: list[NumaNode], cpu_ids: Iterable[int]) -> dict[int, int]:
+    """CPU -> node from node cpulists, then cpuN/nodeM links (kept for offline CPUs)."""
+    if not nodes:
+        return dict.fromkeys(cpu_ids, 0)
+    mapping = {cpu: node.id for node in nodes for cpu in node.cpus}
+    for cpu_id in cpu_ids:
+        if cpu_id not in mapping:
+            linked = fs.numbered(f"{CPU_DIR}/cpu{cpu_id}", "node")
+            if linked:
+                mapping[cpu_id] = linked[0]
+    return mapping
+
+
+def _read_cpu(fs: FsRoot, cpu_id: int, online: bool, node: int | None) -> Cpu:
+    topo = f"{CPU_DIR}/cpu{cpu_id}/topology"
+    package = fs.read_int(f"{topo}/physical_package_id")
+    core = fs.read_int(f"{topo}/core_id")
+    die = fs.read_int(f"{topo}/die_id")
+    siblings = (fs.read_cpuset(f"{topo}/thread_siblings_list") if online else None) or CpuSet()
+    return Cpu(
+        id=cpu_id,
+        package=package if package is not None and package >= 0 else -1,  # settled by _infer_package
+        # Unknown core: its own number, like the libvirt reader, so it never merges with a real core.
+        core=core if core is not None and core >= 0 else cpu_id,
+        node=node,
+        siblings=siblings | CpuSet.of(cpu_id),
+        online=online,
+        die=die if die is not None and die >= 0 else 0,
+    )
+
+
+def _infer_package(fs: FsRoot, cpu: Cpu, cpus: list[Cpu]) -> Cpu:
+    """An offline CPU has no topology dir; its node's package is the best guess."""
+    if cpu.package >= 0:
+        return cpu
+    packages = {c.package for c in cpus if c.node == cpu.node and c.package >= 0}
+    if cpu.node is not None and len(packages) == 1:
+        return replace(cpu, package=packages.pop())
+    fs.warnings.append(f"CPU {cpu.id}: package unknown (no topology in sysfs); assumed 0")
+    return replace(cpu, package=0)
+
+
+def _read_cpus(fs: FsRoot, nodes: list[NumaNode]) -> list[Cpu]:
+    ids = _cpu_ids(fs)
+    online = fs.read_cpuset(f"{CPU_DIR}/online")
+    node_of = _cpu_nodes(fs, nodes, ids)
+    cpus = [_read_cpu(fs, i, _is_online(fs, i, online), node_of.get(i)) for i in ids]
+    return [_infer_package(fs, cpu, cpus) for cpu in cpus]
+
+
+# --- NUMA nodes and memory ------------------------------------------------------------
+
+
+def _meminfo_mib(text: str | None, key: str) -> int | None:
+    """Find "<key>: N kB" in /proc/meminfo or a node's meminfo ("Node 0 MemTotal: N kB")."""
+    for line in (text or "").splitlines():
+        label, _, value = line.partition(":")
+        if label.split()[-1:] == [key]:
+            fields = value.split()
+            if fields and fields[0].isdigit():
+                return int(fields[0]) // 1024
+    return None
+
+
+def _read_hugepages(fs: FsRoot, rel: str) -> tuple[Hugepages, ...]:
+    pools = []
+    for name in fs.listdir(rel):
+        match = _HUGEPAGES.match(name)
+        if match:
+            total = fs.read_int(f"{rel}/{name}/nr_hugepages") or 0
+            free = fs.read_int(f"{rel}/{name}/free_hugepages") or 0
+            pools.append(Hugepages(int(match.group(1)), total, free))
+    return tuple(sorted(pools, key=lambda p: p.size_kib))
+
+
+def _read_node(fs: FsRoot, node_id: int) -> NumaNode:
+    rel = f"{NODE_DIR}/node{node_id}"
+    meminfo = fs.read(f"{rel}/meminfo")
+    distances = (fs.read_line(f"{rel}/distance") or "").split()
+    return NumaNode(
+        id=node_id,
+        cpus=fs.read_cpuset(f"{rel}/cpulist") or CpuSet(),
+        memory_mib=_meminfo_mib(meminfo, "MemTotal") or 0,
+        free_mib=_meminfo_mib(meminfo, "MemFree"),
+        hugepages=_read_hugepages(fs, f"{rel}/hugepages"),
+        distances=tuple(int(d) for d in distances if d.isdigit()),
+    )
+
+
+def _read_nodes(fs: FsRoot) -> list[NumaNode]:
+    return [_read_node(fs, n) for n in fs.numbered(NODE_DIR, "node")]
+
+
+def _single_node(fs: FsRoot, cpus: list[Cpu]) -> NumaNode:
+    """A kernel without NUMA support: one node holding every online CPU and all memory."""
+    meminfo = fs.read("proc/meminfo")
+    return NumaNode(
+        id=0,
+        cpus=CpuSet.from_iter(c.id for c in cpus if c.online),
+        memory_mib=_meminfo_mib(meminfo, "MemTotal") or 0,
+        free_mib=_meminfo_mib(meminfo, "MemFree"),
+        hugepages=_read_hugepages(fs, HUGEPAGES_DIR),
+        distances=(10,),
+    )
+
+
+# --- PCI devices ----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _PciLinks:
+    physfn: str | None
+    virtfns: tuple[str, ...]
+
+
+def _read_sriov_links(fs: FsRoot, rel: str) -> _PciLinks:
+    physfn = fs.link_name(f"{rel}/physfn")
+    virtfns = (fs.link_name(f"{rel}/virtfn{n}") for n in fs.numbered(rel, "virtfn"))
+    return _PciLinks(
+        physfn=canonical_pci_address(physfn) if physfn else None,
+        virtfns=tuple(a for a in (canonical_pci_address(v) for v in virtfns if v) if a),
+    )
+
+
+def _pci_numa_node(fs: FsRoot, rel: str) -> int | None:
+    node = fs.read_int(f"{rel}/numa_node")
+    return node if node is not None and node >= 0 else None
+
+
+def _pci_iommu_group(fs: FsRoot, rel: str) -> int | None:
+    group = fs.link_name(f"{rel}/iommu_group")
+    return int(group) if group and group.isdigit() else None
+
+
+def _read_pci_device(fs: FsRoot, name: str, address: str, interfaces: tuple[str, ...]) -> PciDevice:
+    rel = f"{PCI_DIR}/{name}"
+    links = _read_sriov_links(fs, rel)
+    return PciDevice(
+        address=address,
+        class_code=(fs.read_line(f"{rel}/class") or "").lower(),
+        vendor=(fs.read_line(f"{rel}/vendor") or "").lower(),
+        device=(fs.read_line(f"{rel}/device") or "").lower(),
+        numa_node=_pci_numa_node(fs, rel),
+        iommu_group=_pci_iommu_group(fs, rel),
+        driver=fs.link_name(f"{rel}/driver"),
+        interfaces=interfaces,
+        sriov_totalvfs=fs.read_int(f"{rel}/sriov_totalvfs") or 0,
+        sriov_numvfs=fs.read_int(f"{rel}/sriov_numvfs") or 0,
+        physfn=links.physfn,
+        virtfns=links.virtfns,
+    )
+
+
+def _read_pci_devices(fs: FsRoot, interfaces: list[NetInterface]) -> list[PciDevice]:
+    by_pci: dict[str, list[str]] = {}
+    for iface in interfaces:
+        if iface.pci_address:
+            by_pci.setdefault(iface.pci_address, []).append(iface.name)
+    devices = []
+    for name in fs.listdir(PCI_DIR):
+        address = canonical_pci_address(name)
+        if address is None:
+            continue
+        names = set(by_pci.get(address, ())) | set(fs.listdir(f"{PCI_DIR}/{name}/net"))
+        devices.append(_read_pci_device(fs, name, address, tuple(sorted(names))))
+    devices.sort(key=lambda d: d.address)
+    _warn_unknown_locality(fs, devices)
+    return devices
+
+
+def _warn_unknown_locality(fs: FsRoot, devices: list[PciDevice]) -> None:
+    unknown = [d.address for d in devices if d.numa_node is None]
+    if unknown:
+        fs.warnings.append(
+            f"{len(unknown)} PCI device(s) report numa_node -1 (no locality from firmware): {', '.join(unknown)}"
+        )
+
+
+# --- network interfaces ---------------------------------------------------------------
+
+
+def _interface_pci_address(fs: FsRoot, rel: str) -> str | None:
+    device = fs.link_name(f"{rel}/device")
+    if device is None:
+        return None
+    if _VIRTIO.match(device):
+        # virtio-net hangs off a virtio bus device whose parent is the PCI function.
+        return canonical_pci_address(fs.resolve(f"{rel}/device").parent.name)
+    return canonical_pci_address(device)
+
+
+def _master_kind(fs: FsRoot, rel: str, master: str | None) -> str | None:
+    if master is None:
+        return None
+    master_rel = f"{NET_DIR}/{master}"
+    if fs.is_dir(f"{rel}/bonding_slave") or fs.is_dir(f"{master_rel}/bonding"):
+        return "bond"
+    if fs.is_dir(f"{rel}/brport") or fs.is_dir(f"{master_rel}/bridge"):
+        return "bridge"
+    return None
+
+
+def _read_net_interface(fs: FsRoot, name: str) -> NetInterface:
+    rel = f"{NET_DIR}/{name}"
+    master = fs.link_name(f"{rel}/master")
+    return NetInterface(
+        name=name,
+        pci_address=_interface_pci_address(fs, rel),
+        mac=fs.read_line(f"{rel}/address") or None,
+        master=master,
+        master_kind=_master_kind(fs, rel, master),
+    )
+
+
+def _read_net_interfaces(fs: FsRoot) -> list[NetInterface]:
+    return [_read_net_interface(fs, name) for name in fs.listdir(NET_DIR)]
+
+
+# --- /proc ----------------------------------------------------------------------------
+
+
+def _read_cpuinfo(fs: FsRoot) -> tuple[str, str, frozenset[str]]:
+    """vendor_id, model name and flags of the first processor entry."""
+    fields: dict[str, str] = {}
+    for line in (fs.read("proc/cpuinfo") or "").splitlines():
+        if not line.strip():
+            if fields:
+                break
+            continue
+        key, _, value = line.partition(":")
+        fields.setdefault(key.strip(), value.strip())
+    return fields.get("vendor_id", ""), fields.get("model name", ""), frozenset(fields.get("flags", "").split())
+
+
+def _default_route(fs: FsRoot) -> str | None:
+    """Interface of the lowest-metric default route in /proc/net/route (hex fields)."""
+    best: tuple[int, str] | None = None
+    for line in (fs.read("proc/net/route") or "").splitlines()[1:]:
+        fields = line.split()
+        if len(fields) < 8 or fields[1] != "00000000" or fields[7] != "00000000":
+            continue
+        try:
+            up, metric = int(fields[3], 16) & 1, int(fields[6])
+        except ValueError:
+            continue
+        if up and (best is None or metric < best[0]):
+            best = (metric, fields[0])
+    return best[1] if best else None

@@ -1,0 +1,501 @@
+"""Write synthetic sysfs/procfs host trees laid out exactly as Linux lays them out.
+
+A tree is described by a `HostSpec` (CPUs, node memory, PCI devices, interfaces, /proc
+contents) and written with `write_tree(spec, root)`; `bmslice.topology.sysfs.read_host_tree(root)`
+then reads it like a live machine. `cpu_layout()` builds the CPU table for the usual
+numbering schemes; pass an explicit tuple of `CpuSpec` for anything else.
+
+The design note's server is `server1_spec()`; its tree is committed under
+examples/server1/host and regenerated with:
+
+    python tests/treebuilder.py server1 examples/server1/host
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import sys
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field, replace
+from pathlib import Path, PurePosixPath
+
+from bmslice.cpuset import CpuSet
+
+INTEL_FLAGS = (
+    "fpu vme de pse tsc msr pae mce cx8 apic sep mtrr pge mca cmov pat pse36 clflush dts acpi mmx fxsr sse sse2 ss"
+    " ht tm pbe syscall nx pdpe1gb rdtscp lm constant_tsc arch_perfmon pebs bts rep_good nopl xtopology nonstop_tsc"
+    " cpuid aperfmperf pni pclmulqdq dtes64 monitor ds_cpl vmx smx est tm2 ssse3 cx16 xtpr pdcm pcid dca sse4_1"
+    " sse4_2 x2apic popcnt tsc_deadline_timer aes xsave avx f16c rdrand lahf_lm cpuid_fault epb pti ssbd ibrs ibpb"
+    " stibp tpr_shadow vnmi flexpriority ept vpid fsgsbase smep erms xsaveopt dtherm ida arat pln pts md_clear"
+    " flush_l1d"
+)
+AMD_FLAGS = (
+    "fpu vme de pse tsc msr pae mce cx8 apic sep mtrr pge mca cmov pat pse36 clflush mmx fxsr sse sse2 ht syscall nx"
+    " mmxext fxsr_opt pdpe1gb rdtscp lm constant_tsc rep_good nopl nonstop_tsc cpuid extd_apicid amd_dcm aperfmperf"
+    " pni pclmulqdq monitor ssse3 fma cx16 sse4_1 sse4_2 movbe popcnt aes xsave avx f16c rdrand lahf_lm cmp_legacy"
+    " svm extapic cr8_legacy abm sse4a misalignsse 3dnowprefetch osvw skinit wdt tce topoext perfctr_core"
+    " perfctr_nb bpext perfctr_llc mwaitx cpb hw_pstate sme ssbd sev ibpb vmmcall fsgsbase bmi1 avx2 smep bmi2"
+    " rdseed adx smap clflushopt sha_ni xsaveopt xsavec xgetbv1 xsaves clzero irperf xsaveerptr arat npt lbrv"
+    " svm_lock nrip_save tsc_scale vmcb_clean flushbyasid decodeassists pausefilter pfthreshold avic"
+    " v_vmsave_vmload vgif overflow_recov succor smca"
+)
+VENDOR_DEFAULTS = {
+    # vendor: (model name, cpu family, model, stepping, flags)
+    "GenuineIntel": ("Intel(R) Xeon(R) CPU E5-2620 v2 @ 2.10GHz", 6, 62, 4, INTEL_FLAGS),
+    "AuthenticAMD": ("AMD EPYC 7451 24-Core Processor", 23, 1, 2, AMD_FLAGS),
+}
+HUGEPAGE_SIZES_KIB = (2048, 1048576)
+TAB = "\t"
+
+
+@dataclass(frozen=True)
+class CpuSpec:
+    id: int
+    package: int
+    core: int
+    node: int
+    die: int = 0
+    online: bool = True
+
+
+@dataclass(frozen=True)
+class NodeMemory:
+    memory_mib: int = 16384
+    free_mib: int | None = None  # None: 15/16 of memory_mib
+    hugepages: tuple[tuple[int, int, int], ...] = tuple((size, 0, 0) for size in HUGEPAGE_SIZES_KIB)
+    # (size_kib, nr_hugepages, free_hugepages); () writes no hugepages dir at all
+
+
+@dataclass(frozen=True)
+class PciSpec:
+    address: str  # "0000:01:00.0"
+    class_code: str = "0x020000"
+    vendor: str = "0x8086"
+    device: str = "0x1528"
+    numa_node: int = 0  # -1: firmware gave no locality
+    iommu_group: int | None = None
+    driver: str | None = None
+    interfaces: tuple[str, ...] = ()
+    sriov_totalvfs: int | None = None  # None: not SR-IOV capable, no sriov_* files
+    sriov_numvfs: int = 0
+    physfn: str | None = None  # set on a VF: the address of its PF
+    parent: str | None = None  # upstream bridge; None sits on the root bus
+
+
+@dataclass(frozen=True)
+class HostSpec:
+    cpus: tuple[CpuSpec, ...]
+    vendor: str = "GenuineIntel"
+    model_name: str | None = None  # None: the vendor's default
+    flags: str | None = None  # None: the vendor's default (has vmx or svm)
+    node_memory: Mapping[int, NodeMemory] = field(default_factory=dict)  # missing nodes: NodeMemory()
+    distances: tuple[tuple[int, ...], ...] | None = None  # None: 10 local, 16 same package, 21 remote
+    numa: bool = True  # False: a kernel without NUMA, no /sys/devices/system/node
+    cmdline: str = "BOOT_IMAGE=/vmlinuz-6.1.0-18-amd64 root=/dev/sda1 ro quiet"
+    hostname: str | None = "testhost"
+    default_route: str | None = None
+    extra_default_routes: tuple[tuple[str, int], ...] = ()  # (interface, metric)
+    iommu: bool = True
+    pci: tuple[PciSpec, ...] = ()
+    virtual_interfaces: Mapping[str, str] = field(default_factory=lambda: {"lo": ""})  # name -> "bond"|"bridge"|""
+    masters: Mapping[str, str] = field(default_factory=dict)  # interface -> its bond or bridge
+    macs: Mapping[str, str] = field(default_factory=dict)  # interface -> MAC; others get a derived one
+
+
+def cpu_layout(
+    sockets: int,
+    cores_per_socket: int,
+    threads_per_core: int = 2,
+    siblings: str = "spread",
+    nodes_per_socket: int = 1,
+    socket_order: str = "block",
+    offline: Iterable[int] = (),
+) -> tuple[CpuSpec, ...]:
+    """CPU table for common numberings.
+
+    siblings "spread": thread t of physical core p is CPU t*ncores + p (Intel: 0/12, 1/13...);
+    "adjacent": CPU p*threads + t (0/1, 2/3...). socket_order "block": socket 0 owns the first
+    cores; "interleave": cores alternate between sockets, so with one node per socket node0
+    holds the even CPUs and node1 the odd ones. Each socket's cores are split evenly over its nodes.
+    """
+    if siblings not in ("spread", "adjacent") or socket_order not in ("block", "interleave"):
+        raise ValueError(f"unknown numbering {siblings!r}/{socket_order!r}")
+    total_cores = sockets * cores_per_socket
+    offline_set = set(offline)
+    cpus = []
+    for socket in range(sockets):
+        for core in range(cores_per_socket):
+            physical = socket * cores_per_socket + core if socket_order == "block" else core * sockets + socket
+            node = socket * nodes_per_socket + core * nodes_per_socket // cores_per_socket
+            for thread in range(threads_per_core):
+                spread = siblings == "spread"
+                cpu_id = thread * total_cores + physical if spread else physical * threads_per_core + thread
+                cpus.append(CpuSpec(cpu_id, socket, core, node, online=cpu_id not in offline_set))
+    return tuple(sorted(cpus, key=lambda c: c.id))
+
+
+def vf_specs(
+    pf: PciSpec, count: int, first_group: int, device: str = "0x1515", driver: str = "ixgbevf"
+) -> list[PciSpec]:
+    """VFs of `pf` at devfn 0x80 + 2*i + pf function (how ixgbe places them), one IOMMU group each."""
+    domain, bus, slot_function = pf.address.split(":")
+    function = int(slot_function.split(".")[1])
+    vfs = []
+    for index in range(count):
+        devfn = 0x80 + 2 * index + function
+        vfs.append(
+            PciSpec(
+                address=f"{domain}:{bus}:{devfn >> 3:02x}.{devfn & 7}",
+                class_code=pf.class_code,
+                vendor=pf.vendor,
+                device=device,
+                numa_node=pf.numa_node,
+                iommu_group=first_group + index,
+                driver=driver,
+                physfn=pf.address,
+                parent=pf.parent,
+            )
+        )
+    return vfs
+
+
+def derived_mac(name: str) -> str:
+    if name == "lo":
+        return "00:00:00:00:00:00"
+    digest = hashlib.sha256(name.encode()).digest()
+    return ":".join(f"{b:02x}" for b in (0x02, *digest[:5]))
+
+
+class _Tree:
+    """Writes files and relative symlinks below a root, given Linux absolute paths."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+
+    def file(self, rel: str, content: str) -> None:
+        path = self.root / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(content, encoding="utf-8")
+
+    def mkdir(self, rel: str) -> None:
+        (self.root / rel).mkdir(parents=True, exist_ok=True)
+
+    def link(self, rel: str, target_rel: str) -> None:
+        """A relative symlink at `rel` pointing to `target_rel`, as sysfs writes them."""
+        path = self.root / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        target = os.path.relpath(PurePosixPath("/", target_rel), PurePosixPath("/", rel).parent)
+        if PurePosixPath(target).name == "..":
+            # Linux names the target even when it is an ancestor: "../../../0000:01:00.0", not "../..".
+            target = f"{target}/../{PurePosixPath(target_rel).name}"
+        path.symlink_to(target)
+
+
+def write_tree(spec: HostSpec, root: Path) -> Path:
+    """Write `spec` as ROOT/sys and ROOT/proc; `root` must be empty or absent."""
+    if root.exists() and any(root.iterdir()):
+        raise FileExistsError(f"{root} is not empty")
+    tree = _Tree(root)
+    _write_cpus(tree, spec)
+    if spec.numa:
+        _write_nodes(tree, spec)
+    _write_global_hugepages(tree, spec)
+    device_dirs = _write_pci(tree, spec)
+    _write_net(tree, spec, device_dirs)
+    _write_proc(tree, spec)
+    return root
+
+
+# --- CPUs and NUMA nodes --------------------------------------------------------------
+
+
+def _cpulist(ids: Iterable[int]) -> str:
+    return CpuSet.from_iter(ids).format()
+
+
+def _node_ids(spec: HostSpec) -> list[int]:
+    return sorted({c.node for c in spec.cpus} | set(spec.node_memory))
+
+
+def _write_cpus(tree: _Tree, spec: HostSpec) -> None:
+    base = "sys/devices/system/cpu"
+    all_ids = [c.id for c in spec.cpus]
+    online = [c for c in spec.cpus if c.online]
+    tree.file(f"{base}/possible", _cpulist(all_ids) + "\n")
+    tree.file(f"{base}/present", _cpulist(all_ids) + "\n")
+    tree.file(f"{base}/online", _cpulist(c.id for c in online) + "\n")
+    tree.file(f"{base}/offline", _cpulist(c.id for c in spec.cpus if not c.online) + "\n")
+    for cpu in spec.cpus:
+        _write_cpu(tree, spec, cpu, online)
+
+
+def _write_cpu(tree: _Tree, spec: HostSpec, cpu: CpuSpec, online: list[CpuSpec]) -> None:
+    rel = f"sys/devices/system/cpu/cpu{cpu.id}"
+    if cpu.id != 0:  # the boot CPU cannot be unplugged, so it has no online file
+        tree.file(f"{rel}/online", f"{int(cpu.online)}\n")
+    if spec.numa:
+        tree.link(f"{rel}/node{cpu.node}", f"sys/devices/system/node/node{cpu.node}")
+    if not cpu.online:  # the kernel removes topology/ when a CPU goes offline
+        return
+    threads = [c.id for c in online if (c.package, c.die, c.core) == (cpu.package, cpu.die, cpu.core)]
+    package = [c.id for c in online if c.package == cpu.package]
+    tree.file(f"{rel}/topology/physical_package_id", f"{cpu.package}\n")
+    tree.file(f"{rel}/topology/die_id", f"{cpu.die}\n")
+    tree.file(f"{rel}/topology/core_id", f"{cpu.core}\n")
+    tree.file(f"{rel}/topology/thread_siblings_list", _cpulist(threads) + "\n")
+    tree.file(f"{rel}/topology/core_siblings_list", _cpulist(package) + "\n")
+
+
+def _node_memory(spec: HostSpec, node: int) -> NodeMemory:
+    return spec.node_memory.get(node, NodeMemory())
+
+
+def _distance(spec: HostSpec, a: int, b: int) -> int:
+    if spec.distances is not None:
+        return spec.distances[a][b]
+    if a == b:
+        return 10
+    packages = {n: {c.package for c in spec.cpus if c.node == n} for n in (a, b)}
+    return 16 if packages[a] & packages[b] else 21
+
+
+def _meminfo_lines(prefix: str, memory: NodeMemory) -> list[str]:
+    total_kb = memory.memory_mib * 1024
+    free_mib = memory.free_mib if memory.free_mib is not None else memory.memory_mib * 15 // 16
+    free_kb = free_mib * 1024
+    return [
+        f"{prefix}MemTotal:       {total_kb:>10} kB",
+        f"{prefix}MemFree:        {free_kb:>10} kB",
+        f"{prefix}MemUsed:        {total_kb - free_kb:>10} kB",
+    ]
+
+
+def _write_hugepages(tree: _Tree, rel: str, pools: Iterable[tuple[int, int, int]]) -> None:
+    for size, total, free in pools:
+        tree.file(f"{rel}/hugepages-{size}kB/nr_hugepages", f"{total}\n")
+        tree.file(f"{rel}/hugepages-{size}kB/free_hugepages", f"{free}\n")
+        tree.file(f"{rel}/hugepages-{size}kB/surplus_hugepages", "0\n")
+
+
+def _write_nodes(tree: _Tree, spec: HostSpec) -> None:
+    base = "sys/devices/system/node"
+    nodes = _node_ids(spec)
+    tree.file(f"{base}/possible", _cpulist(nodes) + "\n")
+    tree.file(f"{base}/online", _cpulist(nodes) + "\n")
+    tree.file(f"{base}/has_cpu", _cpulist(c.node for c in spec.cpus if c.online) + "\n")
+    for node in nodes:
+        rel = f"{base}/node{node}"
+        memory = _node_memory(spec, node)
+        # Offline CPUs leave their node's cpulist (x86 numa_remove_cpu) but keep cpuN/nodeM.
+        tree.file(f"{rel}/cpulist", _cpulist(c.id for c in spec.cpus if c.node == node and c.online) + "\n")
+        tree.file(f"{rel}/meminfo", "\n".join(_meminfo_lines(f"Node {node} ", memory)) + "\n")
+        tree.file(f"{rel}/distance", " ".join(str(_distance(spec, node, other)) for other in nodes) + "\n")
+        _write_hugepages(tree, f"{rel}/hugepages", memory.hugepages)
+
+
+def _global_pools(spec: HostSpec) -> list[tuple[int, int, int]]:
+    totals: dict[int, tuple[int, int]] = {}
+    nodes = _node_ids(spec) or [0]
+    for node in nodes:
+        for size, total, free in _node_memory(spec, node).hugepages:
+            old_total, old_free = totals.get(size, (0, 0))
+            totals[size] = (old_total + total, old_free + free)
+    return [(size, total, free) for size, (total, free) in sorted(totals.items())]
+
+
+def _write_global_hugepages(tree: _Tree, spec: HostSpec) -> None:
+    _write_hugepages(tree, "sys/kernel/mm/hugepages", _global_pools(spec))
+
+
+# --- PCI ------------------------------------------------------------------------------
+
+
+def _pci_dirs(spec: HostSpec) -> dict[str, str]:
+    """Each device's real directory: nested below its parent bridge, as in /sys/devices."""
+    by_address = {d.address: d for d in spec.pci}
+    dirs: dict[str, str] = {}
+
+    def locate(dev: PciSpec) -> str:
+        if dev.address not in dirs:
+            if dev.parent is not None:
+                dirs[dev.address] = f"{locate(by_address[dev.parent])}/{dev.address}"
+            else:
+                domain, bus = dev.address.split(":")[:2]
+                dirs[dev.address] = f"sys/devices/pci{domain}:{bus}/{dev.address}"
+        return dirs[dev.address]
+
+    for dev in spec.pci:
+        locate(dev)
+    return dirs
+
+
+def _write_pci_device(tree: _Tree, spec: HostSpec, dev: PciSpec, rel: str) -> None:
+    tree.file(f"{rel}/class", f"{dev.class_code}\n")
+    tree.file(f"{rel}/vendor", f"{dev.vendor}\n")
+    tree.file(f"{rel}/device", f"{dev.device}\n")
+    tree.file(f"{rel}/numa_node", f"{dev.numa_node}\n")
+    tree.link(f"sys/bus/pci/devices/{dev.address}", rel)
+    if dev.driver:
+        tree.link(f"{rel}/driver", f"sys/bus/pci/drivers/{dev.driver}")
+        tree.link(f"sys/bus/pci/drivers/{dev.driver}/{dev.address}", rel)
+    if dev.sriov_totalvfs is not None:
+        tree.file(f"{rel}/sriov_totalvfs", f"{dev.sriov_totalvfs}\n")
+        tree.file(f"{rel}/sriov_numvfs", f"{dev.sriov_numvfs}\n")
+    if spec.iommu and dev.iommu_group is not None:
+        group = f"sys/kernel/iommu_groups/{dev.iommu_group}"
+        tree.link(f"{rel}/iommu_group", group)
+        tree.link(f"{group}/devices/{dev.address}", rel)
+
+
+def _write_pci(tree: _Tree, spec: HostSpec) -> dict[str, str]:
+    tree.mkdir("sys/kernel/iommu_groups")
+    dirs = _pci_dirs(spec)
+    for dev in spec.pci:
+        _write_pci_device(tree, spec, dev, dirs[dev.address])
+    for pf in spec.pci:
+        vfs = [d for d in spec.pci if d.physfn == pf.address]
+        for index, vf in enumerate(vfs):
+            tree.link(f"{dirs[pf.address]}/virtfn{index}", dirs[vf.address])
+            tree.link(f"{dirs[vf.address]}/physfn", dirs[pf.address])
+    return dirs
+
+
+# --- network interfaces ---------------------------------------------------------------
+
+
+def _write_interface(tree: _Tree, spec: HostSpec, name: str, rel: str) -> None:
+    tree.file(f"{rel}/address", spec.macs.get(name, derived_mac(name)) + "\n")
+    tree.link(f"sys/class/net/{name}", rel)
+    kind = spec.virtual_interfaces.get(name, "")
+    if kind == "bond":
+        tree.file(f"{rel}/bonding/mode", "active-backup 1\n")
+    elif kind == "bridge":
+        tree.file(f"{rel}/bridge/stp_state", "0\n")
+    master = spec.masters.get(name)
+    if master is None:
+        return
+    tree.link(f"{rel}/master", f"sys/devices/virtual/net/{master}")
+    if spec.virtual_interfaces.get(master) == "bond":
+        tree.file(f"{rel}/bonding_slave/state", "active\n")
+    elif spec.virtual_interfaces.get(master) == "bridge":
+        tree.file(f"{rel}/brport/state", "3\n")
+
+
+def _write_net(tree: _Tree, spec: HostSpec, device_dirs: Mapping[str, str]) -> None:
+    for dev in spec.pci:
+        for name in dev.interfaces:
+            rel = f"{device_dirs[dev.address]}/net/{name}"
+            tree.link(f"{rel}/device", device_dirs[dev.address])
+            _write_interface(tree, spec, name, rel)
+    for name in spec.virtual_interfaces:
+        _write_interface(tree, spec, name, f"sys/devices/virtual/net/{name}")
+
+
+# --- /proc ----------------------------------------------------------------------------
+
+
+def _cpuinfo_entry(spec: HostSpec, cpu: CpuSpec) -> str:
+    model_name, family, model, stepping, flags = VENDOR_DEFAULTS.get(spec.vendor, VENDOR_DEFAULTS["GenuineIntel"])
+    same_package = [c for c in spec.cpus if c.online and c.package == cpu.package]
+    fields = [
+        ("processor", str(cpu.id)),
+        ("vendor_id", spec.vendor),
+        ("cpu family", str(family)),
+        ("model", str(model)),
+        ("model name", spec.model_name or model_name),
+        ("stepping", str(stepping)),
+        ("physical id", str(cpu.package)),
+        ("siblings", str(len(same_package))),
+        ("core id", str(cpu.core)),
+        ("cpu cores", str(len({(c.die, c.core) for c in same_package}))),
+        ("flags", spec.flags or flags),
+    ]
+    # /proc/cpuinfo pads keys with tabs to two tab stops.
+    return "".join(f"{key}{TAB if len(key) >= 8 else TAB * 2}: {value}\n" for key, value in fields)
+
+
+def _route_line(iface: str, destination: str, gateway: str, flags: int, metric: int, mask: str) -> str:
+    return f"{iface}\t{destination}\t{gateway}\t{flags:04X}\t0\t0\t{metric}\t{mask}\t0\t0\t0\n"
+
+
+def _net_route(spec: HostSpec) -> str:
+    lines = ["Iface\tDestination\tGateway \tFlags\tRefCnt\tUse\tMetric\tMask\t\tMTU\tWindow\tIRTT\n"]
+    defaults = ([(spec.default_route, 0)] if spec.default_route else []) + list(spec.extra_default_routes)
+    for iface, metric in defaults:
+        lines.append(_route_line(iface, "00000000", "0100A8C0", 0x0003, metric, "00000000"))
+        lines.append(_route_line(iface, "0000A8C0", "00000000", 0x0001, metric, "00FFFFFF"))
+    return "".join(lines)
+
+
+def _proc_meminfo(spec: HostSpec) -> str:
+    nodes = _node_ids(spec) or [0]
+    memory = NodeMemory(
+        memory_mib=sum(_node_memory(spec, n).memory_mib for n in nodes),
+        free_mib=sum(_meminfo_free(_node_memory(spec, n)) for n in nodes),
+    )
+    pools = {size: (total, free) for size, total, free in _global_pools(spec)}
+    total, free = pools.get(2048, (0, 0))
+    lines = [
+        *_meminfo_lines("", memory)[:2],
+        f"HugePages_Total:  {total:>8}",
+        f"HugePages_Free:   {free:>8}",
+        "Hugepagesize:       2048 kB",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def _meminfo_free(memory: NodeMemory) -> int:
+    return memory.free_mib if memory.free_mib is not None else memory.memory_mib * 15 // 16
+
+
+def _write_proc(tree: _Tree, spec: HostSpec) -> None:
+    entries = [_cpuinfo_entry(spec, cpu) for cpu in spec.cpus if cpu.online]
+    tree.file("proc/cpuinfo", "\n".join(entries) + "\n")
+    tree.file("proc/meminfo", _proc_meminfo(spec))
+    tree.file("proc/cmdline", spec.cmdline + "\n")
+    tree.file("proc/net/route", _net_route(spec))
+    if spec.hostname is not None:
+        tree.file("proc/sys/kernel/hostname", spec.hostname + "\n")
+
+
+# --- the design note's server ---------------------------------------------------------
+
+
+def server1_spec() -> HostSpec:
+    """Xeon E5-2620 v2, 2 sockets x 6 cores x 2 threads, node0 = even CPUs, siblings N/N+12."""
+    bridge = PciSpec("0000:00:01.0", class_code="0x060400", device="0x0e02", iommu_group=1, driver="pcieport")
+    x540 = PciSpec("", device="0x1528", driver="ixgbe", sriov_totalvfs=63, parent=bridge.address)
+    i350 = PciSpec("", device="0x1521", driver="igb", sriov_totalvfs=7)
+    return HostSpec(
+        cpus=cpu_layout(2, 6, 2, siblings="spread", socket_order="interleave"),
+        vendor="GenuineIntel",
+        model_name="Intel(R) Xeon(R) CPU E5-2620 v2 @ 2.10GHz",
+        node_memory={0: NodeMemory(32768), 1: NodeMemory(32768)},
+        cmdline="BOOT_IMAGE=/vmlinuz-4.15.0-20-generic root=/dev/mapper/server1--vg-root ro intel_iommu=on",
+        hostname="server1",
+        default_route="eno3",
+        pci=(
+            bridge,
+            replace(x540, address="0000:01:00.0", iommu_group=25, interfaces=("eno1",)),
+            replace(x540, address="0000:01:00.1", iommu_group=26, interfaces=("eno2",)),
+            replace(i350, address="0000:08:00.0", iommu_group=30, interfaces=("eno3",)),
+            replace(i350, address="0000:08:00.1", iommu_group=31, interfaces=("eno4",)),
+        ),
+        virtual_interfaces={"lo": "", "virbr0": "bridge"},
+    )
+
+
+SPECS = {"server1": server1_spec}
+
+
+def main(argv: list[str]) -> int:
+    if len(argv) != 2 or argv[0] not in SPECS:
+        print(f"usage: treebuilder.py {{{','.join(SPECS)}}} OUTDIR", file=sys.stderr)
+        return 2
+    write_tree(SPECS[argv[0]](), Path(argv[1]))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

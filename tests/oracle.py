@@ -23,6 +23,7 @@ from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from bmslice.model.plan import Plan
 from bmslice.model.spec import Spec
 from bmslice.model.topology import HostTopology
 
@@ -176,3 +177,127 @@ def best_layout(topo: HostTopology, spec: Spec) -> OLayout | None:
             if best is None or cross < best.cross_numa:
                 best = OLayout(layout, cross)
     return best
+
+
+def check_plan(topo: HostTopology, spec: Spec, plan: Plan) -> None:
+    """Assert every invariant of faults.md that a CPU/NUMA/NIC plan must hold (independent checks)."""
+    online = {c.id for c in topo.cpus if c.online}
+    cpu_node = {c.id: (c.node if c.node is not None else 0) for c in topo.cpus}
+    cores = physical_cores(topo)
+    core_of = {cpu: core for core in cores for cpu in core.cpus}
+    reserved = set(plan.host.reserved_cpus)
+
+    # The host keeps whole cores: the lowest N per node plus CPU 0's core (or the explicit list).
+    if spec.host.reserved_cpus is None:
+        assert reserved == reserved_cpus(topo, spec.host.reserved_cores_per_node), "reserved CPUs"
+    else:
+        assert reserved == set(spec.host.reserved_cpuset or ()), "explicit reserved CPUs"
+    if 0 in online:
+        assert 0 in reserved, "CPU 0 stays with the host"
+    assert reserved <= online
+
+    names = [vm.name for vm in plan.vms]
+    assert len(set(names)) == len(names), "a VM planned twice"
+    assert names[: len(spec.vms)] == [vm.name for vm in spec.vms], "spec VMs first, in spec order"
+
+    owner: dict[int, str] = {}
+    all_vcpu_cpus: set[int] = set()
+    memory: dict[int, int] = defaultdict(int)
+    device_owner: dict[str, str] = {}
+    for vm in plan.vms:
+        vs = spec.vm(vm.name)
+        pins = list(vm.vcpu_pins)
+        # 1. total, 1:1, online
+        assert len(pins) == vs.vcpus, f"{vm.name}: {len(pins)} pins for {vs.vcpus} vCPUs"
+        assert len(set(pins)) == len(pins), f"{vm.name}: a host CPU carries two vCPUs"
+        assert set(pins) <= online, f"{vm.name}: pinned to an offline/nonexistent CPU"
+        # whole cores, one node
+        assert len(vm.numa_nodes) == 1, f"{vm.name}: spans nodes {vm.numa_nodes}"
+        node = vm.numa_nodes[0]
+        if vs.numa_node is not None:
+            assert node == vs.numa_node, f"{vm.name}: asked for node {vs.numa_node}, got {node}"
+        vm_cores = []
+        for core in vm.cores:
+            assert core.min() in core_of and set(core) == set(core_of[core.min()].cpus), f"{vm.name}: {core} not whole"
+            assert core_of[core.min()].node == node, f"{vm.name}: core {core} off node {node}"
+            vm_cores.append(core_of[core.min()])
+        assert len(set(vm_cores)) == len(vm_cores), f"{vm.name}: a core listed twice"
+        assert all(cpu_node[cpu] == node for cpu in pins), f"{vm.name}: a vCPU off node {node}"
+        # emulator + IOThreads
+        emu = set(vm.emulator_cpus)
+        if vs.emulator.value == "dedicated":
+            emu_cores = [c for c in vm_cores if c.cpus == emu]
+            assert len(emu_cores) == 1, f"{vm.name}: dedicated emulator CPUs {emu} are not one of its cores"
+            vcpu_cores = [c for c in vm_cores if c.cpus != emu]
+        else:
+            local = {cpu for cpu in reserved if cpu_node[cpu] == node}
+            assert emu == (local or reserved), f"{vm.name}: emulator=host should use the host CPUs of node {node}"
+            vcpu_cores = vm_cores
+        assert emu, f"{vm.name}: emulator threads unpinned"
+        assert set(vm.iothread_cpus) == (emu if vs.iothreads else set()), f"{vm.name}: IOThreads off emulator CPUs"
+        assert vm.iothreads == vs.iothreads
+        vcpu_core_cpus = {cpu for c in vcpu_cores for cpu in c.cpus}
+        assert set(pins) <= vcpu_core_cpus, f"{vm.name}: a vCPU outside its vCPU cores"
+        assert all(not c.cpus.isdisjoint(pins) for c in vcpu_cores), f"{vm.name}: owns an unused vCPU core"
+        idle = len(vcpu_core_cpus) - len(pins)
+        assert idle <= vs.vcpus % 2, f"{vm.name}: {idle} idle threads with {vs.vcpus} vCPUs"
+        # guest topology mirrors host siblings
+        gt = vm.guest_topology
+        assert gt.sockets * gt.dies * gt.cores * gt.threads == vs.vcpus, f"{vm.name}: guest topology {gt}"
+        assert gt.threads in (1, 2)
+        if gt.threads == 2:
+            for i in range(0, len(pins), 2):
+                assert core_of[pins[i]] == core_of[pins[i + 1]], f"{vm.name}: vCPUs {i},{i + 1} not host siblings"
+        # ownership
+        for cpu in vm.owned_cpus:
+            assert cpu not in owner, f"CPU {cpu} owned by {owner.get(cpu)} and {vm.name}"
+            assert cpu not in reserved, f"{vm.name}: owns host-reserved CPU {cpu}"
+            owner[cpu] = vm.name
+        all_vcpu_cpus |= set(pins)
+        memory[node] += vm.memory_mib
+        assert vm.memory_mib == vs.memory
+        # devices
+        wanted = []
+        for nic in vs.nics:
+            ref = nic.passthrough
+            dev = next(d for d in topo.pci_devices if (d.address == ref if ":" in ref else ref in d.interfaces))
+            wanted.append(dev.address)
+        assert [d.address for d in vm.devices] == wanted, f"{vm.name}: devices {vm.devices} != spec {wanted}"
+        for dev in vm.devices:
+            assert dev.address not in device_owner, f"{dev.address} in {device_owner.get(dev.address)} and {vm.name}"
+            device_owner[dev.address] = vm.name
+            cross = dev.numa_node is not None and dev.numa_node != node
+            flagged = [w for w in vm.warnings if dev.address in w and "(cross-NUMA)" in w]
+            assert bool(flagged) == cross, f"{vm.name}: cross-NUMA warning for {dev.address}: {vm.warnings}"
+            if cross:
+                assert spec.host.nic_numa_policy.value != "require", f"{vm.name}: cross-NUMA under require"
+                assert flagged[0] in plan.warnings
+
+    # 3. emulator/IOThread CPUs never on any VM's vCPU CPUs
+    for vm in plan.vms:
+        side = set(vm.emulator_cpus) | set(vm.iothread_cpus)
+        assert side.isdisjoint(all_vcpu_cpus), f"{vm.name}: emulator/IOThreads on vCPU CPUs"
+    # 4. all siblings of a core have one owner (a VM, the host, or nobody yet)
+    for core in cores:
+        owners = {owner.get(cpu, "(host)" if cpu in reserved else "(free)") for cpu in core.cpus}
+        assert len(owners) == 1, f"core {sorted(core.cpus)} split between {owners}"
+    # 6. isolation
+    isolated = set(plan.host.isolated_cpus)
+    assert set(owner) <= isolated, "a VM CPU is not isolated"
+    assert isolated.isdisjoint(reserved), "an isolated CPU is host-reserved"
+    assert 0 not in isolated
+    if spec.host.isolate.value == "all":
+        assert isolated == online - reserved
+    else:
+        assert isolated == set(owner)
+    args = plan.host.kernel_args
+    fmt = plan.host.isolated_cpus.format()
+    if isolated:
+        for key in ("isolcpus", "nohz_full", "rcu_nocbs"):
+            assert f"{key}={fmt}" in args, f"{key} missing from {args}"
+    assert f"irqaffinity={plan.host.reserved_cpus.format()}" in args
+    assert ("intel_iommu=on" in args) == (topo.cpu_vendor == "GenuineIntel")
+    # 7. memory per node
+    for node_id, used in memory.items():
+        total = next(n.memory_mib for n in topo.numa_nodes if n.id == node_id)
+        assert used <= total - spec.host.reserved_memory_per_node, f"node {node_id}: {used} MiB planned"

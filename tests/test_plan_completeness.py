@@ -28,14 +28,16 @@ def _random_case(seed: int) -> tuple[HostTopology, Spec]:
     shape = rng.choice([(1, 1), (2, 1), (1, 2)])  # (sockets, nodes_per_socket): 1 or 2 nodes
     sockets, per_socket = shape
     nodes = sockets * per_socket
-    cores = rng.randint(per_socket, 4 * per_socket)  # <= 4 cores per node
+    cores = rng.choice(
+        [per_socket, *range(per_socket, 4 * per_socket + 1), *[3 * per_socket, 4 * per_socket] * 3]
+    )  # <= 4 cores per node
     threads = rng.choice([1, 2, 2])
     numbering = rng.choice(["spread", "adjacent", "interleaved"])
     all_cpus = sockets * cores * threads
     offline = (
         sorted(rng.sample(range(1, all_cpus), k=rng.randint(0, min(3, all_cpus - 1)))) if rng.random() < 0.4 else []
     )
-    node_mem = rng.choice([6144, 8192, 12288, 16384])
+    node_mem = rng.choice([6144, 8192, 12288, 16384, 16384])
     nic_devs = [
         nic(f"0000:0{i + 1}:00.0", f"eth{i}", rng.choice([*range(nodes), None]) if rng.random() < 0.9 else None, 40 + i)
         for i in range(rng.randint(0, 3))
@@ -56,9 +58,9 @@ def _random_case(seed: int) -> tuple[HostTopology, Spec]:
     for k in range(rng.randint(1, 3)):
         vm: dict[str, Any] = {
             "name": f"vm{k}",
-            "vcpus": rng.choice([1, 1, 2, 2, 3, 4, 5, 6]),
-            "memory": rng.choice([512, 1024, 2048, 4096, 6144]),
-            "emulator": rng.choice(["dedicated", "host"]),
+            "vcpus": rng.choice([1, 1, 1, 2, 2, 2, 3, 4, 5, 6]),
+            "memory": rng.choice([512, 1024, 1024, 2048, 2048, 4096, 6144]),
+            "emulator": rng.choice(["dedicated", "host", "host"]),
         }
         if rng.random() < 0.25:
             vm["numa_node"] = rng.randrange(nodes)

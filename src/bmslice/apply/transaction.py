@@ -15,8 +15,8 @@ from bmslice.errors import ApplyError
 @dataclass
 class Step:
     description: str
-    do: Callable[[], None]
-    undo: Callable[[], None] | None = None
+    do: Callable[[], object]
+    undo: Callable[[], object] | None = None
     undo_description: str = ""
 
 

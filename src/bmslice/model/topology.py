@@ -17,6 +17,11 @@ NETWORK_CLASS_PREFIX = "0x02"
 BRIDGE_CLASS_PREFIX = "0x0604"
 
 
+def nodedev_name(address: str) -> str:
+    """Node device name as libvirt spells a PCI address: 0000:01:00.0 -> pci_0000_01_00_0."""
+    return "pci_" + address.replace(":", "_").replace(".", "_")
+
+
 @dataclass(frozen=True)
 class Cpu:
     id: int
@@ -88,8 +93,7 @@ class PciDevice:
 
     @property
     def libvirt_name(self) -> str:
-        """Node device name as libvirt spells it: pci_0000_01_00_0."""
-        return "pci_" + self.address.replace(":", "_").replace(".", "_")
+        return nodedev_name(self.address)
 
 
 @dataclass(frozen=True)

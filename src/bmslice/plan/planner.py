@@ -72,7 +72,8 @@ def _kept(
     return kept
 
 
-def _check_still_fits(old: VmPlan, vm: VmSpec) -> None:
+def slice_changes(old: VmPlan, vm: VmSpec) -> list[str]:
+    """What the spec changes about a running slice that would force it to move (empty: it can stay)."""
     changes = []
     if old.vcpus != vm.vcpus:
         changes.append(f"vcpus {old.vcpus} -> {vm.vcpus}")
@@ -80,6 +81,11 @@ def _check_still_fits(old: VmPlan, vm: VmSpec) -> None:
         changes.append(f"emulator {old.emulator_policy} -> {vm.emulator.value}")
     if vm.numa_node is not None and vm.numa_node not in old.numa_nodes:
         changes.append(f"numa_node {old.numa_nodes[0]} -> {vm.numa_node}")
+    return changes
+
+
+def _check_still_fits(old: VmPlan, vm: VmSpec) -> None:
+    changes = slice_changes(old, vm)
     if changes:
         raise PlanError(
             f"{vm.name} already runs on CPUs {old.owned_cpus} and the spec changes {', '.join(changes)}; "

@@ -1,0 +1,67 @@
+"""Gather a VM's cloud-init inputs from the files the spec names and build its seed ISO."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from bmslice.errors import ApplyError
+from bmslice.model.spec import HASH_PREFIXES, SSH_KEY_RE, CloudInitSpec
+from bmslice.render.cloud_init import meta_data, seed_iso, user_data
+from bmslice.render.domain_model import domain_uuid
+
+
+def _read(path: Path, base: Path, what: str) -> str:
+    full = path if path.is_absolute() else base / path
+    try:
+        return full.read_text()
+    except OSError as exc:
+        raise ApplyError(f"{what} {full}: {exc.strerror or exc}") from None
+
+
+def _keys(spec: CloudInitSpec, base: Path) -> list[str]:
+    keys = list(spec.ssh_authorized_keys)
+    if spec.ssh_authorized_keys_file is not None:
+        for line in _read(spec.ssh_authorized_keys_file, base, "ssh_authorized_keys_file").splitlines():
+            line = line.strip()
+            if not line or line.startswith("#"):
+                continue
+            if not SSH_KEY_RE.match(line):
+                raise ApplyError(f"ssh_authorized_keys_file {spec.ssh_authorized_keys_file}: a line is not an SSH key")
+            keys.append(line)
+    return keys
+
+
+def _password_hash(spec: CloudInitSpec, base: Path) -> str | None:
+    if spec.password_hash_file is None:
+        return None
+    value = _read(spec.password_hash_file, base, "password_hash_file").strip()
+    if not value.startswith(HASH_PREFIXES) or len(value.split()) != 1:
+        raise ApplyError(
+            f"password_hash_file {spec.password_hash_file} does not hold one crypt(3) hash ($6$..., $y$...); "
+            "bmslice never takes a plain password (make one with: mkpasswd -m sha-512)"
+        )
+    return value
+
+
+def _extra(spec: CloudInitSpec, base: Path) -> dict[str, Any]:
+    if spec.user_data is None:
+        return {}
+    text = _read(spec.user_data, base, "user_data")
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError:
+        raise ApplyError(f"user_data {spec.user_data}: not valid YAML") from None
+    if not isinstance(data, dict):
+        raise ApplyError(f"user_data {spec.user_data}: must be a #cloud-config mapping")
+    return data
+
+
+def build_seed(vm_name: str, spec: CloudInitSpec, base: Path) -> bytes:
+    files = {
+        "user-data": user_data(vm_name, _keys(spec, base), _password_hash(spec, base), _extra(spec, base)),
+        "meta-data": meta_data(vm_name, domain_uuid(vm_name)),
+    }
+    return seed_iso(files)

@@ -1,0 +1,69 @@
+"""bmslice verify / status: the note's `virsh vcpuinfo` and `virsh emulatorpin` check, done by a program."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from bmslice.apply.context import is_local, load_context
+from bmslice.model.spec import Spec
+from bmslice.render.domain_model import domain_from_plan
+from bmslice.verify.compare import compare_definition, compare_pins, compare_threads
+from bmslice.verify.threads import read_threads
+
+
+@dataclass
+class SliceStatus:
+    name: str
+    state: str  # "running" | "shut off" | "not defined"
+    drift: list[str] = field(default_factory=list)
+
+
+@dataclass
+class VerifyReport:
+    slices: list[SliceStatus]
+    notes: list[str]
+
+    @property
+    def drift(self) -> list[str]:
+        return [line for s in self.slices for line in s.drift]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "ok": not self.drift,
+            "drift": self.drift,
+            "notes": self.notes,
+            "slices": [{"name": s.name, "state": s.state, "drift": s.drift} for s in self.slices],
+        }
+
+
+def verify(spec: Spec, origin: str, uri: str, host_root: Path | None = None) -> VerifyReport:
+    # allow_move: a slice whose spec changed is planned afresh, so the change shows as drift
+    ctx = load_context(spec, origin, uri, host_root, allow_move=True)
+    try:
+        slices = []
+        for vm_spec in spec.vms:
+            vm = ctx.plan.vm(vm_spec.name)
+            live = ctx.live.get(vm.name)
+            if live is None:
+                slices.append(SliceStatus(vm.name, "not defined", [f"{vm.name} is not defined"]))
+                continue
+            desired = domain_from_plan(vm)
+            drift = compare_definition(vm.name, desired, live.xml)
+            if live.active:
+                drift += compare_pins(vm.name, desired, live)
+                if live.pid is not None and is_local(uri) and host_root is None:
+                    drift += compare_threads(vm, read_threads(live.pid))
+            else:
+                drift.insert(0, f"{vm.name} is not running")
+            slices.append(SliceStatus(vm.name, "running" if live.active else "shut off", drift))
+        notes = []
+        if ctx.plan.host.reboot_required:
+            notes.append(
+                "reboot pending (not drift): kernel args not active yet: " + " ".join(ctx.plan.host.missing_kernel_args)
+            )
+        notes.extend(ctx.plan.warnings)
+        return VerifyReport(slices, notes)
+    finally:
+        ctx.close()

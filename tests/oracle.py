@@ -23,7 +23,7 @@ from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from bmslice.model.plan import Plan
+from bmslice.model.plan import Plan, VmPlan
 from bmslice.model.spec import Spec
 from bmslice.model.topology import HostTopology
 
@@ -92,6 +92,7 @@ def vms_of(topo: HostTopology, spec: Spec) -> list[OVm]:
         nic_nodes = []
         for nic in vm.nics:
             ref = nic.passthrough
+            assert ref is not None, "oracle cases use whole-device passthrough only"
             dev = next(
                 (d for d in topo.pci_devices if (d.address == ref if ":" in ref else ref in d.interfaces)),
                 None,
@@ -133,13 +134,21 @@ def _node_layout(
     return None
 
 
-def best_layout(topo: HostTopology, spec: Spec) -> OLayout | None:
-    """A valid layout with the fewest cross-NUMA NICs, or None when none exists."""
+def best_layout(topo: HostTopology, spec: Spec, running: Sequence[VmPlan] = ()) -> OLayout | None:
+    """A valid layout with the fewest cross-NUMA NICs, or None when none exists.
+
+    `running` VMs keep their cores and memory; only the spec's other VMs are placed (their
+    NICs' cross-NUMA count is what is minimised).
+    """
     reserved = reserved_cpus(topo, spec.host.reserved_cores_per_node)
-    free = [c for c in physical_cores(topo) if c.cpus.isdisjoint(reserved)]
+    taken = reserved | {cpu for vm in running for core in vm.cores for cpu in core}
+    free = [c for c in physical_cores(topo) if c.cpus.isdisjoint(taken)]
     node_ids = sorted(n.id for n in topo.numa_nodes)
     node_mem = {n.id: n.memory_mib - spec.host.reserved_memory_per_node for n in topo.numa_nodes}
-    vms = vms_of(topo, spec)
+    for vm in running:
+        node_mem[vm.numa_nodes[0]] -= vm.memory_mib
+    kept = {vm.name for vm in running}
+    vms = [vm for vm in vms_of(topo, spec) if vm.name not in kept]
     strict = spec.host.nic_numa_policy.value == "require"
 
     def allowed(vm: OVm, node: int) -> bool:
@@ -260,10 +269,13 @@ def check_plan(topo: HostTopology, spec: Spec, plan: Plan) -> None:
         wanted = []
         for nic in vs.nics:
             ref = nic.passthrough
+            if ref is None:
+                continue  # SR-IOV VFs: not checked here
             dev = next(d for d in topo.pci_devices if (d.address == ref if ":" in ref else ref in d.interfaces))
             wanted.append(dev.address)
-        assert [d.address for d in vm.devices] == wanted, f"{vm.name}: devices {vm.devices} != spec {wanted}"
-        for dev in vm.devices:
+        whole = [d for d in vm.devices if d.type == "passthrough"]
+        assert [d.address for d in whole] == wanted, f"{vm.name}: devices {vm.devices} != spec {wanted}"
+        for dev in whole:
             assert dev.address not in device_owner, f"{dev.address} in {device_owner.get(dev.address)} and {vm.name}"
             device_owner[dev.address] = vm.name
             cross = dev.numa_node is not None and dev.numa_node != node

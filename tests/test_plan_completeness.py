@@ -8,6 +8,7 @@ both find a layout the planner's number of cross-NUMA NICs must be the oracle's 
 from __future__ import annotations
 
 import random
+import re
 from typing import Any
 
 import pytest
@@ -17,7 +18,7 @@ from bmslice.model.plan import Plan
 from bmslice.model.spec import Spec, spec_from_data
 from bmslice.model.topology import HostTopology
 from bmslice.plan.planner import make_plan
-from oracle import best_layout, physical_cores, reserved_cpus, vcpu_cores_ok
+from oracle import best_layout, check_plan, physical_cores, reserved_cpus, vcpu_cores_ok
 from topologies import nic, synthetic
 
 CASES = 300
@@ -97,6 +98,28 @@ def test_planner_agrees_with_oracle(seed: int) -> None:
         return
     assert not isinstance(result, PlanError), f"seed {seed}: planner refused a feasible spec: {result}"
     assert _cross_numa(result) == oracle.cross_numa, f"seed {seed}: cross-NUMA NICs not minimal"
+    check_plan(topo, spec, result)
+
+
+@pytest.mark.parametrize("seed", range(0, CASES, 3))
+def test_replanning_around_running_slices_is_complete(seed: int) -> None:
+    """Plan the first VM alone, keep it running, then plan the whole spec around it."""
+    topo, spec = _random_case(seed)
+    first = spec.model_copy(update={"vms": spec.vms[:1]})
+    plan = _try_plan(topo, first)
+    if isinstance(plan, PlanError):
+        return
+    oracle = best_layout(topo, spec, plan.vms)
+    try:
+        result = make_plan(topo, spec, "case.yaml", plan.vms)
+    except PlanError as exc:
+        assert oracle is None, f"seed {seed}: refused a layout that goes around the running VM: {exc}"
+        return
+    assert oracle is not None, f"seed {seed}: planner accepted a spec with no valid layout around the running VM"
+    assert result.vms[0] == plan.vms[0]
+    running_cross = _cross_numa(plan)
+    assert _cross_numa(result) - running_cross == oracle.cross_numa
+    check_plan(topo, spec, result)
 
 
 def test_random_cases_cover_both_outcomes() -> None:
@@ -197,3 +220,48 @@ def test_cross_numa_minimised_over_assignments() -> None:
     plan = make_plan(topo, spec, "t")
     assert _cross_numa(plan) == 1
     assert sum("(cross-NUMA)" in w for w in plan.warnings) == 1
+
+
+_SHORTFALL = re.compile(
+    r"needs? (\d+) whole cores?(?: on NUMA node \d+, only | on one NUMA node; the most free on any node is "
+    r"|, only | in all, only )(\d+)"
+)
+
+
+def _contradiction(text: str) -> bool:
+    """A core-shortfall message whose 'needs N' is not more than its 'only M free'."""
+    match = _SHORTFALL.search(text)
+    return match is not None and int(match.group(1)) <= int(match.group(2))
+
+
+def test_core_shortfall_message_is_a_real_shortfall_minimal() -> None:
+    # Regression: NodeFree.cores_needed once counted every pair as one core on a node with
+    # both two-thread and one-thread free cores, so the refusal said "needs 2 whole cores on
+    # NUMA node 0, only 2 are free". Here the free cores are {2,5} (SMT) and {1} (sibling 4
+    # offline): 4 vCPUs need 4 threads, 3 exist.
+    topo = synthetic(sockets=1, cores=3, threads=2, offline=[4])
+    spec = spec_from_data({"vms": [{"name": "a", "vcpus": 4, "memory": 1024, "emulator": "host"}]}, "t")
+    assert best_layout(topo, spec) is None
+    result = _try_plan(topo, spec)
+    assert isinstance(result, PlanError)
+    assert not _contradiction(str(result)), str(result)
+
+
+def test_core_shortfall_messages_are_real_shortfalls() -> None:
+    # Regression: same defect as above, over the random cases.
+    bad = []
+    for seed in range(CASES):
+        result = _try_plan(*_random_case(seed))
+        if isinstance(result, PlanError) and _contradiction(str(result)):
+            bad.append(f"seed {seed}: {result}")
+    assert not bad, "\n".join(bad[:5])
+
+
+def test_core_shortfall_on_an_smt_node_counts_one_core_per_vcpu_pair() -> None:
+    # Regression: overflow pairs were once counted as two one-thread cores on an all-SMT node,
+    # so 8 vCPUs + a dedicated emulator core read "needs 7 whole cores" although 5 SMT cores do.
+    topo = synthetic(sockets=1, cores=4, threads=2)  # 3 free SMT cores
+    spec = spec_from_data({"vms": [{"name": "a", "vcpus": 8, "memory": 1024}]}, "t")
+    result = _try_plan(topo, spec)
+    assert isinstance(result, PlanError)
+    assert "a needs 5 whole cores on NUMA node 0, only 3 are free" in str(result)

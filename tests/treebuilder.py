@@ -79,6 +79,8 @@ class PciSpec:
     interfaces: tuple[str, ...] = ()
     sriov_totalvfs: int | None = None  # None: not SR-IOV capable, no sriov_* files
     sriov_numvfs: int = 0
+    sriov_offset: int | None = None  # First VF Offset / VF Stride, as the kernel exposes them
+    sriov_stride: int | None = None
     physfn: str | None = None  # set on a VF: the address of its PF
     parent: str | None = None  # upstream bridge; None sits on the root bus
 
@@ -342,6 +344,9 @@ def _write_pci_device(tree: _Tree, spec: HostSpec, dev: PciSpec, rel: str) -> No
     if dev.sriov_totalvfs is not None:
         tree.file(f"{rel}/sriov_totalvfs", f"{dev.sriov_totalvfs}\n")
         tree.file(f"{rel}/sriov_numvfs", f"{dev.sriov_numvfs}\n")
+        if dev.sriov_offset is not None:
+            tree.file(f"{rel}/sriov_offset", f"{dev.sriov_offset}\n")
+            tree.file(f"{rel}/sriov_stride", f"{dev.sriov_stride or 1}\n")
     if spec.iommu and dev.iommu_group is not None:
         group = f"sys/kernel/iommu_groups/{dev.iommu_group}"
         tree.link(f"{rel}/iommu_group", group)
@@ -465,7 +470,9 @@ def _write_proc(tree: _Tree, spec: HostSpec) -> None:
 def server1_spec() -> HostSpec:
     """Xeon E5-2620 v2, 2 sockets x 6 cores x 2 threads, node0 = even CPUs, siblings N/N+12."""
     bridge = PciSpec("0000:00:01.0", class_code="0x060400", device="0x0e02", iommu_group=1, driver="pcieport")
-    x540 = PciSpec("", device="0x1528", driver="ixgbe", sriov_totalvfs=63, parent=bridge.address)
+    x540 = PciSpec(
+        "", device="0x1528", driver="ixgbe", sriov_totalvfs=63, sriov_offset=128, sriov_stride=2, parent=bridge.address
+    )
     i350 = PciSpec("", device="0x1521", driver="igb", sriov_totalvfs=7)
     return HostSpec(
         cpus=cpu_layout(2, 6, 2, siblings="spread", socket_order="interleave"),

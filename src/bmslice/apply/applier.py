@@ -14,7 +14,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from bmslice.apply import storage
+from bmslice.apply import sriov, storage
 from bmslice.apply.context import Context, is_local, load_context
 from bmslice.apply.libvirt_conn import AFFECT_CONFIG, AFFECT_LIVE, VALIDATE, cpumap, host_cpu_count, lookup
 from bmslice.apply.lock import host_lock
@@ -65,7 +65,7 @@ def apply(spec: Spec, origin: str, opts: ApplyOptions, report: Callable[[str], N
         ctx = load_context(spec, origin, opts.uri, opts.host_root, opts.allow_move)
         try:
             _preflight(ctx, spec, opts)
-            steps: list[Step] = []
+            steps: list[Step] = _sriov_host_steps(ctx, opts)
             for vm_spec in spec.vms:
                 steps.extend(_steps_for(ctx, vm_spec, ctx.plan.vm(vm_spec.name), opts))
             result = ApplyResult(warnings=list(ctx.plan.warnings), dry_run=opts.dry_run)
@@ -100,6 +100,25 @@ def _preflight(ctx: Context, spec: Spec, opts: ApplyOptions) -> None:
             )
 
 
+def _live_kernel(opts: ApplyOptions) -> bool:
+    return opts.host_root is None and is_local(opts.uri)
+
+
+def _sriov_host_steps(ctx: Context, opts: ApplyOptions) -> list[Step]:
+    changes = [pf for pf in ctx.plan.host.sriov if pf.numvfs != pf.numvfs_before]
+    if not changes:
+        return []
+    if opts.host_root is None and not is_local(opts.uri):
+        raise ApplyError(
+            f"creating SR-IOV VFs needs the host's own /sys; run bmslice on {opts.uri}'s host "
+            "(the Ansible module does) or create them with host-apply first"
+        )
+    root = opts.host_root or Path("/")
+    steps = sriov.numvfs_steps(root, changes)
+    persist = sriov.persist_step(root, ctx.plan.host.sriov)
+    return [*steps, persist] if persist is not None else steps
+
+
 def _disks(ctx: Context, vm_spec: VmSpec, vm: VmPlan) -> tuple[Disk, ...]:
     disks: list[Disk] = []
     if vm_spec.disk is not None:
@@ -120,14 +139,19 @@ def _steps_for(ctx: Context, vm_spec: VmSpec, vm: VmPlan, opts: ApplyOptions) ->
         return _create_steps(ctx, vm_spec, vm, desired, opts)
     if vm.name in ctx.moving:
         return [_stop_step(ctx, vm.name), *_redefine_steps(ctx, live, desired), _start_step(ctx, vm.name)]
-    return _converge_steps(ctx, live, desired)
+    return _converge_steps(ctx, live, desired, opts.allow_move)
 
 
 # --- a new slice ---------------------------------------------------------------------
 
 
 def _create_steps(ctx: Context, vm_spec: VmSpec, vm: VmPlan, desired: Domain, opts: ApplyOptions) -> list[Step]:
-    steps = [_detach_step(ctx, dev.address) for dev in vm.devices if _needs_detach(ctx, dev.address)]
+    steps = [
+        _detach_step(ctx, dev.address)
+        for dev in vm.devices
+        if dev.type == "passthrough" and _needs_detach(ctx, dev.address)
+    ]
+    steps += sriov.vf_setting_steps(vm.devices, _live_kernel(opts))
     if vm_spec.disk is not None:
         steps.append(_disk_step(ctx, vm_spec, vm.name))
     if vm_spec.cloud_init is not None:
@@ -207,12 +231,19 @@ def _start_step(ctx: Context, name: str) -> Step:
 
 
 def _stop_step(ctx: Context, name: str) -> Step:
+    stopped: list[bool] = []
+
     def stop() -> None:
         dom = ctx.conn.lookupByName(name)
         if dom.isActive():
             dom.destroy()
+            stopped.append(True)
 
-    return Step(f"stop {name} to move it", stop, lambda: ctx.conn.lookupByName(name).create(), f"restart {name}")
+    def restart() -> None:
+        if stopped:  # a slice that was shut off before this run stays shut off
+            ctx.conn.lookupByName(name).create()
+
+    return Step(f"stop {name} to move it", stop, restart, f"restart {name}")
 
 
 # --- a slice that already exists --------------------------------------------------------
@@ -237,9 +268,13 @@ def _redefine_steps(ctx: Context, live: LiveDomain, desired: Domain) -> list[Ste
     ]
 
 
-def _converge_steps(ctx: Context, live: LiveDomain, desired: Domain) -> list[Step]:
+def _converge_steps(ctx: Context, live: LiveDomain, desired: Domain, allow_move: bool = False) -> list[Step]:
     current = from_xml(live.inactive_xml)
     changed = _differences(desired, current)
+    if changed and allow_move:  # e.g. memory: the slice keeps its CPUs but needs a restart
+        redefine = _redefine_steps(ctx, live, replace(desired, uuid=current.uuid))
+        moved = [_stop_step(ctx, live.name), *redefine, _start_step(ctx, live.name)]
+        return moved if live.autostart else [*moved, _autostart_step(ctx, live.name)]
     if changed:
         raise ApplyError(
             f"{live.name} is defined differently from the plan ({', '.join(changed)}); "
@@ -253,15 +288,25 @@ def _converge_steps(ctx: Context, live: LiveDomain, desired: Domain) -> list[Ste
     else:
         steps.append(_start_step(ctx, live.name))
     if not live.autostart:
-        steps.append(Step(f"set autostart on {live.name}", lambda: ctx.conn.lookupByName(live.name).setAutostart(1)))
+        steps.append(_autostart_step(ctx, live.name))
     return steps
+
+
+def _autostart_step(ctx: Context, name: str) -> Step:
+    return Step(
+        f"set autostart on {name}",
+        lambda: ctx.conn.lookupByName(name).setAutostart(1),
+        lambda: ctx.conn.lookupByName(name).setAutostart(0),
+        f"clear autostart on {name}",
+    )
 
 
 def _pin_step(ctx: Context, name: str, what: str, old: CpuSet | None, new: CpuSet, pin: Callable[..., Any]) -> Step:
     count = host_cpu_count(ctx.conn)
+    new_map = cpumap(new, count)  # a CPU the host lacks is refused here, before any change
 
     def do() -> None:
-        pin(lookup(ctx.conn, name), cpumap(new, count))
+        pin(lookup(ctx.conn, name), new_map)
 
     def undo() -> None:
         if old is not None:

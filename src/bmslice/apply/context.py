@@ -42,10 +42,15 @@ def is_local(uri: str) -> bool:
 
 def discover(uri: str, host_root: Path | None) -> HostTopology:
     """A local host is read from sysfs (it knows more than libvirt); a remote one through libvirt."""
-    if host_root is not None or is_local(uri):
+    if host_root is not None:
         from bmslice.topology.sysfs import read_host_tree
 
-        return read_host_tree(host_root or Path("/"))
+        return read_host_tree(host_root)
+    if is_local(uri):
+        from bmslice.topology.netlink import with_management_interfaces
+        from bmslice.topology.sysfs import read_host_tree
+
+        return with_management_interfaces(read_host_tree(Path("/")))
     from bmslice.apply.connection import read_libvirt_topology
 
     return read_libvirt_topology(uri)

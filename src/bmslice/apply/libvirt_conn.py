@@ -38,6 +38,10 @@ def host_cpu_count(conn: Any) -> int:
 
 
 def cpumap(cpus: CpuSet, count: int) -> tuple[bool, ...]:
+    """libvirt's CPU map; a CPU the host does not have is refused, never silently dropped."""
+    missing = CpuSet.from_iter(i for i in cpus if i >= count)
+    if missing:
+        raise ApplyError(f"CPUs {missing} are not on this host (libvirt reports CPUs 0-{count - 1})")
     return tuple(i in cpus for i in range(count))
 
 

@@ -35,4 +35,9 @@ def read_topology(args: argparse.Namespace) -> HostTopology:
     root: Path = args.host_root or Path("/")
     if not root.is_dir():
         raise TopologyError(f"--host-root {root}: no such directory")
-    return read_host_tree(root)
+    topo = read_host_tree(root)
+    if args.host_root is None:
+        from bmslice.topology.netlink import with_management_interfaces
+
+        topo = with_management_interfaces(topo)
+    return topo

@@ -23,10 +23,27 @@ class GuestTopology:
 @dataclass(frozen=True)
 class DeviceAssignment:
     address: str
-    type: str  # "passthrough"
+    type: str  # "passthrough" (a whole device) | "vf" (an SR-IOV virtual function)
     numa_node: int | None
-    interface: str | None = None
+    interface: str | None = None  # the device's interface, or the PF's for a VF
     driver: str | None = None  # the host driver it had at discovery
+    pf: str | None = None  # VF only: the PF's PCI address ...
+    vf_index: int | None = None  # ... and the VF's index on it (stable across runs)
+    vlan: int | None = None  # VF only: None is untagged
+    mac: str | None = None
+    trust: bool | None = None
+    spoofchk: bool | None = None
+    created_vfs: bool | None = None  # VF only: bmslice created the PF's VFs (destroy sets the count back)
+
+
+@dataclass(frozen=True)
+class PfPlan:
+    """How many VFs a PF must have; `numvfs_before` is what discovery found."""
+
+    address: str
+    interface: str | None
+    numvfs_before: int
+    numvfs: int
 
 
 @dataclass(frozen=True)
@@ -76,6 +93,7 @@ class HostPlan:
     missing_kernel_args: tuple[str, ...] = ()
     hugepages: tuple[NodeHugepages, ...] = ()
     cpu_vendor: str = ""
+    sriov: tuple[PfPlan, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -89,6 +107,27 @@ class Plan:
             if vm.name == name:
                 return vm
         raise KeyError(name)
+
+
+def _device_to_dict(d: DeviceAssignment) -> dict[str, Any]:
+    out: dict[str, Any] = {
+        "address": d.address,
+        "type": d.type,
+        "numa_node": d.numa_node,
+        "interface": d.interface,
+        "driver": d.driver,
+    }
+    if d.type == "vf":
+        out.update(
+            pf=d.pf,
+            vf_index=d.vf_index,
+            vlan=d.vlan,
+            mac=d.mac,
+            trust=d.trust,
+            spoofchk=d.spoofchk,
+            created_vfs=d.created_vfs,
+        )
+    return out
 
 
 def _vm_to_dict(vm: VmPlan) -> dict[str, Any]:
@@ -109,16 +148,7 @@ def _vm_to_dict(vm: VmPlan) -> dict[str, Any]:
         },
         "memory_mib": vm.memory_mib,
         "hugepage_kib": vm.hugepage_kib,
-        "devices": [
-            {
-                "address": d.address,
-                "type": d.type,
-                "numa_node": d.numa_node,
-                "interface": d.interface,
-                "driver": d.driver,
-            }
-            for d in vm.devices
-        ],
+        "devices": [_device_to_dict(d) for d in vm.devices],
         "disable_cpu_features": list(vm.disable_cpu_features),
         "domain_type": vm.domain_type,
         "warnings": list(vm.warnings),
@@ -136,6 +166,10 @@ def plan_to_dict(plan: Plan) -> dict[str, Any]:
             "reboot_required": host.reboot_required,
             "missing_kernel_args": list(host.missing_kernel_args),
             "hugepages": [{"node": h.node, "size_kib": h.size_kib, "pages": h.pages} for h in host.hugepages],
+            "sriov": [
+                {"pf": p.address, "interface": p.interface, "numvfs_before": p.numvfs_before, "numvfs": p.numvfs}
+                for p in host.sriov
+            ],
         },
         "vms": [_vm_to_dict(vm) for vm in plan.vms],
         "warnings": list(plan.warnings),
@@ -156,10 +190,7 @@ def vm_from_dict(data: dict[str, Any]) -> VmPlan:
         hugepage_kib=data.get("hugepage_kib"),
         cores=tuple(CpuSet.from_iter(c) for c in data["cores"]),
         emulator_policy=data["emulator_policy"],
-        devices=tuple(
-            DeviceAssignment(d["address"], d["type"], d.get("numa_node"), d.get("interface"), d.get("driver"))
-            for d in data.get("devices", [])
-        ),
+        devices=tuple(DeviceAssignment(**d) for d in data.get("devices", [])),
         disable_cpu_features=tuple(data.get("disable_cpu_features", [])),
         domain_type=data.get("domain_type", "kvm"),
         warnings=tuple(data.get("warnings", [])),
@@ -177,6 +208,9 @@ def plan_from_dict(data: dict[str, Any]) -> Plan:
             missing_kernel_args=tuple(host.get("missing_kernel_args", [])),
             hugepages=tuple(NodeHugepages(h["node"], h["size_kib"], h["pages"]) for h in host.get("hugepages", [])),
             cpu_vendor=host.get("cpu_vendor", ""),
+            sriov=tuple(
+                PfPlan(p["pf"], p.get("interface"), p["numvfs_before"], p["numvfs"]) for p in host.get("sriov", [])
+            ),
         ),
         vms=tuple(vm_from_dict(vm) for vm in data["vms"]),
         warnings=tuple(data.get("warnings", [])),

@@ -84,6 +84,17 @@ class HostSpec(_Strict):
     isolate: IsolateScope = IsolateScope.ALL
     allow_management_nic: bool = False
     domain_type: DomainType = DomainType.KVM
+    sriov_vfs: dict[str, int] = Field(default_factory=dict)  # PF -> VFs to create (a pool), else what VMs need
+
+    @field_validator("sriov_vfs")
+    @classmethod
+    def _vf_pools(cls, value: dict[str, int]) -> dict[str, int]:
+        out = {}
+        for pf, count in value.items():
+            if count < 1:
+                raise ValueError(f"{pf}: VF count must be 1 or more")
+            out[_device_ref(pf)] = count
+        return out
 
     @field_validator("reserved_cpus")
     @classmethod
@@ -103,18 +114,74 @@ class HostSpec(_Strict):
         return CpuSet.parse(self.reserved_cpus) if self.reserved_cpus is not None else None
 
 
+MAC_RE = re.compile(r"^[0-9a-fA-F]{2}(:[0-9a-fA-F]{2}){5}$")
+
+
+def _device_ref(value: str) -> str:
+    """An interface name, or a PCI address (returned in canonical form)."""
+    value = value.strip()
+    address = canonical_pci_address(value)
+    if address:
+        return address
+    if ":" in value or not IFNAME_RE.match(value):
+        raise ValueError(f"{value!r} is neither an interface name nor a PCI address like 0000:01:00.0")
+    return value
+
+
+class SriovSpec(_Strict):
+    """VFs of a PF for one VM. `pf` may list several PFs: the planner prefers one local to the VM."""
+
+    pf: tuple[str, ...]
+    vlan: int | None = Field(default=None, ge=1, le=4094)  # None: untagged (VLAN 0 is set explicitly)
+    mac: str | None = None
+    trust: bool = False
+    spoofchk: bool = True
+    count: int = Field(default=1, ge=1, le=256)
+
+    @field_validator("pf", mode="before")
+    @classmethod
+    def _pf_list(cls, value: Any) -> Any:
+        return (value,) if isinstance(value, str) else value
+
+    @field_validator("pf")
+    @classmethod
+    def _pf_refs(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        if not value:
+            raise ValueError("name at least one PF")
+        return tuple(_device_ref(v) for v in value)
+
+    @field_validator("mac")
+    @classmethod
+    def _mac(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        if not MAC_RE.match(value) or int(value[:2], 16) & 1:
+            raise ValueError(f"{value!r} is not a unicast MAC address like 02:00:00:00:00:01")
+        return value.lower()
+
+    @model_validator(mode="after")
+    def _one_mac_one_vf(self) -> SriovSpec:
+        if self.mac is not None and self.count != 1:
+            raise ValueError("a fixed mac needs count: 1 (one MAC per VF)")
+        return self
+
+
 class NicSpec(_Strict):
-    passthrough: str
+    """One VM NIC: a whole PCI device (`passthrough`) or SR-IOV VFs (`sriov`)."""
+
+    passthrough: str | None = None
+    sriov: SriovSpec | None = None
 
     @field_validator("passthrough")
     @classmethod
-    def _device(cls, value: str) -> str:
-        value = value.strip()
-        if canonical_pci_address(value):
-            return canonical_pci_address(value) or value
-        if ":" in value or not IFNAME_RE.match(value):
-            raise ValueError(f"{value!r} is neither an interface name nor a PCI address like 0000:01:00.0")
-        return value
+    def _device(cls, value: str | None) -> str | None:
+        return None if value is None else _device_ref(value)
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> NicSpec:
+        if (self.passthrough is None) == (self.sriov is None):
+            raise ValueError("give exactly one of passthrough or sriov")
+        return self
 
 
 HASH_PREFIXES = ("$6$", "$5$", "$y$", "$2b$", "$2y$", "$gy$")
@@ -186,15 +253,6 @@ class Spec(_Strict):
     host: HostSpec = HostSpec()
     vms: tuple[VmSpec, ...] = Field(min_length=1)
 
-    @model_validator(mode="after")
-    def _unique_names(self) -> Spec:
-        seen: set[str] = set()
-        for vm in self.vms:
-            if vm.name in seen:
-                raise ValueError(f"duplicate VM name {vm.name!r}")
-            seen.add(vm.name)
-        return self
-
     def vm(self, name: str) -> VmSpec:
         for vm in self.vms:
             if vm.name == name:
@@ -224,10 +282,18 @@ def spec_from_data(data: Any, origin: str) -> Spec:
     if not isinstance(data, dict):
         raise SpecError(f"{origin}: the spec must be a mapping with 'vms' (and optionally 'host')")
     try:
-        return Spec.model_validate(data)
+        spec = Spec.model_validate(data)
     except ValidationError as exc:
         first = exc.errors()[0]
         raise SpecError(f"{origin}: {_location(tuple(first['loc']))}: {_reason(first)}") from None
+    first_index: dict[str, int] = {}
+    for i, vm in enumerate(spec.vms):
+        if vm.name in first_index:
+            raise SpecError(
+                f"{origin}: vms[{i}].name: duplicate VM name {vm.name!r} (also vms[{first_index[vm.name]}])"
+            )
+        first_index[vm.name] = i
+    return spec
 
 
 def load_spec(path: Path) -> Spec:

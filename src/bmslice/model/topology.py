@@ -79,6 +79,8 @@ class PciDevice:
     interfaces: tuple[str, ...] = ()
     sriov_totalvfs: int = 0
     sriov_numvfs: int = 0
+    sriov_offset: int | None = None  # First VF Offset and VF Stride (PCI SR-IOV capability)
+    sriov_stride: int | None = None
     physfn: str | None = None
     virtfns: tuple[str, ...] = ()
     description: str | None = None
@@ -128,6 +130,7 @@ class HostTopology:
     source: str = ""
     hostname: str = ""
     warnings: tuple[str, ...] = field(default=())
+    management_interfaces: tuple[str, ...] = ()  # carry the address of the current SSH session, etc.
 
     @cached_property
     def online_cpus(self) -> CpuSet:
@@ -231,6 +234,8 @@ def topology_to_dict(topo: HostTopology) -> dict[str, Any]:
                 "interfaces": list(d.interfaces),
                 "sriov_totalvfs": d.sriov_totalvfs,
                 "sriov_numvfs": d.sriov_numvfs,
+                "sriov_offset": d.sriov_offset,
+                "sriov_stride": d.sriov_stride,
                 "physfn": d.physfn,
                 "virtfns": list(d.virtfns),
             }

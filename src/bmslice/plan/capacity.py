@@ -40,6 +40,7 @@ class NodeFree:
     twos: int
     ones: int
     memory_mib: int
+    smt: bool = True  # the host has SMT: a vCPU pair is one core
 
     @property
     def cores(self) -> int:
@@ -66,8 +67,28 @@ class NodeFree:
         return self.split(load) is not None
 
     def cores_needed(self, load: Load) -> int:
-        """Whole cores `load` takes here, for messages (pairs on twos when there are twos)."""
-        return load.singles + (load.pairs if self.twos else 2 * load.pairs)
+        """Whole cores `load` takes on a uniform node: a pair is one SMT core, or two cores without SMT."""
+        pair_is_one_core = self.twos > 0 or (self.ones == 0 and self.smt)
+        return load.singles + (load.pairs if pair_is_one_core else 2 * load.pairs)
+
+    @property
+    def uniform(self) -> bool:
+        return self.ones == 0 or self.twos == 0
+
+    def need_text(self, load: Load) -> str:
+        """What `load` asks of this node, in whole cores where that is exact."""
+        if self.uniform:
+            return plural(self.cores_needed(load), "whole core")
+        return f"{plural(load.pairs, 'two-thread core')} and {plural(load.singles, 'single core')}"
+
+    def free_text(self) -> str:
+        if self.uniform:
+            return f"only {self.cores} {'is' if self.cores == 1 else 'are'} free"
+        return f"only {self.twos} two-thread and {self.ones} one-thread (sibling offline) are free"
+
+
+def plural(n: int, noun: str) -> str:
+    return f"{n} {noun}" + ("" if n == 1 else "s")
 
 
 def vm_load(vcpus: int, dedicated_emulator: bool, memory_mib: int) -> Load:

@@ -12,7 +12,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from bmslice.errors import PlanError
-from bmslice.model.spec import HostSpec, VmSpec
+from bmslice.model.spec import HostSpec, SriovSpec, VmSpec
 from bmslice.model.topology import HostTopology, PciDevice
 
 # Drivers that mean "not used by the host": the device is already parked for a guest.
@@ -26,28 +26,54 @@ class ResolvedNic:
     device: PciDevice
 
 
+@dataclass(frozen=True)
+class VfRequest:
+    """An `sriov:` NIC entry with its candidate PFs resolved (in the order the spec lists them)."""
+
+    vm: str
+    field: str
+    nic_index: int
+    pfs: tuple[PciDevice, ...]
+    spec: SriovSpec
+
+    @property
+    def nodes(self) -> frozenset[int]:
+        return frozenset(pf.numa_node for pf in self.pfs if pf.numa_node is not None)
+
+
 def _label(dev: PciDevice) -> str:
     names = ",".join(dev.interfaces)
     return f"{dev.address} ({names})" if names else dev.address
 
 
-def resolve_nics(topo: HostTopology, vms: Sequence[VmSpec], origin: str) -> list[ResolvedNic]:
-    """Each NIC entry of the spec as a host PCI device; unknown names are refused."""
-    out: list[ResolvedNic] = []
+def _lookup(topo: HostTopology, ref: str, field: str, origin: str) -> PciDevice:
+    dev = topo.pci(ref) if ":" in ref else topo.pci_by_interface(ref)
+    if dev is None:
+        known = ", ".join(sorted(i for d in topo.pci_devices if d.is_network for i in d.interfaces)) or "none"
+        kind = "PCI device" if ":" in ref else "NIC"
+        raise PlanError(f"{origin}: {field}: no {kind} {ref!r} on this host (NICs: {known})")
+    return dev
+
+
+def resolve_nics(topo: HostTopology, vms: Sequence[VmSpec], origin: str) -> tuple[list[ResolvedNic], list[VfRequest]]:
+    """Each NIC entry of the spec as host PCI devices; unknown names are refused."""
+    whole: list[ResolvedNic] = []
+    vfs: list[VfRequest] = []
     for vi, vm in enumerate(vms):
         for ni, nic in enumerate(vm.nics):
-            field = f"vms[{vi}].nics[{ni}].passthrough"
-            ref = nic.passthrough
-            dev = topo.pci(ref) if ":" in ref else topo.pci_by_interface(ref)
-            if dev is None:
-                known = ", ".join(sorted(i for d in topo.pci_devices if d.is_network for i in d.interfaces)) or "none"
-                kind = "PCI device" if ":" in ref else "NIC"
-                raise PlanError(f"{origin}: {field}: no {kind} {ref!r} on this host (NICs: {known})")
-            out.append(ResolvedNic(vm.name, field, dev))
-    return out
+            if nic.passthrough is not None:
+                field = f"vms[{vi}].nics[{ni}].passthrough"
+                whole.append(ResolvedNic(vm.name, field, _lookup(topo, nic.passthrough, field, origin)))
+            elif nic.sriov is not None:
+                field = f"vms[{vi}].nics[{ni}].sriov.pf"
+                pfs = tuple(_lookup(topo, ref, field, origin) for ref in nic.sriov.pf)
+                vfs.append(VfRequest(vm.name, field, ni, pfs, nic.sriov))
+    return whole, vfs
 
 
-def check_nics(topo: HostTopology, nics: Sequence[ResolvedNic], host: HostSpec, origin: str) -> list[str]:
+def check_nics(
+    topo: HostTopology, nics: Sequence[ResolvedNic], vf_requests: Sequence[VfRequest], host: HostSpec, origin: str
+) -> list[str]:
     """Refuse unsafe assignments (PlanError); return host-level warnings."""
     owner: dict[str, str] = {}
     for nic in nics:
@@ -61,30 +87,65 @@ def check_nics(topo: HostTopology, nics: Sequence[ResolvedNic], host: HostSpec, 
     for nic in nics:
         _check_host_use(topo, nic, host.allow_management_nic, origin, warnings)
         _check_iommu_group(topo, nic, owner, origin)
-    if nics and topo.iommu_active is False:
+    for req in vf_requests:
+        for pf in req.pfs:
+            _check_pf(topo, req, pf, owner, host.allow_management_nic, origin, warnings)
+    if (nics or vf_requests) and topo.iommu_active is False:
         warnings.append(
             "IOMMU is not active (no /sys/kernel/iommu_groups): passthrough needs the planned kernel args and a reboot"
         )
     return warnings
 
 
-def _check_host_use(topo: HostTopology, nic: ResolvedNic, allow_mgmt: bool, origin: str, warnings: list[str]) -> None:
-    dev = nic.device
-    route_if = topo.default_route_interface
+def _check_management(
+    topo: HostTopology,
+    vm: str,
+    field: str,
+    dev: PciDevice,
+    allow_mgmt: bool,
+    origin: str,
+    warnings: list[str],
+    what: str,
+) -> None:
+    """Refuse the default-route / management NIC and bond or bridge members (faults.md 1, 2)."""
     for name in dev.interfaces:
         iface = topo.interface(name)
-        if name == route_if:
+        if name == topo.default_route_interface or name in topo.management_interfaces:
             if not allow_mgmt:
                 raise PlanError(
-                    f"{origin}: {nic.field}: {name} ({dev.address}) carries the host's default route; "
-                    "passing it through would cut the host off (override: host.allow_management_nic: true)"
+                    f"{origin}: {field}: {name} ({dev.address}) carries the host's default route or management "
+                    f"address; {what} would cut the host off (override: host.allow_management_nic: true)"
                 )
-            warnings.append(f"OVERRIDE: {nic.vm} takes {name}, the host's default-route NIC (allow_management_nic)")
+            warnings.append(f"OVERRIDE: {vm} uses {name}, the host's management NIC (allow_management_nic)")
         if iface is not None and iface.master is not None:
             raise PlanError(
-                f"{origin}: {nic.field}: {name} ({dev.address}) is a {iface.master_kind or 'master'} member of "
+                f"{origin}: {field}: {name} ({dev.address}) is a {iface.master_kind or 'master'} member of "
                 f"{iface.master}; release it from {iface.master} first"
             )
+
+
+def _check_pf(
+    topo: HostTopology,
+    req: VfRequest,
+    pf: PciDevice,
+    whole_owner: Mapping[str, str],
+    allow_mgmt: bool,
+    origin: str,
+    warnings: list[str],
+) -> None:
+    _check_management(topo, req.vm, req.field, pf, allow_mgmt, origin, warnings, "making VFs on it")
+    if pf.sriov_totalvfs <= 0:
+        raise PlanError(f"{origin}: {req.field}: {_label(pf)} is not SR-IOV capable (no sriov_totalvfs)")
+    if pf.address in whole_owner:
+        raise PlanError(
+            f"{origin}: {req.field}: {_label(pf)} is passed through whole to {whole_owner[pf.address]}; "
+            "a PF given away whole cannot also provide VFs"
+        )
+
+
+def _check_host_use(topo: HostTopology, nic: ResolvedNic, allow_mgmt: bool, origin: str, warnings: list[str]) -> None:
+    dev = nic.device
+    _check_management(topo, nic.vm, nic.field, dev, allow_mgmt, origin, warnings, "passing it through")
     if dev.sriov_numvfs > 0:
         raise PlanError(
             f"{origin}: {nic.field}: {_label(dev)} has {dev.sriov_numvfs} VFs enabled; a PF with VFs cannot be "
@@ -114,13 +175,13 @@ def _check_iommu_group(topo: HostTopology, nic: ResolvedNic, owner: Mapping[str,
         )
 
 
-def numa_warning(vm: str, dev: PciDevice, vm_nodes: Sequence[int]) -> str | None:
+def numa_warning(vm: str, dev: PciDevice, vm_nodes: Sequence[int], what: str = "NIC") -> str | None:
     if dev.numa_node is None:
-        return f"{vm}: NIC {_label(dev)} reports no NUMA node (-1); locality unknown"
+        return f"{vm}: {what} {_label(dev)} reports no NUMA node (-1); locality unknown"
     if dev.numa_node not in vm_nodes:
         where = ",".join(str(n) for n in vm_nodes)
         return (
-            f"{vm}: NIC {_label(dev)} is on NUMA node {dev.numa_node}, the VM's CPUs and memory are on node {where} "
+            f"{vm}: {what} {_label(dev)} is on NUMA node {dev.numa_node}, the VM's CPUs and memory are on node {where} "
             "(cross-NUMA)"
         )
     return None

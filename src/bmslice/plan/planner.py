@@ -11,15 +11,16 @@ from collections.abc import Sequence
 
 from bmslice.cpuset import CpuSet
 from bmslice.errors import PlanError
-from bmslice.model.plan import DeviceAssignment, GuestTopology, HostPlan, NodeHugepages, Plan, VmPlan
+from bmslice.model.plan import DeviceAssignment, GuestTopology, HostPlan, NodeHugepages, PfPlan, Plan, VmPlan
 from bmslice.model.spec import EmulatorPolicy, IsolateScope, NicNumaPolicy, Spec, VmSpec
 from bmslice.model.topology import Core, HostTopology
 from bmslice.plan.allocate import Allocation, NodeRequest, allocate_node
 from bmslice.plan.capacity import NodeFree, vm_load
-from bmslice.plan.devices import ResolvedNic, check_nics, numa_warning, resolve_nics
+from bmslice.plan.devices import ResolvedNic, VfRequest, check_nics, numa_warning, resolve_nics
 from bmslice.plan.host import kernel_args, missing_args, reserved_cores
 from bmslice.plan.placement import Request, place
 from bmslice.plan.shortfall import explain
+from bmslice.plan.sriov import assign_vfs
 
 
 def make_plan(topo: HostTopology, spec: Spec, origin: str = "spec", keep: Sequence[VmPlan] = ()) -> Plan:
@@ -31,24 +32,38 @@ def make_plan(topo: HostTopology, spec: Spec, origin: str = "spec", keep: Sequen
         raise PlanError("cores with more than 2 hardware threads are not supported")
     host_cores = reserved_cores(topo, spec.host)
     reserved = CpuSet.union(c.cpus for c in host_cores)
-    nics = resolve_nics(topo, spec.vms, origin)
-    warnings = list(topo.warnings) + check_nics(topo, nics, spec.host, origin)
+    nics, vf_requests = resolve_nics(topo, spec.vms, origin)
+    warnings = list(topo.warnings) + check_nics(topo, nics, vf_requests, spec.host, origin)
     kept = _kept(topo, spec, keep, reserved, warnings)
     taken = reserved | CpuSet.union(vm.owned_cpus for vm in kept.values())
     free_cores = [core for core in topo.cores if core.cpus.isdisjoint(taken)]
     free = _node_free(topo, spec, free_cores, kept)
     new_vms = [vm for vm in spec.vms if vm.name not in kept]
-    requests = [_request(topo, vm, nics, spec) for vm in new_vms]
+    requests = [_request(topo, vm, nics, vf_requests, spec) for vm in new_vms]
     assignment = place(requests, free)
     if assignment is None:
         raise PlanError(explain(requests, free))
     allocations = _allocate(free_cores, new_vms, assignment)
+    vf_devices, pf_plans, vf_warnings = assign_vfs(
+        topo, vf_requests, assignment, list(kept.values()), spec.host, origin
+    )
     vms = tuple(
-        _vm_plan(topo, spec, vm, kept.get(vm.name), allocations.get(vm.name), assignment.get(vm.name), nics, host_cores)
+        _vm_plan(
+            topo,
+            spec,
+            vm,
+            kept.get(vm.name),
+            allocations.get(vm.name),
+            assignment.get(vm.name),
+            nics,
+            host_cores,
+            vf_devices.get(vm.name, []),
+            vf_warnings.get(vm.name, []),
+        )
         for vm in spec.vms
     )
     plan_vms = vms + tuple(vm for name, vm in kept.items() if name not in {v.name for v in spec.vms})
-    return _with_host(topo, spec, reserved, vms, plan_vms, warnings)
+    return _with_host(topo, spec, reserved, vms, plan_vms, warnings, pf_plans)
 
 
 def _kept(
@@ -103,16 +118,22 @@ def _node_free(topo: HostTopology, spec: Spec, free_cores: Sequence[Core], kept:
         if not node.cpus:
             continue
         mem = node.memory_mib - spec.host.reserved_memory_per_node - kept_mem[node.id]
-        out.append(NodeFree(node.id, sum(c.threads == 2 for c in cores), sum(c.threads == 1 for c in cores), mem))
+        twos, ones = sum(c.threads == 2 for c in cores), sum(c.threads == 1 for c in cores)
+        out.append(NodeFree(node.id, twos, ones, mem, topo.smt))
     return out
 
 
-def _request(topo: HostTopology, vm: VmSpec, nics: Sequence[ResolvedNic], spec: Spec) -> Request:
-    node_ids = [n.id for n in topo.numa_nodes if n.cpus]
-    nic_nodes = [n.device.numa_node for n in nics if n.vm == vm.name and n.device.numa_node is not None]
+def _request(
+    topo: HostTopology, vm: VmSpec, nics: Sequence[ResolvedNic], vf_requests: Sequence[VfRequest], spec: Spec
+) -> Request:
+    node_ids = sorted(n.id for n in topo.numa_nodes if n.cpus)
+    # Each NIC entry: the nodes that would make it local (empty: locality unknown, no preference).
+    local_sets = [frozenset({n.device.numa_node}) for n in nics if n.vm == vm.name and n.device.numa_node is not None]
+    local_sets += [r.nodes for r in vf_requests if r.vm == vm.name and r.nodes]
+    nic_nodes = sorted({node for s in local_sets for node in s})
 
     def cost(node: int) -> int:
-        return sum(1 for nic_node in nic_nodes if nic_node != node)
+        return sum(1 for nodes in local_sets if node not in nodes)
 
     if vm.numa_node is not None:
         if vm.numa_node not in node_ids:
@@ -151,6 +172,8 @@ def _vm_plan(
     node: int | None,
     nics: Sequence[ResolvedNic],
     host_cores: Sequence[Core],
+    vf_devices: Sequence[DeviceAssignment],
+    vf_warnings: Sequence[str],
 ) -> VmPlan:
     if old is not None:
         node, pins, cores = old.numa_nodes[0], old.vcpu_pins, old.cores
@@ -166,7 +189,7 @@ def _vm_plan(
         pairs = alloc.sibling_pairs and vm.vcpus % 2 == 0 and topo.smt
         topology = GuestTopology(1, vm.vcpus // 2, 2) if pairs else GuestTopology(1, vm.vcpus, 1)
     devices = []
-    warnings = []
+    warnings = list(vf_warnings)
     # A running slice's devices sit on vfio-pci now; the host driver to return them to is the recorded one.
     recorded = {d.address: d.driver for d in old.devices} if old is not None else {}
     for nic in nics:
@@ -180,6 +203,7 @@ def _vm_plan(
         warning = numa_warning(vm.name, dev, (node,))
         if warning:
             warnings.append(warning)
+    devices.extend(vf_devices if old is None else [d for d in old.devices if d.type == "vf"])
     return VmPlan(
         name=vm.name,
         numa_nodes=(node,),
@@ -214,6 +238,7 @@ def _with_host(
     spec_vms: Sequence[VmPlan],
     all_vms: tuple[VmPlan, ...],
     warnings: list[str],
+    pf_plans: tuple[PfPlan, ...],
 ) -> Plan:
     if spec.host.isolate is IsolateScope.ALL:
         isolated = topo.online_cpus - reserved
@@ -236,5 +261,6 @@ def _with_host(
         missing_kernel_args=missing,
         hugepages=hugepages,
         cpu_vendor=topo.cpu_vendor,
+        sriov=pf_plans,
     )
     return Plan(host=host, vms=all_vms, warnings=tuple(dict.fromkeys(warnings)))

@@ -9,12 +9,8 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
 
-from bmslice.plan.capacity import Load, NodeFree
+from bmslice.plan.capacity import Load, NodeFree, plural
 from bmslice.plan.placement import Request
-
-
-def _cores(n: int) -> str:
-    return f"{n} whole core" + ("" if n == 1 else "s")
 
 
 def _alone(req: Request, nodes: Mapping[int, NodeFree]) -> str | None:
@@ -28,17 +24,14 @@ def _alone(req: Request, nodes: Mapping[int, NodeFree]) -> str | None:
     if len(candidates) == 1:
         node = candidates[0]
         if node in core_short:
-            return (
-                f"{req.name} needs {_cores(node.cores_needed(req.load))} on NUMA node {node.node}, "
-                f"only {node.cores} {'is' if node.cores == 1 else 'are'} free"
-            )
+            return f"{req.name} needs {node.need_text(req.load)} on NUMA node {node.node}, {node.free_text()}"
         return (
             f"{req.name} needs {req.load.memory_mib} MiB on NUMA node {node.node}, only {node.memory_mib} MiB are free"
         )
     if len(core_short) == len(candidates):
         most = max(candidates, key=lambda n: (n.cores, -n.node))
         return (
-            f"{req.name} needs {_cores(most.cores_needed(req.load))} on one NUMA node; "
+            f"{req.name} needs {most.need_text(req.load)} on one NUMA node; "
             f"the most free on any node is {most.cores} (node {most.node})"
         )
     most_mem = max(candidates, key=lambda n: (n.memory_mib, -n.node))
@@ -65,10 +58,7 @@ def _bound_together(requests: Sequence[Request], nodes: Mapping[int, NodeFree]) 
             continue
         names = ", ".join(r.name for r in group)
         if not node.fits(Load(total.singles, total.pairs, 0)):
-            return (
-                f"VMs bound to NUMA node {node_id} ({names}) need {_cores(node.cores_needed(total))}, "
-                f"only {node.cores} are free"
-            )
+            return f"VMs bound to NUMA node {node_id} ({names}) need {node.need_text(total)}, {node.free_text()}"
         return (
             f"VMs bound to NUMA node {node_id} ({names}) need {total.memory_mib} MiB, "
             f"only {node.memory_mib} MiB are free"
@@ -77,6 +67,7 @@ def _bound_together(requests: Sequence[Request], nodes: Mapping[int, NodeFree]) 
 
 
 def explain(requests: Sequence[Request], free: Sequence[NodeFree]) -> str:
+    free = sorted(free, key=lambda n: n.node)
     nodes = {n.node: n for n in free}
     for req in requests:
         alone = _alone(req, nodes)
@@ -92,11 +83,11 @@ def explain(requests: Sequence[Request], free: Sequence[NodeFree]) -> str:
     have = sum(n.cores for n in free)
     per_node = ", ".join(f"node {n.node}: {n.cores} cores, {n.memory_mib} MiB" for n in free)
     if need > have:
-        return f"the VMs need {_cores(need)} in all, only {have} are free on the host ({per_node})"
+        return f"the VMs need {plural(need, 'whole core')} in all, only {have} are free on the host ({per_node})"
     mem_have = sum(n.memory_mib for n in free)
     if total.memory_mib > mem_have:
         return f"the VMs need {total.memory_mib} MiB in all, only {mem_have} MiB are free on the host ({per_node})"
     return (
-        f"no assignment of VMs to NUMA nodes fits them all: they need {_cores(need)} and {total.memory_mib} MiB, "
+        f"no assignment of VMs to NUMA nodes fits them all: they need {plural(need, 'whole core')} and {total.memory_mib} MiB, "
         f"free per node: {per_node}; a VM cannot span nodes"
     )

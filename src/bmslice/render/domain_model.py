@@ -30,6 +30,15 @@ class Disk:
 
 
 @dataclass(frozen=True)
+class VfInterface:
+    """An SR-IOV VF given to the guest as <interface type='hostdev'> (MAC and VLAN set by libvirt)."""
+
+    address: str
+    mac: str
+    vlan: int | None = None
+
+
+@dataclass(frozen=True)
 class Domain:
     name: str
     uuid: str
@@ -47,6 +56,7 @@ class Domain:
     disabled_features: tuple[str, ...]
     hostdevs: tuple[str, ...]  # PCI addresses "0000:01:00.0"
     hugepage_kib: int | None = None
+    vf_interfaces: tuple[VfInterface, ...] = ()
     disks: tuple[Disk, ...] = ()
     plan_json: str | None = None  # the VmPlan this domain was rendered from (metadata)
 
@@ -75,6 +85,7 @@ def domain_from_plan(vm: VmPlan, disks: tuple[Disk, ...] = ()) -> Domain:
         disabled_features=vm.disable_cpu_features,
         hostdevs=tuple(d.address for d in vm.devices if d.type == "passthrough"),
         hugepage_kib=vm.hugepage_kib,
+        vf_interfaces=tuple(VfInterface(d.address, d.mac or "", d.vlan) for d in vm.devices if d.type == "vf"),
         disks=disks,
         plan_json=vm_json,
     )

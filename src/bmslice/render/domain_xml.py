@@ -10,16 +10,26 @@ from lxml import etree
 
 from bmslice.cpuset import CpuSet
 from bmslice.model.plan import GuestTopology
-from bmslice.render.domain_model import BMSLICE_NS, Disk, Domain
+from bmslice.render.domain_model import BMSLICE_NS, Disk, Domain, VfInterface
 
 _E = etree.Element
 _Sub = etree.SubElement
 
 
-def _pci_address(parent: etree._Element, address: str) -> None:
+def _pci_address(parent: etree._Element, address: str, **extra: str) -> None:
     domain, bus, rest = address.split(":")
     slot, function = rest.split(".")
-    _Sub(parent, "address", domain=f"0x{domain}", bus=f"0x{bus}", slot=f"0x{slot}", function=f"0x{function}")
+    attrs = {**extra, "domain": f"0x{domain}", "bus": f"0x{bus}", "slot": f"0x{slot}", "function": f"0x{function}"}
+    _Sub(parent, "address", attrs)
+
+
+def _vf_interface(devices: etree._Element, vf: VfInterface) -> None:
+    el = _Sub(devices, "interface", type="hostdev", managed="yes")
+    _Sub(el, "mac", address=vf.mac)
+    _Sub(el, "driver", name="vfio")
+    _pci_address(_Sub(el, "source"), vf.address, type="pci")
+    if vf.vlan is not None:
+        _Sub(_Sub(el, "vlan"), "tag", id=str(vf.vlan))
 
 
 def _cputune(root: etree._Element, dom: Domain) -> None:
@@ -64,6 +74,8 @@ def _devices(root: etree._Element, dom: Domain) -> None:
         hostdev = _Sub(devices, "hostdev", mode="subsystem", type="pci", managed="yes")
         _Sub(hostdev, "driver", name="vfio")
         _pci_address(_Sub(hostdev, "source"), address)
+    for vf in dom.vf_interfaces:
+        _vf_interface(devices, vf)
     serial = _Sub(devices, "serial", type="pty")
     _Sub(serial, "target", port="0")
     console = _Sub(devices, "console", type="pty")
@@ -162,6 +174,24 @@ def _read_disks(root: etree._Element) -> tuple[Disk, ...]:
     return tuple(out)
 
 
+def _read_vf_interfaces(root: etree._Element) -> tuple[VfInterface, ...]:
+    out = []
+    for el in root.findall("devices/interface[@type='hostdev']"):
+        addr = el.find("source/address")
+        if addr is None:
+            continue
+        mac = el.find("mac")
+        tag = el.find("vlan/tag")
+        out.append(
+            VfInterface(
+                _address_text(addr),
+                mac.get("address", "") if mac is not None else "",
+                int(tag.get("id", "0")) if tag is not None else None,
+            )
+        )
+    return tuple(out)
+
+
 def from_xml(text: str | bytes) -> Domain:
     """Parse domain XML (as libvirt returns it) into a Domain; unknown elements are ignored."""
     parser = etree.XMLParser(resolve_entities=False, no_network=True)
@@ -199,6 +229,7 @@ def from_xml(text: str | bytes) -> Domain:
         ),
         hostdevs=tuple(_address_text(addr) for addr in root.findall("devices/hostdev[@type='pci']/source/address")),
         hugepage_kib=int(page.get("size", "0")) if page is not None else None,
+        vf_interfaces=_read_vf_interfaces(root),
         disks=_read_disks(root),
         plan_json=meta.text if meta is not None else None,
     )

@@ -331,6 +331,8 @@ def _read_pci_device(fs: FsRoot, name: str, address: str, interfaces: tuple[str,
         interfaces=interfaces,
         sriov_totalvfs=fs.read_int(f"{rel}/sriov_totalvfs") or 0,
         sriov_numvfs=fs.read_int(f"{rel}/sriov_numvfs") or 0,
+        sriov_offset=fs.read_int(f"{rel}/sriov_offset"),
+        sriov_stride=fs.read_int(f"{rel}/sriov_stride"),
         physfn=links.physfn,
         virtfns=links.virtfns,
     )

@@ -24,6 +24,7 @@ _XML_FIELDS = {
     "cpu_mode": "CPU mode",
     "topology": "guest CPU topology",
     "hostdevs": "PCI hostdevs",
+    "vf_interfaces": "SR-IOV VF interfaces",
     "hugepage_kib": "hugepage size (KiB)",
 }
 

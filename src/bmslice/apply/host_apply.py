@@ -1,0 +1,271 @@
+"""bmslice host-apply: place the host files and runtime settings of a plan below a root.
+
+The only code that writes host configuration. It diffs each file and setting against
+what is there and reports a no-op explicitly; files are replaced atomically (temp file +
+rename); a failure puts back everything this run changed. It never runs the bootloader
+tool: it says which file it wrote and which command the operator runs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from enum import StrEnum
+from pathlib import Path
+
+from bmslice.apply.lock import host_lock
+from bmslice.errors import ApplyError
+from bmslice.model.plan import Plan
+from bmslice.render.host_files import GRUB_DROPIN, KERNEL_ARGS, SysfsSetting, grubby_command
+from bmslice.topology.sysfs import FsRoot
+
+REBOOT_PENDING = "var/lib/bmslice/reboot-pending"
+FILE_MODE = 0o644
+
+
+class Bootloader(StrEnum):
+    DEBIAN = "debian"  # update-grub reads /etc/default/grub.d/*.cfg
+    RHEL = "rhel"  # BLS entries, changed with grubby
+    UNKNOWN = "unknown"
+
+
+def detect_bootloader(fs: FsRoot) -> Bootloader:
+    """RHEL markers first: RHEL has /etc/default/grub too, but its entries are BLS files."""
+    if fs.read("etc/redhat-release") is not None or fs.resolve("usr/sbin/grubby").exists():
+        return Bootloader.RHEL
+    if fs.read("etc/debian_version") is not None or fs.read("etc/default/grub") is not None:
+        return Bootloader.DEBIAN
+    return Bootloader.UNKNOWN
+
+
+def bootloader_step(kind: Bootloader, plan: Plan) -> str:
+    """The one command (or instruction) that makes the planned kernel args part of the next boot."""
+    if kind is Bootloader.DEBIAN:
+        return f"run `update-grub` (it reads /{GRUB_DROPIN}), then reboot"
+    if kind is Bootloader.RHEL:
+        return f"run `{grubby_command(plan)}`, then reboot"
+    return f"add the args in /{KERNEL_ARGS} to the bootloader's kernel command line, then reboot"
+
+
+def bootloader_name(kind: Bootloader) -> str:
+    return {
+        Bootloader.DEBIAN: "GRUB, Debian/Ubuntu style (update-grub)",
+        Bootloader.RHEL: "RHEL style (grubby, BLS entries)",
+        Bootloader.UNKNOWN: "unknown (no /etc/default/grub, /etc/debian_version, grubby or /etc/redhat-release)",
+    }[kind]
+
+
+@dataclass(frozen=True)
+class Change:
+    path: str  # relative to the root
+    action: str  # "create" | "update" | "remove" | "set"
+    detail: str = ""
+
+
+@dataclass
+class HostApplyResult:
+    root: Path
+    bootloader: Bootloader
+    changes: list[Change] = field(default_factory=list)
+    unchanged: list[str] = field(default_factory=list)
+    reboot_pending: tuple[str, ...] = ()  # planned kernel args not in proc/cmdline
+    next_steps: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    dry_run: bool = False
+
+
+def reboot_note(plan: Plan) -> str:
+    return "# Written by bmslice host-apply: these planned kernel args are not in /proc/cmdline yet.\n" + "".join(
+        f"{arg}\n" for arg in plan.host.missing_kernel_args
+    )
+
+
+@dataclass
+class _Undo:
+    """What to put back if a later step fails: old file contents (None: did not exist), dirs made."""
+
+    files: list[tuple[Path, bytes | None]] = field(default_factory=list)
+    dirs: list[Path] = field(default_factory=list)
+
+    def run(self) -> list[str]:
+        problems = []
+        for path, old in reversed(self.files):
+            try:
+                if old is None:
+                    path.unlink(missing_ok=True)
+                else:
+                    _write_bytes(path, old, atomic=path.is_file() and not _is_sysfs(path))
+            except OSError as exc:
+                problems.append(f"{path}: {exc.strerror or exc}")
+        for directory in reversed(self.dirs):
+            with contextlib.suppress(OSError):
+                directory.rmdir()
+        return problems
+
+
+def _is_sysfs(path: Path) -> bool:
+    return "/sys/" in f"/{path}/"
+
+
+def _write_bytes(path: Path, data: bytes, atomic: bool) -> None:
+    if not atomic:
+        # sysfs attributes cannot be renamed over; one write is the kernel's transaction.
+        with path.open("wb") as handle:
+            handle.write(data)
+        return
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".bmslice")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fchmod(handle.fileno(), FILE_MODE)
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+def _make_dirs(directory: Path, undo: _Undo) -> None:
+    missing = []
+    current = directory
+    while not current.exists():
+        missing.append(current)
+        current = current.parent
+    for path in reversed(missing):
+        path.mkdir()
+        undo.dirs.append(path)
+
+
+def _read_bytes(path: Path) -> bytes | None:
+    try:
+        return path.read_bytes()
+    except FileNotFoundError:
+        return None
+    except IsADirectoryError:
+        raise ApplyError(f"{path} is a directory, not a file; remove it and run host-apply again") from None
+
+
+def _current_int(fs: FsRoot, rel: str) -> int | None:
+    text = fs.read_line(rel)
+    return int(text) if text is not None and text.isdigit() else None
+
+
+def _setting_path(fs: FsRoot, setting: SysfsSetting) -> str:
+    """A kernel without NUMA has one pool, under /sys/kernel/mm/hugepages."""
+    if fs.read(setting.path) is None and "/node0/" in setting.path and not fs.is_dir("sys/devices/system/node"):
+        return "sys/kernel/mm/hugepages/" + setting.path.rsplit("/hugepages/", 1)[1]
+    return setting.path
+
+
+class _Run:
+    def __init__(self, fs: FsRoot, result: HostApplyResult) -> None:
+        self.fs = fs
+        self.result = result
+        self.undo = _Undo()
+
+    def place(self, rel: str, text: str) -> None:
+        path = self.fs.resolve(rel)
+        old = _read_bytes(path)
+        new = text.encode()
+        if old == new:
+            self.result.unchanged.append(rel)
+            return
+        self.result.changes.append(Change(rel, "create" if old is None else "update"))
+        if self.result.dry_run:
+            return
+        _make_dirs(path.parent, self.undo)
+        self.undo.files.append((path, old))
+        _write_bytes(path, new, atomic=True)
+
+    def remove(self, rel: str) -> None:
+        path = self.fs.resolve(rel)
+        old = _read_bytes(path)
+        if old is None:
+            return
+        self.result.changes.append(Change(rel, "remove", "the planned kernel args are all active"))
+        if not self.result.dry_run:
+            self.undo.files.append((path, old))
+            path.unlink()
+
+    def set(self, setting: SysfsSetting) -> None:
+        rel = _setting_path(self.fs, setting)
+        current = _current_int(self.fs, rel)
+        if current is None:
+            raise ApplyError(f"cannot set {setting.what}: /{rel} does not exist or is unreadable")
+        if current >= setting.value if setting.minimum else current == setting.value:
+            self.result.unchanged.append(rel)
+            return
+        self.result.changes.append(Change(rel, "set", f"{current} -> {setting.value} ({setting.what})"))
+        if self.result.dry_run:
+            return
+        path = self.fs.resolve(rel)
+        self.undo.files.append((path, f"{current}\n".encode()))
+        _write_bytes(path, f"{setting.value}\n".encode(), atomic=False)
+        got = _current_int(self.fs, rel)
+        if got is not None and got < setting.value:
+            self.result.warnings.append(
+                f"{setting.what}: asked for {setting.value}, the kernel gave {got} (memory too fragmented): "
+                "reserve them at boot with hugepages= instead"
+            )
+
+
+def apply_host(
+    plan: Plan,
+    files: Mapping[str, str],
+    settings: Sequence[SysfsSetting],
+    root: Path,
+    dry_run: bool = False,
+) -> HostApplyResult:
+    """Place `files` and `settings` below `root`; record or clear "reboot pending".
+
+    Raises ApplyError (after putting back whatever this run changed) when a write fails.
+    """
+    if not root.is_dir():
+        raise ApplyError(f"--host-root {root}: no such directory")
+    fs = FsRoot(root)
+    result = HostApplyResult(root=root, bootloader=detect_bootloader(fs), dry_run=dry_run)
+    result.reboot_pending = plan.host.missing_kernel_args
+    if dry_run:
+        _run_all(_Run(fs, result), plan, files, settings)
+    else:
+        with host_lock(f"host-root:{root.resolve()}"):
+            run = _Run(fs, result)
+            try:
+                _run_all(run, plan, files, settings)
+            except (OSError, ApplyError) as exc:
+                problems = run.undo.run()
+                reason = exc if isinstance(exc, ApplyError) else f"{exc.filename or root}: {exc.strerror or exc}"
+                tail = f"; could not put back: {'; '.join(problems)}" if problems else "; nothing was left changed"
+                raise ApplyError(f"host-apply failed: {reason}{tail}") from None
+    _next_steps(plan, result)
+    return result
+
+
+def _run_all(run: _Run, plan: Plan, files: Mapping[str, str], settings: Sequence[SysfsSetting]) -> None:
+    for rel, text in files.items():
+        run.place(rel, text)
+    for setting in settings:
+        run.set(setting)
+    if plan.host.missing_kernel_args:
+        run.place(REBOOT_PENDING, reboot_note(plan))
+    else:
+        run.remove(REBOOT_PENDING)
+
+
+def _next_steps(plan: Plan, result: HostApplyResult) -> None:
+    touched = {c.path for c in result.changes}
+    if result.reboot_pending:
+        result.next_steps.append(
+            f"bootloader not touched: {bootloader_step(result.bootloader, plan)} "
+            f"to activate {' '.join(result.reboot_pending)}"
+        )
+    if any(p.startswith("etc/systemd/") for p in touched):
+        result.next_steps.append("run `systemctl daemon-reload` (slice CPU limits, CPUAffinity, irqbalance drop-in)")
+        result.next_steps.append("run `systemctl try-restart irqbalance.service` (new ban list)")
+    if any(p.startswith(("etc/modprobe.d/", "etc/modules-load.d/")) for p in touched):
+        result.next_steps.append("vfio-pci options apply when the module next loads (at the reboot)")

@@ -1,0 +1,75 @@
+"""`bmslice show SPEC`: a picture of the sliced server, in the terminal or as SVG / HTML files.
+
+    bmslice show SPEC [--host-root DIR | --connect URI | --hwloc FILE] [--svg FILE] [--html FILE]
+
+Without --svg or --html it draws the coloured grid in the terminal; with them it writes
+the files (and prints their paths) instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from bmslice.cli.main import EXIT_ERROR, EXIT_OK, Handler, _Parser
+from bmslice.cli.sources import add_source_args, read_topology
+from bmslice.errors import BmsliceError
+
+
+def cmd_show(args: argparse.Namespace) -> int:
+    from bmslice.cli.picture_view import picture_view
+    from bmslice.cli.tables import console
+    from bmslice.model.spec import load_spec
+    from bmslice.plan.planner import make_plan
+    from bmslice.render.picture_svg import render_svg
+    from bmslice.render.report_html import render_report
+
+    spec = load_spec(args.spec)
+    topo = read_topology(args)
+    plan = make_plan(topo, spec, origin=str(args.spec))
+    files: list[tuple[Path, bytes]] = []
+    if args.svg is not None:
+        files.append((args.svg, render_svg(topo, plan)))
+    if args.html is not None:
+        files.append((args.html, render_report(topo, plan, spec_name=str(args.spec))))
+    if not files:
+        out = console()
+        out.print(picture_view(topo, plan, out.width))
+        return EXIT_OK
+    for path, data in files:
+        try:
+            path.write_bytes(data)
+        except OSError as exc:
+            raise BmsliceError(f"{path}: cannot write: {exc.strerror or exc}") from None
+        print(path)
+    for warning in plan.warnings:
+        print(f"warning: {warning}", file=sys.stderr)
+    return EXIT_OK
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Add `show` to the subcommands of the bmslice parser (`sub` from add_subparsers)."""
+    show = sub.add_parser("show", help="draw the sliced server: terminal grid, or --svg / --html files")
+    show.add_argument("spec", type=Path, metavar="SPEC")
+    add_source_args(show)
+    show.add_argument("--svg", type=Path, metavar="FILE", help="write the picture as SVG")
+    show.add_argument("--html", type=Path, metavar="FILE", help="write a self-contained HTML report")
+    show.set_defaults(handler=cmd_show)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """`bmslice show ...` alone (tests, and until cli/main.py registers it)."""
+    parser = _Parser(prog="bmslice")
+    register(parser.add_subparsers(dest="command", required=True, metavar="COMMAND"))
+    args = parser.parse_args(argv)
+    handler: Handler = args.handler
+    try:
+        return handler(args)
+    except BmsliceError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+    except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr)
+        return EXIT_ERROR

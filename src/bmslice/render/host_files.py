@@ -1,0 +1,219 @@
+"""Every file the host needs for a plan, as {path relative to the root: text}: pure.
+
+`bmslice host-config` writes these below --out for review; `bmslice host-apply` places
+them below the host root. Runtime settings (2 MiB hugepages per node) are data too:
+`runtime_settings(plan)` says which sysfs files get which value.
+
+>>> from bmslice.cpuset import CpuSet
+>>> from bmslice.model.plan import HostPlan, NodeHugepages, Plan
+>>> host = HostPlan(CpuSet.parse("0"), CpuSet.parse("1-3"), ("iommu=pt",), False,
+...                 hugepages=(NodeHugepages(0, 2048, 512),))
+>>> [s.path for s in runtime_settings(Plan(host, ()))]
+['sys/devices/system/node/node0/hugepages/hugepages-2048kB/nr_hugepages']
+"""
+
+from __future__ import annotations
+
+import shlex
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from bmslice.model.plan import DeviceAssignment, Plan
+from bmslice.model.topology import HostTopology
+from bmslice.render.artifacts import kernel_args_line
+
+RUNTIME_HUGEPAGE_KIB = 2048  # 1 GiB pages are boot-time kernel args (plan/host.py)
+
+GRUB_DROPIN = "etc/default/grub.d/bmslice.cfg"
+KERNEL_ARGS = "etc/bmslice/kernel-args"
+HUGEPAGES = "etc/bmslice/hugepages"
+IRQBALANCE = "etc/systemd/system/irqbalance.service.d/50-bmslice-banned-cpus.conf"
+TUNED = "etc/tuned/cpu-partitioning-variables.conf"
+SLICES = ("system.slice", "user.slice")
+SYSTEM_CONF = "etc/systemd/system.conf.d/50-bmslice-cpus.conf"
+VFIO_OPTIONS = "etc/modprobe.d/bmslice-vfio.conf"
+VFIO_LOAD = "etc/modules-load.d/bmslice-vfio.conf"
+
+HEADER = "# Written by bmslice from the slicing plan; bmslice host-apply rewrites it.\n"
+
+
+@dataclass(frozen=True)
+class SysfsSetting:
+    """A runtime value to write to a sysfs file; `minimum`: raise it to `value`, never lower it."""
+
+    path: str
+    value: int
+    what: str
+    minimum: bool = True
+
+
+def slice_dropin(unit: str) -> str:
+    return f"etc/systemd/system/{unit}.d/50-bmslice-cpus.conf"
+
+
+def hugepage_path(node: int, size_kib: int = RUNTIME_HUGEPAGE_KIB) -> str:
+    return f"sys/devices/system/node/node{node}/hugepages/hugepages-{size_kib}kB/nr_hugepages"
+
+
+def runtime_settings(plan: Plan) -> tuple[SysfsSetting, ...]:
+    """2 MiB pages per node: the pool may hold pages others use, so host-apply only ever raises it."""
+    return tuple(
+        SysfsSetting(hugepage_path(h.node), h.pages, f"node {h.node} 2 MiB hugepages")
+        for h in sorted(plan.host.hugepages, key=lambda h: h.node)
+        if h.size_kib == RUNTIME_HUGEPAGE_KIB and h.pages > 0
+    )
+
+
+def grubby_command(plan: Plan) -> str:
+    return f"grubby --update-kernel=ALL --args={shlex.quote(' '.join(plan.host.kernel_args))}"
+
+
+def _grub(plan: Plan) -> str:
+    args = " ".join(plan.host.kernel_args)
+    return (
+        HEADER
+        + f"# Kernel args for CPU vendor {plan.host.cpu_vendor or 'unknown'}; Debian/Ubuntu's update-grub reads\n"
+        "# /etc/default/grub.d/*.cfg. RHEL-style hosts (BLS entries) use instead:\n"
+        f"#   {grubby_command(plan)}\n"
+        f'GRUB_CMDLINE_LINUX_DEFAULT="$GRUB_CMDLINE_LINUX_DEFAULT {args}"\n'
+    )
+
+
+def _hugepages(plan: Plan) -> str:
+    lines = [
+        HEADER,
+        "# Runtime 2 MiB hugepages per NUMA node (sysfs file, pages). They do not survive a reboot:\n",
+        "# run bmslice host-apply again at boot, or reserve them with hugepages= on the kernel command line.\n",
+    ]
+    settings = runtime_settings(plan)
+    lines += [f"/{s.path} {s.value}\n" for s in settings]
+    if not settings:
+        lines.append("# none planned: no VM asks for 2 MiB hugepages\n")
+    return "".join(lines)
+
+
+def _irqbalance(plan: Plan) -> str:
+    # A systemd drop-in, not /etc/default/irqbalance: that file is the package's own conffile
+    # (the operator's IRQBALANCE_ARGS live there). irqbalance >= 1.8 reads this variable.
+    return (
+        HEADER + "# Keep irqbalance from moving IRQs onto the isolated CPUs. A value set in the unit's\n"
+        "# EnvironmentFile (/etc/default/irqbalance, /etc/sysconfig/irqbalance) takes precedence.\n"
+        "[Service]\n"
+        f"Environment=IRQBALANCE_BANNED_CPULIST={plan.host.isolated_cpus}\n"
+    )
+
+
+def _tuned(plan: Plan) -> str:
+    # isolcpus= already takes every isolated CPU out of load balancing, so both lists are the same.
+    return (
+        HEADER + "# For hosts that use tuned's cpu-partitioning profile instead of the GRUB drop-in.\n"
+        f"isolated_cores={plan.host.isolated_cpus}\n"
+        f"no_balance_cores={plan.host.isolated_cpus}\n"
+    )
+
+
+def _slice(plan: Plan, unit: str) -> str:
+    return (
+        HEADER + f"# The host's own services stay on the host-reserved CPUs ({unit}); VMs run in machine.slice.\n"
+        "[Slice]\n"
+        f"AllowedCPUs={plan.host.reserved_cpus}\n"
+    )
+
+
+def _system_conf(plan: Plan) -> str:
+    # There is no init.slice: PID 1 lives in init.scope. CPUAffinity= covers PID 1 and is the
+    # default of everything it starts; libvirt pins each QEMU thread explicitly.
+    return HEADER + f"[Manager]\nCPUAffinity={plan.host.reserved_cpus}\n"
+
+
+def _passthrough(plan: Plan) -> list[tuple[str, DeviceAssignment]]:
+    return sorted(
+        ((vm.name, d) for vm in plan.vms for d in vm.devices if d.type == "passthrough"), key=lambda p: p[1].address
+    )
+
+
+def _pci_id(vendor: str, device: str) -> str:
+    return f"{vendor.lower().removeprefix('0x')}:{device.lower().removeprefix('0x')}"
+
+
+def _vfio_options(plan: Plan, topo: HostTopology) -> str:
+    """ids= binds *every* device with that vendor:device; an ID the host also uses is left out."""
+    given = _passthrough(plan)
+    lines = [HEADER]
+    if not given:
+        lines.append("# no whole PCI device is passed through: nothing to bind at boot\n")
+        return "".join(lines)
+    lines.append("# Bind the passthrough devices to vfio-pci at boot, before their host drivers.\n")
+    by_id: dict[str, list[str]] = defaultdict(list)
+    drivers: dict[str, set[str]] = defaultdict(set)
+    unknown: list[str] = []
+    for vm, dev in given:
+        pci = topo.pci(dev.address)
+        if pci is None or not pci.vendor or not pci.device:
+            unknown.append(f"{dev.address} ({vm})")
+            continue
+        pid = _pci_id(pci.vendor, pci.device)
+        by_id[pid].append(dev.address)
+        if dev.driver and dev.driver not in ("vfio-pci", "pci-stub"):
+            drivers[pid].add(dev.driver)
+    ids: list[str] = []
+    for pid, addresses in sorted(by_id.items()):
+        host_kept = [
+            d.address
+            for d in topo.pci_devices
+            if _pci_id(d.vendor, d.device) == pid and d.address not in addresses and d.physfn is None
+        ]
+        if host_kept:
+            lines.append(
+                f"# {pid} ({', '.join(addresses)}) is not listed: the host keeps {', '.join(host_kept)} with the same"
+                " ID; bmslice apply binds these by address instead\n"
+            )
+        else:
+            ids.append(pid)
+    for entry in unknown:
+        lines.append(f"# {entry}: vendor/device unknown on this host; bmslice apply binds it by address\n")
+    if ids:
+        lines.append(f"options vfio-pci ids={','.join(ids)}\n")
+        for driver in sorted({drv for pid in ids for drv in drivers[pid]}):
+            lines.append(f"softdep {driver} pre: vfio-pci\n")
+    return "".join(lines)
+
+
+def _vfio_load(plan: Plan) -> str:
+    if not _passthrough(plan):
+        return HEADER + "# no whole PCI device is passed through: vfio-pci need not load at boot\n"
+    return HEADER + "vfio-pci\n"
+
+
+def render_host_files(plan: Plan, topo: HostTopology) -> dict[str, str]:
+    """{relative path: text} for every host file; `topo` supplies the PCI IDs of passthrough devices."""
+    files = {
+        GRUB_DROPIN: _grub(plan),
+        KERNEL_ARGS: kernel_args_line(plan),
+        HUGEPAGES: _hugepages(plan),
+        IRQBALANCE: _irqbalance(plan),
+        TUNED: _tuned(plan),
+        SYSTEM_CONF: _system_conf(plan),
+        VFIO_OPTIONS: _vfio_options(plan, topo),
+        VFIO_LOAD: _vfio_load(plan),
+    }
+    for unit in SLICES:
+        files[slice_dropin(unit)] = _slice(plan, unit)
+    return dict(sorted(files.items()))
+
+
+def host_file_purposes() -> Sequence[tuple[str, str]]:
+    """(path, what it is for), for documentation and `host-config` output."""
+    return (
+        (GRUB_DROPIN, "kernel args as a GRUB drop-in (update-grub reads it)"),
+        (KERNEL_ARGS, "the same kernel args as one plain line (grubby, other bootloaders)"),
+        (HUGEPAGES, "runtime 2 MiB hugepages per NUMA node (host-apply writes them to sysfs)"),
+        (IRQBALANCE, "irqbalance ban list: the isolated CPUs"),
+        (TUNED, "tuned cpu-partitioning variables, for hosts that use tuned"),
+        (slice_dropin("system.slice"), "system services confined to the host-reserved CPUs"),
+        (slice_dropin("user.slice"), "user sessions confined to the host-reserved CPUs"),
+        (SYSTEM_CONF, "PID 1 and its default CPU affinity: the host-reserved CPUs"),
+        (VFIO_OPTIONS, "vfio-pci claims the passthrough devices' IDs at boot"),
+        (VFIO_LOAD, "load vfio-pci at boot"),
+    )

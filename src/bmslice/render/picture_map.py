@@ -1,0 +1,277 @@
+"""Who owns which hardware thread and NIC: the one map that the SVG, HTML and terminal pictures draw.
+
+Pure: (topology, plan) -> `PictureMap`, grouped socket -> NUMA node -> core -> thread, in
+the order the host numbers them. Every drawing reads this map, so the pictures agree.
+
+>>> from bmslice.model.topology import Cpu, HostTopology, NumaNode
+>>> from bmslice.model.plan import GuestTopology, HostPlan, Plan, VmPlan
+>>> cpus = tuple(Cpu(i, 0, i % 2, 0, CpuSet.of(i % 2, i % 2 + 2)) for i in range(4))
+>>> topo = HostTopology("GenuineIntel", "", None, cpus, (NumaNode(0, CpuSet.parse("0-3"), 1024),))
+>>> vm = VmPlan("web", (0,), (1, 3), CpuSet(), CpuSet(), 0, GuestTopology(1, 1, 2), 512, None,
+...             (CpuSet.of(1, 3),), "host")
+>>> plan = Plan(HostPlan(CpuSet.of(0, 2), CpuSet.of(1, 3), (), False), (vm,))
+>>> [t.label for core in picture_map(topo, plan).sockets[0].nodes[0].cores for t in core.threads]
+['0 · host', '2 · host', '1 · v0', '3 · v1']
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from enum import StrEnum
+
+from bmslice.cpuset import CpuSet
+from bmslice.model.plan import Plan, VmPlan
+from bmslice.model.topology import HostTopology, PciDevice
+
+
+class Role(StrEnum):
+    HOST = "host"  # reserved for the host OS and IRQs
+    VCPU = "vcpu"  # a guest vCPU is pinned here
+    EMULATOR = "emulator"  # a VM's dedicated emulator/IOThread CPU
+    SPARE = "spare"  # owned by a VM (its core) but runs nothing: an odd vCPU count
+    ISOLATED = "isolated"  # isolated from the host scheduler, no VM yet: room for a later slice
+    FREE = "free"  # neither reserved, isolated nor planned
+
+
+@dataclass(frozen=True)
+class VmKey:
+    """A VM as the legend shows it; `index` picks its colour, `letter` tags it where colour is lost."""
+
+    index: int
+    name: str
+    letter: str
+    numa_nodes: tuple[int, ...]
+    vcpus: int
+    emulator_policy: str
+    emulator_cpus: CpuSet
+
+
+@dataclass(frozen=True)
+class Thread:
+    cpu: int
+    role: Role
+    vm: int | None = None  # VmKey.index of the owner
+    vcpu: int | None = None  # guest vCPU number (Role.VCPU)
+    shared_emulators: tuple[int, ...] = ()  # VMs whose emulator threads float on this host CPU
+
+    @property
+    def tag(self) -> str:
+        """The short owner text drawn after the CPU number."""
+        if self.role is Role.VCPU:
+            return f"v{self.vcpu}"
+        if self.role is Role.EMULATOR:
+            return "emu"
+        if self.role is Role.HOST:
+            return "host"
+        if self.role is Role.SPARE:
+            return "idle"
+        return ""
+
+    @property
+    def label(self) -> str:
+        """ "4 · v0", "2 · emu", "0 · host"; a free CPU is just its number."""
+        return f"{self.cpu} · {self.tag}" if self.tag else str(self.cpu)
+
+    @property
+    def owner(self) -> str | None:
+        """One owner per thread: the host, a VM (by index), or None when free."""
+        if self.role is Role.HOST:
+            return "host"
+        if self.vm is not None:
+            return f"vm{self.vm}"
+        return None
+
+
+@dataclass(frozen=True)
+class CoreCell:
+    threads: tuple[Thread, ...]
+    split: bool  # the hardware threads of this core have different owners
+
+    @property
+    def cpus(self) -> CpuSet:
+        return CpuSet.from_iter(t.cpu for t in self.threads)
+
+
+@dataclass(frozen=True)
+class Nic:
+    address: str
+    interfaces: tuple[str, ...]
+    numa_node: int | None
+    vm: int | None  # passed through to this VM
+    management: bool  # carries the host's default route
+    cross_numa: bool  # passed through to a VM on another NUMA node
+    vfs_enabled: int
+    vfs_total: int
+    vf_users: tuple[tuple[int, int], ...]  # (VM index, VFs of this NIC it holds)
+
+    @property
+    def name(self) -> str:
+        return ",".join(self.interfaces) or self.address
+
+
+@dataclass(frozen=True)
+class NodeCell:
+    id: int
+    memory_mib: int
+    cores: tuple[CoreCell, ...]
+    nics: tuple[Nic, ...]
+    offline: CpuSet
+
+
+@dataclass(frozen=True)
+class SocketCell:
+    id: int
+    nodes: tuple[NodeCell, ...]
+
+
+@dataclass(frozen=True)
+class PictureMap:
+    hostname: str
+    sockets: tuple[SocketCell, ...]
+    memory_only_nodes: tuple[NodeCell, ...]  # NUMA nodes without CPUs
+    unplaced_nics: tuple[Nic, ...]  # NICs whose NUMA node the host does not report
+    vms: tuple[VmKey, ...]
+    warnings: tuple[str, ...]
+
+    @property
+    def nodes(self) -> tuple[NodeCell, ...]:
+        return tuple(node for s in self.sockets for node in s.nodes) + self.memory_only_nodes
+
+    @property
+    def nics(self) -> tuple[Nic, ...]:
+        return tuple(nic for node in self.nodes for nic in node.nics) + self.unplaced_nics
+
+    @property
+    def threads(self) -> tuple[Thread, ...]:
+        return tuple(t for node in self.nodes for core in node.cores for t in core.threads)
+
+    def count(self, role: Role) -> int:
+        return sum(1 for t in self.threads if t.role is role)
+
+
+def vm_letter(index: int) -> str:
+    """A, B, ..., Z, AA, AB, ... (spreadsheet columns)."""
+    out = ""
+    index += 1
+    while index:
+        index, rem = divmod(index - 1, 26)
+        out = chr(ord("A") + rem) + out
+    return out
+
+
+def picture_map(topo: HostTopology, plan: Plan) -> PictureMap:
+    vms = tuple(
+        VmKey(
+            i, vm.name, vm_letter(i), vm.numa_nodes, vm.vcpus, vm.emulator_policy, vm.emulator_cpus | vm.iothread_cpus
+        )
+        for i, vm in enumerate(plan.vms)
+    )
+    threads = {cpu: _thread(cpu, plan) for cpu in topo.online_cpus}
+    cores_by_node: dict[int, list[CoreCell]] = {}
+    package_of_node: dict[int, int] = {}
+    for core in topo.cores:
+        cell_threads = tuple(threads[cpu] for cpu in core.cpus)
+        owners = {t.owner for t in cell_threads}
+        cores_by_node.setdefault(core.node, []).append(CoreCell(cell_threads, len(owners) > 1))
+        package_of_node[core.node] = min(package_of_node.get(core.node, core.package), core.package)
+    nics = _nics(topo, plan)
+    node_ids = sorted({n.id for n in topo.numa_nodes} | set(cores_by_node))
+    cells: dict[int, NodeCell] = {}
+    for node_id in node_ids:
+        numa = next((n for n in topo.numa_nodes if n.id == node_id), None)
+        offline = CpuSet.from_iter(c.id for c in topo.cpus if not c.online and c.node == node_id)
+        cells[node_id] = NodeCell(
+            node_id,
+            numa.memory_mib if numa else 0,
+            tuple(cores_by_node.get(node_id, ())),
+            tuple(n for n in nics if n.numa_node == node_id),
+            offline,
+        )
+    sockets = tuple(
+        SocketCell(pkg, tuple(cells[n] for n in node_ids if package_of_node.get(n) == pkg))
+        for pkg in sorted(set(package_of_node.values()))
+    )
+    memory_only = tuple(cells[n] for n in node_ids if n not in package_of_node)
+    placed = {n.id for n in cells.values()}
+    unplaced = tuple(n for n in nics if n.numa_node is None or n.numa_node not in placed)
+    warnings = list(plan.warnings)
+    for node in cells.values():
+        for core in node.cores:
+            if core.split:
+                warnings.append(_split_warning(core, vms))
+    return PictureMap(topo.hostname, sockets, memory_only, unplaced, vms, tuple(dict.fromkeys(warnings)))
+
+
+def _thread(cpu: int, plan: Plan) -> Thread:
+    shared = tuple(i for i, vm in enumerate(plan.vms) if _emulator_floats_on(vm, cpu))
+    for i, vm in enumerate(plan.vms):
+        if cpu in vm.vcpu_pins:
+            return Thread(cpu, Role.VCPU, i, vm.vcpu_pins.index(cpu))
+    if cpu in plan.host.reserved_cpus:
+        return Thread(cpu, Role.HOST, shared_emulators=shared)
+    for i, vm in enumerate(plan.vms):
+        if cpu in vm.emulator_cpus or cpu in vm.iothread_cpus:
+            return Thread(cpu, Role.EMULATOR, i)
+    for i, vm in enumerate(plan.vms):
+        if cpu in vm.owned_cpus:
+            return Thread(cpu, Role.SPARE, i)
+    if cpu in plan.host.isolated_cpus:
+        return Thread(cpu, Role.ISOLATED)
+    return Thread(cpu, Role.FREE)
+
+
+def _emulator_floats_on(vm: VmPlan, cpu: int) -> bool:
+    return cpu in vm.emulator_cpus and cpu not in vm.owned_cpus
+
+
+def _management_interfaces(topo: HostTopology) -> set[str]:
+    """The default-route interface and, through bonds and bridges, the ports below it."""
+    names = {topo.default_route_interface} if topo.default_route_interface else set()
+    grew = True
+    while grew:
+        below = {i.name for i in topo.net_interfaces if i.master in names}
+        grew = not below <= names
+        names |= below
+    return names
+
+
+def _nics(topo: HostTopology, plan: Plan) -> tuple[Nic, ...]:
+    owner = {dev.address: i for i, vm in enumerate(plan.vms) for dev in vm.devices}
+    mgmt = _management_interfaces(topo)
+    out = []
+    for dev in topo.pci_devices:
+        if not dev.is_network or (dev.physfn and dev.address not in owner):
+            continue
+        vm = owner.get(dev.address)
+        cross = vm is not None and dev.numa_node is not None and dev.numa_node not in plan.vms[vm].numa_nodes
+        out.append(
+            Nic(
+                dev.address,
+                dev.interfaces,
+                dev.numa_node,
+                vm,
+                bool(mgmt & set(dev.interfaces)),
+                cross,
+                dev.sriov_numvfs,
+                dev.sriov_totalvfs,
+                _vf_users(topo, dev, owner),
+            )
+        )
+    return tuple(out)
+
+
+def _vf_users(topo: HostTopology, pf: PciDevice, owner: dict[str, int]) -> tuple[tuple[int, int], ...]:
+    counts: dict[int, int] = {}
+    for dev in topo.pci_devices:
+        if dev.physfn == pf.address and dev.address in owner:
+            counts[owner[dev.address]] = counts.get(owner[dev.address], 0) + 1
+    return tuple(sorted(counts.items()))
+
+
+def _split_warning(core: CoreCell, vms: Sequence[VmKey]) -> str:
+    names = []
+    for t in core.threads:
+        name = "the host" if t.role is Role.HOST else vms[t.vm].name if t.vm is not None else "nobody"
+        names.append(f"{t.cpu} ({name})")
+    return f"core ({core.cpus}) has split siblings: " + ", ".join(names)

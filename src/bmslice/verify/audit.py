@@ -1,0 +1,269 @@
+"""bmslice audit: proof that the plan's isolation holds on the running host (pure).
+
+`audit(plan, topo, state)` judges what `read_runtime` read: kernel args active (CPU lists
+as sets), the kernel's isolated and nohz_full CPUs, every IRQ's effective affinity,
+every thread's Cpus_allowed_list, and hugepages per node. Per-CPU kernel threads cannot
+leave their CPU and are listed as excepted; the planned VMs' QEMU threads may use their
+own slice's CPUs and nothing else that is isolated.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from bmslice.cpuset import CpuSet
+from bmslice.model.plan import Plan
+from bmslice.model.topology import HostTopology
+from bmslice.verify.findings import Finding, Level, fail, ok
+from bmslice.verify.host_state import Irq, Process, RuntimeState, Task
+
+REBOOT_REMEDY = "bmslice host-apply, update the bootloader as it says, reboot"
+
+
+@dataclass(frozen=True)
+class Excepted:
+    """A thread allowed on an isolated CPU that is not a violation, and why."""
+
+    pid: int
+    tid: int
+    comm: str
+    cpus: CpuSet
+    reason: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"pid": self.pid, "tid": self.tid, "comm": self.comm, "cpus": self.cpus.format(), "reason": self.reason}
+
+
+@dataclass(frozen=True)
+class AuditReport:
+    findings: tuple[Finding, ...]
+    excepted: tuple[Excepted, ...]
+
+    @property
+    def violations(self) -> tuple[Finding, ...]:
+        return tuple(f for f in self.findings if f.level is Level.FAIL)
+
+    @property
+    def passed(self) -> tuple[Finding, ...]:
+        return tuple(f for f in self.findings if f.level is Level.OK)
+
+    @property
+    def ok(self) -> bool:
+        return not self.violations
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "ok": self.ok,
+            "violations": [f.to_dict() for f in self.violations],
+            "excepted": [e.to_dict() for e in self.excepted],
+            "passed": [f.to_dict() for f in self.passed],
+        }
+
+
+def audit(plan: Plan, topo: HostTopology, state: RuntimeState) -> AuditReport:
+    findings = [*_kernel_args(plan, topo), *_cpu_files(plan, state), *_irqs(plan, topo, state.irqs)]
+    thread_findings, excepted = _threads(plan, state.processes)
+    findings += thread_findings
+    findings += _hugepages(plan, topo)
+    return AuditReport(tuple(findings), tuple(excepted))
+
+
+# --- kernel args and the kernel's own CPU lists -----------------------------------------
+
+
+def _kernel_args(plan: Plan, topo: HostTopology) -> list[Finding]:
+    missing = plan.host.missing_kernel_args
+    if not missing:
+        return [ok("kernel args", f"all {len(plan.host.kernel_args)} planned args are active (CPU lists as sets)")]
+    running = {}
+    for token in topo.kernel_cmdline.split():
+        key, _, value = token.partition("=")
+        running[key] = token
+    out = []
+    for arg in missing:
+        key = arg.partition("=")[0]
+        have = f"has {running[key]}" if key in running else f"has no {key}"
+        out.append(fail("kernel args", f"{arg} is not active: /proc/cmdline {have}", REBOOT_REMEDY))
+    return out
+
+
+def _cpu_list_check(name: str, want: CpuSet, have: CpuSet | None, arg: str) -> Finding:
+    path = f"/sys/devices/system/cpu/{name}"
+    if have is None:
+        remedy = "use a kernel built with CONFIG_NO_HZ_FULL=y" if name == "nohz_full" else REBOOT_REMEDY
+        return fail(name, f"{path} does not exist: the running kernel cannot report {arg}", remedy)
+    if have != want:
+        return fail(name, f"{path} is {have.format() or 'empty'}, the plan isolates {want}", REBOOT_REMEDY)
+    return ok(name, f"{path} is {want}, as planned")
+
+
+def _cpu_files(plan: Plan, state: RuntimeState) -> list[Finding]:
+    want = plan.host.isolated_cpus
+    keys = {arg.partition("=")[0] for arg in plan.host.kernel_args}
+    out = []
+    if "isolcpus" in keys:
+        out.append(_cpu_list_check("isolated", want, state.isolated, "isolcpus"))
+    if "nohz_full" in keys:
+        out.append(_cpu_list_check("nohz_full", want, state.nohz_full, "nohz_full"))
+    return out
+
+
+# --- IRQs -----------------------------------------------------------------------------
+
+
+def _irq_finding(irq: Irq, isolated: CpuSet, online: CpuSet, reserved: CpuSet) -> Finding | None:
+    cpus = irq.effective if irq.effective is not None else irq.affinity
+    if cpus is None:
+        return None
+    hit = cpus & isolated
+    if not hit:
+        return None
+    if irq.effective is not None:
+        where = f"effective affinity {irq.effective} (smp_affinity_list {irq.affinity or '?'})"
+    elif irq.affinity is not None and online.issubset(irq.affinity):
+        where = f"default affinity (all CPUs, {irq.affinity}) and no effective_affinity_list"
+    else:
+        where = f"smp_affinity_list {irq.affinity} and no effective_affinity_list"
+    return fail(
+        f"irq {irq.number}",
+        f"{irq.label} can fire on isolated CPU(s) {hit}: {where}; counted even if the kernel will not move it "
+        "(per-CPU or managed IRQ)",
+        f"echo {reserved} > /proc/irq/{irq.number}/smp_affinity_list; if refused, move the device or its queues "
+        "off the isolated CPUs (isolcpus=managed_irq,...)",
+    )
+
+
+def _irqs(plan: Plan, topo: HostTopology, irqs: tuple[Irq, ...]) -> list[Finding]:
+    isolated = plan.host.isolated_cpus
+    handled = [irq for irq in irqs if irq.actions]
+    out = [
+        f
+        for f in (_irq_finding(irq, isolated, topo.online_cpus, plan.host.reserved_cpus) for irq in handled)
+        if f is not None
+    ]
+    if not out:
+        skipped = len(irqs) - len(handled)
+        note = f"; {skipped} without a handler skipped" if skipped else ""
+        out.append(ok("irqs", f"none of {len(handled)} IRQs can fire on isolated CPUs {isolated or 'none'}{note}"))
+    return out
+
+
+# --- processes and threads ------------------------------------------------------------
+
+
+def _slice_cpus(plan: Plan) -> dict[str, CpuSet]:
+    """What each planned VM's QEMU threads may use: its cores, emulator and IOThread CPUs."""
+    return {vm.name: vm.owned_cpus | vm.emulator_cpus | vm.iothread_cpus for vm in plan.vms}
+
+
+def _group(tasks: list[Task]) -> Iterator[tuple[CpuSet, list[Task]]]:
+    by_cpus: dict[CpuSet, list[Task]] = defaultdict(list)
+    for task in tasks:
+        by_cpus[task.cpus].append(task)
+    yield from sorted(by_cpus.items(), key=lambda item: item[1][0].tid)
+
+
+def _who(proc: Process, tasks: list[Task]) -> str:
+    if len(tasks) == 1 and tasks[0].tid == proc.pid:
+        return f"pid {proc.pid} ({proc.comm})"
+    if len(tasks) == 1:
+        return f"pid {proc.pid} ({proc.comm}) thread {tasks[0].tid} ({tasks[0].comm})"
+    return f"pid {proc.pid} ({proc.comm}), {len(tasks)} threads ({', '.join(str(t.tid) for t in tasks[:5])}" + (
+        ", ...)" if len(tasks) > 5 else ")"
+    )
+
+
+def _process_findings(proc: Process, bad: list[Task], plan: Plan, slices: dict[str, CpuSet]) -> list[Finding]:
+    isolated, reserved = plan.host.isolated_cpus, plan.host.reserved_cpus
+    out = []
+    for cpus, tasks in _group(bad):
+        hit = cpus & isolated
+        who = _who(proc, tasks)
+        if proc.kthread:
+            remedy = (
+                f"echo {reserved} > /sys/devices/virtual/workqueue/cpumask"
+                if proc.comm.startswith("kworker/u")
+                else f"boot with nohz_full= (unbound kernel threads then stay on housekeeping CPUs), or taskset -pc {reserved} {proc.pid}"
+            )
+            out.append(
+                fail(
+                    f"thread {proc.pid}",
+                    f"kernel thread {who} is not per-CPU and may run on isolated CPU(s) {hit} (Cpus_allowed_list {cpus})",
+                    remedy,
+                )
+            )
+        elif proc.guest in slices:
+            outside = hit - slices[proc.guest]
+            out.append(
+                fail(
+                    f"thread {proc.pid}",
+                    f"QEMU of {proc.guest}: {who} may run on isolated CPU(s) {outside} outside its slice "
+                    f"({slices[proc.guest]}; Cpus_allowed_list {cpus})",
+                    "bmslice apply re-pins the slice (vcpupin / emulatorpin / iothreadpin)",
+                )
+            )
+        else:
+            what = f"QEMU of unplanned guest {proc.guest}: " if proc.guest else ""
+            out.append(
+                fail(
+                    f"thread {proc.pid}",
+                    f"{what}{who} may run on isolated CPU(s) {hit} (Cpus_allowed_list {cpus})",
+                    f"taskset -a -pc {reserved} {proc.pid}, and find what widened its affinity",
+                )
+            )
+    return out
+
+
+def _threads(plan: Plan, processes: tuple[Process, ...]) -> tuple[list[Finding], list[Excepted]]:
+    isolated = plan.host.isolated_cpus
+    slices = _slice_cpus(plan)
+    findings: list[Finding] = []
+    excepted: list[Excepted] = []
+    threads = 0
+    for proc in processes:
+        bad: list[Task] = []
+        for task in proc.tasks:
+            threads += 1
+            hit = task.cpus & isolated
+            if not hit:
+                continue
+            if proc.kthread and len(task.cpus) == 1:
+                excepted.append(
+                    Excepted(
+                        proc.pid, task.tid, task.comm, task.cpus, f"per-CPU kernel thread ({proc.kthread_evidence})"
+                    )
+                )
+            elif not proc.kthread and proc.guest in slices and hit.issubset(slices[proc.guest]):
+                continue
+            else:
+                bad.append(task)
+        if bad:
+            findings += _process_findings(proc, bad, plan, slices)
+    if not findings:
+        findings.append(
+            ok("threads", f"none of {threads} threads outside the slices may run on isolated CPUs {isolated or 'none'}")
+        )
+    return findings, excepted
+
+
+# --- hugepages ------------------------------------------------------------------------
+
+
+def _hugepages(plan: Plan, topo: HostTopology) -> list[Finding]:
+    out = []
+    for want in plan.host.hugepages:
+        size = f"{want.size_kib // 1024} MiB" if want.size_kib < 1048576 else f"{want.size_kib // 1048576} GiB"
+        try:
+            have = topo.node(want.node).hugepages_of(want.size_kib).total
+        except KeyError:
+            have = 0
+        check = f"hugepages node{want.node}"
+        if have >= want.pages:
+            out.append(ok(check, f"{have} {size} pages reserved, the plan needs {want.pages}"))
+        else:
+            remedy = "bmslice host-apply" if want.size_kib == 2048 else REBOOT_REMEDY
+            out.append(fail(check, f"{have} {size} pages reserved, the plan needs {want.pages}", remedy))
+    return out

@@ -1,0 +1,316 @@
+"""The running host's state that preflight and audit judge, read through FsRoot.
+
+Like pyinfra's facts, each reader is a path plus a pure parser of its text; the parsers
+are tested on recorded kernel output, the readers on host trees (or "/" itself).
+
+>>> parse_status("Name:\\tkworker/1:0\\nKthread:\\t1\\nCpus_allowed_list:\\t1\\n")["Cpus_allowed_list"]
+'1'
+>>> stat_flags("20 (ksoftirqd/1) S 2 0 0 0 -1 69238848 0 0")
+69238848
+>>> qemu_guest("qemu-system-x86", ("/usr/bin/qemu-system-x86_64", "-name", "guest=red,debug-threads=on"))
+'red'
+>>> parse_cpu_file("(null)")
+CpuSet('')
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Literal
+
+from bmslice.cpuset import CpuListError, CpuSet
+from bmslice.topology.sysfs import FsRoot
+
+KTHREAD_FLAG = 0x00200000  # PF_KTHREAD in /proc/<pid>/stat field 9
+KTHREADD_PID = 2
+QEMU_MARKERS = ("qemu-system", "qemu-kvm")
+VFIO_MODULE_NAMES = ("vfio-pci.ko", "vfio-pci.ko.xz", "vfio-pci.ko.zst", "vfio-pci.ko.gz")
+
+Memlock = int | Literal["unlimited"]  # bytes
+
+
+# --- pure parsers ---------------------------------------------------------------------
+
+
+def parse_status(text: str) -> dict[str, str]:
+    """/proc/<pid>/status as {key: value}, values stripped."""
+    out: dict[str, str] = {}
+    for line in text.splitlines():
+        key, sep, value = line.partition(":")
+        if sep:
+            out[key.strip()] = value.strip()
+    return out
+
+
+def stat_flags(text: str) -> int | None:
+    """Field 9 (flags) of /proc/<pid>/stat; the comm in parentheses may itself hold spaces and ')'."""
+    _, sep, rest = text.rpartition(")")
+    fields = rest.split()
+    if not sep or len(fields) < 7:
+        return None
+    try:
+        return int(fields[6])
+    except ValueError:
+        return None
+
+
+def parse_cmdline(text: str) -> tuple[str, ...]:
+    return tuple(arg for arg in text.split("\0") if arg)
+
+
+def qemu_guest(comm: str, cmdline: tuple[str, ...]) -> str | None:
+    """The libvirt domain name of a QEMU process (`-name guest=NAME,...` or `-name NAME`), else None."""
+    program = cmdline[0] if cmdline else ""
+    if not any(marker in comm or marker in os.path.basename(program) for marker in QEMU_MARKERS):
+        return None
+    for flag, value in zip(cmdline, cmdline[1:], strict=False):
+        if flag not in ("-name", "--name"):
+            continue
+        # libvirt doubles commas inside values; VM names never contain one.
+        parts = value.split(",")
+        for part in parts:
+            if part.startswith("guest="):
+                return part.removeprefix("guest=")
+        return parts[0] if parts[0] and "=" not in parts[0] else None
+    return None
+
+
+def parse_cpu_file(text: str) -> CpuSet:
+    """sys/devices/system/cpu/{isolated,nohz_full}: a CPU list; old kernels print "(null)" for none."""
+    text = text.strip()
+    return CpuSet() if text in ("", "(null)") else CpuSet.parse(text)
+
+
+def parse_memlock(limits: str) -> Memlock | None:
+    """Soft "Max locked memory" from /proc/<pid>/limits, in bytes."""
+    for line in limits.splitlines():
+        if line.startswith("Max locked memory"):
+            fields = line[len("Max locked memory") :].split()
+            if not fields:
+                return None
+            if fields[0] == "unlimited":
+                return "unlimited"
+            return int(fields[0]) if fields[0].isdigit() else None
+    return None
+
+
+# --- IRQs -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Irq:
+    number: int
+    actions: tuple[str, ...]  # handler names: the subdirectories of /proc/irq/N
+    effective: CpuSet | None  # effective_affinity_list; None when the kernel has none for it
+    affinity: CpuSet | None  # smp_affinity_list (or the hex mask)
+
+    @property
+    def label(self) -> str:
+        return f"IRQ {self.number} ({','.join(self.actions)})" if self.actions else f"IRQ {self.number}"
+
+
+def _cpus_or_none(fs: FsRoot, rel: str) -> CpuSet | None:
+    text = fs.read_line(rel)
+    if text is None:
+        return None
+    try:
+        return CpuSet.parse(text)
+    except CpuListError:
+        return None
+
+
+def read_irq(fs: FsRoot, number: int) -> Irq:
+    rel = f"proc/irq/{number}"
+    actions = tuple(name for name in fs.listdir(rel) if fs.is_dir(f"{rel}/{name}"))
+    effective = _cpus_or_none(fs, f"{rel}/effective_affinity_list")
+    affinity = _cpus_or_none(fs, f"{rel}/smp_affinity_list")
+    if affinity is None:
+        mask = fs.read_line(f"{rel}/smp_affinity")
+        try:
+            affinity = CpuSet.parse_mask(mask) if mask is not None else None
+        except CpuListError:
+            affinity = None
+    # An IRQ that is shut down reports an empty effective mask: judge it by what it may use.
+    return Irq(number, actions, effective or None, affinity)
+
+
+def read_irqs(fs: FsRoot) -> tuple[Irq, ...]:
+    numbers = sorted(int(name) for name in fs.listdir("proc/irq") if name.isdigit())
+    return tuple(read_irq(fs, n) for n in numbers)
+
+
+# --- processes and threads ------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Task:
+    tid: int
+    comm: str
+    cpus: CpuSet
+
+
+@dataclass(frozen=True)
+class Process:
+    pid: int
+    comm: str
+    cmdline: tuple[str, ...]
+    kthread: bool
+    kthread_evidence: str  # how we know: "Kthread: 1", "PF_KTHREAD", "child of kthreadd without exe"
+    tasks: tuple[Task, ...]
+
+    @property
+    def guest(self) -> str | None:
+        return None if self.kthread else qemu_guest(self.comm, self.cmdline)
+
+
+def _has_exe(fs: FsRoot, pid: int) -> bool:
+    try:
+        os.readlink(fs.resolve(f"proc/{pid}") / "exe")
+    except OSError:
+        return False
+    return True
+
+
+def kthread_evidence(
+    pid: int, status: dict[str, str], stat: str | None, has_exe: bool, cmdline: tuple[str, ...]
+) -> str:
+    """Why this process is a kernel thread, or "" when it is not."""
+    if "Kthread" in status:  # Linux 6.x
+        return "Kthread: 1" if status["Kthread"] == "1" else ""
+    flags = stat_flags(stat) if stat is not None else None
+    if flags is not None:
+        return "PF_KTHREAD" if flags & KTHREAD_FLAG else ""
+    if pid == KTHREADD_PID:
+        return "kthreadd"
+    if status.get("PPid") == str(KTHREADD_PID) and not (has_exe and cmdline):
+        return "child of kthreadd without exe"
+    return ""
+
+
+def _task(fs: FsRoot, rel: str, tid: int) -> Task | None:
+    text = fs.read(f"{rel}/status")
+    if text is None:
+        return None  # the thread ended while we looked
+    status = parse_status(text)
+    if status.get("State", "").startswith(("Z", "X")):
+        return None  # a zombie cannot run anywhere
+    try:
+        cpus = CpuSet.parse(status["Cpus_allowed_list"])
+    except (KeyError, CpuListError):
+        return None
+    return Task(tid, status.get("Name", ""), cpus)
+
+
+def read_process(fs: FsRoot, pid: int) -> Process | None:
+    rel = f"proc/{pid}"
+    text = fs.read(f"{rel}/status")
+    if text is None:
+        return None
+    status = parse_status(text)
+    cmdline = parse_cmdline(fs.read(f"{rel}/cmdline") or "")
+    evidence = kthread_evidence(pid, status, fs.read(f"{rel}/stat"), _has_exe(fs, pid), cmdline)
+    tids = sorted(int(t) for t in fs.listdir(f"{rel}/task") if t.isdigit())
+    # Without a task/ directory (a minimal capture) the process's own status stands for its one thread.
+    found = [_task(fs, f"{rel}/task/{tid}", tid) for tid in tids] if tids else [_task(fs, rel, pid)]
+    tasks = tuple(t for t in found if t is not None)
+    return Process(pid, status.get("Name", ""), cmdline, bool(evidence), evidence, tasks)
+
+
+def read_processes(fs: FsRoot) -> tuple[Process, ...]:
+    pids = sorted(int(name) for name in fs.listdir("proc") if name.isdigit())
+    return tuple(p for p in (read_process(fs, pid) for pid in pids) if p is not None)
+
+
+# --- everything audit needs -----------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RuntimeState:
+    isolated: CpuSet | None  # sys/devices/system/cpu/isolated; None: no such file
+    nohz_full: CpuSet | None  # sys/devices/system/cpu/nohz_full; None: kernel without NO_HZ_FULL
+    irqs: tuple[Irq, ...]
+    processes: tuple[Process, ...]
+
+
+def _cpu_file(fs: FsRoot, rel: str) -> CpuSet | None:
+    text = fs.read(rel)
+    if text is None:
+        return None
+    try:
+        return parse_cpu_file(text)
+    except CpuListError:
+        return None
+
+
+def read_runtime(fs: FsRoot) -> RuntimeState:
+    return RuntimeState(
+        isolated=_cpu_file(fs, "sys/devices/system/cpu/isolated"),
+        nohz_full=_cpu_file(fs, "sys/devices/system/cpu/nohz_full"),
+        irqs=read_irqs(fs),
+        processes=read_processes(fs),
+    )
+
+
+# --- what preflight needs beyond the topology -----------------------------------------
+
+
+@dataclass(frozen=True)
+class ModuleFacts:
+    kernel_release: str | None
+    vfio: tuple[str, ...]  # where vfio-pci was found; empty: nowhere
+    kvm_module: str | None  # "kvm_intel" | "kvm_amd" when loaded
+    nested: str | None  # raw parameters/nested value of that module
+    memlock: Memlock | None  # this process's RLIMIT_MEMLOCK; None: unknown
+
+
+def _vfio_sources(fs: FsRoot, release: str | None) -> tuple[str, ...]:
+    found = []
+    if fs.is_dir("sys/module/vfio_pci"):
+        found.append("loaded (/sys/module/vfio_pci)")
+    if fs.is_dir("sys/bus/pci/drivers/vfio-pci"):
+        found.append("driver registered (/sys/bus/pci/drivers/vfio-pci)")
+    if release:
+        base = f"lib/modules/{release}"
+        for name in VFIO_MODULE_NAMES:
+            if fs.resolve(f"{base}/kernel/drivers/vfio/pci/{name}").is_file():
+                found.append(f"module /{base}/kernel/drivers/vfio/pci/{name}")
+        if "vfio-pci.ko" in (fs.read(f"{base}/modules.builtin") or ""):
+            found.append(f"built into the kernel (/{base}/modules.builtin)")
+    return tuple(found)
+
+
+def _meminfo_kib(text: str, key: str) -> int:
+    for line in text.splitlines():
+        label, _, value = line.partition(":")
+        if label.split()[-1:] == [key]:
+            fields = value.split()
+            if fields and fields[0].isdigit():
+                return int(fields[0])
+    return 0
+
+
+def read_reclaimable_mib(fs: FsRoot, nodes: tuple[int, ...]) -> dict[int, int]:
+    """Page cache per node (Active(file) + Inactive(file)): the kernel frees it when memory is asked for."""
+    out = {}
+    for node in nodes:
+        text = fs.read(f"sys/devices/system/node/node{node}/meminfo")
+        if text is None and node == 0:  # a kernel without NUMA: one node, /proc/meminfo
+            text = fs.read("proc/meminfo")
+        text = text or ""
+        out[node] = (_meminfo_kib(text, "Active(file)") + _meminfo_kib(text, "Inactive(file)")) // 1024
+    return out
+
+
+def read_module_facts(fs: FsRoot) -> ModuleFacts:
+    release = fs.read_line("proc/sys/kernel/osrelease")
+    kvm = next((m for m in ("kvm_intel", "kvm_amd") if fs.is_dir(f"sys/module/{m}")), None)
+    nested = fs.read_line(f"sys/module/{kvm}/parameters/nested") if kvm else None
+    limits = fs.read("proc/self/limits")
+    return ModuleFacts(
+        kernel_release=release,
+        vfio=_vfio_sources(fs, release),
+        kvm_module=kvm,
+        nested=nested,
+        memlock=parse_memlock(limits) if limits is not None else None,
+    )

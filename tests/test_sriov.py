@@ -260,7 +260,7 @@ def test_management_override_is_loud(sriov_tree: Path) -> None:
 def test_ssh_session_interface_is_management(sriov_tree: Path) -> None:
     topo = replace(read_host_tree(sriov_tree), management_interfaces=("ens1f0",))
     vms = [{"name": "a", "vcpus": 2, "memory": "2GiB", "nics": [{"sriov": {"pf": "ens1f0"}}]}]
-    with pytest.raises(PlanError, match="ens1f0 .* carries the host's default route or management address"):
+    with pytest.raises(PlanError, match=r"ens1f0 .* carries the host's default route or management address"):
         make_plan(topo, spec(vms))
 
 
@@ -348,3 +348,27 @@ def test_management_interface_found_through_netlink(netns: str) -> None:
 
     assert interfaces_with_address("198.51.100.1", netns=netns) == ("vpf0",)
     assert interfaces_with_address("198.51.100.99", netns=netns) == ()
+
+
+def test_destroy_removes_the_vfs_bmslice_created(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """In one process, so both commands see the same test:///default driver state."""
+    import bmslice.apply.lock as lock
+    from bmslice.apply.applier import ApplyOptions, apply
+    from bmslice.apply.destroyer import DestroyOptions, destroy
+
+    monkeypatch.setattr(lock, "LOCK_DIR", tmp_path / "locks")
+    tree = write_tree(server1_spec(), tmp_path / "host")
+    # The shared test:///default state lives while a connection to it is open.
+    keeper = __import__("libvirt").open("test:///default")
+    s = spec(
+        [{"name": "bmslice-test-vfd", "vcpus": 2, "memory": "2GiB", "nics": [{"sriov": {"pf": "eno2", "vlan": 42}}]}]
+    )
+    lines: list[str] = []
+    apply(s, "spec.yaml", ApplyOptions("test:///default", host_root=tree), lines.append)
+    assert (tree / "sys/bus/pci/devices/0000:01:00.1/sriov_numvfs").read_text() == "1\n"
+    done = destroy(s, DestroyOptions("test:///default", host_root=tree), lines.append)
+    assert "remove the VFs bmslice created on 0000:01:00.1 (sriov_numvfs 0)" in done
+    assert (tree / "sys/bus/pci/devices/0000:01:00.1/sriov_numvfs").read_text() == "0\n"
+    assert not (tree / "etc/udev/rules.d/70-bmslice-sriov.rules").exists()
+    assert not [p for p in tree.rglob("*") if p.is_file() and "udev" in str(p)]
+    keeper.close()

@@ -9,7 +9,9 @@ from pathlib import Path
 from typing import Any
 
 from bmslice.apply.applier import disk_name, seed_name
-from bmslice.apply.context import discover, recorded_plan
+from bmslice.apply.context import discover, is_local, recorded_plan
+from bmslice.apply.sriov import drop_udev_rule, write_numvfs
+from bmslice.model.plan import DeviceAssignment
 from bmslice.apply.libvirt_conn import LibvirtError, lookup, managed_domains, open_rw, reason
 from bmslice.apply.lock import host_lock
 from bmslice.errors import ApplyError
@@ -33,6 +35,11 @@ def _reattach(conn: Any, nodedev: str) -> None:
     conn.nodeDeviceLookupByName(nodedev).reAttach()
 
 
+def _remove_vfs(root: Path, pf: str) -> None:
+    write_numvfs(root, pf, 0)
+    drop_udev_rule(root, pf)
+
+
 def destroy(spec: Spec, opts: DestroyOptions, report: Callable[[str], None]) -> list[str]:
     """Everything done, one line each; slices not defined are reported as such."""
     done: list[str] = []
@@ -43,7 +50,7 @@ def destroy(spec: Spec, opts: DestroyOptions, report: Callable[[str], None]) -> 
         try:
             action()
             done.append(text)
-        except LibvirtError as exc:
+        except (LibvirtError, ApplyError) as exc:
             failures.append(f"{text}: {reason(exc)}")
 
     with host_lock(opts.uri):
@@ -51,6 +58,7 @@ def destroy(spec: Spec, opts: DestroyOptions, report: Callable[[str], None]) -> 
         conn = open_rw(opts.uri)
         try:
             live = managed_domains(conn)
+            released: list[DeviceAssignment] = []
             for vm in reversed(spec.vms):
                 current = live.get(vm.name)
                 if current is None:
@@ -68,11 +76,28 @@ def destroy(spec: Spec, opts: DestroyOptions, report: Callable[[str], None]) -> 
                     if name == seed_name(vm.name) or (name == disk_name(vm.name) and not opts.keep_disks):
                         step(f"delete volume {disk.path}", partial(_delete_volume, conn, disk.path))
                 for dev in plan.devices if plan is not None else ():
+                    if dev.type == "vf":
+                        released.append(dev)
+                        continue
                     now = topo.pci(dev.address)
                     if dev.driver in (None, "vfio-pci") or (now is not None and now.driver == dev.driver):
                         continue
                     node = nodedev_name(dev.address)
                     step(f"reattach {dev.address} to {dev.driver}", partial(_reattach, conn, node))
+            destroyed = {vm.name for vm in spec.vms}
+            still_used = {
+                d.pf
+                for name, dom in live.items()
+                if name not in destroyed and (p := recorded_plan(dom)) is not None
+                for d in p.devices
+                if d.type == "vf"
+            }
+            for pf in sorted({d.pf for d in released if d.created_vfs and d.pf and d.pf not in still_used}):
+                root = opts.host_root or Path("/")
+                if opts.host_root is None and not is_local(opts.uri):
+                    report(f"VFs of {pf} left in place: remove them on the host (sriov_numvfs 0)")
+                    continue
+                step(f"remove the VFs bmslice created on {pf} (sriov_numvfs 0)", partial(_remove_vfs, root, pf))
         finally:
             conn.close()
     if failures:

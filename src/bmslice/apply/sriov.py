@@ -136,3 +136,16 @@ def vf_setting_steps(devices: Sequence[DeviceAssignment], live_kernel: bool) -> 
             continue
         steps.append(Step(what, partial(set_vf, dev.interface, dev)))
     return steps
+
+
+def drop_udev_rule(root: Path, pf: str) -> None:
+    """Remove `pf`'s line from bmslice's udev rules; the file goes when no PF is left."""
+    path = root / UDEV_RULES_PATH
+    if not path.exists():
+        return
+    lines = path.read_text().splitlines()
+    kept = [line for line in lines if f'KERNEL=="{pf}"' not in line]
+    if any(not line.startswith("#") for line in kept):
+        path.write_text("\n".join(kept) + "\n")
+    else:
+        path.unlink()

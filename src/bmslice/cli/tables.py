@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import sys
+
 from rich.console import Console, Group
 from rich.table import Table
 from rich.text import Text
 
 from bmslice.cpuset import CpuSet
-from bmslice.model.plan import Plan
+from bmslice.model.plan import DeviceAssignment, Plan
 from bmslice.model.sizes import format_mib
 from bmslice.model.topology import HostTopology
 
@@ -63,6 +65,8 @@ def plan_view(plan: Plan) -> Group:
     head.add_row("isolated CPUs", host.isolated_cpus.format() or "-")
     head.add_row("kernel args", " ".join(host.kernel_args))
     head.add_row("reboot required", "yes: " + " ".join(host.missing_kernel_args) if host.reboot_required else "no")
+    for pf in host.sriov:
+        head.add_row(f"SR-IOV {pf.interface or pf.address}", f"sriov_numvfs {pf.numvfs_before} -> {pf.numvfs}")
     parts: list[Table | Text] = [head]
     for vm in plan.vms:
         table = Table(title=f"{vm.name} (NUMA node {','.join(map(str, vm.numa_nodes))})", title_justify="left")
@@ -76,7 +80,7 @@ def plan_view(plan: Plan) -> Group:
         if vm.iothreads:
             table.add_row(f"IOThreads x{vm.iothreads}", vm.iothread_cpus.format(), "")
         t = vm.guest_topology
-        devices = ", ".join(f"{d.address} {d.interface or ''}".strip() for d in vm.devices) or "none"
+        devices = ", ".join(_device_text(d) for d in vm.devices) or "none"
         summary = Text(
             f"  memory {format_mib(vm.memory_mib)}, guest topology {t.sockets} socket x {t.cores} cores x "
             f"{t.threads} threads, devices: {devices}"
@@ -86,5 +90,13 @@ def plan_view(plan: Plan) -> Group:
     return Group(*parts)
 
 
+def _device_text(d: DeviceAssignment) -> str:
+    if d.type == "vf":
+        vlan = f"VLAN {d.vlan}" if d.vlan else "untagged"
+        return f"{d.address} (VF {d.vf_index} of {d.interface or d.pf}, {vlan}, MAC {d.mac})"
+    return f"{d.address} {d.interface or ''}".strip()
+
+
 def console() -> Console:
-    return Console(highlight=False, soft_wrap=False)
+    # Piped output (logs, CI, tickets) gets a fixed width instead of rich's 80 columns.
+    return Console(highlight=False, soft_wrap=False, width=None if sys.stdout.isatty() else 140)

@@ -78,10 +78,7 @@ def _kernel_args(plan: Plan, topo: HostTopology) -> list[Finding]:
     missing = plan.host.missing_kernel_args
     if not missing:
         return [ok("kernel args", f"all {len(plan.host.kernel_args)} planned args are active (CPU lists as sets)")]
-    running = {}
-    for token in topo.kernel_cmdline.split():
-        key, _, value = token.partition("=")
-        running[key] = token
+    running = {token.partition("=")[0]: token for token in topo.kernel_cmdline.split()}
     out = []
     for arg in missing:
         key = arg.partition("=")[0]

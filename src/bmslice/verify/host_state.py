@@ -15,6 +15,7 @@ CpuSet('')
 
 from __future__ import annotations
 
+import itertools
 import os
 from dataclasses import dataclass
 from typing import Literal
@@ -64,7 +65,7 @@ def qemu_guest(comm: str, cmdline: tuple[str, ...]) -> str | None:
     program = cmdline[0] if cmdline else ""
     if not any(marker in comm or marker in os.path.basename(program) for marker in QEMU_MARKERS):
         return None
-    for flag, value in zip(cmdline, cmdline[1:], strict=False):
+    for flag, value in itertools.pairwise(cmdline):
         if flag not in ("-name", "--name"):
             continue
         # libvirt doubles commas inside values; VM names never contain one.

@@ -10,12 +10,13 @@ Imported by the test modules that need them (not conftest.py, which other work s
   whose name carries that prefix, so nothing is left behind even when the test fails.
 * `lock_dir` gives each test its own lock directory (in-process and for subprocesses).
 * `cli` runs `python -m bmslice.cli.main ...` the way a user would.
-* `test_driver` holds a connection to libvirt's in-process test:///default driver open for
+* `libvirt_test_driver` holds a connection to libvirt's in-process test:///default driver open for
   the test, so that every connection bmslice opens in this process sees the same state.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 import signal
@@ -131,10 +132,8 @@ def purge(conn: Any, prefix: str) -> list[str]:
         for vol in volumes:
             if vol.name().startswith(prefix):
                 found.append(f"volume {vol.path()}")
-                try:
+                with contextlib.suppress(libvirt.libvirtError):
                     vol.delete(0)
-                except libvirt.libvirtError:
-                    pass
     return found
 
 
@@ -142,10 +141,8 @@ def kill_leftover_qemu(prefix: str) -> list[int]:
     """Last resort: QEMU processes started for this test's domains that libvirt no longer tracks."""
     pids = _qemu_pids(prefix)
     for pid in pids:
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
     return pids
 
 
@@ -333,7 +330,7 @@ def wait_gone(pid: int, seconds: float = 10.0) -> bool:
 
 
 @pytest.fixture
-def test_driver() -> Iterator[Any]:
+def libvirt_test_driver() -> Iterator[Any]:
     """test:///default kept open for the test: bmslice's own connections in this process share its state."""
     libvirt = _libvirt()
     conn = libvirt.open(TEST_URI)

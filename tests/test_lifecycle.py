@@ -26,6 +26,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
+from bmslice.cpuset import CpuSet
+from bmslice.errors import ApplyError
 from libvirt_fixtures import (
     HAS_KVM,
     QEMU_URI,
@@ -34,14 +37,9 @@ from libvirt_fixtures import (
     Cli,
     Run,
     Slices,
-    cli,  # noqa: F401 - fixtures
     host_section,
     host_tree,
-    lock_dir,  # noqa: F401
-    qemu,  # noqa: F401
     qemu_pid,
-    slices,  # noqa: F401
-    test_driver,  # noqa: F401
     thread_cpus,
     vm_entry,
     wait_gone,
@@ -49,9 +47,7 @@ from libvirt_fixtures import (
     write_spec,
 )
 
-from bmslice.cpuset import CpuSet
-from bmslice.errors import ApplyError
-
+pytest_plugins = ["libvirt_fixtures"]  # fixtures: qemu, slices, lock_dir, cli, libvirt_test_driver
 libvirtd = pytest.mark.libvirtd
 
 
@@ -137,7 +133,9 @@ def test_apply_verify_drift_repair_destroy(slices: Slices, cli: Cli, tmp_path: P
     assert run.returncode == 1, run
     assert f"{vm} vCPU 0 pinned to {drift_cpu}, plan says {vcpu_cpu}" in run.lines
     assert any(
-        re.fullmatch(rf"{re.escape(vm)} thread \d+ \(CPU 0/(KVM|TCG)\) allowed on CPUs {drift_cpu}, plan says {vcpu_cpu}", line)
+        re.fullmatch(
+            rf"{re.escape(vm)} thread \d+ \(CPU 0/(KVM|TCG)\) allowed on CPUs {drift_cpu}, plan says {vcpu_cpu}", line
+        )
         for line in run.lines
     ), run  # the kernel view sees it too
     report = json.loads(cli("verify", spec, "--json").stdout)
@@ -259,7 +257,9 @@ def _pins(dom: Any) -> tuple[tuple[CpuSet, ...], CpuSet, tuple[tuple[int, CpuSet
     )
 
 
-def test_running_slice_keeps_every_pin_when_a_slice_is_added(test_driver: Any, lock_dir: Path, tmp_path: Path) -> None:
+def test_running_slice_keeps_every_pin_when_a_slice_is_added(
+    libvirt_test_driver: Any, lock_dir: Path, tmp_path: Path
+) -> None:
     """Library API on test:///default (state shared through the connection the test holds)."""
     from bmslice.apply.applier import ApplyOptions, apply
     from bmslice.model.spec import load_spec
@@ -275,7 +275,7 @@ def test_running_slice_keeps_every_pin_when_a_slice_is_added(test_driver: Any, l
     lines: list[str] = []
     apply(load_spec(one), str(one), opts, lines.append)
     assert lines == [f"define {first}", f"start {first}", f"set autostart on {first}"]
-    dom = test_driver.lookupByName(first)
+    dom = libvirt_test_driver.lookupByName(first)
     before, dom_id = _pins(dom), dom.ID()
     assert before[0] == (CpuSet.of(1), CpuSet.of(5))
 
@@ -283,9 +283,9 @@ def test_running_slice_keeps_every_pin_when_a_slice_is_added(test_driver: Any, l
     result = apply(load_spec(two), str(two), opts, lines.append)
     assert lines == [f"define {second}", f"start {second}", f"set autostart on {second}"]
     assert result.changed
-    dom = test_driver.lookupByName(first)
+    dom = libvirt_test_driver.lookupByName(first)
     assert _pins(dom) == before and dom.ID() == dom_id and dom.isActive()  # every pin, and not restarted
-    new_pins = _pins(test_driver.lookupByName(second))
+    new_pins = _pins(libvirt_test_driver.lookupByName(second))
     assert new_pins[0] == (CpuSet.of(2), CpuSet.of(6))  # placed around the running slice
     assert CpuSet.union(new_pins[0]).isdisjoint(CpuSet.union(before[0]) | before[1])
 
@@ -330,7 +330,7 @@ def test_stability_across_cli_runs(lock_dir: Path, tmp_path: Path, cli: Cli) -> 
 
 
 def test_allow_move_restarts_a_slice_whose_definition_changed(
-    test_driver: Any, lock_dir: Path, tmp_path: Path
+    libvirt_test_driver: Any, lock_dir: Path, tmp_path: Path
 ) -> None:
     """More memory: refused without --allow-move (naming it); with it the slice restarts in place."""
     from bmslice.apply.applier import ApplyOptions, apply
@@ -343,7 +343,7 @@ def test_allow_move_restarts_a_slice_whose_definition_changed(
     small = write_spec(tmp_path / "small.yaml", [vm_entry(vm, vcpus=2)], host)
     big = write_spec(tmp_path / "big.yaml", [vm_entry(vm, vcpus=2, memory="256MiB")], host)
     apply(load_spec(small), str(small), ApplyOptions(TEST_URI, host_root=tree), lambda _line: None)
-    before = _pins(test_driver.lookupByName(vm))
+    before = _pins(libvirt_test_driver.lookupByName(vm))
 
     with pytest.raises(ApplyError, match=r"memory_kib.*--allow-move"):
         apply(load_spec(big), str(big), ApplyOptions(TEST_URI, host_root=tree), lambda _line: None)
@@ -352,7 +352,7 @@ def test_allow_move_restarts_a_slice_whose_definition_changed(
     lines: list[str] = []
     apply(load_spec(big), str(big), ApplyOptions(TEST_URI, allow_move=True, host_root=tree), lines.append)
     assert lines == [f"stop {vm} to move it", f"redefine {vm}", f"start {vm}"]
-    dom = test_driver.lookupByName(vm)
+    dom = libvirt_test_driver.lookupByName(vm)
     assert dom.isActive() and dom.info()[1] == 256 * 1024 and _pins(dom) == before
     assert verify(load_spec(big), str(big), TEST_URI, tree).drift == []
 
@@ -430,9 +430,7 @@ def test_plain_password_in_hash_file_is_refused_before_any_change(slices: Slices
 
 
 @libvirtd
-def test_passthrough_without_iommu_is_refused_naming_the_kernel_args(
-    slices: Slices, cli: Cli, tmp_path: Path
-) -> None:
+def test_passthrough_without_iommu_is_refused_naming_the_kernel_args(slices: Slices, cli: Cli, tmp_path: Path) -> None:
     """A 2-CPU tree like this machine, with a spare NIC but no IOMMU groups."""
     from treebuilder import PciSpec
 

@@ -106,3 +106,32 @@ def table(headers: Sequence[str], rows: Sequence[Sequence[Any]], align: str | No
     lines = [fmt(cells[0]), "  ".join("-" * w for w in widths)]
     lines += [fmt(r) for r in cells[1:]]
     return "\n".join(lines)
+
+
+def run_limited(fn: Any, args: tuple[Any, ...], timeout: float) -> tuple[str, Any]:
+    """Run fn(*args) in a forked child; ("ok", result), ("error", message) or ("timeout", None).
+
+    Keeps a planner search that runs away from stalling the whole benchmark; the child is
+    ours, so it is ended by its own pid when it overruns.
+    """
+    import multiprocessing as mp
+
+    ctx = mp.get_context("fork")
+    parent, child = ctx.Pipe(duplex=False)
+
+    def target() -> None:
+        try:
+            child.send(("ok", fn(*args)))
+        except Exception as exc:  # reported to the parent, not raised
+            child.send(("error", f"{type(exc).__name__}: {exc}"))
+
+    proc = ctx.Process(target=target, daemon=True)
+    proc.start()
+    try:
+        if parent.poll(timeout):
+            return parent.recv()  # type: ignore[no-any-return]
+        return ("timeout", None)
+    finally:
+        if proc.is_alive():
+            proc.terminate()
+        proc.join(5)

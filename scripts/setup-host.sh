@@ -22,7 +22,7 @@ fi
 PACKAGES=(
     libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients
     qemu-system-x86 qemu-utils libvirt-dev pkg-config hwloc genisoimage
-    gcc make
+    gcc make chromium
 )
 missing=()
 for pkg in "${PACKAGES[@]}"; do

@@ -2,14 +2,14 @@
 
 Imported by the test modules that need them (not conftest.py, which other work shares).
 
-* `qemu` talks to the real libvirtd at qemu:///system. When it does not answer, the test
+* `qemu_conn` talks to the real libvirtd at qemu:///system. When it does not answer, the test
   FAILS with a message saying how to start it: CI starts libvirtd, and a silent skip would
   hide a broken CI. Set BMSLICE_SKIP_LIBVIRTD=1 to skip those tests instead.
-* `slices` gives each test a unique `bmslice-test-<random>` name prefix and, on teardown,
+* `qemu_slices` gives each test a unique `bmslice-test-<random>` name prefix and, on teardown,
   destroys and undefines every domain, deletes every volume and kills any QEMU process
   whose name carries that prefix, so nothing is left behind even when the test fails.
-* `lock_dir` gives each test its own lock directory (in-process and for subprocesses).
-* `cli` runs `python -m bmslice.cli.main ...` the way a user would.
+* `bmslice_lock_dir` gives each test its own lock directory (in-process and for subprocesses).
+* `bmslice_cli` runs `python -m bmslice.cli.main ...` the way a user would.
 * `libvirt_test_driver` holds a connection to libvirt's in-process test:///default driver open for
   the test, so that every connection bmslice opens in this process sees the same state.
 """
@@ -79,7 +79,7 @@ def open_qemu() -> Any:
 
 
 @pytest.fixture
-def qemu() -> Iterator[Any]:
+def qemu_conn() -> Iterator[Any]:
     conn = open_qemu()
     try:
         yield conn
@@ -161,7 +161,7 @@ class Slices:
 
     def volumes(self) -> list[str]:
         libvirt = _libvirt()
-        out = []
+        out: list[str] = []
         for pool in self.conn.listAllStoragePools(libvirt.VIR_CONNECT_LIST_STORAGE_POOLS_ACTIVE):
             pool.refresh(0)
             out.extend(v.path() for v in pool.listAllVolumes(0) if v.name().startswith(self.prefix))
@@ -180,10 +180,10 @@ class Slices:
 
 
 @pytest.fixture
-def slices(qemu: Any) -> Iterator[Slices]:
+def qemu_slices(qemu_conn: Any) -> Iterator[Slices]:
     prefix = f"bmslice-test-{secrets.token_hex(4)}"
     try:
-        yield Slices(prefix, qemu)
+        yield Slices(prefix, qemu_conn)
     finally:
         conn = open_qemu()
         try:
@@ -197,7 +197,7 @@ def slices(qemu: Any) -> Iterator[Slices]:
 
 
 @pytest.fixture
-def lock_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+def bmslice_lock_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """A lock directory of this test's own, for in-process calls and for the CLI subprocesses."""
     import bmslice.apply.lock
 
@@ -217,10 +217,6 @@ class Run:
     @property
     def lines(self) -> list[str]:
         return [line.strip() for line in self.stdout.splitlines()]
-
-    @property
-    def errors(self) -> list[str]:
-        return [line for line in self.stderr.splitlines() if line.startswith("error:")]
 
     def __str__(self) -> str:  # shown by pytest when an assertion about the run fails
         return f"bmslice {' '.join(self.args)} -> {self.returncode}\n--- stdout\n{self.stdout}--- stderr\n{self.stderr}"
@@ -246,8 +242,8 @@ class Cli:
 
 
 @pytest.fixture
-def cli(tmp_path: Path, lock_dir: Path) -> Cli:
-    return Cli(tmp_path, lock_dir)
+def bmslice_cli(tmp_path: Path, bmslice_lock_dir: Path) -> Cli:
+    return Cli(tmp_path, bmslice_lock_dir)
 
 
 # --- specs -----------------------------------------------------------------------------

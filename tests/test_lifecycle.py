@@ -1,3 +1,4 @@
+# ruff: noqa: F811 - test parameters take the names of the fixtures imported from libvirt_fixtures
 """apply / verify / status / destroy on real libvirt (issue 3).
 
 Tests marked `libvirtd` drive the real qemu:///system with QEMU guests (KVM when /dev/kvm
@@ -29,7 +30,7 @@ import pytest
 
 from bmslice.cpuset import CpuSet
 from bmslice.errors import ApplyError
-from libvirt_fixtures import (
+from libvirt_fixtures import (  # the fixtures are imported here; pytest finds them by name
     HAS_KVM,
     QEMU_URI,
     SSH_KEY,
@@ -37,9 +38,14 @@ from libvirt_fixtures import (
     Cli,
     Run,
     Slices,
+    bmslice_cli,  # noqa: F401
+    bmslice_lock_dir,  # noqa: F401
     host_section,
     host_tree,
+    libvirt_test_driver,  # noqa: F401
+    qemu_conn,  # noqa: F401
     qemu_pid,
+    qemu_slices,  # noqa: F401
     thread_cpus,
     vm_entry,
     wait_gone,
@@ -47,7 +53,6 @@ from libvirt_fixtures import (
     write_spec,
 )
 
-pytest_plugins = ["libvirt_fixtures"]  # fixtures: qemu, slices, lock_dir, cli, libvirt_test_driver
 libvirtd = pytest.mark.libvirtd
 
 
@@ -82,8 +87,8 @@ def planned(spec: Path, host_root: Path | None = None) -> Any:
 
 
 @libvirtd
-def test_apply_verify_drift_repair_destroy(slices: Slices, cli: Cli, tmp_path: Path) -> None:
-    vm = slices.name("a")
+def test_apply_verify_drift_repair_destroy(qemu_slices: Slices, bmslice_cli: Cli, tmp_path: Path) -> None:
+    vm = qemu_slices.name("a")
     spec = write_spec(tmp_path / "spec.yaml", [with_disk(vm_entry(vm))])
     plan = planned(spec).vm(vm)
     vcpu_cpu, emulator = plan.vcpu_pins[0], plan.emulator_cpus
@@ -91,7 +96,7 @@ def test_apply_verify_drift_repair_destroy(slices: Slices, cli: Cli, tmp_path: P
         assert (vcpu_cpu, emulator) == (1, CpuSet.of(0))
     assert vcpu_cpu not in emulator
 
-    run = cli("apply", spec)
+    run = bmslice_cli("apply", spec)
     assert run.returncode == 0, run
     assert steps(run) == [
         f"create volume default/{vm}.qcow2 (64 MiB qcow2)",
@@ -101,7 +106,7 @@ def test_apply_verify_drift_repair_destroy(slices: Slices, cli: Cli, tmp_path: P
         f"set autostart on {vm}",
     ]
     assert "applied: 5 step(s)" in run.lines
-    dom = slices.conn.lookupByName(vm)
+    dom = qemu_slices.conn.lookupByName(vm)
     assert dom.isActive() and dom.autostart()
     xml = dom.XMLDesc(0)
     assert ("type='kvm'" if HAS_KVM else "type='qemu'") in xml
@@ -111,7 +116,7 @@ def test_apply_verify_drift_repair_destroy(slices: Slices, cli: Cli, tmp_path: P
     seed = Path(f"/var/lib/libvirt/images/{vm}-seed.iso").read_bytes()
     assert SSH_KEY.encode() in seed and b"passwd" not in seed.lower()
 
-    run = cli("verify", spec)
+    run = bmslice_cli("verify", spec)
     assert run.returncode == 0, run
     assert "ok: 1 slice(s) match the plan" in run.lines
 
@@ -122,14 +127,14 @@ def test_apply_verify_drift_repair_destroy(slices: Slices, cli: Cli, tmp_path: P
     others = {comm: cpus for comm, cpus in threads.values() if not comm.startswith(("CPU ", "kvm"))}
     assert others and all(CpuSet.parse(cpus) == emulator for cpus in others.values()), threads
 
-    run = cli("status", spec)
+    run = bmslice_cli("status", spec)
     assert run.returncode == 0, run
     assert re.search(rf"{re.escape(vm)}\s.*running\s.*yes", run.stdout), run
 
     # vCPU drift behind bmslice's back.
     drift_cpu = min(emulator)
     virsh("vcpupin", vm, "0", str(drift_cpu), "--live")
-    run = cli("verify", spec)
+    run = bmslice_cli("verify", spec)
     assert run.returncode == 1, run
     assert f"{vm} vCPU 0 pinned to {drift_cpu}, plan says {vcpu_cpu}" in run.lines
     assert any(
@@ -138,33 +143,33 @@ def test_apply_verify_drift_repair_destroy(slices: Slices, cli: Cli, tmp_path: P
         )
         for line in run.lines
     ), run  # the kernel view sees it too
-    report = json.loads(cli("verify", spec, "--json").stdout)
+    report = json.loads(bmslice_cli("verify", spec, "--json").stdout)
     assert report["ok"] is False and f"{vm} vCPU 0 pinned to {drift_cpu}, plan says {vcpu_cpu}" in report["drift"]
-    assert cli("status", spec).returncode == 1
+    assert bmslice_cli("status", spec).returncode == 1
 
-    run = cli("apply", spec, "--dry-run")
+    run = bmslice_cli("apply", spec, "--dry-run")
     assert run.returncode == 0 and f"would re-pin {vm} vCPU 0 live: {drift_cpu} -> {vcpu_cpu}" in run.lines, run
-    assert cli("verify", spec).returncode == 1  # the dry run changed nothing
+    assert bmslice_cli("verify", spec).returncode == 1  # the dry run changed nothing
 
-    run = cli("apply", spec)
+    run = bmslice_cli("apply", spec)
     assert run.returncode == 0, run
     assert steps(run) == [f"re-pin {vm} vCPU 0 live: {drift_cpu} -> {vcpu_cpu}"]
-    assert (qemu_pid(vm), slices.conn.lookupByName(vm).ID()) == (pid, dom_id)  # live, no restart
-    assert cli("verify", spec).returncode == 0
+    assert (qemu_pid(vm), qemu_slices.conn.lookupByName(vm).ID()) == (pid, dom_id)  # live, no restart
+    assert bmslice_cli("verify", spec).returncode == 0
 
     # Emulator drift.
     virsh("emulatorpin", vm, str(vcpu_cpu), "--live")
-    run = cli("verify", spec)
+    run = bmslice_cli("verify", spec)
     assert run.returncode == 1, run
     assert f"{vm} emulator pinned to {vcpu_cpu}, plan says {emulator}" in run.lines
-    run = cli("apply", spec)
+    run = bmslice_cli("apply", spec)
     assert run.returncode == 0, run
     assert steps(run) == [f"re-pin {vm} emulator live: {vcpu_cpu} -> {emulator}"]
     assert qemu_pid(vm) == pid
-    assert cli("verify", spec).returncode == 0
+    assert bmslice_cli("verify", spec).returncode == 0
     assert all(CpuSet.parse(c) == emulator for comm, c in thread_cpus(pid).values() if comm in others)
 
-    run = cli("destroy", spec)
+    run = bmslice_cli("destroy", spec)
     assert run.returncode == 0, run
     assert steps(run) == [
         f"stop {vm}",
@@ -173,9 +178,9 @@ def test_apply_verify_drift_repair_destroy(slices: Slices, cli: Cli, tmp_path: P
         f"delete volume /var/lib/libvirt/images/{vm}-seed.iso",
     ]
     assert wait_gone(pid)
-    assert slices.leftovers() == []
+    assert qemu_slices.leftovers() == []
     assert not Path(f"/run/libvirt/qemu/{vm}.pid").exists()
-    run = cli("destroy", spec)
+    run = bmslice_cli("destroy", spec)
     assert run.returncode == 0 and "nothing to destroy" in run.lines, run
 
 
@@ -184,14 +189,16 @@ def test_apply_verify_drift_repair_destroy(slices: Slices, cli: Cli, tmp_path: P
 
 @libvirtd
 @pytest.mark.parametrize("failure", ["missing backing image", "CPU feature QEMU rejects"])
-def test_failure_on_second_slice_rolls_back_the_first(failure: str, slices: Slices, cli: Cli, tmp_path: Path) -> None:
+def test_failure_on_second_slice_rolls_back_the_first(
+    failure: str, qemu_slices: Slices, bmslice_cli: Cli, tmp_path: Path
+) -> None:
     """The first slice is created, started and set to autostart; the second fails; nothing is left.
 
     Two slices do not fit this 2-CPU host, so the plan reads a 4-CPU tree; the first slice
     gets CPU 1 (which exists here), the second fails before its CPU matters.
     """
     tree = host_tree(tmp_path / "host", cores=4)
-    first, second = slices.name("a"), slices.name("b")
+    first, second = qemu_slices.name("a"), qemu_slices.name("b")
     if failure == "missing backing image":  # volume creation fails
         missing = tmp_path / "no-such-base.qcow2"
         bad = {**vm_entry(second), "disk": {"size": "64MiB", "image": str(missing)}}
@@ -202,7 +209,7 @@ def test_failure_on_second_slice_rolls_back_the_first(failure: str, slices: Slic
     spec = write_spec(tmp_path / "spec.yaml", [with_disk(vm_entry(first)), bad])
     assert planned(spec, tree).vm(first).vcpu_pins == (1,)
 
-    run = cli("apply", spec, "--host-root", tree)
+    run = bmslice_cli("apply", spec, "--host-root", tree)
     error = one_error(run)
     assert error.startswith(f"error: {failed_step}") and reason in error and "rolled back" in error, run
     assert "ROLLBACK INCOMPLETE" not in error
@@ -210,25 +217,25 @@ def test_failure_on_second_slice_rolls_back_the_first(failure: str, slices: Slic
     assert done.index(f"start {first}") < done.index(f"stop {first}"), run  # it really ran, then was undone
     assert {f"stop {first}", f"undefine {first}"} <= set(done)
     assert f"delete volume default/{first}.qcow2" in done and f"delete seed default/{first}-seed.iso" in done
-    assert slices.leftovers() == []
+    assert qemu_slices.leftovers() == []
 
 
 # --- (3) idempotence ----------------------------------------------------------------------
 
 
 @libvirtd
-def test_second_apply_changes_nothing(slices: Slices, cli: Cli, tmp_path: Path) -> None:
-    vm = slices.name("a")
+def test_second_apply_changes_nothing(qemu_slices: Slices, bmslice_cli: Cli, tmp_path: Path) -> None:
+    vm = qemu_slices.name("a")
     spec = write_spec(tmp_path / "spec.yaml", [with_disk(vm_entry(vm))])
-    first = cli("apply", spec)
+    first = bmslice_cli("apply", spec)
     assert first.returncode == 0 and len(steps(first)) == 5, first
     pid = qemu_pid(vm)
-    second = cli("apply", spec)
+    second = bmslice_cli("apply", spec)
     assert second.returncode == 0, second
     assert steps(second) == []
     assert "no changes: all 1 slice(s) match the plan" in second.lines
     assert qemu_pid(vm) == pid
-    dry = cli("apply", spec, "--dry-run")
+    dry = bmslice_cli("apply", spec, "--dry-run")
     assert dry.returncode == 0 and "dry run: no changes needed" in dry.lines, dry
 
 
@@ -258,7 +265,7 @@ def _pins(dom: Any) -> tuple[tuple[CpuSet, ...], CpuSet, tuple[tuple[int, CpuSet
 
 
 def test_running_slice_keeps_every_pin_when_a_slice_is_added(
-    libvirt_test_driver: Any, lock_dir: Path, tmp_path: Path
+    libvirt_test_driver: Any, bmslice_lock_dir: Path, tmp_path: Path
 ) -> None:
     """Library API on test:///default (state shared through the connection the test holds)."""
     from bmslice.apply.applier import ApplyOptions, apply
@@ -295,7 +302,7 @@ def test_running_slice_keeps_every_pin_when_a_slice_is_added(
     assert not apply(load_spec(two), str(two), opts, lines.append).changed and lines == []
 
 
-def test_stability_across_cli_runs(lock_dir: Path, tmp_path: Path, cli: Cli) -> None:
+def test_stability_across_cli_runs(bmslice_lock_dir: Path, tmp_path: Path, bmslice_cli: Cli) -> None:
     """test:///<file>: a host whose first slice already runs (as the first apply left it); the CLI only adds."""
     import libvirt
 
@@ -318,19 +325,19 @@ def test_stability_across_cli_runs(lock_dir: Path, tmp_path: Path, cli: Cli) -> 
     )
     uri = f"test://{node}"
 
-    run = cli("verify", one, "--connect", uri, "--host-root", tree)
+    run = bmslice_cli("verify", one, "--connect", uri, "--host-root", tree)
     assert run.returncode == 0, run  # the file's slice is what the first apply made, running
-    run = cli("apply", two, "--connect", uri, "--host-root", tree, "--dry-run")
+    run = bmslice_cli("apply", two, "--connect", uri, "--host-root", tree, "--dry-run")
     assert run.returncode == 0, run
     assert [s for s in steps(run) if first in s] == [f"would set autostart on {first}"]  # test driver keeps none
-    run = cli("apply", two, "--connect", uri, "--host-root", tree)
+    run = bmslice_cli("apply", two, "--connect", uri, "--host-root", tree)
     assert run.returncode == 0, run
     assert steps(run)[:3] == [f"define {second}", f"start {second}", f"set autostart on {second}"]
     assert [s for s in steps(run) if first in s] == [f"set autostart on {first}"]  # no re-pin, stop or start
 
 
 def test_allow_move_restarts_a_slice_whose_definition_changed(
-    libvirt_test_driver: Any, lock_dir: Path, tmp_path: Path
+    libvirt_test_driver: Any, bmslice_lock_dir: Path, tmp_path: Path
 ) -> None:
     """More memory: refused without --allow-move (naming it); with it the slice restarts in place."""
     from bmslice.apply.applier import ApplyOptions, apply
@@ -361,10 +368,10 @@ def test_allow_move_restarts_a_slice_whose_definition_changed(
 
 
 @libvirtd
-def test_dry_run_changes_nothing(slices: Slices, cli: Cli, tmp_path: Path) -> None:
-    vm = slices.name("a")
+def test_dry_run_changes_nothing(qemu_slices: Slices, bmslice_cli: Cli, tmp_path: Path) -> None:
+    vm = qemu_slices.name("a")
     spec = write_spec(tmp_path / "spec.yaml", [with_disk(vm_entry(vm))])
-    run = cli("apply", spec, "--dry-run")
+    run = bmslice_cli("apply", spec, "--dry-run")
     assert run.returncode == 0, run
     assert steps(run) == [
         f"would create volume default/{vm}.qcow2 (64 MiB qcow2)",
@@ -374,27 +381,27 @@ def test_dry_run_changes_nothing(slices: Slices, cli: Cli, tmp_path: Path) -> No
         f"would set autostart on {vm}",
     ]
     assert "dry run: 5 step(s), nothing changed" in run.lines
-    assert slices.leftovers() == []
-    assert cli("verify", spec).returncode == 1  # "not defined"
+    assert qemu_slices.leftovers() == []
+    assert bmslice_cli("verify", spec).returncode == 1  # "not defined"
 
 
 # --- (6) two runs at once ---------------------------------------------------------------------
 
 
 @libvirtd
-def test_second_run_refuses_while_the_lock_is_held(slices: Slices, cli: Cli, tmp_path: Path) -> None:
+def test_second_run_refuses_while_the_lock_is_held(qemu_slices: Slices, bmslice_cli: Cli, tmp_path: Path) -> None:
     from bmslice.apply.lock import host_lock
 
-    spec = write_spec(tmp_path / "spec.yaml", [vm_entry(slices.name("a"))])
+    spec = write_spec(tmp_path / "spec.yaml", [vm_entry(qemu_slices.name("a"))])
     with host_lock(QEMU_URI):
-        run = cli("apply", spec)
+        run = bmslice_cli("apply", spec)
         with pytest.raises(ApplyError, match="holds the lock"), host_lock(QEMU_URI):
             pass
     error = one_error(run)
     assert "another bmslice run holds the lock for qemu:///system" in error
     assert f"pid {os.getpid()}" in error  # names who holds it
-    assert slices.leftovers() == []
-    run = cli("apply", spec, "--dry-run")  # released: the next run goes ahead
+    assert qemu_slices.leftovers() == []
+    run = bmslice_cli("apply", spec, "--dry-run")  # released: the next run goes ahead
     assert run.returncode == 0, run
 
 
@@ -402,35 +409,39 @@ def test_second_run_refuses_while_the_lock_is_held(slices: Slices, cli: Cli, tmp
 
 
 @libvirtd
-def test_password_key_in_spec_is_refused(slices: Slices, cli: Cli, tmp_path: Path) -> None:
-    vm = with_disk(vm_entry(slices.name("a")))
+def test_password_key_in_spec_is_refused(qemu_slices: Slices, bmslice_cli: Cli, tmp_path: Path) -> None:
+    vm = with_disk(vm_entry(qemu_slices.name("a")))
     vm["cloud_init"] = {"ssh_authorized_keys": [SSH_KEY], "password": "hunter2-secret"}
     spec = write_spec(tmp_path / "spec.yaml", [vm])
-    run = cli("apply", spec)
+    run = bmslice_cli("apply", spec)
     assert one_error(run) == f"error: {spec}: vms[0].cloud_init.password: unknown key"
     assert "hunter2-secret" not in run.stdout + run.stderr
-    assert slices.leftovers() == []
+    assert qemu_slices.leftovers() == []
 
 
 @libvirtd
-def test_plain_password_in_hash_file_is_refused_before_any_change(slices: Slices, cli: Cli, tmp_path: Path) -> None:
+def test_plain_password_in_hash_file_is_refused_before_any_change(
+    qemu_slices: Slices, bmslice_cli: Cli, tmp_path: Path
+) -> None:
     (tmp_path / "root.hash").write_text("hunter2-secret\n")
-    vm = with_disk(vm_entry(slices.name("a")))  # its disk volume would be the first change
+    vm = with_disk(vm_entry(qemu_slices.name("a")))  # its disk volume would be the first change
     vm["cloud_init"] = {"ssh_authorized_keys": [SSH_KEY], "password_hash_file": "root.hash"}
     spec = write_spec(tmp_path / "spec.yaml", [vm])
-    run = cli("apply", spec)
+    run = bmslice_cli("apply", spec)
     error = one_error(run)
     assert "password_hash_file" in error and "plain password" in error
     assert "hunter2-secret" not in run.stdout + run.stderr
     assert steps(run) == []
-    assert slices.leftovers() == []
+    assert qemu_slices.leftovers() == []
 
 
 # --- (8) passthrough without an IOMMU ---------------------------------------------------------------
 
 
 @libvirtd
-def test_passthrough_without_iommu_is_refused_naming_the_kernel_args(slices: Slices, cli: Cli, tmp_path: Path) -> None:
+def test_passthrough_without_iommu_is_refused_naming_the_kernel_args(
+    qemu_slices: Slices, bmslice_cli: Cli, tmp_path: Path
+) -> None:
     """A 2-CPU tree like this machine, with a spare NIC but no IOMMU groups."""
     from treebuilder import PciSpec
 
@@ -444,13 +455,13 @@ def test_passthrough_without_iommu_is_refused_naming_the_kernel_args(slices: Sli
         ),
         default_route="eno2",
     )
-    spec = write_spec(tmp_path / "spec.yaml", [vm_entry(slices.name("a"), nics=[{"passthrough": "eno1"}])])
+    spec = write_spec(tmp_path / "spec.yaml", [vm_entry(qemu_slices.name("a"), nics=[{"passthrough": "eno1"}])])
     for extra in ((), ("--dry-run",)):
-        run = cli("apply", spec, "--host-root", tree, *extra)
+        run = bmslice_cli("apply", spec, "--host-root", tree, *extra)
         error = one_error(run)
         assert "IOMMU is not active" in error and "intel_iommu=on" in error and "iommu=pt" in error, run
         assert steps(run) == []
-    assert slices.leftovers() == []
+    assert qemu_slices.leftovers() == []
 
 
 # --- finer checks ---------------------------------------------------------------------------------

@@ -169,6 +169,34 @@ def test_nics_are_drawn_on_their_node_with_owner_and_warning(server1: tuple[Host
     assert "0000:01:00.1 (eno2) is on NUMA node 0" in warnings
 
 
+def test_sriov_vfs_are_counted_on_their_pf_with_their_vms() -> None:
+    """The design note's third VM: Blue and Green each get a VF of eno2 (on node 0; Blue runs on node 1)."""
+    topo = read_host_tree(EXAMPLE / "host")
+    red = {"name": "Red", "vcpus": 6, "memory": "8GiB", "numa_node": 0, "nics": [{"passthrough": "eno1"}]}
+    blue = {
+        "name": "Blue",
+        "vcpus": 6,
+        "memory": "8GiB",
+        "numa_node": 1,
+        "nics": [{"sriov": {"pf": "eno2", "vlan": 200}}],
+    }
+    green = {"name": "Green", "vcpus": 2, "memory": "4GiB", "emulator": "host", "nics": [{"sriov": {"pf": "eno2"}}]}
+    plan = make_plan(topo, spec_from_data({"vms": [red, blue, green]}, "t"), origin="t")
+    root = _svg(topo, plan)
+    eno2 = root.find(".//s:g[@id='node-0']//s:g[@id='nic-0000-01-00-1']", NS)
+    assert eno2 is not None
+    text = [t.text for t in eno2.iterfind("s:text", NS)]
+    assert text == ["eno2  0000:01:00.1", "host", "SR-IOV VFs 0→2/63: B×1, C×1", "cross-NUMA: B on node 1"]
+    assert [r.get("fill") for r in eno2.iterfind("s:rect[@class='vf-user']", NS)] == [vm_colour(1), vm_colour(2)]
+    assert eno2.find("s:g[@class='warning-marker']", NS) is not None
+    legend = " ".join(root.find(".//s:g[@id='legend']", NS).itertext())  # type: ignore[union-attr]
+    assert "eno2 VF0 vlan 200" in legend and "eno2 VF1" in legend
+    # Green's emulator threads float on the host CPUs of node 0: drawn there as a stripe in Green's colour
+    host_cpu = root.find(".//s:g[@id='cpu-0']", NS)
+    assert host_cpu is not None and "emulator threads of Green" in (host_cpu.findtext("s:title", namespaces=NS) or "")
+    assert any(r.get("stroke") == vm_colour(2) for r in host_cpu.iterfind("s:rect", NS))
+
+
 def test_large_picture_wraps_instead_of_growing_wide(large: tuple[HostTopology, Plan]) -> None:
     root = _svg(*large)
     width, height = int(root.get("width") or 0), int(root.get("height") or 0)
@@ -250,8 +278,11 @@ def test_report_renders_in_headless_chromium(server1: tuple[HostTopology, Plan],
         pytest.fail("chromium is not installed: `apt-get install -y chromium` (or set BMSLICE_SKIP_CHROMIUM=1)")
     from PIL import Image
 
+    topo, plan = server1
+    # the source as the docs command line gives it, not this checkout's absolute path
+    topo = dataclasses.replace(topo, source="sysfs:examples/server1/host")
     report = tmp_path / "report.html"
-    report.write_bytes(render_report(*server1, spec_name="examples/server1/spec.yaml"))
+    report.write_bytes(render_report(topo, plan, spec_name="examples/server1/spec.yaml"))
     png = tmp_path / "shot.png"
     cmd = [
         browser,
@@ -282,7 +313,7 @@ def test_report_renders_in_headless_chromium(server1: tuple[HostTopology, Plan],
         assert inked > 0.05, f"only {inked:.1%} of the screenshot is not white"
         # the VMs' colours made it to the screen
         present = {colour for _, colour in colours}
-        for i in range(len(server1[1].vms)):
+        for i in range(len(plan.vms)):
             hexcolour = vm_colour(i)
             assert tuple(int(hexcolour[k : k + 2], 16) for k in (1, 3, 5)) in present
     if REGEN:

@@ -86,6 +86,53 @@ class PciSpec:
 
 
 @dataclass(frozen=True)
+class IrqSpec:
+    """A /proc/irq/N directory. `effective` None: no effective_affinity_list (older kernels)."""
+
+    number: int
+    affinity: str  # smp_affinity_list
+    effective: str | None = None
+    action: str | None = "eth0-TxRx-0"  # the handler's name, a subdirectory; None: no handler
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    tid: int
+    comm: str
+    cpus: str  # Cpus_allowed_list
+
+
+@dataclass(frozen=True)
+class ProcSpec:
+    """A /proc/<pid> directory with task/<tid>/status for the main thread and each of `threads`."""
+
+    pid: int
+    comm: str
+    cpus: str  # the main thread's Cpus_allowed_list
+    cmdline: tuple[str, ...] = ()
+    ppid: int = 1
+    kthread: bool = False
+    kthread_line: bool = True  # False: a kernel older than 6.x, no "Kthread:" in status
+    stat: bool = True  # False: no stat file either (left: parent kthreadd, no exe)
+    threads: tuple[TaskSpec, ...] = ()
+
+
+@dataclass(frozen=True)
+class RuntimeSpec:
+    """What a running host shows beyond discovery (preflight, audit): written only when set."""
+
+    kernel_release: str = "6.1.0-18-amd64"
+    isolated: str | None = ""  # sys/devices/system/cpu/isolated; None: no file
+    nohz_full: str | None = "(null)"  # None: no file (kernel without NO_HZ_FULL)
+    irqs: tuple[IrqSpec, ...] = ()
+    procs: tuple[ProcSpec, ...] = ()
+    vfio: str | None = "module"  # "module" (under lib/modules) | "loaded" | "builtin" | None
+    kvm_nested: str | None = "N"  # parameters/nested of kvm_intel or kvm_amd; None: kvm not loaded
+    memlock: str = "8388608"  # proc/self/limits "Max locked memory" (bytes or "unlimited")
+    distro: str | None = "debian"  # "debian": etc/debian_version + etc/default/grub; "rhel": redhat-release, grubby
+
+
+@dataclass(frozen=True)
 class HostSpec:
     cpus: tuple[CpuSpec, ...]
     vendor: str = "GenuineIntel"
@@ -103,6 +150,7 @@ class HostSpec:
     virtual_interfaces: Mapping[str, str] = field(default_factory=lambda: {"lo": ""})  # name -> "bond"|"bridge"|""
     masters: Mapping[str, str] = field(default_factory=dict)  # interface -> its bond or bridge
     macs: Mapping[str, str] = field(default_factory=dict)  # interface -> MAC; others get a derived one
+    runtime: RuntimeSpec | None = None  # None: no live state (IRQs, processes, modules) in the tree
 
 
 def cpu_layout(
@@ -206,6 +254,8 @@ def write_tree(spec: HostSpec, root: Path) -> Path:
     device_dirs = _write_pci(tree, spec)
     _write_net(tree, spec, device_dirs)
     _write_proc(tree, spec)
+    if spec.runtime is not None:
+        _write_runtime(tree, spec, spec.runtime)
     return root
 
 
@@ -462,6 +512,80 @@ def _write_proc(tree: _Tree, spec: HostSpec) -> None:
     tree.file("proc/net/route", _net_route(spec))
     if spec.hostname is not None:
         tree.file("proc/sys/kernel/hostname", spec.hostname + "\n")
+
+
+# --- live state: IRQs, processes, modules, distribution ---------------------------------
+
+PF_KTHREAD_FLAGS = 0x00208040  # what /proc/2/stat shows: PF_KTHREAD | PF_NOFREEZE | PF_FORKNOEXEC
+USER_FLAGS = 0x00400100
+
+
+def _mask(cpus: str) -> str:
+    value = sum(1 << cpu for cpu in CpuSet.parse(cpus))
+    return f"{value:x}"
+
+
+def _write_irq(tree: _Tree, irq: IrqSpec) -> None:
+    rel = f"proc/irq/{irq.number}"
+    tree.file(f"{rel}/smp_affinity_list", irq.affinity + "\n")
+    tree.file(f"{rel}/smp_affinity", _mask(irq.affinity) + "\n")
+    if irq.effective is not None:
+        tree.file(f"{rel}/effective_affinity_list", irq.effective + "\n")
+        tree.file(f"{rel}/effective_affinity", _mask(irq.effective) + "\n")
+    if irq.action is not None:
+        tree.mkdir(f"{rel}/{irq.action}")
+
+
+def _task_status(proc: ProcSpec, tid: int, comm: str, cpus: str) -> str:
+    lines = [f"Name:\t{comm}", "State:\tS (sleeping)", f"Tgid:\t{proc.pid}", f"Pid:\t{tid}", f"PPid:\t{proc.ppid}"]
+    if proc.kthread_line:
+        lines.append(f"Kthread:\t{int(proc.kthread)}")
+    lines += [f"Cpus_allowed:\t{_mask(cpus)}", f"Cpus_allowed_list:\t{cpus}"]
+    return "\n".join(lines) + "\n"
+
+
+def _write_process(tree: _Tree, proc: ProcSpec) -> None:
+    rel = f"proc/{proc.pid}"
+    tree.file(f"{rel}/status", _task_status(proc, proc.pid, proc.comm, proc.cpus))
+    if proc.stat:
+        flags = PF_KTHREAD_FLAGS if proc.kthread else USER_FLAGS
+        tree.file(f"{rel}/stat", f"{proc.pid} ({proc.comm}) S {proc.ppid} 0 0 0 -1 {flags} 0 0 0 0 0 0 0 0 20 0 1\n")
+    tree.file(f"{rel}/cmdline", "".join(f"{arg}\0" for arg in proc.cmdline))
+    if not proc.kthread:
+        (tree.root / rel / "exe").symlink_to(proc.cmdline[0] if proc.cmdline else f"/usr/bin/{proc.comm}")
+    for task in (TaskSpec(proc.pid, proc.comm, proc.cpus), *proc.threads):
+        tree.file(f"{rel}/task/{task.tid}/status", _task_status(proc, task.tid, task.comm, task.cpus))
+
+
+def _write_runtime(tree: _Tree, spec: HostSpec, rt: RuntimeSpec) -> None:
+    cpu = "sys/devices/system/cpu"
+    if rt.isolated is not None:
+        tree.file(f"{cpu}/isolated", rt.isolated + "\n")
+    if rt.nohz_full is not None:
+        tree.file(f"{cpu}/nohz_full", rt.nohz_full + "\n")
+    tree.file("proc/sys/kernel/osrelease", rt.kernel_release + "\n")
+    tree.file("proc/self/limits", f"Max locked memory         {rt.memlock:<21}{rt.memlock:<21}bytes\n")
+    for irq in rt.irqs:
+        _write_irq(tree, irq)
+    for proc in rt.procs:
+        _write_process(tree, proc)
+    modules = f"lib/modules/{rt.kernel_release}"
+    if rt.vfio == "module":
+        tree.file(f"{modules}/kernel/drivers/vfio/pci/vfio-pci.ko", "")
+    elif rt.vfio == "loaded":
+        tree.mkdir("sys/module/vfio_pci")
+        tree.mkdir("sys/bus/pci/drivers/vfio-pci")
+    elif rt.vfio == "builtin":
+        tree.file(f"{modules}/modules.builtin", "kernel/drivers/vfio/pci/vfio-pci.ko\n")
+    if rt.kvm_nested is not None:
+        kvm = "kvm_amd" if spec.vendor == "AuthenticAMD" else "kvm_intel"
+        tree.file(f"sys/module/{kvm}/parameters/nested", rt.kvm_nested + "\n")
+    if rt.distro == "debian":
+        tree.file("etc/debian_version", "12.5\n")
+        tree.file("etc/default/grub", 'GRUB_DEFAULT=0\nGRUB_CMDLINE_LINUX_DEFAULT="quiet"\n')
+    elif rt.distro == "rhel":
+        tree.file("etc/redhat-release", "Red Hat Enterprise Linux release 9.4 (Plow)\n")
+        tree.file("usr/sbin/grubby", "")
 
 
 # --- the design note's server ---------------------------------------------------------

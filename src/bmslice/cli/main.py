@@ -11,7 +11,7 @@ import json
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from bmslice import __version__
 from bmslice.cli.sources import add_source_args, read_topology
@@ -210,11 +210,15 @@ def build_parser() -> argparse.ArgumentParser:
     _lifecycle_args(destroy_p)
     destroy_p.add_argument("--keep-disks", action="store_true", help="keep each slice's root disk volume")
     destroy_p.set_defaults(handler=cmd_destroy)
+
+    from bmslice.cli import show_cmd
+
+    show_cmd.register(sub)
     return parser
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
+def run(parser: argparse.ArgumentParser, argv: Sequence[str] | None = None) -> int:
+    """Parse, dispatch to the command's handler, and turn every BmsliceError into one line + exit 2."""
     args = parser.parse_args(argv)
     handler: Handler = args.handler
     try:
@@ -225,6 +229,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)
         return EXIT_ERROR
+
+
+def standalone_parser(register: Callable[[argparse._SubParsersAction[Any]], None]) -> argparse.ArgumentParser:
+    """A parser holding only the commands `register` adds (each command module's own `main`)."""
+    parser = _Parser(prog="bmslice")
+    register(parser.add_subparsers(dest="command", required=True, metavar="COMMAND"))
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return run(build_parser(), argv)
 
 
 if __name__ == "__main__":

@@ -15,7 +15,7 @@ from rich.text import Text
 from bmslice.model.plan import Plan
 from bmslice.model.sizes import format_mib
 from bmslice.model.topology import HostTopology
-from bmslice.render.picture_map import Nic, NodeCell, PictureMap, Role, Thread, picture_map
+from bmslice.render.picture_map import Nic, NodeCell, PictureMap, Role, Thread, nic_notes, picture_map
 from bmslice.render.picture_svg import (
     CORES_PER_ROW,
     HOST_COLOUR,
@@ -60,21 +60,17 @@ def _nic_line(nic: Nic, pic: PictureMap) -> Text:
     line = Text("NIC ")
     line.append(f"{nic.name} {nic.address}", style="bold")
     if nic.vm is not None:
-        vm = pic.vms[nic.vm]
-        line.append(" → ")
-        line.append(f" {vm.letter} ", style=_style(Thread(0, Role.VCPU, vm.index, 0)))
-        line.append(f" {vm.name} (passthrough)")
+        line.append(" ")
+        line.append(f" {pic.vms[nic.vm].letter} ", style=_style(Thread(0, Role.VCPU, nic.vm, 0)))
     elif nic.management:
-        line.append(" host · mgmt/default route")
-    else:
-        line.append(" host")
-    if nic.vfs_total:
-        users = ", ".join(f"{pic.vms[vm].letter}×{n}" for vm, n in nic.vf_users)
-        line.append(f" · VFs {nic.vfs_enabled}/{nic.vfs_total}" + (f" ({users})" if users else ""))
-    if nic.cross_numa and nic.vm is not None:
+        line.append(" ")
+        line.append(" M ", style=_style(Thread(0, Role.HOST)))
+    notes = nic_notes(nic, pic)
+    cross = notes.pop() if nic.cross_vms else None
+    line.append(" " + " · ".join(notes))
+    if cross:
         line.append("  ")
-        nodes = ",".join(map(str, pic.vms[nic.vm].numa_nodes))
-        line.append(f" ! cross-NUMA: VM on node {nodes} ", style=WARN_STYLE)
+        line.append(f"! {cross}", style=WARN_STYLE)
     return line
 
 

@@ -12,8 +12,9 @@ import argparse
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
-from bmslice.cli.main import EXIT_ERROR, EXIT_OK, Handler, _Parser
+from bmslice.cli.main import EXIT_OK, run, standalone_parser
 from bmslice.cli.sources import add_source_args, read_topology
 from bmslice.errors import BmsliceError
 
@@ -49,7 +50,7 @@ def cmd_show(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+def register(sub: argparse._SubParsersAction[Any]) -> None:
     """Add `show` to the subcommands of the bmslice parser (`sub` from add_subparsers)."""
     show = sub.add_parser("show", help="draw the sliced server: terminal grid, or --svg / --html files")
     show.add_argument("spec", type=Path, metavar="SPEC")
@@ -60,16 +61,5 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """`bmslice show ...` alone (tests, and until cli/main.py registers it)."""
-    parser = _Parser(prog="bmslice")
-    register(parser.add_subparsers(dest="command", required=True, metavar="COMMAND"))
-    args = parser.parse_args(argv)
-    handler: Handler = args.handler
-    try:
-        return handler(args)
-    except BmsliceError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return EXIT_ERROR
-    except KeyboardInterrupt:
-        print("error: interrupted", file=sys.stderr)
-        return EXIT_ERROR
+    """`bmslice show ...` alone, for tests."""
+    return run(standalone_parser(register), argv)

@@ -16,13 +16,13 @@ the order the host numbers them. Every drawing reads this map, so the pictures a
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 
 from bmslice.cpuset import CpuSet
-from bmslice.model.plan import Plan, VmPlan
-from bmslice.model.topology import HostTopology, PciDevice
+from bmslice.model.plan import DeviceAssignment, Plan, VmPlan
+from bmslice.model.topology import HostTopology
 
 
 class Role(StrEnum):
@@ -45,6 +45,7 @@ class VmKey:
     vcpus: int
     emulator_policy: str
     emulator_cpus: CpuSet
+    nics: tuple[str, ...]  # "eno1" passed through whole, "eno2 VF0 vlan 200" an SR-IOV VF
 
 
 @dataclass(frozen=True)
@@ -95,19 +96,27 @@ class CoreCell:
 
 @dataclass(frozen=True)
 class Nic:
+    """A network PCI function (SR-IOV VFs are counted on their PF, not drawn apart)."""
+
     address: str
     interfaces: tuple[str, ...]
     numa_node: int | None
-    vm: int | None  # passed through to this VM
-    management: bool  # carries the host's default route
-    cross_numa: bool  # passed through to a VM on another NUMA node
-    vfs_enabled: int
+    vm: int | None  # passed through whole to this VM
+    default_route: bool  # carries the host's default route
+    management: bool  # the host reaches its management network (or this SSH session) through it
+    cross_vms: tuple[int, ...]  # VMs on another NUMA node using it (whole or through a VF)
+    vfs_now: int
+    vfs_planned: int
     vfs_total: int
-    vf_users: tuple[tuple[int, int], ...]  # (VM index, VFs of this NIC it holds)
+    vf_users: tuple[tuple[int, int], ...]  # (VM index, VFs of this PF it is given)
 
     @property
     def name(self) -> str:
         return ",".join(self.interfaces) or self.address
+
+    @property
+    def cross_numa(self) -> bool:
+        return bool(self.cross_vms)
 
 
 @dataclass(frozen=True)
@@ -163,18 +172,25 @@ def vm_letter(index: int) -> str:
 def picture_map(topo: HostTopology, plan: Plan) -> PictureMap:
     vms = tuple(
         VmKey(
-            i, vm.name, vm_letter(i), vm.numa_nodes, vm.vcpus, vm.emulator_policy, vm.emulator_cpus | vm.iothread_cpus
+            i,
+            vm.name,
+            vm_letter(i),
+            vm.numa_nodes,
+            vm.vcpus,
+            vm.emulator_policy,
+            vm.emulator_cpus | vm.iothread_cpus,
+            tuple(_device_label(d) for d in vm.devices),
         )
         for i, vm in enumerate(plan.vms)
     )
     threads = {cpu: _thread(cpu, plan) for cpu in topo.online_cpus}
     cores_by_node: dict[int, list[CoreCell]] = {}
     package_of_node: dict[int, int] = {}
-    for core in topo.cores:
-        cell_threads = tuple(threads[cpu] for cpu in core.cpus)
+    for hw in topo.cores:
+        cell_threads = tuple(threads[cpu] for cpu in hw.cpus)
         owners = {t.owner for t in cell_threads}
-        cores_by_node.setdefault(core.node, []).append(CoreCell(cell_threads, len(owners) > 1))
-        package_of_node[core.node] = min(package_of_node.get(core.node, core.package), core.package)
+        cores_by_node.setdefault(hw.node, []).append(CoreCell(cell_threads, len(owners) > 1))
+        package_of_node[hw.node] = min(package_of_node.get(hw.node, hw.package), hw.package)
     nics = _nics(topo, plan)
     node_ids = sorted({n.id for n in topo.numa_nodes} | set(cores_by_node))
     cells: dict[int, NodeCell] = {}
@@ -203,6 +219,26 @@ def picture_map(topo: HostTopology, plan: Plan) -> PictureMap:
     return PictureMap(topo.hostname, sockets, memory_only, unplaced, vms, tuple(dict.fromkeys(warnings)))
 
 
+def nic_notes(nic: Nic, pic: PictureMap) -> list[str]:
+    """What a NIC tile says below its name: owner, SR-IOV VFs (now -> planned), cross-NUMA users."""
+    if nic.vm is not None:
+        notes = [f"→ {pic.vms[nic.vm].name} (passthrough)"]
+    elif nic.default_route:
+        notes = ["host · mgmt/default route"]
+    else:
+        notes = ["host · management" if nic.management else "host"]
+    if nic.vfs_total:
+        count = f"{nic.vfs_now}" if nic.vfs_planned == nic.vfs_now else f"{nic.vfs_now}→{nic.vfs_planned}"
+        users = ", ".join(f"{pic.vms[vm].letter}×{n}" for vm, n in nic.vf_users)
+        notes.append(f"SR-IOV VFs {count}/{nic.vfs_total}" + (f": {users}" if users else ""))
+    if nic.cross_vms:
+        where = ", ".join(
+            f"{pic.vms[i].letter} on node {','.join(map(str, pic.vms[i].numa_nodes))}" for i in nic.cross_vms
+        )
+        notes.append(f"cross-NUMA: {where}")
+    return notes
+
+
 def _thread(cpu: int, plan: Plan) -> Thread:
     shared = tuple(i for i, vm in enumerate(plan.vms) if _emulator_floats_on(vm, cpu))
     for i, vm in enumerate(plan.vms):
@@ -225,9 +261,16 @@ def _emulator_floats_on(vm: VmPlan, cpu: int) -> bool:
     return cpu in vm.emulator_cpus and cpu not in vm.owned_cpus
 
 
-def _management_interfaces(topo: HostTopology) -> set[str]:
-    """The default-route interface and, through bonds and bridges, the ports below it."""
-    names = {topo.default_route_interface} if topo.default_route_interface else set()
+def _device_label(dev: DeviceAssignment) -> str:
+    if dev.type == "vf":
+        vlan = f" vlan {dev.vlan}" if dev.vlan is not None else ""
+        return f"{dev.interface or dev.pf} VF{dev.vf_index if dev.vf_index is not None else '?'}{vlan}"
+    return dev.interface or dev.address
+
+
+def _ports_below(topo: HostTopology, top: Iterable[str | None]) -> set[str]:
+    """Interfaces `top` and, through bonds and bridges, the ports enslaved below them."""
+    names = {name for name in top if name}
     grew = True
     while grew:
         below = {i.name for i in topo.net_interfaces if i.master in names}
@@ -237,36 +280,41 @@ def _management_interfaces(topo: HostTopology) -> set[str]:
 
 
 def _nics(topo: HostTopology, plan: Plan) -> tuple[Nic, ...]:
-    owner = {dev.address: i for i, vm in enumerate(plan.vms) for dev in vm.devices}
-    mgmt = _management_interfaces(topo)
+    whole = {d.address: i for i, vm in enumerate(plan.vms) for d in vm.devices if d.type != "vf"}
+    vf_users: dict[str, dict[int, int]] = {}
+    for i, vm in enumerate(plan.vms):
+        for d in vm.devices:
+            if d.type == "vf" and d.pf:
+                users = vf_users.setdefault(d.pf, {})
+                users[i] = users.get(i, 0) + 1
+    planned = {pf.address: pf.numvfs for pf in plan.host.sriov}
+    default_route = _ports_below(topo, [topo.default_route_interface])
+    management = _ports_below(topo, topo.management_interfaces) | default_route
     out = []
     for dev in topo.pci_devices:
-        if not dev.is_network or (dev.physfn and dev.address not in owner):
+        if not dev.is_network or dev.physfn:
             continue
-        vm = owner.get(dev.address)
-        cross = vm is not None and dev.numa_node is not None and dev.numa_node not in plan.vms[vm].numa_nodes
+        owner = whole.get(dev.address)
+        vf_counts = tuple(sorted(vf_users.get(dev.address, {}).items()))
+        using = ([owner] if owner is not None else []) + [i for i, _ in vf_counts]
+        cross = tuple(i for i in using if dev.numa_node is not None and dev.numa_node not in plan.vms[i].numa_nodes)
+        names = set(dev.interfaces)
         out.append(
             Nic(
-                dev.address,
-                dev.interfaces,
-                dev.numa_node,
-                vm,
-                bool(mgmt & set(dev.interfaces)),
-                cross,
-                dev.sriov_numvfs,
-                dev.sriov_totalvfs,
-                _vf_users(topo, dev, owner),
+                address=dev.address,
+                interfaces=dev.interfaces,
+                numa_node=dev.numa_node,
+                vm=owner,
+                default_route=bool(default_route & names),
+                management=bool(management & names),
+                cross_vms=cross,
+                vfs_now=dev.sriov_numvfs,
+                vfs_planned=planned.get(dev.address, dev.sriov_numvfs),
+                vfs_total=dev.sriov_totalvfs,
+                vf_users=vf_counts,
             )
         )
     return tuple(out)
-
-
-def _vf_users(topo: HostTopology, pf: PciDevice, owner: dict[str, int]) -> tuple[tuple[int, int], ...]:
-    counts: dict[int, int] = {}
-    for dev in topo.pci_devices:
-        if dev.physfn == pf.address and dev.address in owner:
-            counts[owner[dev.address]] = counts.get(owner[dev.address], 0) + 1
-    return tuple(sorted(counts.items()))
 
 
 def _split_warning(core: CoreCell, vms: Sequence[VmKey]) -> str:

@@ -22,7 +22,17 @@ from lxml import etree
 from bmslice.model.plan import Plan
 from bmslice.model.sizes import format_mib
 from bmslice.model.topology import HostTopology
-from bmslice.render.picture_map import CoreCell, Nic, NodeCell, PictureMap, Role, SocketCell, Thread, picture_map
+from bmslice.render.picture_map import (
+    CoreCell,
+    Nic,
+    NodeCell,
+    PictureMap,
+    Role,
+    SocketCell,
+    Thread,
+    nic_notes,
+    picture_map,
+)
 
 SVG_NS = "http://www.w3.org/2000/svg"
 
@@ -61,7 +71,11 @@ def vm_colour(index: int) -> str:
 
 
 def tint(colour: str, white: float = 0.6) -> str:
-    """Mix `colour` with white: tint("#000000", 0.5) == "#808080"."""
+    """Mix `colour` with white.
+
+    >>> tint("#000000", 0.5)
+    '#808080'
+    """
     rgb = [int(colour[i : i + 2], 16) for i in (1, 3, 5)]
     return "#" + "".join(f"{round(c + (255 - c) * white):02X}" for c in rgb)
 
@@ -73,7 +87,7 @@ def is_dark(colour: str) -> bool:
 
 def text_width(text: str, size: int = FONT, mono: bool = True) -> int:
     """A generous estimate (DejaVu is wide): boxes are sized from it, so overflow is worse than slack."""
-    return int(len(text) * size * (0.61 if mono else 0.64)) + 1
+    return int(len(text) * size * (0.61 if mono else 0.58)) + 1
 
 
 # --- the tree -------------------------------------------------------------------------------
@@ -81,7 +95,8 @@ def text_width(text: str, size: int = FONT, mono: bool = True) -> int:
 
 class _Canvas:
     def __init__(self) -> None:
-        self.root = etree.Element(f"{{{SVG_NS}}}svg", nsmap={None: SVG_NS})
+        # lxml-stubs type nsmap keys as str; None is lxml's documented key for the default namespace
+        self.root = etree.Element(f"{{{SVG_NS}}}svg", nsmap={None: SVG_NS})  # type: ignore[dict-item]
         self.defs = etree.SubElement(self.root, f"{{{SVG_NS}}}defs")
         style = etree.SubElement(self.defs, f"{{{SVG_NS}}}style")
         style.text = STYLE
@@ -181,19 +196,7 @@ def _core_size(core: CoreCell, tw: int) -> tuple[int, int]:
 
 
 def _nic_lines(nic: Nic, pic: PictureMap) -> list[str]:
-    lines = [f"{nic.name}  {nic.address}"]
-    if nic.vm is not None:
-        lines.append(f"→ {pic.vms[nic.vm].name} (passthrough)")
-    elif nic.management:
-        lines.append("host · mgmt/default route")
-    else:
-        lines.append("host")
-    if nic.vfs_total:
-        users = ", ".join(f"{pic.vms[vm].letter}×{n}" for vm, n in nic.vf_users)
-        lines.append(f"SR-IOV VFs {nic.vfs_enabled}/{nic.vfs_total}" + (f": {users}" if users else ""))
-    if nic.cross_numa and nic.vm is not None:
-        lines.append(f"cross-NUMA: VM on node {','.join(map(str, pic.vms[nic.vm].numa_nodes))}")
-    return lines
+    return [f"{nic.name}  {nic.address}", *nic_notes(nic, pic)]
 
 
 def _nic_size(nic: Nic, pic: PictureMap) -> tuple[int, int]:
@@ -268,8 +271,7 @@ def _group_layout(
 
 
 class _Painter:
-    def __init__(self, topo: HostTopology, pic: PictureMap) -> None:
-        self.topo = topo
+    def __init__(self, pic: PictureMap) -> None:
         self.pic = pic
         self.tw = thread_width(pic)
         self.c = _Canvas()
@@ -319,10 +321,12 @@ class _Painter:
             fill, edge, cls = self.thread_fill(t)
             width = 2 if t.role is Role.SPARE else 1
             self.c.rect(tg, p.x + CORE_PAD, ty, self.tw, THREAD_H, fill, rx=3, stroke=edge, stroke_width=width)
+            # VMs whose emulator threads float on this host CPU: a bar each along the bottom, below the label
+            seg = (self.tw - 6) // max(1, len(t.shared_emulators))
             for k, vm in enumerate(t.shared_emulators):
-                sx = p.x + CORE_PAD + self.tw - 5 - 5 * k
-                self.c.rect(tg, sx, ty + 2, 4, THREAD_H - 4, self.hatches[vm], stroke=self.fills[vm], stroke_width=1)
-            self.c.text(tg, p.x + CORE_PAD + 4, ty + THREAD_H - 7, t.label, cls)
+                bx = p.x + CORE_PAD + 3 + k * seg
+                self.c.rect(tg, bx, ty + THREAD_H - 5, seg, 3, self.fills[vm], stroke=self.fills[vm], stroke_width=0.5)
+            self.c.text(tg, p.x + CORE_PAD + 4, ty + THREAD_H - 8, t.label, cls)
         if core.split:
             self.c.warning_marker(g, p.x + p.w - 9, p.y - 6, 12)
 
@@ -335,6 +339,10 @@ class _Painter:
         self.c.rect(g, p.x, p.y, p.w, p.h, "#FFFFFF", rx=4, **edge)
         stripe = owner if nic.vm is not None or nic.management else "#DDDDDD"
         self.c.rect(g, p.x + 2, p.y + 2, 12, p.h - 4, stripe, rx=2)
+        # the VMs given VFs of this PF: one band of the stripe each, in their colours
+        band = (p.h - 4) // max(1, len(nic.vf_users))
+        for k, (vm, _) in enumerate(nic.vf_users):
+            self.c.rect(g, p.x + 6, p.y + 2 + k * band, 8, band, self.fills[vm], class_="vf-user")
         if nic.management:
             self.c.text(g, p.x + 8, p.y + p.h // 2 + 4, "M", "small light", text_anchor="middle", font_weight="bold")
         for i, line in enumerate(_nic_lines(nic, self.pic)):
@@ -376,21 +384,19 @@ class _Painter:
         vm = self.pic.vms[index]
         nodes = ",".join(map(str, vm.numa_nodes))
         where = "dedicated" if vm.emulator_policy == "dedicated" else "on host CPUs"
-        nics = [n.name for n in self.pic.nics if n.vm == index]
-        vfs = [f"{n}×{n_vfs} VF" for n in self.pic.nics for vm_i, n_vfs in n.vf_users if vm_i == index]
         return (
             f"{vm.letter} · {vm.name}: {vm.vcpus} vCPUs, node {nodes}",
             f"emulator + IOThreads ({where}): {vm.emulator_cpus or '-'}",
-            "NICs: " + (", ".join([*nics, *vfs]) or "none"),
+            "NICs: " + (", ".join(vm.nics) or "none"),
         )
 
     def legend(self, parent: etree._Element, x: int, y: int, max_w: int) -> int:
         g = self.c.group(parent, "legend")
         self.c.text(g, x, y + 14, "Legend", "box-head")
         entries = self.general_entries()
-        nic_text, warn_text = "NIC of the host (M: management, default route)", "warning, listed below"
+        nic_text, warn_text = "host NIC (M: management, default route)", "warning"
         texts = [text for _, _, text in entries] + [nic_text, warn_text]
-        pos, _, h = _flow([(34 + text_width(t, 12, mono=False), 20) for t in texts], max_w, 22)
+        pos, _, h = _flow([(34 + text_width(t, 12, mono=False), 20) for t in texts], max_w, 16)
         top = y + 24
         for (fill, stroke, text), (px, py) in zip(entries, pos, strict=False):
             self._swatch(g, x + px, top + py, fill, stroke)
@@ -429,7 +435,7 @@ class _Painter:
         chars = max(40, (max_w - 24) * 100 // (12 * 64))
         for warning in self.pic.warnings:
             self.c.warning_marker(g, x, y + dy)
-            for line in textwrap.wrap(warning, chars):
+            for line in textwrap.wrap(warning, chars, break_on_hyphens=False):
                 self.c.text(g, x + 22, y + dy + 12, line, "legend")
                 dy += 16
             dy += 4
@@ -458,7 +464,7 @@ def render_svg(topo: HostTopology, plan: Plan) -> bytes:
 def svg_element(topo: HostTopology, plan: Plan) -> etree._Element:
     """The picture as an lxml element, for embedding (the HTML report inlines it)."""
     pic = picture_map(topo, plan)
-    painter = _Painter(topo, pic)
+    painter = _Painter(pic)
     c = painter.c
     title = picture_title(topo, pic)
     groups = [_group_layout(f"socket-{s.id}", _socket_header(s), s.nodes, (), pic, painter.tw) for s in pic.sockets]

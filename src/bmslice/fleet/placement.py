@@ -1,0 +1,447 @@
+"""Which host, NUMA node and NICs each cluster VM gets: a pure function of fleet and topologies.
+
+Capacity is counted the way the per-host planner counts it (`bmslice.plan.capacity`):
+whole cores per NUMA node after the cores the host keeps, memory per node after the
+host's share, whole PFs for passthrough and VFs per PF within `sriov_totalvfs`. So a
+host the fleet fills is a host `bmslice plan` accepts.
+
+Rules, in order of precedence for each VM:
+
+1. a VM of an existing placement stays on its host and node (refused, never moved, when
+   it no longer fits there);
+2. control-plane VMs go to control hosts, workers to worker hosts;
+3. at most `spread.max_per_host` VMs of one cluster and role per host;
+4. with `spread.racks: spread`, the rack holding the fewest VMs of the cluster and role;
+5. the fewest cross-NUMA NICs (a NIC on another node than the VM's CPUs);
+6. then rack name, host name and node number, so the result is deterministic.
+
+New VMs are placed control plane first, then biggest first, then in fleet order. First
+come, first served is not an exact bin packing; when a VM finds no host the error says
+which resource every candidate host lacks:
+
+    blue-worker-3: no worker host left with 5 free cores and 8GiB free on one NUMA node
+    and a free VF on VLAN 200 (server1: runs 1 blue worker already (max_per_host 1); ...)
+"""
+
+from __future__ import annotations
+
+from collections import Counter, defaultdict
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+
+from bmslice.cpuset import CpuSet
+from bmslice.errors import PlanError
+from bmslice.model.fleet import (
+    ANY,
+    Fleet,
+    InventoryHost,
+    NicAssignment,
+    NicKind,
+    NicRequest,
+    NodeUsage,
+    PlacedVm,
+    Placement,
+    RackSpread,
+    Role,
+    VmRequest,
+)
+from bmslice.model.sizes import format_mib
+from bmslice.model.spec import EmulatorPolicy
+from bmslice.model.topology import Core, HostTopology, PciDevice
+from bmslice.plan.allocate import NodeRequest, allocate_node
+from bmslice.plan.capacity import Load, NodeFree, vm_load
+from bmslice.plan.host import reserved_cores
+
+MESSAGE_HOSTS = 4  # per-host reasons quoted in a refusal before "and N more"
+
+
+@dataclass(frozen=True)
+class _Pf:
+    address: str
+    name: str
+    interfaces: tuple[str, ...]
+    numa_node: int | None
+    totalvfs: int
+    has_vfs: bool  # VFs already enabled: cannot be passed through whole
+
+    def matches(self, ref: str) -> bool:
+        return ref in (ANY, self.address) or ref in self.interfaces
+
+
+@dataclass
+class _Node:
+    free: NodeFree
+    cores: tuple[Core, ...]
+    load: Load = field(default_factory=Load)
+
+    def fits(self, load: Load) -> bool:
+        return self.free.fits(self.load + load)
+
+    @property
+    def cores_left(self) -> int:
+        split = self.free.split(self.load)
+        assert split is not None
+        ones_to_singles, twos_to_singles = split
+        # pairs sit on twos first, as in `NodeFree.split`
+        twos_left = self.free.twos - twos_to_singles
+        pairs_on_twos = min(self.load.pairs, twos_left)
+        ones_left = self.free.ones - ones_to_singles - 2 * (self.load.pairs - pairs_on_twos)
+        return twos_left - pairs_on_twos + ones_left
+
+
+@dataclass(frozen=True)
+class _Option:
+    cost: int
+    node: int
+    nics: tuple[NicAssignment, ...]
+
+
+class _Host:
+    def __init__(self, inv: InventoryHost, topo: HostTopology) -> None:
+        self.inv = inv
+        self.name = inv.name
+        self.topo = topo
+        try:
+            kept = reserved_cores(topo, inv.host)
+        except PlanError as exc:
+            raise PlanError(f"{inv.name}: {exc}") from None
+        kept_cpus = CpuSet.union(core.cpus for core in kept)
+        self.nodes: dict[int, _Node] = {}
+        for node in sorted(topo.numa_nodes, key=lambda n: n.id):
+            if not node.cpus:
+                continue
+            cores = tuple(c for c in topo.cores if c.node == node.id and c.cpus.isdisjoint(kept_cpus))
+            memory = node.memory_mib - inv.host.reserved_memory_per_node
+            twos = sum(c.threads == 2 for c in cores)
+            self.nodes[node.id] = _Node(NodeFree(node.id, twos, len(cores) - twos, memory), cores)
+        self.pfs, self.excluded = _eligible_pfs(inv, topo)
+        self.passed: set[str] = set()
+        self.vfs_used: Counter[str] = Counter()
+        self.count: Counter[tuple[str, Role]] = Counter()
+
+    def most_free(self) -> tuple[int, int]:
+        """The most free cores and, separately, the most free MiB on any one node (upper bounds)."""
+        cores = max((node.cores_left for node in self.nodes.values()), default=0)
+        memory = max((node.free.memory_mib - node.load.memory_mib for node in self.nodes.values()), default=0)
+        return cores, memory
+
+    def pick_nics(self, request: NicRequest, node: int, vlan: int) -> tuple[NicAssignment, ...] | None:
+        """The NICs a VM on `node` would get, local ones first, then by name; None when short."""
+        candidates = sorted(
+            (pf for pf in self.pfs if pf.matches(request.pf) and pf.address not in self.passed),
+            key=lambda pf: (pf.numa_node != node, pf.name),
+        )
+        if request.kind is NicKind.PASSTHROUGH:
+            whole = [pf for pf in candidates if not pf.has_vfs and self.vfs_used[pf.address] == 0]
+            if len(whole) < request.count:
+                return None
+            return tuple(
+                NicAssignment(NicKind.PASSTHROUGH, pf.name, pf.address, pf.numa_node, vlan, 1)
+                for pf in whole[: request.count]
+            )
+        for pf in candidates:
+            if pf.totalvfs - self.vfs_used[pf.address] >= request.count:
+                return (NicAssignment(NicKind.SRIOV, pf.name, pf.address, pf.numa_node, vlan, request.count),)
+        return None
+
+    def option(self, req: VmRequest, load: Load, vlan: int) -> _Option | None:
+        best: _Option | None = None
+        for node_id, node in self.nodes.items():
+            if not node.fits(load):
+                continue
+            nics: tuple[NicAssignment, ...] = ()
+            if req.size.nic is not None:
+                picked = self.pick_nics(req.size.nic, node_id, vlan)
+                if picked is None:
+                    continue
+                nics = picked
+            cost = sum(1 for n in nics if n.numa_node != node_id)
+            if best is None or cost < best.cost:
+                best = _Option(cost, node_id, nics)
+                if cost == 0:
+                    break
+        return best
+
+    def take(self, req: VmRequest, load: Load, node: int, nics: Iterable[NicAssignment]) -> None:
+        self.nodes[node].load = self.nodes[node].load + load
+        for nic in nics:
+            if nic.kind is NicKind.PASSTHROUGH:
+                self.passed.add(nic.address)
+            else:
+                self.vfs_used[nic.address] += nic.count
+        self.count[(req.cluster, req.role)] += 1
+
+
+def _eligible_pfs(inv: InventoryHost, topo: HostTopology) -> tuple[tuple[_Pf, ...], dict[str, str]]:
+    """NICs a tenant may get: cabled (when the inventory says where NICs are cabled), not the
+    management NIC, not a bond or bridge member, not a VF. `excluded` says why the others are not."""
+    pfs: list[_Pf] = []
+    excluded: dict[str, str] = {}
+    for dev in topo.pci_devices:
+        if not dev.is_network or dev.physfn is not None:
+            continue
+        name = dev.interfaces[0] if dev.interfaces else dev.address
+        reason = _exclusion(inv, topo, dev)
+        if reason:
+            for key in (dev.address, *dev.interfaces):
+                excluded[key] = f"{name} {reason}"
+            continue
+        pfs.append(_Pf(dev.address, name, dev.interfaces, dev.numa_node, dev.sriov_totalvfs, dev.sriov_numvfs > 0))
+    return tuple(sorted(pfs, key=lambda pf: pf.name)), excluded
+
+
+def _exclusion(inv: InventoryHost, topo: HostTopology, dev: PciDevice) -> str | None:
+    if topo.default_route_interface in dev.interfaces:
+        return "carries the host's default route"
+    for name in dev.interfaces:
+        iface = topo.interface(name)
+        if iface is not None and iface.master is not None:
+            return f"is a member of {iface.master}"
+    if inv.nics and not any(name in inv.nics for name in dev.interfaces):
+        return "is not cabled to a switch port in the inventory"
+    return None
+
+
+def _load(req: VmRequest) -> Load:
+    return vm_load(req.size.vcpus, req.size.emulator is EmulatorPolicy.DEDICATED, req.size.memory)
+
+
+def spec_order(fleet: Fleet) -> dict[str, int]:
+    """The order VMs are listed in a host's spec (fleet order): the planner allocates cores in it."""
+    return {req.name: i for i, req in enumerate(fleet.vm_requests())}
+
+
+class _Placer:
+    def __init__(self, fleet: Fleet, topologies: Mapping[str, HostTopology]) -> None:
+        self.fleet = fleet
+        self.hosts: dict[str, _Host] = {}
+        for inv in sorted(fleet.inventory, key=lambda h: h.name):
+            if inv.name not in topologies:
+                raise PlanError(f"{inv.name}: no topology was read for this host")
+            self.hosts[inv.name] = _Host(inv, topologies[inv.name])
+        self.by_role_rack: dict[Role, dict[str, list[_Host]]] = {role: defaultdict(list) for role in Role}
+        for host in self.hosts.values():
+            self.by_role_rack[host.inv.role][host.inv.rack].append(host)
+        self.rack_count: Counter[tuple[str, Role, str]] = Counter()
+        self.placed: dict[str, PlacedVm] = {}
+        self.notes: list[str] = []
+
+    # --- the VMs of an existing placement ------------------------------------------------
+
+    def keep(self, existing: Placement, requests: Mapping[str, VmRequest]) -> None:
+        for old in sorted(existing.vms, key=lambda vm: vm.name):
+            req = requests.get(old.name)
+            if req is None:
+                self.notes.append(
+                    f"{old.name} on {old.host} is no longer in the fleet: it is left out of the host's spec and "
+                    "keeps running until destroyed"
+                )
+                continue
+            host = self.hosts.get(old.host)
+            where = f"{old.name} is placed on {old.host} NUMA node {old.numa_node}"
+            hint = "remove it from the placement file to let bmslice place it afresh (the VM is then rebuilt)"
+            if host is None:
+                raise PlanError(f"{where}, which is no longer in the inventory; {hint}")
+            if host.inv.role is not req.role:
+                raise PlanError(f"{where}, but {old.host} is now a {host.inv.role.value} host; {hint}")
+            node = host.nodes.get(old.numa_node)
+            load = _load(req)
+            if node is None:
+                raise PlanError(f"{where}, which has no such node with CPUs; {hint}")
+            if not node.fits(load):
+                raise PlanError(
+                    f"{where} and no longer fits there: it needs {node.free.cores_needed(load)} whole cores and "
+                    f"{format_mib(load.memory_mib)}, the node has {node.cores_left} cores and "
+                    f"{_mib(node.free.memory_mib - node.load.memory_mib)} left; {hint}"
+                )
+            vlan = self.fleet.cluster(req.cluster).vlan
+            nics = self._kept_nics(host, req, old, vlan)
+            if nics is None:
+                raise PlanError(
+                    f"{where} and its NICs ({_nic_phrase(req, vlan).strip()}) are no longer free there; {hint}"
+                )
+            self._take(host, req, load, old.numa_node, nics)
+
+    def _kept_nics(self, host: _Host, req: VmRequest, old: PlacedVm, vlan: int) -> tuple[NicAssignment, ...] | None:
+        want = req.size.nic
+        if want is None:
+            return ()
+        pfs = {pf.address: pf for pf in host.pfs}
+        same = (
+            all(n.kind is want.kind and n.address in pfs and pfs[n.address].matches(want.pf) for n in old.nics)
+            and sum(n.count for n in old.nics) == want.count
+            and (want.kind is NicKind.PASSTHROUGH or len(old.nics) == 1)
+        )
+        if same:
+            taken = all(
+                n.address not in host.passed and (n.kind is NicKind.SRIOV or host.vfs_used[n.address] == 0)
+                for n in old.nics
+            )
+            fits = all(
+                n.kind is NicKind.PASSTHROUGH or pfs[n.address].totalvfs - host.vfs_used[n.address] >= n.count
+                for n in old.nics
+            )
+            if taken and fits:
+                return tuple(
+                    NicAssignment(n.kind, pfs[n.address].name, n.address, pfs[n.address].numa_node, vlan, n.count)
+                    for n in old.nics
+                )
+        # The NIC request changed (kind, count or PF): pick again on the same host and node.
+        return host.pick_nics(want, old.numa_node, vlan)
+
+    # --- new VMs ---------------------------------------------------------------------------
+
+    def place_new(self, req: VmRequest) -> None:
+        cluster = self.fleet.cluster(req.cluster)
+        load = _load(req)
+        candidates = [h for rack in self.by_role_rack[req.role].values() for h in rack]
+        if not candidates:
+            raise PlanError(f"{req.name}: the inventory has no {req.role.value} host")
+        cores_needed = (
+            load.singles + load.pairs if any(h.topo.smt for h in candidates) else load.singles + 2 * load.pairs
+        )
+        for tier in self._tiers(req):
+            best: tuple[_Host, _Option] | None = None
+            for host in tier:
+                if host.count[(req.cluster, req.role)] >= cluster.spread.max_per_host:
+                    continue
+                cores, memory = host.most_free()
+                if cores < load.singles + load.pairs or memory < load.memory_mib:
+                    continue  # cannot fit on any node: skip the exact check
+                option = host.option(req, load, cluster.vlan)
+                if option is not None and (best is None or option.cost < best[1].cost):
+                    best = (host, option)
+                    if option.cost == 0:
+                        break
+            if best is not None:
+                host, option = best
+                self._take(host, req, load, option.node, option.nics)
+                return
+        raise PlanError(self._refusal(req, load, cores_needed, candidates))
+
+    def _tiers(self, req: VmRequest) -> list[list[_Host]]:
+        """Hosts grouped by how many VMs of the cluster and role their rack holds (fewest first)."""
+        racks = self.by_role_rack[req.role]
+        spread = self.fleet.cluster(req.cluster).spread.racks is RackSpread.SPREAD
+        tiers: dict[int, list[_Host]] = defaultdict(list)
+        for rack in sorted(racks):
+            count = self.rack_count[(req.cluster, req.role, rack)] if spread else 0
+            tiers[count].extend(racks[rack])
+        return [tiers[count] for count in sorted(tiers)]
+
+    def _take(self, host: _Host, req: VmRequest, load: Load, node: int, nics: tuple[NicAssignment, ...]) -> None:
+        host.take(req, load, node, nics)
+        self.rack_count[(req.cluster, req.role, host.inv.rack)] += 1
+        self.placed[req.name] = PlacedVm(req.name, req.cluster, req.role, req.index, host.name, node, nics)
+
+    def _refusal(self, req: VmRequest, load: Load, cores: int, candidates: Sequence[_Host]) -> str:
+        cluster = self.fleet.cluster(req.cluster)
+        role = req.role.value
+        limit = cluster.spread.max_per_host
+        full = [h for h in candidates if h.count[(req.cluster, req.role)] >= limit]
+        if len(full) == len(candidates):
+            return (
+                f"{req.name}: every {role} host already runs {limit} {req.cluster} {role} VM(s) "
+                f"(spread.max_per_host {limit}); add {role} hosts or raise max_per_host"
+            )
+        reasons = []
+        for host in sorted(candidates, key=lambda h: h.name):
+            if host in full:
+                reasons.append(f"{host.name}: runs {limit} {req.cluster} {role} VM(s) already (max_per_host {limit})")
+                continue
+            reasons.append(f"{host.name}: {self._host_shortfall(host, req, load, cluster.vlan)}")
+        shown = reasons[:MESSAGE_HOSTS]
+        if len(reasons) > MESSAGE_HOSTS:
+            shown.append(f"and {len(reasons) - MESSAGE_HOSTS} more")
+        return (
+            f"{req.name}: no {role} host left with {cores} free cores and {format_mib(load.memory_mib)} free on one "
+            f"NUMA node{_nic_phrase(req, cluster.vlan)} ({'; '.join(shown)})"
+        )
+
+    def _host_shortfall(self, host: _Host, req: VmRequest, load: Load, vlan: int) -> str:
+        fitting = [n for n in host.nodes if host.nodes[n].fits(load)]
+        if not fitting:
+            cores, memory = host.most_free()
+            return f"most free on one node: {cores} cores, {_mib(memory)}"
+        nic = req.size.nic
+        assert nic is not None  # a node fits and no NIC is asked for: the VM would have been placed
+        named = [pf for pf in host.pfs if pf.matches(nic.pf)]
+        if not named:
+            if nic.pf != ANY and nic.pf in host.excluded:
+                return host.excluded[nic.pf]
+            return f"no NIC {nic.pf} it may use" if nic.pf != ANY else "no cabled NIC a tenant may use"
+        if nic.kind is NicKind.PASSTHROUGH:
+            free = [pf.name for pf in named if pf.address not in host.passed and not host.vfs_used[pf.address]]
+            return f"{len(free)} whole NIC(s) free ({', '.join(free) or 'none'}), needs {nic.count}"
+        vfs = ", ".join(
+            f"{pf.name} {max(pf.totalvfs - host.vfs_used[pf.address], 0) if pf.address not in host.passed else 0}"
+            for pf in named
+        )
+        return f"free VFs per NIC: {vfs}; needs {nic.count} on one NIC"
+
+    # --- the result ------------------------------------------------------------------------
+
+    def result(self) -> Placement:
+        order = spec_order(self.fleet)
+        vms: list[PlacedVm] = []
+        usage: list[NodeUsage] = []
+        for host in self.hosts.values():
+            on_host = sorted((vm for vm in self.placed.values() if vm.host == host.name), key=lambda v: order[v.name])
+            for node_id, node in host.nodes.items():
+                here = [vm for vm in on_host if vm.numa_node == node_id]
+                sizes = {vm.name: self.fleet.cluster(vm.cluster).size(vm.role, vm.index) for vm in here}
+                requests = [
+                    NodeRequest(vm.name, sizes[vm.name].vcpus, sizes[vm.name].emulator is EmulatorPolicy.DEDICATED)
+                    for vm in here
+                ]
+                allocation = allocate_node(node.cores, requests) if requests else {}
+                used = 0
+                for vm in here:
+                    alloc = allocation[vm.name]
+                    used += len(alloc.cores)
+                    # the planner's rule for the guest topology (threads=2 only on real sibling pairs)
+                    pairs = alloc.sibling_pairs and sizes[vm.name].vcpus % 2 == 0 and host.topo.smt
+                    vms.append(replace(vm, guest_threads=2 if pairs else 1))
+                usage.append(
+                    NodeUsage(host.name, node_id, node.free.cores, used, node.free.memory_mib, node.load.memory_mib)
+                )
+        vms.sort(key=lambda v: (v.host, order[v.name]))
+        return Placement(tuple(vms), tuple(usage), tuple(self.notes))
+
+
+def _mib(mib: int) -> str:
+    return format_mib(mib) if mib > 0 else "0MiB"
+
+
+def _nic_phrase(req: VmRequest, vlan: int) -> str:
+    nic = req.size.nic
+    if nic is None:
+        return ""
+    of = "" if nic.pf == ANY else f" of {nic.pf}"
+    if nic.kind is NicKind.SRIOV:
+        what = "a free VF" if nic.count == 1 else f"{nic.count} free VFs"
+        return f" and {what}{of} on VLAN {vlan}"
+    what = "a free NIC" if nic.count == 1 else f"{nic.count} free NICs"
+    return f" and {what}{'' if nic.pf == ANY else f' ({nic.pf})'} to pass through for VLAN {vlan}"
+
+
+def _new_order(fleet: Fleet, requests: Sequence[VmRequest]) -> list[VmRequest]:
+    order = spec_order(fleet)
+
+    def key(req: VmRequest) -> tuple[int, int, int, int]:
+        load = _load(req)
+        return (req.role is not Role.CONTROL, -(2 * load.pairs + load.singles), -load.memory_mib, order[req.name])
+
+    return sorted(requests, key=key)
+
+
+def place(fleet: Fleet, topologies: Mapping[str, HostTopology], existing: Placement | None = None) -> Placement:
+    """Place every VM of `fleet`; VMs of `existing` stay where they are. Raises PlanError naming
+    the VM that found no host and what each candidate host lacks."""
+    requests = {req.name: req for req in fleet.vm_requests()}
+    placer = _Placer(fleet, topologies)
+    if existing is not None:
+        placer.keep(existing, requests)
+    for req in _new_order(fleet, [r for r in requests.values() if r.name not in placer.placed]):
+        placer.place_new(req)
+    return placer.result()

@@ -1,0 +1,480 @@
+"""The fleet file: servers (the inventory) and the Kubernetes clusters they host.
+
+Validated strictly at load time like the per-host spec: unknown keys, bad VLANs, duplicate
+names, a switch port cabled twice are refused with one line naming the file, the field and
+the reason. Paths in the file (host trees, hwloc files, SSH keys, kubeadm join files) are
+relative to the fleet file.
+
+The placement (which VM runs on which host and NUMA node, with which NICs) is a value
+here too, with a JSON form, so that a later run can keep every placed VM where it is.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from enum import StrEnum
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from bmslice.errors import SpecError
+from bmslice.model.spec import (
+    CPU_FEATURE_RE,
+    IFNAME_RE,
+    DiskSpec,
+    EmulatorPolicy,
+    HostSpec,
+    HugepageSize,
+    SizeMiB,
+    canonical_pci_address,
+)
+
+# Host and VM names end up as libvirt domain names, guest hostnames and Kubernetes node
+# names: DNS labels (RFC 1123), lower case.
+DNS_LABEL_RE = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
+HOST_NAME_RE = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9.-]{0,61}[A-Za-z0-9])?$")  # also a label value
+CLUSTER_NAME_RE = re.compile(r"^[a-z]([a-z0-9-]{0,22}[a-z0-9])?$")
+PREFIX_RE = re.compile(r"^([a-z0-9][a-z0-9-]{0,30})?$")
+JUNOS_VLAN_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_.-]{0,62}$")
+PORT_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_./:-]{0,63}$")
+LABEL_VALUE_RE = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9_.-]{0,61}[A-Za-z0-9])?$")  # a Kubernetes label value
+ANY = "any"
+
+
+class Role(StrEnum):
+    CONTROL = "control"
+    WORKER = "worker"
+
+
+class NicKind(StrEnum):
+    SRIOV = "sriov"  # `count` VFs of one PF, tagged with the cluster's VLAN by the host
+    PASSTHROUGH = "passthrough"  # `count` whole PFs; the switch port carries the VLAN untagged
+
+
+class RackSpread(StrEnum):
+    SPREAD = "spread"  # place each VM in the rack with the fewest VMs of its cluster and role
+    ANY = "any"
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class SwitchPort(_Strict):
+    switch: str
+    port: str
+
+    @field_validator("switch", "port")
+    @classmethod
+    def _name(cls, value: str) -> str:
+        if not PORT_RE.match(value):
+            raise ValueError(f"{value!r} is not a switch or port name (letters, digits, '/', ':', '.', '-', '_')")
+        return value
+
+
+class InventoryHost(_Strict):
+    name: str
+    uri: str
+    role: Role
+    rack: str = "default"
+    host_root: Path | None = None  # plan offline from a sysfs/procfs tree of the host
+    hwloc: Path | None = None  # or from an `lstopo --of xml` file
+    nics: dict[str, SwitchPort] = Field(default_factory=dict)  # interface -> the switch port it is cabled to
+    host: HostSpec = HostSpec()  # the `host:` section of this server's generated spec
+
+    @field_validator("name")
+    @classmethod
+    def _host_name(cls, value: str) -> str:
+        if not HOST_NAME_RE.match(value) or len(value) > 63:
+            raise ValueError(f"{value!r} is not a host name (letters, digits, '.', '-')")
+        return value
+
+    @field_validator("rack")
+    @classmethod
+    def _rack(cls, value: str) -> str:
+        if not LABEL_VALUE_RE.match(value):
+            raise ValueError(f"{value!r} is not a rack name (letters, digits, '-', '_', '.'; max 63)")
+        return value
+
+    @field_validator("uri")
+    @classmethod
+    def _uri(cls, value: str) -> str:
+        if "://" not in value:
+            raise ValueError(f"{value!r} is not a libvirt URI such as qemu+ssh://root@server1/system")
+        return value
+
+    @field_validator("nics")
+    @classmethod
+    def _ifnames(cls, value: dict[str, SwitchPort]) -> dict[str, SwitchPort]:
+        for name in value:
+            if not IFNAME_RE.match(name):
+                raise ValueError(f"{name!r} is not an interface name")
+        return value
+
+    @model_validator(mode="after")
+    def _one_source(self) -> InventoryHost:
+        if self.host_root is not None and self.hwloc is not None:
+            raise ValueError("give host_root or hwloc, not both")
+        return self
+
+
+class NicRequest(_Strict):
+    kind: NicKind
+    pf: str = ANY  # an interface name or PCI address of the host, or "any" cabled NIC
+    count: int = Field(default=1, ge=1, le=64)
+
+    @field_validator("pf")
+    @classmethod
+    def _pf(cls, value: str) -> str:
+        value = value.strip()
+        if value == ANY:
+            return value
+        address = canonical_pci_address(value)
+        if address:
+            return address
+        if ":" in value or not IFNAME_RE.match(value):
+            raise ValueError(f"{value!r} is neither 'any', an interface name nor a PCI address")
+        return value
+
+
+class VmSize(_Strict):
+    vcpus: int = Field(gt=0, le=4096)
+    memory: SizeMiB
+    emulator: EmulatorPolicy = EmulatorPolicy.DEDICATED
+    iothreads: int = Field(default=1, ge=0, le=64)
+    hugepages: HugepageSize = HugepageSize.NONE
+    disable_cpu_features: tuple[str, ...] = ()
+    disk: DiskSpec | None = None
+    nic: NicRequest | None = None
+
+    @field_validator("disable_cpu_features")
+    @classmethod
+    def _features(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for feature in value:
+            if not CPU_FEATURE_RE.match(feature):
+                raise ValueError(f"{feature!r} is not a CPU feature name")
+        return value
+
+
+class Workers(VmSize):
+    count: int = Field(ge=0, le=100000)
+
+
+class Spread(_Strict):
+    max_per_host: int = Field(default=1, ge=1)  # VMs of one cluster and role on one host
+    racks: RackSpread = RackSpread.SPREAD
+
+
+class Cluster(_Strict):
+    name: str
+    vlan: int = Field(ge=1, le=4094)
+    vlan_name: str | None = None  # the switch's name for the VLAN; default: the cluster name in capitals
+    control_plane: tuple[VmSize, ...] = ()
+    workers: Workers
+    spread: Spread = Spread()
+    kubeadm_join_file: Path | None = None  # the operator's `kubeadm join ...` line; never read by bmslice
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, value: str) -> str:
+        if not CLUSTER_NAME_RE.match(value):
+            raise ValueError(f"{value!r} is not a cluster name (lower-case letters, digits, '-'; max 24)")
+        return value
+
+    @field_validator("vlan_name")
+    @classmethod
+    def _vlan_name(cls, value: str | None) -> str | None:
+        if value is not None and not JUNOS_VLAN_RE.match(value):
+            raise ValueError(f"{value!r} is not a VLAN name (a letter, then letters, digits, '_', '.', '-')")
+        return value
+
+    @property
+    def switch_vlan(self) -> str:
+        return self.vlan_name or self.name.upper()
+
+    def size(self, role: Role, index: int) -> VmSize:
+        """The size of control-plane VM `index` (1-based) or of every worker."""
+        return self.control_plane[index - 1] if role is Role.CONTROL else self.workers
+
+
+class Fleet(_Strict):
+    inventory: tuple[InventoryHost, ...] = Field(min_length=1)
+    clusters: tuple[Cluster, ...] = ()
+    vm_prefix: str = ""  # put before every VM name: "<prefix><cluster>-worker-<n>"
+    ssh_keys_file: Path | None = None  # public keys for every guest, one a line
+
+    @field_validator("vm_prefix")
+    @classmethod
+    def _prefix(cls, value: str) -> str:
+        if not PREFIX_RE.match(value):
+            raise ValueError(f"{value!r} is not a name prefix (lower-case letters, digits, '-')")
+        return value
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Fleet:
+        _unique("host", [h.name for h in self.inventory])
+        _unique("cluster", [c.name for c in self.clusters])
+        _unique("VLAN", [c.vlan for c in self.clusters])
+        _unique("VLAN name", [c.switch_vlan for c in self.clusters])
+        cabled: dict[tuple[str, str], str] = {}
+        for host in self.inventory:
+            for ifname, port in sorted(host.nics.items()):
+                key = (port.switch, port.port)
+                if key in cabled:
+                    raise ValueError(
+                        f"switch port {port.switch} {port.port} is cabled to both {cabled[key]} and {host.name} {ifname}"
+                    )
+                cabled[key] = f"{host.name} {ifname}"
+        return self
+
+    def host(self, name: str) -> InventoryHost:
+        for host in self.inventory:
+            if host.name == name:
+                return host
+        raise KeyError(name)
+
+    def cluster(self, name: str) -> Cluster:
+        for cluster in self.clusters:
+            if cluster.name == name:
+                return cluster
+        raise KeyError(name)
+
+    def vm_name(self, cluster: str, role: Role, index: int) -> str:
+        kind = "control" if role is Role.CONTROL else "worker"
+        return f"{self.vm_prefix}{cluster}-{kind}-{index}"
+
+    def vm_requests(self) -> tuple[VmRequest, ...]:
+        """Every VM the fleet asks for, in fleet order: per cluster, control plane then workers."""
+        out: list[VmRequest] = []
+        for cluster in self.clusters:
+            for i, size in enumerate(cluster.control_plane, start=1):
+                out.append(VmRequest(self.vm_name(cluster.name, Role.CONTROL, i), cluster.name, Role.CONTROL, i, size))
+            for i in range(1, cluster.workers.count + 1):
+                out.append(
+                    VmRequest(self.vm_name(cluster.name, Role.WORKER, i), cluster.name, Role.WORKER, i, cluster.workers)
+                )
+        _unique("VM name", [r.name for r in out])
+        return tuple(out)
+
+
+def _unique(what: str, values: list[Any]) -> None:
+    seen: set[Any] = set()
+    for value in values:
+        if value in seen:
+            raise ValueError(f"duplicate {what} {value!r}")
+        seen.add(value)
+
+
+@dataclass(frozen=True)
+class VmRequest:
+    """One VM the fleet asks for (before placement)."""
+
+    name: str
+    cluster: str
+    role: Role
+    index: int
+    size: VmSize
+
+
+# --- loading ------------------------------------------------------------------------------
+
+
+def _location(loc: tuple[int | str, ...]) -> str:
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out or "(top level)"
+
+
+def _reason(error: Any) -> str:
+    kind = error["type"]
+    if kind == "extra_forbidden":
+        return "unknown key"
+    if kind == "missing":
+        return "required field is missing"
+    return str(error["msg"]).removeprefix("Value error, ")
+
+
+def _resolve(fleet: Fleet, base: Path) -> Fleet:
+    """Paths in the file are relative to the file: make them absolute once, here."""
+
+    def rel(path: Path | None) -> Path | None:
+        return None if path is None else (path if path.is_absolute() else base / path)
+
+    hosts = tuple(h.model_copy(update={"host_root": rel(h.host_root), "hwloc": rel(h.hwloc)}) for h in fleet.inventory)
+    clusters = tuple(c.model_copy(update={"kubeadm_join_file": rel(c.kubeadm_join_file)}) for c in fleet.clusters)
+    return fleet.model_copy(
+        update={"inventory": hosts, "clusters": clusters, "ssh_keys_file": rel(fleet.ssh_keys_file)}
+    )
+
+
+def fleet_from_data(data: Any, origin: str, base: Path | None = None) -> Fleet:
+    """Validate parsed data; errors name `origin`, the field and the reason."""
+    if not isinstance(data, dict):
+        raise SpecError(f"{origin}: the fleet file must be a mapping with 'inventory' and 'clusters'")
+    try:
+        fleet = Fleet.model_validate(data)
+        fleet.vm_requests()
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        raise SpecError(f"{origin}: {_location(tuple(first['loc']))}: {_reason(first)}") from None
+    except ValueError as exc:
+        raise SpecError(f"{origin}: {exc}") from None
+    return _resolve(fleet, base) if base is not None else fleet
+
+
+def load_fleet(path: Path) -> Fleet:
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise SpecError(f"{path}: cannot read fleet file: {exc.strerror or exc}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark is not None else ""
+        raise SpecError(f"{path}: YAML error{where}: {getattr(exc, 'problem', None) or 'invalid YAML'}") from None
+    return fleet_from_data(data, str(path), path.resolve().parent)
+
+
+# --- the placement ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class NicAssignment:
+    """One NIC entry of a placed VM: a whole PF, or `count` VFs of a PF, on the cluster's VLAN."""
+
+    kind: NicKind
+    pf: str  # the PF's interface name (its PCI address when it has none)
+    address: str  # the PF's PCI address
+    numa_node: int | None
+    vlan: int
+    count: int = 1
+
+
+@dataclass(frozen=True)
+class PlacedVm:
+    name: str
+    cluster: str
+    role: Role
+    index: int
+    host: str
+    numa_node: int
+    nics: tuple[NicAssignment, ...] = ()
+    guest_threads: int = 1  # 2 when the guest sees host sibling pairs (planner's guest topology)
+
+
+@dataclass(frozen=True)
+class NodeUsage:
+    """One NUMA node of one host after placement, in whole cores and MiB."""
+
+    host: str
+    node: int
+    cores_free_before: int
+    cores_used: int
+    memory_free_before: int
+    memory_used: int
+
+
+@dataclass(frozen=True)
+class Placement:
+    vms: tuple[PlacedVm, ...]
+    usage: tuple[NodeUsage, ...] = ()
+    notes: tuple[str, ...] = field(default=())
+
+    def vm(self, name: str) -> PlacedVm:
+        for vm in self.vms:
+            if vm.name == name:
+                return vm
+        raise KeyError(name)
+
+    def on_host(self, host: str) -> tuple[PlacedVm, ...]:
+        return tuple(vm for vm in self.vms if vm.host == host)
+
+
+def placement_to_dict(placement: Placement) -> dict[str, Any]:
+    return {
+        "vms": [
+            {
+                "name": vm.name,
+                "cluster": vm.cluster,
+                "role": vm.role.value,
+                "index": vm.index,
+                "host": vm.host,
+                "numa_node": vm.numa_node,
+                "guest_threads": vm.guest_threads,
+                "nics": [
+                    {
+                        "kind": n.kind.value,
+                        "pf": n.pf,
+                        "address": n.address,
+                        "numa_node": n.numa_node,
+                        "vlan": n.vlan,
+                        "count": n.count,
+                    }
+                    for n in vm.nics
+                ],
+            }
+            for vm in placement.vms
+        ],
+        "notes": list(placement.notes),
+    }
+
+
+def placement_from_dict(data: Any, origin: str) -> Placement:
+    """Read a placement written by `placement_to_dict`; a malformed one is refused, not guessed at."""
+    try:
+        vms = tuple(
+            PlacedVm(
+                name=str(vm["name"]),
+                cluster=str(vm["cluster"]),
+                role=Role(vm["role"]),
+                index=int(vm["index"]),
+                host=str(vm["host"]),
+                numa_node=int(vm["numa_node"]),
+                guest_threads=int(vm.get("guest_threads", 1)),
+                nics=tuple(
+                    NicAssignment(
+                        NicKind(n["kind"]),
+                        str(n["pf"]),
+                        str(n["address"]),
+                        None if n.get("numa_node") is None else int(n["numa_node"]),
+                        int(n["vlan"]),
+                        int(n.get("count", 1)),
+                    )
+                    for n in vm.get("nics", [])
+                ),
+            )
+            for vm in data["vms"]
+        )
+    except (KeyError, TypeError, ValueError) as exc:
+        raise SpecError(f"{origin}: not a bmslice placement ({type(exc).__name__}: {exc})") from None
+    return Placement(vms)
+
+
+__all__ = [
+    "ANY",
+    "Cluster",
+    "Fleet",
+    "InventoryHost",
+    "NicAssignment",
+    "NicKind",
+    "NicRequest",
+    "NodeUsage",
+    "PlacedVm",
+    "Placement",
+    "RackSpread",
+    "Role",
+    "Spread",
+    "SwitchPort",
+    "VmRequest",
+    "VmSize",
+    "Workers",
+    "fleet_from_data",
+    "load_fleet",
+    "placement_from_dict",
+    "placement_to_dict",
+]

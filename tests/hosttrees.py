@@ -119,10 +119,17 @@ class Built:
     host: HostSpec
 
 
+_PROBED: dict[tuple[str, str], tuple[Plan, HostTopology]] = {}
+
+
 def plan_for(machine: Machine, tmp: Path) -> tuple[Plan, HostTopology]:
-    root = write_tree(machine.host, tmp / f"{machine.name}-probe")
-    topo = read_host_tree(root)
-    return make_plan(topo, spec_from_data(machine.spec, "spec.yaml")), topo
+    """The plan on the machine as built (trees are slow to write: each machine and spec is probed once)."""
+    key = (machine.name, yaml.safe_dump(machine.spec))
+    if key not in _PROBED:
+        root = write_tree(machine.host, tmp / f"{machine.name}-probe")
+        topo = read_host_tree(root)
+        _PROBED[key] = (make_plan(topo, spec_from_data(machine.spec, "spec.yaml")), topo)
+    return _PROBED[key]
 
 
 def _reserved_pools(host: HostSpec, plan: Plan, in_use: bool) -> dict[int, NodeMemory]:
@@ -184,15 +191,16 @@ def qemu_process(pid: int, name: str, emulator: CpuSet, pins: tuple[int, ...], i
 
 
 def per_cpu_kthreads(online: CpuSet, first_pid: int = 10) -> list[ProcSpec]:
-    """cpuhp/N, ksoftirqd/N, kworker/N:0 for every CPU, each known as a kthread a different way."""
+    """One per-CPU kthread on each CPU, known as a kthread in turn by each of the three ways audit has."""
     out = []
-    pid = first_pid
-    for cpu in online:
-        cpus = str(cpu)
-        out.append(ProcSpec(pid, f"cpuhp/{cpu}", cpus, ppid=2, kthread=True))
-        out.append(ProcSpec(pid + 1, f"ksoftirqd/{cpu}", cpus, ppid=2, kthread=True, kthread_line=False))
-        out.append(ProcSpec(pid + 2, f"kworker/{cpu}:0", cpus, ppid=2, kthread=True, kthread_line=False, stat=False))
-        pid += 3
+    for i, cpu in enumerate(online):
+        pid, cpus = first_pid + i, str(cpu)
+        if i % 3 == 0:
+            out.append(ProcSpec(pid, f"cpuhp/{cpu}", cpus, ppid=2, kthread=True))
+        elif i % 3 == 1:
+            out.append(ProcSpec(pid, f"ksoftirqd/{cpu}", cpus, ppid=2, kthread=True, kthread_line=False))
+        else:
+            out.append(ProcSpec(pid, f"kworker/{cpu}:0", cpus, ppid=2, kthread=True, kthread_line=False, stat=False))
     return out
 
 

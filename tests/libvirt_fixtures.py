@@ -179,9 +179,13 @@ class Slices:
         return [*self.domains(), *self.volumes(), *self.pool_files(), *(f"pid {p}" for p in self.processes())]
 
 
+def unique_prefix() -> str:
+    return f"bmslice-test-{secrets.token_hex(4)}"
+
+
 @pytest.fixture
 def qemu_slices(qemu_conn: Any) -> Iterator[Slices]:
-    prefix = f"bmslice-test-{secrets.token_hex(4)}"
+    prefix = unique_prefix()
     try:
         yield Slices(prefix, qemu_conn)
     finally:

@@ -151,7 +151,7 @@ def test_bootloader_detection(
 def test_failure_puts_everything_back(server1_root: Path, capsys: pytest.CaptureFixture[str]) -> None:
     (server1_root / "etc/tuned/cpu-partitioning-variables.conf").mkdir(parents=True)
     before = snapshot(server1_root)
-    code, out, err = run(capsys, "host-apply", str(EXAMPLES / "spec.yaml"), "--host-root", str(server1_root))
+    code, _, err = run(capsys, "host-apply", str(EXAMPLES / "spec.yaml"), "--host-root", str(server1_root))
     assert code == 2
     assert err.startswith("error: host-apply failed: ") and "is a directory" in err and err.count("\n") == 1
     assert "nothing was left changed" in err

@@ -47,6 +47,7 @@ from libvirt_fixtures import (  # the fixtures are imported here; pytest finds t
     qemu_pid,
     qemu_slices,  # noqa: F401
     thread_cpus,
+    unique_prefix,
     vm_entry,
     wait_gone,
     with_disk,
@@ -273,7 +274,8 @@ def test_running_slice_keeps_every_pin_when_a_slice_is_added(
     from bmslice.verify.verifier import verify
 
     tree = host_tree(tmp_path / "host", cores=4, threads=2)  # CPUs 0-7, siblings N / N+4
-    first, second = "bmslice-test-stable-a", "bmslice-test-stable-b"
+    prefix = unique_prefix()
+    first, second = f"{prefix}-a", f"{prefix}-b"
     one, two = _two_slice_specs(tmp_path, first, second)
     opts = ApplyOptions(TEST_URI, host_root=tree)
     fresh = planned(two, tree)
@@ -310,7 +312,8 @@ def test_stability_across_cli_runs(bmslice_lock_dir: Path, tmp_path: Path, bmsli
     from bmslice.model.spec import load_spec
 
     tree = host_tree(tmp_path / "host", cores=4, threads=2)
-    first, second = "bmslice-test-file-a", "bmslice-test-file-b"
+    prefix = unique_prefix()
+    first, second = f"{prefix}-a", f"{prefix}-b"
     one, two = _two_slice_specs(tmp_path, first, second)
     keeper = libvirt.open(TEST_URI)
     try:
@@ -345,7 +348,7 @@ def test_allow_move_restarts_a_slice_whose_definition_changed(
     from bmslice.verify.verifier import verify
 
     tree = host_tree(tmp_path / "host", cores=4, threads=2)
-    vm = "bmslice-test-grow-a"
+    vm = f"{unique_prefix()}-a"
     host = host_section(domain_type="qemu")
     small = write_spec(tmp_path / "small.yaml", [vm_entry(vm, vcpus=2)], host)
     big = write_spec(tmp_path / "big.yaml", [vm_entry(vm, vcpus=2, memory="256MiB")], host)

@@ -18,6 +18,7 @@ import os
 import sys
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
+from functools import partial
 from pathlib import Path, PurePosixPath
 
 from bmslice.cpuset import CpuSet
@@ -617,7 +618,17 @@ def server1_spec() -> HostSpec:
     )
 
 
+def fleet_host_spec(hostname: str) -> HostSpec:
+    """A server like the note's server1 under another name: the design note's next step runs
+    four of them (examples/fleet/hosts/<name>, regenerated with `treebuilder.py <name> DIR`)."""
+    cmdline = server1_spec().cmdline.replace("server1--vg", f"{hostname}--vg")
+    return replace(server1_spec(), hostname=hostname, cmdline=cmdline)
+
+
+FLEET_HOSTS = ("control1", "server1", "server2", "server3")
+
 SPECS = {"server1": server1_spec}
+SPECS.update({name: partial(fleet_host_spec, name) for name in FLEET_HOSTS if name != "server1"})
 
 
 def main(argv: list[str]) -> int:

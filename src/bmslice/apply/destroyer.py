@@ -10,11 +10,11 @@ from typing import Any
 
 from bmslice.apply.applier import disk_name, seed_name
 from bmslice.apply.context import discover, is_local, recorded_plan
-from bmslice.apply.sriov import drop_udev_rule, write_numvfs
-from bmslice.model.plan import DeviceAssignment
 from bmslice.apply.libvirt_conn import LibvirtError, lookup, managed_domains, open_rw, reason
 from bmslice.apply.lock import host_lock
+from bmslice.apply.sriov import drop_udev_rule, write_numvfs
 from bmslice.errors import ApplyError
+from bmslice.model.plan import DeviceAssignment
 from bmslice.model.spec import Spec
 from bmslice.model.topology import nodedev_name
 from bmslice.render.domain_xml import from_xml

@@ -32,14 +32,9 @@ def _dump(data: Any) -> str:
     return yaml.safe_dump(data, sort_keys=False, default_flow_style=False, width=120)
 
 
-def is_local_uri(uri: str) -> bool:
-    parts = urlsplit(uri)
-    return not parts.netloc and parts.scheme.partition("+")[2] in ("", "unix")
-
-
 def connection_vars(inv: InventoryHost) -> dict[str, Any]:
     parts = urlsplit(inv.uri)
-    if inv.host_root is not None or is_local_uri(inv.uri):
+    if inv.host_root is not None or inv.is_local:
         return {
             "ansible_connection": "local",
             "ansible_python_interpreter": "{{ ansible_playbook_python }}",

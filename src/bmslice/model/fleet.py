@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -88,7 +89,7 @@ class InventoryHost(_Strict):
     @field_validator("name")
     @classmethod
     def _host_name(cls, value: str) -> str:
-        if not HOST_NAME_RE.match(value) or len(value) > 63:
+        if not HOST_NAME_RE.match(value):
             raise ValueError(f"{value!r} is not a host name (letters, digits, '.', '-')")
         return value
 
@@ -113,6 +114,12 @@ class InventoryHost(_Strict):
             if not IFNAME_RE.match(name):
                 raise ValueError(f"{name!r} is not an interface name")
         return value
+
+    @property
+    def is_local(self) -> bool:
+        """The URI names this machine's own libvirtd (qemu:///system, qemu+unix:///system)."""
+        parts = urlsplit(self.uri)
+        return not parts.netloc and parts.scheme.partition("+")[2] in ("", "unix")
 
     @model_validator(mode="after")
     def _one_source(self) -> InventoryHost:

@@ -1,0 +1,281 @@
+"""`bmslice fleet plan | ansible | verify`: many servers, the clusters they host, one plan.
+
+`register(sub)` adds the `fleet` command to bmslice's parser; `main(argv)` runs it on its
+own with the same error handling (one `error:` line, exit 2).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import stat
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from bmslice.cli.main import EXIT_DRIFT, EXIT_ERROR, EXIT_OK, _Parser, _print_json
+from bmslice.errors import BmsliceError, SpecError
+from bmslice.model.fleet import Fleet, Placement, load_fleet, placement_from_dict, placement_to_dict
+
+PLACEMENT_FILE = "placement.json"
+
+
+@dataclass
+class _Planned:
+    fleet: Fleet
+    placement: Placement
+    files: dict[str, str]
+    specs: dict[str, dict[str, Any]]
+    warnings: list[str]
+    checks: dict[str, str]  # host -> "ok" or why it was not checked
+
+
+def _existing(args: argparse.Namespace) -> tuple[Placement | None, Path | None]:
+    path: Path | None = args.placement
+    out: Path | None = getattr(args, "out", None)
+    if path is None and out is not None and (out / PLACEMENT_FILE).is_file():
+        path = out / PLACEMENT_FILE
+    if path is None:
+        return None, None
+    try:
+        data = json.loads(path.read_text())
+    except OSError as exc:
+        raise SpecError(f"--placement {path}: cannot read: {exc.strerror or exc}") from None
+    except ValueError as exc:
+        raise SpecError(f"{path}: not JSON: {exc}") from None
+    return placement_from_dict(data, str(path)), path
+
+
+def _ssh_keys(fleet: Fleet) -> list[str]:
+    from bmslice.model.spec import SSH_KEY_RE
+
+    path = fleet.ssh_keys_file
+    if path is None:
+        return []
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise SpecError(f"ssh_keys_file {path}: {exc.strerror or exc}") from None
+    keys = []
+    for number, line in enumerate(text.splitlines(), start=1):
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        if not SSH_KEY_RE.match(line):
+            raise SpecError(f"ssh_keys_file {path}: line {number} is not an SSH public key")
+        keys.append(line)
+    return keys
+
+
+def _join_file_warnings(fleet: Fleet) -> list[str]:
+    """Only the file's presence and mode are looked at: bmslice never reads a join file."""
+    out = []
+    for cluster in fleet.clusters:
+        path = cluster.kubeadm_join_file
+        if path is None:
+            continue
+        try:
+            mode = path.stat().st_mode
+        except OSError:
+            out.append(
+                f"{cluster.name}: kubeadm_join_file {path} does not exist yet; create it before running the playbook"
+            )
+            continue
+        if mode & (stat.S_IRWXG | stat.S_IRWXO):
+            out.append(f"{cluster.name}: kubeadm_join_file {path} is readable by others; chmod 600 it")
+    return out
+
+
+def _plan(args: argparse.Namespace, check: bool = True) -> _Planned:
+    import yaml
+
+    from bmslice.fleet.check import check_host
+    from bmslice.fleet.hosts import read_hosts
+    from bmslice.fleet.placement import place
+    from bmslice.fleet.render import render_fleet
+
+    fleet = load_fleet(args.fleet)
+    existing, source = _existing(args)
+    topologies = read_hosts(fleet)
+    placement = place(fleet, topologies, existing)
+    origin = args.fleet.name
+    files = render_fleet(fleet, placement, _ssh_keys(fleet), origin)
+    specs = {
+        path.split("/")[1]: yaml.safe_load(text)
+        for path, text in files.items()
+        if path.startswith("hosts/") and path.endswith("/spec.yaml")
+    }
+    warnings = _join_file_warnings(fleet)
+    if source is not None:
+        kept = sum(1 for vm in existing.vms if vm.name in {v.name for v in placement.vms}) if existing else 0
+        warnings.insert(0, f"kept {kept} placed VM(s) where they are ({source})")
+    checks: dict[str, str] = {}
+    partial: dict[str, list[str]] = {}
+    if check:
+        for host, data in sorted(specs.items()):
+            result = check_host(host, data, topologies[host], f"{host}/spec.yaml")
+            checks[host] = "ok" if result.plan is not None else f"not checked: {result.skipped}"
+            if result.partial:
+                checks[host] = f"ok, {result.partial}"
+                partial.setdefault(result.partial, []).append(host)
+            warnings.extend(f"{host}: {w}" for w in result.warnings)
+    warnings.extend(f"{', '.join(hosts)}: {what}" for what, hosts in partial.items())
+    return _Planned(fleet, placement, files, specs, warnings, checks)
+
+
+def _write(out: Path, files: dict[str, str]) -> None:
+    try:
+        for rel, text in sorted(files.items()):
+            path = out / rel
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(text)
+    except OSError as exc:
+        raise BmsliceError(f"--out {out}: cannot write: {exc.strerror or exc}") from None
+
+
+def _say_warnings(planned: _Planned) -> None:
+    for warning in planned.warnings:
+        print(f"warning: {warning}", file=sys.stderr)
+
+
+def cmd_plan(args: argparse.Namespace) -> int:
+    from bmslice.fleet.render import fabric_data
+
+    planned = _plan(args, check=not args.no_check)
+    if args.out is not None:
+        _write(args.out, planned.files)
+    if args.json:
+        _print_json(
+            {
+                "placement": placement_to_dict(planned.placement),
+                "hosts": planned.specs,
+                "fabric": fabric_data(planned.fleet, planned.placement),
+                "checks": planned.checks,
+                "warnings": planned.warnings,
+            }
+        )
+    else:
+        sys.stdout.write(planned.files["summary.txt"])
+        for host, result in planned.checks.items():
+            if result.startswith("not checked"):
+                print(f"{host}: per-host plan {result}")
+        if args.out is not None:
+            print(f"wrote {len(planned.files)} file(s) to {args.out}")
+    _say_warnings(planned)
+    return EXIT_OK
+
+
+def cmd_ansible(args: argparse.Namespace) -> int:
+    from bmslice.fleet.ansible import render_ansible
+
+    planned = _plan(args)
+    files = render_ansible(planned.fleet, planned.placement, planned.files, args.fleet.name)
+    _write(args.out, files)
+    sys.stdout.write(planned.files["summary.txt"])
+    print(f"wrote {len(files)} file(s) to {args.out}; run:")
+    collections = Path(__file__).resolve().parents[3]
+    hint = (
+        str(collections)
+        if (collections / "ansible_collections").is_dir()
+        else "<directory holding ansible_collections/>"
+    )
+    print(f"  cd {args.out} && ANSIBLE_COLLECTIONS_PATH={hint} ansible-playbook -i inventory.yml site.yml --check")
+    _say_warnings(planned)
+    return EXIT_OK
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    import yaml
+
+    from bmslice.fleet.render import render_fleet
+    from bmslice.fleet.verify import verify_fleet
+
+    if args.placement is None:
+        planned = _plan(args, check=False)
+        specs, notes = planned.specs, planned.warnings
+    else:
+        # Verify what was planned (and applied): the placement file, not a fresh placement.
+        fleet = load_fleet(args.fleet)
+        placement, _ = _existing(args)
+        assert placement is not None
+        known = {r.name for r in fleet.vm_requests()}
+        hosts = {h.name for h in fleet.inventory}
+        stray = [vm.name for vm in placement.vms if vm.name not in known or vm.host not in hosts]
+        if stray:
+            raise SpecError(f"{args.placement}: {', '.join(stray)} not in the fleet's clusters or inventory")
+        files = render_fleet(fleet, placement, [], args.fleet.name)
+        specs = {
+            path.split("/")[1]: yaml.safe_load(text)
+            for path, text in files.items()
+            if path.startswith("hosts/") and path.endswith("/spec.yaml")
+        }
+        placed = {vm.name for vm in placement.vms}
+        notes = [f"{name} is in the fleet but not in {args.placement}" for name in sorted(known - placed)]
+        planned = None
+    report = verify_fleet(fleet if planned is None else planned.fleet, specs, notes=notes)
+    if args.json:
+        _print_json(report.to_dict())
+    else:
+        width = max(len(h.host) for h in report.hosts)
+        for host in report.hosts:
+            print(f"{host.host.ljust(width)}  {host.status.value:<9}  {host.source}")
+            for line in host.drift:
+                print(f"{' ' * width}    {line}")
+            for note in host.notes:
+                print(f"{' ' * width}    note: {note}")
+        for note in report.notes:
+            print(f"note: {note}")
+        failed = report.failed
+        print(
+            f"fleet: {len(failed)} of {len(report.hosts)} host(s) drift or fail: {', '.join(h.host for h in failed)}"
+            if failed
+            else f"fleet: no drift on {len(report.hosts)} host(s)"
+        )
+    return EXIT_DRIFT if report.failed else EXIT_OK
+
+
+def register(sub: argparse._SubParsersAction[Any]) -> None:
+    fleet = sub.add_parser("fleet", help="place the clusters of a fleet file on its servers; Ansible; verify")
+    commands = fleet.add_subparsers(dest="fleet_command", required=True, metavar="COMMAND")
+    keep_help = f"keep the VMs of this placement where they are (default: OUT/{PLACEMENT_FILE} when it exists)"
+
+    plan = commands.add_parser("plan", help="place every cluster VM; per-host specs, fabric VLANs, cloud-init")
+    plan.add_argument("fleet", type=Path, metavar="FLEET")
+    plan.add_argument("--out", type=Path, metavar="DIR", help="write specs, user-data, Junos config, placement")
+    plan.add_argument("--json", action="store_true", help="print placement, specs and fabric as JSON")
+    plan.add_argument("--placement", type=Path, metavar="FILE", help=keep_help)
+    plan.add_argument("--no-check", action="store_true", help="skip the per-host planner check of each spec")
+    plan.set_defaults(handler=cmd_plan)
+
+    ansible = commands.add_parser("ansible", help="write an Ansible inventory and playbook for the fleet")
+    ansible.add_argument("fleet", type=Path, metavar="FLEET")
+    ansible.add_argument("--out", type=Path, required=True, metavar="DIR")
+    ansible.add_argument("--placement", type=Path, metavar="FILE", help=keep_help)
+    ansible.set_defaults(handler=cmd_ansible)
+
+    verify = commands.add_parser("verify", help="every host's verify result in one report; exit 1 on drift")
+    verify.add_argument("fleet", type=Path, metavar="FLEET")
+    verify.add_argument("--placement", type=Path, metavar="FILE", help="verify this placement (default: place afresh)")
+    verify.add_argument("--json", action="store_true")
+    verify.set_defaults(handler=cmd_verify)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _Parser(prog="bmslice")
+    register(parser.add_subparsers(dest="command", required=True, metavar="COMMAND"))
+    args = parser.parse_args(argv)
+    try:
+        code: int = args.handler(args)
+        return code
+    except BmsliceError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+    except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr)
+        return EXIT_ERROR
+
+
+if __name__ == "__main__":
+    sys.exit(main())

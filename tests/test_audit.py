@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
@@ -19,13 +20,31 @@ from treebuilder import IrqSpec, ProcSpec
 KTHREADD_STAT = "2 (kthreadd) S 0 0 0 0 -1 2129984 0 0 0 0 0 0 0 0 20 0 1 0 24 0 0"  # recorded on Linux 6.18
 
 
+Trees = Callable[[str, str], Built]
+
+
+@pytest.fixture(scope="module")
+def trees(tmp_path_factory: pytest.TempPathFactory) -> Trees:
+    """Clean and violating trees per machine, written once: the tests only read them."""
+    cache: dict[tuple[str, str], Built] = {}
+    runtimes = {"clean": clean_runtime, "violating": violating_runtime}
+
+    def get(name: str, variant: str) -> Built:
+        if (name, variant) not in cache:
+            tmp = tmp_path_factory.mktemp(f"{name}-{variant}")
+            cache[(name, variant)] = build(tmp, MACHINES[name](), runtimes[variant])
+        return cache[(name, variant)]
+
+    return get
+
+
 def run_audit(built: Built) -> AuditReport:
     return audit(built.plan, built.topo, read_runtime(FsRoot(built.root)))
 
 
 @pytest.mark.parametrize("name", sorted(MACHINES))
-def test_clean_hosts_pass(tmp_path: Path, name: str) -> None:
-    built = build(tmp_path, MACHINES[name](), clean_runtime)
+def test_clean_hosts_pass(trees: Trees, name: str) -> None:
+    built = trees(name, "clean")
     report = run_audit(built)
     assert [f.line() for f in report.violations] == []
     online = built.topo.online_cpus
@@ -43,8 +62,8 @@ def test_clean_hosts_pass(tmp_path: Path, name: str) -> None:
 
 
 @pytest.mark.parametrize("name", sorted(MACHINES))
-def test_breaches_are_caught(tmp_path: Path, name: str) -> None:
-    built = build(tmp_path, MACHINES[name](), violating_runtime)
+def test_breaches_are_caught(trees: Trees, name: str) -> None:
+    built = trees(name, "violating")
     report = run_audit(built)
     assert {f.check for f in report.violations} == expected_violations(built.plan)
     lines = {f.check: f.message for f in report.violations}
@@ -95,8 +114,8 @@ def test_hugepages_short(tmp_path: Path) -> None:
     assert lines["hugepages node0"].remedy == "bmslice host-apply"
 
 
-def test_irq_without_handler_is_skipped_but_counted(tmp_path: Path) -> None:
-    built = build(tmp_path, MACHINES["amd-small"](), clean_runtime)
+def test_irq_without_handler_is_skipped_but_counted(trees: Trees) -> None:
+    built = trees("amd-small", "clean")
     passed = {f.check: f.message for f in run_audit(built).passed}
     assert passed["irqs"] == "none of 4 IRQs can fire on isolated CPUs 1-3; 1 without a handler skipped"
 
@@ -137,8 +156,8 @@ def test_parsers_on_recorded_text() -> None:
     assert qemu_guest("bash", ("bash", "-name", "guest=db")) is None
 
 
-def test_cli_json(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    built = build(tmp_path, MACHINES["amd-small"](), violating_runtime)
+def test_cli_json(trees: Trees, capsys: pytest.CaptureFixture[str]) -> None:
+    built = trees("amd-small", "violating")
     code = host_cmds.main(["audit", str(built.spec_path), "--host-root", str(built.root), "--json"])
     data = json.loads(capsys.readouterr().out)
     assert code == 1 and data["ok"] is False
@@ -146,8 +165,8 @@ def test_cli_json(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert {"pid", "tid", "comm", "cpus", "reason"} == set(data["excepted"][0])
 
 
-def test_cli_text_clean(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    built = build(tmp_path, MACHINES["server1"](), clean_runtime)
+def test_cli_text_clean(trees: Trees, capsys: pytest.CaptureFixture[str]) -> None:
+    built = trees("server1", "clean")
     code = host_cmds.main(["audit", str(built.spec_path), "--host-root", str(built.root)])
     out = capsys.readouterr().out
     assert code == 0 and out.rstrip().endswith("audit: isolation holds")

@@ -13,8 +13,8 @@ import pytest
 
 from bmslice.cpuset import CpuSet
 from bmslice.errors import TopologyError
-from bmslice.model.topology import HostTopology, Hugepages
-from bmslice.topology.sysfs import canonical_pci_address, read_host_tree
+from bmslice.model.topology import HostTopology, Hugepages, canonical_pci_address
+from bmslice.topology.sysfs import read_host_tree
 from treebuilder import CpuSpec, HostSpec, NodeMemory, PciSpec, cpu_layout, server1_spec, vf_specs, write_tree
 
 REPO = Path(__file__).resolve().parents[1]

@@ -80,7 +80,7 @@ def test_server1_writes_exactly_what_it_reports_then_nothing(
 
     code, out, _ = run(capsys, "host-apply", spec, "--host-root", str(server1_root))
     assert code == 0
-    assert "no changes: all 11 file(s) and settings already as planned" in out
+    assert "no changes: 11 file(s) and setting(s) already as planned" in out
     assert reported(out) == set()
     assert snapshot(server1_root) == after
 

@@ -23,30 +23,30 @@ def read_libvirt_topology(uri: str) -> HostTopology:
         devices = [device.XMLDesc(0) for device in conn.listAllDevices(0)]
         host_info = _host_info(conn, capabilities)
     except libvirt.libvirtError as exc:
-        raise TopologyError(f"cannot read host topology from {uri}: {_reason(exc)}") from None
+        raise TopologyError(f"cannot read host topology from {uri}: {libvirt_error_text(exc)}") from None
     finally:
         conn.close()
     return topology_from_libvirt(capabilities, devices, source=f"libvirt:{uri}", host_info=host_info)
 
 
 def _open_read_only(uri: str) -> Any:
-    _silence_default_error_printer()
+    quiet_libvirt_errors()
     try:
         conn = libvirt.openReadOnly(uri)
     except libvirt.libvirtError as exc:
-        raise TopologyError(f"cannot connect to {uri}: {_reason(exc)}") from None
+        raise TopologyError(f"cannot connect to {uri}: {libvirt_error_text(exc)}") from None
     if conn is None:  # very old bindings returned None instead of raising
         raise TopologyError(f"cannot connect to {uri}: libvirt returned no connection")
     return conn
 
 
-def _silence_default_error_printer() -> None:
+def quiet_libvirt_errors() -> None:
     # libvirt prints every error to stderr unless a handler is set; we report each failure
     # ourselves, as one line, so the default printout would only duplicate it.
     libvirt.registerErrorHandler(lambda _ctx, _err: None, None)
 
 
-def _reason(exc: Any) -> str:
+def libvirt_error_text(exc: Any) -> str:
     message = exc.get_error_message() or str(exc)
     return " ".join(str(message).split())
 

@@ -6,7 +6,7 @@ from typing import Any
 
 import libvirt
 
-from bmslice.apply.connection import _reason, _silence_default_error_printer
+from bmslice.apply.connection import libvirt_error_text, quiet_libvirt_errors
 from bmslice.cpuset import CpuSet
 from bmslice.errors import ApplyError
 from bmslice.model.live import LiveDomain
@@ -19,15 +19,15 @@ AFFECT_CONFIG = libvirt.VIR_DOMAIN_AFFECT_CONFIG
 
 
 def reason(exc: BaseException) -> str:
-    return _reason(exc) if isinstance(exc, libvirt.libvirtError) else str(exc)
+    return libvirt_error_text(exc) if isinstance(exc, libvirt.libvirtError) else str(exc)
 
 
 def open_rw(uri: str) -> Any:
-    _silence_default_error_printer()
+    quiet_libvirt_errors()
     try:
         conn = libvirt.open(uri)
     except libvirt.libvirtError as exc:
-        raise ApplyError(f"cannot connect to {uri}: {_reason(exc)}") from None
+        raise ApplyError(f"cannot connect to {uri}: {libvirt_error_text(exc)}") from None
     if conn is None:
         raise ApplyError(f"cannot connect to {uri}")
     return conn
@@ -63,7 +63,7 @@ def lookup(conn: Any, name: str) -> Any | None:
     except libvirt.libvirtError as exc:
         if exc.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN:
             return None
-        raise ApplyError(f"cannot look up domain {name}: {_reason(exc)}") from None
+        raise ApplyError(f"cannot look up domain {name}: {libvirt_error_text(exc)}") from None
 
 
 def _pid(conn: Any, name: str) -> int | None:

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bmslice.cli.main import EXIT_DRIFT, EXIT_ERROR, EXIT_OK, _Parser, _print_json
+from bmslice.cli.main import EXIT_DRIFT, EXIT_OK, _print_json, run, standalone_parser
 from bmslice.errors import BmsliceError, SpecError
 from bmslice.model.fleet import Fleet, Placement, load_fleet, placement_from_dict, placement_to_dict
 
@@ -263,18 +263,7 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = _Parser(prog="bmslice")
-    register(parser.add_subparsers(dest="command", required=True, metavar="COMMAND"))
-    args = parser.parse_args(argv)
-    try:
-        code: int = args.handler(args)
-        return code
-    except BmsliceError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return EXIT_ERROR
-    except KeyboardInterrupt:
-        print("error: interrupted", file=sys.stderr)
-        return EXIT_ERROR
+    return run(standalone_parser(register), argv)
 
 
 if __name__ == "__main__":

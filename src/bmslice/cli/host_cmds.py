@@ -109,7 +109,7 @@ def cmd_host_apply(args: argparse.Namespace) -> int:
     if result.reboot_pending:
         print(f"reboot pending: {' '.join(result.reboot_pending)}")
     if not result.changes:
-        print(f"no changes: all {len(result.unchanged)} file(s) and settings already as planned")
+        print(f"no changes: {len(result.unchanged)} file(s) and setting(s) already as planned")
     elif args.dry_run:
         print(f"dry run: {len(result.changes)} change(s), nothing written")
     else:

@@ -17,20 +17,11 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationEr
 from bmslice.cpuset import CpuListError, CpuSet
 from bmslice.errors import SpecError
 from bmslice.model.sizes import parse_size_mib
+from bmslice.model.topology import canonical_pci_address
 
-PCI_ADDRESS_RE = re.compile(r"^(?:([0-9a-fA-F]{4}):)?([0-9a-fA-F]{2}):([0-9a-fA-F]{2})\.([0-7])$")
 IFNAME_RE = re.compile(r"^[A-Za-z0-9_.@-]{1,15}$")
 VM_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]{0,63}$")
 CPU_FEATURE_RE = re.compile(r"^[a-z0-9][a-z0-9_.-]*$")
-
-
-def canonical_pci_address(text: str) -> str | None:
-    """ "01:00.0" -> "0000:01:00.0"; None when `text` is not a PCI address."""
-    match = PCI_ADDRESS_RE.match(text.strip())
-    if not match:
-        return None
-    domain, bus, slot, func = match.groups()
-    return f"{(domain or '0000').lower()}:{bus.lower()}:{slot.lower()}.{func}"
 
 
 def _size(value: Any) -> int:

@@ -7,6 +7,7 @@ kernel gives them: no logical renumbering.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any
@@ -15,6 +16,22 @@ from bmslice.cpuset import CpuSet
 
 NETWORK_CLASS_PREFIX = "0x02"
 BRIDGE_CLASS_PREFIX = "0x0604"
+
+
+_PCI_ADDRESS = re.compile(r"^(?:([0-9a-fA-F]{4,8}):)?([0-9a-fA-F]{2}):([0-9a-fA-F]{2})\.([0-7])$")
+
+
+def canonical_pci_address(text: str) -> str | None:
+    """Canonical form of a PCI address, None for anything else.
+
+    >>> canonical_pci_address("01:00.0"), canonical_pci_address("0000:AF:00.1"), canonical_pci_address("eno1")
+    ('0000:01:00.0', '0000:af:00.1', None)
+    """
+    match = _PCI_ADDRESS.match(text.strip())
+    if not match:
+        return None
+    domain, bus, slot, function = match.groups()
+    return f"{int(domain or '0', 16):04x}:{bus.lower()}:{slot.lower()}.{function}"
 
 
 def nodedev_name(address: str) -> str:

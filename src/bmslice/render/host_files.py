@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import shlex
 from collections import defaultdict
-from collections.abc import Sequence
 from dataclasses import dataclass
 
 from bmslice.model.plan import DeviceAssignment, Plan
@@ -201,19 +200,3 @@ def render_host_files(plan: Plan, topo: HostTopology) -> dict[str, str]:
     for unit in SLICES:
         files[slice_dropin(unit)] = _slice(plan, unit)
     return dict(sorted(files.items()))
-
-
-def host_file_purposes() -> Sequence[tuple[str, str]]:
-    """(path, what it is for), for documentation and `host-config` output."""
-    return (
-        (GRUB_DROPIN, "kernel args as a GRUB drop-in (update-grub reads it)"),
-        (KERNEL_ARGS, "the same kernel args as one plain line (grubby, other bootloaders)"),
-        (HUGEPAGES, "runtime 2 MiB hugepages per NUMA node (host-apply writes them to sysfs)"),
-        (IRQBALANCE, "irqbalance ban list: the isolated CPUs"),
-        (TUNED, "tuned cpu-partitioning variables, for hosts that use tuned"),
-        (slice_dropin("system.slice"), "system services confined to the host-reserved CPUs"),
-        (slice_dropin("user.slice"), "user sessions confined to the host-reserved CPUs"),
-        (SYSTEM_CONF, "PID 1 and its default CPU affinity: the host-reserved CPUs"),
-        (VFIO_OPTIONS, "vfio-pci claims the passthrough devices' IDs at boot"),
-        (VFIO_LOAD, "load vfio-pci at boot"),
-    )

@@ -16,7 +16,15 @@ from pathlib import Path, PurePosixPath
 
 from bmslice.cpuset import CpuListError, CpuSet
 from bmslice.errors import TopologyError
-from bmslice.model.topology import Cpu, HostTopology, Hugepages, NetInterface, NumaNode, PciDevice
+from bmslice.model.topology import (
+    Cpu,
+    HostTopology,
+    Hugepages,
+    NetInterface,
+    NumaNode,
+    PciDevice,
+    canonical_pci_address,
+)
 
 CPU_DIR = "sys/devices/system/cpu"
 NODE_DIR = "sys/devices/system/node"
@@ -25,7 +33,6 @@ NET_DIR = "sys/class/net"
 IOMMU_DIR = "sys/kernel/iommu_groups"
 HUGEPAGES_DIR = "sys/kernel/mm/hugepages"
 
-_PCI_ADDRESS = re.compile(r"^(?:([0-9a-fA-F]{4,8}):)?([0-9a-fA-F]{2}):([0-9a-fA-F]{2})\.([0-7])$")
 _NUMBERED = re.compile(r"^(cpu|node|virtfn)(\d+)$")
 _HUGEPAGES = re.compile(r"^hugepages-(\d+)kB$")
 _VIRTIO = re.compile(r"^virtio\d+$")
@@ -125,15 +132,6 @@ class FsRoot:
             if match and match.group(1) == prefix:
                 found.append(int(match.group(2)))
         return sorted(found)
-
-
-def canonical_pci_address(text: str) -> str | None:
-    """Canonical form "0000:01:00.0" of "01:00.0" or "0000:01:00.0"; None for anything else."""
-    match = _PCI_ADDRESS.match(text.strip())
-    if not match:
-        return None
-    domain, bus, slot, function = match.groups()
-    return f"{int(domain or '0', 16):04x}:{bus.lower()}:{slot.lower()}.{function}"
 
 
 def read_host_tree(root: Path | str = Path("/")) -> HostTopology:

@@ -168,50 +168,36 @@ def _who(proc: Process, tasks: list[Task]) -> str:
         return f"pid {proc.pid} ({proc.comm})"
     if len(tasks) == 1:
         return f"pid {proc.pid} ({proc.comm}) thread {tasks[0].tid} ({tasks[0].comm})"
-    return f"pid {proc.pid} ({proc.comm}), {len(tasks)} threads ({', '.join(str(t.tid) for t in tasks[:5])}" + (
-        ", ...)" if len(tasks) > 5 else ")"
+    tids = ", ".join(str(t.tid) for t in tasks[:5]) + (", ..." if len(tasks) > 5 else "")
+    return f"pid {proc.pid} ({proc.comm}), {len(tasks)} threads ({tids})"
+
+
+def _thread_finding(proc: Process, cpus: CpuSet, tasks: list[Task], plan: Plan, slices: dict[str, CpuSet]) -> Finding:
+    """One line for the threads of `proc` that share the Cpus_allowed_list `cpus`."""
+    reserved = plan.host.reserved_cpus
+    hit = cpus & plan.host.isolated_cpus
+    check, who = f"thread {proc.pid}", _who(proc, tasks)
+    if proc.kthread:
+        message = f"kernel thread {who} is not per-CPU and may run on isolated CPU(s) {hit} (Cpus_allowed_list {cpus})"
+        if proc.comm.startswith("kworker/u"):
+            return fail(check, message, f"echo {reserved} > /sys/devices/virtual/workqueue/cpumask")
+        return fail(
+            check, message, f"boot with nohz_full= (keeps unbound kthreads off), or taskset -pc {reserved} {proc.pid}"
+        )
+    if proc.guest in slices:
+        own = slices[proc.guest]
+        return fail(
+            check,
+            f"QEMU of {proc.guest}: {who} may run on isolated CPU(s) {hit - own} outside its slice "
+            f"({own}; Cpus_allowed_list {cpus})",
+            "bmslice apply re-pins the slice (vcpupin / emulatorpin / iothreadpin)",
+        )
+    what = f"QEMU of unplanned guest {proc.guest}: " if proc.guest else ""
+    return fail(
+        check,
+        f"{what}{who} may run on isolated CPU(s) {hit} (Cpus_allowed_list {cpus})",
+        f"taskset -a -pc {reserved} {proc.pid}, and find what widened its affinity",
     )
-
-
-def _process_findings(proc: Process, bad: list[Task], plan: Plan, slices: dict[str, CpuSet]) -> list[Finding]:
-    isolated, reserved = plan.host.isolated_cpus, plan.host.reserved_cpus
-    out = []
-    for cpus, tasks in _group(bad):
-        hit = cpus & isolated
-        who = _who(proc, tasks)
-        if proc.kthread:
-            remedy = (
-                f"echo {reserved} > /sys/devices/virtual/workqueue/cpumask"
-                if proc.comm.startswith("kworker/u")
-                else f"boot with nohz_full= (unbound kernel threads then stay on housekeeping CPUs), or taskset -pc {reserved} {proc.pid}"
-            )
-            out.append(
-                fail(
-                    f"thread {proc.pid}",
-                    f"kernel thread {who} is not per-CPU and may run on isolated CPU(s) {hit} (Cpus_allowed_list {cpus})",
-                    remedy,
-                )
-            )
-        elif proc.guest in slices:
-            outside = hit - slices[proc.guest]
-            out.append(
-                fail(
-                    f"thread {proc.pid}",
-                    f"QEMU of {proc.guest}: {who} may run on isolated CPU(s) {outside} outside its slice "
-                    f"({slices[proc.guest]}; Cpus_allowed_list {cpus})",
-                    "bmslice apply re-pins the slice (vcpupin / emulatorpin / iothreadpin)",
-                )
-            )
-        else:
-            what = f"QEMU of unplanned guest {proc.guest}: " if proc.guest else ""
-            out.append(
-                fail(
-                    f"thread {proc.pid}",
-                    f"{what}{who} may run on isolated CPU(s) {hit} (Cpus_allowed_list {cpus})",
-                    f"taskset -a -pc {reserved} {proc.pid}, and find what widened its affinity",
-                )
-            )
-    return out
 
 
 def _threads(plan: Plan, processes: tuple[Process, ...]) -> tuple[list[Finding], list[Excepted]]:
@@ -228,17 +214,13 @@ def _threads(plan: Plan, processes: tuple[Process, ...]) -> tuple[list[Finding],
             if not hit:
                 continue
             if proc.kthread and len(task.cpus) == 1:
-                excepted.append(
-                    Excepted(
-                        proc.pid, task.tid, task.comm, task.cpus, f"per-CPU kernel thread ({proc.kthread_evidence})"
-                    )
-                )
+                reason = f"per-CPU kernel thread ({proc.kthread_evidence})"
+                excepted.append(Excepted(proc.pid, task.tid, task.comm, task.cpus, reason))
             elif not proc.kthread and proc.guest in slices and hit.issubset(slices[proc.guest]):
                 continue
             else:
                 bad.append(task)
-        if bad:
-            findings += _process_findings(proc, bad, plan, slices)
+        findings += [_thread_finding(proc, cpus, tasks, plan, slices) for cpus, tasks in _group(bad)]
     if not findings:
         findings.append(
             ok("threads", f"none of {threads} threads outside the slices may run on isolated CPUs {isolated or 'none'}")

@@ -1,0 +1,100 @@
+"""Fleet placement speed: a generated fleet of 1,000 mixed servers, placed and rendered.
+
+Run: .venv/bin/python bench/fleet_bench.py [--hosts N] [--seed S] [--check]
+
+The fleet comes from tests/fleetgen.py: four server shapes (the design note's server1,
+2 x 12-core SMT with SR-IOV NICs on both sockets, 1-socket AMD with 4 NUMA nodes and no
+SMT, 2 x 24-core SMT), ~3% control hosts, racks of 20, and clusters of mixed VM sizes
+with SR-IOV or passthrough NICs. Printed: the time to validate the fleet, to place every
+VM, to add one worker to every cluster with the first placement kept (the stable path),
+to render every per-host spec, user-data and the Junos config, and, with --check, to run
+the per-host planner on every host whose spec it can check. Not a test: nothing is
+asserted about the times.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+for _path in (ROOT / "src", ROOT / "tests"):
+    if str(_path) not in sys.path:
+        sys.path.insert(0, str(_path))
+
+import yaml  # noqa: E402
+
+from bmslice.fleet.check import check_host  # noqa: E402
+from bmslice.fleet.placement import place  # noqa: E402
+from bmslice.fleet.render import render_fleet  # noqa: E402
+from bmslice.model.fleet import fleet_from_data  # noqa: E402
+from fleetgen import mixed_fleet  # noqa: E402
+
+
+def _timed(label: str, func, *args):  # type: ignore[no-untyped-def]
+    start = time.perf_counter()
+    result = func(*args)
+    print(f"{label:<44} {time.perf_counter() - start:8.3f} s")
+    return result
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--hosts", type=int, default=1000)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--check", action="store_true", help="also run the per-host planner on each host")
+    args = parser.parse_args(argv)
+
+    start = time.perf_counter()
+    fleet, topologies = mixed_fleet(args.hosts, args.seed)
+    print(f"{'generate the fleet and topologies':<44} {time.perf_counter() - start:8.3f} s")
+    data = fleet.model_dump(mode="json")
+    _timed("validate the fleet file", fleet_from_data, data, "generated")
+    requests = fleet.vm_requests()
+    shapes = {len(t.cores) for t in topologies.values()}
+    print(
+        f"fleet: {len(fleet.inventory)} servers ({len(shapes)} shapes), {len(fleet.clusters)} clusters, "
+        f"{len(requests)} VMs, {sum(len(t.online_cpus) for t in topologies.values())} host CPUs"
+    )
+    placement = _timed(f"place {len(requests)} VMs", place, fleet, topologies)
+    used = sum(u.cores_used for u in placement.usage)
+    free = sum(u.cores_free_before for u in placement.usage)
+    print(f"  {used} of {free} free whole cores now used ({100 * used / free:.0f}%)")
+
+    grown = fleet.model_copy(
+        update={
+            "clusters": tuple(
+                c.model_copy(update={"workers": c.workers.model_copy(update={"count": c.workers.count + 1})})
+                for c in fleet.clusters
+            )
+        }
+    )
+    again = _timed(f"add {len(fleet.clusters)} workers, keep the placement", place, grown, topologies, placement)
+    moved = [vm.name for vm in placement.vms if again.vm(vm.name) != vm]
+    print(f"  VMs moved: {len(moved)}")
+
+    files = _timed("render specs, user-data, fabric, Junos", render_fleet, fleet, placement, [], "generated")
+    print(f"  {len(files)} files, {sum(len(t) for t in files.values()) // 1024} KiB")
+
+    if args.check:
+        specs = {
+            p.split("/")[1]: yaml.safe_load(t) for p, t in files.items() if p.startswith("hosts/") and p.endswith("spec.yaml")
+        }
+
+        def check_all() -> tuple[int, int]:
+            checked = skipped = 0
+            for host, spec in specs.items():
+                result = check_host(host, spec, topologies[host], f"{host}/spec.yaml")
+                checked += result.plan is not None
+                skipped += result.plan is None
+            return checked, skipped
+
+        checked, skipped = _timed("per-host planner check (make_plan per host)", check_all)
+        print(f"  checked {checked} host(s); {skipped} not checkable by this bmslice (SR-IOV spec entries)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -14,6 +14,7 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -42,6 +43,17 @@ REPO = Path(__file__).resolve().parents[1]
 EXAMPLE = REPO / "examples" / "fleet"
 FLEET = EXAMPLE / "fleet.yaml"
 TOKEN = "abcdef.0123456789abcdef"  # a made-up bootstrap token: it must never leave the join file
+
+
+def example_data() -> dict[str, Any]:
+    """The example fleet file as data, its paths made absolute (to write it elsewhere)."""
+    data: dict[str, Any] = yaml.safe_load(FLEET.read_text())
+    for host in data["inventory"]:
+        host["host_root"] = str(EXAMPLE / host["host_root"])
+    data["ssh_keys_file"] = str(EXAMPLE / data["ssh_keys_file"])
+    for cluster in data["clusters"]:
+        cluster.pop("kubeadm_join_file", None)
+    return data
 
 
 @pytest.fixture(scope="module")
@@ -240,7 +252,7 @@ def test_join_script_passes_the_token_in_a_file_never_on_a_command_line(tmp_path
     stubs = {
         "blkid": "echo /dev/sr0",
         "mount": f'cp "{seed}"/* "$4"',
-        "umount": "true",
+        "umount": 'rm -f "$1"/*',
         "kubeadm": f'cp "$3" "{tmp_path}/config-seen.yaml"',
     }
     for name, body in stubs.items():
@@ -320,11 +332,11 @@ def test_cli_verify_reports_a_host_whose_tree_no_longer_fits(
 @pytest.mark.parametrize(
     ("change", "message"),
     [
-        (lambda d: d["clusters"][0].update(vlan=200), "duplicate VLAN 200"),
+        (lambda d: d["clusters"][0].update(vlan=200), "clusters: duplicate VLAN 200 (red and blue)"),
         (lambda d: d["clusters"][0].update(colour="red"), "clusters[0].colour: unknown key"),
         (
             lambda d: d["inventory"][1]["nics"].update(eno3={"switch": "fabric-switch", "port": "ge-0/0/1"}),
-            "switch port fabric-switch ge-0/0/1 is cabled to both control1 eno1 and server1 eno3",
+            "inventory: switch port fabric-switch ge-0/0/1 is cabled to both control1 eno1 and server1 eno3",
         ),
         (lambda d: d["clusters"][0]["workers"].update(nic={"kind": "sriov", "pf": "eno1 "}), None),
         (
@@ -339,12 +351,9 @@ def test_cli_verify_reports_a_host_whose_tree_no_longer_fits(
     ],
 )
 def test_fleet_file_errors_are_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str], change, message) -> None:  # type: ignore[no-untyped-def]
-    data = yaml.safe_load(FLEET.read_text())
+    data = example_data()
     change(data)
     path = tmp_path / "fleet.yaml"
-    path.write_text(yaml.safe_dump(data))
-    for host in data["inventory"]:
-        host["host_root"] = str(EXAMPLE / host["host_root"])
     path.write_text(yaml.safe_dump(data))
     code = fleet_cmd.main(["fleet", "plan", str(path), "--no-check"])
     err = capsys.readouterr().err
@@ -359,10 +368,8 @@ def test_fleet_file_errors_are_one_line(tmp_path: Path, capsys: pytest.CaptureFi
 def test_a_fleet_without_a_control_host_refuses_the_control_plane(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    data = yaml.safe_load(FLEET.read_text())
+    data = example_data()
     data["inventory"] = data["inventory"][1:]
-    for host in data["inventory"]:
-        host["host_root"] = str(EXAMPLE / host["host_root"])
     path = tmp_path / "fleet.yaml"
     path.write_text(yaml.safe_dump(data))
     assert fleet_cmd.main(["fleet", "plan", str(path)]) == 2

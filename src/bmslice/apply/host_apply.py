@@ -229,6 +229,10 @@ def apply_host(
         raise ApplyError(f"--host-root {root}: no such directory")
     fs = FsRoot(root)
     result = HostApplyResult(root=root, bootloader=detect_bootloader(fs), dry_run=dry_run)
+    if result.bootloader is Bootloader.DEBIAN and fs.read("etc/default/grub") is None:
+        result.warnings.append(
+            f"no /etc/default/grub: this host may not boot with GRUB; give the args in /{KERNEL_ARGS} to its bootloader"
+        )
     result.reboot_pending = plan.host.missing_kernel_args
     if dry_run:
         _run_all(_Run(fs, result), plan, files, settings)
@@ -267,5 +271,6 @@ def _next_steps(plan: Plan, result: HostApplyResult) -> None:
     if any(p.startswith("etc/systemd/") for p in touched):
         result.next_steps.append("run `systemctl daemon-reload` (slice CPU limits, CPUAffinity, irqbalance drop-in)")
         result.next_steps.append("run `systemctl try-restart irqbalance.service` (new ban list)")
-    if any(p.startswith(("etc/modprobe.d/", "etc/modules-load.d/")) for p in touched):
+    passthrough = any(d.type == "passthrough" for vm in plan.vms for d in vm.devices)
+    if passthrough and any(p.startswith(("etc/modprobe.d/", "etc/modules-load.d/")) for p in touched):
         result.next_steps.append("vfio-pci options apply when the module next loads (at the reboot)")

@@ -172,16 +172,8 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """These four commands alone, with bmslice's parser class and error handling."""
-    parser = cli_main._Parser(prog="bmslice")
-    register(parser.add_subparsers(dest="command", required=True, metavar="COMMAND"))
-    args = parser.parse_args(argv)
-    try:
-        code: int = args.handler(args)
-    except BmsliceError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return cli_main.EXIT_ERROR
-    return code
+    """These four commands alone (for tests), with bmslice's parser and error handling."""
+    return cli_main.run(cli_main.standalone_parser(register), argv)
 
 
 if __name__ == "__main__":

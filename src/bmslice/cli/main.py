@@ -170,7 +170,9 @@ def cmd_destroy(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="bmslice", description=__doc__.splitlines()[0] if __doc__ else None)
+    parser = _Parser(
+        prog="bmslice", description="Slice a bare-metal server into pinned, NUMA-local VMs with bare-metal performance."
+    )
     parser.add_argument("--version", action="version", version=f"bmslice {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -211,8 +213,9 @@ def build_parser() -> argparse.ArgumentParser:
     destroy_p.add_argument("--keep-disks", action="store_true", help="keep each slice's root disk volume")
     destroy_p.set_defaults(handler=cmd_destroy)
 
-    from bmslice.cli import show_cmd
+    from bmslice.cli import host_cmds, show_cmd
 
+    host_cmds.register(sub)
     show_cmd.register(sub)
     return parser
 

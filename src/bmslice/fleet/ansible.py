@@ -96,6 +96,7 @@ PLAYBOOK = """\
 # ANSIBLE_COLLECTIONS_PATH at the directory holding ansible_collections/).
 #   ansible-playbook -i inventory.yml site.yml --check   # dry run; a plan on host trees
 #   ansible-playbook -i inventory.yml site.yml           # apply, then verify
+#   ansible-playbook -i inventory.yml site.yml --tags verify   # only verify (tags: secrets, apply, verify)
 - name: Slice the fleet's servers with bmslice
   hosts: bmslice_fleet
   gather_facts: false
@@ -112,6 +113,7 @@ PLAYBOOK = """\
         state: directory
         mode: "0700"
       when: bmslice_join_files | length > 0
+      tags: [secrets]
 
     - name: Place the kubeadm join files (secrets; never logged)
       ansible.builtin.copy:
@@ -120,6 +122,7 @@ PLAYBOOK = """\
         mode: "0600"
       loop: "{{ bmslice_join_files }}"
       no_log: true
+      tags: [secrets]
 
     - name: Apply the slices of this server
       bmslice.slicing.bmslice:
@@ -130,6 +133,7 @@ PLAYBOOK = """\
         host_root: "{{ bmslice_host_root | default(omit) }}"
         command: "{{ bmslice_command }}"
       register: bmslice_apply
+      tags: [apply]
 
     - name: Verify the live slices match the plan
       bmslice.slicing.bmslice:
@@ -139,6 +143,7 @@ PLAYBOOK = """\
         uri: "{{ bmslice_uri }}"
         host_root: "{{ bmslice_host_root | default(omit) }}"
         command: "{{ bmslice_command }}"
+      tags: [verify]
 """
 
 

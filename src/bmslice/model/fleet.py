@@ -30,8 +30,8 @@ from bmslice.model.spec import (
     HostSpec,
     HugepageSize,
     SizeMiB,
-    canonical_pci_address,
 )
+from bmslice.model.topology import canonical_pci_address
 
 # Host and VM names end up as libvirt domain names, guest hostnames and Kubernetes node
 # names: DNS labels (RFC 1123), lower case.
@@ -222,17 +222,18 @@ class Fleet(_Strict):
 
     @model_validator(mode="after")
     def _consistent(self) -> Fleet:
-        _unique("host", [h.name for h in self.inventory])
-        _unique("cluster", [c.name for c in self.clusters])
-        _unique("VLAN", [c.vlan for c in self.clusters])
-        _unique("VLAN name", [c.switch_vlan for c in self.clusters])
+        _unique("inventory: duplicate host name", [(h.name, h.name) for h in self.inventory])
+        _unique("clusters: duplicate cluster name", [(c.name, c.name) for c in self.clusters])
+        _unique("clusters: duplicate VLAN", [(c.vlan, c.name) for c in self.clusters])
+        _unique("clusters: duplicate VLAN name", [(c.switch_vlan, c.name) for c in self.clusters])
         cabled: dict[tuple[str, str], str] = {}
         for host in self.inventory:
             for ifname, port in sorted(host.nics.items()):
                 key = (port.switch, port.port)
                 if key in cabled:
                     raise ValueError(
-                        f"switch port {port.switch} {port.port} is cabled to both {cabled[key]} and {host.name} {ifname}"
+                        f"inventory: switch port {port.switch} {port.port} is cabled to both {cabled[key]} and "
+                        f"{host.name} {ifname}"
                     )
                 cabled[key] = f"{host.name} {ifname}"
         return self
@@ -263,16 +264,18 @@ class Fleet(_Strict):
                 out.append(
                     VmRequest(self.vm_name(cluster.name, Role.WORKER, i), cluster.name, Role.WORKER, i, cluster.workers)
                 )
-        _unique("VM name", [r.name for r in out])
+        _unique("duplicate VM name", [(r.name, r.cluster) for r in out])
         return tuple(out)
 
 
-def _unique(what: str, values: list[Any]) -> None:
-    seen: set[Any] = set()
-    for value in values:
+def _unique(what: str, values: list[tuple[Any, str]]) -> None:
+    """Refuse a value given twice, naming both owners: "duplicate VLAN 200 (red and blue)"."""
+    seen: dict[Any, str] = {}
+    for value, owner in values:
         if value in seen:
-            raise ValueError(f"duplicate {what} {value!r}")
-        seen.add(value)
+            owners = f" ({seen[value]} and {owner})" if owner != str(value) else ""
+            raise ValueError(f"{what} {value!r}{owners}")
+        seen[value] = owner
 
 
 @dataclass(frozen=True)
@@ -327,7 +330,8 @@ def fleet_from_data(data: Any, origin: str, base: Path | None = None) -> Fleet:
         fleet.vm_requests()
     except ValidationError as exc:
         first = exc.errors()[0]
-        raise SpecError(f"{origin}: {_location(tuple(first['loc']))}: {_reason(first)}") from None
+        where = f"{_location(tuple(first['loc']))}: " if first["loc"] else ""
+        raise SpecError(f"{origin}: {where}{_reason(first)}") from None
     except ValueError as exc:
         raise SpecError(f"{origin}: {exc}") from None
     return _resolve(fleet, base) if base is not None else fleet

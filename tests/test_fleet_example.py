@@ -18,9 +18,6 @@ from typing import Any
 
 import pytest
 import yaml
-from golden import assert_golden
-from test_discover_sysfs import snapshot
-from treebuilder import FLEET_HOSTS, SPECS, write_tree
 
 from bmslice.cli import fleet_cmd
 from bmslice.errors import PlanError
@@ -38,6 +35,9 @@ from bmslice.model.fleet import (
     placement_to_dict,
 )
 from bmslice.model.topology import HostTopology
+from golden import assert_golden
+from test_discover_sysfs import snapshot
+from treebuilder import FLEET_HOSTS, SPECS, write_tree
 
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLE = REPO / "examples" / "fleet"

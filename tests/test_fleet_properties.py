@@ -16,10 +16,8 @@ from typing import Any
 
 import pytest
 import yaml
-from fleetgen import SHAPES
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from topologies import nic, synthetic
 
 from bmslice.errors import PlanError
 from bmslice.fleet.check import check_host
@@ -27,6 +25,8 @@ from bmslice.fleet.placement import place
 from bmslice.fleet.render import render_fleet
 from bmslice.model.fleet import Fleet, NicKind, Placement, fleet_from_data
 from bmslice.model.topology import HostTopology
+from fleetgen import SHAPES
+from topologies import nic, synthetic
 
 PROPERTY = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 

@@ -33,7 +33,7 @@ REPO = Path(__file__).resolve().parents[1]
 EXAMPLE = REPO / "examples" / "fleet"
 BIN = Path(sys.executable).parent
 TOKEN = "abcdef.0123456789abcdef"
-RESULT = re.compile(r"^(ok|changed|skipping|fatal): \[([^\]]+)\](?:: FAILED!)? => (\{.*\})$")
+RESULT = re.compile(r"^(ok|changed|skipping|fatal): \[([^\]]+)\](?: => \(item=.*?\))?(?:: FAILED!)? => (\{.*\})$")
 
 pytestmark = pytest.mark.skipif(not (BIN / "ansible-playbook").exists(), reason="pip install -e '.[fleet]'")
 

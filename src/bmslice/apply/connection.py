@@ -10,14 +10,14 @@ from typing import Any
 
 import libvirt
 
-from bmslice.errors import TopologyError
+from bmslice.errors import BmsliceError, TopologyError
 from bmslice.model.topology import HostTopology
 from bmslice.topology.libvirt_xml import LibvirtHostInfo, cell_ids, page_sizes_kib, topology_from_libvirt
 
 
 def read_libvirt_topology(uri: str) -> HostTopology:
     """Discover the host behind URI through a read-only connection (nothing is changed)."""
-    conn = _open_read_only(uri)
+    conn = open_connection(uri, read_only=True, error=TopologyError)
     try:
         capabilities = conn.getCapabilities()
         devices = [device.XMLDesc(0) for device in conn.listAllDevices(0)]
@@ -29,14 +29,15 @@ def read_libvirt_topology(uri: str) -> HostTopology:
     return topology_from_libvirt(capabilities, devices, source=f"libvirt:{uri}", host_info=host_info)
 
 
-def _open_read_only(uri: str) -> Any:
+def open_connection(uri: str, read_only: bool, error: type[BmsliceError]) -> Any:
+    """A libvirt connection, or `error` with one line saying why not."""
     quiet_libvirt_errors()
     try:
-        conn = libvirt.openReadOnly(uri)
+        conn = libvirt.openReadOnly(uri) if read_only else libvirt.open(uri)
     except libvirt.libvirtError as exc:
-        raise TopologyError(f"cannot connect to {uri}: {libvirt_error_text(exc)}") from None
+        raise error(f"cannot connect to {uri}: {libvirt_error_text(exc)}") from None
     if conn is None:  # very old bindings returned None instead of raising
-        raise TopologyError(f"cannot connect to {uri}: libvirt returned no connection")
+        raise error(f"cannot connect to {uri}: libvirt returned no connection")
     return conn
 
 

@@ -6,7 +6,7 @@ from typing import Any
 
 import libvirt
 
-from bmslice.apply.connection import libvirt_error_text, quiet_libvirt_errors
+from bmslice.apply.connection import libvirt_error_text, open_connection
 from bmslice.cpuset import CpuSet
 from bmslice.errors import ApplyError
 from bmslice.model.live import LiveDomain
@@ -23,14 +23,7 @@ def reason(exc: BaseException) -> str:
 
 
 def open_rw(uri: str) -> Any:
-    quiet_libvirt_errors()
-    try:
-        conn = libvirt.open(uri)
-    except libvirt.libvirtError as exc:
-        raise ApplyError(f"cannot connect to {uri}: {libvirt_error_text(exc)}") from None
-    if conn is None:
-        raise ApplyError(f"cannot connect to {uri}")
-    return conn
+    return open_connection(uri, read_only=False, error=ApplyError)
 
 
 def host_cpu_count(conn: Any) -> int:

@@ -61,7 +61,7 @@ class HostShape:
         )
 
     def label(self) -> str:
-        smt = f"x{self.threads}t" if self.threads > 1 else ""
+        smt = f" x {self.threads}t" if self.threads > 1 else ""
         return f"{self.sockets}s x {self.cores_per_socket}c{smt}, {self.nodes} nodes"
 
 

@@ -80,7 +80,9 @@ def main(argv: list[str]) -> int:
 
     if args.check:
         specs = {
-            p.split("/")[1]: yaml.safe_load(t) for p, t in files.items() if p.startswith("hosts/") and p.endswith("spec.yaml")
+            p.split("/")[1]: yaml.safe_load(t)
+            for p, t in files.items()
+            if p.startswith("hosts/") and p.endswith("spec.yaml")
         }
 
         def check_all() -> tuple[int, int]:
@@ -92,7 +94,7 @@ def main(argv: list[str]) -> int:
             return checked, skipped
 
         checked, skipped = _timed("per-host planner check (make_plan per host)", check_all)
-        print(f"  checked {checked} host(s); {skipped} not checkable by this bmslice (SR-IOV spec entries)")
+        print(f"  checked {checked} host(s); {skipped} not checkable by this bmslice")
     return 0
 
 

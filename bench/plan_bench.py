@@ -26,7 +26,6 @@ import tracemalloc
 from pathlib import Path
 
 import yaml
-
 from common import (
     ROOT,
     HostShape,
@@ -275,14 +274,17 @@ def cli(quick: bool) -> None:
         cases += [
             (
                 "bmslice plan SPEC --host-root DIR",
-                [bmslice, "plan", str(inputs["spec"]), "--host-root", str(inputs["tree"])],
+                [bmslice, "plan", str(inputs["spec_plain"]), "--host-root", str(inputs["tree"])],
             ),
             (
                 "bmslice plan SPEC --host-root DIR --json",
-                [bmslice, "plan", str(inputs["spec"]), "--host-root", str(inputs["tree"]), "--json"],
+                [bmslice, "plan", str(inputs["spec_plain"]), "--host-root", str(inputs["tree"]), "--json"],
             ),
         ]
-        print(f"\nWhole CLI run, {shape.label()} ({shape.cpus} CPUs), {vms} VMs: wall time, median of {runs}")
+        print(
+            f"\nC. Whole CLI run, {shape.label()} ({shape.cpus} CPUs), {vms} VMs, the fleet of A (no NICs; the\n"
+            f"   host tree has one NIC per node): wall time, median of {runs} after one warm-up run"
+        )
         rows = []
         for label, cmd in cases:
             seconds, rc = wall(cmd, runs)
@@ -290,9 +292,9 @@ def cli(quick: bool) -> None:
             rows.append([label, f"{seconds * 1e3:.0f} ms", rc, verdict])
         print(table(["command", "wall", "exit", f"goal < {CLI_GOAL_S * 1e3:.0f} ms"], rows, "lrrl"))
 
-        print("\nWhere the time goes (one fresh process each, seconds):")
+        print("\nD. Where the CLI's time goes (phases timed inside one fresh process, median of runs):")
         rows = []
-        for label, spec_key, src_key in (("--hwloc", "spec_plain", "hwloc"), ("--host-root", "spec", "tree")):
+        for label, spec_key, src_key in (("--hwloc", "spec_plain", "hwloc"), ("--host-root", "spec_plain", "tree")):
             if src_key not in inputs:
                 continue
             samples = []

@@ -66,8 +66,8 @@ have=$(cat "$STAMP" 2>/dev/null || true)
 if [[ $want != "$have" ]] ||
     ! "$VENV/bin/python" -c 'import bmslice, libvirt' >/dev/null 2>&1 ||
     [[ ! -x $VENV/bin/pytest || ! -x $VENV/bin/ruff || ! -x $VENV/bin/mypy ]]; then
-    log "pip install -e '.[dev,libvirt]' (libvirt-python builds from source, ~20-60 s)"
-    "$VENV/bin/python" -m pip install -q --disable-pip-version-check -e '.[dev,libvirt]'
+    log "pip install -e '.[dev,libvirt,fleet]' (libvirt-python builds from source, ~20-60 s)"
+    "$VENV/bin/python" -m pip install -q --disable-pip-version-check -e '.[dev,libvirt,fleet]'
     printf '%s\n' "$want" >"$STAMP"
     log "venv ready ($((SECONDS - t0)) s)"
 else

@@ -24,10 +24,10 @@ from typing import Any
 
 import pytest
 import yaml
-from libvirt_fixtures import HAS_KVM, kill_leftover_qemu, open_qemu, purge
 
 from bmslice.cli import fleet_cmd
 from bmslice.model import spec as spec_model
+from libvirt_fixtures import HAS_KVM, kill_leftover_qemu, open_qemu, purge
 
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLE = REPO / "examples" / "fleet"
@@ -64,7 +64,9 @@ def _generate(tmp_path: Path, data: dict[str, Any]) -> Path:
     return out
 
 
-def _playbook(out: Path, base: Path, *args: str, env: dict[str, str] | None = None) -> tuple[subprocess.CompletedProcess[str], dict[str, dict[str, tuple[str, dict[str, Any]]]]]:
+def _playbook(
+    out: Path, base: Path, *args: str, env: dict[str, str] | None = None
+) -> tuple[subprocess.CompletedProcess[str], dict[str, dict[str, tuple[str, dict[str, Any]]]]]:
     """Run site.yml; results per task name and host: (status, result JSON) from the -v output."""
     proc = subprocess.run(
         [
@@ -123,7 +125,11 @@ def test_check_mode_over_four_host_trees_plans_and_writes_nothing(tmp_path: Path
             "check mode on a host tree: planned 2 slice(s); what apply would change is not known without the live host"
         )
         names = [vm["name"] for vm in result["plan"]["vms"]]
-        assert names == (["red-control-1", "blue-control-1"] if host == "control1" else [f"red-worker-{host[-1]}", f"blue-worker-{host[-1]}"])
+        assert names == (
+            ["red-control-1", "blue-control-1"]
+            if host == "control1"
+            else [f"red-worker-{host[-1]}", f"blue-worker-{host[-1]}"]
+        )
         assert verify[host][0] == "ok"
     server1 = apply["server1"][1]["plan"]["vms"][0]
     assert server1["vcpu_pins"] == [4, 16, 6, 18, 8, 20, 10, 22]  # the note's Red worker
@@ -196,7 +202,17 @@ def test_apply_for_real_on_this_machine_then_verify_and_destroy(tmp_path: Path) 
         assert results["Apply the slices of this server"]["this-machine"][0] == "ok"
 
         fleet_verify = subprocess.run(
-            [sys.executable, "-m", "bmslice.cli.fleet_cmd", "fleet", "verify", str(tmp_path / "fleet.yaml"), "--placement", str(out / "placement.json"), "--json"],
+            [
+                sys.executable,
+                "-m",
+                "bmslice.cli.fleet_cmd",
+                "fleet",
+                "verify",
+                str(tmp_path / "fleet.yaml"),
+                "--placement",
+                str(out / "placement.json"),
+                "--json",
+            ],
             capture_output=True,
             text=True,
             env={**os.environ, **env},

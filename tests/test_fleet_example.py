@@ -13,6 +13,7 @@ import os
 import shutil
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -391,3 +392,38 @@ def test_worker_roles(example: tuple[Fleet, dict[str, HostTopology]]) -> None:
     for vm in place(fleet, topologies).vms:
         assert fleet.host(vm.host).role is vm.role
         assert (vm.role is Role.CONTROL) == vm.name.endswith("control-1")
+
+
+def test_cli_verify_audits_host_trees_and_reports_drift(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """server2's tree shows a backup agent allowed on every CPU and an IRQ on an isolated one:
+    audit violations are drift; kernel args not booted yet are only a pending reboot."""
+    from treebuilder import IrqSpec, ProcSpec, RuntimeSpec, fleet_host_spec
+
+    booted = " ".join(["ro", "intel_iommu=on", "iommu=pt", "isolcpus=2-11,14-23", "nohz_full=2-11,14-23"])
+    runtime = RuntimeSpec(
+        isolated="2-11,14-23",
+        nohz_full="2-11,14-23",
+        irqs=(IrqSpec(40, "0-23", "5"),),
+        procs=(ProcSpec(4242, "backup-agent", "0-23"),),
+    )
+    tree = write_tree(
+        replace(
+            fleet_host_spec("server2"), runtime=runtime, cmdline=booted + " rcu_nocbs=2-11,14-23 irqaffinity=0-1,12-13"
+        ),
+        tmp_path / "server2",
+    )
+    data = example_data()
+    data["inventory"][2]["host_root"] = str(tree)
+    path = tmp_path / "fleet.yaml"
+    path.write_text(yaml.safe_dump(data))
+    assert fleet_cmd.main(["fleet", "verify", str(path), "--json"]) == 1
+    report = json.loads(capsys.readouterr().out)
+    server2 = report["hosts"][2]
+    assert (report["ok"], report["failed_hosts"], server2["status"]) == (False, ["server2"], "drift")
+    assert len(server2["drift"]) == 2
+    assert server2["drift"][0].startswith("audit: irq 40: ")
+    assert server2["drift"][1] == (
+        "audit: thread 4242: pid 4242 (backup-agent) may run on isolated CPU(s) 2-11,14-23 (Cpus_allowed_list 0-23)"
+    )
+    assert not any(n.startswith("reboot pending") for n in server2["notes"])  # this tree booted the args
+    assert [h["status"] for h in report["hosts"]] == ["planned", "planned", "drift", "planned"]

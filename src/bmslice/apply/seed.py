@@ -64,4 +64,6 @@ def build_seed(vm_name: str, spec: CloudInitSpec, base: Path) -> bytes:
         "user-data": user_data(vm_name, _keys(spec, base), _password_hash(spec, base), _extra(spec, base)),
         "meta-data": meta_data(vm_name, domain_uuid(vm_name)),
     }
+    for name, path in sorted(spec.seed_files.items()):
+        files[name] = _read(path, base, f"seed_files.{name}")
     return seed_iso(files)

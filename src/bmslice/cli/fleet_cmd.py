@@ -10,6 +10,7 @@ import argparse
 import json
 import stat
 import sys
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -112,16 +113,11 @@ def _plan(args: argparse.Namespace, check: bool = True) -> _Planned:
         kept = sum(1 for vm in existing.vms if vm.name in {v.name for v in placement.vms}) if existing else 0
         warnings.insert(0, f"kept {kept} placed VM(s) where they are ({source})")
     checks: dict[str, str] = {}
-    partial: dict[str, list[str]] = {}
     if check:
         for host, data in sorted(specs.items()):
             result = check_host(host, data, topologies[host], f"{host}/spec.yaml")
-            checks[host] = "ok" if result.plan is not None else f"not checked: {result.skipped}"
-            if result.partial:
-                checks[host] = f"ok, {result.partial}"
-                partial.setdefault(result.partial, []).append(host)
+            checks[host] = "ok"
             warnings.extend(f"{host}: {w}" for w in result.warnings)
-    warnings.extend(f"{', '.join(hosts)}: {what}" for what, hosts in partial.items())
     return _Planned(fleet, placement, files, specs, warnings, checks)
 
 
@@ -194,7 +190,8 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
     if args.placement is None:
         planned = _plan(args, check=False)
-        specs, notes = planned.specs, planned.warnings
+        specs, notes = planned.specs, list(planned.placement.notes)
+        _say_warnings(planned)
     else:
         # Verify what was planned (and applied): the placement file, not a fresh placement.
         fleet = load_fleet(args.fleet)
@@ -228,10 +225,12 @@ def cmd_verify(args: argparse.Namespace) -> int:
         for note in report.notes:
             print(f"note: {note}")
         failed = report.failed
+        counts = Counter(h.status.value for h in report.hosts)
+        tally = ", ".join(f"{n} {status}" for status, n in sorted(counts.items()))
         print(
             f"fleet: {len(failed)} of {len(report.hosts)} host(s) drift or fail: {', '.join(h.host for h in failed)}"
             if failed
-            else f"fleet: no drift on {len(report.hosts)} host(s)"
+            else f"fleet: no drift ({tally})"
         )
     return EXIT_DRIFT if report.failed else EXIT_OK
 

@@ -213,10 +213,11 @@ def build_parser() -> argparse.ArgumentParser:
     destroy_p.add_argument("--keep-disks", action="store_true", help="keep each slice's root disk volume")
     destroy_p.set_defaults(handler=cmd_destroy)
 
-    from bmslice.cli import host_cmds, show_cmd
+    from bmslice.cli import fleet_cmd, host_cmds, show_cmd
 
     host_cmds.register(sub)
     show_cmd.register(sub)
+    fleet_cmd.register(sub)
     return parser
 
 

@@ -2,8 +2,10 @@
 
 A server reached through libvirt is verified like `bmslice verify` does it (live
 definitions, pins and thread affinities against the plan). A server given as a host tree
-is an offline stand-in: its spec is planned on the tree (does the placement still fit,
-is a reboot pending) and the report says the live state was not compared.
+is an offline stand-in: its spec is planned on the tree (does the placement still fit)
+and the tree is audited as `bmslice audit` does it (IRQs, threads and hugepages against
+the plan's isolation; kernel args not booted yet are a pending reboot, not drift). The
+report says the live slices were not compared.
 """
 
 from __future__ import annotations
@@ -15,10 +17,12 @@ from pathlib import Path
 from typing import Any
 
 from bmslice.errors import BmsliceError
-from bmslice.fleet.check import check_host, unsupported_features
+from bmslice.fleet.check import check_host
 from bmslice.fleet.hosts import host_source, read_host
 from bmslice.model.fleet import Fleet
+from bmslice.model.plan import Plan
 from bmslice.model.spec import Spec, spec_from_data
+from bmslice.model.topology import HostTopology
 from bmslice.verify.verifier import VerifyReport
 
 Verifier = Callable[[Spec, str, str, Path | None], VerifyReport]
@@ -30,7 +34,6 @@ class HostStatus(StrEnum):
     ERROR = "error"  # unreachable, or bmslice refused (the reason is in `drift`)
     PLANNED = "planned"  # host tree: the spec plans there; live state not compared
     REFUSED = "refused"  # host tree: the spec no longer plans there
-    UNCHECKED = "unchecked"  # the spec uses features this bmslice cannot check yet
     IDLE = "idle"  # the fleet places nothing here
 
     @property
@@ -74,38 +77,55 @@ class FleetReport:
         }
 
 
+# Audit checks that only say "the planned kernel args are not booted yet": a pending reboot
+# (a note, as `bmslice verify` has it), not drift.
+BOOT_CHECKS = ("kernel args", "isolated", "nohz_full")
+
+
 def _tree_report(fleet: Fleet, host: str, data: Mapping[str, Any], origin: str) -> HostReport:
     inv = fleet.host(host)
     report = HostReport(host, host_source(inv), HostStatus.PLANNED)
+    topo = read_host(inv)
     try:
-        check = check_host(host, data, read_host(inv), origin)
+        check = check_host(host, data, topo, origin)
     except BmsliceError as exc:
         report.status = HostStatus.REFUSED
         report.drift.append(str(exc))
         return report
-    if check.plan is None:
-        report.status = HostStatus.UNCHECKED
-        report.notes.append(check.skipped or "not checked")
-        return report
-    report.notes.append(f"host tree: {len(check.plan.vms)} slice(s) plan here; the live state was not compared")
-    if check.plan.host.reboot_required:
-        report.notes.append(
-            "reboot pending: kernel args not active yet: " + " ".join(check.plan.host.missing_kernel_args)
-        )
-    if check.partial:
-        report.notes.append(check.partial)
+    report.notes.append(f"host tree: {len(check.plan.vms)} slice(s) plan here; the live slices were not compared")
+    if inv.host_root is not None:
+        _audit_tree(report, check.plan, topo, inv.host_root)
+    elif check.plan.host.reboot_required:
+        missing = " ".join(check.plan.host.missing_kernel_args)
+        report.notes.append(f"reboot pending: kernel args not active yet: {missing}")
     report.notes.extend(check.warnings)
     return report
+
+
+def _audit_tree(report: HostReport, plan: Plan, topo: HostTopology, root: Path) -> None:
+    """`bmslice audit` on the tree: IRQs, threads and hugepages against the plan's isolation."""
+    from bmslice.topology.sysfs import FsRoot
+    from bmslice.verify.audit import audit
+    from bmslice.verify.host_state import read_runtime
+
+    result = audit(plan, topo, read_runtime(FsRoot(root)))
+    pending = plan.host.reboot_required
+    waiting = 0
+    for finding in result.violations:
+        if pending and finding.check.startswith(BOOT_CHECKS):
+            waiting += 1
+        else:
+            report.drift.append(f"audit: {finding.check}: {finding.message}")
+    if pending:
+        missing = " ".join(plan.host.missing_kernel_args)
+        report.notes.append(f"reboot pending ({waiting} audit check(s) wait for it): kernel args not active: {missing}")
+    if report.drift:
+        report.status = HostStatus.DRIFT
 
 
 def _live_report(fleet: Fleet, host: str, data: Mapping[str, Any], origin: str, verifier: Verifier) -> HostReport:
     inv = fleet.host(host)
     report = HostReport(host, host_source(inv), HostStatus.OK)
-    missing = unsupported_features(data)
-    if missing:
-        report.status = HostStatus.UNCHECKED
-        report.notes.append(f"this bmslice cannot check {', '.join(missing)} yet")
-        return report
     try:
         live = verifier(spec_from_data(dict(data), origin), origin, inv.uri, None)
     except BmsliceError as exc:

@@ -18,10 +18,10 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from bmslice.errors import SpecError
+from bmslice.model.input_file import read_yaml, validation_error
 from bmslice.model.spec import (
     CPU_FEATURE_RE,
     IFNAME_RE,
@@ -264,6 +264,12 @@ class Fleet(_Strict):
                 out.append(
                     VmRequest(self.vm_name(cluster.name, Role.WORKER, i), cluster.name, Role.WORKER, i, cluster.workers)
                 )
+        for req in out:
+            if not DNS_LABEL_RE.match(req.name):
+                raise ValueError(
+                    f"VM name {req.name!r} is not a DNS label of at most 63 characters (it is the guest's hostname "
+                    "and Kubernetes node name); shorten vm_prefix or the cluster name"
+                )
         _unique("duplicate VM name", [(r.name, r.cluster) for r in out])
         return tuple(out)
 
@@ -292,22 +298,6 @@ class VmRequest:
 # --- loading ------------------------------------------------------------------------------
 
 
-def _location(loc: tuple[int | str, ...]) -> str:
-    out = ""
-    for part in loc:
-        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
-    return out or "(top level)"
-
-
-def _reason(error: Any) -> str:
-    kind = error["type"]
-    if kind == "extra_forbidden":
-        return "unknown key"
-    if kind == "missing":
-        return "required field is missing"
-    return str(error["msg"]).removeprefix("Value error, ")
-
-
 def _resolve(fleet: Fleet, base: Path) -> Fleet:
     """Paths in the file are relative to the file: make them absolute once, here."""
 
@@ -329,26 +319,14 @@ def fleet_from_data(data: Any, origin: str, base: Path | None = None) -> Fleet:
         fleet = Fleet.model_validate(data)
         fleet.vm_requests()
     except ValidationError as exc:
-        first = exc.errors()[0]
-        where = f"{_location(tuple(first['loc']))}: " if first["loc"] else ""
-        raise SpecError(f"{origin}: {where}{_reason(first)}") from None
+        raise validation_error(origin, exc) from None
     except ValueError as exc:
         raise SpecError(f"{origin}: {exc}") from None
     return _resolve(fleet, base) if base is not None else fleet
 
 
 def load_fleet(path: Path) -> Fleet:
-    try:
-        text = path.read_text()
-    except OSError as exc:
-        raise SpecError(f"{path}: cannot read fleet file: {exc.strerror or exc}") from None
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}" if mark is not None else ""
-        raise SpecError(f"{path}: YAML error{where}: {getattr(exc, 'problem', None) or 'invalid YAML'}") from None
-    return fleet_from_data(data, str(path), path.resolve().parent)
+    return fleet_from_data(read_yaml(path, "fleet file"), str(path), path.resolve().parent)
 
 
 # --- the placement ------------------------------------------------------------------------

@@ -11,11 +11,11 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any
 
-import yaml
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from bmslice.cpuset import CpuListError, CpuSet
 from bmslice.errors import SpecError
+from bmslice.model.input_file import read_yaml, validation_error
 from bmslice.model.sizes import parse_size_mib
 from bmslice.model.topology import canonical_pci_address
 
@@ -194,6 +194,17 @@ class CloudInitSpec(_Strict):
     ssh_authorized_keys_file: Path | None = None
     password_hash_file: Path | None = None
     user_data: Path | None = None
+    # Extra files for the seed, by name on the seed (e.g. a kubeadm join config the guest
+    # reads at boot): their contents go to the guest only, never into a generated file.
+    seed_files: dict[str, Path] = Field(default_factory=dict)
+
+    @field_validator("seed_files")
+    @classmethod
+    def _seed_names(cls, value: dict[str, Path]) -> dict[str, Path]:
+        for name in value:
+            if name in ("user-data", "meta-data") or not re.match(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$", name):
+                raise ValueError(f"{name!r} is not a usable seed file name")
+        return value
 
     @field_validator("ssh_authorized_keys")
     @classmethod
@@ -251,23 +262,6 @@ class Spec(_Strict):
         raise KeyError(name)
 
 
-def _location(loc: tuple[int | str, ...]) -> str:
-    out = ""
-    for part in loc:
-        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
-    return out or "(top level)"
-
-
-def _reason(error: Any) -> str:
-    kind = error["type"]
-    if kind == "extra_forbidden":
-        return "unknown key"
-    if kind == "missing":
-        return "required field is missing"
-    msg = str(error["msg"])
-    return msg.removeprefix("Value error, ")
-
-
 def spec_from_data(data: Any, origin: str) -> Spec:
     """Validate already-parsed data; errors name `origin`, the field and the reason."""
     if not isinstance(data, dict):
@@ -275,8 +269,7 @@ def spec_from_data(data: Any, origin: str) -> Spec:
     try:
         spec = Spec.model_validate(data)
     except ValidationError as exc:
-        first = exc.errors()[0]
-        raise SpecError(f"{origin}: {_location(tuple(first['loc']))}: {_reason(first)}") from None
+        raise validation_error(origin, exc) from None
     first_index: dict[str, int] = {}
     for i, vm in enumerate(spec.vms):
         if vm.name in first_index:
@@ -288,15 +281,4 @@ def spec_from_data(data: Any, origin: str) -> Spec:
 
 
 def load_spec(path: Path) -> Spec:
-    try:
-        text = path.read_text()
-    except OSError as exc:
-        raise SpecError(f"{path}: cannot read spec: {exc.strerror or exc}") from None
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}" if mark is not None else ""
-        problem = getattr(exc, "problem", None) or "invalid YAML"
-        raise SpecError(f"{path}: YAML error{where}: {problem}") from None
-    return spec_from_data(data, str(path))
+    return spec_from_data(read_yaml(path, "spec"), str(path))

@@ -1,5 +1,6 @@
 #!/usr/bin/python
 # Run bmslice on one server: plan, apply, verify, audit or destroy the slices of a spec.
+# ruff: noqa: E402 - Ansible modules carry DOCUMENTATION, EXAMPLES and RETURN before their imports
 
 from __future__ import annotations
 
@@ -130,8 +131,8 @@ def _write(module, path, text):
     fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=".bmslice-")
     with os.fdopen(fd, "w", encoding="utf-8") as handle:
         handle.write(text)
-    os.chmod(tmp, 0o600)
     module.atomic_move(tmp, path)
+    os.chmod(path, 0o600)  # atomic_move gives a new file the umask's mode
 
 
 def _error_line(out, err):
@@ -157,7 +158,7 @@ class Runner:
     def run(self, args):
         rc, out, err = self.module.run_command([self.command, *args])
         self.warnings.extend(
-            line[len("warning: "):] for line in (err or "").splitlines() if line.startswith("warning: ")
+            line[len("warning: ") :] for line in (err or "").splitlines() if line.startswith("warning: ")
         )
         return rc, out, err
 
@@ -194,7 +195,7 @@ def _apply(runner, params, result, check_mode):
     _, out, _ = runner.must(args, result)
     lines = out.splitlines()
     if check_mode:
-        result["steps"] = [line.strip()[len("would "):] for line in lines if line.startswith("  would ")]
+        result["steps"] = [line.strip()[len("would ") :] for line in lines if line.startswith("  would ")]
     else:
         result["steps"] = [line.strip() for line in lines if line.startswith("  ")]
     done = not any(line.startswith(("no changes:", "dry run: no changes needed")) for line in lines)
@@ -202,7 +203,7 @@ def _apply(runner, params, result, check_mode):
 
 
 def _verify(runner, params, result):
-    rc, out, err = runner.must([*_lifecycle_args(params, "verify", runner.spec), "--json"], result, ok=(0, 1))
+    rc, out, _ = runner.must([*_lifecycle_args(params, "verify", runner.spec), "--json"], result, ok=(0, 1))
     report = json.loads(out)
     result["report"] = report
     result["drift"] = report.get("drift", [])
@@ -275,7 +276,7 @@ def main():
             args = [action, run_spec, "--json"]
             if params["host_root"]:
                 args += ["--host-root", params["host_root"]]
-            rc, out, err = runner.must(args, result, ok=(0, 1))
+            rc, out, _ = runner.must(args, result, ok=(0, 1))
             try:
                 result["report"] = json.loads(out)
             except ValueError:

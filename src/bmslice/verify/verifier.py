@@ -51,11 +51,10 @@ def verify(spec: Spec, origin: str, uri: str, host_root: Path | None = None) -> 
                 continue
             desired = domain_from_plan(vm)
             drift = compare_definition(vm.name, desired, live.xml)
-            if live.active:
-                drift += compare_pins(vm.name, desired, live)
-                if live.pid is not None and is_local(uri) and host_root is None:
-                    drift += compare_threads(vm, read_threads(live.pid))
-            else:
+            drift += compare_pins(vm.name, desired, live)  # live pins when running, else the definition's
+            if live.active and live.pid is not None and is_local(uri) and host_root is None:
+                drift += compare_threads(vm, read_threads(live.pid))
+            if not live.active:
                 drift.insert(0, f"{vm.name} is not running")
             slices.append(SliceStatus(vm.name, "running" if live.active else "shut off", drift))
         notes = []

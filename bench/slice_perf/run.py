@@ -50,7 +50,7 @@ URI = "qemu:///system"
 ACCEL_NAME = {"kvm": "KVM", "qemu": "TCG"}
 HOST_CPU, SLICE_CPU = 0, 1
 # slicebench arguments: 10000 wake-ups at 1 ms on an absolute schedule, 5 x 100M workload iterations, SCHED_FIFO 80.
-LOOPS, INTERVAL_US, MODE, WORK_REPS, WORK_MITER = 5000, 1000, "abs", 5, 100
+LOOPS, INTERVAL_US, MODE, WORK_REPS, WORK_MITER = 10000, 1000, "abs", 5, 100
 BOOT_TIMEOUT = {"kvm": 30.0, "qemu": 150.0}  # seconds until /init prints its first line
 RUN_TIMEOUT = {"kvm": 60.0, "qemu": 150.0}  # seconds from that line to "SLICEBENCH done"
 GUEST_CMDLINE = "console=ttyS0 quiet panic=-1 rdinit=/init"

@@ -14,11 +14,13 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from bmslice.cli.main import EXIT_DRIFT, EXIT_OK, _print_json, run, standalone_parser
 from bmslice.errors import BmsliceError, SpecError
-from bmslice.model.fleet import Fleet, Placement, load_fleet, placement_from_dict, placement_to_dict
+
+if TYPE_CHECKING:  # the fleet model costs start-up time every other command should not pay
+    from bmslice.model.fleet import Fleet, Placement
 
 PLACEMENT_FILE = "placement.json"
 
@@ -46,6 +48,8 @@ def _existing(args: argparse.Namespace) -> tuple[Placement | None, Path | None]:
         raise SpecError(f"--placement {path}: cannot read: {exc.strerror or exc}") from None
     except ValueError as exc:
         raise SpecError(f"{path}: not JSON: {exc}") from None
+    from bmslice.model.fleet import placement_from_dict
+
     return placement_from_dict(data, str(path)), path
 
 
@@ -96,6 +100,7 @@ def _plan(args: argparse.Namespace, check: bool = True) -> _Planned:
     from bmslice.fleet.hosts import read_hosts
     from bmslice.fleet.placement import place
     from bmslice.fleet.render import render_fleet
+    from bmslice.model.fleet import load_fleet
 
     fleet = load_fleet(args.fleet)
     existing, source = _existing(args)
@@ -138,6 +143,7 @@ def _say_warnings(planned: _Planned) -> None:
 
 def cmd_plan(args: argparse.Namespace) -> int:
     from bmslice.fleet.render import fabric_data
+    from bmslice.model.fleet import placement_to_dict
 
     planned = _plan(args, check=not args.no_check)
     if args.out is not None:
@@ -194,6 +200,8 @@ def cmd_verify(args: argparse.Namespace) -> int:
         _say_warnings(planned)
     else:
         # Verify what was planned (and applied): the placement file, not a fresh placement.
+        from bmslice.model.fleet import load_fleet
+
         fleet = load_fleet(args.fleet)
         placement, _ = _existing(args)
         assert placement is not None

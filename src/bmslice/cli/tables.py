@@ -8,7 +8,6 @@ from rich.console import Console, Group
 from rich.table import Table
 from rich.text import Text
 
-from bmslice.cpuset import CpuSet
 from bmslice.model.plan import DeviceAssignment, Plan
 from bmslice.model.sizes import format_mib
 from bmslice.model.topology import HostTopology
@@ -67,27 +66,31 @@ def plan_view(plan: Plan) -> Group:
     head.add_row("reboot required", "yes: " + " ".join(host.missing_kernel_args) if host.reboot_required else "no")
     for pf in host.sriov:
         head.add_row(f"SR-IOV {pf.interface or pf.address}", f"sriov_numvfs {pf.numvfs_before} -> {pf.numvfs}")
-    parts: list[Table | Text] = [head]
+    vms = Table(title="Slices", title_justify="left")
+    for col in ("VM", "node", "vCPU 0, 1, ... on host CPUs", "emulator + IOThreads", "guest topology", "memory"):
+        vms.add_column(col, no_wrap=col != "vCPU 0, 1, ... on host CPUs")
+    vms.add_column("NICs")
     for vm in plan.vms:
-        table = Table(title=f"{vm.name} (NUMA node {','.join(map(str, vm.numa_nodes))})", title_justify="left")
-        table.add_column("guest vCPU")
-        table.add_column("host CPU")
-        table.add_column("host core")
-        for i, cpu in enumerate(vm.vcpu_pins):
-            core = next((c for c in vm.cores if cpu in c), CpuSet.of(cpu))
-            table.add_row(str(i), str(cpu), f"({core})")
-        table.add_row("emulator", vm.emulator_cpus.format(), vm.emulator_policy)
-        if vm.iothreads:
-            table.add_row(f"IOThreads x{vm.iothreads}", vm.iothread_cpus.format(), "")
         t = vm.guest_topology
-        devices = ", ".join(_device_text(d) for d in vm.devices) or "none"
-        summary = Text(
-            f"  memory {format_mib(vm.memory_mib)}, guest topology {t.sockets} socket x {t.cores} cores x "
-            f"{t.threads} threads, devices: {devices}"
+        iothreads = f" ({vm.iothreads} IOThread{'s' if vm.iothreads != 1 else ''})" if vm.iothreads else ""
+        vms.add_row(
+            vm.name,
+            ",".join(map(str, vm.numa_nodes)),
+            " ".join(_pairs(vm.vcpu_pins, t.threads)),
+            f"{vm.emulator_cpus} {vm.emulator_policy}{iothreads}",
+            f"{t.sockets}s x {t.cores}c x {t.threads}t",
+            format_mib(vm.memory_mib),
+            "\n".join(_device_text(d) for d in vm.devices) or "-",
         )
-        parts.extend([table, summary])
+    parts: list[Table | Text] = [head, vms]
     parts.extend(Text(f"warning: {w}", style="yellow") for w in plan.warnings)
     return Group(*parts)
+
+
+def _pairs(pins: tuple[int, ...], threads: int) -> list[str]:
+    """Guest sibling pairs grouped as they sit on host cores: 4,16 6,18 ..."""
+    step = 2 if threads == 2 else 1
+    return [",".join(map(str, pins[i : i + step])) for i in range(0, len(pins), step)]
 
 
 def _device_text(d: DeviceAssignment) -> str:

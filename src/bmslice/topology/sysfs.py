@@ -50,29 +50,38 @@ class FsRoot:
     def __init__(self, root: Path) -> None:
         self.root = root
         self.warnings: list[str] = []
+        self._base = str(root).rstrip("/")
+        self._links: dict[str, str | None] = {}  # path -> symlink target; a tree does not change while read
+
+    def _readlink(self, path: str) -> str | None:
+        if path not in self._links:
+            try:
+                self._links[path] = os.readlink(path)
+            except OSError:
+                self._links[path] = None
+        return self._links[path]
 
     def resolve(self, rel: str) -> Path:
-        pending = list(reversed(PurePosixPath(rel).parts))
+        pending = list(reversed(rel.split("/")))
         current: list[str] = []
         hops = 0
         while pending:
             part = pending.pop()
-            if part in ("/", ".", ""):
+            if part in ("", "."):
                 continue
             if part == "..":
                 if current:
                     current.pop()
                 continue
-            candidate = self.root.joinpath(*current, part)
-            if hops < _MAX_SYMLINK_HOPS and candidate.is_symlink():
+            current.append(part)
+            target = self._readlink(self._base + "/" + "/".join(current)) if hops < _MAX_SYMLINK_HOPS else None
+            if target is not None:
                 hops += 1
-                target = PurePosixPath(os.readlink(candidate))
-                if target.is_absolute():
+                current.pop()
+                if target.startswith("/"):
                     current = []
-                pending.extend(reversed(target.parts))
-            else:
-                current.append(part)
-        return self.root.joinpath(*current)
+                pending.extend(reversed(target.split("/")))
+        return Path(self._base + "/" + "/".join(current))
 
     def display(self, rel: str) -> str:
         return str(self.root / rel)

@@ -15,23 +15,21 @@ import re
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from bmslice.errors import SpecError
+from bmslice.model.fields import CpuFeature, IfName, device_ref, matching
 from bmslice.model.input_file import read_yaml, validation_error
 from bmslice.model.spec import (
-    CPU_FEATURE_RE,
-    IFNAME_RE,
     DiskSpec,
     EmulatorPolicy,
     HostSpec,
     HugepageSize,
     SizeMiB,
 )
-from bmslice.model.topology import canonical_pci_address
 
 # Host and VM names end up as libvirt domain names, guest hostnames and Kubernetes node
 # names: DNS labels (RFC 1123), lower case.
@@ -64,55 +62,29 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-class SwitchPort(_Strict):
-    switch: str
-    port: str
+PortName = Annotated[str, matching(PORT_RE, "a switch or port name (letters, digits, '/', ':', '.', '-', '_')")]
 
-    @field_validator("switch", "port")
-    @classmethod
-    def _name(cls, value: str) -> str:
-        if not PORT_RE.match(value):
-            raise ValueError(f"{value!r} is not a switch or port name (letters, digits, '/', ':', '.', '-', '_')")
-        return value
+
+class SwitchPort(_Strict):
+    switch: PortName
+    port: PortName
 
 
 class InventoryHost(_Strict):
-    name: str
+    name: Annotated[str, matching(HOST_NAME_RE, "a host name (letters, digits, '.', '-')")]
     uri: str
     role: Role
-    rack: str = "default"
+    rack: Annotated[str, matching(LABEL_VALUE_RE, "a rack name (letters, digits, '-', '_', '.'; max 63)")] = "default"
     host_root: Path | None = None  # plan offline from a sysfs/procfs tree of the host
     hwloc: Path | None = None  # or from an `lstopo --of xml` file
-    nics: dict[str, SwitchPort] = Field(default_factory=dict)  # interface -> the switch port it is cabled to
+    nics: dict[IfName, SwitchPort] = Field(default_factory=dict)  # interface -> the switch port it is cabled to
     host: HostSpec = HostSpec()  # the `host:` section of this server's generated spec
-
-    @field_validator("name")
-    @classmethod
-    def _host_name(cls, value: str) -> str:
-        if not HOST_NAME_RE.match(value):
-            raise ValueError(f"{value!r} is not a host name (letters, digits, '.', '-')")
-        return value
-
-    @field_validator("rack")
-    @classmethod
-    def _rack(cls, value: str) -> str:
-        if not LABEL_VALUE_RE.match(value):
-            raise ValueError(f"{value!r} is not a rack name (letters, digits, '-', '_', '.'; max 63)")
-        return value
 
     @field_validator("uri")
     @classmethod
     def _uri(cls, value: str) -> str:
         if "://" not in value:
             raise ValueError(f"{value!r} is not a libvirt URI such as qemu+ssh://root@server1/system")
-        return value
-
-    @field_validator("nics")
-    @classmethod
-    def _ifnames(cls, value: dict[str, SwitchPort]) -> dict[str, SwitchPort]:
-        for name in value:
-            if not IFNAME_RE.match(name):
-                raise ValueError(f"{name!r} is not an interface name")
         return value
 
     @property
@@ -139,12 +111,10 @@ class NicRequest(_Strict):
         value = value.strip()
         if value == ANY:
             return value
-        address = canonical_pci_address(value)
-        if address:
-            return address
-        if ":" in value or not IFNAME_RE.match(value):
-            raise ValueError(f"{value!r} is neither 'any', an interface name nor a PCI address")
-        return value
+        try:
+            return device_ref(value)
+        except ValueError:
+            raise ValueError(f"{value!r} is neither 'any', an interface name nor a PCI address") from None
 
 
 class VmSize(_Strict):
@@ -153,17 +123,9 @@ class VmSize(_Strict):
     emulator: EmulatorPolicy = EmulatorPolicy.DEDICATED
     iothreads: int = Field(default=1, ge=0, le=64)
     hugepages: HugepageSize = HugepageSize.NONE
-    disable_cpu_features: tuple[str, ...] = ()
+    disable_cpu_features: tuple[CpuFeature, ...] = ()
     disk: DiskSpec | None = None
     nic: NicRequest | None = None
-
-    @field_validator("disable_cpu_features")
-    @classmethod
-    def _features(cls, value: tuple[str, ...]) -> tuple[str, ...]:
-        for feature in value:
-            if not CPU_FEATURE_RE.match(feature):
-                raise ValueError(f"{feature!r} is not a CPU feature name")
-        return value
 
 
 class Workers(VmSize):
@@ -176,27 +138,16 @@ class Spread(_Strict):
 
 
 class Cluster(_Strict):
-    name: str
+    name: Annotated[str, matching(CLUSTER_NAME_RE, "a cluster name (lower-case letters, digits, '-'; max 24)")]
     vlan: int = Field(ge=1, le=4094)
-    vlan_name: str | None = None  # the switch's name for the VLAN; default: the cluster name in capitals
+    # the switch's name for the VLAN; default: the cluster name in capitals
+    vlan_name: (
+        Annotated[str, matching(JUNOS_VLAN_RE, "a VLAN name (a letter, then letters, digits, '_', '.', '-')")] | None
+    ) = None
     control_plane: tuple[VmSize, ...] = ()
     workers: Workers
     spread: Spread = Spread()
     kubeadm_join_file: Path | None = None  # the operator's `kubeadm join ...` line; never read by bmslice
-
-    @field_validator("name")
-    @classmethod
-    def _name(cls, value: str) -> str:
-        if not CLUSTER_NAME_RE.match(value):
-            raise ValueError(f"{value!r} is not a cluster name (lower-case letters, digits, '-'; max 24)")
-        return value
-
-    @field_validator("vlan_name")
-    @classmethod
-    def _vlan_name(cls, value: str | None) -> str | None:
-        if value is not None and not JUNOS_VLAN_RE.match(value):
-            raise ValueError(f"{value!r} is not a VLAN name (a letter, then letters, digits, '_', '.', '-')")
-        return value
 
     @property
     def switch_vlan(self) -> str:
@@ -210,15 +161,9 @@ class Cluster(_Strict):
 class Fleet(_Strict):
     inventory: tuple[InventoryHost, ...] = Field(min_length=1)
     clusters: tuple[Cluster, ...] = ()
-    vm_prefix: str = ""  # put before every VM name: "<prefix><cluster>-worker-<n>"
+    # put before every VM name: "<prefix><cluster>-worker-<n>"
+    vm_prefix: Annotated[str, matching(PREFIX_RE, "a name prefix (lower-case letters, digits, '-')")] = ""
     ssh_keys_file: Path | None = None  # public keys for every guest, one a line
-
-    @field_validator("vm_prefix")
-    @classmethod
-    def _prefix(cls, value: str) -> str:
-        if not PREFIX_RE.match(value):
-            raise ValueError(f"{value!r} is not a name prefix (lower-case letters, digits, '-')")
-        return value
 
     @model_validator(mode="after")
     def _consistent(self) -> Fleet:

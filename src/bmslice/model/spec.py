@@ -15,13 +15,12 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationEr
 
 from bmslice.cpuset import CpuListError, CpuSet
 from bmslice.errors import SpecError
+from bmslice.model.fields import CpuFeature, device_ref, matching
 from bmslice.model.input_file import read_yaml, validation_error
 from bmslice.model.sizes import parse_size_mib
-from bmslice.model.topology import canonical_pci_address
 
-IFNAME_RE = re.compile(r"^[A-Za-z0-9_.@-]{1,15}$")
 VM_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]{0,63}$")
-CPU_FEATURE_RE = re.compile(r"^[a-z0-9][a-z0-9_.-]*$")
+VmName = Annotated[str, matching(VM_NAME_RE, "a valid domain name (letters, digits, '_', '.', '+', '-'; max 64)")]
 
 
 def _size(value: Any) -> int:
@@ -84,7 +83,7 @@ class HostSpec(_Strict):
         for pf, count in value.items():
             if count < 1:
                 raise ValueError(f"{pf}: VF count must be 1 or more")
-            out[_device_ref(pf)] = count
+            out[device_ref(pf)] = count
         return out
 
     @field_validator("reserved_cpus")
@@ -108,17 +107,6 @@ class HostSpec(_Strict):
 MAC_RE = re.compile(r"^[0-9a-fA-F]{2}(:[0-9a-fA-F]{2}){5}$")
 
 
-def _device_ref(value: str) -> str:
-    """An interface name, or a PCI address (returned in canonical form)."""
-    value = value.strip()
-    address = canonical_pci_address(value)
-    if address:
-        return address
-    if ":" in value or not IFNAME_RE.match(value):
-        raise ValueError(f"{value!r} is neither an interface name nor a PCI address like 0000:01:00.0")
-    return value
-
-
 class SriovSpec(_Strict):
     """VFs of a PF for one VM. `pf` may list several PFs: the planner prefers one local to the VM."""
 
@@ -139,7 +127,7 @@ class SriovSpec(_Strict):
     def _pf_refs(cls, value: tuple[str, ...]) -> tuple[str, ...]:
         if not value:
             raise ValueError("name at least one PF")
-        return tuple(_device_ref(v) for v in value)
+        return tuple(device_ref(v) for v in value)
 
     @field_validator("mac")
     @classmethod
@@ -166,7 +154,7 @@ class NicSpec(_Strict):
     @field_validator("passthrough")
     @classmethod
     def _device(cls, value: str | None) -> str | None:
-        return None if value is None else _device_ref(value)
+        return None if value is None else device_ref(value)
 
     @model_validator(mode="after")
     def _exactly_one(self) -> NicSpec:
@@ -216,32 +204,17 @@ class CloudInitSpec(_Strict):
 
 
 class VmSpec(_Strict):
-    name: str
+    name: VmName
     vcpus: int = Field(gt=0, le=4096)
     memory: SizeMiB
     numa_node: int | None = Field(default=None, ge=0)
     emulator: EmulatorPolicy = EmulatorPolicy.DEDICATED
     iothreads: int = Field(default=1, ge=0, le=64)
     hugepages: HugepageSize = HugepageSize.NONE
-    disable_cpu_features: tuple[str, ...] = ()
+    disable_cpu_features: tuple[CpuFeature, ...] = ()
     nics: tuple[NicSpec, ...] = ()
     disk: DiskSpec | None = None
     cloud_init: CloudInitSpec | None = None
-
-    @field_validator("name")
-    @classmethod
-    def _name(cls, value: str) -> str:
-        if not VM_NAME_RE.match(value):
-            raise ValueError(f"{value!r} is not a valid domain name (letters, digits, '_', '.', '+', '-'; max 64)")
-        return value
-
-    @field_validator("disable_cpu_features")
-    @classmethod
-    def _features(cls, value: tuple[str, ...]) -> tuple[str, ...]:
-        for feature in value:
-            if not CPU_FEATURE_RE.match(feature):
-                raise ValueError(f"{feature!r} is not a CPU feature name")
-        return value
 
     @model_validator(mode="after")
     def _hugepage_memory(self) -> VmSpec:

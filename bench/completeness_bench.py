@@ -232,10 +232,19 @@ def cross_numa(plan: Plan) -> int:
 # --- random cases ------------------------------------------------------------------------------------------
 
 
-def random_case(rng: random.Random, max_vms: int) -> tuple[HostTopology, dict[str, Any]]:
-    sockets, per_socket = rng.choice([(1, 1), (1, 1), (2, 1), (2, 1), (1, 2), (3, 1)])
-    nodes = sockets * per_socket
-    cores = per_socket * rng.randint(2, 8 if nodes < 3 else 5)
+def random_case(rng: random.Random, family: str) -> tuple[HostTopology, dict[str, Any]]:
+    """family "small": 1-3 nodes of 2-8 cores, 1-4 VMs; "medium": 4-6 nodes of 3-6 cores, 4-8 VMs
+    (often identical nodes, which the planner treats as interchangeable)."""
+    if family == "small":
+        sockets, per_socket = rng.choice([(1, 1), (1, 1), (2, 1), (2, 1), (1, 2), (3, 1)])
+        nodes = sockets * per_socket
+        cores = per_socket * rng.randint(2, 8 if nodes < 3 else 5)
+        vm_count = rng.randint(1, 4)
+    else:
+        sockets, per_socket = rng.choice([(4, 1), (2, 2), (5, 1), (6, 1), (3, 2), (2, 3)])
+        nodes = sockets * per_socket
+        cores = per_socket * rng.randint(3, 6)
+        vm_count = rng.randint(4, 8)
     threads = rng.choice([1, 2, 2])
     numbering = rng.choice(["spread", "adjacent", "interleaved"])
     total = sockets * cores * threads
@@ -266,10 +275,10 @@ def random_case(rng: random.Random, max_vms: int) -> tuple[HostTopology, dict[st
     names = [n.interfaces[0] for n in nics]
     rng.shuffle(names)
     vms: list[dict[str, Any]] = []
-    for k in range(rng.randint(1, max_vms)):
+    for k in range(vm_count):
         vm: dict[str, Any] = {
             "name": f"vm{k}",
-            "vcpus": rng.choice([1, 1, 2, 2, 2, 3, 4, 4, 5, 6]),
+            "vcpus": rng.choice([1, 1, 2, 2, 2, 3, 4, 4, 5, 6] if family == "small" else [1, 1, 2, 2, 2, 3, 4, 4, 6]),
             "memory": rng.choice([512, 1024, 2048, 2048, 4096, 6144]),
             "emulator": rng.choice(["dedicated", "host"]),
         }
@@ -301,127 +310,137 @@ def prefix_spec(data: dict[str, Any], k: int) -> Spec:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--cases", type=int, default=2000)
+    parser.add_argument("--cases", type=int, default=2000, help="small cases (default 2000)")
+    parser.add_argument("--medium", type=int, default=500, help="medium cases, 4-6 nodes (default 500)")
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--literal", type=int, default=300, help="cases re-checked core by core (default 300)")
     parser.add_argument("--show", type=int, default=3, help="misses to print in full")
     args = parser.parse_args()
 
     start = time.perf_counter()
-    stats: dict[str, int] = defaultdict(int)
+    families = {"small": args.cases, "medium": args.medium}
+    stats: dict[str, dict[str, int]] = {f: defaultdict(int) for f in families}
+    prefix: dict[str, dict[str, int]] = {f: defaultdict(int) for f in families}
     misses: list[str] = []
     literal_checked = literal_disagree = 0
-    prefix_rows: dict[str, int] = defaultdict(int)
     planner_s = oracle_s = 0.0
-    for case in range(args.cases):
-        rng = random.Random(args.seed * 1_000_003 + case)
-        topo, data = random_case(rng, max_vms=4)
-        spec = spec_from_data(data, "case")
-        host = oracle_host(topo, spec)
-        vms = oracle_vms(topo, spec)
-        require = spec.host.nic_numa_policy.value == "require"
-        t0 = time.perf_counter()
-        plan, error = plan_or_none(topo, spec)
-        t1 = time.perf_counter()
-        best = oracle_best(host, vms, require)
-        t2 = time.perf_counter()
-        planner_s += t1 - t0
-        oracle_s += t2 - t1
-        feasible = best < INFEASIBLE
-        stats["cases"] += 1
-        stats["feasible"] += feasible
-        if feasible and plan is None:
-            stats["refused feasible"] += 1
-            misses.append(
-                f"case {case}: planner refused a feasible spec ({error}); oracle min cross-NUMA {best}: {data}"
-            )
-        elif not feasible and plan is not None:
-            stats["accepted infeasible"] += 1
-            misses.append(f"case {case}: planner accepted an infeasible spec: {data}")
-        elif plan is not None:
-            problems = plan_problems(topo, spec, host, plan)
-            if problems:
-                stats["invalid plans"] += 1
-                misses.append(f"case {case}: plan breaks the rules: {problems[:3]}: {data}")
-            got = cross_numa(plan)
-            if got == best:
-                stats["cross-NUMA optimal"] += 1
-            else:
-                stats["cross-NUMA worse"] += 1
-                misses.append(f"case {case}: {got} cross-NUMA NICs, oracle finds {best}: {data}")
-            stats["cases with NICs"] += any(v.nic_nodes for v in vms)
-        if literal_checked < args.literal and sum(len(f) for f in host.free_cores) <= 7 and len(vms) <= 3:
-            literal_checked += 1
-            if literal_feasible(host, vms, require) != feasible:
-                literal_disagree += 1
-                misses.append(f"case {case}: the two oracles disagree ({feasible}): {data}")
+    for family, count in families.items():
+        st, prefix_rows = stats[family], prefix[family]
+        for case in range(count):
+            rng = random.Random(args.seed * 1_000_003 + case + (0 if family == "small" else 500_000))
+            topo, data = random_case(rng, family)
+            spec = spec_from_data(data, "case")
+            host = oracle_host(topo, spec)
+            vms = oracle_vms(topo, spec)
+            require = spec.host.nic_numa_policy.value == "require"
+            t0 = time.perf_counter()
+            plan, error = plan_or_none(topo, spec)
+            t1 = time.perf_counter()
+            best = oracle_best(host, vms, require)
+            t2 = time.perf_counter()
+            planner_s += t1 - t0
+            oracle_s += t2 - t1
+            feasible = best < INFEASIBLE
+            where = f"{family} case {case}"
+            st["cases"] += 1
+            st["feasible"] += feasible
+            if feasible and plan is None:
+                st["refused feasible"] += 1
+                misses.append(
+                    f"{where}: planner refused a feasible spec ({error}); oracle min cross-NUMA {best}: {data}"
+                )
+            elif not feasible and plan is not None:
+                st["accepted infeasible"] += 1
+                misses.append(f"{where}: planner accepted an infeasible spec: {data}")
+            elif plan is not None:
+                problems = plan_problems(topo, spec, host, plan)
+                if problems:
+                    st["invalid plans"] += 1
+                    misses.append(f"{where}: plan breaks the rules: {problems[:3]}: {data}")
+                got = cross_numa(plan)
+                if got == best:
+                    st["cross-NUMA optimal"] += 1
+                else:
+                    st["cross-NUMA worse"] += 1
+                    misses.append(f"{where}: {got} cross-NUMA NICs, oracle finds {best}: {data}")
+                st["cases with NICs"] += any(v.nic_nodes for v in vms)
+            if literal_checked < args.literal and sum(len(f) for f in host.free_cores) <= 7 and len(vms) <= 3:
+                literal_checked += 1
+                if literal_feasible(host, vms, require) != feasible:
+                    literal_disagree += 1
+                    misses.append(f"{where}: the two oracles disagree ({feasible}): {data}")
 
-        # Max VMs placed: the longest prefix of the VM list each can place.
-        n = len(data["vms"])
-        planner_prefix = oracle_prefix = 0
-        for k in range(1, n + 1):
-            if oracle_best(host, vms[:k], require) < INFEASIBLE:
-                oracle_prefix = k
-            else:
-                break
-        for k in range(1, n + 1):
-            p, _ = plan_or_none(topo, prefix_spec(data, k))
-            if p is not None:
-                planner_prefix = k
-            else:
-                break
-        prefix_rows["lists"] += 1
-        prefix_rows["oracle VMs"] += oracle_prefix
-        prefix_rows["planner VMs"] += planner_prefix
-        prefix_rows["equal"] += planner_prefix == oracle_prefix
-        prefix_rows["planner fewer"] += planner_prefix < oracle_prefix
-        prefix_rows["planner more"] += planner_prefix > oracle_prefix
-        prefix_rows["VMs offered"] += n
+            # Max VMs placed: the longest prefix of the VM list each can place.
+            n = len(data["vms"])
+            planner_prefix = oracle_prefix = 0
+            for k in range(1, n + 1):
+                if oracle_best(host, vms[:k], require) < INFEASIBLE:
+                    oracle_prefix = k
+                else:
+                    break
+            for k in range(1, n + 1):
+                p, _ = plan_or_none(topo, prefix_spec(data, k))
+                if p is not None:
+                    planner_prefix = k
+                else:
+                    break
+            prefix_rows["lists"] += 1
+            prefix_rows["oracle VMs"] += oracle_prefix
+            prefix_rows["planner VMs"] += planner_prefix
+            prefix_rows["equal"] += planner_prefix == oracle_prefix
+            prefix_rows["planner fewer"] += planner_prefix < oracle_prefix
+            prefix_rows["planner more"] += planner_prefix > oracle_prefix
+            prefix_rows["VMs offered"] += n
 
     elapsed = time.perf_counter() - start
-    c = stats["cases"]
-    accepted = stats["cross-NUMA optimal"] + stats["cross-NUMA worse"]
-    print(f"planner completeness: {c} random small hosts and specs (seed {args.seed}), {elapsed:.1f} s")
     print(
-        "hosts: 1-3 NUMA nodes, 2-8 cores per node, SMT or not, some CPUs offline; specs: 1-4 VMs of 1-6 vCPUs,\n"
-        "dedicated or host emulator, some numa_node pins, 0-4 NICs (some without a NUMA node), 0-2 host cores per node,\n"
-        "some nic_numa_policy: require"
+        f"planner completeness: {sum(families.values())} random hosts and specs (seed {args.seed}), {elapsed:.1f} s\n"
+        "small:  1-3 NUMA nodes, 2-8 cores per node, 1-4 VMs; medium: 4-6 nodes, 3-6 cores per node, 4-8 VMs.\n"
+        "Both: SMT or not, some CPUs offline, VMs of 1-6 vCPUs, dedicated or host emulator, some numa_node pins,\n"
+        "0-4 NICs (some without a NUMA node), 0-2 host cores per node, some nic_numa_policy: require"
     )
+
+    def cell(family: str, key: str, pct_of: str | None = None) -> str:
+        value = stats[family][key]
+        return f"{value} ({100 * value / max(1, stats[family][pct_of]):.1f}%)" if pct_of else str(value)
+
+    def optimal(family: str) -> str:
+        st = stats[family]
+        accepted = st["cross-NUMA optimal"] + st["cross-NUMA worse"]
+        return f"{st['cross-NUMA optimal']} / {accepted} ({st['cases with NICs']} with NICs)"
+
     rows = [
-        ["cases", str(c), ""],
-        ["feasible (oracle)", str(stats["feasible"]), f"{100 * stats['feasible'] / c:.1f}%"],
-        ["planner refused a feasible spec", str(stats["refused feasible"]), "goal 0"],
-        ["planner accepted an infeasible spec", str(stats["accepted infeasible"]), "must be 0"],
-        ["planner plan breaks the oracle's rules", str(stats["invalid plans"]), "must be 0"],
-        [
-            "cross-NUMA NICs equal to the oracle's minimum",
-            f"{stats['cross-NUMA optimal']} / {accepted}",
-            f"{100 * stats['cross-NUMA optimal'] / max(1, accepted):.1f}% ({stats['cases with NICs']} plans have NICs)",
-        ],
-        [
-            "literal core-by-core re-check of the oracle",
-            f"{literal_checked - literal_disagree} / {literal_checked}",
-            "agree",
-        ],
+        ["cases", *(cell(f, "cases") for f in families), ""],
+        ["feasible (oracle)", *(cell(f, "feasible", "cases") for f in families), ""],
+        ["planner refused a feasible spec", *(cell(f, "refused feasible") for f in families), "goal 0"],
+        ["planner accepted an infeasible spec", *(cell(f, "accepted infeasible") for f in families), "must be 0"],
+        ["planner plan breaks the oracle's rules", *(cell(f, "invalid plans") for f in families), "must be 0"],
+        ["cross-NUMA NICs = the oracle's minimum", *(optimal(f) for f in families), "of plans made"],
     ]
-    print(table(["", "count", ""], rows, "lrl"))
+    print(table(["", *families, ""], rows, "lrrl"))
     print(
-        f"\nMax VMs placed (each case's VM list in order, longest prefix placed): {prefix_rows['lists']} lists, "
-        f"{prefix_rows['VMs offered']} VMs offered"
+        f"literal core-by-core re-check of the oracle's feasibility: {literal_checked - literal_disagree} / {literal_checked} agree"
     )
+    print("\nMax VMs placed (each case's VM list in order; the longest prefix that can be placed):")
+    rows = []
+    for family in families:
+        pr = prefix[family]
+        rows.append(
+            [
+                family,
+                str(pr["lists"]),
+                str(pr["VMs offered"]),
+                str(pr["oracle VMs"]),
+                str(pr["planner VMs"]),
+                str(pr["equal"]),
+                str(pr["planner fewer"]),
+                str(pr["planner more"]),
+            ]
+        )
     print(
         table(
-            ["", "VMs placed", "lists where equal", "planner fewer", "planner more"],
-            [
-                ["oracle (exhaustive)", str(prefix_rows["oracle VMs"]), "", "", ""],
-                [
-                    "planner",
-                    str(prefix_rows["planner VMs"]),
-                    str(prefix_rows["equal"]),
-                    str(prefix_rows["planner fewer"]),
-                    str(prefix_rows["planner more"]),
-                ],
-            ],
+            ["", "lists", "VMs offered", "oracle places", "planner places", "equal", "planner fewer", "planner more"],
+            rows,
         )
     )
     print(f"\ntime in make_plan {planner_s:.2f} s, in the oracle {oracle_s:.2f} s (main comparison only)")
@@ -429,7 +448,8 @@ def main() -> int:
         print(f"\n{len(misses)} finding(s); the first {min(args.show, len(misses))}:")
         for line in misses[: args.show]:
             print("  " + line)
-    return 1 if stats["accepted infeasible"] or stats["invalid plans"] or literal_disagree else 0
+    bad = any(st["accepted infeasible"] or st["invalid plans"] for st in stats.values())
+    return 1 if bad or literal_disagree else 0
 
 
 if __name__ == "__main__":

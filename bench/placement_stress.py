@@ -1,22 +1,21 @@
-"""Where the NUMA-placement search runs away: reproducers for the planner issues this benchmark found.
+"""Where the NUMA-placement search is slow: stress cases and reproducers for planner issues.
 
-Run: .venv/bin/python bench/placement_stress.py [--budget SECONDS] [--write DIR]
+Run: .venv/bin/python bench/placement_stress.py [--budget SECONDS] [--seeds N] [--write DIR]
 
-plan/placement.py searches VM -> node assignments depth first, memoised on the tuple of
-per-node load sums, and stops at STEP_LIMIT (2,000,000) steps with "placement search gave
-up". The number of distinct load tuples grows exponentially with the number of NUMA nodes,
-so three kinds of spec take seconds to minutes on many-node hosts, and the last two end in
-a refusal of a spec that has a valid layout:
+plan/placement.py searches VM -> node assignments depth first with a memo over per-node
+load sums, a lower bound on cross-NUMA NICs, an aggregate capacity cut and, since
+commit 5c48e93, symmetry between interchangeable nodes; it stops at STEP_LIMIT
+(2,000,000 steps) with "placement search gave up". Families of specs:
 
-  a. a fleet where some VMs have a passthrough NIC and the first-fit path fills a NIC's
-     node before that NIC's VM is placed (a zero-cross-NUMA layout exists; the search
-     keeps looking for it through every load tuple);
-  b. a spec one VM over what the nodes can hold (must be refused; the search has to
-     exhaust the tree to prove it, and past ~7 nodes it gives up instead of explaining);
-  c. exact-fit packings (every free core used, feasible by construction).
+  a.  a fleet where some VMs pass through a NIC (found exponential before 5c48e93);
+  b.  one VM more than identical nodes can hold (must be refused, with an explanation);
+  b'. the same with a NIC on every node, so no two nodes are interchangeable;
+  c.  exact-fit packings (every free core used; feasible by construction);
+  c'. the same with a NIC on every node.
 
-Every case runs in a child process with a time budget, so the whole script is bounded.
-`--write DIR` writes case (a) on 16 nodes as a host tree + spec for the CLI:
+Every case runs in a child process with a time budget, so the whole script is bounded;
+"no answer within budget" means the planner was still searching when it was stopped.
+`--write DIR` writes case b' on 8 nodes as a host tree + spec for the CLI:
     bmslice plan DIR/spec.yaml --host-root DIR/host
 """
 
@@ -88,39 +87,58 @@ def nic_fleet(budget: float) -> None:
     print(table(["host", "VMs", "time", "search steps", "outcome"], rows, "lrrrl"))
 
 
-def over_capacity(budget: float) -> None:
+def over_capacity(budget: float, nics: bool) -> None:
+    mark = "'" if nics else ""
+    nic_text = "; node k has NIC ensk, passed through by VM k < n (no two nodes interchangeable)" if nics else ""
     print(
-        "\nb. One VM too many: 7n+1 VMs of 4 vCPUs + dedicated emulator core (3 cores each) on n nodes of 23 free\n"
-        "   cores (7 fit per node). Infeasible: the right answer is a refusal that explains the shortfall."
+        f"\nb{mark}. One VM too many: 7n+1 VMs of 4 vCPUs + dedicated emulator core (3 cores each) on n nodes\n"
+        f"   of 23 free cores (7 fit per node){nic_text}.\n"
+        "   Infeasible: the right answer is a refusal that explains the shortfall."
     )
     rows = []
-    for nodes in (2, 3, 4, 5, 6, 7, 8):
+    for nodes in (2, 4, 6, 8, 12, 16):
         shape = HostShape(f"{nodes} nodes", nodes, 24, 2, 1)
-        vms = [
-            {"name": f"vm{i:03d}", "vcpus": 4, "memory": "4GiB", "emulator": "dedicated"} for i in range(7 * nodes + 1)
-        ]
-        rows.append([f"{nodes} x 24c x 2t", str(7 * nodes + 1), *run(shape, {"vms": vms}, False, budget)])
+        vms: list[dict[str, Any]] = []
+        for i in range(7 * nodes + 1):
+            vm: dict[str, Any] = {"name": f"vm{i:03d}", "vcpus": 4, "memory": "4GiB", "emulator": "dedicated"}
+            if nics and i < nodes:
+                vm["nics"] = [{"passthrough": f"ens{i}"}]
+            vms.append(vm)
+        rows.append([f"{nodes} x 24c x 2t", str(len(vms)), *run(shape, {"vms": vms}, nics, budget)])
     print(table(["host", "VMs", "time", "search steps", "outcome"], rows, "lrrrl"))
 
 
-def exact_fit(budget: float, seeds: int) -> None:
+def exact_fit(budget: float, seeds: int, nodes: int, nics: bool) -> None:
+    mark = "'" if nics else ""
+    nic_text = "; the first VM cut from node k has NIC ensk" if nics else ""
     print(
-        f"\nc. Exact fit: 8 nodes of 23 free cores, each node's cores cut at random into VMs of 3-8 cores\n"
-        f"   (2 vCPUs per core, emulator on host CPUs), shuffled. Feasible by construction; {seeds} seeds."
+        f"\nc{mark}. Exact fit: {nodes} nodes of 23 free cores, each node's cores cut at random into VMs of\n"
+        f"   3-8 cores (2 vCPUs per core, emulator on host CPUs), shuffled{nic_text}.\n"
+        f"   Feasible by construction (with 0 cross-NUMA NICs); {seeds} seeds."
     )
-    shape = HostShape("8 nodes", 8, 24, 2, 1)
+    shape = HostShape(f"{nodes} nodes", nodes, 24, 2, 1)
     rows = []
     for seed in range(seeds):
         rng = random.Random(seed)
         vms: list[dict[str, Any]] = []
-        for _node in range(shape.nodes):
+        for node in range(shape.nodes):
             left = 23
+            first = True
             while left > 0:
                 cores = rng.choice([3, 4, 5, 6, 7, 8]) if left > 8 else left
                 left -= cores
-                vms.append({"name": f"vm{len(vms):03d}", "vcpus": 2 * cores, "memory": "4GiB", "emulator": "host"})
+                vm: dict[str, Any] = {
+                    "name": f"vm{len(vms):03d}",
+                    "vcpus": 2 * cores,
+                    "memory": "4GiB",
+                    "emulator": "host",
+                }
+                if nics and first:
+                    vm["nics"] = [{"passthrough": f"ens{node}"}]
+                first = False
+                vms.append(vm)
         rng.shuffle(vms)
-        rows.append([str(seed), str(len(vms)), *run(shape, {"vms": vms}, False, budget)])
+        rows.append([str(seed), str(len(vms)), *run(shape, {"vms": vms}, nics, budget)])
     print(table(["seed", "VMs", "time", "search steps", "outcome"], rows, "rrrrl"))
     planned = sum(1 for r in rows if r[-1].startswith("planned"))
     print(f"   planned {planned} of {seeds} feasible specs within {budget:.0f} s each")
@@ -129,7 +147,7 @@ def exact_fit(budget: float, seeds: int) -> None:
 def write_case(out: Path) -> None:
     from treebuilder import HostSpec, NodeMemory, PciSpec, cpu_layout, write_tree
 
-    shape = HostShape("16 nodes", 16, 24, 2, 1)
+    shape = HostShape("8 nodes", 8, 24, 2, 1)
     host = HostSpec(
         cpus=cpu_layout(shape.sockets, shape.cores_per_socket, shape.threads),
         node_memory={n: NodeMemory(shape.memory_mib_per_node) for n in range(shape.nodes)},
@@ -142,23 +160,32 @@ def write_case(out: Path) -> None:
         cmdline="BOOT_IMAGE=/vmlinuz root=/dev/sda1 ro intel_iommu=on",
     )
     write_tree(host, out / "host")
-    (out / "spec.yaml").write_text(yaml.safe_dump(fleet_spec(shape, 32, True), sort_keys=False))
+    vms: list[dict[str, Any]] = []
+    for i in range(7 * shape.nodes + 1):
+        vm: dict[str, Any] = {"name": f"vm{i:03d}", "vcpus": 4, "memory": "4GiB", "emulator": "dedicated"}
+        if i < shape.nodes:
+            vm["nics"] = [{"passthrough": f"ens{i}"}]
+        vms.append(vm)
+    (out / "spec.yaml").write_text(yaml.safe_dump({"vms": vms}, sort_keys=False))
     print(f"wrote {out}/host and {out}/spec.yaml; run: .venv/bin/bmslice plan {out}/spec.yaml --host-root {out}/host")
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--budget", type=float, default=15.0, help="seconds per case (default 15)")
-    parser.add_argument("--seeds", type=int, default=8, help="exact-fit seeds (default 8)")
-    parser.add_argument("--write", type=Path, metavar="DIR", help="write the 16-node NIC case for the CLI and exit")
+    parser.add_argument("--budget", type=float, default=10.0, help="seconds per case (default 10)")
+    parser.add_argument("--seeds", type=int, default=5, help="exact-fit seeds (default 5)")
+    parser.add_argument("--write", type=Path, metavar="DIR", help="write case b' on 8 nodes for the CLI and exit")
     args = parser.parse_args()
     if args.write:
         write_case(args.write)
         return 0
     print(f"placement search stress (STEP_LIMIT {placement.STEP_LIMIT:,}; budget {args.budget:.0f} s per case)")
     nic_fleet(args.budget)
-    over_capacity(args.budget)
-    exact_fit(args.budget, args.seeds)
+    over_capacity(args.budget, nics=False)
+    over_capacity(args.budget, nics=True)
+    for nodes in (8, 16):
+        exact_fit(args.budget, args.seeds, nodes, nics=False)
+        exact_fit(args.budget, args.seeds, nodes, nics=True)
     return 0
 
 

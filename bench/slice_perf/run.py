@@ -16,6 +16,8 @@ What it does, within about 5 minutes:
    C  slicebench directly on the host, pinned to CPU 1, noise on CPU 0 (bare-metal baseline).
    KVM is tried first; a guest that prints nothing within the boot timeout is destroyed and
    booted again under TCG. Every figure says which accelerator produced it.
+   A2 (TCG only, --no-diagnostic skips it): A with the emulator and IOThread moved to CPU 1,
+   because under TCG QEMU's main-loop thread runs the guest's timers.
 Every domain (transient, uniquely named) and run file is removed on exit; the download cache stays.
 """
 
@@ -175,9 +177,19 @@ poweroff -f
 
 
 def bmslice_domain(
-    name: str, domain_type: str, pinned: bool, kernel: Path, initrd: Path, serial: Path
+    name: str,
+    domain_type: str,
+    pinned: bool,
+    kernel: Path,
+    initrd: Path,
+    serial: Path,
+    emulator_cpu: int | None = None,
 ) -> tuple[str, Any]:
-    """bmslice plans and renders the slice; lxml adds direct kernel boot and the file serial port."""
+    """bmslice plans and renders the slice; lxml adds direct kernel boot and the file serial port.
+
+    pinned=False drops <cputune> (layout B); emulator_cpu moves the emulator and IOThread pins
+    (the diagnostic layout A2), everything else stays as bmslice rendered it.
+    """
     from bmslice.model.spec import spec_from_data
     from bmslice.plan.planner import make_plan
     from bmslice.render.domain_model import domain_from_plan
@@ -209,10 +221,12 @@ def bmslice_domain(
     etree.SubElement(serial_el, "source", path=str(serial))
     etree.SubElement(serial_el, "target", port="0")
     devices.insert(0, serial_el)
-    if not pinned:
-        tune = root.find("cputune")
-        if tune is not None:
-            root.remove(tune)
+    tune = root.find("cputune")
+    if not pinned and tune is not None:
+        root.remove(tune)
+    elif emulator_cpu is not None and tune is not None:
+        for el in tune.findall("emulatorpin") + tune.findall("iothreadpin"):
+            el.set("cpuset", str(emulator_cpu))
     return etree.tostring(root, pretty_print=True, encoding="unicode"), plan
 
 
@@ -303,15 +317,22 @@ def others_running(conn: Any) -> set[str]:
 
 
 def boot_guest(
-    conn: Any, label: str, accel: str, pinned: bool, art: dict[str, Path], run_dir: Path, deadline: float
+    conn: Any,
+    label: str,
+    accel: str,
+    pinned: bool,
+    art: dict[str, Path],
+    run_dir: Path,
+    deadline: float,
+    emulator_cpu: int | None = None,
 ) -> Result:
     import libvirt
 
     result = Result(label, accel)
-    name = f"bmslice-perf-{uuid.uuid4().hex[:8]}-{label}"
+    name = f"bmslice-perf-{uuid.uuid4().hex[:8]}-{label.lower()}"
     CREATED.append(name)
     serial = run_dir / f"{name}.serial.log"
-    xml, plan = bmslice_domain(name, accel, pinned, art["kernel"], art["initrd"], serial)
+    xml, plan = bmslice_domain(name, accel, pinned, art["kernel"], art["initrd"], serial, emulator_cpu)
     (run_dir / f"{name}.xml").write_text(xml)
     if label == "A":
         vm = plan.vms[0]
@@ -394,22 +415,23 @@ def report(results: dict[str, Result], started: float) -> None:
     rows = []
     what = {
         "A": "bmslice slice: vCPU pinned to CPU 1, emulator on CPU 0, noise on CPU 0",
+        "A2": "diagnostic: as A, but emulator + IOThread on CPU 1 with the vCPU",
         "B": "same guest unpinned (no cputune), noise on all CPUs",
         "C": "bare host: slicebench pinned to CPU 1, noise on CPU 0",
     }
-    for key in ("A", "B", "C"):
+    for key in ("A", "A2", "B", "C"):
         r = results.get(key)
         if r is None:
             continue
         lat, work = r.latency, r.work
         rows.append(
-            f"{key}  {ACCEL_NAME.get(r.accel, r.accel):<16} {fmt(lat.get('p50_us')):>9} {fmt(lat.get('p99_us')):>9} {fmt(lat.get('max_us')):>9}"
+            f"{key:<3} {ACCEL_NAME.get(r.accel, r.accel):<16} {fmt(lat.get('p50_us')):>9} {fmt(lat.get('p99_us')):>9} {fmt(lat.get('max_us')):>9}"
             f" {fmt(work.get('median_ms')):>11}   {what[key]}"
         )
-    print(f"\n   {'accelerator':<16} {'p50 us':>9} {'p99 us':>9} {'max us':>9} {'work ms':>11}   setup")
+    print(f"\n    {'accelerator':<16} {'p50 us':>9} {'p99 us':>9} {'max us':>9} {'work ms':>11}   setup")
     print("\n".join(rows))
     c = results.get("C")
-    for key in ("A", "B"):
+    for key in ("A", "A2", "B"):
         r = results.get(key)
         if r is None or c is None or not r.latency or not c.latency or not r.work or not c.work:
             continue
@@ -420,12 +442,12 @@ def report(results: dict[str, Result], started: float) -> None:
             r.work["median_ms"] / c.work["median_ms"],
         ]
         print(
-            f"{key}/C ({ACCEL_NAME.get(r.accel, r.accel)} vs host): p50 x{ratio[0]:.2f}  p99 x{ratio[1]:.2f}  max x{ratio[2]:.2f}  work x{ratio[3]:.2f}"
+            f"{key + '/C':<5} ({ACCEL_NAME.get(r.accel, r.accel)} vs host): p50 x{ratio[0]:.2f}  p99 x{ratio[1]:.2f}  max x{ratio[2]:.2f}  work x{ratio[3]:.2f}"
         )
     a, b = results.get("A"), results.get("B")
     if a and b and a.accel != b.accel:
         print("note: A and B ran under different accelerators; compare each with C only with that in mind")
-    for key in ("A", "B", "C"):
+    for key in ("A", "A2", "B", "C"):
         r = results.get(key)
         if r is None:
             continue
@@ -443,6 +465,9 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
         "--accel", choices=("auto", "kvm", "qemu"), default="auto", help="auto: KVM, falling back to TCG"
+    )
+    parser.add_argument(
+        "--no-diagnostic", action="store_true", help="under TCG, skip the A2 run (emulator moved to the vCPU's CPU)"
     )
     parser.add_argument("--keep", action="store_true", help="keep the run directory (XML, serial logs) for inspection")
     args = parser.parse_args()
@@ -496,6 +521,13 @@ def main() -> int:
                 failed.append(f"{'KVM' if accel == 'kvm' else 'TCG'} attempt failed: {result.error[:100]}")
             if label == "A" and accel_ok == "qemu" and "kvm" in order:
                 results["A"].notes.append("KVM produced no output, so B runs under TCG as well (same accelerator as A)")
+        if accel_ok == "qemu" and not args.no_diagnostic and time.monotonic() < deadline - 40:
+            # Under TCG QEMU's main-loop (emulator) thread runs the guest's timers: A2 shows how much of A
+            # comes from that thread sharing the noisy host CPU.
+            os.sched_setaffinity(0, {HOST_CPU})
+            with Noise({HOST_CPU}):
+                log("A2: as A, emulator + IOThread moved to CPU 1 with the vCPU (diagnostic, TCG only)")
+                results["A2"] = boot_guest(conn, "A2", "qemu", True, art, run_dir, deadline, emulator_cpu=SLICE_CPU)
         os.sched_setaffinity(0, {HOST_CPU})
         with Noise({HOST_CPU}):
             log("C: slicebench on the host, pinned to CPU 1")

@@ -16,7 +16,7 @@ What keeps it fast on big hosts:
 >>> nodes = (NodeFree(0, 5, 0, 10000), NodeFree(1, 5, 0, 10000))
 >>> small = Request("small", Load(1, 1, 100), (0, 1), (0, 0))
 >>> big = Request("big", Load(1, 4, 100), (0, 1), (0, 0))
->>> place([small, big], nodes)
+>>> place([small, big], nodes).nodes
 {'big': 0, 'small': 1}
 """
 
@@ -25,12 +25,24 @@ from __future__ import annotations
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
+from math import gcd
 
 from bmslice.errors import PlanError
 from bmslice.plan.capacity import Load, NodeFree
 
-STEP_LIMIT = 2_000_000
+STEP_LIMIT = 2_000_000  # feasibility: a bound on a pathological search, not a heuristic cut-off
+COST_STEP_LIMIT = 200_000  # improving a found layout's NUMA locality: best effort past this
 _INFEASIBLE = sys.maxsize
+
+
+class _OutOfSteps(Exception):
+    pass
+
+
+@dataclass(frozen=True)
+class Placement:
+    nodes: dict[str, int]  # VM name -> NUMA node
+    numa_optimal: bool  # proven to have the fewest cross-NUMA NICs (else: the best found in the budget)
 
 
 @dataclass(frozen=True)
@@ -47,13 +59,26 @@ class Request:
         return min(self.costs) if self.costs else 0
 
 
-def _threads(load: Load) -> int:
-    return 2 * load.pairs + load.singles
+def _used_threads(node: NodeFree, load: Load) -> int:
+    """Threads `load` takes on `node`: a single on a two-thread core takes both."""
+    on_ones = min(node.ones, load.singles)
+    return on_ones + 2 * (load.singles - on_ones) + 2 * load.pairs
 
 
 class _Search:
-    def __init__(self, requests: Sequence[Request], nodes: Sequence[NodeFree]) -> None:
+    """Depth-first search; with `use_costs=False` only feasibility counts (all NIC preferences equal)."""
+
+    def __init__(
+        self,
+        requests: Sequence[Request],
+        nodes: Sequence[NodeFree],
+        use_costs: bool = True,
+        step_limit: int = STEP_LIMIT,
+    ) -> None:
+        if not use_costs:
+            requests = [Request(r.name, r.load, r.candidates, tuple(0 for _ in r.costs)) for r in requests]
         self.requests = requests
+        self.step_limit = step_limit
         self.nodes = list(nodes)
         self.slot = {n.node: i for i, n in enumerate(nodes)}
         # Interchangeable nodes share a class: same capacity and the same cost for every VM.
@@ -65,13 +90,28 @@ class _Search:
         self.memo: dict[tuple[int, tuple[object, ...]], tuple[int, tuple[int, Load] | None]] = {}
         self.steps = 0
         n = len(requests)
+        all_smt = all(node.ones == 0 for node in nodes)
+
+        def demand(load: Load) -> int:  # threads a VM takes at the least, on any node of this host
+            return 2 * (load.pairs + load.singles) if all_smt else 2 * load.pairs + load.singles
+
+        # Bounds on what requests[i:] need: totals, smallest VM, and the gcd of their sizes.
         self.lower_bound = [0] * (n + 1)
         self.threads_left = [0] * (n + 1)
         self.memory_left = [0] * (n + 1)
+        self.smallest_threads = [sys.maxsize] * (n + 1)
+        self.smallest_memory = [sys.maxsize] * (n + 1)
+        self.threads_gcd = [0] * (n + 1)
+        self.memory_gcd = [0] * (n + 1)
         for i in range(n - 1, -1, -1):
+            load = requests[i].load
             self.lower_bound[i] = self.lower_bound[i + 1] + requests[i].min_cost
-            self.threads_left[i] = self.threads_left[i + 1] + _threads(requests[i].load)
-            self.memory_left[i] = self.memory_left[i + 1] + requests[i].load.memory_mib
+            self.threads_left[i] = self.threads_left[i + 1] + demand(load)
+            self.memory_left[i] = self.memory_left[i + 1] + load.memory_mib
+            self.smallest_threads[i] = min(self.smallest_threads[i + 1], demand(load))
+            self.smallest_memory[i] = min(self.smallest_memory[i + 1], load.memory_mib)
+            self.threads_gcd[i] = gcd(self.threads_gcd[i + 1], demand(load))
+            self.memory_gcd[i] = gcd(self.memory_gcd[i + 1], load.memory_mib)
 
     @staticmethod
     def _cost(req: Request, node: int) -> int | None:
@@ -92,9 +132,20 @@ class _Search:
         return (i, canonical)
 
     def _hopeless(self, i: int, loads: tuple[Load, ...]) -> bool:
-        """Even ignoring node boundaries, the rest does not fit in what is left."""
-        threads = sum(2 * n.twos + n.ones - _threads(load) for n, load in zip(self.nodes, loads, strict=True))
-        memory = sum(n.memory_mib - load.memory_mib for n, load in zip(self.nodes, loads, strict=True))
+        """Even ignoring node boundaries, the rest does not fit in what is left.
+
+        A node that cannot take even the smallest remaining VM is wasted space, and of a
+        node's free threads only a multiple of the VMs' common size (gcd) can ever be used:
+        on exact fits and one-VM-too-many specs this cuts the search at once.
+        """
+        threads = memory = 0
+        for node, load in zip(self.nodes, loads, strict=True):
+            free_threads = 2 * node.twos + node.ones - _used_threads(node, load)
+            free_memory = node.memory_mib - load.memory_mib
+            if free_threads < self.smallest_threads[i] or free_memory < self.smallest_memory[i]:
+                continue
+            threads += free_threads - free_threads % (self.threads_gcd[i] or 1)
+            memory += free_memory - free_memory % (self.memory_gcd[i] or 1)
         return threads < self.threads_left[i] or memory < self.memory_left[i]
 
     def best(self, i: int, loads: tuple[Load, ...]) -> int:
@@ -105,10 +156,8 @@ class _Search:
         if key in self.memo:
             return self.memo[key][0]
         self.steps += 1
-        if self.steps > STEP_LIMIT:
-            raise PlanError(
-                f"placement search gave up after {STEP_LIMIT} steps; pin some VMs with numa_node to narrow it"
-            )
+        if self.steps > self.step_limit:
+            raise _OutOfSteps
         best_cost: int = _INFEASIBLE
         best_choice: tuple[int, Load] | None = None
         if not self._hopeless(i, loads):
@@ -152,13 +201,9 @@ class _Search:
         return out
 
 
-def place(requests: Sequence[Request], nodes: Sequence[NodeFree]) -> dict[str, int] | None:
-    """VM name -> node for every request, or None when no assignment fits.
-
-    Search order: VMs bound to fewer nodes first, then VMs with a node preference, then the
-    biggest (fails fast), then by name; the answer depends on the requests, not their order.
-    """
-    ordered = sorted(
+def _order(requests: Sequence[Request]) -> list[Request]:
+    """VMs bound to fewer nodes first, then VMs with a node preference, then the biggest."""
+    return sorted(
         requests,
         key=lambda r: (
             len(r.candidates),
@@ -168,4 +213,35 @@ def place(requests: Sequence[Request], nodes: Sequence[NodeFree]) -> dict[str, i
             r.name,
         ),
     )
-    return _Search(ordered, nodes).assignment()
+
+
+def _cost(requests: Sequence[Request], nodes: dict[str, int]) -> int:
+    return sum(dict(zip(r.candidates, r.costs, strict=True))[nodes[r.name]] for r in requests)
+
+
+def place(requests: Sequence[Request], nodes: Sequence[NodeFree]) -> Placement | None:
+    """VM name -> node for every request, or None when no assignment fits.
+
+    Two searches: first whether any layout exists (NIC preferences ignored, so all nodes of
+    one shape are interchangeable and the answer is exact and quick), then the layout with
+    the fewest cross-NUMA NICs, which stops at the best found within COST_STEP_LIMIT steps.
+    A spec is never refused because the second search ran long.
+    """
+    ordered = _order(requests)
+    try:
+        feasible = _Search(ordered, nodes, use_costs=False).assignment()
+    except _OutOfSteps:
+        raise PlanError(
+            f"placement search gave up after {STEP_LIMIT} steps without settling whether the VMs fit; "
+            "pin some VMs with numa_node to narrow it"
+        ) from None
+    if feasible is None:
+        return None
+    if _cost(ordered, feasible) == sum(r.min_cost for r in ordered):
+        return Placement(feasible, True)
+    try:
+        best = _Search(ordered, nodes, use_costs=True, step_limit=COST_STEP_LIMIT).assignment()
+    except _OutOfSteps:
+        return Placement(feasible, False)
+    assert best is not None  # a feasible layout exists
+    return Placement(best, True)

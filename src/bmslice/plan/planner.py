@@ -40,9 +40,14 @@ def make_plan(topo: HostTopology, spec: Spec, origin: str = "spec", keep: Sequen
     free = _node_free(topo, spec, free_cores, kept)
     new_vms = [vm for vm in spec.vms if vm.name not in kept]
     requests = [_request(topo, vm, nics, vf_requests, spec) for vm in new_vms]
-    assignment = place(requests, free)
-    if assignment is None:
+    placed = place(requests, free)
+    if placed is None:
         raise PlanError(explain(requests, free))
+    assignment = placed.nodes
+    if not placed.numa_optimal:
+        warnings.append(
+            "the NUMA placement of NICs is the best found in the search budget, not proven the fewest cross-NUMA"
+        )
     allocations = _allocate(free_cores, new_vms, assignment)
     vf_devices, pf_plans, vf_warnings = assign_vfs(
         topo, vf_requests, assignment, list(kept.values()), spec.host, origin

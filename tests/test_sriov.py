@@ -372,3 +372,55 @@ def test_destroy_removes_the_vfs_bmslice_created(tmp_path: Path, monkeypatch: py
     assert not (tree / "etc/udev/rules.d/70-bmslice-sriov.rules").exists()
     assert not [p for p in tree.rglob("*") if p.is_file() and "udev" in str(p)]
     keeper.close()
+
+
+def test_vf_mac_and_vlan_parsed_from_a_real_netlink_message() -> None:
+    """An RTM_NEWLINK message built and decoded by pyroute2, as a PF driver's reply carries it."""
+    from pyroute2.netlink.rtnl.ifinfmsg import ifinfmsg
+
+    from bmslice.model.topology import VfState
+    from bmslice.topology.netlink import vf_states_of
+
+    def vf(index: int, mac: str, vlan: int) -> tuple[str, object]:
+        attrs = [("IFLA_VF_MAC", {"vf": index, "mac": mac}), ("IFLA_VF_VLAN", {"vf": index, "vlan": vlan, "qos": 0})]
+        return ("IFLA_VF_INFO", {"attrs": attrs})
+
+    sent = ifinfmsg()
+    sent["attrs"] = [
+        ("IFLA_IFNAME", "eno2"),
+        ("IFLA_VFINFO_LIST", {"attrs": [vf(0, "02:1a:74:2e:d9:b2", 200), vf(1, "00:00:00:00:00:00", 0)]}),
+    ]
+    sent.encode()
+    received = ifinfmsg(sent.data)
+    received.decode()
+    assert vf_states_of(received) == [VfState("eno2", 0, "02:1a:74:2e:d9:b2", 200), VfState("eno2", 1, None, None)]
+
+
+def test_live_vf_read_on_interfaces_without_vfs(netns: str) -> None:
+    from bmslice.topology.netlink import read_vf_states
+
+    assert read_vf_states(netns) == ()
+
+
+def test_discover_lists_vf_holders_and_settings(sriov_tree: Path) -> None:
+    from rich.console import Console
+
+    from bmslice.cli.tables import topology_view
+    from bmslice.model.topology import VfState
+
+    tree_spec = two_socket_sriov()
+    pf = replace(tree_spec.pci[3], sriov_numvfs=2)
+    vfs = vf_specs(pf, 2, 50)
+    vfs[1] = replace(vfs[1], driver="vfio-pci")
+    root = write_tree(
+        replace(tree_spec, pci=(*tree_spec.pci[:3], pf, *tree_spec.pci[4:], *vfs)), sriov_tree.parent / "vfs"
+    )
+    topo = replace(
+        read_host_tree(root),
+        vf_states=(VfState("ens2f0", 0, None, None), VfState("ens2f0", 1, "02:00:00:00:00:07", 300)),
+    )
+    console = Console(record=True, width=160)
+    console.print(topology_view(topo))
+    text = console.export_text()
+    assert "0000:af:10.0" in text and "host (ixgbevf)" in text
+    assert "0000:af:10.2" in text and "a guest (vfio-pci)" in text and "300" in text

@@ -47,10 +47,10 @@ def discover(uri: str, host_root: Path | None) -> HostTopology:
 
         return read_host_tree(host_root)
     if is_local(uri):
-        from bmslice.topology.netlink import with_management_interfaces
+        from bmslice.topology.netlink import with_live_network
         from bmslice.topology.sysfs import read_host_tree
 
-        return with_management_interfaces(read_host_tree(Path("/")))
+        return with_live_network(read_host_tree(Path("/")))
     from bmslice.apply.connection import read_libvirt_topology
 
     return read_libvirt_topology(uri)

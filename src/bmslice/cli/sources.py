@@ -37,7 +37,7 @@ def read_topology(args: argparse.Namespace) -> HostTopology:
         raise TopologyError(f"--host-root {root}: no such directory")
     topo = read_host_tree(root)
     if args.host_root is None:
-        from bmslice.topology.netlink import with_management_interfaces
+        from bmslice.topology.netlink import with_live_network
 
-        topo = with_management_interfaces(topo)
+        topo = with_live_network(topo)
     return topo

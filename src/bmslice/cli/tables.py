@@ -46,9 +46,27 @@ def topology_view(topo: HostTopology) -> Group:
             f"{dev.sriov_numvfs}/{dev.sriov_totalvfs}" if dev.sriov_totalvfs else "-",
             note,
         )
+    parts: list[Table | Text] = [head, nodes, nics]
+    if topo.vf_states:
+        parts.append(_vf_table(topo))
     tail = Text(f"kernel cmdline: {topo.kernel_cmdline or '(unknown)'}")
     warnings = [Text(f"warning: {w}", style="yellow") for w in topo.warnings]
-    return Group(head, nodes, nics, tail, *warnings)
+    return Group(*parts, tail, *warnings)
+
+
+def _vf_table(topo: HostTopology) -> Table:
+    """Each VF's MAC and VLAN as the PF driver reports them, and who holds the VF."""
+    table = Table(title="SR-IOV VFs (live)", title_justify="left")
+    for col in ("PF", "VF", "PCI address", "MAC", "VLAN", "held by"):
+        table.add_column(col)
+    for vf in topo.vf_states:
+        pf = topo.pci_by_interface(vf.pf_interface)
+        address = pf.virtfns[vf.index] if pf is not None and vf.index < len(pf.virtfns) else None
+        dev = topo.pci(address) if address else None
+        holder = "-" if dev is None else ("a guest (vfio-pci)" if dev.driver == "vfio-pci" else f"host ({dev.driver})")
+        vlan = str(vf.vlan) if vf.vlan else "untagged"
+        table.add_row(vf.pf_interface, str(vf.index), address or "?", vf.mac or "unset", vlan, holder)
+    return table
 
 
 def _tri(value: object) -> str:

@@ -116,6 +116,16 @@ class PciDevice:
 
 
 @dataclass(frozen=True)
+class VfState:
+    """A VF's MAC and VLAN as its PF's driver reports them (netlink; live hosts only)."""
+
+    pf_interface: str
+    index: int
+    mac: str | None  # None: unset (all zeros)
+    vlan: int | None  # None: untagged
+
+
+@dataclass(frozen=True)
 class Core:
     """One physical core: its online hardware threads, all on one NUMA node."""
 
@@ -148,6 +158,7 @@ class HostTopology:
     hostname: str = ""
     warnings: tuple[str, ...] = field(default=())
     management_interfaces: tuple[str, ...] = ()  # carry the address of the current SSH session, etc.
+    vf_states: tuple[VfState, ...] = ()
 
     @cached_property
     def online_cpus(self) -> CpuSet:
@@ -267,6 +278,9 @@ def topology_to_dict(topo: HostTopology) -> dict[str, Any]:
                 "master_kind": i.master_kind,
             }
             for i in topo.net_interfaces
+        ],
+        "vf_states": [
+            {"pf_interface": v.pf_interface, "index": v.index, "mac": v.mac, "vlan": v.vlan} for v in topo.vf_states
         ],
         "warnings": list(topo.warnings),
     }

@@ -15,10 +15,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from bmslice.cpuset import CpuSet
+from bmslice.model.live import ThreadAffinity
 from bmslice.model.plan import Plan
 from bmslice.model.topology import HostTopology
 from bmslice.verify.findings import Finding, Level, fail, ok
-from bmslice.verify.host_state import Irq, Process, RuntimeState, Task
+from bmslice.verify.host_state import Irq, Process, RuntimeState
 
 REBOOT_REMEDY = "bmslice host-apply, update the bootloader as it says, reboot"
 
@@ -156,14 +157,14 @@ def _slice_cpus(plan: Plan) -> dict[str, CpuSet]:
     return {vm.name: vm.owned_cpus | vm.emulator_cpus | vm.iothread_cpus for vm in plan.vms}
 
 
-def _group(tasks: list[Task]) -> Iterator[tuple[CpuSet, list[Task]]]:
-    by_cpus: dict[CpuSet, list[Task]] = defaultdict(list)
+def _group(tasks: list[ThreadAffinity]) -> Iterator[tuple[CpuSet, list[ThreadAffinity]]]:
+    by_cpus: dict[CpuSet, list[ThreadAffinity]] = defaultdict(list)
     for task in tasks:
         by_cpus[task.cpus].append(task)
     yield from sorted(by_cpus.items(), key=lambda item: item[1][0].tid)
 
 
-def _who(proc: Process, tasks: list[Task]) -> str:
+def _who(proc: Process, tasks: list[ThreadAffinity]) -> str:
     if len(tasks) == 1 and tasks[0].tid == proc.pid:
         return f"pid {proc.pid} ({proc.comm})"
     if len(tasks) == 1:
@@ -172,7 +173,9 @@ def _who(proc: Process, tasks: list[Task]) -> str:
     return f"pid {proc.pid} ({proc.comm}), {len(tasks)} threads ({tids})"
 
 
-def _thread_finding(proc: Process, cpus: CpuSet, tasks: list[Task], plan: Plan, slices: dict[str, CpuSet]) -> Finding:
+def _thread_finding(
+    proc: Process, cpus: CpuSet, tasks: list[ThreadAffinity], plan: Plan, slices: dict[str, CpuSet]
+) -> Finding:
     """One line for the threads of `proc` that share the Cpus_allowed_list `cpus`."""
     reserved = plan.host.reserved_cpus
     hit = cpus & plan.host.isolated_cpus
@@ -207,7 +210,7 @@ def _threads(plan: Plan, processes: tuple[Process, ...]) -> tuple[list[Finding],
     excepted: list[Excepted] = []
     threads = 0
     for proc in processes:
-        bad: list[Task] = []
+        bad: list[ThreadAffinity] = []
         for task in proc.tasks:
             threads += 1
             hit = task.cpus & isolated

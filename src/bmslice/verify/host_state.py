@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from bmslice.cpuset import CpuListError, CpuSet
+from bmslice.model.live import ThreadAffinity
 from bmslice.topology.sysfs import FsRoot
 
 KTHREAD_FLAG = 0x00200000  # PF_KTHREAD in /proc/<pid>/stat field 9
@@ -145,20 +146,13 @@ def read_irqs(fs: FsRoot) -> tuple[Irq, ...]:
 
 
 @dataclass(frozen=True)
-class Task:
-    tid: int
-    comm: str
-    cpus: CpuSet
-
-
-@dataclass(frozen=True)
 class Process:
     pid: int
     comm: str
     cmdline: tuple[str, ...]
     kthread: bool
     kthread_evidence: str  # how we know: "Kthread: 1", "PF_KTHREAD", "child of kthreadd without exe"
-    tasks: tuple[Task, ...]
+    tasks: tuple[ThreadAffinity, ...]
 
     @property
     def guest(self) -> str | None:
@@ -189,7 +183,7 @@ def kthread_evidence(
     return ""
 
 
-def _task(fs: FsRoot, rel: str, tid: int) -> Task | None:
+def _task(fs: FsRoot, rel: str, tid: int) -> ThreadAffinity | None:
     text = fs.read(f"{rel}/status")
     if text is None:
         return None  # the thread ended while we looked
@@ -200,7 +194,7 @@ def _task(fs: FsRoot, rel: str, tid: int) -> Task | None:
         cpus = CpuSet.parse(status["Cpus_allowed_list"])
     except (KeyError, CpuListError):
         return None
-    return Task(tid, status.get("Name", ""), cpus)
+    return ThreadAffinity(tid, status.get("Name", ""), cpus)
 
 
 def read_process(fs: FsRoot, pid: int) -> Process | None:

@@ -1,32 +1,16 @@
-"""Read the kernel's view of a process's threads: /proc/<pid>/task/<tid>/{comm,status}."""
+"""The kernel's view of one process's threads: /proc/<pid>/task/<tid>/status, read through
+the same reader the isolation audit uses."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from bmslice.cpuset import CpuListError, CpuSet
 from bmslice.model.live import ThreadAffinity
+from bmslice.topology.sysfs import FsRoot
+from bmslice.verify.host_state import read_process
 
 
-def read_threads(pid: int, proc: Path = Path("/proc")) -> list[ThreadAffinity]:
-    out = []
-    task_dir = proc / str(pid) / "task"
-    try:
-        tids = sorted(int(t) for t in (p.name for p in task_dir.iterdir()) if t.isdigit())
-    except OSError:
-        return []
-    for tid in tids:
-        try:
-            comm = (task_dir / str(tid) / "comm").read_text().strip()
-            status = (task_dir / str(tid) / "status").read_text()
-        except OSError:
-            continue  # the thread ended while we looked
-        for line in status.splitlines():
-            if line.startswith("Cpus_allowed_list:"):
-                try:
-                    cpus = CpuSet.parse(line.split(":", 1)[1])
-                except CpuListError:
-                    break
-                out.append(ThreadAffinity(tid, comm, cpus))
-                break
-    return out
+def read_threads(pid: int, root: Path = Path("/")) -> list[ThreadAffinity]:
+    """Each live thread's name and Cpus_allowed_list; empty when the process is gone."""
+    process = read_process(FsRoot(root), pid)
+    return list(process.tasks) if process is not None else []

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from bmslice.cli.main import EXIT_DRIFT, EXIT_OK, _print_json, run, standalone_parser
+from bmslice.cli.common import EXIT_DRIFT, EXIT_OK, print_json, print_warnings, run, standalone_parser
 from bmslice.errors import BmsliceError, SpecError
 
 if TYPE_CHECKING:  # the fleet model costs start-up time every other command should not pay
@@ -137,8 +137,7 @@ def _write(out: Path, files: dict[str, str]) -> None:
 
 
 def _say_warnings(planned: _Planned) -> None:
-    for warning in planned.warnings:
-        print(f"warning: {warning}", file=sys.stderr)
+    print_warnings(planned.warnings)
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
@@ -149,7 +148,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
     if args.out is not None:
         _write(args.out, planned.files)
     if args.json:
-        _print_json(
+        print_json(
             {
                 "placement": placement_to_dict(planned.placement),
                 "hosts": planned.specs,
@@ -221,7 +220,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
         planned = None
     report = verify_fleet(fleet if planned is None else planned.fleet, specs, notes=notes)
     if args.json:
-        _print_json(report.to_dict())
+        print_json(report.to_dict())
     else:
         width = max(len(h.host) for h in report.hosts)
         for host in report.hosts:

@@ -7,13 +7,12 @@ their own parser with bmslice's error handling (one `error:` line, exit 2).
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from bmslice.cli import main as cli_main  # attributes read at call time: main.py may import this module
+from bmslice.cli.common import EXIT_DRIFT, EXIT_OK, print_json, print_warnings, run, standalone_parser
 from bmslice.errors import BmsliceError, TopologyError
 
 if TYPE_CHECKING:
@@ -38,15 +37,6 @@ def _plan(args: argparse.Namespace) -> tuple[HostTopology, Plan]:
     return topo, make_plan(topo, spec, origin=str(args.spec))
 
 
-def _warnings(plan: Plan) -> None:
-    for warning in plan.warnings:
-        print(f"warning: {warning}", file=sys.stderr)
-
-
-def _dump(data: object) -> None:
-    sys.stdout.write(json.dumps(data, indent=2) + "\n")
-
-
 def cmd_preflight(args: argparse.Namespace) -> int:
     from bmslice.topology.sysfs import FsRoot
     from bmslice.verify.findings import Level
@@ -56,14 +46,14 @@ def cmd_preflight(args: argparse.Namespace) -> int:
     findings = preflight(plan, topo, read_preflight_facts(FsRoot(_root(args)), plan, topo))
     failed = [f for f in findings if f.level is Level.FAIL]
     if args.json:
-        _dump({"ok": not failed, "findings": [f.to_dict() for f in findings]})
+        print_json({"ok": not failed, "findings": [f.to_dict() for f in findings]})
     else:
         for finding in findings:
             print(finding.line())
         warned = sum(f.level is Level.WARN for f in findings)
         print(f"preflight: {len(failed)} fail, {warned} warn" if failed else f"preflight: ready ({warned} warn)")
-    _warnings(plan)
-    return cli_main.EXIT_DRIFT if failed else cli_main.EXIT_OK
+    print_warnings(plan.warnings)
+    return EXIT_DRIFT if failed else EXIT_OK
 
 
 def cmd_host_config(args: argparse.Namespace) -> int:
@@ -82,8 +72,8 @@ def cmd_host_config(args: argparse.Namespace) -> int:
     for rel in files:
         print(out / rel)
     print(f"kernel args: {' '.join(plan.host.kernel_args)}")
-    _warnings(plan)
-    return cli_main.EXIT_OK
+    print_warnings(plan.warnings)
+    return EXIT_OK
 
 
 def cmd_host_apply(args: argparse.Namespace) -> int:
@@ -103,9 +93,8 @@ def cmd_host_apply(args: argparse.Namespace) -> int:
         print(f"  {action} /{change.path}{detail}")
     for step in result.next_steps:
         print(f"next: {step}")
-    for warning in result.warnings:
-        print(f"warning: {warning}", file=sys.stderr)
-    _warnings(plan)
+    print_warnings(result.warnings)
+    print_warnings(plan.warnings)
     if result.reboot_pending:
         print(f"reboot pending: {' '.join(result.reboot_pending)}")
     if not result.changes:
@@ -114,7 +103,7 @@ def cmd_host_apply(args: argparse.Namespace) -> int:
         print(f"dry run: {len(result.changes)} change(s), nothing written")
     else:
         print(f"changed: {len(result.changes)}, unchanged: {len(result.unchanged)}")
-    return cli_main.EXIT_OK
+    return EXIT_OK
 
 
 def cmd_audit(args: argparse.Namespace) -> int:
@@ -125,7 +114,7 @@ def cmd_audit(args: argparse.Namespace) -> int:
     topo, plan = _plan(args)
     report = audit(plan, topo, read_runtime(FsRoot(_root(args))))
     if args.json:
-        _dump(report.to_dict())
+        print_json(report.to_dict())
     else:
         for finding in report.passed:
             print(finding.line())
@@ -138,8 +127,8 @@ def cmd_audit(args: argparse.Namespace) -> int:
             print(finding.line())
         count = len(report.violations)
         print(f"audit: {count} violation(s)" if count else "audit: isolation holds")
-    _warnings(plan)
-    return cli_main.EXIT_DRIFT if report.violations else cli_main.EXIT_OK
+    print_warnings(plan.warnings)
+    return EXIT_DRIFT if report.violations else EXIT_OK
 
 
 def _common(parser: argparse.ArgumentParser) -> None:
@@ -173,7 +162,7 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """These four commands alone (for tests), with bmslice's parser and error handling."""
-    return cli_main.run(cli_main.standalone_parser(register), argv)
+    return run(standalone_parser(register), argv)
 
 
 if __name__ == "__main__":

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from bmslice.cli.main import EXIT_OK, run, standalone_parser
+from bmslice.cli.common import EXIT_OK, run, standalone_parser
 from bmslice.cli.sources import add_source_args, read_topology
 from bmslice.errors import BmsliceError
 

@@ -1,0 +1,57 @@
+"""What every command module shares: exit codes, the parser class, JSON output and `run`.
+
+Command modules import this module, never `cli.main`; `cli.main` only assembles them, so
+imports run one way: main -> command modules -> common.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable, Sequence
+from typing import Any, NoReturn
+
+from bmslice.errors import BmsliceError
+
+EXIT_OK, EXIT_DRIFT, EXIT_ERROR = 0, 1, 2
+
+Handler = Callable[[argparse.Namespace], int]
+Register = Callable[["argparse._SubParsersAction[Any]"], None]
+
+
+def print_json(data: object) -> None:
+    sys.stdout.write(json.dumps(data, indent=2, sort_keys=False) + "\n")
+
+
+def print_warnings(warnings: Sequence[str]) -> None:
+    for warning in warnings:
+        print(f"warning: {warning}", file=sys.stderr)
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse, but a usage mistake is one `error:` line and exit 2 like every other error."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_ERROR, f"error: {self.prog}: {message} (see {self.prog} --help)\n")
+
+
+def run(parser: argparse.ArgumentParser, argv: Sequence[str] | None = None) -> int:
+    """Parse, dispatch to the command's handler, and turn every BmsliceError into one line + exit 2."""
+    args = parser.parse_args(argv)
+    handler: Handler = args.handler
+    try:
+        return handler(args)
+    except BmsliceError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+    except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr)
+        return EXIT_ERROR
+
+
+def standalone_parser(register: Register) -> argparse.ArgumentParser:
+    """A parser holding only the commands `register` adds (each command module's own `main`)."""
+    parser = Parser(prog="bmslice")
+    register(parser.add_subparsers(dest="command", required=True, metavar="COMMAND"))
+    return parser

@@ -1,0 +1,94 @@
+"""discover, plan and render: read a host, plan its slices, write their files (nothing changes on the host)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from bmslice.cli.common import EXIT_OK, print_json, print_warnings, run, standalone_parser
+from bmslice.cli.sources import add_source_args, read_topology
+from bmslice.errors import BmsliceError
+
+if TYPE_CHECKING:
+    from bmslice.model.plan import Plan
+
+
+def cmd_discover(args: argparse.Namespace) -> int:
+    from bmslice.cli.tables import console, topology_view
+    from bmslice.model.topology import topology_to_dict
+
+    topo = read_topology(args)
+    if args.json:
+        print_json(topology_to_dict(topo))
+    else:
+        console().print(topology_view(topo))
+    return EXIT_OK
+
+
+def _plan(args: argparse.Namespace) -> Plan:
+    from bmslice.model.spec import load_spec
+    from bmslice.plan.planner import make_plan
+
+    spec = load_spec(args.spec)
+    topo = read_topology(args)
+    return make_plan(topo, spec, origin=str(args.spec))
+
+
+def cmd_plan(args: argparse.Namespace) -> int:
+    from bmslice.cli.tables import console, plan_view
+    from bmslice.model.plan import plan_to_dict
+
+    plan = _plan(args)
+    if args.json:
+        print_json(plan_to_dict(plan))
+    else:
+        console().print(plan_view(plan))
+    return EXIT_OK
+
+
+def cmd_render(args: argparse.Namespace) -> int:
+    from bmslice.render.artifacts import render_plan
+
+    plan = _plan(args)
+    out: Path = args.out
+    files = render_plan(plan)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        for name, text in files.items():
+            (out / name).write_text(text)
+    except OSError as exc:
+        raise BmsliceError(f"--out {out}: cannot write: {exc.strerror or exc}") from None
+    for name in files:
+        print(out / name)
+    print_warnings(plan.warnings)
+    return EXIT_OK
+
+
+def register(sub: argparse._SubParsersAction[Any]) -> None:
+    discover = sub.add_parser("discover", help="read a host's CPUs, NUMA nodes, memory and PCI NICs")
+    add_source_args(discover)
+    discover.add_argument("--json", action="store_true", help="print the model as JSON")
+    discover.set_defaults(handler=cmd_discover)
+
+    plan = sub.add_parser("plan", help="plan the slices of SPEC on a host")
+    plan.add_argument("spec", type=Path, metavar="SPEC")
+    add_source_args(plan)
+    plan.add_argument("--json", action="store_true", help="print the plan as JSON")
+    plan.set_defaults(handler=cmd_plan)
+
+    render = sub.add_parser("render", help="write libvirt domain XML and kernel args for SPEC")
+    render.add_argument("spec", type=Path, metavar="SPEC")
+    add_source_args(render)
+    render.add_argument("--out", type=Path, required=True, metavar="DIR")
+    render.set_defaults(handler=cmd_render)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return run(standalone_parser(register), argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -23,6 +23,9 @@ PACKAGES=(
     libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients
     qemu-system-x86 qemu-utils libvirt-dev pkg-config hwloc genisoimage
     gcc make chromium
+    # the lab (bmslice lab, make lab-test) runs this machine's own userland on its kernel:
+    # modprobe/depmod, udev (device naming, module loading, rules), cpio for the tests
+    kmod udev cpio iproute2 debian-archive-keyring
 )
 missing=()
 for pkg in "${PACKAGES[@]}"; do

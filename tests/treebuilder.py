@@ -116,6 +116,7 @@ class ProcSpec:
     kthread_line: bool = True  # False: a kernel older than 6.x, no "Kthread:" in status
     stat: bool = True  # False: no stat file either (left: parent kthreadd, no exe)
     threads: tuple[TaskSpec, ...] = ()
+    extra_flags: int = 0  # more PF_* bits in stat, e.g. PF_NO_SETAFFINITY (0x04000000)
 
 
 @dataclass(frozen=True)
@@ -549,7 +550,7 @@ def _write_process(tree: _Tree, proc: ProcSpec) -> None:
     rel = f"proc/{proc.pid}"
     tree.file(f"{rel}/status", _task_status(proc, proc.pid, proc.comm, proc.cpus))
     if proc.stat:
-        flags = PF_KTHREAD_FLAGS if proc.kthread else USER_FLAGS
+        flags = (PF_KTHREAD_FLAGS if proc.kthread else USER_FLAGS) | proc.extra_flags
         tree.file(f"{rel}/stat", f"{proc.pid} ({proc.comm}) S {proc.ppid} 0 0 0 -1 {flags} 0 0 0 0 0 0 0 0 20 0 1\n")
     tree.file(f"{rel}/cmdline", "".join(f"{arg}\0" for arg in proc.cmdline))
     if not proc.kthread:

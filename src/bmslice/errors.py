@@ -19,3 +19,7 @@ class PlanError(BmsliceError):
 
 class ApplyError(BmsliceError):
     """A change to the host failed or was refused; the host was left as it was."""
+
+
+class LabError(BmsliceError):
+    """The lab could not be shaped, fetched, booted, reached or stopped; nothing was left running."""

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from bmslice.apply import sriov, storage
+from bmslice.apply import pf_link, sriov, storage
 from bmslice.apply.context import Context, is_local, load_context
 from bmslice.apply.libvirt_conn import AFFECT_CONFIG, AFFECT_LIVE, VALIDATE, cpumap, host_cpu_count, lookup
 from bmslice.apply.lock import host_lock
@@ -151,6 +151,7 @@ def _create_steps(ctx: Context, vm_spec: VmSpec, vm: VmPlan, desired: Domain, op
         for dev in vm.devices
         if dev.type == "passthrough" and _needs_detach(ctx, dev.address)
     ]
+    steps += pf_link.pf_up_steps(vm.devices, _live_kernel(opts))
     steps += sriov.vf_setting_steps(vm.devices, _live_kernel(opts))
     if vm_spec.disk is not None:
         steps.append(_disk_step(ctx, vm_spec, vm.name))

@@ -122,7 +122,9 @@ def cmd_audit(args: argparse.Namespace) -> int:
         for e in report.excepted:
             by_cpu.setdefault(e.cpus.format(), []).append(e.comm)
         for cpus, names in by_cpu.items():
-            print(f"excepted CPU {cpus}: {len(names)} per-CPU kernel thread(s): {', '.join(names)}")
+            print(f"excepted CPU {cpus}: {len(names)} kernel thread(s) bound there: {', '.join(names)}")
+        for finding in report.warnings:
+            print(finding.line())
         for finding in report.violations:
             print(finding.line())
         count = len(report.violations)

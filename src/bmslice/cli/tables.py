@@ -55,9 +55,9 @@ def topology_view(topo: HostTopology) -> Group:
 
 
 def _vf_table(topo: HostTopology) -> Table:
-    """Each VF's MAC and VLAN as the PF driver reports them, and who holds the VF."""
+    """Each VF's settings as the PF driver reports them, and who holds the VF."""
     table = Table(title="SR-IOV VFs (live)", title_justify="left")
-    for col in ("PF", "VF", "PCI address", "MAC", "VLAN", "held by"):
+    for col in ("PF", "VF", "PCI address", "MAC", "VLAN", "trust", "spoofchk", "held by"):
         table.add_column(col)
     for vf in topo.vf_states:
         pf = topo.pci_by_interface(vf.pf_interface)
@@ -65,7 +65,16 @@ def _vf_table(topo: HostTopology) -> Table:
         dev = topo.pci(address) if address else None
         holder = "-" if dev is None else ("a guest (vfio-pci)" if dev.driver == "vfio-pci" else f"host ({dev.driver})")
         vlan = str(vf.vlan) if vf.vlan else "untagged"
-        table.add_row(vf.pf_interface, str(vf.index), address or "?", vf.mac or "unset", vlan, holder)
+        table.add_row(
+            vf.pf_interface,
+            str(vf.index),
+            address or "?",
+            vf.mac or "unset",
+            vlan,
+            _tri(vf.trust),
+            _tri(vf.spoofchk),
+            holder,
+        )
     return table
 
 

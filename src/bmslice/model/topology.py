@@ -117,12 +117,14 @@ class PciDevice:
 
 @dataclass(frozen=True)
 class VfState:
-    """A VF's MAC and VLAN as its PF's driver reports them (netlink; live hosts only)."""
+    """A VF's settings as its PF's driver reports them (netlink; live hosts only)."""
 
     pf_interface: str
     index: int
     mac: str | None  # None: unset (all zeros)
     vlan: int | None  # None: untagged
+    trust: bool | None = None  # None: the driver did not say
+    spoofchk: bool | None = None
 
 
 @dataclass(frozen=True)
@@ -280,7 +282,15 @@ def topology_to_dict(topo: HostTopology) -> dict[str, Any]:
             for i in topo.net_interfaces
         ],
         "vf_states": [
-            {"pf_interface": v.pf_interface, "index": v.index, "mac": v.mac, "vlan": v.vlan} for v in topo.vf_states
+            {
+                "pf_interface": v.pf_interface,
+                "index": v.index,
+                "mac": v.mac,
+                "vlan": v.vlan,
+                "trust": v.trust,
+                "spoofchk": v.spoofchk,
+            }
+            for v in topo.vf_states
         ],
         "warnings": list(topo.warnings),
     }

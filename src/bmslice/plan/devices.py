@@ -46,8 +46,13 @@ def _label(dev: PciDevice) -> str:
     return f"{dev.address} ({names})" if names else dev.address
 
 
-def _lookup(topo: HostTopology, ref: str, field: str, origin: str) -> PciDevice:
+def _lookup(topo: HostTopology, ref: str, field: str, origin: str, parked: Mapping[str, str]) -> PciDevice:
     dev = topo.pci(ref) if ":" in ref else topo.pci_by_interface(ref)
+    if dev is None and ref in parked:
+        # A NIC handed to a running slice lost its interface (the kernel drops the netdev when
+        # vfio-pci takes the device): the slice's recorded plan still knows which device it was.
+        held = topo.pci(parked[ref])
+        dev = held if held is not None and held.driver in PARKED_DRIVERS else None
     if dev is None:
         known = ", ".join(sorted(i for d in topo.pci_devices if d.is_network for i in d.interfaces)) or "none"
         kind = "PCI device" if ":" in ref else "NIC"
@@ -55,18 +60,24 @@ def _lookup(topo: HostTopology, ref: str, field: str, origin: str) -> PciDevice:
     return dev
 
 
-def resolve_nics(topo: HostTopology, vms: Sequence[VmSpec], origin: str) -> tuple[list[ResolvedNic], list[VfRequest]]:
-    """Each NIC entry of the spec as host PCI devices; unknown names are refused."""
+def resolve_nics(
+    topo: HostTopology, vms: Sequence[VmSpec], origin: str, parked: Mapping[str, str] | None = None
+) -> tuple[list[ResolvedNic], list[VfRequest]]:
+    """Each NIC entry of the spec as host PCI devices; unknown names are refused.
+
+    `parked` maps interface names to the PCI addresses running slices took them from.
+    """
+    parked = parked or {}
     whole: list[ResolvedNic] = []
     vfs: list[VfRequest] = []
     for vi, vm in enumerate(vms):
         for ni, nic in enumerate(vm.nics):
             if nic.passthrough is not None:
                 field = f"vms[{vi}].nics[{ni}].passthrough"
-                whole.append(ResolvedNic(vm.name, field, _lookup(topo, nic.passthrough, field, origin)))
+                whole.append(ResolvedNic(vm.name, field, _lookup(topo, nic.passthrough, field, origin, parked)))
             elif nic.sriov is not None:
                 field = f"vms[{vi}].nics[{ni}].sriov.pf"
-                pfs = tuple(_lookup(topo, ref, field, origin) for ref in nic.sriov.pf)
+                pfs = tuple(_lookup(topo, ref, field, origin, parked) for ref in nic.sriov.pf)
                 vfs.append(VfRequest(vm.name, field, ni, pfs, nic.sriov))
     return whole, vfs
 

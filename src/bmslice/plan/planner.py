@@ -32,7 +32,8 @@ def make_plan(topo: HostTopology, spec: Spec, origin: str = "spec", keep: Sequen
         raise PlanError("cores with more than 2 hardware threads are not supported")
     host_cores = reserved_cores(topo, spec.host)
     reserved = CpuSet.union(c.cpus for c in host_cores)
-    nics, vf_requests = resolve_nics(topo, spec.vms, origin)
+    parked = {d.interface: d.address for vm in keep for d in vm.devices if d.type == "passthrough" and d.interface}
+    nics, vf_requests = resolve_nics(topo, spec.vms, origin, parked)
     warnings = list(topo.warnings) + check_nics(topo, nics, vf_requests, spec.host, origin)
     kept = _kept(topo, spec, keep, reserved, warnings)
     taken = reserved | CpuSet.union(vm.owned_cpus for vm in kept.values())

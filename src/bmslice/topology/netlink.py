@@ -53,9 +53,19 @@ def vf_states_of(link: Any) -> list[VfState]:
                 index=int(mac["vf"]),
                 mac=None if address.strip("0:") == "" else address,
                 vlan=(int(vlan["vlan"]) or None) if vlan is not None else None,
+                trust=_flag(info.get_attr("IFLA_VF_TRUST"), "trust"),
+                spoofchk=_flag(info.get_attr("IFLA_VF_SPOOFCHK"), "spoofchk"),
             )
         )
     return out
+
+
+def _flag(attr: Any, key: str) -> bool | None:
+    """A VF on/off setting; drivers that do not support it report the value 0xffffffff (or nothing)."""
+    if attr is None:
+        return None
+    value = int(attr[key])
+    return None if value == 0xFFFFFFFF else bool(value)
 
 
 def read_vf_states(netns: str | None = None) -> tuple[VfState, ...]:

@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from bmslice.cpuset import CpuSet
 from bmslice.model.live import LiveDomain, ThreadAffinity
 from bmslice.model.plan import VmPlan
+from bmslice.model.topology import VfState
 from bmslice.render.domain_model import Domain
 from bmslice.render.domain_xml import from_xml
 
@@ -93,4 +94,34 @@ def compare_threads(vm: VmPlan, threads: Sequence[ThreadAffinity]) -> list[str]:
             out.append(
                 f"{vm.name} thread {thread.tid} ({thread.comm}) allowed on CPUs {thread.cpus}, plan says {_fmt(want)}"
             )
+    return out
+
+
+def _setting(key: str, value: object) -> str:
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    if key == "vlan" and value is None:
+        return "untagged"
+    return "unset" if value is None else str(value)
+
+
+def compare_vfs(vm: VmPlan, states: Sequence[VfState]) -> list[str]:
+    """Each VF's MAC, VLAN, trust and spoofchk as the PF's driver reports them (netlink) against the plan."""
+    by_key = {(s.pf_interface, s.index): s for s in states}
+    out = []
+    for dev in vm.devices:
+        if dev.type != "vf" or dev.interface is None or dev.vf_index is None:
+            continue
+        label = f"{vm.name} VF {dev.vf_index} of {dev.interface}"
+        state = by_key.get((dev.interface, dev.vf_index))
+        if state is None:
+            out.append(f"{label}: the PF's driver does not report it")
+            continue
+        wanted = {"mac": dev.mac, "vlan": dev.vlan, "trust": dev.trust, "spoofchk": dev.spoofchk}
+        for key, want in wanted.items():
+            have = getattr(state, key)
+            if key in ("trust", "spoofchk") and have is None:
+                continue  # the driver cannot report it
+            if have != want:
+                out.append(f"{label}: {key} is {_setting(key, have)}, plan says {_setting(key, want)}")
     return out

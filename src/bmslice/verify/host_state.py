@@ -25,6 +25,7 @@ from bmslice.model.live import ThreadAffinity
 from bmslice.topology.sysfs import FsRoot
 
 KTHREAD_FLAG = 0x00200000  # PF_KTHREAD in /proc/<pid>/stat field 9
+NO_SETAFFINITY_FLAG = 0x04000000  # PF_NO_SETAFFINITY: the kernel bound it; sched_setaffinity is refused
 KTHREADD_PID = 2
 QEMU_MARKERS = ("qemu-system", "qemu-kvm")
 VFIO_MODULE_NAMES = ("vfio-pci.ko", "vfio-pci.ko.xz", "vfio-pci.ko.zst", "vfio-pci.ko.gz")
@@ -153,6 +154,8 @@ class Process:
     kthread: bool
     kthread_evidence: str  # how we know: "Kthread: 1", "PF_KTHREAD", "child of kthreadd without exe"
     tasks: tuple[ThreadAffinity, ...]
+    # The kernel bound its affinity (workqueue rescuers and the like): nobody can move it.
+    kernel_bound: bool = False
 
     @property
     def guest(self) -> str | None:
@@ -204,12 +207,15 @@ def read_process(fs: FsRoot, pid: int) -> Process | None:
         return None
     status = parse_status(text)
     cmdline = parse_cmdline(fs.read(f"{rel}/cmdline") or "")
-    evidence = kthread_evidence(pid, status, fs.read(f"{rel}/stat"), _has_exe(fs, pid), cmdline)
+    stat = fs.read(f"{rel}/stat")
+    evidence = kthread_evidence(pid, status, stat, _has_exe(fs, pid), cmdline)
+    flags = stat_flags(stat) if stat is not None else None
+    bound = bool(evidence) and flags is not None and bool(flags & NO_SETAFFINITY_FLAG)
     tids = sorted(int(t) for t in fs.listdir(f"{rel}/task") if t.isdigit())
     # Without a task/ directory (a minimal capture) the process's own status stands for its one thread.
     found = [_task(fs, f"{rel}/task/{tid}", tid) for tid in tids] if tids else [_task(fs, rel, pid)]
     tasks = tuple(t for t in found if t is not None)
-    return Process(pid, status.get("Name", ""), cmdline, bool(evidence), evidence, tasks)
+    return Process(pid, status.get("Name", ""), cmdline, bool(evidence), evidence, tasks, bound)
 
 
 def read_processes(fs: FsRoot) -> tuple[Process, ...]:

@@ -9,7 +9,7 @@ from typing import Any
 from bmslice.apply.context import is_local, load_context
 from bmslice.model.spec import Spec
 from bmslice.render.domain_model import domain_from_plan
-from bmslice.verify.compare import compare_definition, compare_pins, compare_threads
+from bmslice.verify.compare import compare_definition, compare_pins, compare_threads, compare_vfs
 from bmslice.verify.threads import read_threads
 
 
@@ -54,6 +54,8 @@ def verify(spec: Spec, origin: str, uri: str, host_root: Path | None = None) -> 
             drift += compare_pins(vm.name, desired, live)  # live pins when running, else the definition's
             if live.active and live.pid is not None and is_local(uri) and host_root is None:
                 drift += compare_threads(vm, read_threads(live.pid))
+            if is_local(uri) and host_root is None:  # netlink answers for this kernel only
+                drift += compare_vfs(vm, ctx.topology.vf_states)
             if not live.active:
                 drift.insert(0, f"{vm.name} is not running")
             slices.append(SliceStatus(vm.name, "running" if live.active else "shut off", drift))

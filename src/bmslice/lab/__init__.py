@@ -1,0 +1,1 @@
+"""The lab: an emulated server (IOMMU, NUMA, SR-IOV NICs) where bmslice runs on a real kernel."""

@@ -1,0 +1,1 @@
+"""Scripts the lab runs on its own kernel: stage 1 (initramfs) and stage 2 (its init)."""

@@ -1,0 +1,141 @@
+"""Driving the lab from the lab-test lane: `bmslice lab ...` on this machine, bmslice inside.
+
+Everything goes through bmslice's own CLI, the way a user rehearses: `bmslice lab up`,
+`bmslice lab run -- <repo>/.venv/bin/bmslice ...`, `bmslice lab down`. Each step prints
+what runs and for how long; a failed check shows the command's output and the lab's
+console tail.
+"""
+
+from __future__ import annotations
+
+import json
+import shlex
+import subprocess
+import sys
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[2]
+VENV_BIN = REPO / ".venv/bin"
+BMSLICE = str(VENV_BIN / "bmslice")  # the same path inside the lab: it shares this machine's /
+LAB = "labtest"
+STATE = Path("/run/bmslice/lab") / LAB
+T0 = time.monotonic()
+
+
+def say(line: str) -> None:
+    print(f"[lab-test {time.monotonic() - T0:6.0f} s] {line}", flush=True)
+
+
+@dataclass(frozen=True)
+class Result:
+    argv: tuple[str, ...]
+    rc: int
+    out: str
+    err: str
+    seconds: float
+
+    def json(self) -> Any:
+        return json.loads(self.out)
+
+    def report(self) -> str:
+        return (
+            f"$ {shlex.join(self.argv)}\nexit {self.rc} after {self.seconds:.0f} s\n"
+            f"--- stdout ---\n{self.out[-4000:]}\n--- stderr ---\n{self.err[-4000:]}\n"
+            f"--- lab console (tail) ---\n{console_tail()}"
+        )
+
+    def expect(self, rc: int = 0) -> Result:
+        assert self.rc == rc, f"expected exit {rc}\n{self.report()}"
+        return self
+
+
+def console_tail(lines: int = 30) -> str:
+    try:
+        text = (STATE / "console.log").read_text(errors="replace")
+    except OSError:
+        return "(no console log)"
+    return "\n".join(text.replace("\r", "").splitlines()[-lines:])
+
+
+def host(*args: str, timeout: int = 900) -> Result:
+    """`bmslice ARGS` on this machine (lab up / down / status)."""
+    argv = (BMSLICE, *args)
+    say(f"host: bmslice {' '.join(args)}")
+    start = time.monotonic()
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, check=False)
+    seconds = time.monotonic() - start
+    if done.stderr.strip():
+        for line in done.stderr.strip().splitlines()[-8:]:
+            say(f"  {line.strip()}")
+    return Result(argv, done.returncode, done.stdout, done.stderr, seconds)
+
+
+def run(*argv: str, files: Iterable[Path] = (), timeout: int = 600, cwd: str | None = None) -> Result:
+    """ARGV inside the lab, through `bmslice lab run` (files copied in; they run where the copies are)."""
+    lab_argv: list[str] = [BMSLICE, "lab", "run", "--name", LAB, "--timeout", str(timeout), "--heartbeat", "30"]
+    for path in files:
+        lab_argv += ["--file", str(path)]
+    if cwd:
+        lab_argv += ["--cwd", cwd]
+    lab_argv += ["--", *argv]
+    shown = " ".join(argv).replace(BMSLICE, "bmslice")
+    say(f"lab: {shown}")
+    start = time.monotonic()
+    proc = subprocess.Popen(lab_argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        out, err = proc.communicate(timeout=timeout + 120)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        out, err = proc.communicate()
+    seconds = time.monotonic() - start
+    for line in err.splitlines():
+        if line.startswith("  still running"):
+            say(f"  {line.strip()}")
+    result = Result(
+        tuple(argv),
+        proc.returncode,
+        out,
+        "\n".join(ln for ln in err.splitlines() if not ln.startswith("  still running")),
+        seconds,
+    )
+    say(f"  -> exit {result.rc} in {seconds:.0f} s")
+    return result
+
+
+def bmslice(*args: str, files: Iterable[Path] = (), timeout: int = 900) -> Result:
+    return run(BMSLICE, *args, files=files, timeout=timeout)
+
+
+def sh(script: str, files: Iterable[Path] = (), timeout: int = 300) -> Result:
+    return run("/bin/sh", "-c", script, files=files, timeout=timeout)
+
+
+def boot(kernel_args: Sequence[str] = ()) -> dict[str, Any]:
+    """(Re)boot the test lab with these extra kernel args; its status JSON."""
+    host("lab", "down", "--name", LAB, timeout=120)
+    args = ["lab", "up", "--name", LAB, "--ttl", "5400", "--boot-timeout", "600"]
+    if kernel_args:
+        args += ["--append", " ".join(kernel_args)]
+    up = host(*args, timeout=1200)
+    assert up.rc == 0, f"the lab did not come up\n{up.report()}"
+    status = host("lab", "status", "--json").expect().json()
+    found = [lab for lab in status if lab["name"] == LAB and lab["running"]]
+    assert found, f"bmslice lab status does not list {LAB} as running: {status}"
+    info: dict[str, Any] = found[0]
+    say(f"lab up in {up.seconds:.0f} s; kernel args: {info['kernel_args']}")
+    return info
+
+
+def write(directory: Path, name: str, text: str) -> Path:
+    path = directory / name
+    path.write_text(text)
+    return path
+
+
+def fail_with(message: str, *results: Result) -> None:
+    sys.stdout.flush()
+    raise AssertionError(message + "\n" + "\n".join(r.report() for r in results))

@@ -140,3 +140,18 @@ def test_cli_usage_error_is_one_line(capsys: pytest.CaptureFixture[str]) -> None
     assert exc.value.code == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and err.count("\n") == 1
+
+
+def test_host_text_in_a_comment_stays_in_the_comment() -> None:
+    """A CPU vendor string (libvirt's XML may carry a newline) cannot add a line to the GRUB drop-in."""
+    from dataclasses import replace
+
+    topo = read_host_tree(EXAMPLES / "host")
+    forged = replace(topo, cpu_vendor='GenuineIntel\nGRUB_CMDLINE_LINUX_DEFAULT="init=/bin/sh"')
+    grub = render_host_files(make_plan(forged, load_spec(EXAMPLES / "spec.yaml")), forged)[
+        "etc/default/grub.d/bmslice.cfg"
+    ]
+    settings = [line for line in grub.splitlines() if not line.startswith("#")]
+    assert len(settings) == 1 and settings[0].startswith('GRUB_CMDLINE_LINUX_DEFAULT="$GRUB_CMDLINE_LINUX_DEFAULT ')
+    assert "init=/bin/sh" not in settings[0]
+    assert '# Kernel args for CPU vendor GenuineIntel\\nGRUB_CMDLINE_LINUX_DEFAULT="init=/bin/sh"; ' in grub

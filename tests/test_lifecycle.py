@@ -189,7 +189,7 @@ def test_apply_verify_drift_repair_destroy(qemu_slices: Slices, bmslice_cli: Cli
 
 
 @libvirtd
-@pytest.mark.parametrize("failure", ["missing backing image", "CPU feature QEMU rejects"])
+@pytest.mark.parametrize("failure", ["backing image that is not qcow2", "CPU feature QEMU rejects"])
 def test_failure_on_second_slice_rolls_back_the_first(
     failure: str, qemu_slices: Slices, bmslice_cli: Cli, tmp_path: Path
 ) -> None:
@@ -200,10 +200,11 @@ def test_failure_on_second_slice_rolls_back_the_first(
     """
     tree = host_tree(tmp_path / "host", cores=4)
     first, second = qemu_slices.name("a"), qemu_slices.name("b")
-    if failure == "missing backing image":  # volume creation fails
-        missing = tmp_path / "no-such-base.qcow2"
-        bad = {**vm_entry(second), "disk": {"size": "64MiB", "image": str(missing)}}
-        failed_step, reason = f"create volume default/{second}.qcow2", "no-such-base.qcow2"
+    if failure == "backing image that is not qcow2":  # volume creation fails (a missing one is refused earlier)
+        not_qcow2 = tmp_path / "not-a-qcow2.qcow2"
+        not_qcow2.write_text("not a disk image\n")
+        bad = {**vm_entry(second), "disk": {"size": "64MiB", "image": str(not_qcow2)}}
+        failed_step, reason = f"create volume default/{second}.qcow2", "cannot create volume"
     else:  # libvirt defines it, starting it fails
         bad = {**vm_entry(second), "disable_cpu_features": ["bmslice-no-such-feature"]}
         failed_step, reason = f"start {second}", "bmslice-no-such-feature"

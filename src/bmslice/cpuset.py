@@ -10,8 +10,14 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+
+from bmslice.safe_text import shown
+
+MAX_CPU_ID = 65535  # far above any Linux NR_CPUS; a range past it is refused before a set is built
+_NUMBER = re.compile(r"[0-9]+")  # ASCII only: int() would also read Arabic-Indic or fullwidth digits
 
 
 class CpuListError(ValueError):
@@ -33,7 +39,7 @@ class CpuSet:
         values = frozenset(cpus)
         for cpu in values:
             if not isinstance(cpu, int) or isinstance(cpu, bool) or cpu < 0:
-                raise CpuListError(f"CPU number must be a non-negative integer, got {cpu!r}")
+                raise CpuListError(f"CPU number must be a non-negative integer, got {shown(cpu)}")
         return cls(values)
 
     @classmethod
@@ -48,14 +54,17 @@ class CpuSet:
             target = include
             if part.startswith("^"):
                 target, part = exclude, part[1:]
-            lo_s, sep, hi_s = part.partition("-")
-            try:
-                lo = int(lo_s)
-                hi = int(hi_s) if sep else lo
-            except ValueError:
-                raise CpuListError(f"bad CPU list {text!r}: {raw.strip()!r} is not a number or range") from None
-            if lo < 0 or hi < lo:
-                raise CpuListError(f"bad CPU list {text!r}: range {raw.strip()!r} is empty or negative")
+            lo_s, sep, hi_s = (s.strip() for s in part.partition("-"))
+            if not _NUMBER.fullmatch(lo_s) or (sep and not _NUMBER.fullmatch(hi_s)):
+                raise CpuListError(f"bad CPU list {shown(text)}: {shown(part)} is not a number or range")
+            if max(len(lo_s), len(hi_s)) > len(str(MAX_CPU_ID)) or int(hi_s or lo_s) > MAX_CPU_ID:
+                raise CpuListError(
+                    f"bad CPU list {shown(text)}: {shown(part)} is above the largest CPU id {MAX_CPU_ID}"
+                )
+            lo = int(lo_s)
+            hi = int(hi_s) if sep else lo
+            if hi < lo:
+                raise CpuListError(f"bad CPU list {shown(text)}: range {shown(part)} is empty")
             target.update(range(lo, hi + 1))
         return cls(frozenset(include - exclude))
 
@@ -63,10 +72,12 @@ class CpuSet:
     def parse_mask(cls, text: str) -> CpuSet:
         """Parse a hex mask as in /proc/irq/*/smp_affinity ("ff,00000001")."""
         digits = text.strip().replace(",", "")
+        if len(digits) > (MAX_CPU_ID + 1) // 4:
+            raise CpuListError(f"bad CPU mask {shown(text)}: more than {MAX_CPU_ID + 1} CPUs")
         try:
             value = int(digits, 16) if digits else 0
         except ValueError:
-            raise CpuListError(f"bad CPU mask {text!r}") from None
+            raise CpuListError(f"bad CPU mask {shown(text)}") from None
         return cls(frozenset(i for i in range(value.bit_length()) if value >> i & 1))
 
     def format(self) -> str:

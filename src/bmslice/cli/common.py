@@ -13,6 +13,7 @@ from collections.abc import Callable, Sequence
 from typing import Any, NoReturn
 
 from bmslice.errors import BmsliceError
+from bmslice.safe_text import one_line
 
 EXIT_OK, EXIT_DRIFT, EXIT_ERROR = 0, 1, 2
 
@@ -37,13 +38,21 @@ class Parser(argparse.ArgumentParser):
 
 
 def run(parser: argparse.ArgumentParser, argv: Sequence[str] | None = None) -> int:
-    """Parse, dispatch to the command's handler, and turn every BmsliceError into one line + exit 2."""
+    """Parse, dispatch to the command's handler, and turn every BmsliceError into one line + exit 2.
+
+    The line is one line whatever the message quotes (a file name with a newline in it), and
+    printing a file name that is not UTF-8 never fails (escaped, not a traceback).
+    """
+    for stream in (sys.stdout, sys.stderr):
+        reconfigure = getattr(stream, "reconfigure", None)  # absent on some test captures
+        if reconfigure is not None:
+            reconfigure(errors="backslashreplace")
     args = parser.parse_args(argv)
     handler: Handler = args.handler
     try:
         return handler(args)
     except BmsliceError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {one_line(str(exc))}", file=sys.stderr)
         return EXIT_ERROR
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)

@@ -25,9 +25,10 @@ def _say(line: str) -> None:
 
 def cmd_apply(args: argparse.Namespace) -> int:
     from bmslice.apply.applier import ApplyOptions, apply
-    from bmslice.model.spec import load_spec
+    from bmslice.cli.spec_input import load_spec_for, uri_is_local
 
-    spec = load_spec(args.spec)
+    # Before the lock and the connection: a bad file named by the spec changes nothing.
+    spec = load_spec_for(args.spec, local_host=uri_is_local(args.connect), cloud_init=True)
     opts = ApplyOptions(args.connect, args.dry_run, args.allow_move, args.host_root, args.spec.resolve().parent)
     print(f"{'dry run: ' if args.dry_run else ''}applying {args.spec} to {args.connect}")
     result = apply(spec, str(args.spec), opts, _say)

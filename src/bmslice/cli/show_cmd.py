@@ -21,13 +21,13 @@ from bmslice.errors import BmsliceError
 
 def cmd_show(args: argparse.Namespace) -> int:
     from bmslice.cli.picture_view import picture_view
+    from bmslice.cli.spec_input import load_spec_for, reads_this_machine
     from bmslice.cli.tables import console
-    from bmslice.model.spec import load_spec
     from bmslice.plan.planner import make_plan
     from bmslice.render.picture_svg import render_svg
     from bmslice.render.report_html import render_report
 
-    spec = load_spec(args.spec)
+    spec = load_spec_for(args.spec, local_host=reads_this_machine(args))
     topo = read_topology(args)
     plan = make_plan(topo, spec, origin=str(args.spec))
     files: list[tuple[Path, bytes]] = []

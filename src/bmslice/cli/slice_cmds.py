@@ -29,10 +29,10 @@ def cmd_discover(args: argparse.Namespace) -> int:
 
 
 def _plan(args: argparse.Namespace) -> Plan:
-    from bmslice.model.spec import load_spec
+    from bmslice.cli.spec_input import load_spec_for, reads_this_machine
     from bmslice.plan.planner import make_plan
 
-    spec = load_spec(args.spec)
+    spec = load_spec_for(args.spec, local_host=reads_this_machine(args))
     topo = read_topology(args)
     return make_plan(topo, spec, origin=str(args.spec))
 

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from bmslice.errors import TopologyError
 from bmslice.model.topology import HostTopology
+from bmslice.safe_text import one_line
 
 
 def add_source_args(parser: argparse.ArgumentParser) -> None:
@@ -18,14 +19,12 @@ def add_source_args(parser: argparse.ArgumentParser) -> None:
 
 def read_topology(args: argparse.Namespace) -> HostTopology:
     if getattr(args, "hwloc", None) is not None:
+        from bmslice.model.input_file import read_input_bytes
         from bmslice.topology.hwloc import topology_from_hwloc
 
         path: Path = args.hwloc
-        try:
-            data = path.read_bytes()
-        except OSError as exc:
-            raise TopologyError(f"{path}: cannot read hwloc XML: {exc.strerror or exc}") from None
-        return topology_from_hwloc(data, source=str(path))
+        data = read_input_bytes(path, "hwloc XML", error=TopologyError)
+        return topology_from_hwloc(data, source=one_line(str(path)))
     if getattr(args, "connect", None):
         from bmslice.apply.connection import read_libvirt_topology
 

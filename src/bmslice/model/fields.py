@@ -1,7 +1,9 @@
 """Validated string fields shared by the spec and the fleet file.
 
 Each refuses a bad value with "'<value>' is not <what>", which the loaders turn into one
-line naming the file and the field.
+line naming the file and the field. Every pattern must match the whole value (fullmatch):
+with `re.match` and a `$`, "eno1\n" would pass and carry its newline into a file name, an
+XML file or a generated config.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from typing import Annotated
 from pydantic import AfterValidator
 
 from bmslice.model.topology import canonical_pci_address
+from bmslice.safe_text import shown
 
 IFNAME_RE = re.compile(r"^[A-Za-z0-9_.@-]{1,15}$")
 CPU_FEATURE_RE = re.compile(r"^[a-z0-9][a-z0-9_.-]*$")
@@ -20,8 +23,8 @@ CPU_FEATURE_RE = re.compile(r"^[a-z0-9][a-z0-9_.-]*$")
 
 def _check(regex: re.Pattern[str], what: str) -> Callable[[str], str]:
     def check(value: str) -> str:
-        if not regex.match(value):
-            raise ValueError(f"{value!r} is not {what}")
+        if not regex.fullmatch(value):
+            raise ValueError(f"{shown(value)} is not {what}")
         return value
 
     return check
@@ -34,12 +37,11 @@ def matching(regex: re.Pattern[str], what: str) -> AfterValidator:
 
 def device_ref(value: str) -> str:
     """An interface name, or a PCI address (returned in canonical form)."""
-    value = value.strip()
     address = canonical_pci_address(value)
     if address:
         return address
-    if ":" in value or not IFNAME_RE.match(value):
-        raise ValueError(f"{value!r} is neither an interface name nor a PCI address like 0000:01:00.0")
+    if ":" in value or not IFNAME_RE.fullmatch(value):
+        raise ValueError(f"{shown(value)} is neither an interface name nor a PCI address like 0000:01:00.0")
     return value
 
 

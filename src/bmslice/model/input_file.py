@@ -1,29 +1,252 @@
-"""Reading the user's YAML files and turning validation errors into one line each."""
+"""Reading the user's files, and turning validation errors into one line each.
+
+Every file the user names (spec, fleet file, cloud-init inputs, SSH keys, password hash,
+hwloc XML) is read through `read_input_bytes`: bmslice runs as root, and a path to a FIFO
+would hang it, `/dev/zero` would fill its memory and a directory or a binary file would
+end in a traceback. The reader opens without blocking, refuses anything but a regular
+file before reading a byte, and never reads more than its limit plus one byte.
+
+YAML and JSON are parsed strictly on top of it: a key given twice is an error (YAML keeps
+the last one silently), and so are integers too long to be a count or a size, NaN and
+Infinity, and structures that expand (through YAML aliases) into millions of nodes.
+"""
 
 from __future__ import annotations
 
+import json
+import os
+import stat
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import yaml
 from pydantic import ValidationError
+from yaml.constructor import ConstructorError
+from yaml.nodes import MappingNode, ScalarNode
 
-from bmslice.errors import SpecError
+from bmslice.errors import BmsliceError, SpecError
+from bmslice.safe_text import one_line, shown
+
+MIB = 1024 * 1024
+INPUT_LIMIT = 16 * MIB  # a spec, key file or hwloc XML of a 1,000-core machine is far below this
+MAX_INT_DIGITS = 30  # no count, size or id bmslice takes has more digits
+MAX_NODES = 100_000  # parsed YAML/JSON values, aliases counted each time they are used
+_READ_CHUNK = MIB
+
+
+def _kind(mode: int) -> str:
+    for test, name in (
+        (stat.S_ISDIR, "a directory"),
+        (stat.S_ISFIFO, "a FIFO"),
+        (stat.S_ISCHR, "a character device"),
+        (stat.S_ISBLK, "a block device"),
+        (stat.S_ISSOCK, "a socket"),
+    ):
+        if test(mode):
+            return name
+    return "not a regular file"
+
+
+def _limit_text(limit: int) -> str:
+    return f"{limit // MIB} MiB" if limit % MIB == 0 else f"{limit} bytes"
+
+
+def read_input_bytes(path: Path, what: str, limit: int = INPUT_LIMIT, error: type[BmsliceError] = SpecError) -> bytes:
+    """The bytes of the regular file `path`, at most `limit` of them; else `error` naming file and reason."""
+
+    def refuse(reason: str) -> BmsliceError:
+        return error(f"{one_line(str(path))}: cannot read {what}: {reason}")
+
+    try:
+        # O_NONBLOCK: opening a FIFO returns at once instead of waiting for a writer.
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
+    except (OSError, ValueError) as exc:  # ValueError: a NUL byte in a path taken from a file
+        raise refuse(getattr(exc, "strerror", None) or str(exc)) from None
+    try:
+        info = os.fstat(fd)  # the file we opened, not whatever the path names a moment later
+        if not stat.S_ISREG(info.st_mode):
+            raise refuse(f"{_kind(info.st_mode)}, not a regular file")
+        if info.st_size > limit:
+            raise refuse(f"{info.st_size} bytes, more than the {_limit_text(limit)} limit")
+        chunks: list[bytes] = []
+        size = 0
+        while size <= limit:  # a file that grows while we read stops at limit + 1 bytes
+            chunk = os.read(fd, min(_READ_CHUNK, limit + 1 - size))
+            if not chunk:
+                break
+            chunks.append(chunk)
+            size += len(chunk)
+    except OSError as exc:
+        raise refuse(exc.strerror or str(exc)) from None
+    finally:
+        os.close(fd)
+    if size > limit:
+        raise refuse(f"more than the {_limit_text(limit)} limit")
+    return b"".join(chunks)
+
+
+def read_input_text(path: Path, what: str, limit: int = INPUT_LIMIT, error: type[BmsliceError] = SpecError) -> str:
+    """`read_input_bytes` decoded as strict UTF-8 (a binary file is refused, never half-read)."""
+    data = read_input_bytes(path, what, limit, error)
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        raise error(
+            f"{one_line(str(path))}: cannot read {what}: not UTF-8 text "
+            f"(byte 0x{data[exc.start]:02x} at line {line}, offset {exc.start})"
+        ) from None
+
+
+# --- YAML ---------------------------------------------------------------------------------
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, refusing duplicate keys and integers too long to mean anything."""
+
+    def construct_mapping(self, node: MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: dict[Any, int] = {}
+        for key_node, _value in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue  # "<<: *defaults" may be overridden by the mapping's own keys
+            key = self.construct_object(key_node, deep=True)
+            try:
+                first = seen.get(key)
+            except TypeError:
+                continue  # an unhashable key: the base class refuses it
+            line = key_node.start_mark.line + 1
+            if first is not None:
+                raise ConstructorError(
+                    None, None, f"duplicate key {shown(key)} (first given at line {first})", key_node.start_mark
+                )
+            seen[key] = line
+        return super().construct_mapping(node, deep=deep)
+
+    def construct_yaml_int(self, node: ScalarNode) -> int:
+        digits = sum(ch.isalnum() for ch in str(node.value))  # "0x" and sexagesimal ints too
+        if digits > MAX_INT_DIGITS:
+            raise ConstructorError(
+                None, None, f"an integer of {digits} digits is too large for any value here", node.start_mark
+            )
+        return super().construct_yaml_int(node)
+
+
+_StrictLoader.add_constructor("tag:yaml.org,2002:int", _StrictLoader.construct_yaml_int)
+
+
+def check_size(data: Any, origin: str, limit: int = MAX_NODES) -> None:
+    """Refuse data that expands into more than `limit` values (a YAML alias bomb).
+
+    Counted with early exit, so a billion-laughs document is refused after `limit` steps.
+    """
+    count = 0
+    stack = [data]
+    while stack:
+        item = stack.pop()
+        count += 1
+        if count > limit:
+            raise SpecError(f"{origin}: more than {limit} values (aliases expanded); refusing to expand it")
+        if isinstance(item, dict):
+            stack.extend(item.keys())
+            stack.extend(item.values())
+        elif isinstance(item, list | tuple):
+            stack.extend(item)
+
+
+def _yaml_problem(exc: yaml.YAMLError, text: str) -> str:
+    """ "at line N: what" from any PyYAML error (a ReaderError, for a control character, has no mark)."""
+    mark = getattr(exc, "problem_mark", None)
+    position = getattr(exc, "position", None)
+    line = mark.line + 1 if mark is not None else None
+    if line is None and isinstance(position, int):
+        line = text.count("\n", 0, position) + 1
+    problem = getattr(exc, "problem", None) or getattr(exc, "reason", None) or "invalid YAML"
+    return f"{f' at line {line}' if line is not None else ''}: {one_line(str(problem))}"
+
+
+def _bounded(load: Callable[[], Any], origin: str, what: str) -> Any:
+    """`load()`, refused when nested past Python's recursion limit or expanding past MAX_NODES."""
+    try:
+        data = load()
+    except RecursionError:
+        raise SpecError(f"{origin}: {what}: nested too deeply") from None
+    check_size(data, origin)
+    return data
+
+
+def _load_yaml(text: str, origin: str) -> Any:
+    try:
+        return yaml.load(text, Loader=_StrictLoader)  # a SafeLoader subclass: no arbitrary objects
+    except yaml.YAMLError as exc:
+        raise SpecError(f"{origin}: YAML error{_yaml_problem(exc, text)}") from None
+
+
+def parse_yaml(text: str, origin: str) -> Any:
+    """Strict YAML of `text`; SpecError names `origin` and the line."""
+    return _bounded(lambda: _load_yaml(text, origin), origin, "YAML error")
 
 
 def read_yaml(path: Path, what: str) -> Any:
     """Parsed YAML of `path`; SpecError names the file (and the line of a syntax error)."""
+    return parse_yaml(read_input_text(path, what), one_line(str(path)))
+
+
+# --- JSON ---------------------------------------------------------------------------------
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a number bmslice accepts")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if value in (float("inf"), float("-inf")):
+        raise ValueError(f"{shown(text)} is too large for any value here")
+    return value
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in out:
+            raise ValueError(f"duplicate key {shown(key)}")
+        out[key] = value
+    return out
+
+
+def _bounded_int(text: str) -> int:
+    if len(text.lstrip("-")) > MAX_INT_DIGITS:
+        raise ValueError(f"an integer of {len(text.lstrip('-'))} digits is too large for any value here")
+    return int(text)
+
+
+def _load_json(text: str, origin: str) -> Any:
     try:
-        text = path.read_text()
-    except OSError as exc:
-        raise SpecError(f"{path}: cannot read {what}: {exc.strerror or exc}") from None
-    try:
-        return yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}" if mark is not None else ""
-        problem = getattr(exc, "problem", None) or "invalid YAML"
-        raise SpecError(f"{path}: YAML error{where}: {problem}") from None
+        return json.loads(
+            text,
+            parse_constant=_no_constant,
+            parse_int=_bounded_int,
+            parse_float=_finite_float,
+            object_pairs_hook=_unique_keys,
+        )
+    except json.JSONDecodeError as exc:
+        raise SpecError(f"{origin}: not JSON: {exc.msg} at line {exc.lineno}") from None
+    except ValueError as exc:
+        raise SpecError(f"{origin}: not JSON bmslice accepts: {exc}") from None
+
+
+def parse_json(text: str, origin: str) -> Any:
+    """Strict JSON: no NaN or Infinity, no 4,000-digit integers, no key twice; SpecError names `origin`."""
+    return _bounded(lambda: _load_json(text, origin), origin, "not JSON bmslice accepts")
+
+
+def read_json(path: Path, what: str) -> Any:
+    """Parsed strict JSON of `path` (for the fleet's placement file and the like)."""
+    return parse_json(read_input_text(path, what), one_line(str(path)))
+
+
+# --- pydantic errors ----------------------------------------------------------------------
 
 
 def _location(loc: tuple[int | str, ...]) -> str:
@@ -46,5 +269,7 @@ def _reason(error: Any) -> str:
 def validation_error(origin: str, exc: ValidationError) -> SpecError:
     """The first problem as "FILE: FIELD: REASON" (the field is left out for the top level)."""
     first = exc.errors()[0]
-    where = _location(tuple(first["loc"]))
-    return SpecError(f"{origin}: {where + ': ' if where else ''}{_reason(first)}")
+    where = one_line(_location(tuple(first["loc"])))  # a key the user wrote may hold anything
+    if len(where) > 120:
+        where = where[:117] + "..."
+    return SpecError(f"{origin}: {where + ': ' if where else ''}{one_line(_reason(first))}")

@@ -1,6 +1,8 @@
 """Memory and disk sizes as users write them ("8GiB", "512MiB", "100G").
 
-Units are binary, as libvirt's are: "G" and "GiB" both mean 2**30 bytes.
+Units are binary, as libvirt's are: "G", "GB" and "GiB" all mean 2**30 bytes. The whole
+value must be a size: ASCII digits, an optional fraction, an optional space and a unit
+("8GiBB", "８GiB" and "8GiB\\n" are refused), at most `MAX_SIZE_MIB`.
 
 >>> parse_size_mib("8GiB")
 8192
@@ -13,44 +15,46 @@ Units are binary, as libvirt's are: "G" and "GiB" both mean 2**30 bytes.
 from __future__ import annotations
 
 import re
+from fractions import Fraction
+
+from bmslice.safe_text import shown
 
 _UNITS_MIB = {
-    "k": 1 / 1024,
-    "ki": 1 / 1024,
-    "kib": 1 / 1024,
-    "m": 1,
-    "mi": 1,
-    "mib": 1,
-    "g": 1024,
-    "gi": 1024,
-    "gib": 1024,
-    "t": 1024 * 1024,
-    "ti": 1024 * 1024,
-    "tib": 1024 * 1024,
+    **dict.fromkeys(("k", "kb", "ki", "kib"), Fraction(1, 1024)),
+    **dict.fromkeys(("", "m", "mb", "mi", "mib"), Fraction(1)),
+    **dict.fromkeys(("g", "gb", "gi", "gib"), Fraction(1024)),
+    **dict.fromkeys(("t", "tb", "ti", "tib"), Fraction(1024 * 1024)),
 }
-_SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([A-Za-z]*)\s*$")
+# [0-9], not \d: \d would take Arabic-Indic or fullwidth digits, which float() then reads.
+_SIZE_RE = re.compile(r"([0-9]+)(?:\.([0-9]+))? ?([A-Za-z]{0,3})")
+MAX_SIZE_MIB = 1024 * 1024 * 1024  # 1 PiB: far above any memory or disk, far below an overflow
+
+
+def _checked(mib: Fraction | int, value: object) -> int:
+    if mib <= 0 or mib != int(mib):
+        raise ValueError(f"size {shown(value)} must be a positive whole number of MiB")
+    if mib > MAX_SIZE_MIB:
+        raise ValueError(f"size {shown(value)} is more than the {format_mib(MAX_SIZE_MIB)} bmslice accepts")
+    return int(mib)
 
 
 def parse_size_mib(value: str | int) -> int:
     """A size in whole MiB; a bare integer means MiB. Raises ValueError with the reason."""
-    if isinstance(value, bool):
-        raise ValueError(f"expected a size such as 8GiB, got {value!r}")
+    if isinstance(value, bool) or not isinstance(value, str | int):
+        raise ValueError(f"expected a size such as 8GiB, got {shown(value)}")
     if isinstance(value, int):
-        if value <= 0:
-            raise ValueError(f"size must be positive, got {value}")
-        return value
-    match = _SIZE_RE.match(value)
+        return _checked(value, value)
+    match = _SIZE_RE.fullmatch(value)
     if not match:
-        raise ValueError(f"expected a size such as 8GiB or 512MiB, got {value!r}")
-    number, unit = float(match.group(1)), match.group(2).lower().removesuffix("b") if match.group(2) else "m"
-    if unit == "":
-        unit = "m"  # a trailing "B" alone ("512B") would mean bytes: refuse below
-    if unit not in _UNITS_MIB or match.group(2).lower() == "b":
-        raise ValueError(f"unknown size unit {match.group(2)!r} in {value!r} (use KiB, MiB, GiB or TiB)")
-    mib = number * _UNITS_MIB[unit]
-    if mib <= 0 or mib != int(mib):
-        raise ValueError(f"size {value!r} must be a positive whole number of MiB")
-    return int(mib)
+        raise ValueError(f"expected a size such as 8GiB or 512MiB, got {shown(value)}")
+    whole, fraction, unit = match.groups()
+    if len(whole.lstrip("0")) > 16 or (fraction and len(fraction) > 9):  # before int(): 4,000 digits stay text
+        raise ValueError(f"size {shown(value)} is more than the {format_mib(MAX_SIZE_MIB)} bmslice accepts")
+    factor = _UNITS_MIB.get(unit.lower())
+    if factor is None:
+        raise ValueError(f"unknown size unit {shown(unit)} in {shown(value)} (use KiB, MiB, GiB or TiB)")
+    number = Fraction(int(whole)) + (Fraction(int(fraction), 10 ** len(fraction)) if fraction else 0)
+    return _checked(number * factor, value)
 
 
 def format_mib(mib: int) -> str:

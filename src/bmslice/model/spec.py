@@ -1,7 +1,9 @@
 """The slicing spec: what the user asks for, validated strictly at load time.
 
-Unknown keys, non-positive counts, bad sizes, bad PCI addresses and duplicate names are
-refused with one line naming the file, the field and the reason.
+Unknown keys, non-positive counts, bad sizes, bad PCI addresses, duplicate names and MACs
+are refused with one line naming the file, the field and the reason. Counts are strict
+integers and switches strict booleans: YAML's `true` is not a vCPU count, and the string
+"false" is not False.
 """
 
 from __future__ import annotations
@@ -11,25 +13,32 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictInt,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
-from bmslice.cpuset import CpuListError, CpuSet
+from bmslice.cpuset import MAX_CPU_ID, CpuListError, CpuSet
 from bmslice.errors import SpecError
 from bmslice.model.fields import CpuFeature, device_ref, matching
 from bmslice.model.input_file import read_yaml, validation_error
 from bmslice.model.sizes import parse_size_mib
+from bmslice.safe_text import one_line, shown
 
 VM_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]{0,63}$")
 VmName = Annotated[str, matching(VM_NAME_RE, "a valid domain name (letters, digits, '_', '.', '+', '-'; max 64)")]
 
 
-def _size(value: Any) -> int:
-    if not isinstance(value, str | int):
-        raise ValueError(f"expected a size such as 8GiB, got {value!r}")
-    return parse_size_mib(value)
-
-
-SizeMiB = Annotated[int, BeforeValidator(_size)]
+SizeMiB = Annotated[int, BeforeValidator(parse_size_mib)]
+MAX_NUMA_NODE = 1023  # Linux has at most 1024 NUMA nodes (NODES_SHIFT 10)
+MAX_VFS = 65535  # TotalVFs is a 16-bit field of the PCI SR-IOV capability
 
 
 class EmulatorPolicy(StrEnum):
@@ -67,22 +76,22 @@ class _Strict(BaseModel):
 
 
 class HostSpec(_Strict):
-    reserved_cores_per_node: int = Field(default=1, ge=0)
+    reserved_cores_per_node: StrictInt = Field(default=1, ge=0, le=MAX_CPU_ID)
     reserved_cpus: str | None = None  # explicit list instead of reserved_cores_per_node
     reserved_memory_per_node: SizeMiB = 2048
     nic_numa_policy: NicNumaPolicy = NicNumaPolicy.PREFER
     isolate: IsolateScope = IsolateScope.ALL
-    allow_management_nic: bool = False
+    allow_management_nic: StrictBool = False
     domain_type: DomainType = DomainType.KVM
-    sriov_vfs: dict[str, int] = Field(default_factory=dict)  # PF -> VFs to create (a pool), else what VMs need
+    sriov_vfs: dict[str, StrictInt] = Field(default_factory=dict)  # PF -> VFs to create (a pool), else what VMs need
 
     @field_validator("sriov_vfs")
     @classmethod
     def _vf_pools(cls, value: dict[str, int]) -> dict[str, int]:
         out = {}
         for pf, count in value.items():
-            if count < 1:
-                raise ValueError(f"{pf}: VF count must be 1 or more")
+            if not 1 <= count <= MAX_VFS:
+                raise ValueError(f"{shown(pf)}: VF count must be from 1 to {MAX_VFS}")
             out[device_ref(pf)] = count
         return out
 
@@ -104,18 +113,29 @@ class HostSpec(_Strict):
         return CpuSet.parse(self.reserved_cpus) if self.reserved_cpus is not None else None
 
 
-MAC_RE = re.compile(r"^[0-9a-fA-F]{2}(:[0-9a-fA-F]{2}){5}$")
+MAC_RE = re.compile(r"[0-9a-fA-F]{2}(:[0-9a-fA-F]{2}){5}")
+
+
+def unicast_mac(value: str) -> str:
+    """A MAC a VF can carry, lower case: not all-zero (unset), not multicast or broadcast."""
+    if not MAC_RE.fullmatch(value):
+        raise ValueError(f"{shown(value)} is not a MAC address like 02:00:00:00:00:01")
+    if int(value.replace(":", ""), 16) == 0:
+        raise ValueError(f"{value} is the all-zero MAC, which means 'unset'; give a unicast MAC like 02:00:00:00:00:01")
+    if int(value[:2], 16) & 1:
+        raise ValueError(f"{value} is a multicast or broadcast MAC; give a unicast MAC like 02:00:00:00:00:01")
+    return value.lower()
 
 
 class SriovSpec(_Strict):
     """VFs of a PF for one VM. `pf` may list several PFs: the planner prefers one local to the VM."""
 
     pf: tuple[str, ...]
-    vlan: int | None = Field(default=None, ge=1, le=4094)  # None: untagged (VLAN 0 is set explicitly)
+    vlan: StrictInt | None = Field(default=None, ge=1, le=4094)  # None: untagged (VLAN 0 is set explicitly)
     mac: str | None = None
-    trust: bool = False
-    spoofchk: bool = True
-    count: int = Field(default=1, ge=1, le=256)
+    trust: StrictBool = False
+    spoofchk: StrictBool = True
+    count: StrictInt = Field(default=1, ge=1, le=256)
 
     @field_validator("pf", mode="before")
     @classmethod
@@ -132,11 +152,7 @@ class SriovSpec(_Strict):
     @field_validator("mac")
     @classmethod
     def _mac(cls, value: str | None) -> str | None:
-        if value is None:
-            return None
-        if not MAC_RE.match(value) or int(value[:2], 16) & 1:
-            raise ValueError(f"{value!r} is not a unicast MAC address like 02:00:00:00:00:01")
-        return value.lower()
+        return None if value is None else unicast_mac(value)
 
     @model_validator(mode="after")
     def _one_mac_one_vf(self) -> SriovSpec:
@@ -146,10 +162,17 @@ class SriovSpec(_Strict):
 
 
 class NicSpec(_Strict):
-    """One VM NIC: a whole PCI device (`passthrough`) or SR-IOV VFs (`sriov`)."""
+    """One VM NIC: a whole PCI device (`passthrough`) or SR-IOV VFs (`sriov`).
+
+    `allow_non_nic: true` lets `passthrough` name a PCI function that is not a network
+    device (a GPU, an NVMe drive): without it the planner refuses one, so that a typo in a
+    PCI address cannot hand the host's storage controller to a guest. Bridges are never
+    passed through.
+    """
 
     passthrough: str | None = None
     sriov: SriovSpec | None = None
+    allow_non_nic: StrictBool = False
 
     @field_validator("passthrough")
     @classmethod
@@ -160,11 +183,29 @@ class NicSpec(_Strict):
     def _exactly_one(self) -> NicSpec:
         if (self.passthrough is None) == (self.sriov is None):
             raise ValueError("give exactly one of passthrough or sriov")
+        if self.allow_non_nic and self.passthrough is None:
+            raise ValueError("allow_non_nic applies to passthrough only (VFs are network functions)")
         return self
 
 
 HASH_PREFIXES = ("$6$", "$5$", "$y$", "$2b$", "$2y$", "$gy$")
-SSH_KEY_RE = re.compile(r"^(ssh-(rsa|ed25519|dss)|ecdsa-sha2-nistp\d+|sk-\S+)\s+[A-Za-z0-9+/=]+(\s.*)?$")
+# One line: type, base64 and an optional comment; no control character anywhere, so a key
+# cannot smuggle a second authorized_keys line ("...\ncommand=... ssh-rsa ...") into a guest.
+SSH_KEY_RE = re.compile(
+    r"^(ssh-(rsa|ed25519|dss)|ecdsa-sha2-nistp[0-9]+|sk-[A-Za-z0-9@._-]+)[ \t]+[A-Za-z0-9+/=]+([ \t][^\x00-\x1f\x7f]*)?$"
+)
+POOL_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.+:-]{0,63}")
+
+
+def _host_path(value: Path) -> Path:
+    text = str(value)
+    if not value.is_absolute():
+        raise ValueError(
+            f"{shown(text)} must be an absolute path on the host (libvirt does not know the spec's directory)"
+        )
+    if not text.isprintable():
+        raise ValueError(f"{shown(text)} holds a control character; refusing it as a path")
+    return value
 
 
 class DiskSpec(_Strict):
@@ -172,7 +213,15 @@ class DiskSpec(_Strict):
 
     size: SizeMiB = 10240
     image: Path | None = None
-    pool: str = "default"
+    pool: Annotated[str, matching(POOL_NAME_RE, "a storage pool name")] = "default"
+
+    @field_validator("image")
+    @classmethod
+    def _image(cls, value: Path | None) -> Path | None:
+        return None if value is None else _host_path(value)
+
+
+SEED_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 
 
 class CloudInitSpec(_Strict):
@@ -190,26 +239,26 @@ class CloudInitSpec(_Strict):
     @classmethod
     def _seed_names(cls, value: dict[str, Path]) -> dict[str, Path]:
         for name in value:
-            if name in ("user-data", "meta-data") or not re.match(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$", name):
-                raise ValueError(f"{name!r} is not a usable seed file name")
+            if name in ("user-data", "meta-data") or not SEED_NAME_RE.fullmatch(name):
+                raise ValueError(f"{shown(name)} is not a usable seed file name")
         return value
 
     @field_validator("ssh_authorized_keys")
     @classmethod
     def _keys(cls, value: tuple[str, ...]) -> tuple[str, ...]:
         for key in value:
-            if not SSH_KEY_RE.match(key.strip()):
-                raise ValueError(f"{key[:20]!r}... is not an SSH public key")
+            if not SSH_KEY_RE.fullmatch(key.strip()):
+                raise ValueError(f"{shown(key, 24)} is not an SSH public key (one line: type, key, comment)")
         return tuple(k.strip() for k in value)
 
 
 class VmSpec(_Strict):
     name: VmName
-    vcpus: int = Field(gt=0, le=4096)
+    vcpus: StrictInt = Field(gt=0, le=4096)
     memory: SizeMiB
-    numa_node: int | None = Field(default=None, ge=0)
+    numa_node: StrictInt | None = Field(default=None, ge=0, le=MAX_NUMA_NODE)
     emulator: EmulatorPolicy = EmulatorPolicy.DEDICATED
-    iothreads: int = Field(default=1, ge=0, le=64)
+    iothreads: StrictInt = Field(default=1, ge=0, le=64)
     hugepages: HugepageSize = HugepageSize.NONE
     disable_cpu_features: tuple[CpuFeature, ...] = ()
     nics: tuple[NicSpec, ...] = ()
@@ -250,8 +299,22 @@ def spec_from_data(data: Any, origin: str) -> Spec:
                 f"{origin}: vms[{i}].name: duplicate VM name {vm.name!r} (also vms[{first_index[vm.name]}])"
             )
         first_index[vm.name] = i
+    _check_unique_macs(spec, origin)
     return spec
 
 
+def _check_unique_macs(spec: Spec, origin: str) -> None:
+    """Two VFs with one fixed MAC on one host: the switch would flap between them."""
+    first: dict[str, str] = {}
+    for vi, vm in enumerate(spec.vms):
+        for ni, nic in enumerate(vm.nics):
+            if nic.sriov is None or nic.sriov.mac is None:
+                continue
+            field = f"vms[{vi}].nics[{ni}].sriov.mac"
+            if nic.sriov.mac in first:
+                raise SpecError(f"{origin}: {field}: MAC {nic.sriov.mac} is also given at {first[nic.sriov.mac]}")
+            first[nic.sriov.mac] = field
+
+
 def load_spec(path: Path) -> Spec:
-    return spec_from_data(read_yaml(path, "spec"), str(path))
+    return spec_from_data(read_yaml(path, "spec"), one_line(str(path)))

@@ -27,7 +27,7 @@ def canonical_pci_address(text: str) -> str | None:
     >>> canonical_pci_address("01:00.0"), canonical_pci_address("0000:AF:00.1"), canonical_pci_address("eno1")
     ('0000:01:00.0', '0000:af:00.1', None)
     """
-    match = _PCI_ADDRESS.match(text.strip())
+    match = _PCI_ADDRESS.fullmatch(text)  # the whole text: "01:00.0\n" is not an address
     if not match:
         return None
     domain, bus, slot, function = match.groups()

@@ -2,7 +2,8 @@
 
 Refusals (faults.md 1, 2, 3, 22, 24): the management / default-route NIC, bond members
 and bridge ports, a PF that already has VFs, a device named twice, an IOMMU group that
-also holds devices the host still uses. Warnings: cross-NUMA NIC (16), unknown NUMA
+also holds devices the host still uses, a PCI function that is not a network device
+(unless the NIC entry says `allow_non_nic: true`) and a PCI bridge (always). Warnings: cross-NUMA NIC (16), unknown NUMA
 node (17), IOMMU not active yet (4: apply refuses, the plan says what fixes it).
 """
 
@@ -19,11 +20,32 @@ from bmslice.model.topology import HostTopology, PciDevice
 PARKED_DRIVERS = frozenset({None, "vfio-pci", "pci-stub"})
 
 
+# PCI base classes (the first byte of the class code) by name, for refusals that say what a device is.
+_PCI_CLASSES = {
+    "00": "an unclassified device",
+    "01": "a storage controller",
+    "03": "a display controller",
+    "04": "a multimedia device",
+    "05": "a memory controller",
+    "06": "a bridge",
+    "07": "a communication controller",
+    "08": "a system peripheral",
+    "09": "an input device",
+    "0b": "a processor",
+    "0c": "a serial bus controller (USB, SMBus)",
+    "0d": "a wireless controller",
+    "10": "an encryption controller",
+    "11": "a signal processing controller",
+    "12": "a processing accelerator",
+}
+
+
 @dataclass(frozen=True)
 class ResolvedNic:
     vm: str
     field: str  # "vms[0].nics[1].passthrough", for messages
     device: PciDevice
+    allow_non_nic: bool = False
 
 
 @dataclass(frozen=True)
@@ -74,7 +96,8 @@ def resolve_nics(
         for ni, nic in enumerate(vm.nics):
             if nic.passthrough is not None:
                 field = f"vms[{vi}].nics[{ni}].passthrough"
-                whole.append(ResolvedNic(vm.name, field, _lookup(topo, nic.passthrough, field, origin, parked)))
+                device = _lookup(topo, nic.passthrough, field, origin, parked)
+                whole.append(ResolvedNic(vm.name, field, device, nic.allow_non_nic))
             elif nic.sriov is not None:
                 field = f"vms[{vi}].nics[{ni}].sriov.pf"
                 pfs = tuple(_lookup(topo, ref, field, origin, parked) for ref in nic.sriov.pf)
@@ -145,6 +168,8 @@ def _check_pf(
     warnings: list[str],
 ) -> None:
     _check_management(topo, req.vm, req.field, pf, allow_mgmt, origin, warnings, "making VFs on it")
+    if pf.class_code and not pf.is_network:
+        raise PlanError(f"{origin}: {req.field}: {_label(pf)} is {_class_name(pf)}, not a network device")
     if pf.sriov_totalvfs <= 0:
         raise PlanError(f"{origin}: {req.field}: {_label(pf)} is not SR-IOV capable (no sriov_totalvfs)")
     if pf.address in whole_owner:
@@ -156,12 +181,43 @@ def _check_pf(
 
 def _check_host_use(topo: HostTopology, nic: ResolvedNic, allow_mgmt: bool, origin: str, warnings: list[str]) -> None:
     dev = nic.device
+    _check_device_class(nic, origin, warnings)
     _check_management(topo, nic.vm, nic.field, dev, allow_mgmt, origin, warnings, "passing it through")
     if dev.sriov_numvfs > 0:
         raise PlanError(
             f"{origin}: {nic.field}: {_label(dev)} has {dev.sriov_numvfs} VFs enabled; a PF with VFs cannot be "
             "passed through whole"
         )
+
+
+def _class_name(dev: PciDevice) -> str:
+    base = dev.class_code.removeprefix("0x")[:2]
+    return f"{_PCI_CLASSES.get(base, 'a device')} (PCI class {dev.class_code})"
+
+
+def _check_device_class(nic: ResolvedNic, origin: str, warnings: list[str]) -> None:
+    """A typo in a PCI address must not hand the host's disk controller or a root port to a guest.
+
+    Bridges are refused always: what sits behind one stays the host's, and a guest cannot
+    use a bridge. Other functions need the NIC entry's explicit `allow_non_nic: true`.
+    """
+    dev = nic.device
+    if not dev.class_code:  # older libvirt gives no class: a network interface is the only evidence
+        if not dev.interfaces:
+            warnings.append(f"{nic.vm}: the PCI class of {_label(dev)} is unknown; cannot check that it is a NIC")
+        return
+    if dev.is_bridge:
+        raise PlanError(
+            f"{origin}: {nic.field}: {_label(dev)} is {_class_name(dev)}; a bridge or root port is never passed through"
+        )
+    if dev.is_network:
+        return
+    if not nic.allow_non_nic:
+        raise PlanError(
+            f"{origin}: {nic.field}: {_label(dev)} is {_class_name(dev)}, not a network device; "
+            "if this device is meant, say so with allow_non_nic: true on this NIC entry"
+        )
+    warnings.append(f"OVERRIDE: {nic.vm} gets {_label(dev)}, {_class_name(dev)} (allow_non_nic)")
 
 
 def _check_iommu_group(topo: HostTopology, nic: ResolvedNic, owner: Mapping[str, str], origin: str) -> None:

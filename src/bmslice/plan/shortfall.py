@@ -9,8 +9,9 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
 
+from bmslice.errors import PlanError
 from bmslice.plan.capacity import Load, NodeFree, plural
-from bmslice.plan.placement import Request
+from bmslice.plan.placement import Request, place
 
 
 def _alone(req: Request, nodes: Mapping[int, NodeFree]) -> str | None:
@@ -23,6 +24,11 @@ def _alone(req: Request, nodes: Mapping[int, NodeFree]) -> str | None:
     core_short = [n for n in candidates if not n.fits(Load(req.load.singles, req.load.pairs, 0))]
     if len(candidates) == 1:
         node = candidates[0]
+        if node in core_short and req.load.memory_mib > node.memory_mib:
+            return (
+                f"{req.name} needs {node.need_text(req.load)} and {req.load.memory_mib} MiB on NUMA node {node.node}; "
+                f"cores: {node.free_text()}; memory: only {node.memory_mib} MiB is free"
+            )
         if node in core_short:
             return f"{req.name} needs {node.need_text(req.load)} on NUMA node {node.node}, {node.free_text()}"
         return (
@@ -34,10 +40,22 @@ def _alone(req: Request, nodes: Mapping[int, NodeFree]) -> str | None:
             f"{req.name} needs {most.need_text(req.load)} on one NUMA node; "
             f"the most free on any node is {most.cores} (node {most.node})"
         )
-    most_mem = max(candidates, key=lambda n: (n.memory_mib, -n.node))
+    if not core_short:
+        most_mem = max(candidates, key=lambda n: (n.memory_mib, -n.node))
+        return (
+            f"{req.name} needs {req.load.memory_mib} MiB on one NUMA node; the most free on any node is "
+            f"{most_mem.memory_mib} MiB (node {most_mem.node})"
+        )
+    # Some nodes lack the cores, the others the memory: say which lacks what.
+    short = "; ".join(
+        f"node {n.node}: cores short, {n.free_text()}"
+        if n in core_short
+        else f"node {n.node}: memory short, only {n.memory_mib} MiB free"
+        for n in candidates
+    )
     return (
-        f"{req.name} needs {req.load.memory_mib} MiB on one NUMA node; the most free on any node is "
-        f"{most_mem.memory_mib} MiB (node {most_mem.node})"
+        f"{req.name} needs {candidates[0].need_text(req.load)} and {req.load.memory_mib} MiB on one NUMA node; "
+        f"no node has both ({short})"
     )
 
 
@@ -66,6 +84,36 @@ def _bound_together(requests: Sequence[Request], nodes: Mapping[int, NodeFree]) 
     return None
 
 
+def _fits_without(requests: Sequence[Request], free: Sequence[NodeFree], resource: str) -> bool | None:
+    """Whether the VMs would fit if `resource` ("memory" or "cores") were unlimited; None: search gave up."""
+
+    def relieved(load: Load) -> Load:
+        return Load(load.singles, load.pairs, 0) if resource == "memory" else Load(0, 0, load.memory_mib)
+
+    try:
+        return place([Request(r.name, relieved(r.load), r.candidates, r.costs) for r in requests], free) is not None
+    except PlanError:
+        return None
+
+
+def _short_resource(requests: Sequence[Request], free: Sequence[NodeFree], total: Load, per_node: str) -> str | None:
+    """The one resource that keeps the VMs from fitting together when each fits alone."""
+    with_cores_only = _fits_without(requests, free, "memory")
+    with_memory_only = _fits_without(requests, free, "cores")
+    if with_cores_only and with_memory_only is False:
+        sizes = ", ".join(f"{r.name} {r.load.memory_mib}" for r in requests)
+        return (
+            f"the VMs' memory does not fit on the NUMA nodes, their cores would: they need {total.memory_mib} MiB "
+            f"({sizes}), free per node: {per_node}; a VM cannot span nodes"
+        )
+    if with_memory_only and with_cores_only is False:
+        return (
+            f"the VMs' cores do not fit on the NUMA nodes, their memory would: free per node: {per_node}; "
+            "a VM cannot span nodes"
+        )
+    return None
+
+
 def explain(requests: Sequence[Request], free: Sequence[NodeFree]) -> str:
     free = sorted(free, key=lambda n: n.node)
     nodes = {n.node: n for n in free}
@@ -87,6 +135,9 @@ def explain(requests: Sequence[Request], free: Sequence[NodeFree]) -> str:
     mem_have = sum(n.memory_mib for n in free)
     if total.memory_mib > mem_have:
         return f"the VMs need {total.memory_mib} MiB in all, only {mem_have} MiB are free on the host ({per_node})"
+    short = _short_resource(requests, free, total, per_node)
+    if short:
+        return short
     return (
         f"no assignment of VMs to NUMA nodes fits them all: they need {plural(need, 'whole core')} and {total.memory_mib} MiB, "
         f"free per node: {per_node}; a VM cannot span nodes"

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from bmslice.model.plan import DeviceAssignment, Plan
 from bmslice.model.topology import HostTopology
 from bmslice.render.artifacts import kernel_args_line
+from bmslice.safe_text import one_line
 
 RUNTIME_HUGEPAGE_KIB = 2048  # 1 GiB pages are boot-time kernel args (plan/host.py)
 
@@ -72,7 +73,7 @@ def _grub(plan: Plan) -> str:
     args = " ".join(plan.host.kernel_args)
     return (
         HEADER
-        + f"# Kernel args for CPU vendor {plan.host.cpu_vendor or 'unknown'}; Debian/Ubuntu's update-grub reads\n"
+        + f"# Kernel args for CPU vendor {one_line(plan.host.cpu_vendor or 'unknown')}; Debian/Ubuntu's update-grub reads\n"
         "# /etc/default/grub.d/*.cfg. RHEL-style hosts (BLS entries) use instead:\n"
         f"#   {grubby_command(plan)}\n"
         f'GRUB_CMDLINE_LINUX_DEFAULT="$GRUB_CMDLINE_LINUX_DEFAULT {args}"\n'

@@ -33,6 +33,7 @@ from bmslice.render.picture_map import (
     nic_notes,
     picture_map,
 )
+from bmslice.safe_text import one_line
 
 SVG_NS = "http://www.w3.org/2000/svg"
 
@@ -105,7 +106,7 @@ class _Canvas:
     def el(parent: etree._Element, tag: str, attrs: dict[str, object], text: str | None = None) -> etree._Element:
         node = etree.SubElement(parent, f"{{{SVG_NS}}}{tag}", {k: str(v) for k, v in attrs.items()})
         if text is not None:
-            node.text = text
+            node.text = one_line(text)  # names read from a host or a spec: no control character reaches XML
         return node
 
     def group(self, parent: etree._Element, gid: str | None = None, cls: str | None = None) -> etree._Element:
@@ -494,7 +495,7 @@ def svg_element(topo: HostTopology, plan: Plan) -> etree._Element:
     c.root.set("font-size", str(FONT))
     c.root.insert(0, _background(width, height))
     heading = etree.Element(f"{{{SVG_NS}}}title")
-    heading.text = f"bmslice: {title}"
+    heading.text = one_line(f"bmslice: {title}")
     c.root.insert(0, heading)
     return c.root
 

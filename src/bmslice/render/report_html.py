@@ -16,6 +16,7 @@ from bmslice.model.sizes import format_mib
 from bmslice.model.topology import HostTopology
 from bmslice.render.picture_map import picture_map, vm_letter
 from bmslice.render.picture_svg import svg_element, vm_colour
+from bmslice.safe_text import one_line
 
 CSS = """
 body { font-family: "DejaVu Sans", Verdana, Arial, sans-serif; color: #222; margin: 16px 24px; }
@@ -40,7 +41,7 @@ ul.warnings li { margin: 2px 0; }
 def _el(parent: etree._Element, tag: str, text: str | None = None, **attrs: str) -> etree._Element:
     node = etree.SubElement(parent, tag, {k.rstrip("_"): v for k, v in attrs.items()})
     if text is not None:
-        node.text = text
+        node.text = one_line(text)  # a file name or host name may hold bytes XML cannot carry
     return node
 
 

@@ -22,4 +22,11 @@ class ApplyError(BmsliceError):
 
 
 class LabError(BmsliceError):
-    """The lab could not be shaped, fetched, booted, reached or stopped; nothing was left running."""
+    """The lab could not be shaped, fetched, booted, reached or stopped; nothing was left running.
+
+    `details` (the lab's console tail, say) is shown under the one error line, each line marked.
+    """
+
+    def __init__(self, message: str, details: str = "") -> None:
+        super().__init__(message)
+        self.details = details

@@ -62,16 +62,22 @@ def console_tail(lines: int = 30) -> str:
 
 
 def host(*args: str, timeout: int = 900) -> Result:
-    """`bmslice ARGS` on this machine (lab up / down / status)."""
+    """`bmslice ARGS` on this machine (lab up / down / status); its progress lines shown as they come."""
     argv = (BMSLICE, *args)
     say(f"host: bmslice {' '.join(args)}")
     start = time.monotonic()
-    done = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, check=False)
-    seconds = time.monotonic() - start
-    if done.stderr.strip():
-        for line in done.stderr.strip().splitlines()[-8:]:
-            say(f"  {line.strip()}")
-    return Result(argv, done.returncode, done.stdout, done.stderr, seconds)
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert proc.stderr is not None
+    err: list[str] = []
+    for line in proc.stderr:  # ends when bmslice exits (a hang is bounded by its own timeouts)
+        err.append(line)
+        say(f"  {line.rstrip()}")
+    try:
+        out = proc.communicate(timeout=timeout)[0]
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        out = proc.communicate()[0]
+    return Result(argv, proc.returncode, out, "".join(err), time.monotonic() - start)
 
 
 def run(*argv: str, files: Iterable[Path] = (), timeout: int = 600, cwd: str | None = None) -> Result:

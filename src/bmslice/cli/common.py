@@ -53,6 +53,8 @@ def run(parser: argparse.ArgumentParser, argv: Sequence[str] | None = None) -> i
         return handler(args)
     except BmsliceError as exc:
         print(f"error: {one_line(str(exc))}", file=sys.stderr)
+        for line in getattr(exc, "details", "").splitlines():
+            print(f"  | {one_line(line)}", file=sys.stderr)
         return EXIT_ERROR
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)

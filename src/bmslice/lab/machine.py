@@ -239,10 +239,10 @@ def _wait_ready(lab: LabDir, proc: subprocess.Popen[bytes], timeout_s: int, say:
         if proc.poll() is not None:
             log = (lab.path / "qemu.log").read_text(errors="replace").strip().splitlines()
             why = log[-1] if log else f"exit {proc.returncode}"
-            raise LabError(f"the lab's QEMU stopped while booting: {why}\n--- console tail ---\n{lab.console_tail()}")
+            raise LabError(f"the lab's QEMU stopped while booting: {why}", f"console tail:\n{lab.console_tail()}")
         now = time.monotonic()
         if now - start > timeout_s:
-            raise LabError(f"the lab did not come up within {timeout_s} s\n--- console tail ---\n{lab.console_tail()}")
+            raise LabError(f"the lab did not come up within {timeout_s} s", f"console tail:\n{lab.console_tail()}")
         if now >= next_note:
             last = lab.console_tail(1).strip()
             say(f"booting ({now - start:.0f} s): {last[:100]}")
@@ -254,6 +254,21 @@ def _wait_ready(lab: LabDir, proc: subprocess.Popen[bytes], timeout_s: int, say:
 # --- down -------------------------------------------------------------------------------
 
 
+def peak_memory_mib(lab: LabDir) -> int | None:
+    """The most memory the lab's QEMU has held (VmHWM), while it runs."""
+    try:
+        pid = int((lab.path / "qemu.pid").read_text().strip())
+        if not _alive(pid, lab.mark):
+            return None
+        status = Path(f"/proc/{pid}/status").read_text()
+    except (OSError, ValueError):
+        return None
+    for line in status.splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) // 1024
+    return None
+
+
 def down(name: str, state_root: Path = STATE_ROOT, grace_s: float = 30, say: Say = lambda _l: None) -> bool:
     """Power the lab off (cleanly if it answers, by signal if not) and remove its state. False: it was not up."""
     lab = LabDir.of(name, state_root)
@@ -262,6 +277,9 @@ def down(name: str, state_root: Path = STATE_ROOT, grace_s: float = 30, say: Say
         if lab.path.exists():
             shutil.rmtree(lab.path, ignore_errors=True)
         return False
+    peak = peak_memory_mib(lab)
+    if peak is not None:
+        say(f"the lab's QEMU held at most {peak} MiB; it ran {time.time() - info.started:.0f} s")
     if _alive(info.wrapper_pid, lab.mark):
         (lab.share / "poweroff").touch()
         deadline = time.monotonic() + grace_s
@@ -380,7 +398,7 @@ def _follow(
                 raise LabError(f"the lab wrote an unreadable exit code for: {what}") from None
         now = time.monotonic()
         if not _alive(info.wrapper_pid, lab.mark):
-            raise LabError(f"the lab stopped while running: {what}\n--- console tail ---\n{lab.console_tail()}")
+            raise LabError(f"the lab stopped while running: {what}", f"console tail:\n{lab.console_tail()}")
         if now - start > job.timeout_s + 30:
             raise LabError(f"the lab did not report the end of: {what} ({job.timeout_s} s timeout + 30 s)")
         if now >= beat:

@@ -7,7 +7,10 @@ Facts it relies on (QEMU 10 under TCG, checked on the project's machines):
 - a device behind `pxb-pcie,numa_node=N` + `pcie-root-port` reports `numa_node` N, and
   once a pxb-pcie exists every `-device` needs an explicit `bus=`;
 - option ROMs are off (`romfile=`): the lab boots its kernel directly, and QEMU 10 would
-  otherwise look for ROM files of the system's older QEMU.
+  otherwise look for ROM files of the system's older QEMU;
+- TCG runs single-threaded: multi-threaded TCG with the IOMMU aborted now and then while
+  the guest changed its memory map (`iotlb_to_section: Assertion ... failed`), and on a
+  2-CPU machine it was barely faster.
 The whole QEMU runs under coreutils `timeout`, so a lab nobody stops still ends.
 """
 
@@ -137,7 +140,7 @@ def qemu_command(
         "-machine",
         "q35,kernel-irqchip=split",
         "-accel",
-        "tcg,thread=multi",
+        "tcg,thread=single",
         "-cpu",
         "max,vendor=GenuineIntel",
         *_cpu_numa(shape),

@@ -27,7 +27,7 @@ NETWORK_OSDEV = "2"  # HWLOC_OBJ_OSDEV_NETWORK: kernel netdevs (not OpenFabrics 
 
 # "0200 [8086:1572] [8086:0006] 02": class+subclass, [vendor:device], [subsystem], revision.
 _PCI_TYPE = re.compile(r"^([0-9a-fA-F]{4}) \[([0-9a-fA-F]{4}):([0-9a-fA-F]{4})\]")
-_PCI_BUSID = re.compile(r"^[0-9a-fA-F]{4,8}:[0-9a-fA-F]{2}:[0-9a-fA-F]{2}\.[0-7]$")
+_PCI_BUSID = re.compile(r"[0-9a-fA-F]{4,8}:[0-9a-fA-F]{2}:[0-9a-fA-F]{2}\.[0-7]")
 
 # lstopo writes <!DOCTYPE topology SYSTEM "hwloc2.dtd">: never fetch or apply it.
 _PARSER = etree.XMLParser(
@@ -296,7 +296,7 @@ def _description(element: etree._Element) -> str | None:
 def _read_pci_device(element: etree._Element, interfaces: list[NetInterface]) -> PciDevice:
     busid = element.get("pci_busid", "").lower()
     match = _PCI_TYPE.match(element.get("pci_type", ""))
-    if not _PCI_BUSID.match(busid) or match is None:
+    if not _PCI_BUSID.fullmatch(busid) or match is None:
         raise TopologyError(f"hwloc XML: bad PCI object pci_busid={busid!r} pci_type={element.get('pci_type')!r}")
     class_id, vendor, device = (g.lower() for g in match.groups())
     return PciDevice(

@@ -66,16 +66,31 @@ say "network: $(ip -br link | tr -s ' ' | tr '\n' ';')"
 
 start_libvirtd() {
     command -v libvirtd >/dev/null || { say "libvirtd is not installed on this machine"; return 1; }
-    mkdir -p /var/log/libvirt /var/run/libvirt /var/lib/libvirt/images /var/lib/libvirt/qemu /var/cache/libvirt
+    mkdir -p /var/log/libvirt
     for group in kvm libvirt-qemu libvirt; do getent group "$group" >/dev/null || groupadd --system "$group"; done
     getent passwd libvirt-qemu >/dev/null ||
         useradd --system --no-create-home --home-dir /var/lib/libvirt --shell /usr/sbin/nologin -g libvirt-qemu libvirt-qemu
-    # The lab is throwaway and has no /dev/kvm: QEMU runs as root, TCG, no security driver.
+    # The lab is a fresh server: nothing of this machine's libvirt state (its domains, pools,
+    # volumes, networks) comes along through the shared root. Whole directories are removed
+    # and made again, so the overlay makes them opaque: a domain this machine defines later
+    # does not show through either.
+    for dir in /etc/libvirt/qemu /etc/libvirt/storage /etc/libvirt/nodedev /etc/libvirt/secrets \
+        /var/lib/libvirt /var/run/libvirt /var/cache/libvirt; do
+        rm -rf "$dir" && mkdir -p "$dir"
+    done
+    mkdir -p /var/lib/libvirt/images /var/lib/libvirt/qemu
+    # The lab has no /dev/kvm: QEMU runs as root, TCG, no security driver.
     printf 'user = "root"\ngroup = "root"\nsecurity_driver = "none"\n' >/etc/libvirt/qemu.conf
     LIBVIRT_LOG_OUTPUTS="3:file:/var/log/libvirt/virtlogd.log" virtlogd -d
     LIBVIRT_LOG_OUTPUTS="3:file:/var/log/libvirt/libvirtd.log" libvirtd -d
     for _ in $(seq 1 120); do
-        virsh -c qemu:///system version >/dev/null 2>&1 && return 0
+        if virsh -c qemu:///system version >/dev/null 2>&1; then
+            # a server's usual image pool, empty
+            virsh -q -c qemu:///system pool-define-as default dir --target /var/lib/libvirt/images >/dev/null &&
+                virsh -q -c qemu:///system pool-start default >/dev/null &&
+                virsh -q -c qemu:///system pool-autostart default >/dev/null
+            return 0
+        fi
         sleep 0.5
     done
     say "libvirtd did not answer within 60 s"

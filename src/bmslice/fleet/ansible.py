@@ -28,8 +28,16 @@ from bmslice.model.fleet import Fleet, InventoryHost, Placement, Role
 GROUPS = {Role.CONTROL: "bmslice_control", Role.WORKER: "bmslice_worker"}
 
 
+class _IndentedDumper(yaml.SafeDumper):
+    """Block sequences indented under their key, as yamllint (and so ansible-lint) wants them:
+    PyYAML's default writes a list at its key's own indentation."""
+
+    def increase_indent(self, flow: bool = False, indentless: bool = False) -> None:
+        super().increase_indent(flow, False)
+
+
 def _dump(data: Any) -> str:
-    return yaml.safe_dump(data, sort_keys=False, default_flow_style=False, width=120)
+    return yaml.dump(data, Dumper=_IndentedDumper, sort_keys=False, default_flow_style=False, width=120)
 
 
 def connection_vars(inv: InventoryHost) -> dict[str, Any]:
@@ -132,6 +140,8 @@ PLAYBOOK = """\
         uri: "{{ bmslice_uri }}"
         host_root: "{{ bmslice_host_root | default(omit) }}"
         command: "{{ bmslice_command }}"
+        # check mode copies no join file: apply's dry run gets empty stand-ins for them
+        pending_files: "{{ bmslice_join_files | map(attribute='name') | list }}"
       register: bmslice_apply
       tags: [apply]
 
@@ -147,6 +157,19 @@ PLAYBOOK = """\
 """
 
 
+ANSIBLE_LINT = """\
+# ansible-lint's settings for this directory (`ansible-lint` here checks inventory.yml and
+# site.yml), written by `bmslice fleet ansible`. hosts/ holds bmslice's spec bundles and
+# cloud-init user-data, not Ansible content: cloud-init needs their first line to be
+# "#cloud-config", which yamllint's comment rule would flag.
+profile: production
+offline: true
+exclude_paths:
+  - hosts/
+  - fabric/
+"""
+
+
 def render_ansible(
     fleet: Fleet, placement: Placement, plan_files: dict[str, str], origin: str = "the fleet file"
 ) -> dict[str, str]:
@@ -159,4 +182,5 @@ def render_ansible(
     out = dict(plan_files)
     out["inventory.yml"] = inventory_yaml(fleet, placement, files_by_host, origin)
     out["site.yml"] = PLAYBOOK
+    out[".ansible-lint"] = ANSIBLE_LINT
     return out

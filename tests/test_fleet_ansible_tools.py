@@ -77,8 +77,8 @@ def _ansible_test_home() -> Path:
     cache = HOME / ".ansible" / "test" / "cache"
     cache.mkdir(parents=True, exist_ok=True)
     # ansible-test names the script after the pip version it bootstraps (get_pip_24_2.py for 24.2).
-    from ansible_test._internal.python_requirements import get_venv_packages
     from ansible_test._internal.host_configs import NativePythonConfig
+    from ansible_test._internal.python_requirements import get_venv_packages
 
     pip_version = get_venv_packages(NativePythonConfig(version=PYTHON, path=sys.executable))["pip"]
     shutil.copyfile(BOOTSTRAP, cache / f"get_pip_{pip_version.replace('.', '_')}.py")

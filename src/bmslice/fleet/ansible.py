@@ -9,7 +9,8 @@ How a fleet host becomes an inventory host:
 
 - a host with `host_root` (an offline tree) runs with `ansible_connection: local`, and
   the module gets the tree: in check mode every action on it is a plan;
-- a local URI (`qemu:///system`) also runs locally;
+- a local URI (`qemu:///system`) also runs locally, and so does libvirt's test driver
+  (`test:///FILE`), which the tests use as a server that was never applied;
 - `qemu+ssh://user@server1:2222/system` becomes `ansible_host: server1`,
   `ansible_user: user`, `ansible_port: 2222`, and the module on the server uses the
   server's own `qemu:///system`.
@@ -42,7 +43,7 @@ def _dump(data: Any) -> str:
 
 def connection_vars(inv: InventoryHost) -> dict[str, Any]:
     parts = urlsplit(inv.uri)
-    if inv.host_root is not None or inv.is_local:
+    if inv.host_root is not None or inv.runs_here:
         return {
             "ansible_connection": "local",
             "ansible_python_interpreter": "{{ ansible_playbook_python }}",

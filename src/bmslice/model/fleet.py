@@ -91,7 +91,13 @@ class InventoryHost(_Strict):
     def is_local(self) -> bool:
         """The URI names this machine's own libvirtd (qemu:///system, qemu+unix:///system)."""
         parts = urlsplit(self.uri)
-        return not parts.netloc and parts.scheme.partition("+")[2] in ("", "unix")
+        return not parts.netloc and parts.scheme != "test" and parts.scheme.partition("+")[2] in ("", "unix")
+
+    @property
+    def runs_here(self) -> bool:
+        """bmslice runs for this host where Ansible runs: the host is this machine, or libvirt's
+        test driver (test:///...), whose host lives inside the process that opens it."""
+        return self.is_local or urlsplit(self.uri).scheme == "test"
 
     @model_validator(mode="after")
     def _one_source(self) -> InventoryHost:

@@ -174,8 +174,10 @@ def test_kubelet_config_reserves_the_first_whole_guest_core(files: dict[str, str
         "apiVersion": "kubelet.config.k8s.io/v1beta1",
         "kind": "KubeletConfiguration",
         "cpuManagerPolicy": "static",
+        "cpuManagerPolicyOptions": {"full-pcpus-only": "true"},
         "reservedSystemCPUs": "0,1",  # guest threads=2: guest CPUs 0 and 1 are one host core
         "topologyManagerPolicy": "single-numa-node",
+        "topologyManagerScope": "pod",
     }
     assert written["/etc/bmslice/node-labels"] == (
         "bmslice.io/cluster=red,bmslice.io/host=server1,bmslice.io/numa-node=0,bmslice.io/rack=rack1\n"
@@ -277,7 +279,10 @@ def test_join_script_passes_the_token_in_a_file_never_on_a_command_line(tmp_path
         "token": TOKEN,
         "caCertHashes": ["sha256:00ff"],
     }
-    assert config["nodeRegistration"]["kubeletExtraArgs"] == {"node-labels": "bmslice.io/cluster=red"}
+    assert config["apiVersion"] == "kubeadm.k8s.io/v1beta4"
+    assert config["nodeRegistration"]["kubeletExtraArgs"] == [
+        {"name": "node-labels", "value": "bmslice.io/cluster=red"}
+    ]
     assert not (root / "run/bmslice-kubeadm-join.yaml").exists()  # removed after the join
 
 

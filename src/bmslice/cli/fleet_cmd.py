@@ -97,6 +97,7 @@ def _plan(args: argparse.Namespace, check: bool = True) -> _Planned:
     import yaml
 
     from bmslice.fleet.check import check_host
+    from bmslice.fleet.guest import guest_warnings
     from bmslice.fleet.hosts import read_hosts
     from bmslice.fleet.placement import place
     from bmslice.fleet.render import render_fleet
@@ -113,7 +114,7 @@ def _plan(args: argparse.Namespace, check: bool = True) -> _Planned:
         for path, text in files.items()
         if path.startswith("hosts/") and path.endswith("/spec.yaml")
     }
-    warnings = _join_file_warnings(fleet)
+    warnings = guest_warnings(fleet, placement) + _join_file_warnings(fleet)
     if source is not None:
         kept = sum(1 for vm in existing.vms if vm.name in {v.name for v in placement.vms}) if existing else 0
         warnings.insert(0, f"kept {kept} placed VM(s) where they are ({source})")

@@ -21,24 +21,11 @@ from __future__ import annotations
 from typing import Any
 from urllib.parse import urlsplit
 
-import yaml
-
 from bmslice.fleet.render import join_file_name
+from bmslice.fleet.yaml_text import indented_yaml
 from bmslice.model.fleet import Fleet, InventoryHost, Placement, Role
 
 GROUPS = {Role.CONTROL: "bmslice_control", Role.WORKER: "bmslice_worker"}
-
-
-class _IndentedDumper(yaml.SafeDumper):
-    """Block sequences indented under their key, as yamllint (and so ansible-lint) wants them:
-    PyYAML's default writes a list at its key's own indentation."""
-
-    def increase_indent(self, flow: bool = False, indentless: bool = False) -> None:
-        super().increase_indent(flow, False)
-
-
-def _dump(data: Any) -> str:
-    return yaml.dump(data, Dumper=_IndentedDumper, sort_keys=False, default_flow_style=False, width=120)
 
 
 def connection_vars(inv: InventoryHost) -> dict[str, Any]:
@@ -96,7 +83,7 @@ def inventory_yaml(fleet: Fleet, placement: Placement, files_by_host: dict[str, 
     ]
     if idle:
         head.append(f"# no slices (left out): {', '.join(idle)}")
-    return "\n".join(head) + "\n" + _dump(data)
+    return "\n".join(head) + "\n" + indented_yaml(data)
 
 
 PLAYBOOK = """\

@@ -305,6 +305,9 @@ class PlacedVm:
     numa_node: int
     nics: tuple[NicAssignment, ...] = ()
     guest_threads: int = 1  # 2 when the guest sees host sibling pairs (planner's guest topology)
+    # guest vCPUs grouped by the host core they run on, in vCPU order: ((0, 1), (2,)) for three
+    # vCPUs on a sibling pair and a one-thread core; () when not recorded (older placement files)
+    guest_cores: tuple[tuple[int, ...], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -346,6 +349,7 @@ def placement_to_dict(placement: Placement) -> dict[str, Any]:
                 "host": vm.host,
                 "numa_node": vm.numa_node,
                 "guest_threads": vm.guest_threads,
+                "guest_cores": [",".join(str(cpu) for cpu in core) for core in vm.guest_cores],  # ["0,1", "2"]
                 "nics": [
                     {
                         "kind": n.kind.value,
@@ -376,6 +380,9 @@ def placement_from_dict(data: Any, origin: str) -> Placement:
                 host=str(vm["host"]),
                 numa_node=int(vm["numa_node"]),
                 guest_threads=int(vm.get("guest_threads", 1)),
+                guest_cores=tuple(
+                    tuple(int(cpu) for cpu in str(core).split(",")) for core in vm.get("guest_cores", [])
+                ),
                 nics=tuple(
                     NicAssignment(
                         NicKind(n["kind"]),

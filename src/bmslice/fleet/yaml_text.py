@@ -1,0 +1,47 @@
+"""The YAML text of everything a fleet generates, in one of two styles (pure).
+
+- `block_yaml`: multi-line strings (scripts, config files) as literal blocks, so specs and
+  user-data read as written; through libyaml when PyYAML has it (same text, about five
+  times faster on a fleet of 1,000 servers).
+- `indented_yaml`: the same, with block sequences indented under their key, as yamllint
+  (and so ansible-lint) wants them in Ansible content. PyYAML's emitter writes a list at its
+  key's own indentation, and libyaml's emitter cannot be told otherwise, so this one always
+  runs in Python.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import yaml
+
+
+class _Dumper(yaml.SafeDumper):
+    pass
+
+
+class _FastDumper(yaml.CSafeDumper):
+    pass
+
+
+class _IndentedDumper(yaml.SafeDumper):
+    def increase_indent(self, flow: bool = False, indentless: bool = False) -> None:
+        super().increase_indent(flow, False)
+
+
+def _str(dumper: yaml.SafeDumper | yaml.CSafeDumper, value: str) -> yaml.ScalarNode:
+    style = "|" if "\n" in value else None
+    return dumper.represent_scalar("tag:yaml.org,2002:str", value, style=style)
+
+
+for _dumper in (_Dumper, _FastDumper, _IndentedDumper):
+    _dumper.add_representer(str, _str)
+
+
+def block_yaml(data: Any) -> str:
+    dumper = _FastDumper if yaml.__with_libyaml__ else _Dumper
+    return yaml.dump(data, Dumper=dumper, sort_keys=False, default_flow_style=False, width=120)
+
+
+def indented_yaml(data: Any) -> str:
+    return yaml.dump(data, Dumper=_IndentedDumper, sort_keys=False, default_flow_style=False, width=120)

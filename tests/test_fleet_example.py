@@ -23,9 +23,10 @@ import yaml
 from bmslice.cli import fleet_cmd
 from bmslice.errors import PlanError
 from bmslice.fleet.check import check_host
+from bmslice.fleet.fabric import fabric_data, junos_config
 from bmslice.fleet.hosts import read_hosts
 from bmslice.fleet.placement import place
-from bmslice.fleet.render import fabric_data, junos_config, render_fleet
+from bmslice.fleet.render import render_fleet
 from bmslice.model.fleet import (
     Fleet,
     NicKind,
@@ -202,7 +203,15 @@ def test_adding_a_worker_keeps_every_placed_vm_and_a_full_fleet_says_why(
         "node: 0 cores, 22GiB; server3: most free on one node: 0 cores, 22GiB)"
     )
     data["clusters"][1]["workers"]["count"] = 3
-    data["inventory"].append({**data["inventory"][3], "name": "server4", "rack": "rack4", "nics": {}})
+    data["inventory"].append(
+        {
+            **data["inventory"][3],
+            "name": "server4",
+            "uri": "qemu+ssh://root@server4/system",
+            "rack": "rack4",
+            "nics": {},
+        }
+    )
     topologies = {**topologies, "server4": topologies["server3"]}
     data["clusters"][1]["workers"]["count"] = 4
     bigger = fleet_from_data(data, "test")

@@ -26,7 +26,7 @@ from collections import defaultdict
 from collections.abc import Sequence
 from typing import Any
 
-from bmslice.fleet.yaml_text import block_yaml
+from bmslice.fleet.text import block_yaml
 from bmslice.model.fleet import Fleet, PlacedVm, Placement, Role, VmSize
 from bmslice.model.spec import HugepageSize
 

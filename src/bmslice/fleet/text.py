@@ -1,4 +1,5 @@
-"""The YAML text of everything a fleet generates, in one of two styles (pure).
+"""How the files a fleet generates are written (pure): YAML in one of two styles, and user
+text made safe for a header comment.
 
 - `block_yaml`: multi-line strings (scripts, config files) as literal blocks, so specs and
   user-data read as written; through libyaml when PyYAML has it (same text, about five
@@ -45,3 +46,13 @@ def block_yaml(data: Any) -> str:
 
 def indented_yaml(data: Any) -> str:
     return yaml.dump(data, Dumper=_IndentedDumper, sort_keys=False, default_flow_style=False, width=120)
+
+
+def one_line(text: str) -> str:
+    """`text` for a comment line of a generated file: control characters (a newline in a file
+    name) escaped, so user text can never start a line of YAML or a Junos command.
+
+    >>> one_line("fleet.yaml"), one_line("x\\nset system services telnet")
+    ('fleet.yaml', 'x\\\\nset system services telnet')
+    """
+    return "".join(ch if ch.isprintable() else ch.encode("unicode_escape").decode("ascii") for ch in text)

@@ -75,6 +75,17 @@ def _generate(tmp_path: Path, data: dict[str, Any]) -> Path:
     return out
 
 
+def _ansible_env(work: Path, **extra: str) -> dict[str, str]:
+    """Ansible from this repository's collection, its state under `work`, no colours."""
+    return {
+        **os.environ,
+        "ANSIBLE_COLLECTIONS_PATH": str(REPO),
+        "ANSIBLE_HOME": str(work / "ansible-home"),
+        "ANSIBLE_NOCOLOR": "1",
+        **extra,
+    }
+
+
 def _playbook(
     out: Path, base: Path, *args: str, env: dict[str, str] | None = None
 ) -> tuple[subprocess.CompletedProcess[str], dict[str, dict[str, tuple[str, dict[str, Any]]]]]:
@@ -93,15 +104,7 @@ def _playbook(
             *args,
         ],
         cwd=out,
-        env={
-            **os.environ,
-            **(env or {}),
-            "ANSIBLE_COLLECTIONS_PATH": str(REPO),
-            "ANSIBLE_HOME": str(out.parent / "ansible-home"),
-            "ANSIBLE_NOCOLOR": "1",
-            "ANSIBLE_FORCE_COLOR": "0",
-            "ANSIBLE_CALLBACK_RESULT_FORMAT": "json",
-        },
+        env=_ansible_env(out.parent, ANSIBLE_FORCE_COLOR="0", ANSIBLE_CALLBACK_RESULT_FORMAT="json", **(env or {})),
         capture_output=True,
         text=True,
         timeout=180,
@@ -280,14 +283,9 @@ def _module(tmp_path: Path, args: dict[str, Any], *flags: str) -> tuple[str, dic
             *flags,
         ],
         cwd=tmp_path,
-        env={
-            **os.environ,
-            "ANSIBLE_COLLECTIONS_PATH": str(REPO),
-            "ANSIBLE_HOME": str(tmp_path / "ansible-home"),
-            "ANSIBLE_NOCOLOR": "1",
-            "ANSIBLE_LOAD_CALLBACK_PLUGINS": "1",
-            "ANSIBLE_STDOUT_CALLBACK": "ansible.builtin.minimal",
-        },
+        env=_ansible_env(
+            tmp_path, ANSIBLE_LOAD_CALLBACK_PLUGINS="1", ANSIBLE_STDOUT_CALLBACK="ansible.builtin.minimal"
+        ),
         capture_output=True,
         text=True,
         timeout=120,
@@ -317,21 +315,9 @@ def test_module_refuses_wrong_typed_arguments_cleanly(tmp_path: Path) -> None:
 
 def test_module_audit_failure_names_the_violations(tmp_path: Path) -> None:
     """server2's tree runs a backup agent allowed on every CPU and an IRQ on an isolated CPU."""
-    from dataclasses import replace
+    from test_fleet_example import server2_with_violations
 
-    from treebuilder import IrqSpec, ProcSpec, RuntimeSpec, fleet_host_spec, write_tree
-
-    booted = "ro intel_iommu=on iommu=pt isolcpus=2-11,14-23 nohz_full=2-11,14-23 rcu_nocbs=2-11,14-23"
-    runtime = RuntimeSpec(
-        isolated="2-11,14-23",
-        nohz_full="2-11,14-23",
-        irqs=(IrqSpec(40, "0-23", "5"),),
-        procs=(ProcSpec(4242, "backup-agent", "0-23"),),
-    )
-    tree = write_tree(
-        replace(fleet_host_spec("server2"), runtime=runtime, cmdline=booted + " irqaffinity=0-1,12-13"),
-        tmp_path / "server2",
-    )
+    tree = server2_with_violations(tmp_path / "server2")
     spec = tmp_path / "spec.yaml"
     spec.write_text("vms:\n  - {name: red-worker-2, vcpus: 8, memory: 8GiB, numa_node: 0, emulator: dedicated}\n")
     status, result, _ = _module(

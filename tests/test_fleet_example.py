@@ -408,9 +408,9 @@ def test_worker_roles(example: tuple[Fleet, dict[str, HostTopology]]) -> None:
         assert (vm.role is Role.CONTROL) == vm.name.endswith("control-1")
 
 
-def test_cli_verify_audits_host_trees_and_reports_drift(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    """server2's tree shows a backup agent allowed on every CPU and an IRQ on an isolated one:
-    audit violations are drift; kernel args not booted yet are only a pending reboot."""
+def server2_with_violations(root: Path) -> Path:
+    """server2's tree, booted with the planned kernel args, with two audit violations: a backup
+    agent allowed on every CPU and IRQ 40 on isolated CPU 5."""
     from treebuilder import IrqSpec, ProcSpec, RuntimeSpec, fleet_host_spec
 
     booted = " ".join(["ro", "intel_iommu=on", "iommu=pt", "isolcpus=2-11,14-23", "nohz_full=2-11,14-23"])
@@ -420,12 +420,14 @@ def test_cli_verify_audits_host_trees_and_reports_drift(tmp_path: Path, capsys: 
         irqs=(IrqSpec(40, "0-23", "5"),),
         procs=(ProcSpec(4242, "backup-agent", "0-23"),),
     )
-    tree = write_tree(
-        replace(
-            fleet_host_spec("server2"), runtime=runtime, cmdline=booted + " rcu_nocbs=2-11,14-23 irqaffinity=0-1,12-13"
-        ),
-        tmp_path / "server2",
-    )
+    cmdline = booted + " rcu_nocbs=2-11,14-23 irqaffinity=0-1,12-13"
+    return write_tree(replace(fleet_host_spec("server2"), runtime=runtime, cmdline=cmdline), root)
+
+
+def test_cli_verify_audits_host_trees_and_reports_drift(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """server2's tree shows a backup agent allowed on every CPU and an IRQ on an isolated one:
+    audit violations are drift; kernel args not booted yet are only a pending reboot."""
+    tree = server2_with_violations(tmp_path / "server2")
     data = example_data()
     data["inventory"][2]["host_root"] = str(tree)
     path = tmp_path / "fleet.yaml"

@@ -214,6 +214,13 @@ def _switch_tables(pairs: Sequence[str]) -> dict[str, tuple[LearnedMac, ...]]:
     return tables
 
 
+def _section(title: str, lines: Sequence[str]) -> None:
+    if lines:
+        print(title)
+        for line in lines:
+            print(f"  {line}")
+
+
 def _print_verify(report: FleetReport) -> None:
     width = max(len(h.host) for h in report.hosts)
     for host in report.hosts:
@@ -222,16 +229,10 @@ def _print_verify(report: FleetReport) -> None:
             print(f"{' ' * width}    {line}")
         for note in host.notes:
             print(f"{' ' * width}    note: {note}")
-    if report.fabric:
-        print("fabric (what the switches learned):")
-        for check in report.fabric:
-            print(f"  {check.line()}")
+    _section("fabric (what the switches learned):", [check.line() for check in report.fabric])
     for note in report.notes:
         print(f"note: {note}")
-    if report.capture:
-        print("to check the fabric, capture what each switch learned and pass it back:")
-        for line in report.capture:
-            print(f"  {line}")
+    _section("to check the fabric, capture what each switch learned and pass it back:", report.capture)
     failed = report.failed
     counts = Counter(h.status.value for h in report.hosts)
     tally = ", ".join(f"{n} {status}" for status, n in sorted(counts.items()))

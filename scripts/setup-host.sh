@@ -3,6 +3,8 @@
 # Idempotent and safe to run repeatedly:
 #   - installs the Debian packages (libvirt, QEMU/KVM, hwloc, genisoimage, build deps)
 #   - creates .venv and installs the project with the dev + libvirt extras
+#   - downloads ansible-test's pinned sanity requirements as wheels, so the tests run
+#     `ansible-test sanity` offline (tests/test_fleet_ansible_tools.py)
 #   - starts virtlogd/libvirtd (scripts/start-libvirtd.sh)
 #   - ensures the libvirt storage pool 'default' (dir, /var/lib/libvirt/images) is active
 set -euo pipefail
@@ -26,6 +28,7 @@ PACKAGES=(
     # the lab (bmslice lab, make lab-test) runs this machine's own userland on its kernel:
     # modprobe/depmod, udev (device naming, module loading, rules), cpio for the tests
     kmod udev cpio iproute2 debian-archive-keyring
+    cloud-init  # `cloud-init schema` checks every generated user-data (tests/test_fleet_guest.py)
 )
 missing=()
 for pkg in "${PACKAGES[@]}"; do
@@ -75,6 +78,24 @@ if [[ $want != "$have" ]] ||
     log "venv ready ($((SECONDS - t0)) s)"
 else
     log ".venv up to date"
+fi
+
+# --- 2b. ansible-test's sanity requirements, as local wheels ---------------------------------
+# ansible-test builds one virtual environment per sanity test from pinned requirements. The
+# test points pip at these wheels (no index), so `make test` needs no network; refreshed
+# whenever the installed ansible-test pins other versions.
+WHEELS="$VENV/ansible-test/wheels"
+REQS=$("$VENV/bin/python" -c 'import ansible_test, os; print(os.path.join(os.path.dirname(ansible_test.__file__), "_data", "requirements"))')
+want=$(cat "$REQS"/sanity.*.txt | sha256sum | cut -d' ' -f1)
+if [[ $want != "$(cat "$WHEELS/.stamp" 2>/dev/null || true)" ]]; then
+    log "downloading ansible-test's sanity requirements to $WHEELS"
+    reqs=()
+    for f in "$REQS"/sanity.*.txt; do reqs+=(-r "$f"); done
+    mkdir -p "$WHEELS"
+    "$VENV/bin/python" -m pip download -q --disable-pip-version-check -d "$WHEELS" "${reqs[@]}"
+    printf '%s\n' "$want" >"$WHEELS/.stamp"
+else
+    log "ansible-test wheels up to date"
 fi
 
 # --- 3. libvirt daemons ----------------------------------------------------------------------

@@ -3,6 +3,13 @@
 - check mode over the example's four servers, each an inventory host with a local
   connection pointed at its own host tree: every action there is a plan, nothing is written;
 - the join files are copied with mode 0600 and the token never shows in Ansible's output;
+- a server never applied (libvirt's test driver from a file, test:///FILE): check mode goes
+  green, with the join files not placed yet, apply's dry run listing what the real run would
+  do and verify counting the undefined slice as a change; the real run places the join file
+  and the bundle and then fails cleanly where the test driver stops (it cannot upload a
+  volume), without `changed: true`;
+- the module on its own: bmslice's warnings as Ansible warnings, wrong-typed arguments, an
+  audit failure that names its violations;
 - one fleet applied for real on this machine's libvirtd (qemu:///system): a 1-vCPU worker,
   verified, re-applied without change, verified by `bmslice fleet verify`, then destroyed.
 
@@ -35,7 +42,11 @@ BIN = Path(sys.executable).parent
 TOKEN = "abcdef.0123456789abcdef"
 RESULT = re.compile(r"^(ok|changed|skipping|fatal): \[([^\]]+)\](?: => \(item=.*?\))?(?:: FAILED!)? => (\{.*\})$")
 
-pytestmark = pytest.mark.skipif(not (BIN / "ansible-playbook").exists(), reason="pip install -e '.[fleet]'")
+
+@pytest.fixture(autouse=True)
+def _ansible_installed() -> None:
+    if not (BIN / "ansible-playbook").exists():
+        pytest.fail(f"ansible-playbook is not in {BIN}: pip install -e '.[fleet]' (scripts/setup-host.sh does)")
 
 
 def _fleet_data(tmp_path: Path, join_files: bool) -> dict[str, Any]:
@@ -64,6 +75,17 @@ def _generate(tmp_path: Path, data: dict[str, Any]) -> Path:
     return out
 
 
+def _ansible_env(work: Path, **extra: str) -> dict[str, str]:
+    """Ansible from this repository's collection, its state under `work`, no colours."""
+    return {
+        **os.environ,
+        "ANSIBLE_COLLECTIONS_PATH": str(REPO),
+        "ANSIBLE_HOME": str(work / "ansible-home"),
+        "ANSIBLE_NOCOLOR": "1",
+        **extra,
+    }
+
+
 def _playbook(
     out: Path, base: Path, *args: str, env: dict[str, str] | None = None
 ) -> tuple[subprocess.CompletedProcess[str], dict[str, dict[str, tuple[str, dict[str, Any]]]]]:
@@ -82,15 +104,7 @@ def _playbook(
             *args,
         ],
         cwd=out,
-        env={
-            **os.environ,
-            **(env or {}),
-            "ANSIBLE_COLLECTIONS_PATH": str(REPO),
-            "ANSIBLE_HOME": str(out.parent / "ansible-home"),
-            "ANSIBLE_NOCOLOR": "1",
-            "ANSIBLE_FORCE_COLOR": "0",
-            "ANSIBLE_CALLBACK_RESULT_FORMAT": "json",
-        },
+        env=_ansible_env(out.parent, ANSIBLE_FORCE_COLOR="0", ANSIBLE_CALLBACK_RESULT_FORMAT="json", **(env or {})),
         capture_output=True,
         text=True,
         timeout=180,
@@ -161,6 +175,162 @@ def test_join_files_are_copied_0600_and_never_logged(tmp_path: Path) -> None:
     for path in out.rglob("*"):
         if path.is_file():
             assert TOKEN not in path.read_text(), path
+
+
+# libvirt's test driver loaded from this file: a server with 4 SMT cores and a storage pool
+# 'default', where no slice was ever defined. Each process that opens it starts afresh.
+NEVER_APPLIED_NODE = """\
+<node>
+  <cpu><mhz>2000</mhz><model>x86_64</model><active>8</active><total>8</total><nodes>1</nodes>
+    <sockets>1</sockets><cores>4</cores><threads>2</threads></cpu>
+  <memory>16777216</memory>
+  <pool type='dir'>
+    <name>default</name>
+    <uuid>35bb2ad9-388a-cdfe-461a-b8907f6e53fe</uuid>
+    <capacity unit='GiB'>100</capacity><allocation unit='GiB'>0</allocation><available unit='GiB'>100</available>
+    <target><path>/var/lib/libvirt/images</path></target>
+  </pool>
+</node>
+"""
+APPLY = "Apply the slices of this server"
+VERIFY = "Verify the live slices match the plan"
+
+
+def _never_applied(tmp_path: Path) -> Path:
+    """`fleet ansible` for one worker host behind test:///FILE, with a join file for its cluster."""
+    node = tmp_path / "node.xml"
+    node.write_text(NEVER_APPLIED_NODE)
+    join = tmp_path / "secrets" / "tiny.kubeadm-join"
+    join.parent.mkdir()
+    join.write_text(f"kubeadm join 10.0.0.1:6443 --token {TOKEN} --discovery-token-ca-cert-hash sha256:00ff\n")
+    join.chmod(0o600)
+    worker = {"count": 1, "vcpus": 2, "memory": "256MiB", "emulator": "host", "iothreads": 1}
+    data = {
+        "inventory": [
+            {
+                "name": "never-applied",
+                "uri": f"test://{node}",
+                "role": "worker",
+                "host": {"reserved_cores_per_node": 1, "reserved_memory_per_node": "512MiB"},
+            }
+        ],
+        "clusters": [{"name": "tiny", "vlan": 10, "kubeadm_join_file": str(join), "workers": worker}],
+    }
+    return _generate(tmp_path, data)
+
+
+def test_check_mode_on_a_server_never_applied_goes_green(tmp_path: Path) -> None:
+    out = _never_applied(tmp_path)
+    base = tmp_path / "hosts-base"
+    proc, results = _playbook(out, base, "--check", env={"BMSLICE_LOCK_DIR": str(tmp_path / "lock")})
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    status, applied = results[APPLY]["never-applied"]
+    assert status == "changed"
+    assert applied["steps"] == [
+        "create cloud-init seed default/tiny-worker-1-seed.iso",  # built from an empty stand-in for the join file
+        "define tiny-worker-1",
+        "start tiny-worker-1",
+        "set autostart on tiny-worker-1",
+    ]
+    assert applied["msg"] == "check mode: secrets/tiny.kubeadm-join not placed yet; the real run places them first"
+    status, verified = results[VERIFY]["never-applied"]
+    assert (status, verified["not_applied"]) == ("changed", ["tiny-worker-1"])
+    assert verified["msg"] == "not yet applied: tiny-worker-1 (apply would define them)"
+    # bmslice's warnings are Ansible's: the test driver's capabilities name no CPU vendor
+    assert "libvirt capabilities name no host CPU vendor" in applied["bmslice_warnings"]
+    assert "[WARNING]: libvirt capabilities name no host CPU vendor" in proc.stderr
+    assert not base.exists()  # check mode placed nothing
+    assert TOKEN not in proc.stdout + proc.stderr
+
+
+def test_real_run_on_a_server_never_applied_places_secrets_then_fails_cleanly(tmp_path: Path) -> None:
+    """Not check mode: the join file and the bundle are placed, then apply stops where the test
+    driver does (it cannot upload the seed volume) and rolls back; the task fails with bmslice's
+    error line and `changed: false`, and the play stops before verify."""
+    out = _never_applied(tmp_path)
+    base = tmp_path / "hosts-base"
+    proc, results = _playbook(out, base, env={"BMSLICE_LOCK_DIR": str(tmp_path / "lock")})
+    assert proc.returncode == 2, proc.stdout + proc.stderr  # a host failed
+    status, applied = results[APPLY]["never-applied"]
+    assert (status, applied["changed"]) == ("fatal", False)
+    assert applied["msg"].startswith("error: create cloud-init seed default/tiny-worker-1-seed.iso: ")
+    assert "virStorageVolUpload" in applied["msg"]
+    assert applied["files_changed"] == ["guests/tiny-worker-1.user-data.yaml", "spec.yaml"]
+    placed = base / "never-applied"
+    assert stat.S_IMODE((placed / "spec.yaml").stat().st_mode) == 0o600
+    join = placed / "secrets" / "tiny.kubeadm-join"
+    assert stat.S_IMODE(join.stat().st_mode) == 0o600 and TOKEN in join.read_text()
+    assert VERIFY not in results
+    assert TOKEN not in proc.stdout + proc.stderr
+
+
+def _module(tmp_path: Path, args: dict[str, Any], *flags: str) -> tuple[str, dict[str, Any], str]:
+    """`ansible localhost -m bmslice.slicing.bmslice -a JSON`: (status, result, stderr)."""
+    proc = subprocess.run(
+        [
+            str(BIN / "ansible"),
+            "all",
+            "-i",
+            "localhost,",
+            "-c",
+            "local",
+            "-e",
+            f"ansible_python_interpreter={sys.executable}",
+            "-m",
+            "bmslice.slicing.bmslice",
+            "-a",
+            json.dumps(args),
+            *flags,
+        ],
+        cwd=tmp_path,
+        env=_ansible_env(
+            tmp_path, ANSIBLE_LOAD_CALLBACK_PLUGINS="1", ANSIBLE_STDOUT_CALLBACK="ansible.builtin.minimal"
+        ),
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    head, _, body = proc.stdout.partition(" => ")
+    return head.partition(" | ")[2].strip(), json.loads(body), proc.stderr
+
+
+def test_module_refuses_wrong_typed_arguments_cleanly(tmp_path: Path) -> None:
+    spec = str(tmp_path / "spec.yaml")
+    status, result, _ = _module(tmp_path, {"action": "plan", "spec": spec, "files": {"spec.yaml": 5}})
+    assert status == "FAILED!" and result["changed"] is False
+    assert result["msg"] == "files: the value of 'spec.yaml' must be the file's text, not int"
+    status, result, _ = _module(tmp_path, {"action": "apply", "spec": spec, "allow_move": "maybe"})
+    assert status == "FAILED!" and result["changed"] is False
+    assert result["msg"].startswith("argument 'allow_move' is of type str and we were unable to convert to bool")
+    status, result, _ = _module(tmp_path, {"action": "plan", "spec": spec, "files": {"../etc/passwd": "x"}})
+    assert (
+        status == "FAILED!"
+        and result["msg"] == "files: '../etc/passwd' is not a relative path inside the spec's directory"
+    )
+    status, result, _ = _module(tmp_path, {"action": "plan", "spec": spec, "pending_files": {"a": 1}})
+    assert status == "FAILED!" and result["changed"] is False
+    assert "pending_files" in result["msg"] and "list" in result["msg"]
+
+
+def test_module_audit_failure_names_the_violations(tmp_path: Path) -> None:
+    """server2's tree runs a backup agent allowed on every CPU and an IRQ on an isolated CPU."""
+    from test_fleet_example import server2_with_violations
+
+    tree = server2_with_violations(tmp_path / "server2")
+    spec = tmp_path / "spec.yaml"
+    spec.write_text("vms:\n  - {name: red-worker-2, vcpus: 8, memory: 8GiB, numa_node: 0, emulator: dedicated}\n")
+    status, result, _ = _module(
+        tmp_path, {"action": "audit", "spec": str(spec), "host_root": str(tree), "command": str(BIN / "bmslice")}
+    )
+    assert status == "FAILED!" and result["changed"] is False
+    assert result["msg"].startswith("audit: 2 violation(s): irq 40: ")
+    assert result["msg"].endswith(
+        "; thread 4242: pid 4242 (backup-agent) may run on isolated CPU(s) 2-11,14-23 (Cpus_allowed_list 0-23)"
+    )
+    assert len(result["violations"]) == 2 and result["msg"] == "audit: 2 violation(s): " + "; ".join(
+        result["violations"]
+    )
 
 
 @pytest.mark.libvirtd

@@ -23,9 +23,10 @@ import yaml
 from bmslice.cli import fleet_cmd
 from bmslice.errors import PlanError
 from bmslice.fleet.check import check_host
+from bmslice.fleet.fabric import fabric_data, junos_config
 from bmslice.fleet.hosts import read_hosts
 from bmslice.fleet.placement import place
-from bmslice.fleet.render import fabric_data, junos_config, render_fleet
+from bmslice.fleet.render import render_fleet
 from bmslice.model.fleet import (
     Fleet,
     NicKind,
@@ -174,8 +175,10 @@ def test_kubelet_config_reserves_the_first_whole_guest_core(files: dict[str, str
         "apiVersion": "kubelet.config.k8s.io/v1beta1",
         "kind": "KubeletConfiguration",
         "cpuManagerPolicy": "static",
+        "cpuManagerPolicyOptions": {"full-pcpus-only": "true"},
         "reservedSystemCPUs": "0,1",  # guest threads=2: guest CPUs 0 and 1 are one host core
         "topologyManagerPolicy": "single-numa-node",
+        "topologyManagerScope": "pod",
     }
     assert written["/etc/bmslice/node-labels"] == (
         "bmslice.io/cluster=red,bmslice.io/host=server1,bmslice.io/numa-node=0,bmslice.io/rack=rack1\n"
@@ -200,7 +203,15 @@ def test_adding_a_worker_keeps_every_placed_vm_and_a_full_fleet_says_why(
         "node: 0 cores, 22GiB; server3: most free on one node: 0 cores, 22GiB)"
     )
     data["clusters"][1]["workers"]["count"] = 3
-    data["inventory"].append({**data["inventory"][3], "name": "server4", "rack": "rack4", "nics": {}})
+    data["inventory"].append(
+        {
+            **data["inventory"][3],
+            "name": "server4",
+            "uri": "qemu+ssh://root@server4/system",
+            "rack": "rack4",
+            "nics": {},
+        }
+    )
     topologies = {**topologies, "server4": topologies["server3"]}
     data["clusters"][1]["workers"]["count"] = 4
     bigger = fleet_from_data(data, "test")
@@ -277,7 +288,10 @@ def test_join_script_passes_the_token_in_a_file_never_on_a_command_line(tmp_path
         "token": TOKEN,
         "caCertHashes": ["sha256:00ff"],
     }
-    assert config["nodeRegistration"]["kubeletExtraArgs"] == {"node-labels": "bmslice.io/cluster=red"}
+    assert config["apiVersion"] == "kubeadm.k8s.io/v1beta4"
+    assert config["nodeRegistration"]["kubeletExtraArgs"] == [
+        {"name": "node-labels", "value": "bmslice.io/cluster=red"}
+    ]
     assert not (root / "run/bmslice-kubeadm-join.yaml").exists()  # removed after the join
 
 
@@ -394,9 +408,9 @@ def test_worker_roles(example: tuple[Fleet, dict[str, HostTopology]]) -> None:
         assert (vm.role is Role.CONTROL) == vm.name.endswith("control-1")
 
 
-def test_cli_verify_audits_host_trees_and_reports_drift(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    """server2's tree shows a backup agent allowed on every CPU and an IRQ on an isolated one:
-    audit violations are drift; kernel args not booted yet are only a pending reboot."""
+def server2_with_violations(root: Path) -> Path:
+    """server2's tree, booted with the planned kernel args, with two audit violations: a backup
+    agent allowed on every CPU and IRQ 40 on isolated CPU 5."""
     from treebuilder import IrqSpec, ProcSpec, RuntimeSpec, fleet_host_spec
 
     booted = " ".join(["ro", "intel_iommu=on", "iommu=pt", "isolcpus=2-11,14-23", "nohz_full=2-11,14-23"])
@@ -406,12 +420,14 @@ def test_cli_verify_audits_host_trees_and_reports_drift(tmp_path: Path, capsys: 
         irqs=(IrqSpec(40, "0-23", "5"),),
         procs=(ProcSpec(4242, "backup-agent", "0-23"),),
     )
-    tree = write_tree(
-        replace(
-            fleet_host_spec("server2"), runtime=runtime, cmdline=booted + " rcu_nocbs=2-11,14-23 irqaffinity=0-1,12-13"
-        ),
-        tmp_path / "server2",
-    )
+    cmdline = booted + " rcu_nocbs=2-11,14-23 irqaffinity=0-1,12-13"
+    return write_tree(replace(fleet_host_spec("server2"), runtime=runtime, cmdline=cmdline), root)
+
+
+def test_cli_verify_audits_host_trees_and_reports_drift(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """server2's tree shows a backup agent allowed on every CPU and an IRQ on an isolated one:
+    audit violations are drift; kernel args not booted yet are only a pending reboot."""
+    tree = server2_with_violations(tmp_path / "server2")
     data = example_data()
     data["inventory"][2]["host_root"] = str(tree)
     path = tmp_path / "fleet.yaml"

@@ -623,7 +623,9 @@ def fleet_host_spec(hostname: str) -> HostSpec:
     """A server like the note's server1 under another name: the design note's next step runs
     four of them (examples/fleet/hosts/<name>, regenerated with `treebuilder.py <name> DIR`)."""
     cmdline = server1_spec().cmdline.replace("server1--vg", f"{hostname}--vg")
-    return replace(server1_spec(), hostname=hostname, cmdline=cmdline)
+    # each server's NICs have MACs of their own, as real ones do (the fabric check tells them apart)
+    macs = {name: derived_mac(f"{hostname}/{name}") for name in ("eno1", "eno2", "eno3", "eno4")}
+    return replace(server1_spec(), hostname=hostname, cmdline=cmdline, macs=macs)
 
 
 FLEET_HOSTS = ("control1", "server1", "server2", "server3")

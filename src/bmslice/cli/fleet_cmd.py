@@ -20,6 +20,8 @@ from bmslice.cli.common import EXIT_DRIFT, EXIT_OK, print_json, print_warnings, 
 from bmslice.errors import BmsliceError, SpecError
 
 if TYPE_CHECKING:  # the fleet model costs start-up time every other command should not pay
+    from bmslice.fleet.switch_table import LearnedMac
+    from bmslice.fleet.verify import FleetReport
     from bmslice.model.fleet import Fleet, Placement
 
 PLACEMENT_FILE = "placement.json"
@@ -94,9 +96,8 @@ def _join_file_warnings(fleet: Fleet) -> list[str]:
 
 
 def _plan(args: argparse.Namespace, check: bool = True) -> _Planned:
-    import yaml
-
     from bmslice.fleet.check import check_host
+    from bmslice.fleet.guest import guest_warnings
     from bmslice.fleet.hosts import read_hosts
     from bmslice.fleet.placement import place
     from bmslice.fleet.render import render_fleet
@@ -108,12 +109,8 @@ def _plan(args: argparse.Namespace, check: bool = True) -> _Planned:
     placement = place(fleet, topologies, existing)
     origin = args.fleet.name
     files = render_fleet(fleet, placement, _ssh_keys(fleet), origin)
-    specs = {
-        path.split("/")[1]: yaml.safe_load(text)
-        for path, text in files.items()
-        if path.startswith("hosts/") and path.endswith("/spec.yaml")
-    }
-    warnings = _join_file_warnings(fleet)
+    specs = _specs(files)
+    warnings = guest_warnings(fleet, placement) + _join_file_warnings(fleet)
     if source is not None:
         kept = sum(1 for vm in existing.vms if vm.name in {v.name for v in placement.vms}) if existing else 0
         warnings.insert(0, f"kept {kept} placed VM(s) where they are ({source})")
@@ -124,6 +121,17 @@ def _plan(args: argparse.Namespace, check: bool = True) -> _Planned:
             checks[host] = "ok"
             warnings.extend(f"{host}: {w}" for w in result.warnings)
     return _Planned(fleet, placement, files, specs, warnings, checks)
+
+
+def _specs(files: dict[str, str]) -> dict[str, dict[str, Any]]:
+    """Each host's generated spec, as data, from the files of a plan."""
+    import yaml
+
+    return {
+        path.split("/")[1]: yaml.safe_load(text)
+        for path, text in files.items()
+        if path.startswith("hosts/") and path.endswith("/spec.yaml")
+    }
 
 
 def _write(out: Path, files: dict[str, str]) -> None:
@@ -141,7 +149,7 @@ def _say_warnings(planned: _Planned) -> None:
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
-    from bmslice.fleet.render import fabric_data
+    from bmslice.fleet.fabric import fabric_data
     from bmslice.model.fleet import placement_to_dict
 
     planned = _plan(args, check=not args.no_check)
@@ -187,59 +195,93 @@ def cmd_ansible(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def cmd_verify(args: argparse.Namespace) -> int:
-    import yaml
+def _switch_tables(pairs: Sequence[str]) -> dict[str, tuple[LearnedMac, ...]]:
+    """--switch-table SWITCH=FILE, each read and parsed; one `error:` line for a bad one."""
+    from bmslice.fleet.switch_table import parse_switch_table
 
+    tables: dict[str, tuple[LearnedMac, ...]] = {}
+    for pair in pairs:
+        switch, sep, name = pair.partition("=")
+        if not sep or not switch or not name:
+            raise SpecError(f"--switch-table {pair!r}: give SWITCH=FILE (the switch's name in the fleet file)")
+        if switch in tables:
+            raise SpecError(f"--switch-table: {switch} is given twice")
+        try:
+            text = Path(name).read_text()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise SpecError(f"--switch-table {name}: cannot read: {getattr(exc, 'strerror', None) or exc}") from None
+        tables[switch] = parse_switch_table(text, name)
+    return tables
+
+
+def _section(title: str, lines: Sequence[str]) -> None:
+    if lines:
+        print(title)
+        for line in lines:
+            print(f"  {line}")
+
+
+def _print_verify(report: FleetReport) -> None:
+    width = max(len(h.host) for h in report.hosts)
+    for host in report.hosts:
+        print(f"{host.host.ljust(width)}  {host.status.value:<9}  {host.source}")
+        for line in host.drift:
+            print(f"{' ' * width}    {line}")
+        for note in host.notes:
+            print(f"{' ' * width}    note: {note}")
+    _section("fabric (what the switches learned):", [check.line() for check in report.fabric])
+    for note in report.notes:
+        print(f"note: {note}")
+    _section("to check the fabric, capture what each switch learned and pass it back:", report.capture)
+    failed = report.failed
+    counts = Counter(h.status.value for h in report.hosts)
+    tally = ", ".join(f"{n} {status}" for status, n in sorted(counts.items()))
+    print(
+        f"fleet: {len(failed)} of {len(report.hosts)} host(s) drift or fail: {', '.join(h.host for h in failed)}"
+        if failed
+        else f"fleet: no drift ({tally})"
+    )
+    if report.fabric:
+        wrong = report.fabric_failed
+        print(
+            f"fabric: {len(wrong)} of {len(report.fabric)} VM NIC(s) missing or learned elsewhere"
+            if wrong
+            else f"fabric: every checked VM NIC learned where planned ({len(report.fabric)})"
+        )
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
     from bmslice.fleet.render import render_fleet
     from bmslice.fleet.verify import verify_fleet
 
+    tables = _switch_tables(args.switch_table)
     if args.placement is None:
         planned = _plan(args, check=False)
-        specs, notes = planned.specs, list(planned.placement.notes)
+        fleet, placement, specs = planned.fleet, planned.placement, planned.specs
+        notes = list(placement.notes)
         _say_warnings(planned)
     else:
         # Verify what was planned (and applied): the placement file, not a fresh placement.
         from bmslice.model.fleet import load_fleet
 
         fleet = load_fleet(args.fleet)
-        placement, _ = _existing(args)
-        assert placement is not None
+        existing, _ = _existing(args)
+        assert existing is not None
+        placement = existing
         known = {r.name for r in fleet.vm_requests()}
         hosts = {h.name for h in fleet.inventory}
         stray = [vm.name for vm in placement.vms if vm.name not in known or vm.host not in hosts]
         if stray:
             raise SpecError(f"{args.placement}: {', '.join(stray)} not in the fleet's clusters or inventory")
-        files = render_fleet(fleet, placement, [], args.fleet.name)
-        specs = {
-            path.split("/")[1]: yaml.safe_load(text)
-            for path, text in files.items()
-            if path.startswith("hosts/") and path.endswith("/spec.yaml")
-        }
+        specs = _specs(render_fleet(fleet, placement, [], args.fleet.name))
         placed = {vm.name for vm in placement.vms}
         notes = [f"{name} is in the fleet but not in {args.placement}" for name in sorted(known - placed)]
-        planned = None
-    report = verify_fleet(fleet if planned is None else planned.fleet, specs, notes=notes)
+    report = verify_fleet(fleet, specs, notes=notes, placement=placement, tables=tables, fleet_file=str(args.fleet))
     if args.json:
         print_json(report.to_dict())
     else:
-        width = max(len(h.host) for h in report.hosts)
-        for host in report.hosts:
-            print(f"{host.host.ljust(width)}  {host.status.value:<9}  {host.source}")
-            for line in host.drift:
-                print(f"{' ' * width}    {line}")
-            for note in host.notes:
-                print(f"{' ' * width}    note: {note}")
-        for note in report.notes:
-            print(f"note: {note}")
-        failed = report.failed
-        counts = Counter(h.status.value for h in report.hosts)
-        tally = ", ".join(f"{n} {status}" for status, n in sorted(counts.items()))
-        print(
-            f"fleet: {len(failed)} of {len(report.hosts)} host(s) drift or fail: {', '.join(h.host for h in failed)}"
-            if failed
-            else f"fleet: no drift ({tally})"
-        )
-    return EXIT_DRIFT if report.failed else EXIT_OK
+        _print_verify(report)
+    return EXIT_OK if report.ok else EXIT_DRIFT
 
 
 def register(sub: argparse._SubParsersAction[Any]) -> None:
@@ -265,6 +307,13 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
     verify.add_argument("fleet", type=Path, metavar="FLEET")
     verify.add_argument("--placement", type=Path, metavar="FILE", help="verify this placement (default: place afresh)")
     verify.add_argument("--json", action="store_true")
+    verify.add_argument(
+        "--switch-table",
+        action="append",
+        default=[],
+        metavar="SWITCH=FILE",
+        help="what SWITCH learned: its `show ethernet-switching table | display json` (or plain text) output",
+    )
     verify.set_defaults(handler=cmd_verify)
 
 

@@ -48,7 +48,7 @@ from bmslice.model.fleet import (
 from bmslice.model.sizes import format_mib
 from bmslice.model.spec import EmulatorPolicy
 from bmslice.model.topology import Core, HostTopology, PciDevice
-from bmslice.plan.allocate import NodeRequest, allocate_node
+from bmslice.plan.allocate import Allocation, NodeRequest, allocate_node
 from bmslice.plan.capacity import Load, NodeFree, vm_load
 from bmslice.plan.host import reserved_cores
 
@@ -401,12 +401,21 @@ class _Placer:
                     used += len(alloc.cores)
                     # the planner's rule for the guest topology (threads=2 only on real sibling pairs)
                     pairs = alloc.sibling_pairs and sizes[vm.name].vcpus % 2 == 0 and host.topo.smt
-                    vms.append(replace(vm, guest_threads=2 if pairs else 1))
+                    vms.append(replace(vm, guest_threads=2 if pairs else 1, guest_cores=_guest_cores(alloc)))
                 usage.append(
                     NodeUsage(host.name, node_id, node.free.cores, used, node.free.memory_mib, node.load.memory_mib)
                 )
         vms.sort(key=lambda v: (v.host, order[v.name]))
         return Placement(tuple(vms), tuple(usage), tuple(self.notes))
+
+
+def _guest_cores(alloc: Allocation) -> tuple[tuple[int, ...], ...]:
+    """Guest vCPUs grouped by the host core under them, in vCPU order: ((0, 1), (2,))."""
+    groups: dict[int, list[int]] = {}
+    for vcpu, cpu in enumerate(alloc.vcpu_pins):
+        core = next(i for i, cpus in enumerate(alloc.vcpu_cores) if cpu in cpus)
+        groups.setdefault(core, []).append(vcpu)
+    return tuple(tuple(vcpus) for vcpus in groups.values())
 
 
 def _mib(mib: int) -> str:

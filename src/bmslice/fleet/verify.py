@@ -6,11 +6,15 @@ is an offline stand-in: its spec is planned on the tree (does the placement stil
 and the tree is audited as `bmslice audit` does it (IRQs, threads and hugepages against
 the plan's isolation; kernel args not booted yet are a pending reboot, not drift). The
 report says the live slices were not compared.
+
+With the switches' captured `show ethernet-switching table` output, the report also says,
+per VM NIC, whether the fabric learned its MAC where the plan put it (`fabric_check`);
+without them, it says how to capture them.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
@@ -18,8 +22,10 @@ from typing import Any
 
 from bmslice.errors import BmsliceError
 from bmslice.fleet.check import check_host
+from bmslice.fleet.fabric_check import NicCheck, capture_commands, check_fabric, expected_nics
 from bmslice.fleet.hosts import host_source, read_host
-from bmslice.model.fleet import Fleet
+from bmslice.fleet.switch_table import LearnedMac
+from bmslice.model.fleet import Fleet, Placement
 from bmslice.model.plan import Plan
 from bmslice.model.spec import Spec, spec_from_data
 from bmslice.model.topology import HostTopology
@@ -63,16 +69,28 @@ class HostReport:
 class FleetReport:
     hosts: list[HostReport]
     notes: list[str] = field(default_factory=list)
+    fabric: list[NicCheck] = field(default_factory=list)  # per VM NIC, when switch tables were given
+    capture: list[str] = field(default_factory=list)  # how to capture the switch tables, when not
 
     @property
     def failed(self) -> list[HostReport]:
         return [h for h in self.hosts if h.status.failed]
 
+    @property
+    def fabric_failed(self) -> list[NicCheck]:
+        return [c for c in self.fabric if c.status.failed]
+
+    @property
+    def ok(self) -> bool:
+        return not self.failed and not self.fabric_failed
+
     def to_dict(self) -> dict[str, Any]:
         return {
-            "ok": not self.failed,
+            "ok": self.ok,
             "failed_hosts": [h.host for h in self.failed],
             "hosts": [h.to_dict() for h in self.hosts],
+            "fabric": [c.to_dict() for c in self.fabric],
+            "capture_commands": self.capture,
             "notes": self.notes,
         }
 
@@ -138,13 +156,40 @@ def _live_report(fleet: Fleet, host: str, data: Mapping[str, Any], origin: str, 
     return report
 
 
+def _fabric(
+    fleet: Fleet,
+    placement: Placement,
+    specs: Mapping[str, Mapping[str, Any]],
+    tables: Mapping[str, Sequence[LearnedMac]],
+    notes: list[str],
+) -> list[NicCheck]:
+    """Each VM NIC against the captured tables; the expected MACs come from each host's plan."""
+    plans = {}
+    topologies = {}
+    for host, data in sorted(specs.items()):
+        try:
+            topologies[host] = read_host(fleet.host(host))
+            plans[host] = check_host(host, data, topologies[host], f"{host}/spec.yaml").plan
+        except BmsliceError as exc:
+            notes.append(f"fabric: the NICs of {host} are not checked, their MACs are unknown: {exc}")
+    expected, more = expected_nics(fleet, placement, plans, topologies)
+    notes.extend(f"fabric: {note}" for note in more)
+    for switch in sorted(set(tables) - {port.switch for h in fleet.inventory for port in h.nics.values()}):
+        notes.append(f"fabric: no inventory NIC is cabled to {switch}; its table is not used")
+    return check_fabric(expected, tables)
+
+
 def verify_fleet(
     fleet: Fleet,
     specs: Mapping[str, Mapping[str, Any]],
     verifier: Verifier | None = None,
     notes: list[str] | None = None,
+    placement: Placement | None = None,
+    tables: Mapping[str, Sequence[LearnedMac]] | None = None,
+    fleet_file: str = "FLEET",
 ) -> FleetReport:
-    """`specs`: each host's generated spec data (hosts without one are idle)."""
+    """`specs`: each host's generated spec data (hosts without one are idle). With `tables`
+    (switch name -> what it learned), each VM NIC of `placement` is checked against them."""
     if verifier is None:
         from bmslice.verify.verifier import verify
 
@@ -159,4 +204,18 @@ def verify_fleet(
             reports.append(_tree_report(fleet, inv.name, data, origin))
         else:
             reports.append(_live_report(fleet, inv.name, data, origin, verifier))
-    return FleetReport(reports, list(notes or []))
+    report = FleetReport(reports, list(notes or []))
+    if placement is not None and tables:
+        report.fabric = _fabric(fleet, placement, specs, tables, report.notes)
+    elif placement is not None:
+        switches = sorted(
+            {
+                port.switch
+                for vm in placement.vms
+                for nic in vm.nics
+                if (port := fleet.host(vm.host).nics.get(nic.pf)) is not None
+            }
+        )
+        if switches:
+            report.capture = capture_commands(fleet_file, switches)
+    return report

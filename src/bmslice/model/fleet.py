@@ -32,14 +32,15 @@ from bmslice.model.spec import (
 )
 
 # Host and VM names end up as libvirt domain names, guest hostnames and Kubernetes node
-# names: DNS labels (RFC 1123), lower case.
-DNS_LABEL_RE = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
-HOST_NAME_RE = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9.-]{0,61}[A-Za-z0-9])?$")  # also a label value
-CLUSTER_NAME_RE = re.compile(r"^[a-z]([a-z0-9-]{0,22}[a-z0-9])?$")
-PREFIX_RE = re.compile(r"^([a-z0-9][a-z0-9-]{0,30})?$")
-JUNOS_VLAN_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_.-]{0,62}$")
-PORT_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_./:-]{0,63}$")
-LABEL_VALUE_RE = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9_.-]{0,61}[A-Za-z0-9])?$")  # a Kubernetes label value
+# names: DNS labels (RFC 1123), lower case. Every pattern ends in \Z, not $ (which lets a
+# trailing newline through into names, file names and Junos lines).
+DNS_LABEL_RE = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\Z")
+HOST_NAME_RE = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9.-]{0,61}[A-Za-z0-9])?\Z")  # also a label value
+CLUSTER_NAME_RE = re.compile(r"^[a-z]([a-z0-9-]{0,22}[a-z0-9])?\Z")
+PREFIX_RE = re.compile(r"^([a-z0-9][a-z0-9-]{0,30})?\Z")
+JUNOS_VLAN_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_.-]{0,62}\Z")
+PORT_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_./:-]{0,63}\Z")
+LABEL_VALUE_RE = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9_.-]{0,61}[A-Za-z0-9])?\Z")  # a Kubernetes label value
 ANY = "any"
 
 
@@ -51,6 +52,13 @@ class Role(StrEnum):
 class NicKind(StrEnum):
     SRIOV = "sriov"  # `count` VFs of one PF, tagged with the cluster's VLAN by the host
     PASSTHROUGH = "passthrough"  # `count` whole PFs; the switch port carries the VLAN untagged
+
+
+class JunosStyle(StrEnum):
+    """Which Junos configuration style a switch takes for its access and trunk ports."""
+
+    ELS = "els"  # Enhanced Layer 2 Software (EX2300/3400/4300/4650, QFX): `interface-mode`
+    LEGACY = "legacy"  # Junos before ELS (EX2200/3300/4200/4500/8200): `port-mode`
 
 
 class RackSpread(StrEnum):
@@ -68,6 +76,10 @@ PortName = Annotated[str, matching(PORT_RE, "a switch or port name (letters, dig
 class SwitchPort(_Strict):
     switch: PortName
     port: PortName
+
+
+class SwitchSpec(_Strict):
+    junos: JunosStyle = JunosStyle.ELS
 
 
 class InventoryHost(_Strict):
@@ -91,7 +103,13 @@ class InventoryHost(_Strict):
     def is_local(self) -> bool:
         """The URI names this machine's own libvirtd (qemu:///system, qemu+unix:///system)."""
         parts = urlsplit(self.uri)
-        return not parts.netloc and parts.scheme.partition("+")[2] in ("", "unix")
+        return not parts.netloc and parts.scheme != "test" and parts.scheme.partition("+")[2] in ("", "unix")
+
+    @property
+    def runs_here(self) -> bool:
+        """bmslice runs for this host where Ansible runs: the host is this machine, or libvirt's
+        test driver (test:///...), whose host lives inside the process that opens it."""
+        return self.is_local or urlsplit(self.uri).scheme == "test"
 
     @model_validator(mode="after")
     def _one_source(self) -> InventoryHost:
@@ -164,10 +182,11 @@ class Fleet(_Strict):
     # put before every VM name: "<prefix><cluster>-worker-<n>"
     vm_prefix: Annotated[str, matching(PREFIX_RE, "a name prefix (lower-case letters, digits, '-')")] = ""
     ssh_keys_file: Path | None = None  # public keys for every guest, one a line
+    switches: dict[PortName, SwitchSpec] = Field(default_factory=dict)  # per switch: its Junos style
 
     @model_validator(mode="after")
     def _consistent(self) -> Fleet:
-        _unique("inventory: duplicate host name", [(h.name, h.name) for h in self.inventory])
+        _same_server(self.inventory)
         _unique("clusters: duplicate cluster name", [(c.name, c.name) for c in self.clusters])
         _unique("clusters: duplicate VLAN", [(c.vlan, c.name) for c in self.clusters])
         _unique("clusters: duplicate VLAN name", [(c.switch_vlan, c.name) for c in self.clusters])
@@ -181,7 +200,14 @@ class Fleet(_Strict):
                         f"{host.name} {ifname}"
                     )
                 cabled[key] = f"{host.name} {ifname}"
+        named = {switch for switch, _ in cabled}
+        for switch in sorted(self.switches):
+            if switch not in named:
+                raise ValueError(f"switches: no inventory NIC is cabled to {switch!r}")
         return self
+
+    def switch(self, name: str) -> SwitchSpec:
+        return self.switches.get(name, SwitchSpec())
 
     def host(self, name: str) -> InventoryHost:
         for host in self.inventory:
@@ -210,13 +236,35 @@ class Fleet(_Strict):
                     VmRequest(self.vm_name(cluster.name, Role.WORKER, i), cluster.name, Role.WORKER, i, cluster.workers)
                 )
         for req in out:
-            if not DNS_LABEL_RE.match(req.name):
+            if not DNS_LABEL_RE.fullmatch(req.name):
                 raise ValueError(
                     f"VM name {req.name!r} is not a DNS label of at most 63 characters (it is the guest's hostname "
                     "and Kubernetes node name); shorten vm_prefix or the cluster name"
                 )
         _unique("duplicate VM name", [(r.name, r.cluster) for r in out])
         return tuple(out)
+
+
+def _uri_key(uri: str) -> tuple[str, str, str, str]:
+    """What makes two libvirt URIs one server: case of scheme and host, an empty query, and
+    the default /system path do not."""
+    parts = urlsplit(uri.strip())
+    return parts.scheme.lower(), parts.netloc.lower(), parts.path.rstrip("/") or "/system", parts.query
+
+
+def _same_server(inventory: tuple[InventoryHost, ...]) -> None:
+    """Refuse a server named twice: by its name (ignoring case, as DNS does) or by its URI."""
+    names: dict[str, InventoryHost] = {}
+    uris: dict[tuple[str, str, str, str], InventoryHost] = {}
+    for host in inventory:
+        first = names.setdefault(host.name.lower(), host)
+        if first is not host:
+            if first.name == host.name:
+                raise ValueError(f"inventory: duplicate host name {host.name!r}")
+            raise ValueError(f"inventory: {first.name!r} and {host.name!r} name one host (host names ignore case)")
+        first = uris.setdefault(_uri_key(host.uri), host)
+        if first is not host:
+            raise ValueError(f"inventory: {first.name} and {host.name} are one server: the same URI {host.uri!r}")
 
 
 def _unique(what: str, values: list[tuple[Any, str]]) -> None:
@@ -299,6 +347,9 @@ class PlacedVm:
     numa_node: int
     nics: tuple[NicAssignment, ...] = ()
     guest_threads: int = 1  # 2 when the guest sees host sibling pairs (planner's guest topology)
+    # guest vCPUs grouped by the host core they run on, in vCPU order: ((0, 1), (2,)) for three
+    # vCPUs on a sibling pair and a one-thread core; () when not recorded (older placement files)
+    guest_cores: tuple[tuple[int, ...], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -340,6 +391,7 @@ def placement_to_dict(placement: Placement) -> dict[str, Any]:
                 "host": vm.host,
                 "numa_node": vm.numa_node,
                 "guest_threads": vm.guest_threads,
+                "guest_cores": [",".join(str(cpu) for cpu in core) for core in vm.guest_cores],  # ["0,1", "2"]
                 "nics": [
                     {
                         "kind": n.kind.value,
@@ -370,6 +422,9 @@ def placement_from_dict(data: Any, origin: str) -> Placement:
                 host=str(vm["host"]),
                 numa_node=int(vm["numa_node"]),
                 guest_threads=int(vm.get("guest_threads", 1)),
+                guest_cores=tuple(
+                    tuple(int(cpu) for cpu in str(core).split(",")) for core in vm.get("guest_cores", [])
+                ),
                 nics=tuple(
                     NicAssignment(
                         NicKind(n["kind"]),
@@ -386,6 +441,11 @@ def placement_from_dict(data: Any, origin: str) -> Placement:
         )
     except (KeyError, TypeError, ValueError) as exc:
         raise SpecError(f"{origin}: not a bmslice placement ({type(exc).__name__}: {exc})") from None
+    seen: set[str] = set()
+    for vm in vms:
+        if vm.name in seen:
+            raise SpecError(f"{origin}: VM {vm.name!r} is placed twice; a VM has one place (keep one entry)")
+        seen.add(vm.name)
     return Placement(vms)
 
 
@@ -394,6 +454,7 @@ __all__ = [
     "Cluster",
     "Fleet",
     "InventoryHost",
+    "JunosStyle",
     "NicAssignment",
     "NicKind",
     "NicRequest",
@@ -404,6 +465,7 @@ __all__ = [
     "Role",
     "Spread",
     "SwitchPort",
+    "SwitchSpec",
     "VmRequest",
     "VmSize",
     "Workers",

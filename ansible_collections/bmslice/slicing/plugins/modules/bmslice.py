@@ -1,4 +1,6 @@
 #!/usr/bin/python
+# Copyright: bmslice contributors
+# Apache License 2.0 (see galaxy.yml); tests/sanity/ignore-*.txt waives ansible-test's GPLv3 header check.
 # Run bmslice on one server: plan, apply, verify, audit or destroy the slices of a spec.
 # ruff: noqa: E402 - Ansible modules carry DOCUMENTATION, EXAMPLES and RETURN before their imports
 
@@ -12,12 +14,17 @@ description:
   - Runs the C(bmslice) command on the managed host for one spec file.
   - C(changed) is what bmslice reports. C(apply) prints C(no changes) when every slice
     already matches its plan; placing spec files that differ from the ones on the host
-    (option O(files)) is a change too.
-  - In check mode C(apply) runs C(bmslice apply --dry-run). On a host tree (O(host_root)),
-    an offline stand-in for a server, every action in check mode is a C(bmslice plan).
-  - A failure's C(msg) is the C(error:) line bmslice printed.
+    (option O(files)) is a change too. A failed task never reports C(changed).
+  - In check mode C(apply) runs C(bmslice apply --dry-run) and C(verify) reports slices
+    that are not defined yet as a change the real run would make, not as a failure. On a
+    host tree (O(host_root)), an offline stand-in for a server, every action in check mode
+    is a C(bmslice plan).
+  - A failure's C(msg) is the C(error:) line bmslice printed, or the drift or audit
+    violations found. Warnings bmslice prints are Ansible warnings.
 version_added: "0.1.0"
-author: bmslice maintainers
+author: bmslice maintainers (!UNKNOWN)
+extends_documentation_fragment:
+  - ansible.builtin.action_common_attributes
 options:
   action:
     description: What to run.
@@ -36,6 +43,16 @@ options:
         never write them.
       - Secrets do not belong here; copy them with M(ansible.builtin.copy) and C(no_log).
     type: dict
+  pending_files:
+    description:
+      - Files of the spec's directory (relative paths) that an earlier task places in a real run,
+        such as the kubeadm join files, which check mode does not copy.
+      - In check mode, when one of them is missing, bmslice runs on a private copy of the bundle
+        in which it is an empty stand-in, so the dry run shows what the real run would do. Outside
+        check mode a missing one is bmslice's error.
+    type: list
+    elements: str
+    default: []
   uri:
     description: libvirt URI bmslice connects to.
     type: str
@@ -58,6 +75,13 @@ options:
 attributes:
   check_mode:
     support: full
+    details:
+      - C(apply) is a dry run, C(destroy) lists what it would remove, C(verify) counts slices not
+        defined yet as a change; on a host tree every action is a plan.
+  diff_mode:
+    support: none
+  platform:
+    platforms: posix
 """
 
 EXAMPLES = r"""
@@ -67,6 +91,7 @@ EXAMPLES = r"""
     spec: /etc/bmslice/fleet/server1/spec.yaml
     files:
       spec.yaml: "{{ lookup('ansible.builtin.file', 'hosts/server1/spec.yaml', rstrip=False) }}"
+    pending_files: [secrets/red.kubeadm-join]
 
 - name: Check the slices still match their plan (fails on drift)
   bmslice.slicing.bmslice:
@@ -89,6 +114,16 @@ drift:
   type: list
   elements: str
   returned: verify
+not_applied:
+  description: Slices verify found not defined yet (in check mode a change, not a failure).
+  type: list
+  elements: str
+  returned: verify
+violations:
+  description: One line per audit violation.
+  type: list
+  elements: str
+  returned: audit
 report:
   description: The JSON report of verify or audit.
   type: dict
@@ -99,7 +134,7 @@ files_changed:
   elements: str
   returned: always
 bmslice_warnings:
-  description: Warnings bmslice printed.
+  description: Warnings bmslice printed (also shown as Ansible warnings).
   type: list
   elements: str
   returned: always
@@ -112,12 +147,15 @@ import tempfile
 
 from ansible.module_utils.basic import AnsibleModule
 
+ACTIONS = ["plan", "apply", "verify", "audit", "destroy"]
+SHOWN = 5  # drift lines or violations quoted in a failure's msg before "and N more"
+
 
 def _read(path):
     try:
         with open(path, encoding="utf-8") as handle:
             return handle.read()
-    except OSError:
+    except (OSError, UnicodeDecodeError):
         return None
 
 
@@ -144,11 +182,20 @@ def _error_line(out, err):
     return tail[-1] if tail else "bmslice failed without a message"
 
 
+def _listing(lines):
+    shown = "; ".join(lines[:SHOWN])
+    more = len(lines) - SHOWN
+    return shown + (f"; and {more} more" if more > 0 else "")
+
+
 def _is_local(uri):
-    return uri.startswith("qemu:///") or uri.startswith("test:///")
+    # bmslice reads this machine's sysfs only for the local QEMU driver (as apply and verify do)
+    return uri.startswith("qemu:///")
 
 
 class Runner:
+    """Runs bmslice; collects its warnings; fails the task with `changed: false` and the warnings."""
+
     def __init__(self, module, command, spec):
         self.module = module
         self.command = command
@@ -157,16 +204,35 @@ class Runner:
 
     def run(self, args):
         rc, out, err = self.module.run_command([self.command, *args])
-        self.warnings.extend(
-            line[len("warning: ") :] for line in (err or "").splitlines() if line.startswith("warning: ")
-        )
+        for line in (err or "").splitlines():
+            if line.startswith("warning: "):
+                self.warnings.append(line[len("warning: ") :])
         return rc, out, err
 
     def must(self, args, result, ok=(0,)):
         rc, out, err = self.run(args)
         if rc not in ok:
-            self.module.fail_json(msg=_error_line(out, err), rc=rc, stdout=out, stderr=err, **result)
-        return rc, out, err
+            self.fail(_error_line(out, err), result, rc=rc, stdout=out, stderr=err)
+        return rc, out
+
+    def json(self, args, result, ok=(0,)):
+        rc, out = self.must(args, result, ok)
+        try:
+            return rc, json.loads(out)
+        except ValueError:
+            self.fail(f"bmslice {args[0]} printed no JSON report", result, rc=rc, stdout=out)
+        return rc, {}  # not reached: fail exits
+
+    def finish(self, result):
+        for warning in self.warnings:
+            self.module.warn(warning)
+        result["bmslice_warnings"] = self.warnings
+
+    def fail(self, msg, result, **extra):
+        self.finish(result)
+        result.update(extra)
+        result["changed"] = False  # a failed task never claims a change, whatever it placed first
+        self.module.fail_json(msg=msg, **result)
 
 
 def _plan(runner, params, result):
@@ -175,8 +241,7 @@ def _plan(runner, params, result):
         args += ["--host-root", params["host_root"]]
     elif not _is_local(params["uri"]):
         args += ["--connect", params["uri"]]
-    _, out, _ = runner.must(args, result)
-    result["plan"] = json.loads(out)
+    result["plan"] = runner.json(args, result)[1]
 
 
 def _lifecycle_args(params, verb, spec):
@@ -192,7 +257,7 @@ def _apply(runner, params, result, check_mode):
         args.append("--allow-move")
     if check_mode:
         args.append("--dry-run")
-    _, out, _ = runner.must(args, result)
+    out = runner.must(args, result)[1]
     lines = out.splitlines()
     if check_mode:
         result["steps"] = [line.strip()[len("would ") :] for line in lines if line.startswith("  would ")]
@@ -203,19 +268,83 @@ def _apply(runner, params, result, check_mode):
 
 
 def _verify(runner, params, result):
-    rc, out, _ = runner.must([*_lifecycle_args(params, "verify", runner.spec), "--json"], result, ok=(0, 1))
-    report = json.loads(out)
+    rc, report = runner.json([*_lifecycle_args(params, "verify", runner.spec), "--json"], result, ok=(0, 1))
     result["report"] = report
+    slices = report.get("slices", [])
+    result["not_applied"] = [s["name"] for s in slices if s["state"] == "not defined"]
     result["drift"] = report.get("drift", [])
     return rc
+
+
+def _verify_action(runner, params, result, check_mode):
+    if not _verify(runner, params, result):
+        return
+    missing = result["not_applied"]
+    other = [
+        line for s in result["report"].get("slices", []) if s["state"] != "not defined" for line in s.get("drift", [])
+    ]
+    if check_mode and missing and not other:
+        # A server never applied: the real run's apply defines these slices; that is a change, not drift.
+        result["changed"] = True
+        result["msg"] = f"not yet applied: {', '.join(missing)} (apply would define them)"
+        return
+    drift = result["drift"]
+    runner.fail(f"drift: {len(drift)} difference(s) from the plan: {_listing(drift)}", result)
+
+
+def _audit(runner, params, result, spec):
+    args = ["audit", spec, "--json"]
+    if params["host_root"]:
+        args += ["--host-root", params["host_root"]]
+    rc, report = runner.json(args, result, ok=(0, 1))
+    result["report"] = report
+    result["violations"] = [f"{v['check']}: {v['message']}" for v in report.get("violations", [])]
+    if rc == 1:
+        found = result["violations"]
+        runner.fail(f"audit: {len(found)} violation(s): {_listing(found)}", result)
+
+
+def _destroy(runner, params, result, check_mode, spec):
+    if check_mode:
+        _verify(runner, params, result)
+        defined = [s["name"] for s in result["report"].get("slices", []) if s["state"] != "not defined"]
+        result["steps"] = [f"destroy {name}" for name in defined]
+        result["changed"] = bool(defined)
+        return
+    args = _lifecycle_args(params, "destroy", spec)
+    if params["keep_disks"]:
+        args.append("--keep-disks")
+    out = runner.must(args, result)[1]
+    done = [line.strip() for line in out.splitlines() if line.startswith("  ")]
+    result["steps"] = [line for line in done if not line.endswith("nothing to do")]
+    result["changed"] = bool(result["steps"])
+
+
+def _overlay(module, private, host_dir, writes):
+    """Make `private` show `host_dir` through symlinks, except the paths of `writes` (relative
+    path -> text), which are written there as files: nothing is ever written into `host_dir`."""
+    tops = {}
+    for name, text in writes.items():
+        head, rest = (name.split("/", 1) + [""])[:2]
+        tops.setdefault(head, {})[rest] = text  # rest "" is the file `head` itself
+    os.makedirs(private, mode=0o700, exist_ok=True)
+    for entry in sorted(os.listdir(host_dir)) if os.path.isdir(host_dir) else []:
+        if entry not in tops:
+            os.symlink(os.path.join(host_dir, entry), os.path.join(private, entry))
+    for head, sub in sorted(tops.items()):
+        if "" in sub:
+            _write(module, os.path.join(private, head), sub[""])
+        else:
+            _overlay(module, os.path.join(private, head), os.path.join(host_dir, head), sub)
 
 
 def main():
     module = AnsibleModule(
         argument_spec={
-            "action": {"type": "str", "required": True, "choices": ["plan", "apply", "verify", "audit", "destroy"]},
+            "action": {"type": "str", "required": True, "choices": ACTIONS},
             "spec": {"type": "path", "required": True},
             "files": {"type": "dict"},
+            "pending_files": {"type": "list", "elements": "str", "default": []},
             "uri": {"type": "str", "default": "qemu:///system"},
             "host_root": {"type": "path"},
             "command": {"type": "str", "default": "bmslice"},
@@ -226,39 +355,45 @@ def main():
     )
     params = module.params
     action = params["action"]
+    result = {"changed": False, "action": action, "files_changed": [], "bmslice_warnings": []}
+    files = params["files"] or {}
+    for name in [*files, *params["pending_files"]]:
+        if not _safe_name(name):
+            module.fail_json(msg=f"files: {name!r} is not a relative path inside the spec's directory", **result)
+    for name, text in files.items():
+        if not isinstance(text, str):
+            module.fail_json(msg=f"files: the value of {name!r} must be the file's text, not {type(text).__name__}", **result)
     command = params["command"]
     if "/" not in command:
         command = module.get_bin_path(command, required=True)
     spec = params["spec"]
     spec_dir = os.path.dirname(spec) or "."
-    files = params["files"] or {}
-    bad = [name for name in files if not _safe_name(name)]
-    if bad:
-        module.fail_json(msg=f"files: {bad[0]!r} is not a relative path inside the spec's directory")
     differing = sorted(name for name, text in files.items() if _read(os.path.join(spec_dir, name)) != text)
-    result = {"changed": False, "action": action, "files_changed": differing}
+    result["files_changed"] = differing
+    check_mode = module.check_mode
 
-    place = bool(differing) and action == "apply" and not module.check_mode
+    place = bool(differing) and action == "apply" and not check_mode
     if place:
         for name in differing:
             _write(module, os.path.join(spec_dir, name), files[name])
         result["changed"] = True
-    elif differing and module.check_mode and action == "apply":
+    elif differing and check_mode and action == "apply":
         result["changed"] = True  # apply would place them
 
+    stand_ins = []
+    if check_mode:
+        stand_ins = [name for name in params["pending_files"] if not os.path.exists(os.path.join(spec_dir, name))]
     private = None
     run_spec = spec
-    if differing and not place:
-        # Run on a private copy of the bundle: never write the host's files outside apply.
+    if (differing and not place) or stand_ins:
+        # Never write the host's files outside apply: run on a private view of the spec's
+        # directory holding the bundle and, in check mode, empty stand-ins for pending files.
         private = tempfile.mkdtemp(prefix="bmslice-")
-        for name, text in files.items():
-            _write(module, os.path.join(private, name), text)
-        if os.path.isdir(os.path.join(spec_dir, "secrets")):
-            os.symlink(os.path.join(spec_dir, "secrets"), os.path.join(private, "secrets"))
+        _overlay(module, private, spec_dir, {**dict.fromkeys(stand_ins, ""), **files})
         run_spec = os.path.join(private, os.path.basename(spec))
     runner = Runner(module, command, run_spec)
     try:
-        offline_check = module.check_mode and bool(params["host_root"])
+        offline_check = check_mode and bool(params["host_root"])
         if action == "plan" or (offline_check and action in ("apply", "verify", "destroy")):
             _plan(runner, params, result)
             if action != "plan":
@@ -267,41 +402,19 @@ def main():
                     "what apply would change is not known without the live host"
                 )
         elif action == "apply":
-            _apply(runner, params, result, module.check_mode)
+            _apply(runner, params, result, check_mode)
+            if stand_ins:
+                result["msg"] = f"check mode: {', '.join(stand_ins)} not placed yet; the real run places them first"
         elif action == "verify":
-            if _verify(runner, params, result):
-                result["bmslice_warnings"] = runner.warnings
-                module.fail_json(msg=f"drift: {len(result['drift'])} difference(s) from the plan", **result)
+            _verify_action(runner, params, result, check_mode)
         elif action == "audit":
-            args = [action, run_spec, "--json"]
-            if params["host_root"]:
-                args += ["--host-root", params["host_root"]]
-            rc, out, _ = runner.must(args, result, ok=(0, 1))
-            try:
-                result["report"] = json.loads(out)
-            except ValueError:
-                result["report"] = {"lines": out.splitlines()}
-            if rc == 1:
-                result["bmslice_warnings"] = runner.warnings
-                first = next((line for line in out.splitlines() if line.strip()), "see report")
-                module.fail_json(msg=f"audit found violations: {first}", **result)
-        elif module.check_mode:  # destroy
-            _verify(runner, params, result)
-            defined = [s["name"] for s in result["report"].get("slices", []) if s["state"] != "not defined"]
-            result["steps"] = [f"destroy {name}" for name in defined]
-            result["changed"] = bool(defined)
+            _audit(runner, params, result, run_spec)
         else:
-            args = _lifecycle_args(params, "destroy", run_spec)
-            if params["keep_disks"]:
-                args.append("--keep-disks")
-            _, out, _ = runner.must(args, result)
-            done = [line.strip() for line in out.splitlines() if line.startswith("  ")]
-            result["steps"] = [line for line in done if not line.endswith("nothing to do")]
-            result["changed"] = bool(result["steps"])
+            _destroy(runner, params, result, check_mode, run_spec)
     finally:
         if private is not None:
             shutil.rmtree(private, ignore_errors=True)
-    result["bmslice_warnings"] = runner.warnings
+    runner.finish(result)
     module.exit_json(**result)
 
 

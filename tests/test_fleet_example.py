@@ -353,7 +353,16 @@ def test_cli_verify_reports_a_host_whose_tree_no_longer_fits(
             lambda d: d["inventory"][1]["nics"].update(eno3={"switch": "fabric-switch", "port": "ge-0/0/1"}),
             "inventory: switch port fabric-switch ge-0/0/1 is cabled to both control1 eno1 and server1 eno3",
         ),
-        (lambda d: d["clusters"][0]["workers"].update(nic={"kind": "sriov", "pf": "eno1 "}), None),
+        (
+            # a validator takes the whole value: a stray space is not trimmed away
+            lambda d: d["clusters"][0]["workers"].update(nic={"kind": "sriov", "pf": "eno1 "}),
+            "clusters[0].workers.nic.pf: 'eno1 ' is neither 'any', an interface name nor a PCI address",
+        ),
+        (lambda d: d["clusters"][0]["workers"].update(nic={"kind": "sriov", "pf": "eno1"}), None),
+        (
+            lambda d: d["clusters"][0]["workers"].update(count=True),
+            "clusters[0].workers.count: Input should be a valid integer",
+        ),
         (
             lambda d: d["clusters"][0]["workers"].update(nic={"kind": "sriov", "pf": "not an if"}),
             "clusters[0].workers.nic.pf: 'not an if' is neither 'any', an interface name nor a PCI address",

@@ -158,7 +158,8 @@ def test_every_form_of_the_table_reads_the_same(form: str) -> None:
 @pytest.mark.parametrize(
     ("text", "message"),
     [
-        ("{not json", "t: not valid JSON"),
+        ("{not json", "t: not JSON: Expecting property name"),
+        ('{"a": 1, "a": 2}', "t: not JSON bmslice accepts: "),
         ('{"interface-information": []}', "t: JSON, but not `show ethernet-switching table | display json`"),
         ("show vlans\nRed 100\n", "t: not the output of `show ethernet-switching table` (no table header)"),
     ],
@@ -265,7 +266,7 @@ def test_a_passed_through_nic_the_host_cannot_see_is_checked_by_its_port() -> No
     ("arg", "message"),
     [
         ("fabric-switch", "error: --switch-table 'fabric-switch': give SWITCH=FILE"),
-        ("fabric-switch=/nonexistent/t.json", "error: --switch-table /nonexistent/t.json: cannot read: No such file"),
+        ("fabric-switch=/nonexistent/t.json", "error: /nonexistent/t.json: cannot read --switch-table: No such file"),
     ],
 )
 def test_bad_switch_table_arguments_are_one_line(capsys: pytest.CaptureFixture[str], arg: str, message: str) -> None:

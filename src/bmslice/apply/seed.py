@@ -28,7 +28,7 @@ def _keys(spec: CloudInitSpec, base: Path) -> list[str]:
             line = line.strip()
             if not line or line.startswith("#"):
                 continue
-            if not SSH_KEY_RE.match(line):
+            if not SSH_KEY_RE.fullmatch(line):
                 raise ApplyError(f"ssh_authorized_keys_file {spec.ssh_authorized_keys_file}: a line is not an SSH key")
             keys.append(line)
     return keys

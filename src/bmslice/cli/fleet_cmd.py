@@ -7,7 +7,6 @@ own with the same error handling (one `error:` line, exit 2).
 from __future__ import annotations
 
 import argparse
-import json
 import stat
 import sys
 from collections import Counter
@@ -44,13 +43,10 @@ def _existing(args: argparse.Namespace) -> tuple[Placement | None, Path | None]:
         path = out / PLACEMENT_FILE
     if path is None:
         return None, None
-    try:
-        data = json.loads(path.read_text())
-    except OSError as exc:
-        raise SpecError(f"--placement {path}: cannot read: {exc.strerror or exc}") from None
-    except ValueError as exc:
-        raise SpecError(f"{path}: not JSON: {exc}") from None
     from bmslice.model.fleet import placement_from_dict
+    from bmslice.model.input_file import read_json
+
+    data = read_json(path, "placement file")
 
     return placement_from_dict(data, str(path)), path
 
@@ -61,16 +57,15 @@ def _ssh_keys(fleet: Fleet) -> list[str]:
     path = fleet.ssh_keys_file
     if path is None:
         return []
-    try:
-        text = path.read_text()
-    except OSError as exc:
-        raise SpecError(f"ssh_keys_file {path}: {exc.strerror or exc}") from None
+    from bmslice.model.input_file import read_input_text
+
+    text = read_input_text(path, "ssh_keys_file")
     keys = []
     for number, line in enumerate(text.splitlines(), start=1):
         line = line.strip()
         if not line or line.startswith("#"):
             continue
-        if not SSH_KEY_RE.match(line):
+        if not SSH_KEY_RE.fullmatch(line):
             raise SpecError(f"ssh_keys_file {path}: line {number} is not an SSH public key")
         keys.append(line)
     return keys
@@ -198,6 +193,7 @@ def cmd_ansible(args: argparse.Namespace) -> int:
 def _switch_tables(pairs: Sequence[str]) -> dict[str, tuple[LearnedMac, ...]]:
     """--switch-table SWITCH=FILE, each read and parsed; one `error:` line for a bad one."""
     from bmslice.fleet.switch_table import parse_switch_table
+    from bmslice.model.input_file import read_input_text
 
     tables: dict[str, tuple[LearnedMac, ...]] = {}
     for pair in pairs:
@@ -206,10 +202,7 @@ def _switch_tables(pairs: Sequence[str]) -> dict[str, tuple[LearnedMac, ...]]:
             raise SpecError(f"--switch-table {pair!r}: give SWITCH=FILE (the switch's name in the fleet file)")
         if switch in tables:
             raise SpecError(f"--switch-table: {switch} is given twice")
-        try:
-            text = Path(name).read_text()
-        except (OSError, UnicodeDecodeError) as exc:
-            raise SpecError(f"--switch-table {name}: cannot read: {getattr(exc, 'strerror', None) or exc}") from None
+        text = read_input_text(Path(name), "--switch-table")
         tables[switch] = parse_switch_table(text, name)
     return tables
 

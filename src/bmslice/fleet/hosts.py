@@ -28,12 +28,10 @@ def read_host(inv: InventoryHost) -> HostTopology:
                 raise TopologyError(f"host_root {inv.host_root}: no such directory")
             return read_host_tree(inv.host_root)
         if inv.hwloc is not None:
+            from bmslice.model.input_file import read_input_bytes
             from bmslice.topology.hwloc import topology_from_hwloc
 
-            try:
-                data = inv.hwloc.read_bytes()
-            except OSError as exc:
-                raise TopologyError(f"hwloc {inv.hwloc}: {exc.strerror or exc}") from None
+            data = read_input_bytes(inv.hwloc, "hwloc XML", error=TopologyError)
             return topology_from_hwloc(data, source=str(inv.hwloc))
         if inv.is_local:
             from bmslice.topology.sysfs import read_host_tree

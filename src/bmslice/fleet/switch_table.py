@@ -19,13 +19,13 @@ port is the logical interface without its unit: ge-0/0/9.0 was learned on ge-0/0
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
 from bmslice.errors import SpecError
+from bmslice.model.input_file import parse_json
 
 MAC_RE = re.compile(r"[0-9A-Fa-f]{2}(?::[0-9A-Fa-f]{2}){5}")
 # a port or LAG with an optional unit: ge-0/0/9.0, xe-1/0/12, et-0/0/48:1.0, ae3.0
@@ -116,10 +116,7 @@ def parse_switch_table(text: str, origin: str) -> tuple[LearnedMac, ...]:
     """Every MAC the captured output shows learned on a port; SpecError when it is no such output."""
     stripped = text.strip()
     if stripped.startswith("{"):
-        try:
-            data = json.loads(stripped)
-        except ValueError as exc:
-            raise SpecError(f"{origin}: not valid JSON ({exc})") from None
+        data = parse_json(stripped, origin)
         if not isinstance(data, dict) or not (set(ELS_GROUPS) | {"ethernet-switching-table-information"}) & set(data):
             raise SpecError(
                 f"{origin}: JSON, but not `show ethernet-switching table | display json` (no {ELS_GROUPS[0]} or "

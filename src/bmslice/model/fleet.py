@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Annotated, Any
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, ValidationError, field_validator, model_validator
 
 from bmslice.errors import SpecError
 from bmslice.model.fields import CpuFeature, IfName, device_ref, matching
@@ -121,12 +121,11 @@ class InventoryHost(_Strict):
 class NicRequest(_Strict):
     kind: NicKind
     pf: str = ANY  # an interface name or PCI address of the host, or "any" cabled NIC
-    count: int = Field(default=1, ge=1, le=64)
+    count: StrictInt = Field(default=1, ge=1, le=64)
 
     @field_validator("pf")
     @classmethod
     def _pf(cls, value: str) -> str:
-        value = value.strip()
         if value == ANY:
             return value
         try:
@@ -136,10 +135,10 @@ class NicRequest(_Strict):
 
 
 class VmSize(_Strict):
-    vcpus: int = Field(gt=0, le=4096)
+    vcpus: StrictInt = Field(gt=0, le=4096)
     memory: SizeMiB
     emulator: EmulatorPolicy = EmulatorPolicy.DEDICATED
-    iothreads: int = Field(default=1, ge=0, le=64)
+    iothreads: StrictInt = Field(default=1, ge=0, le=64)
     hugepages: HugepageSize = HugepageSize.NONE
     disable_cpu_features: tuple[CpuFeature, ...] = ()
     disk: DiskSpec | None = None
@@ -147,17 +146,17 @@ class VmSize(_Strict):
 
 
 class Workers(VmSize):
-    count: int = Field(ge=0, le=100000)
+    count: StrictInt = Field(ge=0, le=100000)
 
 
 class Spread(_Strict):
-    max_per_host: int = Field(default=1, ge=1)  # VMs of one cluster and role on one host
+    max_per_host: StrictInt = Field(default=1, ge=1, le=4096)  # VMs of one cluster and role on one host
     racks: RackSpread = RackSpread.SPREAD
 
 
 class Cluster(_Strict):
     name: Annotated[str, matching(CLUSTER_NAME_RE, "a cluster name (lower-case letters, digits, '-'; max 24)")]
-    vlan: int = Field(ge=1, le=4094)
+    vlan: StrictInt = Field(ge=1, le=4094)
     # the switch's name for the VLAN; default: the cluster name in capitals
     vlan_name: (
         Annotated[str, matching(JUNOS_VLAN_RE, "a VLAN name (a letter, then letters, digits, '_', '.', '-')")] | None

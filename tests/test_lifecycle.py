@@ -100,9 +100,9 @@ def test_apply_verify_drift_repair_destroy(qemu_slices: Slices, bmslice_cli: Cli
     run = bmslice_cli("apply", spec)
     assert run.returncode == 0, run
     assert steps(run) == [
+        f"define {vm}",  # first: the domain names its volumes before they exist (a killed run is found)
         f"create volume default/{vm}.qcow2 (64 MiB qcow2)",
         f"create cloud-init seed default/{vm}-seed.iso",
-        f"define {vm}",
         f"start {vm}",
         f"set autostart on {vm}",
     ]
@@ -377,9 +377,9 @@ def test_dry_run_changes_nothing(qemu_slices: Slices, bmslice_cli: Cli, tmp_path
     run = bmslice_cli("apply", spec, "--dry-run")
     assert run.returncode == 0, run
     assert steps(run) == [
+        f"would define {vm}",
         f"would create volume default/{vm}.qcow2 (64 MiB qcow2)",
         f"would create cloud-init seed default/{vm}-seed.iso",
-        f"would define {vm}",
         f"would start {vm}",
         f"would set autostart on {vm}",
     ]
@@ -393,16 +393,18 @@ def test_dry_run_changes_nothing(qemu_slices: Slices, bmslice_cli: Cli, tmp_path
 
 @libvirtd
 def test_second_run_refuses_while_the_lock_is_held(qemu_slices: Slices, bmslice_cli: Cli, tmp_path: Path) -> None:
+    from bmslice.apply.libvirt_conn import host_key
     from bmslice.apply.lock import host_lock
 
     spec = write_spec(tmp_path / "spec.yaml", [vm_entry(qemu_slices.name("a"))])
-    with host_lock(QEMU_URI):
+    key = host_key(qemu_slices.conn)
+    with host_lock(key, QEMU_URI):
         run = bmslice_cli("apply", spec)
-        with pytest.raises(ApplyError, match="holds the lock"), host_lock(QEMU_URI):
+        with pytest.raises(ApplyError, match="holds the lock"), host_lock(key):
             pass
     error = one_error(run)
-    assert "another bmslice run holds the lock for qemu:///system" in error
-    assert f"pid {os.getpid()}" in error  # names who holds it
+    assert f"another bmslice run holds the lock for host {key}" in error
+    assert f"pid {os.getpid()} via {QEMU_URI}" in error  # names who holds it
     assert qemu_slices.leftovers() == []
     run = bmslice_cli("apply", spec, "--dry-run")  # released: the next run goes ahead
     assert run.returncode == 0, run

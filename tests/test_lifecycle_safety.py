@@ -20,6 +20,7 @@ from __future__ import annotations
 import io
 import shutil
 import signal
+import subprocess
 import time
 from pathlib import Path
 from typing import Any
@@ -211,6 +212,52 @@ def test_a_domain_of_the_same_name_that_bmslice_did_not_define_is_refused(
     assert qemu_slices.volumes() == []
     run = bmslice_cli("destroy", spec)
     assert run.returncode == 0 and qemu_slices.domains() == [vm], run
+
+
+def _replace_disk(slices: Slices, vm: str, *, data: bool) -> Path:
+    """Swap the slice's disk file for a fresh qcow2 without bmslice's mark (qemu-img, as a person would)."""
+    disk = IMAGES / f"{vm}.qcow2"
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", "-o", "compat=1.1", str(disk), "64M"], check=True)
+    if data:
+        subprocess.run(["qemu-io", "-c", "write -P 0x5a 0 64k", str(disk)], check=True, capture_output=True)
+    pool(slices).refresh(0)
+    return disk
+
+
+@libvirtd
+def test_an_unmarked_disk_under_an_existing_slice_is_finished_only_when_empty(
+    qemu_slices: Slices, bmslice_cli: Cli, tmp_path: Path
+) -> None:
+    """Empty: what a run killed between creating and marking the disk leaves; apply marks it.
+    Holding data (a swapped file, a disk from before marks): used as it is, never changed or deleted."""
+    vm = qemu_slices.name("a")
+    spec = write_spec(tmp_path / "spec.yaml", [with_disk(vm_entry(vm))])
+    assert bmslice_cli("apply", spec).returncode == 0
+    qemu_slices.conn.lookupByName(vm).destroy()
+    disk = _replace_disk(qemu_slices, vm, data=False)
+    run = bmslice_cli("apply", spec)
+    assert run.returncode == 0, run
+    assert steps(run) == [
+        f"mark volume default/{vm}.qcow2 as bmslice's (an interrupted run left it unmarked)",
+        f"start {vm}",
+    ]
+    mark = qcow2_mark(disk.read_bytes()[:65536])
+    assert mark is not None and mark.vm == vm
+
+    qemu_slices.conn.lookupByName(vm).destroy()
+    _replace_disk(qemu_slices, vm, data=True)
+    before = disk.read_bytes()
+    run = bmslice_cli("apply", spec)
+    assert run.returncode == 0 and steps(run) == [f"start {vm}"], run
+    assert (
+        f"warning: volume default/{vm}.qcow2 is not bmslice's (it carries no bmslice mark): the slice goes on "
+        "using it; bmslice does not change it, and destroy keeps it"
+    ) in run.stderr
+    run = bmslice_cli("destroy", spec)
+    assert run.returncode == 0, run
+    assert f"keep volume {disk}: bmslice did not create it (it carries no bmslice mark)" in steps(run)
+    assert qemu_slices.domains() == [] and qemu_slices.volumes() == [str(disk)]
+    assert disk.read_bytes()[65536:] == before[65536:]  # the guest's data untouched
 
 
 # --- seeds: reused only when exactly this run's -------------------------------------------------

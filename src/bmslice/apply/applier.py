@@ -73,9 +73,9 @@ def apply(spec: Spec, origin: str, opts: ApplyOptions, report: Callable[[str], N
         ctx = load_context(spec, origin, opts.uri, conn, opts.host_root, opts.allow_move)
         _preflight(ctx, spec, opts)
         steps: list[Step] = _sriov_host_steps(ctx, opts)
-        for vm_spec in spec.vms:
-            steps.extend(_steps_for(ctx, vm_spec, ctx.plan.vm(vm_spec.name), opts))
         result = ApplyResult(warnings=list(ctx.plan.warnings), dry_run=opts.dry_run)
+        for vm_spec in spec.vms:
+            steps.extend(_steps_for(ctx, vm_spec, ctx.plan.vm(vm_spec.name), opts, result.warnings))
         if opts.dry_run:
             result.steps = [s.description for s in steps]
             return result
@@ -136,32 +136,38 @@ def _disks(ctx: Context, vm_spec: VmSpec, vm: VmPlan) -> tuple[Disk, ...]:
     return tuple(disks)
 
 
-def _steps_for(ctx: Context, vm_spec: VmSpec, vm: VmPlan, opts: ApplyOptions) -> list[Step]:
+def _steps_for(ctx: Context, vm_spec: VmSpec, vm: VmPlan, opts: ApplyOptions, warnings: list[str]) -> list[Step]:
     desired = domain_from_plan(vm, _disks(ctx, vm_spec, vm))
     live = ctx.live.get(vm.name)
     if live is None:
         return _create_steps(ctx, vm_spec, vm, desired, opts)
     listed = {disk.path for disk in from_xml(live.inactive_xml).disks}
-    ensure = _volume_steps(ctx, vm_spec, opts.spec_dir, listed, new_slice=False)
+    ensure = _volume_steps(ctx, vm_spec, opts.spec_dir, listed, False, warnings.append)
     if vm.name in ctx.moving:
         return [_stop_step(ctx, vm.name), *_redefine_steps(ctx, live, desired), *ensure, _start_step(ctx, vm.name)]
     return [*ensure, *_converge_steps(ctx, live, desired, opts.allow_move)]
 
 
-def _volume_steps(ctx: Context, vm_spec: VmSpec, spec_dir: Path, listed: set[str], new_slice: bool) -> list[Step]:
-    """The disk and seed as this run needs them; `listed`: the volume paths the slice's domain names."""
+def _volume_steps(
+    ctx: Context, vm_spec: VmSpec, spec_dir: Path, listed: set[str], new_slice: bool, warn: Callable[[str], None]
+) -> list[Step]:
+    """The disk and seed as this run needs them; `listed`: the volume paths the slice's domain names.
+
+    For a new slice a volume that is not bmslice's is refused; for a slice already defined
+    on it, it is only warned about (the slice uses it today, bmslice leaves it as it is).
+    """
     steps: list[Step] = []
     if (slot := disk_slot(vm_spec)) is not None:
         assert vm_spec.disk is not None
         pool = storage.pool(ctx.conn, slot.pool)
         named = f"{storage.pool_path(pool)}/{slot.name}" in listed
-        steps += volumes.disk_steps(pool, slot, vm_spec.disk, named, new_slice)
+        steps += volumes.disk_steps(pool, slot, vm_spec.disk, named, new_slice, warn)
     if (slot := seed_slot(vm_spec)) is not None:
         assert vm_spec.cloud_init is not None
         seed = read_seed(vm_spec.name, vm_spec.cloud_init, spec_dir)  # read and checked before any change
         pool = storage.pool(ctx.conn, slot.pool)
         named = f"{storage.pool_path(pool)}/{slot.name}" in listed
-        steps += volumes.seed_steps(pool, slot, seed, named, new_slice)
+        steps += volumes.seed_steps(pool, slot, seed, named, new_slice, warn)
     return steps
 
 
@@ -174,7 +180,7 @@ def _create_steps(ctx: Context, vm_spec: VmSpec, vm: VmPlan, desired: Domain, op
             f"a domain named {vm.name} already exists and bmslice did not define it; "
             "bmslice does not take over another's domain: rename one of them"
         )
-    ensure_volumes = _volume_steps(ctx, vm_spec, opts.spec_dir, set(), new_slice=True)  # refusals come first
+    ensure_volumes = _volume_steps(ctx, vm_spec, opts.spec_dir, set(), True, lambda _line: None)  # refusals first
     steps = [
         _detach_step(ctx, dev.address)
         for dev in vm.devices

@@ -6,12 +6,15 @@ A volume under a slice's disk or seed name is one of:
   is reused only when it carries exactly this run's files and arrived whole, else rebuilt;
 - unfinished: no mark, but the slice's bmslice domain lists it and it holds no data — a
   run was killed between creating and marking it. Apply finishes it, destroy removes it;
-- someone else's: anything else. Apply refuses before any change; destroy leaves it.
+- someone else's: anything else. Apply refuses it for a new slice, before any change;
+  a slice already defined on it (by an older bmslice, or the file was swapped) goes on
+  using it untouched, with a warning. Destroy leaves it in place.
 """
 
 from __future__ import annotations
 
 import enum
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -103,6 +106,16 @@ def refusal(slot: Slot, found: Found) -> ApplyError:
     )
 
 
+def _not_ours(slot: Slot, found: Found, new_slice: bool, warn: Callable[[str], None]) -> list[Step]:
+    if new_slice:
+        raise refusal(slot, found)
+    warn(
+        f"volume {slot.label} is not bmslice's ({found.why}): the slice goes on using it; "
+        "bmslice does not change it, and destroy keeps it"
+    )
+    return []
+
+
 def _delete_step_undo(pool_obj: Any, slot: Slot) -> None:
     """Undo a creation of this run: the volume goes (already gone is fine, an error is raised)."""
     vol = storage.find_volume(pool_obj, slot.name)
@@ -110,10 +123,12 @@ def _delete_step_undo(pool_obj: Any, slot: Slot) -> None:
         storage.delete_volume(vol)
 
 
-def disk_steps(pool_obj: Any, slot: Slot, disk: DiskSpec, listed: bool, new_slice: bool) -> list[Step]:
+def disk_steps(
+    pool_obj: Any, slot: Slot, disk: DiskSpec, listed: bool, new_slice: bool, warn: Callable[[str], None]
+) -> list[Step]:
     found = examine_slot(pool_obj, slot, listed)
     if found.owner is Owner.FOREIGN:
-        raise refusal(slot, found)
+        return _not_ours(slot, found, new_slice, warn)
     if found.owner is Owner.OURS:
         return [Step(f"reuse volume {slot.label}", lambda: None)] if new_slice else []
     if found.owner is Owner.UNFINISHED:
@@ -135,11 +150,13 @@ def disk_steps(pool_obj: Any, slot: Slot, disk: DiskSpec, listed: bool, new_slic
     ]
 
 
-def seed_steps(pool_obj: Any, slot: Slot, seed: Seed, listed: bool, new_slice: bool) -> list[Step]:
+def seed_steps(
+    pool_obj: Any, slot: Slot, seed: Seed, listed: bool, new_slice: bool, warn: Callable[[str], None]
+) -> list[Step]:
     found = examine_slot(pool_obj, slot, listed)
     image = seed.image(slot.mark())
     if found.owner is Owner.FOREIGN:
-        raise refusal(slot, found)
+        return _not_ours(slot, found, new_slice, warn)
     if found.owner is Owner.MISSING:
         return [
             Step(

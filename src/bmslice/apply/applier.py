@@ -30,6 +30,7 @@ from bmslice.apply.libvirt_conn import (
     host_key,
     libvirt_errors,
     lookup,
+    stop_domain,
 )
 from bmslice.apply.lock import host_lock
 from bmslice.apply.seed import read_seed
@@ -228,7 +229,7 @@ def _start_step(ctx: Context, name: str) -> Step:
     return Step(
         f"start {name}",
         lambda: ctx.conn.lookupByName(name).create(),
-        lambda: ctx.conn.lookupByName(name).destroy(),
+        lambda: stop_domain(ctx.conn.lookupByName(name)),
         f"stop {name}",
     )
 

@@ -24,6 +24,7 @@ from bmslice.apply.libvirt_conn import (
     lookup,
     managed_domains,
     reason,
+    stop_domain,
 )
 from bmslice.apply.lock import host_lock
 from bmslice.apply.sriov import drop_udev_rule, write_numvfs
@@ -135,7 +136,7 @@ def destroy(spec: Spec, opts: DestroyOptions, report: Callable[[str], None]) -> 
                 continue
             volumes = _domain_volumes(conn, current, opts.keep_disks, report)  # judged while the domain names them
             if current.active:
-                step(f"stop {vm.name}", dom.destroy)
+                step(f"stop {vm.name}", partial(stop_domain, dom))
             step(f"undefine {vm.name}", dom.undefine)
             for path, vol in volumes:
                 step(f"delete volume {path}", partial(storage.delete_volume, vol))

@@ -92,6 +92,15 @@ def is_managed(dom: Any) -> bool:
     return True
 
 
+def stop_domain(dom: Any) -> None:
+    """Stop (destroy) the domain; one that stopped meanwhile is what was wanted, not a failure."""
+    try:
+        dom.destroy()
+    except libvirt.libvirtError:
+        if dom.isActive():
+            raise
+
+
 def lookup(conn: Any, name: str) -> Any | None:
     try:
         return conn.lookupByName(name)

@@ -229,6 +229,20 @@ class Run:
         return f"bmslice {' '.join(self.args)} -> {self.returncode}\n--- stdout\n{self.stdout}--- stderr\n{self.stderr}"
 
 
+def one_error(run: Run) -> str:
+    """A refusal is exactly one `error:` line on stderr, exit 2, no traceback."""
+    assert run.returncode == 2, run
+    assert "Traceback" not in run.stderr, run
+    lines = [line for line in run.stderr.splitlines() if line.strip() and not line.startswith("warning:")]
+    assert len(lines) == 1 and lines[0].startswith("error: "), run
+    return lines[0]
+
+
+def steps(run: Run) -> list[str]:
+    """The step lines an apply/destroy printed (indented by two spaces)."""
+    return [line[2:] for line in run.stdout.splitlines() if line.startswith("  ")]
+
+
 class Running:
     """A bmslice run in the background: read its stdout line by line as it comes, signal it, wait."""
 

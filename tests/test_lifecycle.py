@@ -36,16 +36,17 @@ from libvirt_fixtures import (  # the fixtures are imported here; pytest finds t
     SSH_KEY,
     TEST_URI,
     Cli,
-    Run,
     Slices,
     bmslice_cli,  # noqa: F401
     bmslice_lock_dir,  # noqa: F401
     host_section,
     host_tree,
     libvirt_test_driver,  # noqa: F401
+    one_error,
     qemu_conn,  # noqa: F401
     qemu_pid,
     qemu_slices,  # noqa: F401
+    steps,
     thread_cpus,
     unique_prefix,
     vm_entry,
@@ -59,20 +60,6 @@ libvirtd = pytest.mark.libvirtd
 
 def virsh(*args: str) -> None:
     subprocess.run(["virsh", "-q", "-c", QEMU_URI, *args], check=True, capture_output=True, text=True)
-
-
-def one_error(run: Run) -> str:
-    """A refusal is exactly one `error:` line on stderr, exit 2, no traceback."""
-    assert run.returncode == 2, run
-    assert "Traceback" not in run.stderr, run
-    lines = [line for line in run.stderr.splitlines() if line.strip() and not line.startswith("warning:")]
-    assert len(lines) == 1 and lines[0].startswith("error: "), run
-    return lines[0]
-
-
-def steps(run: Run) -> list[str]:
-    """The step lines an apply/destroy printed (indented by two spaces)."""
-    return [line[2:] for line in run.stdout.splitlines() if line.startswith("  ")]
 
 
 def planned(spec: Path, host_root: Path | None = None) -> Any:

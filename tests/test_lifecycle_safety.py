@@ -36,14 +36,15 @@ from libvirt_fixtures import (  # the fixtures are imported here; pytest finds t
     Slices,
     bmslice_cli,  # noqa: F401
     bmslice_lock_dir,  # noqa: F401
+    one_error,
     qemu_conn,  # noqa: F401
     qemu_slices,  # noqa: F401
+    steps,
     vm_entry,
     with_disk,
     write_spec,
 )
 from libvirt_proxy import relay
-from test_lifecycle import one_error, steps
 
 libvirtd = pytest.mark.libvirtd
 IMAGES = Path("/var/lib/libvirt/images")

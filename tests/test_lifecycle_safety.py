@@ -196,6 +196,27 @@ def test_a_kept_disk_is_reused_and_removed_later(qemu_slices: Slices, bmslice_cl
 
 
 @libvirtd
+def test_destroy_removes_bmslice_volumes_whose_domain_is_gone(
+    qemu_slices: Slices, bmslice_cli: Cli, tmp_path: Path
+) -> None:
+    """No domain names them any more (undefined by hand, or a rollback cut short): the marks still prove them."""
+    vm = qemu_slices.name("a")
+    spec = write_spec(tmp_path / "spec.yaml", [with_disk(vm_entry(vm))])
+    assert bmslice_cli("apply", spec).returncode == 0
+    dom = qemu_slices.conn.lookupByName(vm)
+    dom.destroy()
+    dom.undefine()
+    run = bmslice_cli("destroy", spec)
+    assert run.returncode == 0, run
+    assert steps(run) == [
+        f"{vm}: not defined",
+        f"delete volume {IMAGES}/{vm}.qcow2 (its domain is gone)",
+        f"delete volume {IMAGES}/{vm}-seed.iso (its domain is gone)",
+    ]
+    assert qemu_slices.leftovers() == []
+
+
+@libvirtd
 def test_a_domain_of_the_same_name_that_bmslice_did_not_define_is_refused(
     qemu_slices: Slices, bmslice_cli: Cli, tmp_path: Path
 ) -> None:
@@ -259,6 +280,26 @@ def test_an_unmarked_disk_under_an_existing_slice_is_finished_only_when_empty(
     assert f"keep volume {disk}: bmslice did not create it (it carries no bmslice mark)" in steps(run)
     assert qemu_slices.domains() == [] and qemu_slices.volumes() == [str(disk)]
     assert disk.read_bytes()[65536:] == before[65536:]  # the guest's data untouched
+
+
+@libvirtd
+def test_a_disk_deleted_under_a_running_slice_is_not_replaced_by_an_empty_one(
+    qemu_slices: Slices, bmslice_cli: Cli, tmp_path: Path
+) -> None:
+    vm = qemu_slices.name("a")
+    spec = write_spec(tmp_path / "spec.yaml", [with_disk(vm_entry(vm))])
+    assert bmslice_cli("apply", spec).returncode == 0
+    pool(qemu_slices).storageVolLookupByName(f"{vm}.qcow2").delete(0)  # QEMU still has the file open
+    run = bmslice_cli("apply", spec)
+    assert run.returncode == 0 and steps(run) == [], run
+    assert f"warning: volume default/{vm}.qcow2 is gone from under the running {vm}" in run.stderr
+    qemu_slices.conn.lookupByName(vm).destroy()
+    run = bmslice_cli("apply", spec)  # stopped: now the slice gets a new, empty disk
+    assert run.returncode == 0 and steps(run) == [f"create volume default/{vm}.qcow2 (64 MiB qcow2)", f"start {vm}"], (
+        run
+    )
+    assert bmslice_cli("destroy", spec).returncode == 0
+    assert qemu_slices.leftovers() == []
 
 
 # --- seeds: reused only when exactly this run's -------------------------------------------------

@@ -143,14 +143,21 @@ def _steps_for(ctx: Context, vm_spec: VmSpec, vm: VmPlan, opts: ApplyOptions, wa
     if live is None:
         return _create_steps(ctx, vm_spec, vm, desired, opts)
     listed = {disk.path for disk in from_xml(live.inactive_xml).disks}
-    ensure = _volume_steps(ctx, vm_spec, opts.spec_dir, listed, False, warnings.append)
+    running = live.active and vm.name not in ctx.moving  # a slice that moves is stopped first
+    ensure = _volume_steps(ctx, vm_spec, opts.spec_dir, listed, False, warnings.append, running)
     if vm.name in ctx.moving:
         return [_stop_step(ctx, vm.name), *_redefine_steps(ctx, live, desired), *ensure, _start_step(ctx, vm.name)]
     return [*ensure, *_converge_steps(ctx, live, desired, opts.allow_move)]
 
 
 def _volume_steps(
-    ctx: Context, vm_spec: VmSpec, spec_dir: Path, listed: set[str], new_slice: bool, warn: Callable[[str], None]
+    ctx: Context,
+    vm_spec: VmSpec,
+    spec_dir: Path,
+    listed: set[str],
+    new_slice: bool,
+    warn: Callable[[str], None],
+    running: bool = False,
 ) -> list[Step]:
     """The disk and seed as this run needs them; `listed`: the volume paths the slice's domain names.
 
@@ -162,7 +169,7 @@ def _volume_steps(
         assert vm_spec.disk is not None
         pool = storage.pool(ctx.conn, slot.pool)
         named = f"{storage.pool_path(pool)}/{slot.name}" in listed
-        steps += volumes.disk_steps(pool, slot, vm_spec.disk, named, new_slice, warn)
+        steps += volumes.disk_steps(pool, slot, vm_spec.disk, named, new_slice, warn, running)
     if (slot := seed_slot(vm_spec)) is not None:
         assert vm_spec.cloud_init is not None
         seed = read_seed(vm_spec.name, vm_spec.cloud_init, spec_dir)  # read and checked before any change

@@ -91,7 +91,7 @@ def _leftover_volumes(conn: Any, vm: VmSpec, keep_disks: bool, act: Act, report:
         found = examine_slot(pool, slot, listed=False)
         if found.owner is Owner.OURS and found.vol is not None:
             act(
-                f"delete volume {found.vol.path()} (left by an interrupted run)",
+                f"delete volume {found.vol.path()} (its domain is gone)",
                 partial(storage.delete_volume, found.vol),
             )
         elif found.owner is not Owner.MISSING:

@@ -124,11 +124,21 @@ def _delete_step_undo(pool_obj: Any, slot: Slot) -> None:
 
 
 def disk_steps(
-    pool_obj: Any, slot: Slot, disk: DiskSpec, listed: bool, new_slice: bool, warn: Callable[[str], None]
+    pool_obj: Any,
+    slot: Slot,
+    disk: DiskSpec,
+    listed: bool,
+    new_slice: bool,
+    warn: Callable[[str], None],
+    running: bool = False,
 ) -> list[Step]:
+    """`running`: the slice runs now; a disk gone from under it is not replaced by an empty one."""
     found = examine_slot(pool_obj, slot, listed)
     if found.owner is Owner.FOREIGN:
         return _not_ours(slot, found, new_slice, warn)
+    if found.owner is Owner.MISSING and running:  # QEMU still holds the old file; a new one would hide that
+        warn(f"volume {slot.label} is gone from under the running {slot.vm}; stop it, then apply creates an empty one")
+        return []
     if found.owner is Owner.OURS:
         return [Step(f"reuse volume {slot.label}", lambda: None)] if new_slice else []
     if found.owner is Owner.UNFINISHED:

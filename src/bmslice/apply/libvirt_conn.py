@@ -149,4 +149,12 @@ def read_live(conn: Any, dom: Any) -> LiveDomain:
 
 def managed_domains(conn: Any) -> dict[str, LiveDomain]:
     """Every domain bmslice defined (it carries bmslice metadata), by name."""
-    return {dom.name(): read_live(conn, dom) for dom in conn.listAllDomains(0) if is_managed(dom)}
+    found = {}
+    for dom in conn.listAllDomains(0):
+        try:
+            if is_managed(dom):
+                found[dom.name()] = read_live(conn, dom)
+        except libvirt.libvirtError as exc:
+            if exc.get_error_code() != libvirt.VIR_ERR_NO_DOMAIN:  # undefined meanwhile: simply not there
+                raise
+    return found

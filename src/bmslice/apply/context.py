@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from bmslice.apply.libvirt_conn import managed_domains
-from bmslice.apply.uri import is_local
+from bmslice.apply.uri import is_local as is_local  # re-exported: callers ask context for it
 from bmslice.errors import ApplyError
 from bmslice.model.live import LiveDomain
 from bmslice.model.plan import Plan, VmPlan, vm_from_dict

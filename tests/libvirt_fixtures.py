@@ -9,7 +9,8 @@ Imported by the test modules that need them (not conftest.py, which other work s
   destroys and undefines every domain, deletes every volume and kills any QEMU process
   whose name carries that prefix, so nothing is left behind even when the test fails.
 * `bmslice_lock_dir` gives each test its own lock directory (in-process and for subprocesses).
-* `bmslice_cli` runs `python -m bmslice.cli.main ...` the way a user would.
+* `bmslice_cli` runs `python -m bmslice.cli.main ...` the way a user would; `bmslice_cli.start(...)`
+  runs it in the background (`Running`), to signal it while it works.
 * `libvirt_test_driver` holds a connection to libvirt's in-process test:///default driver open for
   the test, so that every connection bmslice opens in this process sees the same state.
 """
@@ -18,10 +19,12 @@ from __future__ import annotations
 
 import contextlib
 import os
+import queue
 import secrets
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -226,6 +229,64 @@ class Run:
         return f"bmslice {' '.join(self.args)} -> {self.returncode}\n--- stdout\n{self.stdout}--- stderr\n{self.stderr}"
 
 
+def one_error(run: Run) -> str:
+    """A refusal is exactly one `error:` line on stderr, exit 2, no traceback."""
+    assert run.returncode == 2, run
+    assert "Traceback" not in run.stderr, run
+    lines = [line for line in run.stderr.splitlines() if line.strip() and not line.startswith("warning:")]
+    assert len(lines) == 1 and lines[0].startswith("error: "), run
+    return lines[0]
+
+
+def steps(run: Run) -> list[str]:
+    """The step lines an apply/destroy printed (indented by two spaces)."""
+    return [line[2:] for line in run.stdout.splitlines() if line.startswith("  ")]
+
+
+class Running:
+    """A bmslice run in the background: read its stdout line by line as it comes, signal it, wait."""
+
+    def __init__(self, argv: tuple[str, ...], proc: subprocess.Popen[str]) -> None:
+        self.argv = argv
+        self.proc = proc
+        self.seen: list[str] = []
+        self._lines: queue.Queue[str | None] = queue.Queue()
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            self._lines.put(line)
+        self._lines.put(None)
+
+    def wait_line(self, wanted: str, seconds: float = 60.0) -> str:
+        """Block until a stdout line contains `wanted`; fail (after killing the run) if it never comes."""
+        deadline = time.monotonic() + seconds
+        while True:
+            try:
+                line = self._lines.get(timeout=max(0.0, deadline - time.monotonic()))
+            except queue.Empty:
+                line = None
+            if line is None:
+                self.proc.kill()
+                pytest.fail(f"bmslice {' '.join(self.argv)} never printed {wanted!r}; it printed: {self.seen}")
+            self.seen.append(line)
+            if wanted in line:
+                return line
+
+    def signal(self, sig: int) -> None:
+        self.proc.send_signal(sig)
+
+    def finish(self, seconds: float = 120.0) -> Run:
+        """Wait for the end; the whole stdout (lines already read included) and stderr."""
+        assert self.proc.stderr is not None
+        self.proc.wait(timeout=seconds)
+        rest = []
+        while (line := self._lines.get(timeout=10)) is not None:
+            rest.append(line)
+        return Run(self.argv, self.proc.returncode, "".join([*self.seen, *rest]), self.proc.stderr.read())
+
+
 class Cli:
     def __init__(self, cwd: Path, lock: Path) -> None:
         self.cwd = cwd
@@ -243,6 +304,18 @@ class Cli:
             check=False,
         )
         return Run(argv, proc.returncode, proc.stdout, proc.stderr)
+
+    def start(self, *args: str | Path) -> Running:
+        argv = tuple(str(a) for a in args)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "bmslice.cli.main", *argv],
+            cwd=self.cwd,
+            env=self.env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        return Running(argv, proc)
 
 
 @pytest.fixture

@@ -358,7 +358,12 @@ def test_apply_for_real_on_this_machine_then_verify_and_destroy(tmp_path: Path) 
         assert proc.returncode == 0, proc.stdout + proc.stderr
         status, applied = results["Apply the slices of this server"]["this-machine"]
         assert status == "changed"
-        assert applied["steps"][-3:] == [f"define {name}", f"start {name}", f"set autostart on {name}"]
+        assert applied["steps"][-4:] == [
+            f"define {name}",  # the domain first: it names the volumes a killed run would leave
+            f"create cloud-init seed default/{name}-seed.iso",
+            f"start {name}",
+            f"set autostart on {name}",
+        ]
         assert results["Verify the live slices match the plan"]["this-machine"][0] == "ok"
         assert conn.lookupByName(name).isActive()
         assert stat.S_IMODE(spec.stat().st_mode) == 0o600

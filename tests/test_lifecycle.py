@@ -36,16 +36,17 @@ from libvirt_fixtures import (  # the fixtures are imported here; pytest finds t
     SSH_KEY,
     TEST_URI,
     Cli,
-    Run,
     Slices,
     bmslice_cli,  # noqa: F401
     bmslice_lock_dir,  # noqa: F401
     host_section,
     host_tree,
     libvirt_test_driver,  # noqa: F401
+    one_error,
     qemu_conn,  # noqa: F401
     qemu_pid,
     qemu_slices,  # noqa: F401
+    steps,
     thread_cpus,
     unique_prefix,
     vm_entry,
@@ -59,20 +60,6 @@ libvirtd = pytest.mark.libvirtd
 
 def virsh(*args: str) -> None:
     subprocess.run(["virsh", "-q", "-c", QEMU_URI, *args], check=True, capture_output=True, text=True)
-
-
-def one_error(run: Run) -> str:
-    """A refusal is exactly one `error:` line on stderr, exit 2, no traceback."""
-    assert run.returncode == 2, run
-    assert "Traceback" not in run.stderr, run
-    lines = [line for line in run.stderr.splitlines() if line.strip() and not line.startswith("warning:")]
-    assert len(lines) == 1 and lines[0].startswith("error: "), run
-    return lines[0]
-
-
-def steps(run: Run) -> list[str]:
-    """The step lines an apply/destroy printed (indented by two spaces)."""
-    return [line[2:] for line in run.stdout.splitlines() if line.startswith("  ")]
 
 
 def planned(spec: Path, host_root: Path | None = None) -> Any:
@@ -100,9 +87,9 @@ def test_apply_verify_drift_repair_destroy(qemu_slices: Slices, bmslice_cli: Cli
     run = bmslice_cli("apply", spec)
     assert run.returncode == 0, run
     assert steps(run) == [
+        f"define {vm}",  # first: the domain names its volumes before they exist (a killed run is found)
         f"create volume default/{vm}.qcow2 (64 MiB qcow2)",
         f"create cloud-init seed default/{vm}-seed.iso",
-        f"define {vm}",
         f"start {vm}",
         f"set autostart on {vm}",
     ]
@@ -378,9 +365,9 @@ def test_dry_run_changes_nothing(qemu_slices: Slices, bmslice_cli: Cli, tmp_path
     run = bmslice_cli("apply", spec, "--dry-run")
     assert run.returncode == 0, run
     assert steps(run) == [
+        f"would define {vm}",
         f"would create volume default/{vm}.qcow2 (64 MiB qcow2)",
         f"would create cloud-init seed default/{vm}-seed.iso",
-        f"would define {vm}",
         f"would start {vm}",
         f"would set autostart on {vm}",
     ]
@@ -394,16 +381,18 @@ def test_dry_run_changes_nothing(qemu_slices: Slices, bmslice_cli: Cli, tmp_path
 
 @libvirtd
 def test_second_run_refuses_while_the_lock_is_held(qemu_slices: Slices, bmslice_cli: Cli, tmp_path: Path) -> None:
+    from bmslice.apply.libvirt_conn import host_key
     from bmslice.apply.lock import host_lock
 
     spec = write_spec(tmp_path / "spec.yaml", [vm_entry(qemu_slices.name("a"))])
-    with host_lock(QEMU_URI):
+    key = host_key(qemu_slices.conn)
+    with host_lock(key, QEMU_URI):
         run = bmslice_cli("apply", spec)
-        with pytest.raises(ApplyError, match="holds the lock"), host_lock(QEMU_URI):
+        with pytest.raises(ApplyError, match="holds the lock"), host_lock(key):
             pass
     error = one_error(run)
-    assert "another bmslice run holds the lock for qemu:///system" in error
-    assert f"pid {os.getpid()}" in error  # names who holds it
+    assert f"another bmslice run holds the lock for host {key}" in error
+    assert f"pid {os.getpid()} via {QEMU_URI}" in error  # names who holds it
     assert qemu_slices.leftovers() == []
     run = bmslice_cli("apply", spec, "--dry-run")  # released: the next run goes ahead
     assert run.returncode == 0, run

@@ -89,6 +89,8 @@ def run(*argv: str, files: Iterable[Path] = (), timeout: int = 600, cwd: str | N
         lab_argv += ["--cwd", cwd]
     lab_argv += ["--", *argv]
     shown = " ".join(argv).replace(BMSLICE, "bmslice")
+    if "\n" in shown:  # a script: its first line is enough for the log
+        shown = next(line for line in shown.splitlines() if line.strip()) + " ..."
     say(f"lab: {shown}")
     start = time.monotonic()
     proc = subprocess.Popen(lab_argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)

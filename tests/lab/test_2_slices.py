@@ -31,7 +31,8 @@ ls /etc/udev/rules.d 2>/dev/null | sed 's/^/udev /'
 
 
 def host_state() -> str:
-    return labctl.sh(STATE_SCRIPT).expect().out
+    """Sorted: interfaces list in index order, which changes when a NIC comes back from vfio-pci."""
+    return "\n".join(sorted(labctl.sh(STATE_SCRIPT).expect().out.splitlines())) + "\n"
 
 
 def _vf_settings(pf: str) -> list[dict[str, object]]:

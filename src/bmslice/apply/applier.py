@@ -1,9 +1,13 @@
 """bmslice apply: diff the plan against the live host and run only the steps that close the gap.
 
-Order per new slice: detach its NICs to vfio, create its disk and seed volumes, define the
-domain (libvirt validates the XML against its schema), start it, set autostart. Any
-failure undoes everything this run did, in reverse. A slice that already runs is
-re-pinned live when only its pins drifted; anything bigger needs --allow-move.
+Order per new slice: detach its NICs to vfio, define the domain (libvirt validates the XML
+against its schema), create its disk and seed volumes, start it, set autostart. The
+domain comes before the volumes so that a run killed while creating them leaves a domain
+that names them: the next apply finishes the slice, `destroy` removes it (volumes.py).
+Any failure, Ctrl-C and SIGTERM included, undoes everything this run did, in reverse.
+A slice that already runs is re-pinned live when only its pins drifted; anything bigger
+needs --allow-move. Volumes under a slice's names that bmslice did not make are refused
+before any change.
 """
 
 from __future__ import annotations
@@ -14,12 +18,25 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from bmslice.apply import pf_link, sriov, storage
-from bmslice.apply.context import Context, is_local, load_context
-from bmslice.apply.libvirt_conn import AFFECT_CONFIG, AFFECT_LIVE, VALIDATE, cpumap, host_cpu_count, lookup
+from bmslice.apply import pf_link, sriov, storage, volumes
+from bmslice.apply.context import Context, load_context
+from bmslice.apply.libvirt_conn import (
+    AFFECT_CONFIG,
+    AFFECT_LIVE,
+    VALIDATE,
+    connected,
+    cpumap,
+    host_cpu_count,
+    host_key,
+    libvirt_errors,
+    lookup,
+    stop_domain,
+)
 from bmslice.apply.lock import host_lock
-from bmslice.apply.seed import build_seed
+from bmslice.apply.seed import read_seed
 from bmslice.apply.transaction import Step, run_steps
+from bmslice.apply.uri import is_local
+from bmslice.apply.volumes import disk_slot, seed_slot
 from bmslice.cpuset import CpuSet
 from bmslice.errors import ApplyError
 from bmslice.model.live import LiveDomain
@@ -52,30 +69,19 @@ class ApplyResult:
         return bool(self.steps) and not self.dry_run
 
 
-def disk_name(vm: str) -> str:
-    return f"{vm}.qcow2"
-
-
-def seed_name(vm: str) -> str:
-    return f"{vm}-seed.iso"
-
-
 def apply(spec: Spec, origin: str, opts: ApplyOptions, report: Callable[[str], None]) -> ApplyResult:
-    with host_lock(opts.uri):
-        ctx = load_context(spec, origin, opts.uri, opts.host_root, opts.allow_move)
-        try:
-            _preflight(ctx, spec, opts)
-            steps: list[Step] = _sriov_host_steps(ctx, opts)
-            for vm_spec in spec.vms:
-                steps.extend(_steps_for(ctx, vm_spec, ctx.plan.vm(vm_spec.name), opts))
-            result = ApplyResult(warnings=list(ctx.plan.warnings), dry_run=opts.dry_run)
-            if opts.dry_run:
-                result.steps = [s.description for s in steps]
-                return result
-            result.steps = run_steps(steps, report).done
+    with libvirt_errors(opts.uri), connected(opts.uri) as conn, host_lock(host_key(conn), opts.uri):
+        ctx = load_context(spec, origin, opts.uri, conn, opts.host_root, opts.allow_move)
+        _preflight(ctx, spec, opts)
+        steps: list[Step] = _sriov_host_steps(ctx, opts)
+        result = ApplyResult(warnings=list(ctx.plan.warnings), dry_run=opts.dry_run)
+        for vm_spec in spec.vms:
+            steps.extend(_steps_for(ctx, vm_spec, ctx.plan.vm(vm_spec.name), opts, result.warnings))
+        if opts.dry_run:
+            result.steps = [s.description for s in steps]
             return result
-        finally:
-            ctx.close()
+        result.steps = run_steps(steps, report, alive=lambda: bool(conn.isAlive())).done
+        return result
 
 
 def _preflight(ctx: Context, spec: Spec, opts: ApplyOptions) -> None:
@@ -121,31 +127,68 @@ def _sriov_host_steps(ctx: Context, opts: ApplyOptions) -> list[Step]:
 
 def _disks(ctx: Context, vm_spec: VmSpec, vm: VmPlan) -> tuple[Disk, ...]:
     disks: list[Disk] = []
-    if vm_spec.disk is not None:
-        base = storage.pool_path(storage.pool(ctx.conn, vm_spec.disk.pool))
+    if (disk := disk_slot(vm_spec)) is not None:
+        base = storage.pool_path(storage.pool(ctx.conn, disk.pool))
         iothread = 1 if vm.iothreads else None
-        disks.append(Disk(f"{base}/{disk_name(vm.name)}", "vda", iothread=iothread))
-    if vm_spec.cloud_init is not None:
-        pool_name = vm_spec.disk.pool if vm_spec.disk is not None else "default"
-        base = storage.pool_path(storage.pool(ctx.conn, pool_name))
-        disks.append(Disk(f"{base}/{seed_name(vm.name)}", "sda", "cdrom", "raw", "sata", readonly=True))
+        disks.append(Disk(f"{base}/{disk.name}", "vda", iothread=iothread))
+    if (seed := seed_slot(vm_spec)) is not None:
+        base = storage.pool_path(storage.pool(ctx.conn, seed.pool))
+        disks.append(Disk(f"{base}/{seed.name}", "sda", "cdrom", "raw", "sata", readonly=True))
     return tuple(disks)
 
 
-def _steps_for(ctx: Context, vm_spec: VmSpec, vm: VmPlan, opts: ApplyOptions) -> list[Step]:
+def _steps_for(ctx: Context, vm_spec: VmSpec, vm: VmPlan, opts: ApplyOptions, warnings: list[str]) -> list[Step]:
     desired = domain_from_plan(vm, _disks(ctx, vm_spec, vm))
     live = ctx.live.get(vm.name)
     if live is None:
         return _create_steps(ctx, vm_spec, vm, desired, opts)
+    listed = {disk.path for disk in from_xml(live.inactive_xml).disks}
+    running = live.active and vm.name not in ctx.moving  # a slice that moves is stopped first
+    ensure = _volume_steps(ctx, vm_spec, opts.spec_dir, listed, False, warnings.append, running)
     if vm.name in ctx.moving:
-        return [_stop_step(ctx, vm.name), *_redefine_steps(ctx, live, desired), _start_step(ctx, vm.name)]
-    return _converge_steps(ctx, live, desired, opts.allow_move)
+        return [_stop_step(ctx, vm.name), *_redefine_steps(ctx, live, desired), *ensure, _start_step(ctx, vm.name)]
+    return [*ensure, *_converge_steps(ctx, live, desired, opts.allow_move)]
+
+
+def _volume_steps(
+    ctx: Context,
+    vm_spec: VmSpec,
+    spec_dir: Path,
+    listed: set[str],
+    new_slice: bool,
+    warn: Callable[[str], None],
+    running: bool = False,
+) -> list[Step]:
+    """The disk and seed as this run needs them; `listed`: the volume paths the slice's domain names.
+
+    For a new slice a volume that is not bmslice's is refused; for a slice already defined
+    on it, it is only warned about (the slice uses it today, bmslice leaves it as it is).
+    """
+    steps: list[Step] = []
+    if (slot := disk_slot(vm_spec)) is not None:
+        assert vm_spec.disk is not None
+        pool = storage.pool(ctx.conn, slot.pool)
+        named = f"{storage.pool_path(pool)}/{slot.name}" in listed
+        steps += volumes.disk_steps(pool, slot, vm_spec.disk, named, new_slice, warn, running)
+    if (slot := seed_slot(vm_spec)) is not None:
+        assert vm_spec.cloud_init is not None
+        seed = read_seed(vm_spec.name, vm_spec.cloud_init, spec_dir)  # read and checked before any change
+        pool = storage.pool(ctx.conn, slot.pool)
+        named = f"{storage.pool_path(pool)}/{slot.name}" in listed
+        steps += volumes.seed_steps(pool, slot, seed, named, new_slice, warn)
+    return steps
 
 
 # --- a new slice ---------------------------------------------------------------------
 
 
 def _create_steps(ctx: Context, vm_spec: VmSpec, vm: VmPlan, desired: Domain, opts: ApplyOptions) -> list[Step]:
+    if lookup(ctx.conn, vm.name) is not None:  # defined, but not by bmslice (no bmslice metadata)
+        raise ApplyError(
+            f"a domain named {vm.name} already exists and bmslice did not define it; "
+            "bmslice does not take over another's domain: rename one of them"
+        )
+    ensure_volumes = _volume_steps(ctx, vm_spec, opts.spec_dir, set(), True, lambda _line: None)  # refusals first
     steps = [
         _detach_step(ctx, dev.address)
         for dev in vm.devices
@@ -153,19 +196,17 @@ def _create_steps(ctx: Context, vm_spec: VmSpec, vm: VmPlan, desired: Domain, op
     ]
     steps += pf_link.pf_up_steps(vm.devices, _live_kernel(opts))
     steps += sriov.vf_setting_steps(vm.devices, _live_kernel(opts))
-    if vm_spec.disk is not None:
-        steps.append(_disk_step(ctx, vm_spec, vm.name))
-    if vm_spec.cloud_init is not None:
-        steps.append(_seed_step(ctx, vm_spec, vm.name, opts.spec_dir))
     xml = to_xml(desired)
+
+    def undefine() -> None:
+        dom = lookup(ctx.conn, vm.name)
+        if dom is not None:
+            dom.undefine()
+
     steps.append(
-        Step(
-            f"define {vm.name}",
-            lambda: ctx.conn.defineXMLFlags(xml, VALIDATE),
-            lambda: ctx.conn.lookupByName(vm.name).undefine(),
-            f"undefine {vm.name}",
-        )
+        Step(f"define {vm.name}", lambda: ctx.conn.defineXMLFlags(xml, VALIDATE), undefine, f"undefine {vm.name}")
     )
+    steps += ensure_volumes
     steps.append(_start_step(ctx, vm.name))
     steps.append(
         Step(
@@ -192,41 +233,11 @@ def _detach_step(ctx: Context, address: str) -> Step:
     )
 
 
-def _disk_step(ctx: Context, vm_spec: VmSpec, name: str) -> Step:
-    assert vm_spec.disk is not None
-    disk = vm_spec.disk
-    pool = storage.pool(ctx.conn, disk.pool)
-    if storage.find_volume(pool, disk_name(name)) is not None:
-        return Step(f"reuse volume {disk.pool}/{disk_name(name)}", lambda: None)
-    backing = f" backed by {disk.image}" if disk.image else ""
-    return Step(
-        f"create volume {disk.pool}/{disk_name(name)} ({disk.size} MiB qcow2{backing})",
-        lambda: storage.create_disk(pool, disk_name(name), disk),
-        lambda: storage.delete_volume(pool, disk_name(name)),
-        f"delete volume {disk.pool}/{disk_name(name)}",
-    )
-
-
-def _seed_step(ctx: Context, vm_spec: VmSpec, name: str, spec_dir: Path) -> Step:
-    assert vm_spec.cloud_init is not None
-    pool_name = vm_spec.disk.pool if vm_spec.disk is not None else "default"
-    pool = storage.pool(ctx.conn, pool_name)
-    data = build_seed(name, vm_spec.cloud_init, spec_dir)  # read and checked before any change
-    if storage.find_volume(pool, seed_name(name)) is not None:
-        return Step(f"reuse seed {pool_name}/{seed_name(name)}", lambda: None)
-    return Step(
-        f"create cloud-init seed {pool_name}/{seed_name(name)}",
-        lambda: storage.upload_seed(ctx.conn, pool, seed_name(name), data),
-        lambda: storage.delete_volume(pool, seed_name(name)),
-        f"delete seed {pool_name}/{seed_name(name)}",
-    )
-
-
 def _start_step(ctx: Context, name: str) -> Step:
     return Step(
         f"start {name}",
         lambda: ctx.conn.lookupByName(name).create(),
-        lambda: ctx.conn.lookupByName(name).destroy(),
+        lambda: stop_domain(ctx.conn.lookupByName(name)),
         f"stop {name}",
     )
 

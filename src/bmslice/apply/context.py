@@ -12,7 +12,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bmslice.apply.libvirt_conn import managed_domains, open_rw
+from bmslice.apply.libvirt_conn import managed_domains
+from bmslice.apply.uri import is_local as is_local  # re-exported: callers ask context for it
 from bmslice.errors import ApplyError
 from bmslice.model.live import LiveDomain
 from bmslice.model.plan import Plan, VmPlan, vm_from_dict
@@ -31,13 +32,6 @@ class Context:
     recorded: dict[str, VmPlan]  # the plan each live slice was applied with
     plan: Plan
     moving: tuple[str, ...]  # slices whose spec changed so that they must move (--allow-move)
-
-    def close(self) -> None:
-        self.conn.close()
-
-
-def is_local(uri: str) -> bool:
-    return uri.startswith("qemu:///")
 
 
 def discover(uri: str, host_root: Path | None) -> HostTopology:
@@ -66,17 +60,13 @@ def recorded_plan(live: LiveDomain) -> VmPlan | None:
         raise ApplyError(f"{live.name}: its bmslice metadata is unreadable; destroy and re-apply it") from None
 
 
-def load_context(spec: Spec, origin: str, uri: str, host_root: Path | None, allow_move: bool) -> Context:
+def load_context(spec: Spec, origin: str, uri: str, conn: Any, host_root: Path | None, allow_move: bool) -> Context:
+    """Everything read about the host through `conn` (the caller's, open for the whole run)."""
     topology = discover(uri, host_root)
-    conn = open_rw(uri)
-    try:
-        live = managed_domains(conn)
-        recorded = {name: old for name, dom in live.items() if (old := recorded_plan(dom)) is not None}
-        names = {vm.name for vm in spec.vms}
-        moving = tuple(name for name, old in recorded.items() if name in names and slice_changes(old, spec.vm(name)))
-        keep = [old for name, old in recorded.items() if not (allow_move and name in moving)]
-        plan = make_plan(topology, spec, origin=origin, keep=keep)
-    except BaseException:
-        conn.close()
-        raise
+    live = managed_domains(conn)
+    recorded = {name: old for name, dom in live.items() if (old := recorded_plan(dom)) is not None}
+    names = {vm.name for vm in spec.vms}
+    moving = tuple(name for name, old in recorded.items() if name in names and slice_changes(old, spec.vm(name)))
+    keep = [old for name, old in recorded.items() if not (allow_move and name in moving)]
+    plan = make_plan(topology, spec, origin=origin, keep=keep)
     return Context(conn, uri, topology, live, recorded, plan, moving if allow_move else ())

@@ -1,4 +1,9 @@
-"""bmslice destroy: stop and undefine the spec's slices, delete their volumes, give NICs back."""
+"""bmslice destroy: stop and undefine the spec's slices, delete their volumes, give NICs back.
+
+Only volumes bmslice can prove it made are deleted (volumes.py): a volume under a slice's
+name without bmslice's mark is left in place and named. Volumes that a killed apply left
+without a domain are found by name and mark, and removed too.
+"""
 
 from __future__ import annotations
 
@@ -8,14 +13,27 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from bmslice.apply.applier import disk_name, seed_name
-from bmslice.apply.context import discover, is_local, recorded_plan
-from bmslice.apply.libvirt_conn import LibvirtError, lookup, managed_domains, open_rw, reason
+from bmslice.apply import storage
+from bmslice.apply.context import discover, recorded_plan
+from bmslice.apply.libvirt_conn import (
+    NO_VOLUME,
+    LibvirtError,
+    connected,
+    host_key,
+    libvirt_errors,
+    lookup,
+    managed_domains,
+    reason,
+    stop_domain,
+)
 from bmslice.apply.lock import host_lock
 from bmslice.apply.sriov import drop_udev_rule, write_numvfs
+from bmslice.apply.uri import is_local
+from bmslice.apply.volumes import Owner, Slot, disk_name, disk_slot, examine, examine_slot, seed_name, seed_slot
 from bmslice.errors import ApplyError
+from bmslice.model.live import LiveDomain
 from bmslice.model.plan import DeviceAssignment
-from bmslice.model.spec import Spec
+from bmslice.model.spec import Spec, VmSpec
 from bmslice.model.topology import nodedev_name
 from bmslice.render.domain_xml import from_xml
 
@@ -27,8 +45,57 @@ class DestroyOptions:
     host_root: Path | None = None
 
 
-def _delete_volume(conn: Any, path: str) -> None:
-    conn.storageVolLookupByPath(path).delete(0)
+Act = Callable[[str, Callable[[], object]], None]
+
+
+def _volume_at(conn: Any, path: str) -> Any | None:
+    try:
+        return conn.storageVolLookupByPath(path)
+    except LibvirtError as exc:
+        if exc.get_error_code() == NO_VOLUME:
+            return None
+        raise
+
+
+def _domain_volumes(
+    conn: Any, live: LiveDomain, keep_disks: bool, report: Callable[[str], None]
+) -> list[tuple[str, Any]]:
+    """The slice's disk and seed volumes that bmslice made, as (path, volume); others are named and kept."""
+    ours = []
+    for disk in from_xml(live.inactive_xml).disks:
+        name = Path(disk.path).name
+        if name != seed_name(live.name) and (name != disk_name(live.name) or keep_disks):
+            continue
+        vol = _volume_at(conn, disk.path)
+        if vol is None:
+            report(f"volume {disk.path}: already gone")
+            continue
+        slot = Slot(live.name, vol.storagePoolLookupByVolume().name(), vol.name())
+        found = examine(vol, slot, listed=True)
+        if found.owner is Owner.FOREIGN:
+            report(f"keep volume {disk.path}: bmslice did not create it ({found.why})")
+            continue
+        ours.append((disk.path, vol))
+    return ours
+
+
+def _leftover_volumes(conn: Any, vm: VmSpec, keep_disks: bool, act: Act, report: Callable[[str], None]) -> None:
+    """Volumes of a slice with no domain: what a killed apply left. Only bmslice's own go."""
+    slots = [s for s in (None if keep_disks else disk_slot(vm), seed_slot(vm)) if s is not None]
+    for slot in slots:
+        try:
+            pool = storage.pool(conn, slot.pool)
+        except ApplyError as exc:
+            report(f"{slot.name}: not looked for ({exc})")
+            continue
+        found = examine_slot(pool, slot, listed=False)
+        if found.owner is Owner.OURS and found.vol is not None:
+            act(
+                f"delete volume {found.vol.path()} (its domain is gone)",
+                partial(storage.delete_volume, found.vol),
+            )
+        elif found.owner is not Owner.MISSING:
+            report(f"keep volume {slot.label}: bmslice did not create it ({found.why})")
 
 
 def _reattach(conn: Any, nodedev: str) -> None:
@@ -53,53 +120,49 @@ def destroy(spec: Spec, opts: DestroyOptions, report: Callable[[str], None]) -> 
         except (LibvirtError, ApplyError) as exc:
             failures.append(f"{text}: {reason(exc)}")
 
-    with host_lock(opts.uri):
+    with libvirt_errors(opts.uri), connected(opts.uri) as conn, host_lock(host_key(conn), opts.uri):
         topo = discover(opts.uri, opts.host_root)
-        conn = open_rw(opts.uri)
-        try:
-            live = managed_domains(conn)
-            released: list[DeviceAssignment] = []
-            for vm in reversed(spec.vms):
-                current = live.get(vm.name)
-                if current is None:
-                    report(f"{vm.name}: not defined, nothing to do")
+        live = managed_domains(conn)
+        released: list[DeviceAssignment] = []
+        for vm in reversed(spec.vms):
+            current = live.get(vm.name)
+            if current is None:
+                report(f"{vm.name}: not defined")
+                _leftover_volumes(conn, vm, opts.keep_disks, step, report)
+                continue
+            plan = recorded_plan(current)
+            dom = lookup(conn, vm.name)
+            if dom is None:
+                continue
+            volumes = _domain_volumes(conn, current, opts.keep_disks, report)  # judged while the domain names them
+            if current.active:
+                step(f"stop {vm.name}", partial(stop_domain, dom))
+            step(f"undefine {vm.name}", dom.undefine)
+            for path, vol in volumes:
+                step(f"delete volume {path}", partial(storage.delete_volume, vol))
+            for dev in plan.devices if plan is not None else ():
+                if dev.type == "vf":
+                    released.append(dev)
                     continue
-                plan = recorded_plan(current)
-                dom = lookup(conn, vm.name)
-                if dom is None:
+                now = topo.pci(dev.address)
+                if dev.driver in (None, "vfio-pci") or (now is not None and now.driver == dev.driver):
                     continue
-                if current.active:
-                    step(f"stop {vm.name}", dom.destroy)
-                step(f"undefine {vm.name}", dom.undefine)
-                for disk in from_xml(current.inactive_xml).disks:
-                    name = Path(disk.path).name
-                    if name == seed_name(vm.name) or (name == disk_name(vm.name) and not opts.keep_disks):
-                        step(f"delete volume {disk.path}", partial(_delete_volume, conn, disk.path))
-                for dev in plan.devices if plan is not None else ():
-                    if dev.type == "vf":
-                        released.append(dev)
-                        continue
-                    now = topo.pci(dev.address)
-                    if dev.driver in (None, "vfio-pci") or (now is not None and now.driver == dev.driver):
-                        continue
-                    node = nodedev_name(dev.address)
-                    step(f"reattach {dev.address} to {dev.driver}", partial(_reattach, conn, node))
-            destroyed = {vm.name for vm in spec.vms}
-            still_used = {
-                d.pf
-                for name, dom in live.items()
-                if name not in destroyed and (p := recorded_plan(dom)) is not None
-                for d in p.devices
-                if d.type == "vf"
-            }
-            for pf in sorted({d.pf for d in released if d.created_vfs and d.pf and d.pf not in still_used}):
-                root = opts.host_root or Path("/")
-                if opts.host_root is None and not is_local(opts.uri):
-                    report(f"VFs of {pf} left in place: remove them on the host (sriov_numvfs 0)")
-                    continue
-                step(f"remove the VFs bmslice created on {pf} (sriov_numvfs 0)", partial(_remove_vfs, root, pf))
-        finally:
-            conn.close()
+                node = nodedev_name(dev.address)
+                step(f"reattach {dev.address} to {dev.driver}", partial(_reattach, conn, node))
+        destroyed = {vm.name for vm in spec.vms}
+        still_used = {
+            d.pf
+            for name, dom in live.items()
+            if name not in destroyed and (p := recorded_plan(dom)) is not None
+            for d in p.devices
+            if d.type == "vf"
+        }
+        for pf in sorted({d.pf for d in released if d.created_vfs and d.pf and d.pf not in still_used}):
+            root = opts.host_root or Path("/")
+            if opts.host_root is None and not is_local(opts.uri):
+                report(f"VFs of {pf} left in place: remove them on the host (sriov_numvfs 0)")
+                continue
+            step(f"remove the VFs bmslice created on {pf} (sriov_numvfs 0)", partial(_remove_vfs, root, pf))
     if failures:
         raise ApplyError("destroy finished with failures: " + "; ".join(failures))
     return done

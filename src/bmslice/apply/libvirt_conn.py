@@ -1,12 +1,20 @@
-"""Opening a read-write libvirt connection and reading live domains back."""
+"""Opening a read-write libvirt connection and reading live domains back.
+
+An error is never taken for an absence: only libvirt's own "no such domain / no such
+metadata" codes mean "not there"; anything else (a lost connection above all) is raised,
+so a dropped libvirtd cannot make a slice look undefined or unmanaged.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
 from typing import Any
 
 import libvirt
 
 from bmslice.apply.connection import libvirt_error_text, open_connection
+from bmslice.apply.uri import is_local_system
 from bmslice.cpuset import CpuSet
 from bmslice.errors import ApplyError
 from bmslice.model.live import LiveDomain
@@ -16,6 +24,8 @@ LibvirtError = libvirt.libvirtError
 VALIDATE = libvirt.VIR_DOMAIN_DEFINE_VALIDATE
 AFFECT_LIVE = libvirt.VIR_DOMAIN_AFFECT_LIVE
 AFFECT_CONFIG = libvirt.VIR_DOMAIN_AFFECT_CONFIG
+NO_VOLUME = libvirt.VIR_ERR_NO_STORAGE_VOL
+_UNSUPPORTED = (libvirt.VIR_ERR_NO_SUPPORT, libvirt.VIR_ERR_ARGUMENT_UNSUPPORTED, libvirt.VIR_ERR_OPERATION_INVALID)
 
 
 def reason(exc: BaseException) -> str:
@@ -24,6 +34,36 @@ def reason(exc: BaseException) -> str:
 
 def open_rw(uri: str) -> Any:
     return open_connection(uri, read_only=False, error=ApplyError)
+
+
+@contextmanager
+def connected(uri: str) -> Iterator[Any]:
+    """A read-write connection, closed on the way out (a connection already lost closes quietly)."""
+    conn = open_rw(uri)
+    try:
+        yield conn
+    finally:
+        with suppress(libvirt.libvirtError):
+            conn.close()
+
+
+@contextmanager
+def libvirt_errors(uri: str) -> Iterator[None]:
+    """The boundary of apply, verify and destroy: a libvirt error that escaped becomes one line."""
+    try:
+        yield
+    except libvirt.libvirtError as exc:
+        raise ApplyError(f"libvirt on {uri}: {libvirt_error_text(exc)}") from None
+
+
+def host_key(conn: Any) -> str:
+    """Which host a connection reaches, as the host itself says (for the one-run-per-host lock).
+
+    Asked of libvirt, not read off the URI, so `qemu:///system`, `qemu+unix:///system` and
+    `qemu+ssh://` to this machine's own name are one host. The driver is part of the key
+    because libvirt's test driver answers with this machine's name for a host it invents.
+    """
+    return f"{conn.getType().lower()}@{conn.getHostname()}"
 
 
 def host_cpu_count(conn: Any) -> int:
@@ -45,9 +85,20 @@ def _cpuset(mask: Any) -> CpuSet:
 def is_managed(dom: Any) -> bool:
     try:
         dom.metadata(libvirt.VIR_DOMAIN_METADATA_ELEMENT, BMSLICE_NS, 0)
-    except libvirt.libvirtError:
-        return False
+    except libvirt.libvirtError as exc:
+        if exc.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN_METADATA:
+            return False
+        raise
     return True
+
+
+def stop_domain(dom: Any) -> None:
+    """Stop (destroy) the domain; one that stopped meanwhile is what was wanted, not a failure."""
+    try:
+        dom.destroy()
+    except libvirt.libvirtError:
+        if dom.isActive():
+            raise
 
 
 def lookup(conn: Any, name: str) -> Any | None:
@@ -60,7 +111,7 @@ def lookup(conn: Any, name: str) -> Any | None:
 
 
 def _pid(conn: Any, name: str) -> int | None:
-    if not conn.getURI().startswith("qemu:///system"):
+    if not is_local_system(conn.getURI()):
         return None
     try:
         return int(open(f"/run/libvirt/qemu/{name}.pid").read().strip())
@@ -79,7 +130,9 @@ def read_live(conn: Any, dom: Any) -> LiveDomain:
         vcpus = tuple(_cpuset(m) for m in dom.vcpuPinInfo(flags))
         emulator = _cpuset(dom.emulatorPinInfo(flags))
         iothreads = tuple((int(i), _cpuset(m)) for i, m in dom.ioThreadInfo(flags))
-    except libvirt.libvirtError:  # drivers without pin info (test:///) still report XML
+    except libvirt.libvirtError as exc:  # a driver without pin info still reports XML
+        if exc.get_error_code() not in _UNSUPPORTED:
+            raise
         vcpus, emulator, iothreads = (), None, ()
     return LiveDomain(
         name=name,
@@ -96,4 +149,12 @@ def read_live(conn: Any, dom: Any) -> LiveDomain:
 
 def managed_domains(conn: Any) -> dict[str, LiveDomain]:
     """Every domain bmslice defined (it carries bmslice metadata), by name."""
-    return {dom.name(): read_live(conn, dom) for dom in conn.listAllDomains(0) if is_managed(dom)}
+    found = {}
+    for dom in conn.listAllDomains(0):
+        try:
+            if is_managed(dom):
+                found[dom.name()] = read_live(conn, dom)
+        except libvirt.libvirtError as exc:
+            if exc.get_error_code() != libvirt.VIR_ERR_NO_DOMAIN:  # undefined meanwhile: simply not there
+                raise
+    return found

@@ -1,4 +1,10 @@
-"""One bmslice run per host at a time (faults.md 28): an exclusive, non-blocking flock."""
+"""One bmslice run per host at a time (faults.md 28): an exclusive, non-blocking flock.
+
+The lock is named by what the host is, not by how it was reached: apply and destroy key it
+on `libvirt_conn.host_key(conn)` (the host's own name as libvirt reports it), so
+`qemu:///system`, `qemu:///system?` and `qemu+unix:///system` take one lock. The second
+run refuses at once, naming the holder; it does not wait.
+"""
 
 from __future__ import annotations
 
@@ -14,15 +20,15 @@ from bmslice.errors import ApplyError
 LOCK_DIR = Path(os.environ.get("BMSLICE_LOCK_DIR", "/run/lock/bmslice"))
 
 
-def lock_path(uri: str) -> Path:
-    digest = hashlib.sha256(uri.encode()).hexdigest()[:16]
+def lock_path(key: str) -> Path:
+    digest = hashlib.sha256(key.encode()).hexdigest()[:16]
     return LOCK_DIR / f"{digest}.lock"
 
 
 @contextmanager
-def host_lock(uri: str) -> Iterator[None]:
-    """Hold the lock for `uri`; a second holder gets ApplyError at once, not a wait."""
-    path = lock_path(uri)
+def host_lock(key: str, via: str = "") -> Iterator[None]:
+    """Hold the lock for host `key` (`via`: the URI this run used, shown to a second run)."""
+    path = lock_path(key)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         handle = path.open("a+")
@@ -35,11 +41,11 @@ def host_lock(uri: str) -> Iterator[None]:
             handle.seek(0)
             holder = handle.read().strip() or "another process"
             raise ApplyError(
-                f"another bmslice run holds the lock for {uri} ({holder}); try again when it ends"
+                f"another bmslice run holds the lock for host {key} ({holder}); try again when it ends"
             ) from None
         handle.seek(0)
         handle.truncate()
-        handle.write(f"pid {os.getpid()}\n")
+        handle.write(f"pid {os.getpid()}{f' via {via}' if via else ''}\n")
         handle.flush()
         try:
             yield

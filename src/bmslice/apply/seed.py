@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from bmslice.apply.ownership import Mark, files_digest, iso_with_mark
 from bmslice.errors import ApplyError
 from bmslice.model.spec import HASH_PREFIXES, SSH_KEY_RE, CloudInitSpec
 from bmslice.render.cloud_init import meta_data, seed_iso, user_data
@@ -59,11 +61,23 @@ def _extra(spec: CloudInitSpec, base: Path) -> dict[str, Any]:
     return data
 
 
-def build_seed(vm_name: str, spec: CloudInitSpec, base: Path) -> bytes:
+@dataclass(frozen=True)
+class Seed:
+    """What a VM's seed carries, by name on the seed; `digest` identifies it (ownership.files_digest)."""
+
+    files: dict[str, str]
+    digest: str
+
+    def image(self, mark: Mark) -> bytes:
+        """The ISO, carrying `mark` with this seed's digest and the image's own hash."""
+        return iso_with_mark(seed_iso(self.files), replace(mark, files=self.digest))
+
+
+def read_seed(vm_name: str, spec: CloudInitSpec, base: Path) -> Seed:
     files = {
         "user-data": user_data(vm_name, _keys(spec, base), _password_hash(spec, base), _extra(spec, base)),
         "meta-data": meta_data(vm_name, domain_uuid(vm_name)),
     }
     for name, path in sorted(spec.seed_files.items()):
         files[name] = _read(path, base, f"seed_files.{name}")
-    return seed_iso(files)
+    return Seed(files, files_digest(files))

@@ -6,7 +6,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bmslice.apply.context import is_local, load_context
+from bmslice.apply.context import load_context
+from bmslice.apply.libvirt_conn import connected, libvirt_errors
+from bmslice.apply.uri import is_local
 from bmslice.model.spec import Spec
 from bmslice.render.domain_model import domain_from_plan
 from bmslice.verify.compare import compare_definition, compare_pins, compare_threads, compare_vfs
@@ -39,32 +41,35 @@ class VerifyReport:
 
 
 def verify(spec: Spec, origin: str, uri: str, host_root: Path | None = None) -> VerifyReport:
+    # a lost libvirtd is one error line, never a half report or a traceback
+    with libvirt_errors(uri), connected(uri) as conn:
+        return _verify(spec, origin, uri, conn, host_root)
+
+
+def _verify(spec: Spec, origin: str, uri: str, conn: Any, host_root: Path | None) -> VerifyReport:
     # allow_move: a slice whose spec changed is planned afresh, so the change shows as drift
-    ctx = load_context(spec, origin, uri, host_root, allow_move=True)
-    try:
-        slices = []
-        for vm_spec in spec.vms:
-            vm = ctx.plan.vm(vm_spec.name)
-            live = ctx.live.get(vm.name)
-            if live is None:
-                slices.append(SliceStatus(vm.name, "not defined", [f"{vm.name} is not defined"]))
-                continue
-            desired = domain_from_plan(vm)
-            drift = compare_definition(vm.name, desired, live.xml)
-            drift += compare_pins(vm.name, desired, live)  # live pins when running, else the definition's
-            if live.active and live.pid is not None and is_local(uri) and host_root is None:
-                drift += compare_threads(vm, read_threads(live.pid))
-            if is_local(uri) and host_root is None:  # netlink answers for this kernel only
-                drift += compare_vfs(vm, ctx.topology.vf_states)
-            if not live.active:
-                drift.insert(0, f"{vm.name} is not running")
-            slices.append(SliceStatus(vm.name, "running" if live.active else "shut off", drift))
-        notes = []
-        if ctx.plan.host.reboot_required:
-            notes.append(
-                "reboot pending (not drift): kernel args not active yet: " + " ".join(ctx.plan.host.missing_kernel_args)
-            )
-        notes.extend(ctx.plan.warnings)
-        return VerifyReport(slices, notes)
-    finally:
-        ctx.close()
+    ctx = load_context(spec, origin, uri, conn, host_root, allow_move=True)
+    slices = []
+    for vm_spec in spec.vms:
+        vm = ctx.plan.vm(vm_spec.name)
+        live = ctx.live.get(vm.name)
+        if live is None:
+            slices.append(SliceStatus(vm.name, "not defined", [f"{vm.name} is not defined"]))
+            continue
+        desired = domain_from_plan(vm)
+        drift = compare_definition(vm.name, desired, live.xml)
+        drift += compare_pins(vm.name, desired, live)  # live pins when running, else the definition's
+        if live.active and live.pid is not None and is_local(uri) and host_root is None:
+            drift += compare_threads(vm, read_threads(live.pid))
+        if is_local(uri) and host_root is None:  # netlink answers for this kernel only
+            drift += compare_vfs(vm, ctx.topology.vf_states)
+        if not live.active:
+            drift.insert(0, f"{vm.name} is not running")
+        slices.append(SliceStatus(vm.name, "running" if live.active else "shut off", drift))
+    notes = []
+    if ctx.plan.host.reboot_required:
+        notes.append(
+            "reboot pending (not drift): kernel args not active yet: " + " ".join(ctx.plan.host.missing_kernel_args)
+        )
+    notes.extend(ctx.plan.warnings)
+    return VerifyReport(slices, notes)

@@ -227,8 +227,8 @@ def test_check_mode_on_a_server_never_applied_goes_green(tmp_path: Path) -> None
     status, applied = results[APPLY]["never-applied"]
     assert status == "changed"
     assert applied["steps"] == [
+        "define tiny-worker-1",  # first, so a killed run leaves a domain that names its volumes
         "create cloud-init seed default/tiny-worker-1-seed.iso",  # built from an empty stand-in for the join file
-        "define tiny-worker-1",
         "start tiny-worker-1",
         "set autostart on tiny-worker-1",
     ]

@@ -23,12 +23,13 @@ class Lab:
     def __init__(self) -> None:
         self.info: dict[str, Any] = {}
 
-    def ensure(self, kernel_args: tuple[str, ...] | None = None) -> dict[str, Any]:
-        """The lab up; booted with exactly `kernel_args` when given (None: whatever it runs with)."""
+    def ensure(self, kernel_args: tuple[str, ...] | None = None, like: str | None = None) -> dict[str, Any]:
+        """The lab up; booted with exactly `kernel_args` (None: whatever it runs with), shaped after `like`."""
         booted_with = tuple(self.info.get("extra_args", ()))
-        if not self.info or (kernel_args is not None and booted_with != kernel_args):
-            self.info = labctl.boot(kernel_args or ())
+        if not self.info or self.info.get("like") != like or (kernel_args is not None and booted_with != kernel_args):
+            self.info = labctl.boot(kernel_args or (), like)
             self.info["extra_args"] = kernel_args or ()
+            self.info["like"] = like
         return self.info
 
 

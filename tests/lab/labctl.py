@@ -122,18 +122,21 @@ def sh(script: str, files: Iterable[Path] = (), timeout: int = 300) -> Result:
     return run("/bin/sh", "-c", script, files=files, timeout=timeout)
 
 
-def boot(kernel_args: Sequence[str] = ()) -> dict[str, Any]:
-    """(Re)boot the test lab with these extra kernel args; its status JSON."""
+def boot(kernel_args: Sequence[str] = (), like: str | None = None) -> dict[str, Any]:
+    """(Re)boot the test lab with these extra kernel args (shaped after `like`); its status JSON."""
     host("lab", "down", "--name", LAB, timeout=120)
     args = ["lab", "up", "--name", LAB, "--ttl", "5400", "--boot-timeout", "600"]
     if kernel_args:
         args += ["--append", " ".join(kernel_args)]
+    if like:
+        args += ["--like", like]
     up = host(*args, timeout=1200)
     assert up.rc == 0, f"the lab did not come up\n{up.report()}"
     status = host("lab", "status", "--json").expect().json()
     found = [lab for lab in status if lab["name"] == LAB and lab["running"]]
     assert found, f"bmslice lab status does not list {LAB} as running: {status}"
     info: dict[str, Any] = found[0]
+    info["up_stdout"] = up.out
     say(f"lab up in {up.seconds:.0f} s; kernel args: {info['kernel_args']}")
     return info
 

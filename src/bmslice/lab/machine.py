@@ -223,13 +223,21 @@ def up(
         scaled_down=scaled_down,
     )
     lab.meta.write_text(json.dumps(info.to_dict(), indent=2) + "\n")
+    # SIGTERM while booting ends like Ctrl-C: the half-booted lab is stopped, not left to its TTL.
+    previous = signal.signal(signal.SIGTERM, _terminate)
     try:
         _wait_ready(lab, proc, boot_timeout_s, say)
     except BaseException:
         _stop_process(proc.pid, lab.mark, 5)
         proc.wait()
         raise
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     return info
+
+
+def _terminate(signum: int, _frame: object) -> None:
+    raise KeyboardInterrupt(signal.Signals(signum).name)
 
 
 def _wait_ready(lab: LabDir, proc: subprocess.Popen[bytes], timeout_s: int, say: Say) -> None:

@@ -230,6 +230,7 @@ def up(
     except BaseException:
         _stop_process(proc.pid, lab.mark, 5)
         proc.wait()
+        lab.meta.unlink(missing_ok=True)  # not up; its console log stays for a look until the next `up`
         raise
     finally:
         signal.signal(signal.SIGTERM, previous)

@@ -8,6 +8,9 @@ cloud-init's own schema check on every user-data bmslice writes.
 - the static CPU manager with full-pcpus-only, the topology manager's scope, and the static
   memory manager with reservedMemory when the VM's memory is hugepages;
 - a VM without a disk image gets a loud warning; the example's VMs boot from a cloud image;
+- a realtime worker isolates its realtime vCPUs with tuned's realtime-virtual-guest profile,
+  reboots once for the profile's kernel args, and its kubelet reserves the housekeeping vCPUs;
+  housekeeping that splits a guest core is refused by the host planner the fleet runs;
 - `cloud-init schema --config-file` (Debian's cloud-init, installed by scripts/setup-host.sh)
   passes on every user-data file of the example and of the variants here, and on the seed
   user-data apply builds; it fails on a broken one (the check bites). A missing cloud-init
@@ -25,7 +28,15 @@ from typing import Any
 import pytest
 import yaml
 
-from bmslice.fleet.guest import KUBELET_PATCH, guest_warnings, reserved_guest_cpus
+from bmslice.errors import PlanError
+from bmslice.fleet.check import check_host
+from bmslice.fleet.guest import (
+    JOIN_SCRIPT,
+    KUBELET_PATCH,
+    TUNED_GUEST_VARIABLES,
+    guest_warnings,
+    reserved_guest_cpus,
+)
 from bmslice.fleet.hosts import read_hosts
 from bmslice.fleet.placement import place
 from bmslice.fleet.render import render_fleet
@@ -149,6 +160,45 @@ def test_a_placement_file_without_guest_cores_still_reserves_a_whole_core(
     assert reserved_guest_cpus(replace(old.vm("red-worker-1"), guest_threads=1)) == (0,)
 
 
+REALTIME = {"hugepages": "1G", "realtime": {"housekeeping_vcpus": 2, "priority": 1}}
+
+
+def test_a_realtime_worker_isolates_its_realtime_vcpus_in_the_guest(
+    example: tuple[Fleet, dict[str, HostTopology]],
+) -> None:
+    fleet, topologies = example
+    rt = _variant(fleet, **REALTIME)
+    files = render_fleet(rt, place(rt, topologies), [KEY])
+    spec = yaml.safe_load(files["hosts/server1/spec.yaml"])
+    assert {vm["name"]: vm.get("realtime") for vm in spec["vms"]} == {
+        "red-worker-1": {"housekeeping_vcpus": 2, "priority": 1},
+        "blue-worker-1": {"housekeeping_vcpus": 2, "priority": 1},
+    }
+    user = yaml.safe_load(files["hosts/server1/guests/red-worker-1.user-data.yaml"])
+    tuned = next(f for f in user["write_files"] if f["path"] == TUNED_GUEST_VARIABLES)
+    assert tuned["content"].endswith("isolated_cores=2,3,4,5,6,7\nisolate_managed_irq=Y\n")
+    assert user["runcmd"] == [["tuned-adm", "profile", "realtime-virtual-guest"], JOIN_SCRIPT]
+    assert user["power_state"]["mode"] == "reboot"
+    assert _kubelet(files, "server1", "red-worker-1")["reservedSystemCPUs"] == "0,1"
+    control = yaml.safe_load(files["hosts/control1/guests/red-control-1.user-data.yaml"])
+    assert "power_state" not in control and "realtime" not in files["hosts/control1/spec.yaml"]
+
+
+def test_housekeeping_that_splits_a_guest_core_is_refused_by_the_host_planner(
+    example: tuple[Fleet, dict[str, HostTopology]],
+) -> None:
+    fleet, topologies = example
+    odd = _variant(fleet, hugepages="1G", realtime={"housekeeping_vcpus": 1})
+    files = render_fleet(odd, place(odd, topologies), [])
+    data = yaml.safe_load(files["hosts/server1/spec.yaml"])
+    with pytest.raises(PlanError) as caught:
+        check_host("server1", data, topologies["server1"], "server1/spec.yaml")
+    assert str(caught.value).startswith(
+        "server1: the host planner refuses the fleet's placement: server1/spec.yaml: vms[0].realtime.housekeeping_vcpus:"
+        " 1 splits host core"
+    )
+
+
 # --- cloud-init's own schema check -----------------------------------------------------------
 
 
@@ -166,14 +216,19 @@ def test_cloud_init_schema_accepts_every_generated_user_data(
 ) -> None:
     fleet, topologies = example
     texts: dict[str, str] = {}
-    for name, variant in {"example": fleet, "hugepages": _variant(fleet, hugepages="1G", vcpus=3)}.items():
+    variants = {
+        "example": fleet,
+        "hugepages": _variant(fleet, hugepages="1G", vcpus=3),
+        "realtime": _variant(fleet, **REALTIME),
+    }
+    for name, variant in variants.items():
         for path, text in render_fleet(variant, place(variant, topologies), [KEY]).items():
             if path.endswith(".user-data.yaml"):
                 texts[f"{name}/{path}"] = text
     # the seed's own user-data, as apply builds it (keys, a hashed password, the fleet's user-data merged in)
     merged = yaml.safe_load(texts["example/hosts/server1/guests/red-worker-1.user-data.yaml"])
     texts["seed/user-data"] = user_data("red-worker-1", [KEY], "$6$salt$hash", merged)
-    assert len(texts) == 2 * 8 + 1
+    assert len(texts) == 3 * 8 + 1
     for name, text in texts.items():
         path = tmp_path / name
         path.parent.mkdir(parents=True, exist_ok=True)

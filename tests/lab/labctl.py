@@ -9,6 +9,7 @@ console tail.
 from __future__ import annotations
 
 import json
+import os
 import shlex
 import subprocess
 import sys
@@ -21,7 +22,9 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[2]
 VENV_BIN = REPO / ".venv/bin"
 BMSLICE = str(VENV_BIN / "bmslice")  # the same path inside the lab: it shares this machine's /
-LAB = "labtest"
+# BMSLICE_LAB_NAME: a lab of one's own (several people may run scenarios on one machine; `lab up`
+# of a name first powers off the lab of that name)
+LAB = os.environ.get("BMSLICE_LAB_NAME", "labtest")
 STATE = Path("/run/bmslice/lab") / LAB
 T0 = time.monotonic()
 

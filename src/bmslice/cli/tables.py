@@ -8,6 +8,7 @@ from rich.console import Console, Group
 from rich.table import Table
 from rich.text import Text
 
+from bmslice.cpuset import CpuSet
 from bmslice.model.plan import DeviceAssignment, Plan
 from bmslice.model.sizes import format_mib
 from bmslice.model.topology import HostTopology
@@ -100,10 +101,14 @@ def plan_view(plan: Plan) -> Group:
     for vm in plan.vms:
         t = vm.guest_topology
         iothreads = f" ({vm.iothreads} IOThread{'s' if vm.iothreads != 1 else ''})" if vm.iothreads else ""
+        realtime = ""
+        if vm.realtime is not None:
+            vcpus = CpuSet.from_iter(vm.realtime_vcpus)
+            realtime = f"\nrealtime: vCPUs {vcpus} SCHED_FIFO {vm.realtime.priority}"
         vms.add_row(
             vm.name,
             ",".join(map(str, vm.numa_nodes)),
-            " ".join(_pairs(vm.vcpu_pins, t.threads)),
+            " ".join(_pairs(vm.vcpu_pins, t.threads)) + realtime,
             f"{vm.emulator_cpus} {vm.emulator_policy}{iothreads}",
             f"{t.sockets}s x {t.cores}c x {t.threads}t",
             format_mib(vm.memory_mib),

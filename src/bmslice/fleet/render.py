@@ -66,6 +66,8 @@ def _vm_entry(fleet: Fleet, vm: PlacedVm) -> dict[str, Any]:
     }
     if size.hugepages is not HugepageSize.NONE:
         entry["hugepages"] = size.hugepages.value
+    if size.realtime is not None:
+        entry["realtime"] = size.realtime.model_dump()
     if size.disable_cpu_features:
         entry["disable_cpu_features"] = list(size.disable_cpu_features)
     nics = _nic_entries(vm)

@@ -28,7 +28,9 @@ from bmslice.model.spec import (
     EmulatorPolicy,
     HostSpec,
     HugepageSize,
+    RealtimeSpec,
     SizeMiB,
+    check_realtime,
 )
 
 # Host and VM names end up as libvirt domain names, guest hostnames and Kubernetes node
@@ -140,9 +142,15 @@ class VmSize(_Strict):
     emulator: EmulatorPolicy = EmulatorPolicy.DEDICATED
     iothreads: StrictInt = Field(default=1, ge=0, le=64)
     hugepages: HugepageSize = HugepageSize.NONE
+    realtime: RealtimeSpec | None = None
     disable_cpu_features: tuple[CpuFeature, ...] = ()
     disk: DiskSpec | None = None
     nic: NicRequest | None = None
+
+    @model_validator(mode="after")
+    def _realtime(self) -> VmSize:
+        check_realtime(self.realtime, self.vcpus, self.hugepages)
+        return self
 
 
 class Workers(VmSize):

@@ -6,12 +6,37 @@ from dataclasses import dataclass
 
 from bmslice.cpuset import CpuSet
 
+SCHED_OTHER, SCHED_FIFO, SCHED_RR, SCHED_BATCH, SCHED_IDLE, SCHED_DEADLINE = 0, 1, 2, 3, 5, 6
+REALTIME_POLICIES = frozenset({SCHED_FIFO, SCHED_RR, SCHED_DEADLINE})
+POLICY_NAMES = {
+    SCHED_OTHER: "SCHED_OTHER",
+    SCHED_FIFO: "SCHED_FIFO",
+    SCHED_RR: "SCHED_RR",
+    SCHED_BATCH: "SCHED_BATCH",
+    SCHED_IDLE: "SCHED_IDLE",
+    SCHED_DEADLINE: "SCHED_DEADLINE",
+}
+
 
 @dataclass(frozen=True)
 class ThreadAffinity:
+    """One thread as the kernel reports it: where it may run and how it is scheduled.
+
+    `policy` and `rt_priority` are fields 41 and 40 of /proc/<pid>/task/<tid>/stat (what
+    sched_getscheduler / sched_getparam return); None when the kernel did not say.
+    """
+
     tid: int
     comm: str
     cpus: CpuSet
+    policy: int | None = None
+    rt_priority: int | None = None
+
+    @property
+    def scheduling(self) -> str:
+        """As the kernel's names say it: "SCHED_FIFO priority 1", "SCHED_OTHER"."""
+        name = POLICY_NAMES.get(self.policy, f"policy {self.policy}") if self.policy is not None else "unknown"
+        return f"{name} priority {self.rt_priority}" if self.policy in REALTIME_POLICIES else name
 
 
 @dataclass(frozen=True)

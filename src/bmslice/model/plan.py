@@ -54,6 +54,16 @@ class NodeHugepages:
 
 
 @dataclass(frozen=True)
+class RealtimePlan:
+    """vCPUs `housekeeping_vcpus`.. run SCHED_FIFO at `priority`; guest RAM is locked, and
+    `memlock_mib` (guest RAM + QEMU's own, plan/realtime.py) is the cap that makes locking possible."""
+
+    housekeeping_vcpus: int
+    priority: int
+    memlock_mib: int
+
+
+@dataclass(frozen=True)
 class VmPlan:
     name: str
     numa_nodes: tuple[int, ...]
@@ -70,10 +80,18 @@ class VmPlan:
     disable_cpu_features: tuple[str, ...] = ()
     domain_type: str = "kvm"
     warnings: tuple[str, ...] = ()
+    realtime: RealtimePlan | None = None
 
     @property
     def vcpus(self) -> int:
         return len(self.vcpu_pins)
+
+    @property
+    def realtime_vcpus(self) -> tuple[int, ...]:
+        """Guest vCPUs that run SCHED_FIFO: every vCPU after the housekeeping ones (none without realtime)."""
+        if self.realtime is None:
+            return ()
+        return tuple(range(self.realtime.housekeeping_vcpus, self.vcpus))
 
     @property
     def vcpu_cpus(self) -> CpuSet:
@@ -131,7 +149,7 @@ def _device_to_dict(d: DeviceAssignment) -> dict[str, Any]:
 
 
 def _vm_to_dict(vm: VmPlan) -> dict[str, Any]:
-    return {
+    out: dict[str, Any] = {
         "name": vm.name,
         "numa_nodes": list(vm.numa_nodes),
         "vcpu_pins": list(vm.vcpu_pins),
@@ -153,6 +171,21 @@ def _vm_to_dict(vm: VmPlan) -> dict[str, Any]:
         "domain_type": vm.domain_type,
         "warnings": list(vm.warnings),
     }
+    if vm.realtime is not None:  # only then: an ordinary VM's plan (and recorded metadata) stays as it was
+        rt = vm.realtime
+        out["realtime"] = {
+            "housekeeping_vcpus": rt.housekeeping_vcpus,
+            "priority": rt.priority,
+            "memlock_mib": rt.memlock_mib,
+        }
+    return out
+
+
+def _realtime_from_dict(data: dict[str, Any] | None) -> RealtimePlan | None:
+    """None for plans recorded before realtime existed (no key) and for ordinary VMs."""
+    if data is None:
+        return None
+    return RealtimePlan(data["housekeeping_vcpus"], data["priority"], data["memlock_mib"])
 
 
 def plan_to_dict(plan: Plan) -> dict[str, Any]:
@@ -194,6 +227,7 @@ def vm_from_dict(data: dict[str, Any]) -> VmPlan:
         disable_cpu_features=tuple(data.get("disable_cpu_features", [])),
         domain_type=data.get("domain_type", "kvm"),
         warnings=tuple(data.get("warnings", [])),
+        realtime=_realtime_from_dict(data.get("realtime")),
     )
 
 

@@ -39,6 +39,7 @@ VmName = Annotated[str, matching(VM_NAME_RE, "a valid domain name (letters, digi
 SizeMiB = Annotated[int, BeforeValidator(parse_size_mib)]
 MAX_NUMA_NODE = 1023  # Linux has at most 1024 NUMA nodes (NODES_SHIFT 10)
 MAX_VFS = 65535  # TotalVFs is a 16-bit field of the PCI SR-IOV capability
+MAX_RT_PRIORITY = 99  # SCHED_FIFO priorities are 1..99 (sched_get_priority_max)
 
 
 class EmulatorPolicy(StrEnum):
@@ -252,6 +253,30 @@ class CloudInitSpec(_Strict):
         return tuple(k.strip() for k in value)
 
 
+class RealtimeSpec(_Strict):
+    """Realtime vCPUs: the first `housekeeping_vcpus` stay ordinary (the guest's OS, I/O);
+    every later vCPU runs SCHED_FIFO at `priority` on the host (Nova's hw:cpu_realtime_mask)."""
+
+    housekeeping_vcpus: StrictInt = Field(default=1, ge=1, le=4096)
+    priority: StrictInt = Field(default=1, ge=1, le=MAX_RT_PRIORITY)
+
+
+def check_realtime(realtime: RealtimeSpec | None, vcpus: int, hugepages: HugepageSize) -> None:
+    """What a realtime VM needs of its own size: a realtime vCPU, and hugepages (its memory is locked)."""
+    if realtime is None:
+        return
+    if realtime.housekeeping_vcpus >= vcpus:
+        raise ValueError(
+            f"realtime.housekeeping_vcpus: {realtime.housekeeping_vcpus} leaves no realtime vCPU of the "
+            f"{vcpus}; give fewer housekeeping vCPUs than vcpus"
+        )
+    if hugepages is HugepageSize.NONE:
+        raise ValueError(
+            "realtime: a realtime VM needs hugepages: 2M or 1G (its memory is locked, and 4 KiB pages would "
+            "cost it TLB misses)"
+        )
+
+
 class VmSpec(_Strict):
     name: VmName
     vcpus: StrictInt = Field(gt=0, le=4096)
@@ -260,6 +285,7 @@ class VmSpec(_Strict):
     emulator: EmulatorPolicy = EmulatorPolicy.DEDICATED
     iothreads: StrictInt = Field(default=1, ge=0, le=64)
     hugepages: HugepageSize = HugepageSize.NONE
+    realtime: RealtimeSpec | None = None
     disable_cpu_features: tuple[CpuFeature, ...] = ()
     nics: tuple[NicSpec, ...] = ()
     disk: DiskSpec | None = None
@@ -270,6 +296,7 @@ class VmSpec(_Strict):
         page_kib = self.hugepages.kib
         if page_kib and (self.memory * 1024) % page_kib:
             raise ValueError(f"memory {self.memory} MiB is not a whole number of {self.hugepages.value} hugepages")
+        check_realtime(self.realtime, self.vcpus, self.hugepages)
         return self
 
 

@@ -3,6 +3,9 @@
 >>> kernel_args("GenuineIntel", CpuSet.parse("0-1,12-13"), CpuSet.parse("2-11,14-23"), ())
 ('intel_iommu=on', 'iommu=pt', 'isolcpus=2-11,14-23', 'nohz_full=2-11,14-23', 'rcu_nocbs=2-11,14-23', \
 'irqaffinity=0-1,12-13')
+>>> kernel_args("AuthenticAMD", CpuSet.parse("0"), CpuSet.parse("1-3"), (), realtime=True)
+('iommu=pt', 'isolcpus=managed_irq,domain,1-3', 'nohz_full=1-3', 'rcu_nocbs=1-3', 'irqaffinity=0', \
+'skew_tick=1', 'tsc=reliable', 'nosoftlockup', 'nmi_watchdog=0')
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ from bmslice.errors import PlanError
 from bmslice.model.plan import NodeHugepages
 from bmslice.model.spec import HostSpec
 from bmslice.model.topology import Core, HostTopology
+from bmslice.plan.realtime import ISOLCPUS_FLAGS, realtime_kernel_args
 
 CPU_LIST_ARGS = ("isolcpus", "nohz_full", "rcu_nocbs", "irqaffinity")
 GIB_KIB = 1048576
@@ -65,13 +69,25 @@ def hugepage_args(hugepages: Sequence[NodeHugepages]) -> tuple[str, ...]:
     return ("hugepagesz=1G", f"hugepages={per_node}")
 
 
-def kernel_args(vendor: str, reserved: CpuSet, isolated: CpuSet, hugepages: Sequence[NodeHugepages]) -> tuple[str, ...]:
+def kernel_args(
+    vendor: str,
+    reserved: CpuSet,
+    isolated: CpuSet,
+    hugepages: Sequence[NodeHugepages],
+    realtime: bool = False,
+) -> tuple[str, ...]:
+    """`realtime`: the plan has a realtime VM, so the isolated CPUs also shed managed IRQs and
+    the realtime boot args follow (plan/realtime.py)."""
     args = list(iommu_args(vendor))
     if isolated:
-        for key in ("isolcpus", "nohz_full", "rcu_nocbs"):
+        flags = f"{ISOLCPUS_FLAGS}," if realtime else ""
+        args.append(f"isolcpus={flags}{isolated}")
+        for key in ("nohz_full", "rcu_nocbs"):
             args.append(f"{key}={isolated}")
     args.append(f"irqaffinity={reserved}")
     args.extend(hugepage_args(hugepages))
+    if realtime:
+        args.extend(realtime_kernel_args(vendor))
     return tuple(args)
 
 
@@ -84,11 +100,18 @@ def _cpu_value(value: str) -> CpuSet | None:
         return None
 
 
+def _isolcpus_flags(value: str) -> frozenset[str]:
+    """isolcpus flags; a bare CPU list means "domain" (the kernel's default flag)."""
+    flags = frozenset(p for p in value.split(",") if p and p[0].isalpha())
+    return flags or frozenset({"domain"})
+
+
 def missing_args(planned: Sequence[str], cmdline: str, iommu_active: bool | None) -> tuple[str, ...]:
     """Planned args the running kernel was not booted with.
 
-    CPU lists compare as sets, not strings; the IOMMU arg counts as present when sysfs
-    shows IOMMU groups, whatever the command line says (faults.md 6).
+    CPU lists compare as sets, not strings (isolcpus flags: the running ones must include the
+    planned ones); the IOMMU arg counts as present when sysfs shows IOMMU groups, whatever the
+    command line says (faults.md 6).
     """
     running: dict[str, str] = {}
     for token in cmdline.split():
@@ -102,7 +125,8 @@ def missing_args(planned: Sequence[str], cmdline: str, iommu_active: bool | None
         if key not in running:
             missing.append(arg)
         elif key in CPU_LIST_ARGS:
-            if _cpu_value(running[key]) != _cpu_value(value):
+            fewer_flags = key == "isolcpus" and not _isolcpus_flags(value) <= _isolcpus_flags(running[key])
+            if fewer_flags or _cpu_value(running[key]) != _cpu_value(value):
                 missing.append(arg)
         elif running[key] != value:
             missing.append(arg)

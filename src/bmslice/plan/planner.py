@@ -19,6 +19,7 @@ from bmslice.plan.capacity import NodeFree, vm_load
 from bmslice.plan.devices import ResolvedNic, VfRequest, check_nics, numa_warning, resolve_nics
 from bmslice.plan.host import kernel_args, missing_args, reserved_cores
 from bmslice.plan.placement import Request, place
+from bmslice.plan.realtime import realtime_plan
 from bmslice.plan.shortfall import explain
 from bmslice.plan.sriov import assign_vfs
 
@@ -65,8 +66,9 @@ def make_plan(topo: HostTopology, spec: Spec, origin: str = "spec", keep: Sequen
             host_cores,
             vf_devices.get(vm.name, []),
             vf_warnings.get(vm.name, []),
+            f"{origin}: vms[{index}].realtime.housekeeping_vcpus",
         )
-        for vm in spec.vms
+        for index, vm in enumerate(spec.vms)
     )
     plan_vms = vms + tuple(vm for name, vm in kept.items() if name not in {v.name for v in spec.vms})
     return _with_host(topo, spec, reserved, vms, plan_vms, warnings, pf_plans)
@@ -180,6 +182,7 @@ def _vm_plan(
     host_cores: Sequence[Core],
     vf_devices: Sequence[DeviceAssignment],
     vf_warnings: Sequence[str],
+    realtime_field: str,
 ) -> VmPlan:
     if old is not None:
         node, pins, cores = old.numa_nodes[0], old.vcpu_pins, old.cores
@@ -210,6 +213,10 @@ def _vm_plan(
         if warning:
             warnings.append(warning)
     devices.extend(vf_devices if old is None else [d for d in old.devices if d.type == "vf"])
+    domain_type = spec.host.domain_type.value
+    realtime = None
+    if vm.realtime is not None:
+        realtime = realtime_plan(vm.realtime, pins, topology, topo.cores, vm.memory, domain_type, realtime_field)
     return VmPlan(
         name=vm.name,
         numa_nodes=(node,),
@@ -224,8 +231,9 @@ def _vm_plan(
         emulator_policy=vm.emulator.value,
         devices=tuple(devices),
         disable_cpu_features=vm.disable_cpu_features,
-        domain_type=spec.host.domain_type.value,
+        domain_type=domain_type,
         warnings=tuple(warnings),
+        realtime=realtime,
     )
 
 
@@ -251,7 +259,8 @@ def _with_host(
     else:
         isolated = CpuSet.union(vm.owned_cpus for vm in all_vms)
     hugepages = _hugepages(all_vms)
-    args = kernel_args(topo.cpu_vendor, reserved, isolated, hugepages)
+    realtime = any(vm.realtime is not None for vm in all_vms)
+    args = kernel_args(topo.cpu_vendor, reserved, isolated, hugepages, realtime)
     if topo.kernel_cmdline:
         missing = missing_args(args, topo.kernel_cmdline, topo.iommu_active)
     else:

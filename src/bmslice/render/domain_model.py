@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from bmslice.cpuset import CpuSet
 from bmslice.model.plan import GuestTopology, VmPlan, plan_to_dict
@@ -39,6 +39,15 @@ class VfInterface:
 
 
 @dataclass(frozen=True)
+class VcpuSched:
+    """<vcpusched>: a scheduler policy and priority for a set of vCPUs."""
+
+    vcpus: CpuSet
+    scheduler: str  # "fifo" | "rr" | "batch" | "idle" | "other"
+    priority: int | None = None
+
+
+@dataclass(frozen=True)
 class Domain:
     name: str
     uuid: str
@@ -59,6 +68,14 @@ class Domain:
     vf_interfaces: tuple[VfInterface, ...] = ()
     disks: tuple[Disk, ...] = ()
     plan_json: str | None = None  # the VmPlan this domain was rendered from (metadata)
+    # Realtime (all at their "absent" value for an ordinary slice, so its XML is unchanged).
+    vcpusched: tuple[VcpuSched, ...] = ()
+    memory_locked: bool = False  # <memoryBacking><locked/>
+    nosharepages: bool = False  # <memoryBacking><nosharepages/>: no KSM merging
+    hard_limit_kib: int | None = None  # <memtune><hard_limit>: also QEMU's RLIMIT_MEMLOCK when locked
+    pmu: bool | None = None  # <features><pmu state=...>; None: not stated
+    kvm_hint_dedicated: bool = False  # <features><kvm><hint-dedicated state='on'/>
+    required_features: tuple[str, ...] = ()  # <cpu><feature policy='require'>
 
 
 def domain_uuid(name: str) -> str:
@@ -68,7 +85,7 @@ def domain_uuid(name: str) -> str:
 
 def domain_from_plan(vm: VmPlan, disks: tuple[Disk, ...] = ()) -> Domain:
     vm_json = json.dumps(plan_to_dict_vm(vm), sort_keys=True)
-    return Domain(
+    domain = Domain(
         name=vm.name,
         uuid=domain_uuid(vm.name),
         type=vm.domain_type,
@@ -88,6 +105,27 @@ def domain_from_plan(vm: VmPlan, disks: tuple[Disk, ...] = ()) -> Domain:
         vf_interfaces=tuple(VfInterface(d.address, d.mac or "", d.vlan) for d in vm.devices if d.type == "vf"),
         disks=disks,
         plan_json=vm_json,
+    )
+    return _realtime(domain, vm) if vm.realtime is not None else domain
+
+
+def _realtime(domain: Domain, vm: VmPlan) -> Domain:
+    """A realtime slice's XML (docs/realtime.md names the guide behind each setting).
+
+    The dedicated-vCPU hint and the TSC-deadline requirement are KVM's: under TCG QEMU only
+    warns that it cannot honour the hint, and the guest timer is emulated anyway.
+    """
+    assert vm.realtime is not None
+    kvm = vm.domain_type == "kvm"
+    return replace(
+        domain,
+        vcpusched=(VcpuSched(CpuSet.from_iter(vm.realtime_vcpus), "fifo", vm.realtime.priority),),
+        memory_locked=True,
+        nosharepages=True,
+        hard_limit_kib=vm.realtime.memlock_mib * 1024,
+        pmu=False,
+        kvm_hint_dedicated=kvm,
+        required_features=("tsc-deadline",) if kvm else (),
     )
 
 

@@ -10,7 +10,7 @@ from lxml import etree
 
 from bmslice.cpuset import CpuSet
 from bmslice.model.plan import GuestTopology
-from bmslice.render.domain_model import BMSLICE_NS, Disk, Domain, VfInterface
+from bmslice.render.domain_model import BMSLICE_NS, Disk, Domain, VcpuSched, VfInterface
 
 _E = etree.Element
 _Sub = etree.SubElement
@@ -40,6 +40,33 @@ def _cputune(root: etree._Element, dom: Domain) -> None:
         _Sub(tune, "emulatorpin", cpuset=dom.emulatorpin.format())
     for iothread, cpus in dom.iothreadpins:
         _Sub(tune, "iothreadpin", iothread=str(iothread), cpuset=cpus.format())
+    for sched in dom.vcpusched:
+        attrs = {"vcpus": sched.vcpus.format(), "scheduler": sched.scheduler}
+        if sched.priority is not None:
+            attrs["priority"] = str(sched.priority)
+        _Sub(tune, "vcpusched", attrs)
+
+
+def _memory_backing(root: etree._Element, dom: Domain) -> None:
+    if not (dom.hugepage_kib or dom.nosharepages or dom.memory_locked):
+        return
+    backing = _Sub(root, "memoryBacking")
+    if dom.hugepage_kib:
+        _Sub(_Sub(backing, "hugepages"), "page", size=str(dom.hugepage_kib), unit="KiB")
+    if dom.nosharepages:
+        _Sub(backing, "nosharepages")
+    if dom.memory_locked:
+        _Sub(backing, "locked")
+
+
+def _features(root: etree._Element, dom: Domain) -> None:
+    features = _Sub(root, "features")
+    _Sub(features, "acpi")
+    _Sub(features, "apic")
+    if dom.kvm_hint_dedicated:
+        _Sub(_Sub(features, "kvm"), "hint-dedicated", state="on")
+    if dom.pmu is not None:
+        _Sub(features, "pmu", state="on" if dom.pmu else "off")
 
 
 def _cpu(root: etree._Element, dom: Domain) -> None:
@@ -50,6 +77,8 @@ def _cpu(root: etree._Element, dom: Domain) -> None:
     if dom.topology is not None:
         t = dom.topology
         _Sub(cpu, "topology", sockets=str(t.sockets), dies=str(t.dies), cores=str(t.cores), threads=str(t.threads))
+    for feature in dom.required_features:
+        _Sub(cpu, "feature", policy="require", name=feature)
     for feature in dom.disabled_features:
         _Sub(cpu, "feature", policy="disable", name=feature)
 
@@ -92,9 +121,9 @@ def to_element(dom: Domain) -> etree._Element:
         _Sub(meta, f"{{{BMSLICE_NS}}}slice", nsmap={"bmslice": BMSLICE_NS}).text = dom.plan_json
     _Sub(root, "memory", unit="KiB").text = str(dom.memory_kib)
     _Sub(root, "currentMemory", unit="KiB").text = str(dom.memory_kib)
-    if dom.hugepage_kib:
-        backing = _Sub(root, "memoryBacking")
-        _Sub(_Sub(backing, "hugepages"), "page", size=str(dom.hugepage_kib), unit="KiB")
+    if dom.hard_limit_kib is not None:
+        _Sub(_Sub(root, "memtune"), "hard_limit", unit="KiB").text = str(dom.hard_limit_kib)
+    _memory_backing(root, dom)
     _Sub(root, "vcpu", placement="static").text = str(dom.vcpus)
     if dom.iothreads:
         _Sub(root, "iothreads").text = str(dom.iothreads)
@@ -104,9 +133,7 @@ def to_element(dom: Domain) -> etree._Element:
     os_el = _Sub(root, "os")
     _Sub(os_el, "type", arch="x86_64", machine="q35").text = "hvm"
     _Sub(os_el, "boot", dev="hd")
-    features = _Sub(root, "features")
-    _Sub(features, "acpi")
-    _Sub(features, "apic")
+    _features(root, dom)
     _cpu(root, dom)
     _Sub(root, "clock", offset="utc")
     _Sub(root, "on_poweroff").text = "destroy"
@@ -192,6 +219,30 @@ def _read_vf_interfaces(root: etree._Element) -> tuple[VfInterface, ...]:
     return tuple(out)
 
 
+def _read_vcpusched(tune: etree._Element | None) -> tuple[VcpuSched, ...]:
+    """One VcpuSched per (scheduler, priority): libvirt writes <vcpusched vcpus='2-7'> back as
+    one element per vCPU, which must read as the same setting."""
+    merged: dict[tuple[str, int | None], CpuSet] = {}
+    for el in tune.findall("vcpusched") if tune is not None else []:
+        key = (el.get("scheduler", ""), _opt_int(el.get("priority")))
+        merged[key] = merged.get(key, CpuSet()) | CpuSet.parse(el.get("vcpus", ""))
+    return tuple(VcpuSched(vcpus, scheduler, priority) for (scheduler, priority), vcpus in merged.items())
+
+
+def _opt_int(text: str | None) -> int | None:
+    return int(text) if text is not None and text.strip() else None
+
+
+def _state(el: etree._Element | None) -> bool | None:
+    """A feature's state: None when absent; a bare element (no state attribute) means on."""
+    return None if el is None else el.get("state", "on") == "on"
+
+
+def _features_named(cpu: etree._Element | None, policy: str) -> tuple[str, ...]:
+    found = cpu.findall("feature") if cpu is not None else []
+    return tuple(f.get("name", "") for f in found if f.get("policy") == policy)
+
+
 def from_xml(text: str | bytes) -> Domain:
     """Parse domain XML (as libvirt returns it) into a Domain; unknown elements are ignored."""
     parser = etree.XMLParser(resolve_entities=False, no_network=True)
@@ -202,6 +253,7 @@ def from_xml(text: str | bytes) -> Domain:
     cpu = root.find("cpu")
     page = root.find("memoryBacking/hugepages/page")
     meta = root.find(f"metadata/{{{BMSLICE_NS}}}slice")
+    hard_limit = root.find("memtune/hard_limit")
     return Domain(
         name=root.findtext("name", ""),
         uuid=root.findtext("uuid", ""),
@@ -222,14 +274,17 @@ def from_xml(text: str | bytes) -> Domain:
         numa_nodeset=CpuSet.parse(numa.get("nodeset", "")) if numa is not None else None,
         cpu_mode=cpu.get("mode", "") if cpu is not None else "",
         topology=_read_topology(cpu),
-        disabled_features=tuple(
-            f.get("name", "")
-            for f in (cpu.findall("feature") if cpu is not None else [])
-            if f.get("policy") == "disable"
-        ),
+        disabled_features=_features_named(cpu, "disable"),
         hostdevs=tuple(_address_text(addr) for addr in root.findall("devices/hostdev[@type='pci']/source/address")),
         hugepage_kib=int(page.get("size", "0")) if page is not None else None,
         vf_interfaces=_read_vf_interfaces(root),
         disks=_read_disks(root),
         plan_json=meta.text if meta is not None else None,
+        vcpusched=_read_vcpusched(tune),
+        memory_locked=root.find("memoryBacking/locked") is not None,
+        nosharepages=root.find("memoryBacking/nosharepages") is not None,
+        hard_limit_kib=_kib(hard_limit) if hard_limit is not None else None,
+        pmu=_state(root.find("features/pmu")),
+        kvm_hint_dedicated=bool(_state(root.find("features/kvm/hint-dedicated"))),
+        required_features=_features_named(cpu, "require"),
     )

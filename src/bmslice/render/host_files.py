@@ -30,6 +30,7 @@ KERNEL_ARGS = "etc/bmslice/kernel-args"
 HUGEPAGES = "etc/bmslice/hugepages"
 IRQBALANCE = "etc/systemd/system/irqbalance.service.d/50-bmslice-banned-cpus.conf"
 TUNED = "etc/tuned/cpu-partitioning-variables.conf"
+TUNED_REALTIME = "etc/tuned/realtime-virtual-host-variables.conf"
 SLICES = ("system.slice", "user.slice")
 SYSTEM_CONF = "etc/systemd/system.conf.d/50-bmslice-cpus.conf"
 VFIO_OPTIONS = "etc/modprobe.d/bmslice-vfio.conf"
@@ -110,6 +111,17 @@ def _tuned(plan: Plan) -> str:
         HEADER + "# For hosts that use tuned's cpu-partitioning profile instead of the GRUB drop-in.\n"
         f"isolated_cores={plan.host.isolated_cpus}\n"
         f"no_balance_cores={plan.host.isolated_cpus}\n"
+    )
+
+
+def _tuned_realtime(plan: Plan) -> str:
+    # The profile refuses to start without isolated_cores; isolate_managed_irq=Y is the RHEL
+    # guide's advice (isolcpus=managed_irq,domain,... as in the plan's own args).
+    return (
+        HEADER + "# For tuned's realtime-virtual-host profile (the plan has realtime VMs): it applies the realtime\n"
+        "# sysctls (no RT throttling, no NMI watchdog, KSM off) and its own boot args for these CPUs.\n"
+        f"isolated_cores={plan.host.isolated_cpus}\n"
+        "isolate_managed_irq=Y\n"
     )
 
 
@@ -198,6 +210,8 @@ def render_host_files(plan: Plan, topo: HostTopology) -> dict[str, str]:
         VFIO_OPTIONS: _vfio_options(plan, topo),
         VFIO_LOAD: _vfio_load(plan),
     }
+    if any(vm.realtime is not None for vm in plan.vms):
+        files[TUNED_REALTIME] = _tuned_realtime(plan)
     for unit in SLICES:
         files[slice_dropin(unit)] = _slice(plan, unit)
     return dict(sorted(files.items()))

@@ -7,6 +7,8 @@ are tested on recorded kernel output, the readers on host trees (or "/" itself).
 '1'
 >>> stat_flags("20 (ksoftirqd/1) S 2 0 0 0 -1 69238848 0 0")
 69238848
+>>> stat_scheduling("7 (CPU 1/KVM) S" + " 0" * 36 + " 1 1 0 0 0")
+(1, 1)
 >>> qemu_guest("qemu-system-x86", ("/usr/bin/qemu-system-x86_64", "-name", "guest=red,debug-threads=on"))
 'red'
 >>> parse_cpu_file("(null)")
@@ -27,6 +29,7 @@ from bmslice.topology.sysfs import FsRoot
 KTHREAD_FLAG = 0x00200000  # PF_KTHREAD in /proc/<pid>/stat field 9
 NO_SETAFFINITY_FLAG = 0x04000000  # PF_NO_SETAFFINITY: the kernel bound it; sched_setaffinity is refused
 KTHREADD_PID = 2
+CAP_SYS_RESOURCE = 24  # capability bit: may raise hard resource limits (RLIMIT_MEMLOCK)
 QEMU_MARKERS = ("qemu-system", "qemu-kvm")
 VFIO_MODULE_NAMES = ("vfio-pci.ko", "vfio-pci.ko.xz", "vfio-pci.ko.zst", "vfio-pci.ko.gz")
 
@@ -56,6 +59,18 @@ def stat_flags(text: str) -> int | None:
         return int(fields[6])
     except ValueError:
         return None
+
+
+def stat_scheduling(text: str) -> tuple[int | None, int | None]:
+    """(policy, rt_priority): fields 41 and 40 of /proc/<pid>/stat; None where the kernel leaves them out."""
+    _, sep, rest = text.rpartition(")")
+    fields = rest.split()  # fields[0] is field 3 (state)
+    if not sep or len(fields) < 39:
+        return None, None
+    try:
+        return int(fields[38]), int(fields[37])
+    except ValueError:
+        return None, None
 
 
 def parse_cmdline(text: str) -> tuple[str, ...]:
@@ -197,7 +212,9 @@ def _task(fs: FsRoot, rel: str, tid: int) -> ThreadAffinity | None:
         cpus = CpuSet.parse(status["Cpus_allowed_list"])
     except (KeyError, CpuListError):
         return None
-    return ThreadAffinity(tid, status.get("Name", ""), cpus)
+    stat = fs.read(f"{rel}/stat")
+    policy, rt_priority = stat_scheduling(stat) if stat is not None else (None, None)
+    return ThreadAffinity(tid, status.get("Name", ""), cpus, policy, rt_priority)
 
 
 def read_process(fs: FsRoot, pid: int) -> Process | None:
@@ -263,6 +280,9 @@ class ModuleFacts:
     kvm_module: str | None  # "kvm_intel" | "kvm_amd" when loaded
     nested: str | None  # raw parameters/nested value of that module
     memlock: Memlock | None  # this process's RLIMIT_MEMLOCK; None: unknown
+    # CAP_SYS_RESOURCE in this process's bounding set: without it no process here (libvirtd
+    # included, in a container that drops it) can raise a memory-lock limit; None: unknown
+    cap_sys_resource: bool | None = None
 
 
 def _vfio_sources(fs: FsRoot, release: str | None) -> tuple[str, ...]:
@@ -303,15 +323,52 @@ def read_reclaimable_mib(fs: FsRoot, nodes: tuple[int, ...]) -> dict[int, int]:
     return out
 
 
+def has_capability(status: dict[str, str], key: str, bit: int) -> bool | None:
+    """Whether capability `bit` is in the hex mask `key` (CapBnd, CapEff) of /proc/<pid>/status."""
+    try:
+        return bool(int(status[key], 16) >> bit & 1)
+    except (KeyError, ValueError):
+        return None
+
+
 def read_module_facts(fs: FsRoot) -> ModuleFacts:
     release = fs.read_line("proc/sys/kernel/osrelease")
     kvm = next((m for m in ("kvm_intel", "kvm_amd") if fs.is_dir(f"sys/module/{m}")), None)
     nested = fs.read_line(f"sys/module/{kvm}/parameters/nested") if kvm else None
     limits = fs.read("proc/self/limits")
+    status = parse_status(fs.read("proc/self/status") or "")
     return ModuleFacts(
         kernel_release=release,
         vfio=_vfio_sources(fs, release),
         kvm_module=kvm,
         nested=nested,
         memlock=parse_memlock(limits) if limits is not None else None,
+        cap_sys_resource=has_capability(status, "CapBnd", CAP_SYS_RESOURCE),
+    )
+
+
+# --- what a realtime slice needs of the host ------------------------------------------
+
+TUNED_HOST_PROFILE = "realtime-virtual-host"
+TUNED_PROFILE_DIRS = ("usr/lib/tuned", "usr/lib/tuned/profiles", "etc/tuned", "etc/tuned/profiles")
+# cgroup v1 cpu controller mounts; a cpu.rt_runtime_us there means RT group scheduling is on
+CGROUP_V1_CPU = ("sys/fs/cgroup/cpu", "sys/fs/cgroup/cpu,cpuacct", "sys/fs/cgroup/cpuacct,cpu")
+
+
+@dataclass(frozen=True)
+class RealtimeFacts:
+    kernel_realtime: str | None = None  # sys/kernel/realtime: "1" on a PREEMPT_RT kernel; None: no such file
+    tuned_profile: str | None = None  # where realtime-virtual-host's tuned.conf is; None: nowhere
+    rt_group_v1: str | None = None  # a cgroup v1 cpu controller's cpu.rt_runtime_us (RT group scheduling)
+    sched_rt_runtime_us: str | None = None  # proc/sys/kernel/sched_rt_runtime_us; "-1": no RT throttling
+
+
+def read_realtime_facts(fs: FsRoot) -> RealtimeFacts:
+    profiles = (f"{d}/{TUNED_HOST_PROFILE}/tuned.conf" for d in TUNED_PROFILE_DIRS)
+    rt_files = (f"{d}/cpu.rt_runtime_us" for d in CGROUP_V1_CPU)
+    return RealtimeFacts(
+        kernel_realtime=fs.read_line("sys/kernel/realtime"),
+        tuned_profile=next((f"/{p}" for p in profiles if fs.resolve(p).is_file()), None),
+        rt_group_v1=next((f"/{p}" for p in rt_files if fs.resolve(p).is_file()), None),
+        sched_rt_runtime_us=fs.read_line("proc/sys/kernel/sched_rt_runtime_us"),
     )

@@ -15,12 +15,19 @@ from bmslice.apply.host_apply import REBOOT_PENDING, Bootloader, bootloader_step
 from bmslice.model.plan import Plan, VmPlan
 from bmslice.model.topology import HostTopology
 from bmslice.plan.host import iommu_args
+from bmslice.plan.realtime import QEMU_OVERHEAD_MIB
 from bmslice.topology.sysfs import FsRoot
 from bmslice.verify.findings import Finding, fail, ok, warn
-from bmslice.verify.host_state import ModuleFacts, read_module_facts, read_processes, read_reclaimable_mib
+from bmslice.verify.host_state import (
+    ModuleFacts,
+    RealtimeFacts,
+    read_module_facts,
+    read_processes,
+    read_realtime_facts,
+    read_reclaimable_mib,
+)
 
 MIB = 1024 * 1024
-LIBVIRT_MEMLOCK_EXTRA_MIB = 1024  # libvirt's VFIO limit: guest RAM + 1 GiB
 GIB_KIB = 1048576
 
 
@@ -31,6 +38,7 @@ class PreflightFacts:
     reboot_recorded: bool  # host-apply already wrote the kernel args and noted the reboot
     running_guests: frozenset[str] = frozenset()  # planned VMs whose QEMU already runs
     reclaimable_mib: Mapping[int, int] = field(default_factory=dict)  # page cache per node
+    realtime: RealtimeFacts = field(default_factory=RealtimeFacts)
 
 
 def read_preflight_facts(fs: FsRoot, plan: Plan, topo: HostTopology) -> PreflightFacts:
@@ -42,6 +50,7 @@ def read_preflight_facts(fs: FsRoot, plan: Plan, topo: HostTopology) -> Prefligh
         reboot_recorded=fs.read(REBOOT_PENDING) is not None,
         running_guests=frozenset(g for g in running if g is not None),
         reclaimable_mib=read_reclaimable_mib(fs, tuple(n.id for n in topo.numa_nodes)),
+        realtime=read_realtime_facts(fs),
     )
 
 
@@ -54,6 +63,7 @@ def preflight(plan: Plan, topo: HostTopology, facts: PreflightFacts) -> tuple[Fi
         _memlock(plan, facts.modules),
         *_memory(plan, topo, facts),
         *_sriov(plan, topo),
+        *_realtime(plan, facts.realtime),
         _kernel_args(plan, facts),
     ]
     return tuple(findings)
@@ -137,22 +147,42 @@ def _vfio(plan: Plan, modules: ModuleFacts) -> Finding:
     return fail("vfio-pci", message, "install the running kernel's modules package, or a kernel with CONFIG_VFIO_PCI")
 
 
+def _locked_mib(vm: VmPlan) -> int | None:
+    """What libvirt sets a guest's RLIMIT_MEMLOCK to when its memory is locked: a realtime
+    guest's hard_limit, a VFIO guest's RAM + 1 GiB; None when nothing is locked."""
+    if vm.realtime is not None:
+        return vm.realtime.memlock_mib
+    return vm.memory_mib + QEMU_OVERHEAD_MIB if vm.devices else None
+
+
 def _memlock(plan: Plan, modules: ModuleFacts) -> Finding:
-    vms = _vfio_vms(plan)
-    if not vms:
-        return ok("memlock", "not needed: no VFIO device, so guest RAM is not locked")
-    need = max(vm.memory_mib + LIBVIRT_MEMLOCK_EXTRA_MIB for vm in vms)
+    locked = {vm.name: mib for vm in plan.vms if (mib := _locked_mib(vm)) is not None}
+    if not locked:
+        return ok("memlock", "not needed: no VFIO device and no realtime VM, so guest RAM is not locked")
+    need = max(locked.values())
+    kinds = " or ".join(sorted({"realtime" if vm.realtime else "VFIO" for vm in plan.vms if vm.name in locked}))
     have = modules.memlock
-    note = "libvirt raises RLIMIT_MEMLOCK of each VFIO guest's QEMU to its RAM + 1 GiB itself"
+    note = (
+        f"libvirt raises RLIMIT_MEMLOCK of each {kinds} guest's QEMU itself "
+        "(VFIO: RAM + 1 GiB; realtime: its memtune hard_limit)"
+    )
     if have == "unlimited" or (isinstance(have, int) and have >= need * MIB):
         return ok(
             "memlock", f"RLIMIT_MEMLOCK {have if have == 'unlimited' else f'{have // MIB} MiB'} covers {need} MiB"
         )
     if have is None:
         return ok("memlock", f"this process's RLIMIT_MEMLOCK is unknown; {note}")
+    if modules.cap_sys_resource is False:
+        return fail(
+            "memlock",
+            f"RLIMIT_MEMLOCK here is {have // MIB} MiB and CAP_SYS_RESOURCE is not in this process's bounding set "
+            f"(a container that drops it?): libvirt cannot raise QEMU's limit to {need} MiB, so "
+            f"{', '.join(sorted(locked))} cannot start with locked memory",
+            f"run libvirtd with CAP_SYS_RESOURCE, or start it with a memlock limit of at least {need} MiB",
+        )
     return warn(
         "memlock",
-        f"this process's RLIMIT_MEMLOCK is {have // MIB} MiB, a VFIO guest locks up to {need} MiB; {note}",
+        f"this process's RLIMIT_MEMLOCK is {have // MIB} MiB, a {kinds} guest locks up to {need} MiB; {note}",
         f"nothing under libvirt; for QEMU run by hand: ulimit -l / LimitMEMLOCK= of at least {need} MiB",
     )
 
@@ -270,6 +300,67 @@ def _sriov(plan: Plan, topo: HostTopology) -> list[Finding]:
             out.append(
                 fail(f"sriov {label}", f"{pf.numvfs} VFs planned, sriov_totalvfs is {total}", "ask for fewer VFs")
             )
+    return out
+
+
+# --- realtime -------------------------------------------------------------------------
+
+
+def _realtime(plan: Plan, facts: RealtimeFacts) -> list[Finding]:
+    vms = [vm.name for vm in plan.vms if vm.realtime is not None]
+    if not vms:
+        return [ok("realtime", "not needed: no realtime VM")]
+    who = ", ".join(vms)
+    out = []
+    if facts.kernel_realtime == "1":
+        out.append(ok("realtime kernel", "PREEMPT_RT: /sys/kernel/realtime is 1"))
+    else:
+        seen = "is absent" if facts.kernel_realtime is None else f"is {facts.kernel_realtime}"
+        out.append(
+            warn(
+                "realtime kernel",
+                f"not PREEMPT_RT (/sys/kernel/realtime {seen}): {who} get SCHED_FIFO vCPUs, but the host kernel "
+                "itself can still hold them off for long stretches",
+                "boot a PREEMPT_RT kernel (RHEL kernel-rt with kernel-rt-kvm, Debian linux-image-rt-amd64, "
+                "Ubuntu Pro realtime-kernel)",
+            )
+        )
+    if facts.tuned_profile is not None:
+        out.append(ok("tuned realtime-virtual-host", f"available: {facts.tuned_profile}"))
+    else:
+        out.append(
+            warn(
+                "tuned realtime-virtual-host",
+                "tuned's realtime-virtual-host profile is not installed (no realtime-virtual-host/tuned.conf under "
+                "/usr/lib/tuned or /usr/lib/tuned/profiles)",
+                "install it (RHEL: tuned-profiles-nfv-host; Debian, Ubuntu: tuned) to apply the host's realtime "
+                "sysctls; bmslice host-config writes its variables file",
+            )
+        )
+    if facts.sched_rt_runtime_us == "-1":
+        out.append(ok("rt throttling", "off: kernel.sched_rt_runtime_us is -1"))
+    else:
+        value = facts.sched_rt_runtime_us or "unknown"
+        out.append(
+            warn(
+                "rt throttling",
+                f"kernel.sched_rt_runtime_us is {value}: a busy SCHED_FIFO vCPU is stopped for the rest of each "
+                "period (50 ms a second by default)",
+                "sysctl kernel.sched_rt_runtime_us=-1 (tuned's realtime profiles set it)",
+            )
+        )
+    if facts.rt_group_v1 is not None:
+        out.append(
+            fail(
+                "rt cgroup",
+                f"RT group scheduling on cgroup v1's cpu controller ({facts.rt_group_v1}): the cgroups libvirt "
+                f"makes for {who} get cpu.rt_runtime_us 0, so setting SCHED_FIFO on their vCPUs is refused (EPERM)",
+                'remove "cpu" from cgroup_controllers in /etc/libvirt/qemu.conf and restart libvirtd, or boot a '
+                "kernel without CONFIG_RT_GROUP_SCHED (the RHEL, Debian and Ubuntu kernels)",
+            )
+        )
+    else:
+        out.append(ok("rt cgroup", "no RT group scheduling on a cgroup v1 cpu controller: vCPUs may get SCHED_FIFO"))
     return out
 
 

@@ -1,5 +1,5 @@
-"""The kernel's view of one process's threads: /proc/<pid>/task/<tid>/status, read through
-the same reader the isolation audit uses."""
+"""The kernel's view of one process's threads: /proc/<pid>/task/<tid>/status (affinity) and
+stat (scheduling policy and priority), read through the same reader the isolation audit uses."""
 
 from __future__ import annotations
 
@@ -11,6 +11,6 @@ from bmslice.verify.host_state import read_process
 
 
 def read_threads(pid: int, root: Path = Path("/")) -> list[ThreadAffinity]:
-    """Each live thread's name and Cpus_allowed_list; empty when the process is gone."""
+    """Each live thread's name, Cpus_allowed_list and scheduling; empty when the process is gone."""
     process = read_process(FsRoot(root), pid)
     return list(process.tasks) if process is not None else []

@@ -22,7 +22,7 @@ from typing import Literal
 
 from bmslice.cpuset import CpuListError, CpuSet
 from bmslice.model.live import ThreadAffinity
-from bmslice.topology.sysfs import FsRoot
+from bmslice.topology.fsroot import FsRoot
 
 KTHREAD_FLAG = 0x00200000  # PF_KTHREAD in /proc/<pid>/stat field 9
 KTHREADD_PID = 2
@@ -203,7 +203,7 @@ def read_process(fs: FsRoot, pid: int) -> Process | None:
     if text is None:
         return None
     status = parse_status(text)
-    cmdline = parse_cmdline(fs.read(f"{rel}/cmdline") or "")
+    cmdline = parse_cmdline(fs.read(f"{rel}/cmdline", keep_nul=True) or "")
     evidence = kthread_evidence(pid, status, fs.read(f"{rel}/stat"), _has_exe(fs, pid), cmdline)
     tids = sorted(int(t) for t in fs.listdir(f"{rel}/task") if t.isdigit())
     # Without a task/ directory (a minimal capture) the process's own status stands for its one thread.

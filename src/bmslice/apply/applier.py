@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -138,7 +139,8 @@ def _steps_for(ctx: Context, vm_spec: VmSpec, vm: VmPlan, opts: ApplyOptions) ->
     if live is None:
         return _create_steps(ctx, vm_spec, vm, desired, opts)
     if vm.name in ctx.moving:
-        return [_stop_step(ctx, vm.name), *_redefine_steps(ctx, live, desired), _start_step(ctx, vm.name)]
+        xml = partial(_final_xml, opts, vm, desired)
+        return [_stop_step(ctx, vm.name), *_redefine_steps(ctx, live, xml), _start_step(ctx, vm.name)]
     return _converge_steps(ctx, live, desired, opts.allow_move)
 
 
@@ -147,20 +149,19 @@ def _steps_for(ctx: Context, vm_spec: VmSpec, vm: VmPlan, opts: ApplyOptions) ->
 
 def _create_steps(ctx: Context, vm_spec: VmSpec, vm: VmPlan, desired: Domain, opts: ApplyOptions) -> list[Step]:
     steps = [
-        _detach_step(ctx, dev.address)
+        _detach_step(ctx, dev.known_address)
         for dev in vm.devices
-        if dev.type == "passthrough" and _needs_detach(ctx, dev.address)
+        if dev.type == "passthrough" and _needs_detach(ctx, dev.known_address)
     ]
     steps += sriov.vf_setting_steps(vm.devices, _live_kernel(opts))
     if vm_spec.disk is not None:
         steps.append(_disk_step(ctx, vm_spec, vm.name))
     if vm_spec.cloud_init is not None:
         steps.append(_seed_step(ctx, vm_spec, vm.name, opts.spec_dir))
-    xml = to_xml(desired)
     steps.append(
         Step(
             f"define {vm.name}",
-            lambda: ctx.conn.defineXMLFlags(xml, VALIDATE),
+            lambda: ctx.conn.defineXMLFlags(_final_xml(opts, vm, desired), VALIDATE),
             lambda: ctx.conn.lookupByName(vm.name).undefine(),
             f"undefine {vm.name}",
         )
@@ -174,6 +175,15 @@ def _create_steps(ctx: Context, vm_spec: VmSpec, vm: VmPlan, desired: Domain, op
         )
     )
     return steps
+
+
+def _final_xml(opts: ApplyOptions, vm: VmPlan, desired: Domain) -> str:
+    """The XML to define, made when the define step runs: a VF the plan could not place in
+    advance has been created by then, and its address is read from its PF's virtfn link."""
+    if not sriov.unresolved_vfs(vm):
+        return to_xml(desired)
+    resolved = sriov.resolve_vf_addresses(opts.host_root or Path("/"), vm)
+    return to_xml(replace(domain_from_plan(resolved, desired.disks), uuid=desired.uuid))
 
 
 def _needs_detach(ctx: Context, address: str) -> bool:
@@ -256,12 +266,12 @@ def _differences(desired: Domain, current: Domain) -> list[str]:
     return [f for f in Domain.__dataclass_fields__ if f not in skip and getattr(desired, f) != getattr(current, f)]
 
 
-def _redefine_steps(ctx: Context, live: LiveDomain, desired: Domain) -> list[Step]:
+def _redefine_steps(ctx: Context, live: LiveDomain, xml: Callable[[], str]) -> list[Step]:
     old_xml = live.inactive_xml
     return [
         Step(
             f"redefine {live.name}",
-            lambda: ctx.conn.defineXMLFlags(to_xml(desired), VALIDATE),
+            lambda: ctx.conn.defineXMLFlags(xml(), VALIDATE),
             lambda: ctx.conn.defineXML(old_xml),
             f"restore the previous definition of {live.name}",
         )
@@ -272,7 +282,7 @@ def _converge_steps(ctx: Context, live: LiveDomain, desired: Domain, allow_move:
     current = from_xml(live.inactive_xml)
     changed = _differences(desired, current)
     if changed and allow_move:  # e.g. memory: the slice keeps its CPUs but needs a restart
-        redefine = _redefine_steps(ctx, live, replace(desired, uuid=current.uuid))
+        redefine = _redefine_steps(ctx, live, partial(to_xml, replace(desired, uuid=current.uuid)))
         moved = [_stop_step(ctx, live.name), *redefine, _start_step(ctx, live.name)]
         return moved if live.autostart else [*moved, _autostart_step(ctx, live.name)]
     if changed:
@@ -282,7 +292,7 @@ def _converge_steps(ctx: Context, live: LiveDomain, desired: Domain, allow_move:
         )
     steps: list[Step] = []
     if any(getattr(desired, f) != getattr(current, f) for f in _PIN_FIELDS):
-        steps.extend(_redefine_steps(ctx, live, replace(desired, uuid=current.uuid)))
+        steps.extend(_redefine_steps(ctx, live, partial(to_xml, replace(desired, uuid=current.uuid))))
     if live.active:
         steps.extend(_live_pin_steps(ctx, live, desired))
     else:

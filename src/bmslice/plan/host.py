@@ -1,8 +1,10 @@
 """The host's half of the plan: the CPUs it keeps, what is isolated, the kernel args.
 
->>> kernel_args("GenuineIntel", CpuSet.parse("0-1,12-13"), CpuSet.parse("2-11,14-23"), ())
+>>> kernel_args("GenuineIntel", CpuSet.parse("0-1,12-13"), CpuSet.parse("2-11,14-23"), (), passthrough=True)
 ('intel_iommu=on', 'iommu=pt', 'isolcpus=2-11,14-23', 'nohz_full=2-11,14-23', 'rcu_nocbs=2-11,14-23', \
 'irqaffinity=0-1,12-13')
+>>> kernel_args("GenuineIntel", CpuSet.parse("0,2"), CpuSet.parse("1,3"), (), passthrough=False)
+('isolcpus=1,3', 'nohz_full=1,3', 'rcu_nocbs=1,3', 'irqaffinity=0,2')
 """
 
 from __future__ import annotations
@@ -65,8 +67,11 @@ def hugepage_args(hugepages: Sequence[NodeHugepages]) -> tuple[str, ...]:
     return ("hugepagesz=1G", f"hugepages={per_node}")
 
 
-def kernel_args(vendor: str, reserved: CpuSet, isolated: CpuSet, hugepages: Sequence[NodeHugepages]) -> tuple[str, ...]:
-    args = list(iommu_args(vendor))
+def kernel_args(
+    vendor: str, reserved: CpuSet, isolated: CpuSet, hugepages: Sequence[NodeHugepages], passthrough: bool
+) -> tuple[str, ...]:
+    """`passthrough`: some VM gets a PCI device or VF, so the IOMMU must be on (and only then)."""
+    args = list(iommu_args(vendor)) if passthrough else []
     if isolated:
         for key in ("isolcpus", "nohz_full", "rcu_nocbs"):
             args.append(f"{key}={isolated}")

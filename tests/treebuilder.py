@@ -9,6 +9,9 @@ The design note's server is `server1_spec()`; its tree is committed under
 examples/server1/host and regenerated with:
 
     python tests/treebuilder.py server1 examples/server1/host
+
+The same server as its Ubuntu 18.04 kernel (4.15) shows it, `server1_kernel415_spec()`, is
+committed under tests/data/trees/server1-kernel4.15 (`treebuilder.py server1-kernel4.15 DIR`).
 """
 
 from __future__ import annotations

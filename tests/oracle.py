@@ -308,7 +308,9 @@ def check_plan(topo: HostTopology, spec: Spec, plan: Plan) -> None:
         for key in ("isolcpus", "nohz_full", "rcu_nocbs"):
             assert f"{key}={fmt}" in args, f"{key} missing from {args}"
     assert f"irqaffinity={plan.host.reserved_cpus.format()}" in args
-    assert ("intel_iommu=on" in args) == (topo.cpu_vendor == "GenuineIntel")
+    passthrough = any(vm.devices for vm in plan.vms)  # the IOMMU args only when a device needs them
+    assert ("intel_iommu=on" in args) == (passthrough and topo.cpu_vendor == "GenuineIntel")
+    assert ("iommu=pt" in args) == passthrough
     # 7. memory per node
     for node_id, used in memory.items():
         total = next(n.memory_mib for n in topo.numa_nodes if n.id == node_id)

@@ -11,7 +11,7 @@ import pytest
 
 from bmslice.cli import host_cmds
 from bmslice.cpuset import CpuSet
-from bmslice.topology.sysfs import FsRoot
+from bmslice.topology.fsroot import FsRoot
 from bmslice.verify.audit import AuditReport, audit
 from bmslice.verify.host_state import kthread_evidence, parse_status, qemu_guest, read_runtime, stat_flags
 from hosttrees import MACHINES, Built, build, clean_runtime, expected_violations, violating_runtime

@@ -15,7 +15,17 @@ from bmslice.cpuset import CpuSet
 from bmslice.errors import TopologyError
 from bmslice.model.topology import HostTopology, Hugepages, canonical_pci_address
 from bmslice.topology.sysfs import read_host_tree
-from treebuilder import CpuSpec, HostSpec, NodeMemory, PciSpec, cpu_layout, server1_spec, vf_specs, write_tree
+from treebuilder import (
+    CpuSpec,
+    HostSpec,
+    NodeMemory,
+    PciSpec,
+    cpu_layout,
+    server1_spec,
+    snapshot,
+    vf_specs,
+    write_tree,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 SERVER1 = REPO / "examples" / "server1" / "host"
@@ -29,20 +39,6 @@ def build(tmp_path: Path, spec: HostSpec) -> Path:
 
 def discover(tmp_path: Path, spec: HostSpec) -> HostTopology:
     return read_host_tree(build(tmp_path, spec))
-
-
-def snapshot(root: Path) -> dict[str, tuple[str, str | bytes]]:
-    """Every file and symlink below root (directories only matter through them, as in git)."""
-    found: dict[str, tuple[str, str | bytes]] = {}
-    for dirpath, dirnames, filenames in os.walk(root):
-        for name in dirnames + filenames:
-            path = Path(dirpath, name)
-            rel = path.relative_to(root).as_posix()
-            if path.is_symlink():
-                found[rel] = ("link", os.readlink(path))
-            elif path.is_file():
-                found[rel] = ("file", path.read_bytes())
-    return found
 
 
 def without_source(topo: HostTopology) -> HostTopology:
@@ -181,10 +177,18 @@ def test_node_hugepages(tmp_path: Path) -> None:
 
 
 def test_pci_numa_node_minus_one_is_unknown(tmp_path: Path) -> None:
-    topo = discover(tmp_path, HostSpec(cpus=cpu_layout(1, 2, 1), pci=(replace(NIC, numa_node=-1),)))
+    topo = discover(tmp_path, HostSpec(cpus=cpu_layout(2, 2, 1), pci=(replace(NIC, numa_node=-1),)))
     dev = topo.pci("0000:01:00.0")
     assert dev is not None and dev.numa_node is None
     assert any("0000:01:00.0" in w and "numa_node -1" in w for w in topo.warnings)
+
+
+def test_numa_node_minus_one_on_one_node_is_no_warning(tmp_path: Path) -> None:
+    """With one node every device is local to it: -1 is what such firmware says, not a problem."""
+    topo = discover(tmp_path, HostSpec(cpus=cpu_layout(1, 2, 1), pci=(replace(NIC, numa_node=-1),)))
+    dev = topo.pci("0000:01:00.0")
+    assert dev is not None and dev.numa_node is None
+    assert topo.warnings == ()
 
 
 def test_bond_and_bridge_membership(tmp_path: Path) -> None:

@@ -12,7 +12,7 @@ import pytest
 from bmslice.apply.host_apply import REBOOT_PENDING, Bootloader, apply_host, detect_bootloader
 from bmslice.cli import host_cmds
 from bmslice.render.host_files import render_host_files, runtime_settings
-from bmslice.topology.sysfs import FsRoot
+from bmslice.topology.fsroot import FsRoot
 from hosttrees import MACHINES, build, clean_runtime
 from treebuilder import RuntimeSpec
 
@@ -135,7 +135,7 @@ def test_reboot_pending_cleared_when_args_active(tmp_path: Path, capsys: pytest.
     ("distro", "kind", "says"),
     [
         ("debian", Bootloader.DEBIAN, "run `update-grub`"),
-        ("rhel", Bootloader.RHEL, "run `grubby --update-kernel=ALL --args='iommu=pt isolcpus=1-3"),
+        ("rhel", Bootloader.RHEL, "run `grubby --update-kernel=ALL --args='isolcpus=1-3"),
         (None, Bootloader.UNKNOWN, "add the args in /etc/bmslice/kernel-args to the bootloader"),
     ],
 )

@@ -84,7 +84,11 @@ def test_machines_render_consistently(tmp_path: Path, name: str) -> None:
     files = render_host_files(plan, topo)
     args = files["etc/bmslice/kernel-args"].split()
     amd = machine.host.vendor == "AuthenticAMD"
-    assert ("intel_iommu=on" in args) is not amd and not any(a.startswith("amd_iommu") for a in args)
+    iommu = [a for a in args if a.partition("=")[0] in ("intel_iommu", "amd_iommu", "iommu")]
+    if any(vm.devices for vm in plan.vms):  # AMD's IOMMU is on by default: only pass-through mode to ask for
+        assert iommu == (["iommu=pt"] if amd else ["intel_iommu=on", "iommu=pt"])
+    else:  # nothing is passed through: no reason to change how the IOMMU boots
+        assert iommu == []
     assert f"isolcpus={plan.host.isolated_cpus}" in args
     for setting in runtime_settings(plan):
         assert f"/{setting.path} {setting.value}\n" in files["etc/bmslice/hugepages"]

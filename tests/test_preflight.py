@@ -17,7 +17,7 @@ import pytest
 from bmslice.cli import host_cmds
 from bmslice.model.spec import spec_from_data
 from bmslice.plan.planner import make_plan
-from bmslice.topology.sysfs import FsRoot
+from bmslice.topology.fsroot import FsRoot
 from bmslice.verify.findings import Finding, Level
 from bmslice.verify.host_state import parse_memlock, read_module_facts
 from bmslice.verify.preflight import PreflightFacts, preflight, read_preflight_facts

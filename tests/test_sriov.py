@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -184,6 +185,19 @@ def run_apply(
     return subprocess.run(cmd, capture_output=True, text=True, env=env, check=False)
 
 
+def refused_once(
+    tree: Path, vms: list[dict[str, object]], tmp_path: Path, host: dict[str, object] | None = None
+) -> str:
+    """Apply on `tree` is refused with one `error:` line (returned) and leaves the tree as it was."""
+    before = tree_digest(tree)
+    result = run_apply(tree, vms, tmp_path, host)
+    assert result.returncode == 2, result.stdout + result.stderr
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "Traceback" not in result.stderr
+    assert tree_digest(tree) == before
+    return errors[0]
+
+
 def refusal_tree(tmp_path: Path) -> Path:
     base = two_socket_sriov()
     pf_in_use = replace(
@@ -220,14 +234,10 @@ REFUSALS = [
 
 @pytest.mark.parametrize(("case", "nics", "message"), REFUSALS, ids=[r[0] for r in REFUSALS])
 def test_safety_refusals_change_nothing(tmp_path: Path, case: str, nics: list[dict[str, object]], message: str) -> None:
-    tree = refusal_tree(tmp_path)
-    before = tree_digest(tree)
-    result = run_apply(tree, [{"name": "vm1", "vcpus": 2, "memory": "2GiB", "nics": nics}], tmp_path)
-    assert result.returncode == 2, result.stdout + result.stderr
-    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
-    assert len(errors) == 1 and "Traceback" not in result.stderr
-    assert __import__("re").search(message, errors[0]), errors[0]
-    assert tree_digest(tree) == before
+    error = refused_once(
+        refusal_tree(tmp_path), [{"name": "vm1", "vcpus": 2, "memory": "2GiB", "nics": nics}], tmp_path
+    )
+    assert re.search(message, error), error
 
 
 def test_same_vf_pool_pool_size_limit_and_same_device_twice(tmp_path: Path) -> None:
@@ -424,3 +434,100 @@ def test_discover_lists_vf_holders_and_settings(sriov_tree: Path) -> None:
     text = console.export_text()
     assert "0000:af:10.0" in text and "host (ixgbevf)" in text
     assert "0000:af:10.2" in text and "a guest (vfio-pci)" in text and "300" in text
+
+
+# --- host.sriov_vfs: checked like any NIC reference ---------------------------------------------
+
+POOL_REFUSALS = [
+    ("unknown NIC", {"ens9f0": 4}, r"host\.sriov_vfs\.ens9f0: no NIC 'ens9f0' on this host \(NICs: .*ens1f0"),
+    ("unknown PCI address", {"0000:99:00.0": 4}, r"host\.sriov_vfs\.0000:99:00\.0: no PCI device '0000:99:00\.0'"),
+    (
+        "more than totalvfs",
+        {"ens1f0": 9},
+        r"host\.sriov_vfs\.ens1f0: 9 VFs asked of .*more than its sriov_totalvfs \(8\)",
+    ),
+    ("not SR-IOV capable", {"ens4f0": 2}, r"host\.sriov_vfs\.ens4f0: 0000:5e:00\.0 \(ens4f0\) is not SR-IOV capable"),
+    (
+        "one PF, two names",
+        {"ens1f0": 2, "0000:18:00.0": 4},
+        # whichever of the two names comes second is the one refused (the spec file is written sorted)
+        r"host\.sriov_vfs\.(ens1f0|0000:18:00\.0): 0000:18:00\.0 \(ens1f0\) is already given as "
+        r"'(ens1f0|0000:18:00\.0)'; name each PF once",
+    ),
+]
+
+
+@pytest.mark.parametrize(("case", "pools", "message"), POOL_REFUSALS, ids=[r[0] for r in POOL_REFUSALS])
+def test_vf_pools_are_checked_like_nic_references(
+    tmp_path: Path, case: str, pools: dict[str, int], message: str
+) -> None:
+    """Even when no VM uses the pool: a typo in host config must not pass silently."""
+    vms: list[dict[str, object]] = [{"name": "vm1", "vcpus": 2, "memory": "2GiB"}]
+    error = refused_once(refusal_tree(tmp_path), vms, tmp_path, {"sriov_vfs": pools})
+    assert re.search(message, error), error
+
+
+def test_a_valid_vf_pool_sizes_the_pf(sriov_tree: Path) -> None:
+    vms = [{"name": "a", "vcpus": 2, "memory": "2GiB", "nics": [{"sriov": {"pf": "0000:af:00.0"}}]}]
+    plan = make_plan(read_host_tree(sriov_tree), spec(vms, {"sriov_vfs": {"ens2f0": 6}}))
+    assert [(p.interface, p.numvfs) for p in plan.host.sriov] == [("ens2f0", 6)]
+
+
+# --- a VF the plan cannot place in advance: resolved at apply time -----------------------------
+
+
+def test_apply_resolves_vf_addresses_after_creating_the_vfs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """No sriov_offset in sysfs and no config space: the plan names VF (eno2, 0) without an address;
+    apply creates the VFs, then defines the domain with the address the kernel gave VF 0.
+
+    The tree has no kernel, so the test plays its part: when the next step is reported after
+    sriov_numvfs was written, the VFs appear (treebuilder.add_vfs, linked as virtfnN)."""
+    import json
+
+    import libvirt
+
+    import bmslice.apply.lock as lock
+    from bmslice.apply.applier import ApplyOptions, apply
+    from bmslice.render.domain_xml import from_xml
+    from treebuilder import add_vfs
+
+    monkeypatch.setattr(lock, "LOCK_DIR", tmp_path / "locks")
+    host = replace(server1_spec(), sysfs_sriov_routing=False)
+    tree = write_tree(host, tmp_path / "host")
+    numvfs = tree / "sys/bus/pci/devices/0000:01:00.1/sriov_numvfs"
+    name = "bmslice-test-vf-late"
+    s = spec([{"name": name, "vcpus": 2, "memory": "2GiB", "nics": [{"sriov": {"pf": "eno2", "vlan": 7}}]}])
+    assert make_plan(read_host_tree(tree), s).vm(name).devices[0].address is None
+
+    lines: list[str] = []
+
+    def kernel(line: str) -> None:
+        lines.append(line)
+        if numvfs.read_text() == "1\n" and not (numvfs.parent / "virtfn0").exists():
+            add_vfs(tree, host, "0000:01:00.1", 1, first_group=70)
+
+    keeper = libvirt.open("test:///default")  # the test driver's state lives while a connection is open
+    try:
+        apply(s, "spec.yaml", ApplyOptions("test:///default", host_root=tree), kernel)
+        dom = keeper.lookupByName(name)
+        defined = from_xml(dom.XMLDesc(0))
+        assert [vf.address for vf in defined.vf_interfaces] == ["0000:01:10.1"]
+        assert defined.plan_json is not None
+        recorded = json.loads(defined.plan_json)["devices"]
+        assert [(d["address"], d["vf_index"]) for d in recorded] == [("0000:01:10.1", 0)]
+        dom.destroy()
+        dom.undefine()
+    finally:
+        keeper.close()
+    assert any(line.startswith("create 1 VFs on eno2") for line in lines)
+
+
+def test_apply_fails_cleanly_when_the_vf_never_appears(tmp_path: Path) -> None:
+    """A tree has no kernel to create VFs: the define step cannot resolve the address, and
+    everything this run did (sriov_numvfs, the udev rule) is put back."""
+    tree = write_tree(replace(server1_spec(), sysfs_sriov_routing=False), tmp_path / "host")
+    vms: list[dict[str, object]] = [
+        {"name": "bmslice-test-novf", "vcpus": 2, "memory": "2GiB", "nics": [{"sriov": {"pf": "eno2"}}]}
+    ]
+    error = refused_once(tree, vms, tmp_path)
+    assert "define bmslice-test-novf: VF 0 of eno2 did not appear" in error and "rolled back" in error

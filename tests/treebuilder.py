@@ -9,6 +9,9 @@ The design note's server is `server1_spec()`; its tree is committed under
 examples/server1/host and regenerated with:
 
     python tests/treebuilder.py server1 examples/server1/host
+
+The same server as its Ubuntu 18.04 kernel (4.15) shows it, `server1_kernel415_spec()`, is
+committed under tests/data/trees/server1-kernel4.15 (`treebuilder.py server1-kernel4.15 DIR`).
 """
 
 from __future__ import annotations
@@ -84,6 +87,7 @@ class PciSpec:
     sriov_stride: int | None = None
     physfn: str | None = None  # set on a VF: the address of its PF
     parent: str | None = None  # upstream bridge; None sits on the root bus
+    vf_device: str | None = None  # device ID of its VFs (SR-IOV capability in config space)
 
 
 @dataclass(frozen=True)
@@ -153,6 +157,12 @@ class HostSpec:
     masters: Mapping[str, str] = field(default_factory=dict)  # interface -> its bond or bridge
     macs: Mapping[str, str] = field(default_factory=dict)  # interface -> MAC; others get a derived one
     runtime: RuntimeSpec | None = None  # None: no live state (IRQs, processes, modules) in the tree
+    # Older kernels: before 4.16 no sriov_offset/sriov_stride files; before 4.? only hex masks
+    # (thread_siblings, node cpumap), no *_list files. pci_config: each device's config file,
+    # 4 KiB as root reads it, with the SR-IOV capability of every SR-IOV PF.
+    sysfs_sriov_routing: bool = True
+    cpu_lists: bool = True
+    pci_config: bool = False
 
 
 def cpu_layout(
@@ -244,6 +254,20 @@ class _Tree:
         path.symlink_to(target)
 
 
+def snapshot(root: Path) -> dict[str, tuple[str, str | bytes]]:
+    """Every file and symlink below root (directories only matter through them, as in git)."""
+    found: dict[str, tuple[str, str | bytes]] = {}
+    for dirpath, dirnames, filenames in os.walk(root):
+        for name in dirnames + filenames:
+            path = Path(dirpath, name)
+            rel = path.relative_to(root).as_posix()
+            if path.is_symlink():
+                found[rel] = ("link", os.readlink(path))
+            elif path.is_file():
+                found[rel] = ("file", path.read_bytes())
+    return found
+
+
 def write_tree(spec: HostSpec, root: Path) -> Path:
     """Write `spec` as ROOT/sys and ROOT/proc; `root` must be empty or absent."""
     if root.exists() and any(root.iterdir()):
@@ -297,8 +321,27 @@ def _write_cpu(tree: _Tree, spec: HostSpec, cpu: CpuSpec, online: list[CpuSpec])
     tree.file(f"{rel}/topology/physical_package_id", f"{cpu.package}\n")
     tree.file(f"{rel}/topology/die_id", f"{cpu.die}\n")
     tree.file(f"{rel}/topology/core_id", f"{cpu.core}\n")
-    tree.file(f"{rel}/topology/thread_siblings_list", _cpulist(threads) + "\n")
-    tree.file(f"{rel}/topology/core_siblings_list", _cpulist(package) + "\n")
+    for name, ids in (("thread_siblings", threads), ("core_siblings", package)):
+        _write_cpus_file(tree, spec, f"{rel}/topology/{name}_list", f"{rel}/topology/{name}", ids)
+
+
+def cpu_mask(ids: Iterable[int], nbits: int) -> str:
+    """The kernel's %*pb: hex, comma-separated 32-bit words, most significant first.
+
+    >>> cpu_mask([0, 12], 24), cpu_mask([0, 33], 64)
+    ('001001', '00000002,00000001')
+    """
+    digits = f"{sum(1 << i for i in set(ids)):0{(nbits + 3) // 4}x}"
+    words = [digits[max(0, end - 8) : end] for end in range(len(digits), 0, -8)]
+    return ",".join(reversed(words))
+
+
+def _write_cpus_file(tree: _Tree, spec: HostSpec, list_rel: str, mask_rel: str, ids: Iterable[int]) -> None:
+    """The CPU list file, or for an old kernel the hex mask file alone."""
+    if spec.cpu_lists:
+        tree.file(list_rel, _cpulist(ids) + "\n")
+    else:
+        tree.file(mask_rel, cpu_mask(ids, len(spec.cpus)) + "\n")
 
 
 def _node_memory(spec: HostSpec, node: int) -> NodeMemory:
@@ -342,7 +385,8 @@ def _write_nodes(tree: _Tree, spec: HostSpec) -> None:
         rel = f"{base}/node{node}"
         memory = _node_memory(spec, node)
         # Offline CPUs leave their node's cpulist (x86 numa_remove_cpu) but keep cpuN/nodeM.
-        tree.file(f"{rel}/cpulist", _cpulist(c.id for c in spec.cpus if c.node == node and c.online) + "\n")
+        node_cpus = [c.id for c in spec.cpus if c.node == node and c.online]
+        _write_cpus_file(tree, spec, f"{rel}/cpulist", f"{rel}/cpumap", node_cpus)
         tree.file(f"{rel}/meminfo", "\n".join(_meminfo_lines(f"Node {node} ", memory)) + "\n")
         tree.file(f"{rel}/distance", " ".join(str(_distance(spec, node, other)) for other in nodes) + "\n")
         _write_hugepages(tree, f"{rel}/hugepages", memory.hugepages)
@@ -396,13 +440,82 @@ def _write_pci_device(tree: _Tree, spec: HostSpec, dev: PciSpec, rel: str) -> No
     if dev.sriov_totalvfs is not None:
         tree.file(f"{rel}/sriov_totalvfs", f"{dev.sriov_totalvfs}\n")
         tree.file(f"{rel}/sriov_numvfs", f"{dev.sriov_numvfs}\n")
-        if dev.sriov_offset is not None:
+        if dev.sriov_offset is not None and spec.sysfs_sriov_routing:
             tree.file(f"{rel}/sriov_offset", f"{dev.sriov_offset}\n")
             tree.file(f"{rel}/sriov_stride", f"{dev.sriov_stride or 1}\n")
+    if spec.pci_config:
+        path = tree.root / rel / "config"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(pci_config(dev))
     if spec.iommu and dev.iommu_group is not None:
         group = f"sys/kernel/iommu_groups/{dev.iommu_group}"
         tree.link(f"{rel}/iommu_group", group)
         tree.link(f"{group}/devices/{dev.address}", rel)
+
+
+def pci_config(dev: PciSpec) -> bytes:
+    """4 KiB of PCI Express config space as root reads it from sysfs.
+
+    The header and the capability chain an Intel X540 shows (`lspci -vvv`): power management,
+    MSI, MSI-X and PCI Express in the first 256 bytes; AER, serial number, ARI, SR-IOV and ACS
+    from 0x100 for an SR-IOV PF, AER alone otherwise.
+    """
+    cfg = bytearray(4096)
+
+    def put(offset: int, value: int, size: int) -> None:
+        cfg[offset : offset + size] = value.to_bytes(size, "little")
+
+    bridge = dev.class_code.startswith("0x0604")
+    put(0x00, int(dev.vendor, 16), 2)
+    put(0x02, int(dev.device, 16), 2)
+    put(0x04, 0x0406, 2)  # command: memory space, bus master, INTx off
+    put(0x06, 0x0010, 2)  # status: has a capability list
+    put(0x08, 0x01 | int(dev.class_code, 16) << 8, 4)  # revision, then the 24-bit class code
+    cfg[0x0E] = 0x01 if bridge else 0x80  # header type: bridge, or a function of a multi-function device
+    cfg[0x34] = 0x40
+    for offset, cap_id, nxt in ((0x40, 0x01, 0x50), (0x50, 0x05, 0x70), (0x70, 0x11, 0xA0), (0xA0, 0x10, 0x00)):
+        cfg[offset], cfg[offset + 1] = cap_id, nxt
+    sriov = bool(dev.sriov_totalvfs) and dev.physfn is None
+    extended = [(0x100, 0x0001, 2), (0x140, 0x0003, 1), (0x150, 0x000E, 1), (0x160, 0x0010, 1), (0x1D0, 0x000D, 1)]
+    chain = extended if sriov else extended[:1]
+    for i, (offset, cap_id, version) in enumerate(chain):
+        nxt = chain[i + 1][0] if i + 1 < len(chain) else 0
+        put(offset, cap_id | version << 16 | nxt << 20, 4)
+    if sriov:
+        cap = 0x160
+        put(cap + 0x08, 0x0010, 2)  # control: ARI capable hierarchy
+        put(cap + 0x0C, dev.sriov_totalvfs or 0, 2)  # InitialVFs
+        put(cap + 0x0E, dev.sriov_totalvfs or 0, 2)  # TotalVFs
+        put(cap + 0x10, dev.sriov_numvfs, 2)  # NumVFs
+        cfg[cap + 0x12] = int(dev.address.rsplit(".", 1)[1])  # function dependency link
+        put(cap + 0x14, dev.sriov_offset or 0, 2)  # First VF Offset
+        put(cap + 0x16, dev.sriov_stride or 0, 2)  # VF Stride
+        put(cap + 0x1A, int(dev.vf_device or "0", 16), 2)
+        put(cap + 0x1C, 0x00000553, 4)  # supported page sizes
+        put(cap + 0x20, 0x00000001, 4)  # system page size: 4 KiB
+    return bytes(cfg)
+
+
+def add_vfs(root: Path, spec: HostSpec, pf_address: str, count: int, first_group: int) -> HostSpec:
+    """What the kernel does when `count` is written to a PF's sriov_numvfs in a tree written from
+    `spec`: the VFs appear, linked from the PF as virtfnN. Returns the spec that now describes it."""
+    pf = next(d for d in spec.pci if d.address == pf_address)
+    grown = replace(spec, pci=(*spec.pci, *vf_specs(pf, count, first_group)))
+    tree = _Tree(root)
+    dirs = _pci_dirs(grown)
+    for vf in grown.pci[len(spec.pci) :]:
+        _write_pci_device(tree, grown, vf, dirs[vf.address])
+    _link_vfs(tree, grown, dirs, [pf])
+    return grown
+
+
+def _link_vfs(tree: _Tree, spec: HostSpec, dirs: Mapping[str, str], pfs: Iterable[PciSpec]) -> None:
+    for pf in pfs:
+        vfs = [d for d in spec.pci if d.physfn == pf.address]
+        for index, vf in enumerate(vfs):
+            if not (tree.root / dirs[pf.address] / f"virtfn{index}").is_symlink():
+                tree.link(f"{dirs[pf.address]}/virtfn{index}", dirs[vf.address])
+                tree.link(f"{dirs[vf.address]}/physfn", dirs[pf.address])
 
 
 def _write_pci(tree: _Tree, spec: HostSpec) -> dict[str, str]:
@@ -410,11 +523,7 @@ def _write_pci(tree: _Tree, spec: HostSpec) -> dict[str, str]:
     dirs = _pci_dirs(spec)
     for dev in spec.pci:
         _write_pci_device(tree, spec, dev, dirs[dev.address])
-    for pf in spec.pci:
-        vfs = [d for d in spec.pci if d.physfn == pf.address]
-        for index, vf in enumerate(vfs):
-            tree.link(f"{dirs[pf.address]}/virtfn{index}", dirs[vf.address])
-            tree.link(f"{dirs[vf.address]}/physfn", dirs[pf.address])
+    _link_vfs(tree, spec, dirs, spec.pci)
     return dirs
 
 
@@ -597,9 +706,10 @@ def server1_spec() -> HostSpec:
     """Xeon E5-2620 v2, 2 sockets x 6 cores x 2 threads, node0 = even CPUs, siblings N/N+12."""
     bridge = PciSpec("0000:00:01.0", class_code="0x060400", device="0x0e02", iommu_group=1, driver="pcieport")
     x540 = PciSpec(
-        "", device="0x1528", driver="ixgbe", sriov_totalvfs=63, sriov_offset=128, sriov_stride=2, parent=bridge.address
-    )
-    i350 = PciSpec("", device="0x1521", driver="igb", sriov_totalvfs=7)
+        "", device="0x1528", driver="ixgbe", sriov_totalvfs=63, sriov_offset=128, sriov_stride=2, parent=bridge.address,
+        vf_device="0x1515",
+    )  # fmt: skip
+    i350 = PciSpec("", device="0x1521", driver="igb", sriov_totalvfs=7, vf_device="0x1520")
     return HostSpec(
         cpus=cpu_layout(2, 6, 2, siblings="spread", socket_order="interleave"),
         vendor="GenuineIntel",
@@ -619,6 +729,16 @@ def server1_spec() -> HostSpec:
     )
 
 
+def server1_kernel415_spec() -> HostSpec:
+    """The design note's server as its Ubuntu 18.04 kernel (4.15) shows it: `sriov_totalvfs` but no
+    `sriov_offset`/`sriov_stride` in sysfs (Linux 4.16 added them); root reads First VF Offset and
+    VF Stride from each PF's config space instead. X540: 0x80 and 2 (its PF 1's VFs at 01:10.1,
+    01:10.3, ...); I350: 0x80 and 4. Committed as tests/data/trees/server1-kernel4.15."""
+    base = server1_spec()
+    pci = tuple(replace(d, sriov_offset=128, sriov_stride=4) if d.device == "0x1521" else d for d in base.pci)
+    return replace(base, pci=pci, sysfs_sriov_routing=False, pci_config=True)
+
+
 def fleet_host_spec(hostname: str) -> HostSpec:
     """A server like the note's server1 under another name: the design note's next step runs
     four of them (examples/fleet/hosts/<name>, regenerated with `treebuilder.py <name> DIR`)."""
@@ -630,7 +750,7 @@ def fleet_host_spec(hostname: str) -> HostSpec:
 
 FLEET_HOSTS = ("control1", "server1", "server2", "server3")
 
-SPECS = {"server1": server1_spec}
+SPECS = {"server1": server1_spec, "server1-kernel4.15": server1_kernel415_spec}
 SPECS.update({name: partial(fleet_host_spec, name) for name in FLEET_HOSTS if name != "server1"})
 
 

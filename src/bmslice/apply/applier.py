@@ -15,6 +15,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -146,7 +147,8 @@ def _steps_for(ctx: Context, vm_spec: VmSpec, vm: VmPlan, opts: ApplyOptions, wa
     running = live.active and vm.name not in ctx.moving  # a slice that moves is stopped first
     ensure = _volume_steps(ctx, vm_spec, opts.spec_dir, listed, False, warnings.append, running)
     if vm.name in ctx.moving:
-        return [_stop_step(ctx, vm.name), *_redefine_steps(ctx, live, desired), *ensure, _start_step(ctx, vm.name)]
+        xml = partial(_final_xml, opts, vm, desired)
+        return [_stop_step(ctx, vm.name), *_redefine_steps(ctx, live, xml), *ensure, _start_step(ctx, vm.name)]
     return [*ensure, *_converge_steps(ctx, live, desired, opts.allow_move)]
 
 
@@ -190,13 +192,12 @@ def _create_steps(ctx: Context, vm_spec: VmSpec, vm: VmPlan, desired: Domain, op
         )
     ensure_volumes = _volume_steps(ctx, vm_spec, opts.spec_dir, set(), True, lambda _line: None)  # refusals first
     steps = [
-        _detach_step(ctx, dev.address)
+        _detach_step(ctx, dev.known_address)
         for dev in vm.devices
-        if dev.type == "passthrough" and _needs_detach(ctx, dev.address)
+        if dev.type == "passthrough" and _needs_detach(ctx, dev.known_address)
     ]
     steps += pf_link.pf_up_steps(vm.devices, _live_kernel(opts))
     steps += sriov.vf_setting_steps(vm.devices, _live_kernel(opts))
-    xml = to_xml(desired)
 
     def undefine() -> None:
         dom = lookup(ctx.conn, vm.name)
@@ -204,7 +205,12 @@ def _create_steps(ctx: Context, vm_spec: VmSpec, vm: VmPlan, desired: Domain, op
             dom.undefine()
 
     steps.append(
-        Step(f"define {vm.name}", lambda: ctx.conn.defineXMLFlags(xml, VALIDATE), undefine, f"undefine {vm.name}")
+        Step(
+            f"define {vm.name}",
+            lambda: ctx.conn.defineXMLFlags(_final_xml(opts, vm, desired), VALIDATE),
+            undefine,
+            f"undefine {vm.name}",
+        )
     )
     steps += ensure_volumes
     steps.append(_start_step(ctx, vm.name))
@@ -216,6 +222,15 @@ def _create_steps(ctx: Context, vm_spec: VmSpec, vm: VmPlan, desired: Domain, op
         )
     )
     return steps
+
+
+def _final_xml(opts: ApplyOptions, vm: VmPlan, desired: Domain) -> str:
+    """The XML to define, made when the define step runs: a VF the plan could not place in
+    advance has been created by then, and its address is read from its PF's virtfn link."""
+    if not sriov.unresolved_vfs(vm):
+        return to_xml(desired)
+    resolved = sriov.resolve_vf_addresses(opts.host_root or Path("/"), vm)
+    return to_xml(replace(domain_from_plan(resolved, desired.disks), uuid=desired.uuid))
 
 
 def _needs_detach(ctx: Context, address: str) -> bool:
@@ -268,12 +283,12 @@ def _differences(desired: Domain, current: Domain) -> list[str]:
     return [f for f in Domain.__dataclass_fields__ if f not in skip and getattr(desired, f) != getattr(current, f)]
 
 
-def _redefine_steps(ctx: Context, live: LiveDomain, desired: Domain) -> list[Step]:
+def _redefine_steps(ctx: Context, live: LiveDomain, xml: Callable[[], str]) -> list[Step]:
     old_xml = live.inactive_xml
     return [
         Step(
             f"redefine {live.name}",
-            lambda: ctx.conn.defineXMLFlags(to_xml(desired), VALIDATE),
+            lambda: ctx.conn.defineXMLFlags(xml(), VALIDATE),
             lambda: ctx.conn.defineXML(old_xml),
             f"restore the previous definition of {live.name}",
         )
@@ -284,7 +299,7 @@ def _converge_steps(ctx: Context, live: LiveDomain, desired: Domain, allow_move:
     current = from_xml(live.inactive_xml)
     changed = _differences(desired, current)
     if changed and allow_move:  # e.g. memory: the slice keeps its CPUs but needs a restart
-        redefine = _redefine_steps(ctx, live, replace(desired, uuid=current.uuid))
+        redefine = _redefine_steps(ctx, live, partial(to_xml, replace(desired, uuid=current.uuid)))
         moved = [_stop_step(ctx, live.name), *redefine, _start_step(ctx, live.name)]
         return moved if live.autostart else [*moved, _autostart_step(ctx, live.name)]
     if changed:
@@ -294,7 +309,7 @@ def _converge_steps(ctx: Context, live: LiveDomain, desired: Domain, allow_move:
         )
     steps: list[Step] = []
     if any(getattr(desired, f) != getattr(current, f) for f in _PIN_FIELDS):
-        steps.extend(_redefine_steps(ctx, live, replace(desired, uuid=current.uuid)))
+        steps.extend(_redefine_steps(ctx, live, partial(to_xml, replace(desired, uuid=current.uuid))))
     if live.active:
         steps.extend(_live_pin_steps(ctx, live, desired))
     else:

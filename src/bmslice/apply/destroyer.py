@@ -144,10 +144,10 @@ def destroy(spec: Spec, opts: DestroyOptions, report: Callable[[str], None]) -> 
                 if dev.type == "vf":
                     released.append(dev)
                     continue
-                now = topo.pci(dev.address)
+                now = topo.pci(dev.known_address)
                 if dev.driver in (None, "vfio-pci") or (now is not None and now.driver == dev.driver):
                     continue
-                node = nodedev_name(dev.address)
+                node = nodedev_name(dev.known_address)
                 step(f"reattach {dev.address} to {dev.driver}", partial(_reattach, conn, node))
         destroyed = {vm.name for vm in spec.vms}
         still_used = {

@@ -8,22 +8,19 @@ tool: it says which file it wrote and which command the operator runs.
 
 from __future__ import annotations
 
-import contextlib
-import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
 
 from bmslice.apply.lock import host_lock
-from bmslice.errors import ApplyError
+from bmslice.apply.tree_files import make_dirs, remove_dirs, write_atomic, write_in_place
+from bmslice.errors import ApplyError, BmsliceError
 from bmslice.model.plan import Plan
 from bmslice.render.host_files import GRUB_DROPIN, KERNEL_ARGS, SysfsSetting, grubby_command
-from bmslice.topology.sysfs import FsRoot
+from bmslice.topology.fsroot import FsRoot
 
 REBOOT_PENDING = "var/lib/bmslice/reboot-pending"
-FILE_MODE = 0o644
 
 
 class Bootloader(StrEnum):
@@ -34,7 +31,7 @@ class Bootloader(StrEnum):
 
 def detect_bootloader(fs: FsRoot) -> Bootloader:
     """RHEL markers first: RHEL has /etc/default/grub too, but its entries are BLS files."""
-    if fs.read("etc/redhat-release") is not None or fs.resolve("usr/sbin/grubby").exists():
+    if fs.read("etc/redhat-release") is not None or fs.exists("usr/sbin/grubby"):
         return Bootloader.RHEL
     if fs.read("etc/debian_version") is not None or fs.read("etc/default/grub") is not None:
         return Bootloader.DEBIAN
@@ -96,13 +93,13 @@ class _Undo:
             try:
                 if old is None:
                     path.unlink(missing_ok=True)
+                elif _is_sysfs(path):
+                    write_in_place(path, old)
                 else:
-                    _write_bytes(path, old, atomic=path.is_file() and not _is_sysfs(path))
-            except OSError as exc:
-                problems.append(f"{path}: {exc.strerror or exc}")
-        for directory in reversed(self.dirs):
-            with contextlib.suppress(OSError):
-                directory.rmdir()
+                    write_atomic(path, old)
+            except (OSError, ApplyError) as exc:
+                problems.append(f"{path}: {exc.strerror or exc}" if isinstance(exc, OSError) else str(exc))
+        remove_dirs(self.dirs)
         return problems
 
 
@@ -110,44 +107,11 @@ def _is_sysfs(path: Path) -> bool:
     return "/sys/" in f"/{path}/"
 
 
-def _write_bytes(path: Path, data: bytes, atomic: bool) -> None:
-    if not atomic:
-        # sysfs attributes cannot be renamed over; one write is the kernel's transaction.
-        with path.open("wb") as handle:
-            handle.write(data)
-        return
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".bmslice")
+def _read_bytes(fs: FsRoot, rel: str) -> bytes | None:
     try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fchmod(handle.fileno(), FILE_MODE)
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-
-
-def _make_dirs(directory: Path, undo: _Undo) -> None:
-    missing = []
-    current = directory
-    while not current.exists():
-        missing.append(current)
-        current = current.parent
-    for path in reversed(missing):
-        path.mkdir()
-        undo.dirs.append(path)
-
-
-def _read_bytes(path: Path) -> bytes | None:
-    try:
-        return path.read_bytes()
-    except FileNotFoundError:
-        return None
+        return fs.read_bytes(rel)
     except IsADirectoryError:
-        raise ApplyError(f"{path} is a directory, not a file; remove it and run host-apply again") from None
+        raise ApplyError(f"{fs.display(rel)} is a directory, not a file; remove it and run host-apply again") from None
 
 
 def _current_int(fs: FsRoot, rel: str) -> int | None:
@@ -170,7 +134,7 @@ class _Run:
 
     def place(self, rel: str, text: str) -> None:
         path = self.fs.resolve(rel)
-        old = _read_bytes(path)
+        old = _read_bytes(self.fs, rel)
         new = text.encode()
         if old == new:
             self.result.unchanged.append(rel)
@@ -178,13 +142,13 @@ class _Run:
         self.result.changes.append(Change(rel, "create" if old is None else "update"))
         if self.result.dry_run:
             return
-        _make_dirs(path.parent, self.undo)
+        make_dirs(path.parent, self.undo.dirs)
         self.undo.files.append((path, old))
-        _write_bytes(path, new, atomic=True)
+        write_atomic(path, new)
 
     def remove(self, rel: str) -> None:
         path = self.fs.resolve(rel)
-        old = _read_bytes(path)
+        old = _read_bytes(self.fs, rel)
         if old is None:
             return
         self.result.changes.append(Change(rel, "remove", "the planned kernel args are all active"))
@@ -205,7 +169,7 @@ class _Run:
             return
         path = self.fs.resolve(rel)
         self.undo.files.append((path, f"{current}\n".encode()))
-        _write_bytes(path, f"{setting.value}\n".encode(), atomic=False)
+        write_in_place(path, f"{setting.value}\n".encode())
         got = _current_int(self.fs, rel)
         if got is not None and got < setting.value:
             self.result.warnings.append(
@@ -235,19 +199,25 @@ def apply_host(
         )
     result.reboot_pending = plan.host.missing_kernel_args
     if dry_run:
-        _run_all(_Run(fs, result), plan, files, settings)
+        try:
+            _run_all(_Run(fs, result), plan, files, settings)
+        except OSError as exc:
+            raise ApplyError(f"host-apply --dry-run: {_reason(exc, root)}") from None
     else:
         with host_lock(f"host-root:{root.resolve()}"):
             run = _Run(fs, result)
             try:
                 _run_all(run, plan, files, settings)
-            except (OSError, ApplyError) as exc:
+            except (OSError, BmsliceError) as exc:
                 problems = run.undo.run()
-                reason = exc if isinstance(exc, ApplyError) else f"{exc.filename or root}: {exc.strerror or exc}"
                 tail = f"; could not put back: {'; '.join(problems)}" if problems else "; nothing was left changed"
-                raise ApplyError(f"host-apply failed: {reason}{tail}") from None
+                raise ApplyError(f"host-apply failed: {_reason(exc, root)}{tail}") from None
     _next_steps(plan, result)
     return result
+
+
+def _reason(exc: OSError | BmsliceError, root: Path) -> str:
+    return str(exc) if isinstance(exc, BmsliceError) else f"{exc.filename or root}: {exc.strerror or exc}"
 
 
 def _run_all(run: _Run, plan: Plan, files: Mapping[str, str], settings: Sequence[SysfsSetting]) -> None:

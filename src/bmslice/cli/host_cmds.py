@@ -38,7 +38,7 @@ def _plan(args: argparse.Namespace) -> tuple[HostTopology, Plan]:
 
 
 def cmd_preflight(args: argparse.Namespace) -> int:
-    from bmslice.topology.sysfs import FsRoot
+    from bmslice.topology.fsroot import FsRoot
     from bmslice.verify.findings import Level
     from bmslice.verify.preflight import preflight, read_preflight_facts
 
@@ -107,7 +107,7 @@ def cmd_host_apply(args: argparse.Namespace) -> int:
 
 
 def cmd_audit(args: argparse.Namespace) -> int:
-    from bmslice.topology.sysfs import FsRoot
+    from bmslice.topology.fsroot import FsRoot
     from bmslice.verify.audit import audit
     from bmslice.verify.host_state import read_runtime
 

@@ -9,7 +9,7 @@ from rich.table import Table
 from rich.text import Text
 
 from bmslice.cpuset import CpuSet
-from bmslice.model.plan import DeviceAssignment, Plan
+from bmslice.model.plan import AT_APPLY, DeviceAssignment, Plan
 from bmslice.model.sizes import format_mib
 from bmslice.model.topology import HostTopology
 
@@ -128,7 +128,8 @@ def _pairs(pins: tuple[int, ...], threads: int) -> list[str]:
 def _device_text(d: DeviceAssignment) -> str:
     if d.type == "vf":
         vlan = f"VLAN {d.vlan}" if d.vlan else "untagged"
-        return f"{d.address} (VF {d.vf_index} of {d.interface or d.pf}, {vlan}, MAC {d.mac})"
+        where = d.address or AT_APPLY
+        return f"{where} (VF {d.vf_index} of {d.interface or d.pf}, {vlan}, MAC {d.mac})"
     return f"{d.address} {d.interface or ''}".strip()
 
 

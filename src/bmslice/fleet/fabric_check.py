@@ -95,7 +95,7 @@ def expected_nics(
         cluster = fleet.cluster(vm.cluster)
         inv = fleet.host(vm.host)
         for dev in plan.vm(vm.name).devices:
-            pf = dev.interface or dev.pf or dev.address
+            pf = dev.interface or dev.pf or dev.known_address
             nic = pf if dev.type != "vf" else f"{pf} VF {dev.vf_index}"
             port = inv.nics.get(pf)
             if port is None:

@@ -20,9 +20,14 @@ class GuestTopology:
     dies: int = 1
 
 
+AT_APPLY = "address resolved at apply time"  # how reports show a VF address the plan leaves to apply
+
+
 @dataclass(frozen=True)
 class DeviceAssignment:
-    address: str
+    # A VF the host could not place in advance (no VF offset/stride known, VFs not made yet)
+    # has None here: apply reads the address from the PF's virtfn link once the VF exists.
+    address: str | None
     type: str  # "passthrough" (a whole device) | "vf" (an SR-IOV virtual function)
     numa_node: int | None
     interface: str | None = None  # the device's interface, or the PF's for a VF
@@ -34,6 +39,13 @@ class DeviceAssignment:
     trust: bool | None = None
     spoofchk: bool | None = None
     created_vfs: bool | None = None  # VF only: bmslice created the PF's VFs (destroy sets the count back)
+
+    @property
+    def known_address(self) -> str:
+        """`address` where the plan must know it: every passthrough device, a VF once apply resolved it."""
+        if self.address is None:
+            raise ValueError(f"VF {self.vf_index} of {self.pf}: no PCI address until apply resolves it")
+        return self.address
 
 
 @dataclass(frozen=True)

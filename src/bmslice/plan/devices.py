@@ -105,6 +105,37 @@ def resolve_nics(
     return whole, vfs
 
 
+def resolve_vf_pools(topo: HostTopology, host: HostSpec, origin: str) -> dict[str, int]:
+    """host.sriov_vfs by PF address, each entry checked like any NIC reference of a VM.
+
+    Refused: a NIC the host does not have, a device without SR-IOV, more VFs than the PF's
+    sriov_totalvfs, one PF under two names (its interface and its PCI address).
+    """
+    pools: dict[str, int] = {}
+    named: dict[str, str] = {}
+    for ref, count in host.sriov_vfs.items():
+        field = f"host.sriov_vfs.{ref}"
+        pf = _lookup(topo, ref, field, origin, {})
+        _require_sriov(pf, field, origin)
+        if count > pf.sriov_totalvfs:
+            raise PlanError(
+                f"{origin}: {field}: {count} VFs asked of {_label(pf)}, more than its sriov_totalvfs "
+                f"({pf.sriov_totalvfs})"
+            )
+        if pf.address in named:
+            raise PlanError(
+                f"{origin}: {field}: {_label(pf)} is already given as {named[pf.address]!r}; name each PF once"
+            )
+        named[pf.address] = ref
+        pools[pf.address] = count
+    return pools
+
+
+def _require_sriov(pf: PciDevice, field: str, origin: str) -> None:
+    if pf.sriov_totalvfs <= 0:
+        raise PlanError(f"{origin}: {field}: {_label(pf)} is not SR-IOV capable (no sriov_totalvfs)")
+
+
 def check_nics(
     topo: HostTopology, nics: Sequence[ResolvedNic], vf_requests: Sequence[VfRequest], host: HostSpec, origin: str
 ) -> list[str]:
@@ -170,8 +201,7 @@ def _check_pf(
     _check_management(topo, req.vm, req.field, pf, allow_mgmt, origin, warnings, "making VFs on it")
     if pf.class_code and not pf.is_network:
         raise PlanError(f"{origin}: {req.field}: {_label(pf)} is {_class_name(pf)}, not a network device")
-    if pf.sriov_totalvfs <= 0:
-        raise PlanError(f"{origin}: {req.field}: {_label(pf)} is not SR-IOV capable (no sriov_totalvfs)")
+    _require_sriov(pf, req.field, origin)
     if pf.address in whole_owner:
         raise PlanError(
             f"{origin}: {req.field}: {_label(pf)} is passed through whole to {whole_owner[pf.address]}; "
@@ -242,8 +272,10 @@ def _check_iommu_group(topo: HostTopology, nic: ResolvedNic, owner: Mapping[str,
         )
 
 
-def numa_warning(vm: str, dev: PciDevice, vm_nodes: Sequence[int], what: str = "NIC") -> str | None:
+def numa_warning(topo: HostTopology, vm: str, dev: PciDevice, vm_nodes: Sequence[int], what: str = "NIC") -> str | None:
     if dev.numa_node is None:
+        if sum(1 for node in topo.numa_nodes if node.cpus) <= 1:
+            return None  # one node: every device is local to it, whatever the firmware says
         return f"{vm}: {what} {_label(dev)} reports no NUMA node (-1); locality unknown"
     if dev.numa_node not in vm_nodes:
         where = ",".join(str(n) for n in vm_nodes)

@@ -1,11 +1,13 @@
 """The host's half of the plan: the CPUs it keeps, what is isolated, the kernel args.
 
->>> kernel_args("GenuineIntel", CpuSet.parse("0-1,12-13"), CpuSet.parse("2-11,14-23"), ())
+>>> kernel_args("GenuineIntel", CpuSet.parse("0-1,12-13"), CpuSet.parse("2-11,14-23"), (), passthrough=True)
 ('intel_iommu=on', 'iommu=pt', 'isolcpus=2-11,14-23', 'nohz_full=2-11,14-23', 'rcu_nocbs=2-11,14-23', \
 'irqaffinity=0-1,12-13')
->>> kernel_args("AuthenticAMD", CpuSet.parse("0"), CpuSet.parse("1-3"), (), realtime=True)
+>>> kernel_args("AuthenticAMD", CpuSet.parse("0"), CpuSet.parse("1-3"), (), passthrough=True, realtime=True)
 ('iommu=pt', 'isolcpus=managed_irq,domain,1-3', 'nohz_full=1-3', 'rcu_nocbs=1-3', 'irqaffinity=0', \
 'skew_tick=1', 'tsc=reliable', 'nosoftlockup', 'nmi_watchdog=0')
+>>> kernel_args("GenuineIntel", CpuSet.parse("0,2"), CpuSet.parse("1,3"), (), passthrough=False)
+('isolcpus=1,3', 'nohz_full=1,3', 'rcu_nocbs=1,3', 'irqaffinity=0,2')
 """
 
 from __future__ import annotations
@@ -74,11 +76,13 @@ def kernel_args(
     reserved: CpuSet,
     isolated: CpuSet,
     hugepages: Sequence[NodeHugepages],
+    passthrough: bool,
     realtime: bool = False,
 ) -> tuple[str, ...]:
-    """`realtime`: the plan has a realtime VM, so the isolated CPUs also shed managed IRQs and
+    """`passthrough`: some VM gets a PCI device or VF, so the IOMMU must be on (and only then).
+    `realtime`: the plan has a realtime VM, so the isolated CPUs also shed managed IRQs and
     the realtime boot args follow (plan/realtime.py)."""
-    args = list(iommu_args(vendor))
+    args = list(iommu_args(vendor)) if passthrough else []
     if isolated:
         flags = f"{ISOLCPUS_FLAGS}," if realtime else ""
         args.append(f"isolcpus={flags}{isolated}")

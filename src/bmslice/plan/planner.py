@@ -16,7 +16,7 @@ from bmslice.model.spec import EmulatorPolicy, IsolateScope, NicNumaPolicy, Spec
 from bmslice.model.topology import Core, HostTopology
 from bmslice.plan.allocate import Allocation, NodeRequest, allocate_node
 from bmslice.plan.capacity import NodeFree, vm_load
-from bmslice.plan.devices import ResolvedNic, VfRequest, check_nics, numa_warning, resolve_nics
+from bmslice.plan.devices import ResolvedNic, VfRequest, check_nics, numa_warning, resolve_nics, resolve_vf_pools
 from bmslice.plan.host import kernel_args, missing_args, reserved_cores
 from bmslice.plan.placement import Request, place
 from bmslice.plan.realtime import realtime_plan
@@ -33,8 +33,11 @@ def make_plan(topo: HostTopology, spec: Spec, origin: str = "spec", keep: Sequen
         raise PlanError("cores with more than 2 hardware threads are not supported")
     host_cores = reserved_cores(topo, spec.host)
     reserved = CpuSet.union(c.cpus for c in host_cores)
-    parked = {d.interface: d.address for vm in keep for d in vm.devices if d.type == "passthrough" and d.interface}
+    parked = {
+        d.interface: d.known_address for vm in keep for d in vm.devices if d.type == "passthrough" and d.interface
+    }
     nics, vf_requests = resolve_nics(topo, spec.vms, origin, parked)
+    vf_pools = resolve_vf_pools(topo, spec.host, origin)
     warnings = list(topo.warnings) + check_nics(topo, nics, vf_requests, spec.host, origin)
     kept = _kept(topo, spec, keep, reserved, warnings)
     taken = reserved | CpuSet.union(vm.owned_cpus for vm in kept.values())
@@ -51,9 +54,7 @@ def make_plan(topo: HostTopology, spec: Spec, origin: str = "spec", keep: Sequen
             "the NUMA placement of NICs is the best found in the search budget, not proven the fewest cross-NUMA"
         )
     allocations = _allocate(free_cores, new_vms, assignment)
-    vf_devices, pf_plans, vf_warnings = assign_vfs(
-        topo, vf_requests, assignment, list(kept.values()), spec.host, origin
-    )
+    vf_devices, pf_plans, vf_warnings = assign_vfs(topo, vf_requests, assignment, list(kept.values()), vf_pools, origin)
     vms = tuple(
         _vm_plan(
             topo,
@@ -209,7 +210,7 @@ def _vm_plan(
         devices.append(
             DeviceAssignment(dev.address, "passthrough", dev.numa_node, ",".join(dev.interfaces) or None, driver)
         )
-        warning = numa_warning(vm.name, dev, (node,))
+        warning = numa_warning(topo, vm.name, dev, (node,))
         if warning:
             warnings.append(warning)
     devices.extend(vf_devices if old is None else [d for d in old.devices if d.type == "vf"])
@@ -260,7 +261,8 @@ def _with_host(
         isolated = CpuSet.union(vm.owned_cpus for vm in all_vms)
     hugepages = _hugepages(all_vms)
     realtime = any(vm.realtime is not None for vm in all_vms)
-    args = kernel_args(topo.cpu_vendor, reserved, isolated, hugepages, realtime)
+    passthrough = any(vm.devices for vm in all_vms)
+    args = kernel_args(topo.cpu_vendor, reserved, isolated, hugepages, passthrough, realtime)
     if topo.kernel_cmdline:
         missing = missing_args(args, topo.kernel_cmdline, topo.iommu_active)
     else:

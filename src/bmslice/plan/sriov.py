@@ -1,7 +1,10 @@
 """Which VF of which PF each VM gets, how many VFs each PF needs, and their MACs.
 
 VFs are named by (PF, index), which is stable across runs; their PCI addresses follow
-from the PF's SR-IOV capability (First VF Offset, VF Stride) even before they exist:
+from the PF's SR-IOV capability (First VF Offset, VF Stride) even before they exist.
+Where the source knows neither (libvirt, hwloc, a tree read without root) and the VF does
+not exist yet, the plan leaves its address empty and apply reads it from the PF's
+virtfn<index> link once it has made the VFs:
 
 >>> vf_address("0000:01:00.0", 128, 2, 0), vf_address("0000:01:00.0", 128, 2, 1)
 ('0000:01:10.0', '0000:01:10.2')
@@ -18,7 +21,6 @@ from dataclasses import dataclass, field
 
 from bmslice.errors import PlanError
 from bmslice.model.plan import DeviceAssignment, PfPlan, VmPlan
-from bmslice.model.spec import HostSpec
 from bmslice.model.topology import HostTopology, PciDevice
 from bmslice.plan.devices import VfRequest, numa_warning
 
@@ -47,16 +49,13 @@ class _PfState:
 
 
 def _pf_states(
-    topo: HostTopology, requests: Sequence[VfRequest], kept: Sequence[VmPlan], host: HostSpec
+    topo: HostTopology, requests: Sequence[VfRequest], kept: Sequence[VmPlan], pools: Mapping[str, int]
 ) -> dict[str, _PfState]:
     states: dict[str, _PfState] = {}
     for req in requests:
         for pf in req.pfs:
-            explicit = host.sriov_vfs.get(pf.address) or next(
-                (host.sriov_vfs[i] for i in pf.interfaces if i in host.sriov_vfs), 0
-            )
-            pool = min(explicit, pf.sriov_totalvfs) if explicit else pf.sriov_totalvfs
-            states.setdefault(pf.address, _PfState(pf, pool, explicit))
+            explicit = pools.get(pf.address, 0)
+            states.setdefault(pf.address, _PfState(pf, explicit or pf.sriov_totalvfs, explicit))
     for vm in kept:
         for dev in vm.devices:
             if dev.type == "vf" and dev.pf in states and dev.vf_index is not None:
@@ -87,16 +86,22 @@ def _choose(req: VfRequest, node: int, states: Mapping[str, _PfState], origin: s
     )
 
 
-def _address(state: _PfState, index: int, origin: str) -> str:
-    pf = state.pf
+def _address(pf: PciDevice, index: int) -> str | None:
+    """Where VF `index` of `pf` is or will be; None: only the kernel can tell, once it made the VF."""
     if index < len(pf.virtfns) and index < pf.sriov_numvfs:
         return pf.virtfns[index]
     if pf.sriov_offset is None or pf.sriov_stride is None:
-        raise PlanError(
-            f"{origin}: cannot tell the PCI address of VF {index} of {pf.address}: the kernel shows no "
-            "sriov_offset/sriov_stride for it"
-        )
+        return None
     return vf_address(pf.address, pf.sriov_offset, pf.sriov_stride, index)
+
+
+def _unplaced_warning(vm: str, pf: PciDevice, indices: Sequence[int]) -> str:
+    listed = ", ".join(map(str, indices))
+    return (
+        f"{vm}: the PCI address of VF {listed} of {','.join(pf.interfaces) or pf.address} is resolved at apply time "
+        "(no VF offset/stride known: sysfs has them from Linux 4.16, config space only for root, libvirt and hwloc "
+        "not at all)"
+    )
 
 
 def assign_vfs(
@@ -104,11 +109,14 @@ def assign_vfs(
     requests: Sequence[VfRequest],
     placement: Mapping[str, int],
     kept: Sequence[VmPlan],
-    host: HostSpec,
+    pools: Mapping[str, int],
     origin: str,
 ) -> tuple[dict[str, list[DeviceAssignment]], tuple[PfPlan, ...], dict[str, list[str]]]:
-    """VF devices per VM (spec order), the VF count each PF needs, and per-VM warnings."""
-    states = _pf_states(topo, requests, kept, host)
+    """VF devices per VM (spec order), the VF count each PF needs, and per-VM warnings.
+
+    `pools`: host.sriov_vfs by PF address (`resolve_vf_pools`).
+    """
+    states = _pf_states(topo, requests, kept, pools)
     devices: dict[str, list[DeviceAssignment]] = defaultdict(list)
     warnings: dict[str, list[str]] = defaultdict(list)
     for req in requests:
@@ -118,14 +126,17 @@ def assign_vfs(
         state, indices = _choose(req, node, states, origin)
         state.used.update(indices)
         pf = state.pf
-        warning = numa_warning(req.vm, pf, (node,), what="the PF of its VFs,")
+        warning = numa_warning(topo, req.vm, pf, (node,), what="the PF of its VFs,")
         if warning:
             warnings[req.vm].append(warning)
+        unplaced = [index for index in indices if _address(pf, index) is None]
+        if unplaced:
+            warnings[req.vm].append(_unplaced_warning(req.vm, pf, unplaced))
         for k, index in enumerate(indices):
             nth = len(devices[req.vm])
             devices[req.vm].append(
                 DeviceAssignment(
-                    address=_address(state, index, origin),
+                    address=_address(pf, index),
                     type="vf",
                     numa_node=pf.numa_node,
                     interface=",".join(pf.interfaces) or None,

@@ -33,7 +33,7 @@ class Disk:
 class VfInterface:
     """An SR-IOV VF given to the guest as <interface type='hostdev'> (MAC and VLAN set by libvirt)."""
 
-    address: str
+    address: str | None  # None: planned by (PF, index), resolved at apply time (the XML says so)
     mac: str
     vlan: int | None = None
 
@@ -100,7 +100,7 @@ def domain_from_plan(vm: VmPlan, disks: tuple[Disk, ...] = ()) -> Domain:
         cpu_mode=cpu_mode(vm.domain_type),
         topology=vm.guest_topology,
         disabled_features=vm.disable_cpu_features,
-        hostdevs=tuple(d.address for d in vm.devices if d.type == "passthrough"),
+        hostdevs=tuple(d.known_address for d in vm.devices if d.type == "passthrough"),
         hugepage_kib=vm.hugepage_kib,
         vf_interfaces=tuple(VfInterface(d.address, d.mac or "", d.vlan) for d in vm.devices if d.type == "vf"),
         disks=disks,

@@ -27,7 +27,11 @@ def _vf_interface(devices: etree._Element, vf: VfInterface) -> None:
     el = _Sub(devices, "interface", type="hostdev", managed="yes")
     _Sub(el, "mac", address=vf.mac)
     _Sub(el, "driver", name="vfio")
-    _pci_address(_Sub(el, "source"), vf.address, type="pci")
+    source = _Sub(el, "source")
+    if vf.address is None:
+        source.append(etree.Comment(" the VF's PCI address is resolved at apply time, once the VF exists "))
+    else:
+        _pci_address(source, vf.address, type="pci")
     if vf.vlan is not None:
         _Sub(_Sub(el, "vlan"), "tag", id=str(vf.vlan))
 

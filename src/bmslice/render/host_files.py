@@ -141,7 +141,8 @@ def _system_conf(plan: Plan) -> str:
 
 def _passthrough(plan: Plan) -> list[tuple[str, DeviceAssignment]]:
     return sorted(
-        ((vm.name, d) for vm in plan.vms for d in vm.devices if d.type == "passthrough"), key=lambda p: p[1].address
+        ((vm.name, d) for vm in plan.vms for d in vm.devices if d.type == "passthrough"),
+        key=lambda p: p[1].known_address,
     )
 
 
@@ -161,12 +162,12 @@ def _vfio_options(plan: Plan, topo: HostTopology) -> str:
     drivers: dict[str, set[str]] = defaultdict(set)
     unknown: list[str] = []
     for vm, dev in given:
-        pci = topo.pci(dev.address)
+        pci = topo.pci(dev.known_address)
         if pci is None or not pci.vendor or not pci.device:
             unknown.append(f"{dev.address} ({vm})")
             continue
         pid = _pci_id(pci.vendor, pci.device)
-        by_id[pid].append(dev.address)
+        by_id[pid].append(dev.known_address)
         if dev.driver and dev.driver not in ("vfio-pci", "pci-stub"):
             drivers[pid].add(dev.driver)
     ids: list[str] = []

@@ -265,7 +265,7 @@ def _device_label(dev: DeviceAssignment) -> str:
     if dev.type == "vf":
         vlan = f" vlan {dev.vlan}" if dev.vlan is not None else ""
         return f"{dev.interface or dev.pf} VF{dev.vf_index if dev.vf_index is not None else '?'}{vlan}"
-    return dev.interface or dev.address
+    return dev.interface or dev.known_address
 
 
 def _ports_below(topo: HostTopology, top: Iterable[str | None]) -> set[str]:

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from lxml import etree
 
 from bmslice.cpuset import CpuSet
-from bmslice.model.plan import Plan, VmPlan
+from bmslice.model.plan import AT_APPLY, Plan, VmPlan
 from bmslice.model.sizes import format_mib
 from bmslice.model.topology import HostTopology
 from bmslice.render.picture_map import picture_map, vm_letter
@@ -67,7 +67,8 @@ def _vm_rows(plan: Plan) -> list[list[str]]:
     rows = []
     for vm in plan.vms:
         t = vm.guest_topology
-        devices = ", ".join(f"{d.interface or '-'} {d.address} (node {d.numa_node})" for d in vm.devices) or "none"
+        devices = ", ".join(f"{d.interface or '-'} {d.address or AT_APPLY} (node {d.numa_node})" for d in vm.devices)
+        devices = devices or "none"
         rows.append(
             [
                 vm.name,

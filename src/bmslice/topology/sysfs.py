@@ -8,13 +8,12 @@ HWLOC_FSROOT works: `read_host_tree(Path("/"))` reads this machine and
 
 from __future__ import annotations
 
-import os
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass, replace
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 
-from bmslice.cpuset import CpuListError, CpuSet
+from bmslice.cpuset import CpuSet
 from bmslice.errors import TopologyError
 from bmslice.model.topology import (
     Cpu,
@@ -25,6 +24,8 @@ from bmslice.model.topology import (
     PciDevice,
     canonical_pci_address,
 )
+from bmslice.topology.fsroot import FsRoot as FsRoot  # re-exported: fleet.verify imports it from here
+from bmslice.topology.pci_config import sriov_routing
 
 CPU_DIR = "sys/devices/system/cpu"
 NODE_DIR = "sys/devices/system/node"
@@ -32,115 +33,10 @@ PCI_DIR = "sys/bus/pci/devices"
 NET_DIR = "sys/class/net"
 IOMMU_DIR = "sys/kernel/iommu_groups"
 HUGEPAGES_DIR = "sys/kernel/mm/hugepages"
+PCI_CONFIG_BYTES = 4096  # PCI Express extended config space
 
-_NUMBERED = re.compile(r"^(cpu|node|virtfn)(\d+)$")
-_HUGEPAGES = re.compile(r"^hugepages-(\d+)kB$")
-_VIRTIO = re.compile(r"^virtio\d+$")
-_MAX_SYMLINK_HOPS = 40
-
-
-class FsRoot:
-    """Reads files below `root` as if it were "/"; absent or unreadable files read as None.
-
-    Symlinks are followed inside the root: an absolute target is taken relative to the root,
-    so a captured tree can never leak reads from the machine running the tests.
-    Problems that should not stop discovery are collected in `warnings`.
-    """
-
-    def __init__(self, root: Path) -> None:
-        self.root = root
-        self.warnings: list[str] = []
-        self._base = str(root).rstrip("/")
-        self._links: dict[str, str | None] = {}  # path -> symlink target; a tree does not change while read
-
-    def _readlink(self, path: str) -> str | None:
-        if path not in self._links:
-            try:
-                self._links[path] = os.readlink(path)
-            except OSError:
-                self._links[path] = None
-        return self._links[path]
-
-    def resolve(self, rel: str) -> Path:
-        pending = list(reversed(rel.split("/")))
-        current: list[str] = []
-        hops = 0
-        while pending:
-            part = pending.pop()
-            if part in ("", "."):
-                continue
-            if part == "..":
-                if current:
-                    current.pop()
-                continue
-            current.append(part)
-            target = self._readlink(self._base + "/" + "/".join(current)) if hops < _MAX_SYMLINK_HOPS else None
-            if target is not None:
-                hops += 1
-                current.pop()
-                if target.startswith("/"):
-                    current = []
-                pending.extend(reversed(target.split("/")))
-        return Path(self._base + "/" + "/".join(current))
-
-    def display(self, rel: str) -> str:
-        return str(self.root / rel)
-
-    def is_dir(self, rel: str) -> bool:
-        return self.resolve(rel).is_dir()
-
-    def read(self, rel: str) -> str | None:
-        try:
-            return self.resolve(rel).read_text(encoding="utf-8", errors="replace")
-        except OSError:
-            return None
-
-    def read_line(self, rel: str) -> str | None:
-        text = self.read(rel)
-        return None if text is None else text.strip()
-
-    def read_int(self, rel: str) -> int | None:
-        text = self.read_line(rel)
-        if text is None:
-            return None
-        try:
-            return int(text, 0)
-        except ValueError:
-            self.warnings.append(f"{self.display(rel)}: expected an integer, got {text!r}; ignored")
-            return None
-
-    def read_cpuset(self, rel: str) -> CpuSet | None:
-        text = self.read_line(rel)
-        if text is None:
-            return None
-        try:
-            return CpuSet.parse(text)
-        except CpuListError as exc:
-            self.warnings.append(f"{self.display(rel)}: {exc}; ignored")
-            return None
-
-    def listdir(self, rel: str) -> list[str]:
-        try:
-            return sorted(os.listdir(self.resolve(rel)))
-        except OSError:
-            return []
-
-    def link_name(self, rel: str) -> str | None:
-        """Name of what a symlink points to (how sysfs names a driver or IOMMU group)."""
-        path = PurePosixPath(rel)
-        if not (self.resolve(str(path.parent)) / path.name).is_symlink():
-            return None
-        # The resolved name, not the raw target's last part, which may be "..".
-        return self.resolve(rel).name or None
-
-    def numbered(self, rel: str, prefix: str) -> list[int]:
-        """The N of every `<prefix>N` entry in a directory, ascending."""
-        found = []
-        for name in self.listdir(rel):
-            match = _NUMBERED.match(name)
-            if match and match.group(1) == prefix:
-                found.append(int(match.group(2)))
-        return sorted(found)
+_HUGEPAGES = re.compile(r"hugepages-([0-9]+)kB")
+_VIRTIO = re.compile(r"virtio[0-9]+")
 
 
 def read_host_tree(root: Path | str = Path("/")) -> HostTopology:
@@ -162,7 +58,7 @@ def read_host_tree(root: Path | str = Path("/")) -> HostTopology:
         default_route_interface=_default_route(fs),
         cpus=tuple(cpus),
         numa_nodes=tuple(nodes),
-        pci_devices=tuple(_read_pci_devices(fs, interfaces)),
+        pci_devices=tuple(_read_pci_devices(fs, interfaces, nodes)),
         net_interfaces=tuple(interfaces),
         cpu_model=model,
         cpu_flags=flags,
@@ -208,7 +104,7 @@ def _read_cpu(fs: FsRoot, cpu_id: int, online: bool, node: int | None) -> Cpu:
     package = fs.read_int(f"{topo}/physical_package_id")
     core = fs.read_int(f"{topo}/core_id")
     die = fs.read_int(f"{topo}/die_id")
-    siblings = (fs.read_cpuset(f"{topo}/thread_siblings_list") if online else None) or CpuSet()
+    siblings = (_cpus(fs, f"{topo}/thread_siblings_list", f"{topo}/thread_siblings") if online else None) or CpuSet()
     return Cpu(
         id=cpu_id,
         package=package if package is not None and package >= 0 else -1,  # settled by _infer_package
@@ -230,6 +126,12 @@ def _infer_package(fs: FsRoot, cpu: Cpu, cpus: list[Cpu]) -> Cpu:
         return replace(cpu, package=packages.pop())
     fs.warnings.append(f"CPU {cpu.id}: package unknown (no topology in sysfs); assumed 0")
     return replace(cpu, package=0)
+
+
+def _cpus(fs: FsRoot, listed: str, mask: str) -> CpuSet | None:
+    """A CPU list file, else the hex mask that older kernels give alone (thread_siblings, node cpumap)."""
+    cpus = fs.read_cpuset(listed)
+    return cpus if cpus is not None else fs.read_cpumask(mask)
 
 
 def _read_cpus(fs: FsRoot, nodes: list[NumaNode]) -> list[Cpu]:
@@ -257,7 +159,7 @@ def _meminfo_mib(text: str | None, key: str) -> int | None:
 def _read_hugepages(fs: FsRoot, rel: str) -> tuple[Hugepages, ...]:
     pools = []
     for name in fs.listdir(rel):
-        match = _HUGEPAGES.match(name)
+        match = _HUGEPAGES.fullmatch(name)
         if match:
             total = fs.read_int(f"{rel}/{name}/nr_hugepages") or 0
             free = fs.read_int(f"{rel}/{name}/free_hugepages") or 0
@@ -271,7 +173,7 @@ def _read_node(fs: FsRoot, node_id: int) -> NumaNode:
     distances = (fs.read_line(f"{rel}/distance") or "").split()
     return NumaNode(
         id=node_id,
-        cpus=fs.read_cpuset(f"{rel}/cpulist") or CpuSet(),
+        cpus=_cpus(fs, f"{rel}/cpulist", f"{rel}/cpumap") or CpuSet(),
         memory_mib=_meminfo_mib(meminfo, "MemTotal") or 0,
         free_mib=_meminfo_mib(meminfo, "MemFree"),
         hugepages=_read_hugepages(fs, f"{rel}/hugepages"),
@@ -305,6 +207,12 @@ class _PciLinks:
     virtfns: tuple[str, ...]
 
 
+def vf_of(fs: FsRoot, pf: str, index: int) -> str | None:
+    """PCI address of VF `index` of `pf`, from the PF's virtfn link (None: that VF does not exist)."""
+    target = fs.link_name(f"{PCI_DIR}/{pf}/virtfn{index}")
+    return canonical_pci_address(target) if target else None
+
+
 def _read_sriov_links(fs: FsRoot, rel: str) -> _PciLinks:
     physfn = fs.link_name(f"{rel}/physfn")
     virtfns = (fs.link_name(f"{rel}/virtfn{n}") for n in fs.numbered(rel, "virtfn"))
@@ -324,9 +232,24 @@ def _pci_iommu_group(fs: FsRoot, rel: str) -> int | None:
     return int(group) if group and group.isdigit() else None
 
 
+def _sriov_routing(fs: FsRoot, rel: str, totalvfs: int) -> tuple[int | None, int | None]:
+    """First VF Offset and VF Stride: sysfs from Linux 4.16, else the PF's config space (root only)."""
+    offset, stride = fs.read_int(f"{rel}/sriov_offset"), fs.read_int(f"{rel}/sriov_stride")
+    if totalvfs <= 0 or (offset is not None and stride is not None):
+        return offset, stride
+    try:
+        config = fs.read_bytes(f"{rel}/config", limit=PCI_CONFIG_BYTES)
+    except OSError:
+        config = None
+    routing = sriov_routing(config) if config is not None else None
+    return (routing.offset, routing.stride) if routing is not None else (None, None)
+
+
 def _read_pci_device(fs: FsRoot, name: str, address: str, interfaces: tuple[str, ...]) -> PciDevice:
     rel = f"{PCI_DIR}/{name}"
     links = _read_sriov_links(fs, rel)
+    totalvfs = fs.read_int(f"{rel}/sriov_totalvfs") or 0
+    offset, stride = _sriov_routing(fs, rel, totalvfs)
     return PciDevice(
         address=address,
         class_code=(fs.read_line(f"{rel}/class") or "").lower(),
@@ -336,16 +259,16 @@ def _read_pci_device(fs: FsRoot, name: str, address: str, interfaces: tuple[str,
         iommu_group=_pci_iommu_group(fs, rel),
         driver=fs.link_name(f"{rel}/driver"),
         interfaces=interfaces,
-        sriov_totalvfs=fs.read_int(f"{rel}/sriov_totalvfs") or 0,
+        sriov_totalvfs=totalvfs,
         sriov_numvfs=fs.read_int(f"{rel}/sriov_numvfs") or 0,
-        sriov_offset=fs.read_int(f"{rel}/sriov_offset"),
-        sriov_stride=fs.read_int(f"{rel}/sriov_stride"),
+        sriov_offset=offset,
+        sriov_stride=stride,
         physfn=links.physfn,
         virtfns=links.virtfns,
     )
 
 
-def _read_pci_devices(fs: FsRoot, interfaces: list[NetInterface]) -> list[PciDevice]:
+def _read_pci_devices(fs: FsRoot, interfaces: list[NetInterface], nodes: list[NumaNode]) -> list[PciDevice]:
     by_pci: dict[str, list[str]] = {}
     for iface in interfaces:
         if iface.pci_address:
@@ -358,7 +281,8 @@ def _read_pci_devices(fs: FsRoot, interfaces: list[NetInterface]) -> list[PciDev
         names = set(by_pci.get(address, ())) | set(fs.listdir(f"{PCI_DIR}/{name}/net"))
         devices.append(_read_pci_device(fs, name, address, tuple(sorted(names))))
     devices.sort(key=lambda d: d.address)
-    _warn_unknown_locality(fs, devices)
+    if sum(1 for node in nodes if node.cpus) > 1:  # with one node, every device is local to it
+        _warn_unknown_locality(fs, devices)
     return devices
 
 
@@ -377,7 +301,7 @@ def _interface_pci_address(fs: FsRoot, rel: str) -> str | None:
     device = fs.link_name(f"{rel}/device")
     if device is None:
         return None
-    if _VIRTIO.match(device):
+    if _VIRTIO.fullmatch(device):
         # virtio-net hangs off a virtio bus device whose parent is the PCI function.
         return canonical_pci_address(fs.resolve(f"{rel}/device").parent.name)
     return canonical_pci_address(device)

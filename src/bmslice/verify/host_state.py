@@ -24,7 +24,7 @@ from typing import Literal
 
 from bmslice.cpuset import CpuListError, CpuSet
 from bmslice.model.live import ThreadAffinity
-from bmslice.topology.sysfs import FsRoot
+from bmslice.topology.fsroot import FsRoot
 
 KTHREAD_FLAG = 0x00200000  # PF_KTHREAD in /proc/<pid>/stat field 9
 NO_SETAFFINITY_FLAG = 0x04000000  # PF_NO_SETAFFINITY: the kernel bound it; sched_setaffinity is refused
@@ -223,7 +223,7 @@ def read_process(fs: FsRoot, pid: int) -> Process | None:
     if text is None:
         return None
     status = parse_status(text)
-    cmdline = parse_cmdline(fs.read(f"{rel}/cmdline") or "")
+    cmdline = parse_cmdline(fs.read(f"{rel}/cmdline", keep_nul=True) or "")
     stat = fs.read(f"{rel}/stat")
     evidence = kthread_evidence(pid, status, stat, _has_exe(fs, pid), cmdline)
     flags = stat_flags(stat) if stat is not None else None

@@ -16,7 +16,7 @@ from bmslice.model.plan import Plan, VmPlan
 from bmslice.model.topology import HostTopology
 from bmslice.plan.host import iommu_args
 from bmslice.plan.realtime import QEMU_OVERHEAD_MIB
-from bmslice.topology.sysfs import FsRoot
+from bmslice.topology.fsroot import FsRoot
 from bmslice.verify.findings import Finding, fail, ok, warn
 from bmslice.verify.host_state import (
     ModuleFacts,
@@ -274,8 +274,8 @@ def _sriov(plan: Plan, topo: HostTopology) -> list[Finding]:
         for dev in vm.devices:
             if dev.type != "passthrough":
                 continue
-            pci = topo.pci(dev.address)
-            label = f"{dev.interface} ({dev.address})" if dev.interface else dev.address
+            pci = topo.pci(dev.known_address)
+            label = f"{dev.interface} ({dev.address})" if dev.interface else dev.known_address
             if pci is None:
                 out.append(fail(f"sriov {label}", "device not found on this host", "re-plan for this host"))
             elif pci.physfn:

@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from bmslice.model.live import ThreadAffinity
-from bmslice.topology.sysfs import FsRoot
+from bmslice.topology.fsroot import FsRoot
 from bmslice.verify.host_state import read_process
 
 

@@ -112,18 +112,17 @@ def _live_kernel(opts: ApplyOptions) -> bool:
 
 
 def _sriov_host_steps(ctx: Context, opts: ApplyOptions) -> list[Step]:
+    """VF counts, then what brings the VFs back after a reboot (udev rule, VF settings, libvirt hook)."""
     changes = [pf for pf in ctx.plan.host.sriov if pf.numvfs != pf.numvfs_before]
-    if not changes:
-        return []
     if opts.host_root is None and not is_local(opts.uri):
-        raise ApplyError(
-            f"creating SR-IOV VFs needs the host's own /sys; run bmslice on {opts.uri}'s host "
-            "(the Ansible module does) or create them with host-apply first"
-        )
+        if changes:
+            raise ApplyError(
+                f"creating SR-IOV VFs needs the host's own /sys; run bmslice on {opts.uri}'s host "
+                "(the Ansible module does) or create them with host-apply first"
+            )
+        return []  # a remote host's files are host-apply's, run there
     root = opts.host_root or Path("/")
-    steps = sriov.numvfs_steps(root, changes)
-    persist = sriov.persist_step(root, ctx.plan.host.sriov)
-    return [*steps, persist] if persist is not None else steps
+    return [*sriov.numvfs_steps(root, changes), *sriov.persist_steps(root, ctx.plan)]
 
 
 def _disks(ctx: Context, vm_spec: VmSpec, vm: VmPlan) -> tuple[Disk, ...]:

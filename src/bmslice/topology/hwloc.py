@@ -67,6 +67,7 @@ def topology_from_hwloc(xml_text: str | bytes, source: str) -> HostTopology:
         iommu_active=None,
         source=source,
         hostname=_own_info(machine, "HostName") or "",
+        kernel_release=_own_info(machine, "OSRelease") or "",
         warnings=tuple(warnings),
     )
 

@@ -25,6 +25,7 @@ import shlex
 import shutil
 import stat
 import subprocess
+import sys
 import textwrap
 import uuid
 from collections.abc import Iterator
@@ -52,8 +53,8 @@ from bmslice.topology.sysfs import read_host_tree
 from bmslice.verify.findings import Level
 from bmslice.verify.preflight import preflight, read_preflight_facts
 from golden import assert_golden
-from hosttrees import MACHINES, Built, build, clean_runtime
-from treebuilder import RHEL94_OS_RELEASE, server1_kernel415_spec, server1_spec, write_tree
+from hosttrees import MACHINES, Built, boot_mounts, build, clean_runtime
+from treebuilder import RHEL94_OS_RELEASE, RuntimeSpec, server1_kernel415_spec, server1_spec, snapshot, write_tree
 
 REPO = Path(__file__).parents[1]
 KERNEL415 = REPO / "tests/data/trees/server1-kernel4.15"
@@ -301,12 +302,14 @@ RULES = f"/{UDEV_RULES_PATH}"
 
 
 def _pci_netdev() -> tuple[str, str] | None:
-    """(interface, PCI address of its PCI ancestor) of a network interface of this machine."""
+    """(interface, PCI address of its PCI ancestor) of a network interface of this machine that is
+    not an SR-IOV PF: `udevadm test` really runs the rule's write, which must land nowhere."""
     for dev in sorted(Path("/sys/class/net").iterdir()):
         path = dev.resolve()
         found = re.findall(r"/([0-9a-f]{4}:[0-9a-f]{2}:[0-9a-f]{2}\.[0-7])(?=/)", str(path))
-        if found:
-            return dev.name, found[-1]
+        pf = Path("/sys/bus/pci/devices", found[-1]) if found else None
+        if pf is not None and not (dev / "device/sriov_numvfs").exists() and not (pf / "sriov_numvfs").exists():
+            return dev.name, pf.name
     return None
 
 
@@ -680,3 +683,26 @@ def test_a_spec_without_vfs_or_hugepages_renders_no_reboot_units() -> None:
     assert not [
         rel for rel in files if ("hugepages" in rel and rel.startswith(UNIT_DIR)) or "udev" in rel or "hooks" in rel
     ]
+
+
+def test_apply_refuses_before_any_change_without_a_hugetlbfs_of_the_size(tmp_path: Path) -> None:
+    """The pages are reserved, but no hugetlbfs of 1 GiB pages is mounted: libvirt would refuse the start."""
+    only_2m = build(
+        tmp_path, MACHINES["intel-nosmt"](), lambda plan, topo: RuntimeSpec(mounts=DEFAULT_MOUNT), pages_in_use=False
+    )
+    spec = only_2m.spec_path
+    env = {**os.environ, "BMSLICE_LOCK_DIR": str(tmp_path / "locks")}
+    argv = [sys.executable, "-m", "bmslice.cli.main", "apply", str(spec), "--connect", "test:///default"]
+    before = snapshot(only_2m.root)
+    refused = subprocess.run(
+        [*argv, "--host-root", str(only_2m.root)], capture_output=True, text=True, env=env, check=False
+    )
+    assert refused.returncode == 2 and refused.stderr.startswith(
+        "error: rt uses 1048576 KiB hugepages and no hugetlbfs of that page size is mounted (/proc/mounts)"
+    ), refused.stderr
+    assert snapshot(only_2m.root) == before
+    (only_2m.root / "proc/mounts").write_text(boot_mounts(only_2m.plan))
+    dry = subprocess.run(
+        [*argv, "--host-root", str(only_2m.root), "--dry-run"], capture_output=True, text=True, env=env, check=False
+    )
+    assert dry.returncode == 0, dry.stderr  # with the mount, the same apply goes on

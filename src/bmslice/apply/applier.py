@@ -46,6 +46,8 @@ from bmslice.model.spec import Spec, VmSpec
 from bmslice.model.topology import nodedev_name
 from bmslice.render.domain_model import Disk, Domain, domain_from_plan
 from bmslice.render.domain_xml import from_xml, to_xml
+from bmslice.topology.fsroot import FsRoot
+from bmslice.topology.mounts import read_hugetlbfs_mounts
 
 PARKED = ("vfio-pci",)
 
@@ -104,6 +106,24 @@ def _preflight(ctx: Context, spec: Spec, opts: ApplyOptions) -> None:
             raise ApplyError(
                 f"{vm.name} needs {need} free {vm.hugepage_kib} KiB hugepages on NUMA node {node.id}, "
                 f"{free} are free (bmslice host-apply reserves them)"
+            )
+    _hugetlbfs_preflight(new, opts)
+
+
+def _hugetlbfs_preflight(new: list[VmPlan], opts: ApplyOptions) -> None:
+    """libvirt backs hugepages with a hugetlbfs of their size and refuses to start a guest without one.
+    Known only where this host's /proc/mounts can be read (a local URI, or a tree that has it)."""
+    if opts.host_root is None and not is_local(opts.uri):
+        return
+    mounts = read_hugetlbfs_mounts(FsRoot(opts.host_root or Path("/")))
+    if mounts is None:
+        return
+    for vm in new:
+        if vm.hugepage_kib and not mounts.get(vm.hugepage_kib):
+            raise ApplyError(
+                f"{vm.name} uses {vm.hugepage_kib} KiB hugepages and no hugetlbfs of that page size is mounted "
+                "(/proc/mounts): bmslice host-apply places the mount unit; start it, then restart libvirtd, "
+                "which looks for hugetlbfs mounts only when it starts"
             )
 
 

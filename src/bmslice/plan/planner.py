@@ -18,6 +18,7 @@ from bmslice.plan.allocate import Allocation, NodeRequest, allocate_node
 from bmslice.plan.capacity import NodeFree, vm_load
 from bmslice.plan.devices import ResolvedNic, VfRequest, check_nics, numa_warning, resolve_nics, resolve_vf_pools
 from bmslice.plan.host import kernel_args, missing_args, reserved_cores
+from bmslice.plan.macs import check_macs
 from bmslice.plan.placement import Request, place
 from bmslice.plan.realtime import realtime_plan
 from bmslice.plan.shortfall import explain
@@ -55,6 +56,7 @@ def make_plan(topo: HostTopology, spec: Spec, origin: str = "spec", keep: Sequen
         )
     allocations = _allocate(free_cores, new_vms, assignment)
     vf_devices, pf_plans, vf_warnings = assign_vfs(topo, vf_requests, assignment, list(kept.values()), vf_pools, origin)
+    check_macs(topo, vf_devices, list(kept.values()), origin)
     vms = tuple(
         _vm_plan(
             topo,

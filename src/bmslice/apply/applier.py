@@ -106,8 +106,13 @@ def _preflight(ctx: Context, spec: Spec, opts: ApplyOptions) -> None:
             )
 
 
-def _live_kernel(opts: ApplyOptions) -> bool:
-    return opts.host_root is None and is_local(opts.uri)
+def _no_kernel(opts: ApplyOptions) -> str | None:
+    """Why this run cannot talk netlink to the host's kernel (None: it can), for the steps it skips."""
+    if opts.host_root is not None:
+        return "a host tree has no kernel to talk netlink to"
+    if not is_local(opts.uri):
+        return f"netlink reaches this machine's kernel, not the host of {opts.uri}: run bmslice on that host"
+    return None
 
 
 def _sriov_host_steps(ctx: Context, opts: ApplyOptions) -> list[Step]:
@@ -194,8 +199,8 @@ def _create_steps(ctx: Context, vm_spec: VmSpec, vm: VmPlan, desired: Domain, op
         for dev in vm.devices
         if dev.type == "passthrough" and _needs_detach(ctx, dev.address)
     ]
-    steps += pf_link.pf_up_steps(vm.devices, _live_kernel(opts))
-    steps += sriov.vf_setting_steps(vm.devices, _live_kernel(opts))
+    steps += pf_link.pf_up_steps(vm.devices, _no_kernel(opts))
+    steps += sriov.vf_setting_steps(vm.devices, _no_kernel(opts))
     xml = to_xml(desired)
 
     def undefine() -> None:

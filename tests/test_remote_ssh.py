@@ -101,13 +101,11 @@ def test_the_sshd_takes_keys_only(tmp_path: Path, sshd: SshServer) -> None:
     stranger = tmp_path / "stranger"
     subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(stranger)], check=True)
     # the fixture's client settings, but a key the server was never given
-    options = [
-        f"-o{o}"
-        for o in ("IdentitiesOnly=yes", "IdentityAgent=none", "BatchMode=yes", "GlobalKnownHostsFile=/dev/null")
-    ]
+    client = ["IdentitiesOnly=yes", "IdentityAgent=none", "BatchMode=yes", "GlobalKnownHostsFile=/dev/null"]
+    client.append(f"UserKnownHostsFile={sshd.work / 'known_hosts'}")
+    argv = ["/usr/bin/ssh", "-v", "-F", "/dev/null", *(f"-o{o}" for o in client), "-i", str(stranger)]
     refused = subprocess.run(
-        ["/usr/bin/ssh", "-v", "-F", "/dev/null", *options, "-o", f"UserKnownHostsFile={sshd.work / 'known_hosts'}"]
-        + ["-i", str(stranger), "-p", str(sshd.port), "root@127.0.0.1", "true"],
+        [*argv, "-p", str(sshd.port), "root@127.0.0.1", "true"],
         capture_output=True,
         text=True,
         timeout=60,

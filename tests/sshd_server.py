@@ -152,18 +152,20 @@ def _descendants(pid: int) -> list[int]:
 
 
 def _stop(process: subprocess.Popen[bytes]) -> None:
-    """The listener and every session it forked, by pid; the sessions' clients (libvirt's ssh,
-    Ansible's ControlPersist master) then see the connection close and end."""
-    sessions = _descendants(process.pid)
+    """Every session sshd forked, then the listener (which reaps them), by pid; the sessions'
+    clients (libvirt's ssh, Ansible's ControlPersist master) see the connection close and end."""
+    for pid in _descendants(process.pid):
+        with suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + 5
+    while _descendants(process.pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
     process.terminate()
     try:
         process.wait(timeout=10)
     except subprocess.TimeoutExpired:
         process.kill()
         process.wait(timeout=10)
-    for pid in sessions:
-        with suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGTERM)
 
 
 def _listening(process: subprocess.Popen[bytes], log: Path, seconds: float = 20.0) -> bool:

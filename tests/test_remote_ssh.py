@@ -36,6 +36,7 @@ import pytest
 import yaml
 
 from bmslice.apply.uri import is_local
+from bmslice.cli import fleet_cmd
 from bmslice.fleet.ansible import connection_vars
 from bmslice.model.fleet import InventoryHost
 from libvirt_fixtures import (  # the fixtures are imported here; pytest finds them by name
@@ -335,7 +336,9 @@ def _ad_hoc(out: Path, tmp_path: Path, args: dict[str, Any]) -> tuple[str, dict[
 
 
 @libvirtd
-def test_the_fleet_playbook_runs_over_ssh(sshd: SshServer, ssh_slices: Slices, tmp_path: Path) -> None:
+def test_the_fleet_playbook_runs_over_ssh(
+    sshd: SshServer, ssh_slices: Slices, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     if not (BIN / "ansible-playbook").exists():
         pytest.fail(f"ansible-playbook is not in {BIN}: pip install -e '.[fleet]' (scripts/setup-host.sh does)")
     worker = {k: v for k, v in vm_entry("unused").items() if k != "name"}
@@ -385,24 +388,12 @@ def test_the_fleet_playbook_runs_over_ssh(sshd: SshServer, ssh_slices: Slices, t
     status, again = results[APPLY]["over-ssh"]
     assert (status, again["files_changed"], again["steps"]) == ("ok", [], [])
 
-    fleet_verify = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "bmslice.cli.fleet_cmd",
-            "fleet",
-            "verify",
-            str(tmp_path / "fleet.yaml"),
-            "--placement",
-            str(out / "placement.json"),
-            "--json",
-        ],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    report = json.loads(fleet_verify.stdout)
-    assert (fleet_verify.returncode, report["ok"]) == (0, True), fleet_verify.stdout + fleet_verify.stderr
+    # from the controller, through the inventory's qemu+ssh URI
+    placement = str(out / "placement.json")
+    capsys.readouterr()  # what fleet ansible printed
+    code = fleet_cmd.main(["fleet", "verify", str(tmp_path / "fleet.yaml"), "--placement", placement, "--json"])
+    report = json.loads(capsys.readouterr().out)
+    assert (code, report["ok"]) == (0, True), report
     assert report["hosts"][0]["status"] == "ok"
 
     spec = str(base / "over-ssh" / "spec.yaml")

@@ -29,6 +29,10 @@ PACKAGES=(
     # modprobe/depmod, udev (device naming, module loading, rules), cpio for the tests
     kmod udev cpio iproute2 debian-archive-keyring
     cloud-init  # `cloud-init schema` checks every generated user-data (tests/test_fleet_guest.py)
+    # tests/test_remote_ssh.py starts its own sshd on loopback (its config, keys and port; the
+    # package's own service is not needed). libvirt's qemu+ssh finds virt-ssh-helper (from
+    # libvirt-daemon, above) on the far side, so no netcat is needed.
+    openssh-server openssh-client
 )
 missing=()
 for pkg in "${PACKAGES[@]}"; do

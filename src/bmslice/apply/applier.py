@@ -107,8 +107,13 @@ def _preflight(ctx: Context, spec: Spec, opts: ApplyOptions) -> None:
             )
 
 
-def _live_kernel(opts: ApplyOptions) -> bool:
-    return opts.host_root is None and is_local(opts.uri)
+def _no_kernel(opts: ApplyOptions) -> str | None:
+    """Why this run cannot talk netlink to the host's kernel (None: it can), for the steps it skips."""
+    if opts.host_root is not None:
+        return "a host tree has no kernel to talk netlink to"
+    if not is_local(opts.uri):
+        return f"netlink reaches this machine's kernel, not the host of {opts.uri}: run bmslice on that host"
+    return None
 
 
 def _sriov_host_steps(ctx: Context, opts: ApplyOptions) -> list[Step]:
@@ -196,8 +201,8 @@ def _create_steps(ctx: Context, vm_spec: VmSpec, vm: VmPlan, desired: Domain, op
         for dev in vm.devices
         if dev.type == "passthrough" and _needs_detach(ctx, dev.known_address)
     ]
-    steps += pf_link.pf_up_steps(vm.devices, _live_kernel(opts))
-    steps += sriov.vf_setting_steps(vm.devices, _live_kernel(opts))
+    steps += pf_link.pf_up_steps(vm.devices, _no_kernel(opts))
+    steps += sriov.vf_setting_steps(vm.devices, _no_kernel(opts))
 
     def undefine() -> None:
         dom = lookup(ctx.conn, vm.name)
@@ -229,6 +234,12 @@ def _final_xml(opts: ApplyOptions, vm: VmPlan, desired: Domain) -> str:
     advance has been created by then, and its address is read from its PF's virtfn link."""
     if not sriov.unresolved_vfs(vm):
         return to_xml(desired)
+    if opts.host_root is None and not is_local(opts.uri):
+        # This machine's /sys is not the host's. (Unreached today: through a remote URI VFs are
+        # never created, and ones that exist come with their addresses from libvirt's node devices.)
+        raise ApplyError(
+            f"{vm.name}: its VFs' PCI addresses are unknown through {opts.uri}; create the VFs on the host"
+        )
     resolved = sriov.resolve_vf_addresses(opts.host_root or Path("/"), vm)
     return to_xml(replace(domain_from_plan(resolved, desired.disks), uuid=desired.uuid))
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from bmslice.cpuset import CpuSet
-from bmslice.model.topology import Cpu, HostTopology, NumaNode, PciDevice
+from bmslice.model.topology import CacheDomain, Cpu, HostTopology, NumaNode, PciDevice, Resctrl
 
 
 def synthetic(
@@ -23,8 +23,14 @@ def synthetic(
     vendor: str = "GenuineIntel",
     cmdline: str = "root=/dev/sda1 ro",
     default_route: str | None = None,
+    cores_per_l3: int | None = None,
+    l3_kib: int = 32768,
+    resctrl: Resctrl | None = None,
 ) -> HostTopology:
     """A machine with `sockets` x `cores` x `threads`.
+
+    cores_per_l3: each socket's cores, in order, share an L3 of `l3_kib` in groups of that
+    many (an EPYC CCX/CCD; a group may straddle two nodes, as under sub-NUMA clustering).
 
     numbering "spread": siblings are N and N + total cores (Intel);
     "adjacent": siblings N, N+1; "interleaved": the design note's server, where socket s
@@ -55,6 +61,19 @@ def synthetic(
         NumaNode(n, CpuSet.from_iter(ids), memory_mib_per_node, memory_mib_per_node)
         for n, ids in sorted(node_cpus.items())
     )
+    l3: list[CacheDomain] = []
+    if cores_per_l3:
+        for s in range(sockets):
+            for start in range(0, cores, cores_per_l3):
+                ids = [
+                    cpu_ids[(s, c, t)]
+                    for c in range(start, min(start + cores_per_l3, cores))
+                    for t in range(threads)
+                    if cpu_ids[(s, c, t)] not in offline
+                ]
+                members = CpuSet.from_iter(ids)
+                owners = {cpu.node for cpu in cpus if cpu.id in members}
+                l3.append(CacheDomain(len(l3), members, l3_kib, owners.pop() if len(owners) == 1 else None))
     return HostTopology(
         cpu_vendor=vendor,
         kernel_cmdline=cmdline,
@@ -64,6 +83,8 @@ def synthetic(
         pci_devices=tuple(nics),
         iommu_active=True,
         source="synthetic",
+        l3_domains=tuple(l3),
+        resctrl=resctrl,
     )
 
 

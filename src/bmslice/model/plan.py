@@ -70,6 +70,7 @@ class VmPlan:
     disable_cpu_features: tuple[str, ...] = ()
     domain_type: str = "kvm"
     warnings: tuple[str, ...] = ()
+    l3_domains: tuple[int, ...] = ()  # L3 cache ids its cores sit in (empty: the host does not say)
 
     @property
     def vcpus(self) -> int:
@@ -131,7 +132,7 @@ def _device_to_dict(d: DeviceAssignment) -> dict[str, Any]:
 
 
 def _vm_to_dict(vm: VmPlan) -> dict[str, Any]:
-    return {
+    out = {
         "name": vm.name,
         "numa_nodes": list(vm.numa_nodes),
         "vcpu_pins": list(vm.vcpu_pins),
@@ -153,6 +154,10 @@ def _vm_to_dict(vm: VmPlan) -> dict[str, Any]:
         "domain_type": vm.domain_type,
         "warnings": list(vm.warnings),
     }
+    # Present only where the host reports L3 caches, so plans recorded before them read the same.
+    if vm.l3_domains:
+        out["l3_domains"] = list(vm.l3_domains)
+    return out
 
 
 def plan_to_dict(plan: Plan) -> dict[str, Any]:
@@ -194,6 +199,7 @@ def vm_from_dict(data: dict[str, Any]) -> VmPlan:
         disable_cpu_features=tuple(data.get("disable_cpu_features", [])),
         domain_type=data.get("domain_type", "kvm"),
         warnings=tuple(data.get("warnings", [])),
+        l3_domains=tuple(data.get("l3_domains", [])),
     )
 
 

@@ -7,17 +7,18 @@ choices raise PlanError naming the device and the rule.
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from bmslice.cpuset import CpuSet
 from bmslice.errors import PlanError
 from bmslice.model.plan import DeviceAssignment, GuestTopology, HostPlan, NodeHugepages, PfPlan, Plan, VmPlan
 from bmslice.model.spec import EmulatorPolicy, IsolateScope, NicNumaPolicy, Spec, VmSpec
 from bmslice.model.topology import Core, HostTopology
-from bmslice.plan.allocate import Allocation, NodeRequest, allocate_node
+from bmslice.plan.allocate import Allocation, NodeRequest, allocate_node_l3
 from bmslice.plan.capacity import NodeFree, vm_load
 from bmslice.plan.devices import ResolvedNic, VfRequest, check_nics, numa_warning, resolve_nics
 from bmslice.plan.host import kernel_args, missing_args, reserved_cores
+from bmslice.plan.l3_placement import L3Layout, core_l3, l3_ids, node_domains, place_in_l3, with_split_notes
 from bmslice.plan.placement import Request, place
 from bmslice.plan.shortfall import explain
 from bmslice.plan.sriov import assign_vfs
@@ -44,12 +45,17 @@ def make_plan(topo: HostTopology, spec: Spec, origin: str = "spec", keep: Sequen
     placed = place(requests, free)
     if placed is None:
         raise PlanError(explain(requests, free))
-    assignment = placed.nodes
-    if not placed.numa_optimal:
+    l3_of = core_l3(topo)
+    domains = node_domains(free, free_cores, l3_of)
+    layout = place_in_l3(requests, domains, placed)
+    assignment = layout.nodes
+    if not layout.numa_optimal:
         warnings.append(
             "the NUMA placement of NICs is the best found in the search budget, not proven the fewest cross-NUMA"
         )
-    allocations = _allocate(free_cores, new_vms, assignment)
+    if not layout.optimal:
+        warnings.append("the L3 cache layout is the best found in the search budget, not proven the fewest split VMs")
+    allocations = _allocate(free_cores, new_vms, layout, l3_of)
     vf_devices, pf_plans, vf_warnings = assign_vfs(
         topo, vf_requests, assignment, list(kept.values()), spec.host, origin
     )
@@ -68,6 +74,7 @@ def make_plan(topo: HostTopology, spec: Spec, origin: str = "spec", keep: Sequen
         )
         for vm in spec.vms
     )
+    vms = with_split_notes(topo, vms, reserved)
     plan_vms = vms + tuple(vm for name, vm in kept.items() if name not in {v.name for v in spec.vms})
     return _with_host(topo, spec, reserved, vms, plan_vms, warnings, pf_plans)
 
@@ -159,13 +166,15 @@ def _request(
     return Request(vm.name, load, tuple(candidates), tuple(cost(n) for n in candidates))
 
 
-def _allocate(free_cores: Sequence[Core], vms: Sequence[VmSpec], assignment: dict[str, int]) -> dict[str, Allocation]:
+def _allocate(
+    free_cores: Sequence[Core], vms: Sequence[VmSpec], layout: L3Layout, l3_of: Callable[[Core], int | None]
+) -> dict[str, Allocation]:
     by_node: dict[int, list[NodeRequest]] = defaultdict(list)
     for vm in vms:
-        by_node[assignment[vm.name]].append(NodeRequest(vm.name, vm.vcpus, vm.emulator is EmulatorPolicy.DEDICATED))
+        by_node[layout.nodes[vm.name]].append(NodeRequest(vm.name, vm.vcpus, vm.emulator is EmulatorPolicy.DEDICATED))
     out: dict[str, Allocation] = {}
     for node, requests in sorted(by_node.items()):
-        out.update(allocate_node([c for c in free_cores if c.node == node], requests))
+        out.update(allocate_node_l3([c for c in free_cores if c.node == node], requests, layout.domains, l3_of))
     return out
 
 
@@ -226,6 +235,7 @@ def _vm_plan(
         disable_cpu_features=vm.disable_cpu_features,
         domain_type=spec.host.domain_type.value,
         warnings=tuple(warnings),
+        l3_domains=l3_ids(topo, cores),
     )
 
 

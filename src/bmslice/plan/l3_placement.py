@@ -43,8 +43,8 @@ from bmslice.plan.placement import Placement, Request
 L3_STEP_LIMIT = 200_000  # past this the layout is the best found, and the plan says so
 _NONE = sys.maxsize
 
-Shape = tuple[int, int, int]  # (singles, pairs, memory MiB) of a load, hashable and ordered
-_ZERO: Shape = (0, 0, 0)
+Shape = tuple[int, int, int, int]  # (singles, pairs, memory MiB, L3 ways) of a load, hashable and ordered
+_ZERO: Shape = (0, 0, 0, 0)
 
 
 class _OutOfSteps(Exception):
@@ -58,6 +58,7 @@ class DomainFree:
     id: int
     twos: int
     ones: int
+    ways: int = _NONE  # L3 ways left for slices that reserve some (`cache.l3`)
 
 
 @dataclass(frozen=True)
@@ -81,25 +82,30 @@ class L3Layout:
     numa_optimal: bool  # proven the fewest cross-NUMA NICs
 
 
-def _shape(load: Load) -> Shape:
-    return (load.singles, load.pairs, load.memory_mib)
+def _shape(load: Load, ways: int) -> Shape:
+    return (load.singles, load.pairs, load.memory_mib, ways)
 
 
 def _add(a: Shape, b: Shape) -> Shape:
-    return (a[0] + b[0], a[1] + b[1], a[2] + b[2])
+    return (a[0] + b[0], a[1] + b[1], a[2] + b[2], a[3] + b[3])
 
 
 def _fits(twos: int, ones: int, load: Shape) -> bool:
     return NodeFree(-1, twos, ones, _NONE).fits(Load(load[0], load[1], 0))
 
 
+def _fits_domain(dom: DomainFree, load: Shape) -> bool:
+    """Cores, and the L3 ways of the VMs that reserve some (a VM wholly in a domain needs them there)."""
+    return load[3] <= dom.ways and _fits(dom.twos, dom.ones, load)
+
+
 def leftover(twos: int, ones: int, load: Shape) -> tuple[int, int]:
     """(twos, ones) a domain keeps after `load`, taken the way `allocate.py` takes cores.
 
-    >>> leftover(3, 1, (2, 1, 0))  # a single on the one, a single and a pair on twos
+    >>> leftover(3, 1, (2, 1, 0, 0))  # a single on the one, a single and a pair on twos
     (1, 0)
     """
-    singles, pairs, _ = load
+    singles, pairs = load[0], load[1]
     on_ones = min(ones, singles)
     twos -= singles - on_ones
     ones -= on_ones
@@ -108,7 +114,7 @@ def leftover(twos: int, ones: int, load: Shape) -> tuple[int, int]:
 
 
 NodeState = tuple[Shape, tuple[Shape, ...]]  # (split pool load, load of each domain)
-Canonical = tuple[int, Shape, tuple[tuple[tuple[int, int], Shape], ...]]  # a node state up to swaps
+Canonical = tuple[int, Shape, tuple[tuple[tuple[int, int, int], Shape], ...]]  # a node state up to swaps
 
 
 @dataclass(frozen=True)
@@ -119,14 +125,16 @@ class _Choice:
 
 
 class _Search:
-    def __init__(self, requests: Sequence[Request], nodes: Sequence[NodeDomains], step_limit: int) -> None:
+    def __init__(
+        self, requests: Sequence[Request], nodes: Sequence[NodeDomains], ways: Mapping[str, int], step_limit: int
+    ) -> None:
         self.requests = list(requests)
         self.nodes = list(nodes)
         self.step_limit = step_limit
         self.steps = 0
         self.weight = len(requests) + 1  # one cross-NUMA NIC outweighs every split VM
         slot_of = {n.free.node: i for i, n in enumerate(nodes)}
-        self.shapes = [_shape(r.load) for r in requests]
+        self.shapes = [_shape(r.load, ways.get(r.name, 0)) for r in requests]
         self.choices: list[list[_Choice]] = []
         for req, shape in zip(self.requests, self.shapes, strict=True):
             options = []
@@ -137,7 +145,7 @@ class _Search:
                 base = nic_cost * self.weight
                 if self.nodes[slot].several:
                     for d, dom in enumerate(self.nodes[slot].domains):
-                        if _fits(dom.twos, dom.ones, shape):
+                        if _fits_domain(dom, shape):
                             options.append((base, rank, d, _Choice(base, slot, d)))
                     options.append((base + 1, rank, _NONE, _Choice(base + 1, slot, None)))
                 else:
@@ -147,7 +155,7 @@ class _Search:
         for i in range(len(requests) - 1, -1, -1):
             cheapest = min((c.cost for c in self.choices[i]), default=_NONE)
             self.lower_bound[i] = min(_NONE, self.lower_bound[i + 1] + cheapest)
-        self.domain_class = [[(d.twos, d.ones) for d in n.domains] for n in nodes]
+        self.domain_class = [[(d.twos, d.ones, d.ways) for d in n.domains] for n in nodes]
         signature = {
             slot: (
                 n.free.twos,
@@ -184,7 +192,7 @@ class _Search:
             return _fits(node.free.twos, node.free.ones, split)
         twos = ones = 0
         for dom, load in zip(node.domains, loads, strict=True):
-            if not _fits(dom.twos, dom.ones, load):
+            if not _fits_domain(dom, load):
                 return False
             left = leftover(dom.twos, dom.ones, load)
             twos, ones = twos + left[0], ones + left[1]
@@ -267,7 +275,7 @@ def _split_count(
 
 
 def _per_node(
-    requests: Sequence[Request], nodes: Sequence[NodeDomains], placed: Mapping[str, int]
+    requests: Sequence[Request], nodes: Sequence[NodeDomains], ways: Mapping[str, int], placed: Mapping[str, int]
 ) -> dict[str, int | None]:
     """Fallback with the NUMA placement fixed: one small search per node (the fewest splits on
     each node for that placement, unless even that runs long)."""
@@ -275,7 +283,7 @@ def _per_node(
     for node in nodes:
         own = [Request(r.name, r.load, (node.free.node,), (0,)) for r in requests if placed[r.name] == node.free.node]
         try:
-            found = _Search(own, [node], L3_STEP_LIMIT).layout() if own else ({}, {}, 0)
+            found = _Search(own, [node], ways, L3_STEP_LIMIT).layout() if own else ({}, {}, 0)
         except _OutOfSteps:
             found = None
         if found is None:  # out of steps: every VM of the node takes cores wherever they are free
@@ -285,23 +293,29 @@ def _per_node(
     return domains
 
 
-def place_in_l3(requests: Sequence[Request], nodes: Sequence[NodeDomains], placed: Placement) -> L3Layout:
+def place_in_l3(
+    requests: Sequence[Request], nodes: Sequence[NodeDomains], placed: Placement, ways: Mapping[str, int] | None = None
+) -> L3Layout:
     """Node and L3 domain of every request; `placed` (a feasible NUMA placement) is the fallback.
 
+    `ways`: the L3 ways each VM that reserves some needs in a domain (`cache_ways.way_needs`);
+    a VM placed wholly in a domain takes them from its `DomainFree.ways`. (A VM that spans
+    domains needs them in each; `cache_ways.reserve_cache` checks that after allocation.)
     Hosts with one L3 domain per node have nothing to choose: `placed` is kept as it is.
     """
+    ways = ways or {}
     by_node = {n.free.node: n for n in nodes}
     if not any(n.several for n in nodes):
         return L3Layout(dict(placed.nodes), dict.fromkeys(placed.nodes, None), 0, True, placed.numa_optimal)
     ordered = sorted(requests, key=lambda r: (len(r.candidates), -(2 * r.load.pairs + r.load.singles), r.name))
     try:
-        found = _Search(ordered, nodes, L3_STEP_LIMIT).layout()
+        found = _Search(ordered, nodes, ways, L3_STEP_LIMIT).layout()
     except _OutOfSteps:
         found = None
     if found is not None:
         node_of, domains, _ = found
         return L3Layout(node_of, domains, _split_count(node_of, domains, by_node), True, True)
-    domains = _per_node(ordered, nodes, placed.nodes)
+    domains = _per_node(ordered, nodes, ways, placed.nodes)
     return L3Layout(
         dict(placed.nodes), domains, _split_count(placed.nodes, domains, by_node), False, placed.numa_optimal
     )
@@ -318,9 +332,13 @@ def core_l3(topo: HostTopology) -> Callable[[Core], int | None]:
 
 
 def node_domains(
-    free: Sequence[NodeFree], free_cores: Sequence[Core], l3_of: Callable[[Core], int | None]
+    free: Sequence[NodeFree],
+    free_cores: Sequence[Core],
+    l3_of: Callable[[Core], int | None],
+    ways: Mapping[int, int] | None = None,
 ) -> list[NodeDomains]:
-    """Each node's free cores by L3 domain; a node with a core of unknown L3 counts as one domain."""
+    """Each node's free cores (and L3 ways, `cache_ways.free_ways`) by L3 domain; a node with a core
+    of unknown L3 counts as one domain."""
     out = []
     for node in free:
         cores = [c for c in free_cores if c.node == node.node]
@@ -332,6 +350,7 @@ def node_domains(
                     i,
                     sum(1 for core, l3 in known if l3 == i and core.threads == 2),
                     sum(1 for core, l3 in known if l3 == i and core.threads == 1),
+                    (ways or {}).get(i, _NONE),
                 )
                 for i in sorted({l3 for _, l3 in known})
             )

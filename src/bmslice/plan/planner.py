@@ -15,6 +15,7 @@ from bmslice.model.plan import DeviceAssignment, GuestTopology, HostPlan, NodeHu
 from bmslice.model.spec import EmulatorPolicy, IsolateScope, NicNumaPolicy, Spec, VmSpec
 from bmslice.model.topology import Core, HostTopology
 from bmslice.plan.allocate import Allocation, NodeRequest, allocate_node_l3
+from bmslice.plan.cache_ways import reserve_cache, way_budget
 from bmslice.plan.capacity import NodeFree, vm_load
 from bmslice.plan.devices import ResolvedNic, VfRequest, check_nics, numa_warning, resolve_nics
 from bmslice.plan.host import kernel_args, missing_args, reserved_cores
@@ -46,8 +47,8 @@ def make_plan(topo: HostTopology, spec: Spec, origin: str = "spec", keep: Sequen
     if placed is None:
         raise PlanError(explain(requests, free))
     l3_of = core_l3(topo)
-    domains = node_domains(free, free_cores, l3_of)
-    layout = place_in_l3(requests, domains, placed)
+    ways = way_budget(topo, spec, list(kept.values()))
+    layout = place_in_l3(requests, node_domains(free, free_cores, l3_of, ways.free), placed, ways.needs)
     assignment = layout.nodes
     if not layout.numa_optimal:
         warnings.append(
@@ -76,7 +77,9 @@ def make_plan(topo: HostTopology, spec: Spec, origin: str = "spec", keep: Sequen
     )
     vms = with_split_notes(topo, vms, reserved)
     plan_vms = vms + tuple(vm for name, vm in kept.items() if name not in {v.name for v in spec.vms})
-    return _with_host(topo, spec, reserved, vms, plan_vms, warnings, pf_plans)
+    plan_vms, l3_host_masks = reserve_cache(topo, spec, plan_vms, {vm.name for vm in new_vms}, origin)
+    vms = plan_vms[: len(vms)]
+    return _with_host(topo, spec, reserved, vms, plan_vms, warnings, pf_plans, l3_host_masks)
 
 
 def _kept(
@@ -109,7 +112,16 @@ def slice_changes(old: VmPlan, vm: VmSpec) -> list[str]:
         changes.append(f"emulator {old.emulator_policy} -> {vm.emulator.value}")
     if vm.numa_node is not None and vm.numa_node not in old.numa_nodes:
         changes.append(f"numa_node {old.numa_nodes[0]} -> {vm.numa_node}")
+    had = (old.cache.l3_kib, old.cache.memory_bandwidth) if old.cache is not None else (None, None)
+    wants = (vm.cache.l3, vm.cache.memory_bandwidth) if vm.cache is not None else (None, None)
+    if had != wants:
+        changes.append(f"cache {_cache_text(*had)} -> {_cache_text(*wants)}")  # libvirt sets it at start only
     return changes
+
+
+def _cache_text(l3_kib: int | None, bandwidth: int | None) -> str:
+    parts = ([f"l3 {l3_kib}KiB"] if l3_kib else []) + ([f"memory_bandwidth {bandwidth}%"] if bandwidth else [])
+    return ", ".join(parts) or "none"
 
 
 def _check_still_fits(old: VmPlan, vm: VmSpec) -> None:
@@ -236,6 +248,7 @@ def _vm_plan(
         domain_type=spec.host.domain_type.value,
         warnings=tuple(warnings),
         l3_domains=l3_ids(topo, cores),
+        cache=old.cache if old is not None else None,  # new slices get theirs in reserve_cache
     )
 
 
@@ -255,6 +268,7 @@ def _with_host(
     all_vms: tuple[VmPlan, ...],
     warnings: list[str],
     pf_plans: tuple[PfPlan, ...],
+    l3_host_masks: tuple[tuple[int, int], ...],
 ) -> Plan:
     if spec.host.isolate is IsolateScope.ALL:
         isolated = topo.online_cpus - reserved
@@ -278,5 +292,6 @@ def _with_host(
         hugepages=hugepages,
         cpu_vendor=topo.cpu_vendor,
         sriov=pf_plans,
+        l3_host_masks=l3_host_masks,
     )
     return Plan(host=host, vms=all_vms, warnings=tuple(dict.fromkeys(warnings)))

@@ -39,6 +39,14 @@ class VfInterface:
 
 
 @dataclass(frozen=True)
+class ResctrlTune:
+    """A <cachetune> ((L3 cache id, KiB) entries) or <memorytune> ((node id, percent)) for `vcpus`."""
+
+    vcpus: CpuSet
+    entries: tuple[tuple[int, int], ...]
+
+
+@dataclass(frozen=True)
 class Domain:
     name: str
     uuid: str
@@ -59,6 +67,8 @@ class Domain:
     vf_interfaces: tuple[VfInterface, ...] = ()
     disks: tuple[Disk, ...] = ()
     plan_json: str | None = None  # the VmPlan this domain was rendered from (metadata)
+    cachetunes: tuple[ResctrlTune, ...] = ()
+    memorytunes: tuple[ResctrlTune, ...] = ()
 
 
 def domain_uuid(name: str) -> str:
@@ -88,7 +98,24 @@ def domain_from_plan(vm: VmPlan, disks: tuple[Disk, ...] = ()) -> Domain:
         vf_interfaces=tuple(VfInterface(d.address, d.mac or "", d.vlan) for d in vm.devices if d.type == "vf"),
         disks=disks,
         plan_json=vm_json,
+        cachetunes=_cachetunes(vm),
+        memorytunes=_memorytunes(vm),
     )
+
+
+def _cachetunes(vm: VmPlan) -> tuple[ResctrlTune, ...]:
+    """One resctrl group for all the VM's vCPUs: its ways on each L3 domain they use."""
+    if vm.cache is None or not vm.cache.ways:
+        return ()
+    return (ResctrlTune(CpuSet.from_iter(range(vm.vcpus)), tuple((w.cache_id, w.size_kib) for w in vm.cache.ways)),)
+
+
+def _memorytunes(vm: VmPlan) -> tuple[ResctrlTune, ...]:
+    """The same vCPUs' bandwidth cap on each of those domains (libvirt puts both in one group)."""
+    if vm.cache is None or vm.cache.memory_bandwidth is None:
+        return ()
+    caps = tuple((d, vm.cache.memory_bandwidth) for d in vm.cache.domains)
+    return (ResctrlTune(CpuSet.from_iter(range(vm.vcpus)), caps),)
 
 
 def cpu_mode(domain_type: str) -> str:

@@ -10,12 +10,48 @@ root is the default group, which every thread not moved elsewhere belongs to.
 
 from __future__ import annotations
 
+import re
+from collections.abc import Collection
+
 from bmslice.model.topology import Resctrl, ResctrlGroup, ResctrlL3, ResctrlMb
 from bmslice.topology.sysfs import FsRoot
 
 RESCTRL_DIR = "sys/fs/resctrl"
 NOT_GROUPS = ("info", "mon_groups", "mon_data")  # directories that are not allocation groups
 ABSOLUTE_MB_VENDORS = ("AuthenticAMD", "HygonGenuine")  # MB takes multiples of 1/8 GB/s, not percent
+_LIBVIRT_GROUP = re.compile(r"(qemu-[0-9]+-.*)-vcpus_[0-9,-]+")
+_HOSTNAME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-")
+
+
+def machine_name(domain_id: int, name: str) -> str:
+    """libvirt's machine name for a QEMU domain, which starts its resctrl group names: "qemu-ID-NAME"
+    with NAME cut to hostname characters, runs of '.'/'-' kept once, none at either end, 64 at most.
+
+    >>> machine_name(3, "Red_k8s_cluster_worker1"), machine_name(12, "-a..b+c-")
+    ('qemu-3-Redk8sclusterworker1', 'qemu-12-a.bc')
+    """
+    out = f"qemu-{domain_id}-"
+    skip = True
+    for char in name:
+        if len(out) >= 64:
+            break
+        if char in ".-":
+            if not skip:
+                out += char
+            skip = True
+        elif char in _HOSTNAME_CHARS:
+            out += char
+            skip = False
+    return out.rstrip("-.")
+
+
+def group_vm(group: str, names: Collection[str]) -> str | None:
+    """The VM (of `names`) a resctrl group belongs to when libvirt made it, else None."""
+    match = _LIBVIRT_GROUP.fullmatch(group)
+    if match is None:
+        return None
+    domain_id = match.group(1).split("-")[1]
+    return next((n for n in sorted(names) if machine_name(int(domain_id), n) == match.group(1)), None)
 
 
 def parse_schemata(text: str) -> tuple[tuple[tuple[int, int], ...], tuple[tuple[int, int], ...]]:

@@ -27,6 +27,8 @@ _XML_FIELDS = {
     "hostdevs": "PCI hostdevs",
     "vf_interfaces": "SR-IOV VF interfaces",
     "hugepage_kib": "hugepage size (KiB)",
+    "cachetunes": "cachetune (L3 cache id, KiB)",
+    "memorytunes": "memorytune (node, bandwidth %)",
 }
 
 

@@ -9,8 +9,12 @@ from typing import Any
 from bmslice.apply.context import is_local, load_context
 from bmslice.model.spec import Spec
 from bmslice.render.domain_model import domain_from_plan
+from bmslice.topology.sysfs import FsRoot
 from bmslice.verify.compare import compare_definition, compare_pins, compare_threads, compare_vfs
+from bmslice.verify.resctrl_state import compare_resctrl, read_slice_resctrl
 from bmslice.verify.threads import read_threads
+
+ROOT = Path("/")
 
 
 @dataclass
@@ -43,6 +47,7 @@ def verify(spec: Spec, origin: str, uri: str, host_root: Path | None = None) -> 
     ctx = load_context(spec, origin, uri, host_root, allow_move=True)
     try:
         slices = []
+        notes: list[str] = []
         for vm_spec in spec.vms:
             vm = ctx.plan.vm(vm_spec.name)
             live = ctx.live.get(vm.name)
@@ -56,10 +61,15 @@ def verify(spec: Spec, origin: str, uri: str, host_root: Path | None = None) -> 
                 drift += compare_threads(vm, read_threads(live.pid))
             if is_local(uri) and host_root is None:  # netlink answers for this kernel only
                 drift += compare_vfs(vm, ctx.topology.vf_states)
+            if vm.cache is not None and live.active and (is_local(uri) or host_root is not None):
+                resctrl_drift, resctrl_notes = compare_resctrl(
+                    vm, read_slice_resctrl(FsRoot(host_root or ROOT), vm.name)
+                )
+                drift += resctrl_drift
+                notes += resctrl_notes
             if not live.active:
                 drift.insert(0, f"{vm.name} is not running")
             slices.append(SliceStatus(vm.name, "running" if live.active else "shut off", drift))
-        notes = []
         if ctx.plan.host.reboot_required:
             notes.append(
                 "reboot pending (not drift): kernel args not active yet: " + " ".join(ctx.plan.host.missing_kernel_args)

@@ -11,6 +11,7 @@ from rich.text import Text
 from bmslice.model.plan import DeviceAssignment, Plan
 from bmslice.model.sizes import format_mib
 from bmslice.model.topology import HostTopology, Resctrl
+from bmslice.render.picture_map import node_text
 
 
 def topology_view(topo: HostTopology) -> Group:
@@ -128,16 +129,19 @@ def plan_view(plan: Plan) -> Group:
     head.add_row("reboot required", "yes: " + " ".join(host.missing_kernel_args) if host.reboot_required else "no")
     for pf in host.sriov:
         head.add_row(f"SR-IOV {pf.interface or pf.address}", f"sriov_numvfs {pf.numvfs_before} -> {pf.numvfs}")
+    if host.l3_host_masks:
+        masks = " ".join(f"{cache_id}={mask:x}" for cache_id, mask in host.l3_host_masks)
+        head.add_row("L3 ways the host keeps (resctrl default group)", masks)
     vms = Table(title="Slices", title_justify="left")
     for col in ("VM", "node", "vCPU 0, 1, ... on host CPUs", "emulator + IOThreads", "guest topology", "memory"):
-        vms.add_column(col, no_wrap=col != "vCPU 0, 1, ... on host CPUs")
+        vms.add_column(col, no_wrap=col not in ("vCPU 0, 1, ... on host CPUs", "node"))
     vms.add_column("NICs")
     for vm in plan.vms:
         t = vm.guest_topology
         iothreads = f" ({vm.iothreads} IOThread{'s' if vm.iothreads != 1 else ''})" if vm.iothreads else ""
         vms.add_row(
             vm.name,
-            ",".join(map(str, vm.numa_nodes)),
+            node_text(vm),
             " ".join(_pairs(vm.vcpu_pins, t.threads)),
             f"{vm.emulator_cpus} {vm.emulator_policy}{iothreads}",
             f"{t.sockets}s x {t.cores}c x {t.threads}t",

@@ -34,50 +34,9 @@ from oracle import (
     physical_cores,
     split_vms,
 )
-from topologies import nic, synthetic
+from topologies import l3_case, nic, synthetic
 
 CASES = 200
-
-
-def l3_case(rng: random.Random) -> tuple[HostTopology, Spec]:
-    """A small host with 2-3 L3 domains per node (some straddling two nodes) and 1-4 VMs."""
-    sockets, per_socket = rng.choice([(1, 1), (2, 1), (1, 2)])
-    nodes = sockets * per_socket
-    cores = per_socket * rng.choice([4, 5, 6])
-    threads = rng.choice([1, 2, 2])
-    total = sockets * cores * threads
-    offline = sorted(rng.sample(range(1, total), k=rng.randint(0, 2))) if rng.random() < 0.3 else []
-    nics = [
-        nic(f"0000:0{i + 1}:00.0", f"eth{i}", rng.choice([*range(nodes), None]), 40 + i)
-        for i in range(rng.randint(0, 2))
-    ]
-    topo = synthetic(
-        sockets=sockets,
-        cores=cores,
-        threads=threads,
-        nodes_per_socket=per_socket,
-        numbering=rng.choice(["spread", "adjacent", "interleaved"]),
-        memory_mib_per_node=rng.choice([8192, 16384]),
-        offline=offline,
-        nics=nics,
-        cores_per_l3=rng.choice([2, 2, 3]),
-    )
-    names = [d.interfaces[0] for d in nics]
-    vms: list[dict[str, Any]] = []
-    for k in range(rng.randint(1, 4)):
-        vm: dict[str, Any] = {
-            "name": f"vm{k}",
-            "vcpus": rng.choice([1, 2, 2, 3, 4, 4, 6]),
-            "memory": rng.choice([512, 1024, 2048]),
-            "emulator": rng.choice(["dedicated", "host"]),
-        }
-        if rng.random() < 0.15:
-            vm["numa_node"] = rng.randrange(nodes)
-        if names and rng.random() < 0.5:
-            vm["nics"] = [{"passthrough": names.pop()}]
-        vms.append(vm)
-    host = {"reserved_cores_per_node": rng.choice([0, 1, 1]), "reserved_memory_per_node": 1024}
-    return topo, spec_from_data({"host": host, "vms": vms}, "case.yaml")
 
 
 def cross_numa(plan: Plan) -> int:

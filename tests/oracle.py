@@ -134,12 +134,10 @@ def _node_layout(
     return None
 
 
-def best_layout(topo: HostTopology, spec: Spec, running: Sequence[VmPlan] = ()) -> OLayout | None:
-    """A valid layout with the fewest cross-NUMA NICs, or None when none exists.
-
-    `running` VMs keep their cores and memory; only the spec's other VMs are placed (their
-    NICs' cross-NUMA count is what is minimised).
-    """
+def _what_is_free(
+    topo: HostTopology, spec: Spec, running: Sequence[VmPlan]
+) -> tuple[list[OCore], list[int], dict[int, int], list[OVm], bool]:
+    """(free cores, node ids, memory left per node, VMs to place, nic_numa_policy require) around `running`."""
     reserved = reserved_cpus(topo, spec.host.reserved_cores_per_node)
     taken = reserved | {cpu for vm in running for core in vm.cores for cpu in core}
     free = [c for c in physical_cores(topo) if c.cpus.isdisjoint(taken)]
@@ -149,7 +147,16 @@ def best_layout(topo: HostTopology, spec: Spec, running: Sequence[VmPlan] = ()) 
         node_mem[vm.numa_nodes[0]] -= vm.memory_mib
     kept = {vm.name for vm in running}
     vms = [vm for vm in vms_of(topo, spec) if vm.name not in kept]
-    strict = spec.host.nic_numa_policy.value == "require"
+    return free, node_ids, node_mem, vms, spec.host.nic_numa_policy.value == "require"
+
+
+def best_layout(topo: HostTopology, spec: Spec, running: Sequence[VmPlan] = ()) -> OLayout | None:
+    """A valid layout with the fewest cross-NUMA NICs, or None when none exists.
+
+    `running` VMs keep their cores and memory; only the spec's other VMs are placed (their
+    NICs' cross-NUMA count is what is minimised).
+    """
+    free, node_ids, node_mem, vms, strict = _what_is_free(topo, spec, running)
 
     def allowed(vm: OVm, node: int) -> bool:
         if vm.numa_node is not None and vm.numa_node != node:
@@ -278,16 +285,7 @@ def literal_min_splits(cores: Sequence[OCore], l3: Sequence[int], vms: Sequence[
 
 def best_l3_layout(topo: HostTopology, spec: Spec, running: Sequence[VmPlan] = ()) -> tuple[int, int] | None:
     """(cross-NUMA NICs, split VMs) of the best layout, cross-NUMA first; None when none is valid."""
-    reserved = reserved_cpus(topo, spec.host.reserved_cores_per_node)
-    taken = reserved | {cpu for vm in running for core in vm.cores for cpu in core}
-    free = [c for c in physical_cores(topo) if c.cpus.isdisjoint(taken)]
-    node_ids = sorted(n.id for n in topo.numa_nodes)
-    node_mem = {n.id: n.memory_mib - spec.host.reserved_memory_per_node for n in topo.numa_nodes}
-    for vm in running:
-        node_mem[vm.numa_nodes[0]] -= vm.memory_mib
-    kept = {vm.name for vm in running}
-    vms = [vm for vm in vms_of(topo, spec) if vm.name not in kept]
-    strict = spec.host.nic_numa_policy.value == "require"
+    free, node_ids, node_mem, vms, strict = _what_is_free(topo, spec, running)
     caps: dict[int, tuple[tuple[int, int], ...]] = {}
     for node in node_ids:
         counts: dict[int | None, list[int]] = defaultdict(lambda: [0, 0])

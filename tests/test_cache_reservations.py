@@ -390,3 +390,24 @@ def test_docstring_examples() -> None:
 
     for module in (cache_ways, bmslice.topology.resctrl, bmslice.topology.caches, bmslice.render.resctrl_files):
         assert doctest.testmod(module).failed == 0, module.__name__
+
+
+@pytest.mark.parametrize(
+    ("cache", "message"),
+    [
+        ({}, "vms[0].cache: give l3, memory_bandwidth or both"),
+        ({"l3": "8MiBB"}, "vms[0].cache.l3"),
+        ({"l3": "0.5KiB"}, "must be a positive whole number of KiB"),
+        ({"memory_bandwidth": 0}, "vms[0].cache.memory_bandwidth"),
+        ({"memory_bandwidth": 101}, "vms[0].cache.memory_bandwidth"),
+        ({"memory_bandwidth": True}, "vms[0].cache.memory_bandwidth"),
+        ({"l3": "4MiB", "ways": 2}, "vms[0].cache.ways"),
+    ],
+)
+def test_bad_cache_specs_are_one_line(cache: dict[str, Any], message: str) -> None:
+    from bmslice.errors import SpecError
+
+    with pytest.raises(SpecError) as info:
+        spec([{"name": "a", "vcpus": 2, "memory": 1024, "cache": cache}])
+    assert message in str(info.value) and "\n" not in str(info.value)
+    assert str(info.value).startswith("cache.yaml: ")

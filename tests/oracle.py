@@ -134,12 +134,10 @@ def _node_layout(
     return None
 
 
-def best_layout(topo: HostTopology, spec: Spec, running: Sequence[VmPlan] = ()) -> OLayout | None:
-    """A valid layout with the fewest cross-NUMA NICs, or None when none exists.
-
-    `running` VMs keep their cores and memory; only the spec's other VMs are placed (their
-    NICs' cross-NUMA count is what is minimised).
-    """
+def _what_is_free(
+    topo: HostTopology, spec: Spec, running: Sequence[VmPlan]
+) -> tuple[list[OCore], list[int], dict[int, int], list[OVm], bool]:
+    """(free cores, node ids, memory left per node, VMs to place, nic_numa_policy require) around `running`."""
     reserved = reserved_cpus(topo, spec.host.reserved_cores_per_node)
     taken = reserved | {cpu for vm in running for core in vm.cores for cpu in core}
     free = [c for c in physical_cores(topo) if c.cpus.isdisjoint(taken)]
@@ -149,7 +147,16 @@ def best_layout(topo: HostTopology, spec: Spec, running: Sequence[VmPlan] = ()) 
         node_mem[vm.numa_nodes[0]] -= vm.memory_mib
     kept = {vm.name for vm in running}
     vms = [vm for vm in vms_of(topo, spec) if vm.name not in kept]
-    strict = spec.host.nic_numa_policy.value == "require"
+    return free, node_ids, node_mem, vms, spec.host.nic_numa_policy.value == "require"
+
+
+def best_layout(topo: HostTopology, spec: Spec, running: Sequence[VmPlan] = ()) -> OLayout | None:
+    """A valid layout with the fewest cross-NUMA NICs, or None when none exists.
+
+    `running` VMs keep their cores and memory; only the spec's other VMs are placed (their
+    NICs' cross-NUMA count is what is minimised).
+    """
+    free, node_ids, node_mem, vms, strict = _what_is_free(topo, spec, running)
 
     def allowed(vm: OVm, node: int) -> bool:
         if vm.numa_node is not None and vm.numa_node != node:
@@ -186,6 +193,140 @@ def best_layout(topo: HostTopology, spec: Spec, running: Sequence[VmPlan] = ()) 
             if best is None or cross < best.cross_numa:
                 best = OLayout(layout, cross)
     return best
+
+
+# --- L3 cache domains ---------------------------------------------------------------------
+#
+# Cores of one L3 domain with the same number of threads are interchangeable, so a node's
+# free cores are counted per (domain, one or two threads) and each VM takes a count of each:
+# every way of doing so is tried (vCPU cores as vcpu_cores_ok says, plus the emulator core),
+# which is the brute force over cores without its repeats. A VM is split when its cores
+# (vCPU and emulator) lie in two or more L3 domains.
+
+
+def l3_of_core(topo: HostTopology, core: OCore) -> int | None:
+    cpu = min(core.cpus)
+    return next((d.id for d in topo.l3_domains if cpu in d.cpus), None)
+
+
+def _spreads(total: int, caps: Sequence[int]) -> list[tuple[int, ...]]:
+    """Every way to take `total` items from bins with `caps` free."""
+    if not caps:
+        return [()] if total == 0 else []
+    out = []
+    for first in range(min(total, caps[0]) + 1):
+        out += [(first, *rest) for rest in _spreads(total - first, caps[1:])]
+    return out
+
+
+def _vm_options(vm: OVm, caps: Sequence[tuple[int, int]]) -> list[tuple[tuple[tuple[int, int], ...], int]]:
+    """(cores taken per domain as (twos, ones), domains touched) for every valid way `vm` fits `caps`."""
+    out = []
+    free_twos, free_ones = sum(t for t, _ in caps), sum(o for _, o in caps)
+    for twos in range(min(free_twos, vm.vcpus) + 1):
+        for ones in range(min(free_ones, vm.vcpus) + 1):
+            cores = [OCore(frozenset({0, 1}), 0)] * twos + [OCore(frozenset({0}), 0)] * ones
+            if not vcpu_cores_ok(vm.vcpus, cores):
+                continue
+            for two_split in _spreads(twos, [t for t, _ in caps]):
+                for one_split in _spreads(ones, [o for _, o in caps]):
+                    used = [(a, b) for a, b in zip(two_split, one_split, strict=True)]
+                    emulators: list[tuple[int, int] | None] = [None]
+                    if vm.dedicated:
+                        emulators = [(d, k) for d in range(len(caps)) for k in (0, 1)]
+                    for emu in emulators:
+                        taken = list(used)
+                        if emu is not None:
+                            d, k = emu
+                            taken[d] = (taken[d][0] + (k == 0), taken[d][1] + (k == 1))
+                        if all(a <= t and b <= o for (a, b), (t, o) in zip(taken, caps, strict=True)):
+                            touched = sum(1 for a, b in taken if a + b)
+                            out.append((tuple(taken), touched))
+    return out
+
+
+def node_min_splits(caps: tuple[tuple[int, int], ...], vms: Sequence[OVm]) -> int | None:
+    """Fewest split VMs when `vms` share a node whose free cores per L3 domain are `caps`."""
+    memo: dict[tuple[int, tuple[tuple[int, int], ...]], int | None] = {}
+
+    def go(i: int, left: tuple[tuple[int, int], ...]) -> int | None:
+        if i == len(vms):
+            return 0
+        if (i, left) not in memo:
+            best = None
+            for taken, touched in _vm_options(vms[i], left):
+                rest = go(i + 1, tuple((t - a, o - b) for (t, o), (a, b) in zip(left, taken, strict=True)))
+                if rest is not None and (best is None or rest + (touched > 1) < best):
+                    best = rest + (touched > 1)
+            memo[(i, left)] = best
+        return memo[(i, left)]
+
+    return go(0, caps)
+
+
+def literal_min_splits(cores: Sequence[OCore], l3: Sequence[int], vms: Sequence[OVm]) -> int | None:
+    """node_min_splits core by core (tiny nodes only): every free core -> unused / VM k vCPU / VM k emulator."""
+    best = None
+    options: list[tuple[str, int] | None] = [None, *(("v", k) for k in range(len(vms)))]
+    options += [("e", k) for k in range(len(vms))]
+    for choice in itertools.product(options, repeat=len(cores)):
+        splits = 0
+        for k, vm in enumerate(vms):
+            vcores = [c for c, ch in zip(cores, choice, strict=True) if ch == ("v", k)]
+            ecores = [c for c, ch in zip(cores, choice, strict=True) if ch == ("e", k)]
+            if len(ecores) != int(vm.dedicated) or not vcpu_cores_ok(vm.vcpus, vcores):
+                break
+            mine = {d for c, ch, d in zip(cores, choice, l3, strict=True) if ch is not None and ch[1] == k}
+            splits += len(mine) > 1
+        else:
+            best = splits if best is None else min(best, splits)
+    return best
+
+
+def best_l3_layout(topo: HostTopology, spec: Spec, running: Sequence[VmPlan] = ()) -> tuple[int, int] | None:
+    """(cross-NUMA NICs, split VMs) of the best layout, cross-NUMA first; None when none is valid."""
+    free, node_ids, node_mem, vms, strict = _what_is_free(topo, spec, running)
+    caps: dict[int, tuple[tuple[int, int], ...]] = {}
+    for node in node_ids:
+        counts: dict[int | None, list[int]] = defaultdict(lambda: [0, 0])
+        for core in free:
+            if core.node == node:
+                counts[l3_of_core(topo, core)][0 if core.threads == 2 else 1] += 1
+        caps[node] = tuple((t, o) for _, (t, o) in sorted(counts.items(), key=lambda kv: (kv[0] is None, kv[0] or 0)))
+    cache: dict[tuple[int, tuple[int, ...]], int | None] = {}
+    best: tuple[int, int] | None = None
+    for nodes in itertools.product(node_ids, repeat=len(vms)):
+        if any(vm.numa_node is not None and vm.numa_node != n for vm, n in zip(vms, nodes, strict=True)):
+            continue
+        if strict and any(x is not None and x != n for vm, n in zip(vms, nodes, strict=True) for x in vm.nic_nodes):
+            continue
+        splits = 0
+        for node in node_ids:
+            members = tuple(k for k, n in enumerate(nodes) if n == node)
+            if sum(vms[k].memory_mib for k in members) > node_mem[node]:
+                break
+            if (node, members) not in cache:
+                cache[(node, members)] = node_min_splits(caps[node], [vms[k] for k in members])
+            found = cache[(node, members)]
+            if found is None:
+                break
+            splits += found
+        else:
+            cross = sum(1 for vm, n in zip(vms, nodes, strict=True) for x in vm.nic_nodes if x is not None and x != n)
+            if best is None or (cross, splits) < best:
+                best = (cross, splits)
+    return best
+
+
+def split_vms(topo: HostTopology, plan: Plan, names: Sequence[str] | None = None) -> int:
+    """VMs of `plan` (or just `names`) whose cores lie in two or more L3 domains."""
+    count = 0
+    for vm in plan.vms:
+        if names is not None and vm.name not in names:
+            continue
+        ids = {next((d.id for d in topo.l3_domains if core.min() in d.cpus), None) for core in vm.cores}
+        count += len(ids) > 1
+    return count
 
 
 def check_plan(topo: HostTopology, spec: Spec, plan: Plan) -> None:

@@ -5,10 +5,13 @@ Disk trees (tests/treebuilder.py) test discovery; these test planning.
 
 from __future__ import annotations
 
+import random
 from collections.abc import Sequence
+from typing import Any
 
 from bmslice.cpuset import CpuSet
-from bmslice.model.topology import Cpu, HostTopology, NumaNode, PciDevice
+from bmslice.model.spec import Spec, spec_from_data
+from bmslice.model.topology import CacheDomain, Cpu, HostTopology, NumaNode, PciDevice, Resctrl
 
 
 def synthetic(
@@ -23,8 +26,14 @@ def synthetic(
     vendor: str = "GenuineIntel",
     cmdline: str = "root=/dev/sda1 ro",
     default_route: str | None = None,
+    cores_per_l3: int | None = None,
+    l3_kib: int = 32768,
+    resctrl: Resctrl | None = None,
 ) -> HostTopology:
     """A machine with `sockets` x `cores` x `threads`.
+
+    cores_per_l3: each socket's cores, in order, share an L3 of `l3_kib` in groups of that
+    many (an EPYC CCX/CCD; a group may straddle two nodes, as under sub-NUMA clustering).
 
     numbering "spread": siblings are N and N + total cores (Intel);
     "adjacent": siblings N, N+1; "interleaved": the design note's server, where socket s
@@ -55,6 +64,19 @@ def synthetic(
         NumaNode(n, CpuSet.from_iter(ids), memory_mib_per_node, memory_mib_per_node)
         for n, ids in sorted(node_cpus.items())
     )
+    l3: list[CacheDomain] = []
+    if cores_per_l3:
+        for s in range(sockets):
+            for start in range(0, cores, cores_per_l3):
+                ids = [
+                    cpu_ids[(s, c, t)]
+                    for c in range(start, min(start + cores_per_l3, cores))
+                    for t in range(threads)
+                    if cpu_ids[(s, c, t)] not in offline
+                ]
+                members = CpuSet.from_iter(ids)
+                owners = {cpu.node for cpu in cpus if cpu.id in members}
+                l3.append(CacheDomain(len(l3), members, l3_kib, owners.pop() if len(owners) == 1 else None))
     return HostTopology(
         cpu_vendor=vendor,
         kernel_cmdline=cmdline,
@@ -64,6 +86,8 @@ def synthetic(
         pci_devices=tuple(nics),
         iommu_active=True,
         source="synthetic",
+        l3_domains=tuple(l3),
+        resctrl=resctrl,
     )
 
 
@@ -101,3 +125,44 @@ def server1(**kwargs: object) -> HostTopology:
     }
     args.update(kwargs)
     return synthetic(**args)  # type: ignore[arg-type]
+
+
+def l3_case(rng: random.Random) -> tuple[HostTopology, Spec]:
+    """A small host with 2-3 L3 domains per node (some straddling two nodes) and 1-4 VMs."""
+    sockets, per_socket = rng.choice([(1, 1), (2, 1), (1, 2)])
+    nodes = sockets * per_socket
+    cores = per_socket * rng.choice([4, 5, 6])
+    threads = rng.choice([1, 2, 2])
+    total = sockets * cores * threads
+    offline = sorted(rng.sample(range(1, total), k=rng.randint(0, 2))) if rng.random() < 0.3 else []
+    nics = [
+        nic(f"0000:0{i + 1}:00.0", f"eth{i}", rng.choice([*range(nodes), None]), 40 + i)
+        for i in range(rng.randint(0, 2))
+    ]
+    topo = synthetic(
+        sockets=sockets,
+        cores=cores,
+        threads=threads,
+        nodes_per_socket=per_socket,
+        numbering=rng.choice(["spread", "adjacent", "interleaved"]),
+        memory_mib_per_node=rng.choice([8192, 16384]),
+        offline=offline,
+        nics=nics,
+        cores_per_l3=rng.choice([2, 2, 3]),
+    )
+    names = [d.interfaces[0] for d in nics]
+    vms: list[dict[str, Any]] = []
+    for k in range(rng.randint(1, 4)):
+        vm: dict[str, Any] = {
+            "name": f"vm{k}",
+            "vcpus": rng.choice([1, 2, 2, 3, 4, 4, 6]),
+            "memory": rng.choice([512, 1024, 2048]),
+            "emulator": rng.choice(["dedicated", "host"]),
+        }
+        if rng.random() < 0.15:
+            vm["numa_node"] = rng.randrange(nodes)
+        if names and rng.random() < 0.5:
+            vm["nics"] = [{"passthrough": names.pop()}]
+        vms.append(vm)
+    host = {"reserved_cores_per_node": rng.choice([0, 1, 1]), "reserved_memory_per_node": 1024}
+    return topo, spec_from_data({"host": host, "vms": vms}, "case.yaml")

@@ -44,6 +44,7 @@ from bmslice.model.live import LiveDomain
 from bmslice.model.plan import VmPlan
 from bmslice.model.spec import Spec, VmSpec
 from bmslice.model.topology import nodedev_name
+from bmslice.plan.cache_ways import host_ways_conflicts
 from bmslice.render.domain_model import Disk, Domain, domain_from_plan
 from bmslice.render.domain_xml import from_xml, to_xml
 
@@ -94,6 +95,12 @@ def _preflight(ctx: Context, spec: Spec, opts: ApplyOptions) -> None:
     kvm_missing = is_local(opts.uri) and opts.host_root is None and not os.path.exists("/dev/kvm")
     if kvm_missing and any(vm.domain_type == "kvm" for vm in new):
         raise ApplyError("/dev/kvm is missing: enable VT-x/AMD-V, or set host.domain_type: qemu (TCG)")
+    conflicts = host_ways_conflicts(ctx.plan, ctx.topology.resctrl, [vm.name for vm in new])
+    if conflicts:
+        raise ApplyError(
+            f"{conflicts[0]}: libvirt would find no room for them; run bmslice host-apply, then "
+            "`systemctl daemon-reload && systemctl restart bmslice-resctrl.service`"
+        )
     for vm in new:
         if not vm.hugepage_kib:
             continue

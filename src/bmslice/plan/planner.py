@@ -7,17 +7,19 @@ choices raise PlanError naming the device and the rule.
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from bmslice.cpuset import CpuSet
 from bmslice.errors import PlanError
 from bmslice.model.plan import DeviceAssignment, GuestTopology, HostPlan, NodeHugepages, PfPlan, Plan, VmPlan
 from bmslice.model.spec import EmulatorPolicy, IsolateScope, NicNumaPolicy, Spec, VmSpec
 from bmslice.model.topology import Core, HostTopology
-from bmslice.plan.allocate import Allocation, NodeRequest, allocate_node
+from bmslice.plan.allocate import Allocation, NodeRequest, allocate_node_l3
+from bmslice.plan.cache_ways import reserve_cache, way_budget
 from bmslice.plan.capacity import NodeFree, vm_load
 from bmslice.plan.devices import ResolvedNic, VfRequest, check_nics, numa_warning, resolve_nics, resolve_vf_pools
 from bmslice.plan.host import kernel_args, missing_args, reserved_cores
+from bmslice.plan.l3_placement import L3Layout, core_l3, l3_ids, node_domains, place_in_l3, with_split_notes
 from bmslice.plan.macs import check_macs
 from bmslice.plan.placement import Request, place
 from bmslice.plan.realtime import realtime_plan
@@ -49,12 +51,17 @@ def make_plan(topo: HostTopology, spec: Spec, origin: str = "spec", keep: Sequen
     placed = place(requests, free)
     if placed is None:
         raise PlanError(explain(requests, free))
-    assignment = placed.nodes
-    if not placed.numa_optimal:
+    l3_of = core_l3(topo)
+    ways = way_budget(topo, spec, list(kept.values()))
+    layout = place_in_l3(requests, node_domains(free, free_cores, l3_of, ways.free), placed, ways.needs)
+    assignment = layout.nodes
+    if not layout.numa_optimal:
         warnings.append(
             "the NUMA placement of NICs is the best found in the search budget, not proven the fewest cross-NUMA"
         )
-    allocations = _allocate(free_cores, new_vms, assignment)
+    if not layout.optimal:
+        warnings.append("the L3 cache layout is the best found in the search budget, not proven the fewest split VMs")
+    allocations = _allocate(free_cores, new_vms, layout, l3_of)
     vf_devices, pf_plans, vf_warnings = assign_vfs(topo, vf_requests, assignment, list(kept.values()), vf_pools, origin)
     check_macs(topo, vf_devices, list(kept.values()), origin)
     vms = tuple(
@@ -73,8 +80,11 @@ def make_plan(topo: HostTopology, spec: Spec, origin: str = "spec", keep: Sequen
         )
         for index, vm in enumerate(spec.vms)
     )
+    vms = with_split_notes(topo, vms, reserved)
     plan_vms = vms + tuple(vm for name, vm in kept.items() if name not in {v.name for v in spec.vms})
-    return _with_host(topo, spec, reserved, vms, plan_vms, warnings, pf_plans)
+    plan_vms, l3_host_masks = reserve_cache(topo, spec, plan_vms, {vm.name for vm in new_vms}, origin)
+    vms = plan_vms[: len(vms)]
+    return _with_host(topo, spec, reserved, vms, plan_vms, warnings, pf_plans, l3_host_masks)
 
 
 def _kept(
@@ -107,7 +117,16 @@ def slice_changes(old: VmPlan, vm: VmSpec) -> list[str]:
         changes.append(f"emulator {old.emulator_policy} -> {vm.emulator.value}")
     if vm.numa_node is not None and vm.numa_node not in old.numa_nodes:
         changes.append(f"numa_node {old.numa_nodes[0]} -> {vm.numa_node}")
+    had = (old.cache.l3_kib, old.cache.memory_bandwidth) if old.cache is not None else (None, None)
+    wants = (vm.cache.l3, vm.cache.memory_bandwidth) if vm.cache is not None else (None, None)
+    if had != wants:
+        changes.append(f"cache {_cache_text(*had)} -> {_cache_text(*wants)}")  # libvirt sets it at start only
     return changes
+
+
+def _cache_text(l3_kib: int | None, bandwidth: int | None) -> str:
+    parts = ([f"l3 {l3_kib}KiB"] if l3_kib else []) + ([f"memory_bandwidth {bandwidth}%"] if bandwidth else [])
+    return ", ".join(parts) or "none"
 
 
 def _check_still_fits(old: VmPlan, vm: VmSpec) -> None:
@@ -164,13 +183,15 @@ def _request(
     return Request(vm.name, load, tuple(candidates), tuple(cost(n) for n in candidates))
 
 
-def _allocate(free_cores: Sequence[Core], vms: Sequence[VmSpec], assignment: dict[str, int]) -> dict[str, Allocation]:
+def _allocate(
+    free_cores: Sequence[Core], vms: Sequence[VmSpec], layout: L3Layout, l3_of: Callable[[Core], int | None]
+) -> dict[str, Allocation]:
     by_node: dict[int, list[NodeRequest]] = defaultdict(list)
     for vm in vms:
-        by_node[assignment[vm.name]].append(NodeRequest(vm.name, vm.vcpus, vm.emulator is EmulatorPolicy.DEDICATED))
+        by_node[layout.nodes[vm.name]].append(NodeRequest(vm.name, vm.vcpus, vm.emulator is EmulatorPolicy.DEDICATED))
     out: dict[str, Allocation] = {}
     for node, requests in sorted(by_node.items()):
-        out.update(allocate_node([c for c in free_cores if c.node == node], requests))
+        out.update(allocate_node_l3([c for c in free_cores if c.node == node], requests, layout.domains, l3_of))
     return out
 
 
@@ -237,6 +258,8 @@ def _vm_plan(
         domain_type=domain_type,
         warnings=tuple(warnings),
         realtime=realtime,
+        l3_domains=l3_ids(topo, cores),
+        cache=old.cache if old is not None else None,  # new slices get theirs in reserve_cache
     )
 
 
@@ -256,6 +279,7 @@ def _with_host(
     all_vms: tuple[VmPlan, ...],
     warnings: list[str],
     pf_plans: tuple[PfPlan, ...],
+    l3_host_masks: tuple[tuple[int, int], ...],
 ) -> Plan:
     if spec.host.isolate is IsolateScope.ALL:
         isolated = topo.online_cpus - reserved
@@ -281,5 +305,6 @@ def _with_host(
         hugepages=hugepages,
         cpu_vendor=topo.cpu_vendor,
         sriov=pf_plans,
+        l3_host_masks=l3_host_masks,
     )
     return Plan(host=host, vms=all_vms, warnings=tuple(dict.fromkeys(warnings)))

@@ -10,7 +10,7 @@ from lxml import etree
 
 from bmslice.cpuset import CpuSet
 from bmslice.model.plan import GuestTopology
-from bmslice.render.domain_model import BMSLICE_NS, Disk, Domain, VcpuSched, VfInterface
+from bmslice.render.domain_model import BMSLICE_NS, Disk, Domain, ResctrlTune, VcpuSched, VfInterface
 
 _E = etree.Element
 _Sub = etree.SubElement
@@ -49,6 +49,14 @@ def _cputune(root: etree._Element, dom: Domain) -> None:
         if sched.priority is not None:
             attrs["priority"] = str(sched.priority)
         _Sub(tune, "vcpusched", attrs)
+    for cachetune in dom.cachetunes:
+        el = _Sub(tune, "cachetune", vcpus=cachetune.vcpus.format())
+        for cache_id, kib in cachetune.entries:
+            _Sub(el, "cache", id=str(cache_id), level="3", type="both", size=str(kib), unit="KiB")
+    for memorytune in dom.memorytunes:
+        el = _Sub(tune, "memorytune", vcpus=memorytune.vcpus.format())
+        for node, bandwidth in memorytune.entries:
+            _Sub(el, "node", id=str(node), bandwidth=str(bandwidth))
 
 
 def _memory_backing(root: etree._Element, dom: Domain) -> None:
@@ -161,8 +169,28 @@ def _int(el: etree._Element | None, default: int = 0) -> int:
 def _kib(el: etree._Element | None) -> int:
     if el is None or not el.text:
         return 0
+    return _to_kib(el.text, el.get("unit"))
+
+
+def _to_kib(value: str, unit: str | None) -> int:
     factor = {"b": 1 / 1024, "bytes": 1 / 1024, "kib": 1, "k": 1, "mib": 1024, "m": 1024, "gib": 1048576, "g": 1048576}
-    return int(int(el.text) * factor.get(el.get("unit", "KiB").lower(), 1))
+    return int(int(value) * factor.get((unit or "KiB").lower(), 1))
+
+
+def _read_tunes(tune: etree._Element | None, tag: str, child: str, key: str, value: str) -> tuple[ResctrlTune, ...]:
+    """<cachetune>s (L3 entries, sizes in KiB whatever unit libvirt wrote) or <memorytune>s."""
+    out = []
+    for el in tune.findall(tag) if tune is not None else []:
+        entries = []
+        for item in el.findall(child):
+            if child == "cache" and item.get("level") != "3":
+                continue
+            amount = (
+                _to_kib(item.get(value, "0"), item.get("unit", "B")) if child == "cache" else int(item.get(value, "0"))
+            )
+            entries.append((int(item.get(key, "0")), amount))
+        out.append(ResctrlTune(CpuSet.parse(el.get("vcpus", "")), tuple(sorted(entries))))
+    return tuple(out)
 
 
 def _address_text(el: etree._Element) -> str:
@@ -291,4 +319,6 @@ def from_xml(text: str | bytes) -> Domain:
         pmu=_state(root.find("features/pmu")),
         kvm_hint_dedicated=bool(_state(root.find("features/kvm/hint-dedicated"))),
         required_features=_features_named(cpu, "require"),
+        cachetunes=_read_tunes(tune, "cachetune", "cache", "id", "size"),
+        memorytunes=_read_tunes(tune, "memorytune", "node", "id", "bandwidth"),
     )

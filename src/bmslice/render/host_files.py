@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from bmslice.model.plan import DeviceAssignment, Plan
 from bmslice.model.topology import HostTopology
 from bmslice.render.artifacts import kernel_args_line
+from bmslice.render.resctrl_files import resctrl_files
 from bmslice.safe_text import one_line
 
 RUNTIME_HUGEPAGE_KIB = 2048  # 1 GiB pages are boot-time kernel args (plan/host.py)
@@ -215,4 +216,5 @@ def render_host_files(plan: Plan, topo: HostTopology) -> dict[str, str]:
         files[TUNED_REALTIME] = _tuned_realtime(plan)
     for unit in SLICES:
         files[slice_dropin(unit)] = _slice(plan, unit)
+    files.update(resctrl_files(plan))
     return dict(sorted(files.items()))

@@ -14,7 +14,7 @@ from bmslice.cpuset import CpuSet
 from bmslice.model.plan import AT_APPLY, Plan, VmPlan
 from bmslice.model.sizes import format_mib
 from bmslice.model.topology import HostTopology
-from bmslice.render.picture_map import picture_map, vm_letter
+from bmslice.render.picture_map import node_text, picture_map, vm_letter
 from bmslice.render.picture_svg import svg_element, vm_colour
 from bmslice.safe_text import one_line
 
@@ -72,7 +72,7 @@ def _vm_rows(plan: Plan) -> list[list[str]]:
         rows.append(
             [
                 vm.name,
-                ",".join(map(str, vm.numa_nodes)),
+                node_text(vm),
                 str(vm.vcpus),
                 f"{t.sockets} socket × {t.cores} cores × {t.threads} threads",
                 format_mib(vm.memory_mib) + (f" ({vm.hugepage_kib} KiB pages)" if vm.hugepage_kib else ""),

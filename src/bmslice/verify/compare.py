@@ -34,6 +34,8 @@ _XML_FIELDS = {
     "pmu": "PMU",
     "kvm_hint_dedicated": "KVM dedicated-vCPU hint",
     "required_features": "required CPU features",
+    "cachetunes": "cachetune (L3 cache id, KiB)",
+    "memorytunes": "memorytune (node, bandwidth %)",
 }
 
 

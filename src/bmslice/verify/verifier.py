@@ -13,8 +13,12 @@ from bmslice.apply.uri import is_local
 from bmslice.model.plan import VmPlan
 from bmslice.model.spec import Spec
 from bmslice.render.domain_model import domain_from_plan
+from bmslice.topology.fsroot import FsRoot
 from bmslice.verify.compare import compare_definition, compare_pins, compare_threads, compare_vfs
+from bmslice.verify.resctrl_state import compare_resctrl, read_slice_resctrl
 from bmslice.verify.threads import read_threads
+
+ROOT = Path("/")
 
 
 @dataclass
@@ -53,6 +57,7 @@ def _verify(spec: Spec, origin: str, uri: str, conn: Any, host_root: Path | None
     ctx = load_context(spec, origin, uri, conn, host_root, allow_move=True)
     this_kernel = is_local(uri) and host_root is None  # /proc and netlink answer for this kernel only
     slices = []
+    notes: list[str] = []
     for vm_spec in spec.vms:
         vm = ctx.plan.vm(vm_spec.name)
         live = ctx.live.get(vm.name)
@@ -66,10 +71,13 @@ def _verify(spec: Spec, origin: str, uri: str, conn: Any, host_root: Path | None
             drift += compare_threads(vm, read_threads(live.pid))
         if this_kernel:
             drift += compare_vfs(vm, ctx.topology.vf_states)
+        if vm.cache is not None and live.active and (is_local(uri) or host_root is not None):
+            resctrl_drift, resctrl_notes = compare_resctrl(vm, read_slice_resctrl(FsRoot(host_root or ROOT), vm.name))
+            drift += resctrl_drift
+            notes += resctrl_notes
         if not live.active:
             drift.insert(0, f"{vm.name} is not running")
         slices.append(SliceStatus(vm.name, "running" if live.active else "shut off", drift))
-    notes = []
     if ctx.plan.host.reboot_required:
         notes.append(
             "reboot pending (not drift): kernel args not active yet: " + " ".join(ctx.plan.host.missing_kernel_args)

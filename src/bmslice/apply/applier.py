@@ -104,14 +104,15 @@ def _preflight(ctx: Context, spec: Spec, opts: ApplyOptions) -> None:
     for vm in new:
         if not vm.hugepage_kib:
             continue
-        node = ctx.topology.node(vm.numa_nodes[0])
-        need = vm.memory_mib * 1024 // vm.hugepage_kib
-        free = node.hugepages_of(vm.hugepage_kib).free
-        if free < need:
-            raise ApplyError(
-                f"{vm.name} needs {need} free {vm.hugepage_kib} KiB hugepages on NUMA node {node.id}, "
-                f"{free} are free (bmslice host-apply reserves them)"
-            )
+        for node_id, mib in vm.memory_by_node().items():
+            node = ctx.topology.node(node_id)
+            need = mib * 1024 // vm.hugepage_kib
+            free = node.hugepages_of(vm.hugepage_kib).free
+            if free < need:
+                raise ApplyError(
+                    f"{vm.name} needs {need} free {vm.hugepage_kib} KiB hugepages on NUMA node {node.id}, "
+                    f"{free} are free (bmslice host-apply reserves them)"
+                )
 
 
 def _no_kernel(opts: ApplyOptions) -> str | None:

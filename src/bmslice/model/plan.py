@@ -99,6 +99,20 @@ class CacheTune:
 
 
 @dataclass(frozen=True)
+class GuestCell:
+    """One guest NUMA cell of a VM that spans host nodes: its host node, guest vCPUs and memory.
+
+    `distances`: the host's node distances from this cell's node to every cell's node, in
+    cell order, so the guest sees the same relative costs the host has.
+    """
+
+    node: int
+    vcpus: CpuSet  # guest vCPU ids
+    memory_mib: int
+    distances: tuple[int, ...] = ()
+
+
+@dataclass(frozen=True)
 class VmPlan:
     name: str
     numa_nodes: tuple[int, ...]
@@ -118,6 +132,7 @@ class VmPlan:
     realtime: RealtimePlan | None = None
     l3_domains: tuple[int, ...] = ()  # L3 cache ids its cores sit in (empty: the host does not say)
     cache: CacheTune | None = None
+    cells: tuple[GuestCell, ...] = ()  # a VM over several host nodes (numa_nodes); () for one node
 
     @property
     def vcpus(self) -> int:
@@ -137,6 +152,22 @@ class VmPlan:
     @property
     def owned_cpus(self) -> CpuSet:
         return CpuSet.union(self.cores)
+
+    def memory_by_node(self) -> dict[int, int]:
+        """MiB of guest memory on each host node (a one-node VM: all on its node)."""
+        if not self.cells:
+            return {self.numa_nodes[0]: self.memory_mib}
+        out: dict[int, int] = {}
+        for cell in self.cells:
+            out[cell.node] = out.get(cell.node, 0) + cell.memory_mib
+        return out
+
+    def cell_of_node(self, node: int | None) -> int | None:
+        """The guest cell on host node `node` (None: not one of the VM's nodes, or a one-node VM)."""
+        for index, cell in enumerate(self.cells):
+            if cell.node == node:
+                return index
+        return None
 
 
 @dataclass(frozen=True)
@@ -221,6 +252,11 @@ def _vm_to_dict(vm: VmPlan) -> dict[str, Any]:
         out["l3_domains"] = list(vm.l3_domains)
     if vm.cache is not None:
         out["cache"] = _cache_to_dict(vm.cache)
+    if vm.cells:  # only a VM over several nodes: one-node plans (and recorded ones) read as before
+        out["cells"] = [
+            {"node": c.node, "vcpus": c.vcpus.sorted(), "memory_mib": c.memory_mib, "distances": list(c.distances)}
+            for c in vm.cells
+        ]
     return out
 
 
@@ -303,6 +339,10 @@ def vm_from_dict(data: dict[str, Any]) -> VmPlan:
         realtime=_realtime_from_dict(data.get("realtime")),
         l3_domains=tuple(data.get("l3_domains", [])),
         cache=_cache_from_dict(data.get("cache")),
+        cells=tuple(
+            GuestCell(c["node"], CpuSet.from_iter(c["vcpus"]), c["memory_mib"], tuple(c.get("distances", [])))
+            for c in data.get("cells", [])
+        ),
     )
 
 

@@ -278,6 +278,23 @@ def check_realtime(realtime: RealtimeSpec | None, vcpus: int, hugepages: Hugepag
         )
 
 
+MAX_GUEST_CELLS = 8
+
+
+def check_cells(cells: int, numa_node: int | None, vcpus: int, memory_mib: int, page_kib: int | None) -> None:
+    """A VM over `cells` host nodes gets an equal share of each: its numbers must split evenly."""
+    if cells == 1:
+        return
+    if numa_node is not None:
+        raise ValueError(f"numa_node pins a VM to one node; with numa_nodes: {cells} leave numa_node out")
+    if vcpus % cells:
+        raise ValueError(f"numa_nodes: {cells} needs vcpus divisible by {cells} (an equal share per node), got {vcpus}")
+    share = memory_mib // cells
+    if memory_mib % cells or (page_kib and (share * 1024) % page_kib):
+        unit = f"{page_kib} KiB hugepages" if page_kib else "MiB"
+        raise ValueError(f"numa_nodes: {cells} needs memory that splits into {cells} whole shares of {unit}")
+
+
 class CacheSpec(_Strict):
     """L3 ways and a memory bandwidth cap for the VM's vCPUs, through resctrl (libvirt's
     <cachetune>/<memorytune>). `l3` is reserved on each L3 domain the vCPUs use, rounded up
@@ -298,6 +315,9 @@ class VmSpec(_Strict):
     vcpus: StrictInt = Field(gt=0, le=4096)
     memory: SizeMiB
     numa_node: StrictInt | None = Field(default=None, ge=0, le=MAX_NUMA_NODE)
+    # Guest NUMA: the VM spans this many host nodes, an equal share of its vCPUs and memory on
+    # each, and its guest sees as many NUMA cells (`numa_node` then cannot pin it to one).
+    numa_nodes: StrictInt = Field(default=1, ge=1, le=MAX_GUEST_CELLS)
     emulator: EmulatorPolicy = EmulatorPolicy.DEDICATED
     iothreads: StrictInt = Field(default=1, ge=0, le=64)
     hugepages: HugepageSize = HugepageSize.NONE
@@ -314,6 +334,7 @@ class VmSpec(_Strict):
         if page_kib and (self.memory * 1024) % page_kib:
             raise ValueError(f"memory {self.memory} MiB is not a whole number of {self.hugepages.value} hugepages")
         check_realtime(self.realtime, self.vcpus, self.hugepages)
+        check_cells(self.numa_nodes, self.numa_node, self.vcpus, self.memory, page_kib)
         return self
 
 

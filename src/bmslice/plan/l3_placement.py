@@ -307,6 +307,12 @@ def place_in_l3(
     by_node = {n.free.node: n for n in nodes}
     if not any(n.several for n in nodes):
         return L3Layout(dict(placed.nodes), dict.fromkeys(placed.nodes, None), 0, True, placed.numa_optimal)
+    if any(r.group is not None for r in requests):
+        # A VM over several nodes: its shares keep the NUMA placement's nodes, and each node's
+        # VMs and shares get the fewest split L3 domains that node allows.
+        domains = _per_node(requests, nodes, ways, placed.nodes)
+        split = _split_count(placed.nodes, domains, by_node)
+        return L3Layout(dict(placed.nodes), domains, split, False, placed.numa_optimal)
     ordered = sorted(requests, key=lambda r: (len(r.candidates), -(2 * r.load.pairs + r.load.singles), r.name))
     try:
         found = _Search(ordered, nodes, ways, L3_STEP_LIMIT).layout()
@@ -374,7 +380,7 @@ def with_split_notes(topo: HostTopology, vms: Sequence[VmPlan], reserved: CpuSet
     cores_in = Counter((core.node, l3_of(core)) for core in topo.cores if core.cpus.isdisjoint(reserved))
     out = []
     for vm in vms:
-        if len(vm.l3_domains) > 1:
+        if len(vm.l3_domains) > 1 and len(vm.numa_nodes) == 1:  # over several nodes: split by request
             node = vm.numa_nodes[0]
             room = max((n for (where, l3), n in cores_in.items() if where == node and l3 is not None), default=0)
             why = (

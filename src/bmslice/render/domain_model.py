@@ -56,6 +56,17 @@ class ResctrlTune:
 
 
 @dataclass(frozen=True)
+class DomainCell:
+    """A guest NUMA cell (<cpu><numa><cell>) and the host node its memory is bound to (<memnode>)."""
+
+    id: int
+    cpus: CpuSet  # guest vCPUs
+    memory_kib: int
+    host_node: int
+    distances: tuple[int, ...] = ()  # to cell 0, 1, ... as the host's node distances
+
+
+@dataclass(frozen=True)
 class Domain:
     name: str
     uuid: str
@@ -86,6 +97,10 @@ class Domain:
     required_features: tuple[str, ...] = ()  # <cpu><feature policy='require'>
     cachetunes: tuple[ResctrlTune, ...] = ()
     memorytunes: tuple[ResctrlTune, ...] = ()
+    # A VM over several host nodes: its guest cells, and which cell each device (by its host PCI
+    # address) hangs off — a pcie-expander-bus bound to that cell, so the guest sees locality.
+    cells: tuple[DomainCell, ...] = ()
+    device_cells: tuple[tuple[str, int], ...] = ()
 
 
 def domain_uuid(name: str) -> str:
@@ -117,8 +132,23 @@ def domain_from_plan(vm: VmPlan, disks: tuple[Disk, ...] = ()) -> Domain:
         plan_json=vm_json,
         cachetunes=_cachetunes(vm),
         memorytunes=_memorytunes(vm),
+        cells=tuple(
+            DomainCell(i, cell.vcpus, cell.memory_mib * 1024, cell.node, cell.distances)
+            for i, cell in enumerate(vm.cells)
+        ),
+        device_cells=_device_cells(vm),
     )
     return _realtime(domain, vm) if vm.realtime is not None else domain
+
+
+def _device_cells(vm: VmPlan) -> tuple[tuple[str, int], ...]:
+    """Each device of a VM over several nodes on the guest cell of its host node (if one of them)."""
+    out = []
+    for dev in vm.devices:
+        cell = vm.cell_of_node(dev.numa_node)
+        if cell is not None and dev.address is not None:
+            out.append((dev.address, cell))
+    return tuple(sorted(out))
 
 
 def _realtime(domain: Domain, vm: VmPlan) -> Domain:

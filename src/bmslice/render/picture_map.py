@@ -53,7 +53,9 @@ class VmKey:
     def where(self) -> str:
         """ "node 1", or "node 1, L3 6" where the host reports its L3 caches"""
         l3 = f", L3 {','.join(map(str, self.l3_domains))}" if self.l3_domains else ""
-        return f"node {','.join(map(str, self.numa_nodes))}{l3}"
+        if len(self.numa_nodes) > 1:  # a guest NUMA cell on each
+            return f"nodes {','.join(map(str, self.numa_nodes))} ({len(self.numa_nodes)} guest cells){l3}"
+        return f"node {self.numa_nodes[0]}{l3}"
 
 
 @dataclass(frozen=True)

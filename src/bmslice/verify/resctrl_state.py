@@ -15,8 +15,8 @@ from dataclasses import dataclass, field
 
 from bmslice.model.plan import VmPlan
 from bmslice.model.topology import ResctrlGroup
-from bmslice.topology.resctrl import group_vm, read_group_tasks, read_groups
 from bmslice.topology.fsroot import FsRoot
+from bmslice.topology.resctrl import group_vm, read_group_tasks, read_groups
 from bmslice.verify.compare import thread_role
 from bmslice.verify.host_state import read_processes
 

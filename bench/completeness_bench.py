@@ -23,6 +23,12 @@ split VMs (cores in two or more L3 domains) equal to its minimum with the fewest
 NICs first. Beside it, the same specs planned with the L3 domains hidden (cores taken
 lowest first, as before) show what the search saves.
 
+The multi-node family (hosts of 2-4 NUMA nodes, 1-4 VMs, about half of them with
+numa_nodes: 2 or 3) is checked against tests/oracle.py's best_layout, which gives a VM over
+k nodes k distinct nodes and an equal share on each (the dedicated emulator core with share
+0) by trying every such choice and every core of every node: 0 feasible specs refused, 0
+infeasible accepted, cross-NUMA NICs (a NIC on none of the VM's nodes) equal to its minimum.
+
 Cores of one node differ only in their number of online threads (1 or 2), so the search
 enumerates, per VM, the node and how many 2-thread and 1-thread cores serve its vCPUs and
 its emulator; a literal core-by-core brute force (every free core -> unused / VM k vCPU /
@@ -47,8 +53,8 @@ from bmslice.errors import PlanError
 from bmslice.model.plan import Plan
 from bmslice.model.spec import Spec, spec_from_data
 from bmslice.model.topology import HostTopology
-from oracle import best_l3_layout, check_plan, split_vms
-from topologies import l3_case
+from oracle import best_l3_layout, best_layout, check_plan, split_vms
+from topologies import l3_case, multinode_case
 
 INFEASIBLE = 10**9
 
@@ -373,6 +379,67 @@ def l3_family(cases: int, seed: int, show: int) -> tuple[list[list[str]], list[s
     return rows, misses[:show], planner_s, oracle_s
 
 
+def multinode_family(cases: int, seed: int, show: int) -> tuple[list[list[str]], list[str], float, float]:
+    """(table rows, findings, planner seconds, oracle seconds) of the multi-node comparison."""
+    st: dict[str, int] = defaultdict(int)
+    misses: list[str] = []
+    planner_s = oracle_s = 0.0
+    for case in range(cases):
+        topo, spec = multinode_case(random.Random(seed * 1_000_003 + case + 1_900_000), max_vms=4)
+        t0 = time.perf_counter()
+        plan, error = plan_or_none(topo, spec)
+        t1 = time.perf_counter()
+        best = best_layout(topo, spec)
+        oracle_s += time.perf_counter() - t1
+        planner_s += t1 - t0
+        st["cases"] += 1
+        st["specs with a VM over several nodes"] += any(vm.numa_nodes > 1 for vm in spec.vms)
+        if best is None:
+            if plan is not None:
+                st["accepted infeasible"] += 1
+                misses.append(f"multinode case {case}: planner accepted an infeasible spec")
+            continue
+        st["feasible"] += 1
+        if plan is None:
+            st["refused feasible"] += 1
+            misses.append(f"multinode case {case}: planner refused a feasible spec ({error})")
+            continue
+        st["VMs over several nodes planned"] += sum(len(vm.numa_nodes) > 1 for vm in plan.vms)
+        st["with NICs"] += any(vm.nics for vm in spec.vms)
+        st["oracle cross-NUMA NICs"] += best.cross_numa
+        try:
+            check_plan(topo, spec, plan)
+        except AssertionError as exc:
+            st["invalid plans"] += 1
+            misses.append(f"multinode case {case}: plan breaks the rules: {exc}")
+        got = cross_numa(plan)
+        st["planner cross-NUMA NICs"] += got
+        if got == best.cross_numa:
+            st["optimal"] += 1
+        else:
+            misses.append(f"multinode case {case}: {got} cross-NUMA NICs, oracle finds {best.cross_numa}")
+    rows = [
+        ["cases", str(st["cases"]), ""],
+        ["with a VM over several nodes", str(st["specs with a VM over several nodes"]), ""],
+        ["feasible (oracle)", str(st["feasible"]), ""],
+        ["planner refused a feasible spec", str(st["refused feasible"]), "goal 0"],
+        ["planner accepted an infeasible spec", str(st["accepted infeasible"]), "must be 0"],
+        ["planner plan breaks the rules", str(st["invalid plans"]), "must be 0"],
+        [
+            "cross-NUMA NICs = the oracle's minimum",
+            f"{st['optimal']} / {st['feasible'] - st['refused feasible']} ({st['with NICs']} with NICs)",
+            "of plans made",
+        ],
+        [
+            "cross-NUMA NICs: oracle minimum / planner",
+            f"{st['oracle cross-NUMA NICs']} / {st['planner cross-NUMA NICs']}",
+            "",
+        ],
+        ["VMs over several nodes in the plans", str(st["VMs over several nodes planned"]), ""],
+    ]
+    return rows, misses[:show], planner_s, oracle_s
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cases", type=int, default=2000, help="small cases (default 2000)")
@@ -381,6 +448,9 @@ def main() -> int:
     parser.add_argument("--literal", type=int, default=300, help="cases re-checked core by core (default 300)")
     parser.add_argument("--show", type=int, default=3, help="misses to print in full")
     parser.add_argument("--l3", type=int, default=1000, help="cases with several L3 domains per node (default 1000)")
+    parser.add_argument(
+        "--multinode", type=int, default=1000, help="cases with VMs over several NUMA nodes (default 1000)"
+    )
     args = parser.parse_args()
 
     start = time.perf_counter()
@@ -519,12 +589,21 @@ def main() -> int:
     print(table(["", "l3", ""], l3_rows, "lrl"))
     print(f"time in make_plan {l3_planner_s:.2f} s, in the oracle {l3_oracle_s:.2f} s")
     misses += l3_misses
+    mn_rows, mn_misses, mn_planner_s, mn_oracle_s = multinode_family(args.multinode, args.seed, args.show)
+    print(
+        "\nVMs over several NUMA nodes: 1-3 sockets, 2-4 NUMA nodes of 2-4 cores, SMT or not, some CPUs\n"
+        "offline, 1-4 VMs (about half with numa_nodes: 2 or 3, an equal share per node), 1-4 NICs, some\n"
+        "nic_numa_policy: require; against tests/oracle.py's exhaustive best_layout:"
+    )
+    print(table(["", "multinode", ""], mn_rows, "lrl"))
+    print(f"time in make_plan {mn_planner_s:.2f} s, in the oracle {mn_oracle_s:.2f} s")
+    misses += mn_misses
     if misses:
         print(f"\n{len(misses)} finding(s); the first {min(args.show, len(misses))}:")
         for line in misses[: args.show]:
             print("  " + line)
     bad = any(st["accepted infeasible"] or st["invalid plans"] for st in stats.values())
-    return 1 if bad or literal_disagree or l3_misses else 0
+    return 1 if bad or literal_disagree or l3_misses or mn_misses else 0
 
 
 if __name__ == "__main__":

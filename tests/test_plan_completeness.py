@@ -3,6 +3,8 @@
 tests/oracle.py decides feasibility by brute force over whole-core assignments, sharing
 no code with bmslice.plan. On small random hosts and specs the two must agree, and when
 both find a layout the planner's number of cross-NUMA NICs must be the oracle's minimum.
+The same holds with VMs over several NUMA nodes (numa_nodes: k, an equal share on each of
+k distinct nodes) on random hosts of 2-4 nodes.
 """
 
 from __future__ import annotations
@@ -19,9 +21,10 @@ from bmslice.model.spec import Spec, spec_from_data
 from bmslice.model.topology import HostTopology
 from bmslice.plan.planner import make_plan
 from oracle import best_layout, check_plan, physical_cores, reserved_cpus, vcpu_cores_ok
-from topologies import nic, synthetic
+from topologies import multinode_case, nic, synthetic
 
 CASES = 300
+MULTINODE_CASES = 200
 
 
 def _random_case(seed: int) -> tuple[HostTopology, Spec]:
@@ -77,6 +80,10 @@ def _random_case(seed: int) -> tuple[HostTopology, Spec]:
     return topo, spec_from_data({"host": host, "vms": vms}, "case.yaml")
 
 
+def _random_multinode_case(seed: int) -> tuple[HostTopology, Spec]:
+    return multinode_case(random.Random(10_000 + seed))
+
+
 def _cross_numa(plan: Plan) -> int:
     return sum(1 for vm in plan.vms for d in vm.devices if d.numa_node is not None and d.numa_node not in vm.numa_nodes)
 
@@ -120,6 +127,53 @@ def test_replanning_around_running_slices_is_complete(seed: int) -> None:
     running_cross = _cross_numa(plan)
     assert _cross_numa(result) - running_cross == oracle.cross_numa
     check_plan(topo, spec, result)
+
+
+@pytest.mark.parametrize("seed", range(MULTINODE_CASES))
+def test_planner_agrees_with_oracle_on_vms_over_several_nodes(seed: int) -> None:
+    topo, spec = _random_multinode_case(seed)
+    oracle = best_layout(topo, spec)
+    result = _try_plan(topo, spec)
+    if oracle is None:
+        assert isinstance(result, PlanError), f"seed {seed}: planner accepted a spec with no valid layout"
+        return
+    assert not isinstance(result, PlanError), f"seed {seed}: planner refused a feasible spec: {result}"
+    assert _cross_numa(result) == oracle.cross_numa, f"seed {seed}: cross-NUMA NICs not minimal"
+    check_plan(topo, spec, result)
+
+
+@pytest.mark.parametrize("seed", range(0, MULTINODE_CASES, 3))
+def test_replanning_around_a_running_vm_over_several_nodes_is_complete(seed: int) -> None:
+    """The first VM (often over several nodes) runs; the rest is planned around it, which keeps it."""
+    topo, spec = _random_multinode_case(seed)
+    first = spec.model_copy(update={"vms": spec.vms[:1]})
+    plan = _try_plan(topo, first)
+    if isinstance(plan, PlanError):
+        return
+    oracle = best_layout(topo, spec, plan.vms)
+    try:
+        result = make_plan(topo, spec, "case.yaml", plan.vms)
+    except PlanError as exc:
+        assert oracle is None, f"seed {seed}: refused a layout that goes around the running VM: {exc}"
+        return
+    assert oracle is not None, f"seed {seed}: planner accepted a spec with no valid layout around the running VM"
+    assert result.vms[0] == plan.vms[0]
+    assert _cross_numa(result) - _cross_numa(plan) == oracle.cross_numa
+    check_plan(topo, spec, result)
+
+
+def test_multinode_cases_cover_both_outcomes_and_span_nodes() -> None:
+    """The generator is not degenerate: feasible and infeasible specs, and planned VMs over 2 and 3 nodes."""
+    outcomes = []
+    spans: set[int] = set()
+    for seed in range(MULTINODE_CASES):
+        topo, spec = _random_multinode_case(seed)
+        outcomes.append(best_layout(topo, spec) is not None)
+        result = _try_plan(topo, spec)
+        if not isinstance(result, PlanError):
+            spans |= {len(vm.numa_nodes) for vm in result.vms}
+    assert 0.2 * MULTINODE_CASES <= sum(outcomes) <= 0.85 * MULTINODE_CASES
+    assert {1, 2, 3} <= spans
 
 
 def test_random_cases_cover_both_outcomes() -> None:

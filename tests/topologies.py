@@ -166,3 +166,54 @@ def l3_case(rng: random.Random) -> tuple[HostTopology, Spec]:
         vms.append(vm)
     host = {"reserved_cores_per_node": rng.choice([0, 1, 1]), "reserved_memory_per_node": 1024}
     return topo, spec_from_data({"host": host, "vms": vms}, "case.yaml")
+
+
+def multinode_case(rng: random.Random, max_vms: int = 3) -> tuple[HostTopology, Spec]:
+    """A small host of 2-4 NUMA nodes of 2-4 cores and 1-`max_vms` VMs, about half of them over
+    2 or 3 nodes (numa_nodes), some with NICs, some under nic_numa_policy: require."""
+    sockets, per_socket = rng.choice([(2, 1), (1, 2), (2, 2), (1, 3), (3, 1), (1, 4)])
+    nodes = sockets * per_socket
+    cores = per_socket * rng.randint(2, 4)
+    threads = rng.choice([1, 2, 2])
+    all_cpus = sockets * cores * threads
+    offline = sorted(rng.sample(range(1, all_cpus), k=rng.randint(1, 2))) if rng.random() < 0.25 else []
+    nic_devs = [
+        nic(f"0000:0{i + 1}:00.0", f"eth{i}", rng.choice([*range(nodes), None]), 40 + i)
+        for i in range(rng.randint(1, 4))
+    ]
+    topo = synthetic(
+        sockets=sockets,
+        cores=cores,
+        threads=threads,
+        nodes_per_socket=per_socket,
+        numbering=rng.choice(["spread", "adjacent", "interleaved"]),
+        memory_mib_per_node=rng.choice([6144, 8192, 12288]),
+        offline=offline,
+        nics=nic_devs,
+    )
+    unassigned = [d.interfaces[0] for d in nic_devs]
+    rng.shuffle(unassigned)
+    vms: list[dict[str, Any]] = []
+    for k in range(rng.randint(1, max_vms)):
+        cells = rng.choice([1, 2, 2, min(3, nodes)])
+        vm: dict[str, Any] = {
+            "name": f"vm{k}",
+            "vcpus": cells * rng.choice([1, 1, 2, 2, 3]),
+            "memory": cells * rng.choice([512, 1024, 1024, 2048, 3072]),
+            "emulator": rng.choice(["dedicated", "host"]),
+        }
+        if cells > 1:
+            vm["numa_nodes"] = cells
+        elif rng.random() < 0.25:
+            vm["numa_node"] = rng.randrange(nodes)
+        if unassigned and rng.random() < 0.7:
+            count = rng.choice([1, 2, 2]) if len(unassigned) > 1 else 1
+            vm["nics"] = [{"passthrough": unassigned.pop()} for _ in range(count)]
+        vms.append(vm)
+    host: dict[str, Any] = {
+        "reserved_cores_per_node": rng.choice([0, 1, 1]),
+        "reserved_memory_per_node": rng.choice([512, 1024]),
+    }
+    if rng.random() < 0.2:
+        host["nic_numa_policy"] = "require"
+    return topo, spec_from_data({"host": host, "vms": vms}, "case.yaml")

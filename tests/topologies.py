@@ -127,17 +127,26 @@ def server1(**kwargs: object) -> HostTopology:
     return synthetic(**args)  # type: ignore[arg-type]
 
 
-def l3_case(rng: random.Random) -> tuple[HostTopology, Spec]:
-    """A small host with 2-3 L3 domains per node (some straddling two nodes) and 1-4 VMs."""
-    sockets, per_socket = rng.choice([(1, 1), (2, 1), (1, 2)])
+def _random_host(
+    rng: random.Random,
+    sockets: int,
+    per_socket: int,
+    cores: int,
+    offline: tuple[float, int, int],
+    nics: tuple[int, int],
+    memory_mib: Sequence[int],
+    cores_per_l3: Sequence[int] = (),
+) -> tuple[HostTopology, list[str]]:
+    """A random small host of that shape and its NICs' names: SMT or not, with the odds and
+    count of offline CPUs `offline` says, `nics` (fewest, most) NICs on random nodes (or none)."""
     nodes = sockets * per_socket
-    cores = per_socket * rng.choice([4, 5, 6])
     threads = rng.choice([1, 2, 2])
     total = sockets * cores * threads
-    offline = sorted(rng.sample(range(1, total), k=rng.randint(0, 2))) if rng.random() < 0.3 else []
-    nics = [
+    odds, fewest, most = offline
+    down = sorted(rng.sample(range(1, total), k=rng.randint(fewest, most))) if rng.random() < odds else []
+    devices = [
         nic(f"0000:0{i + 1}:00.0", f"eth{i}", rng.choice([*range(nodes), None]), 40 + i)
-        for i in range(rng.randint(0, 2))
+        for i in range(rng.randint(*nics))
     ]
     topo = synthetic(
         sockets=sockets,
@@ -145,12 +154,22 @@ def l3_case(rng: random.Random) -> tuple[HostTopology, Spec]:
         threads=threads,
         nodes_per_socket=per_socket,
         numbering=rng.choice(["spread", "adjacent", "interleaved"]),
-        memory_mib_per_node=rng.choice([8192, 16384]),
-        offline=offline,
-        nics=nics,
-        cores_per_l3=rng.choice([2, 2, 3]),
+        memory_mib_per_node=rng.choice(list(memory_mib)),
+        offline=down,
+        nics=devices,
+        cores_per_l3=rng.choice(list(cores_per_l3)) if cores_per_l3 else None,
     )
-    names = [d.interfaces[0] for d in nics]
+    return topo, [d.interfaces[0] for d in devices]
+
+
+def l3_case(rng: random.Random) -> tuple[HostTopology, Spec]:
+    """A small host with 2-3 L3 domains per node (some straddling two nodes) and 1-4 VMs."""
+    sockets, per_socket = rng.choice([(1, 1), (2, 1), (1, 2)])
+    nodes = sockets * per_socket
+    cores = per_socket * rng.choice([4, 5, 6])
+    topo, names = _random_host(
+        rng, sockets, per_socket, cores, (0.3, 0, 2), (0, 2), [8192, 16384], cores_per_l3=(2, 2, 3)
+    )
     vms: list[dict[str, Any]] = []
     for k in range(rng.randint(1, 4)):
         vm: dict[str, Any] = {
@@ -174,24 +193,7 @@ def multinode_case(rng: random.Random, max_vms: int = 3) -> tuple[HostTopology, 
     sockets, per_socket = rng.choice([(2, 1), (1, 2), (2, 2), (1, 3), (3, 1), (1, 4)])
     nodes = sockets * per_socket
     cores = per_socket * rng.randint(2, 4)
-    threads = rng.choice([1, 2, 2])
-    all_cpus = sockets * cores * threads
-    offline = sorted(rng.sample(range(1, all_cpus), k=rng.randint(1, 2))) if rng.random() < 0.25 else []
-    nic_devs = [
-        nic(f"0000:0{i + 1}:00.0", f"eth{i}", rng.choice([*range(nodes), None]), 40 + i)
-        for i in range(rng.randint(1, 4))
-    ]
-    topo = synthetic(
-        sockets=sockets,
-        cores=cores,
-        threads=threads,
-        nodes_per_socket=per_socket,
-        numbering=rng.choice(["spread", "adjacent", "interleaved"]),
-        memory_mib_per_node=rng.choice([6144, 8192, 12288]),
-        offline=offline,
-        nics=nic_devs,
-    )
-    unassigned = [d.interfaces[0] for d in nic_devs]
+    topo, unassigned = _random_host(rng, sockets, per_socket, cores, (0.25, 1, 2), (1, 4), [6144, 8192, 12288])
     rng.shuffle(unassigned)
     vms: list[dict[str, Any]] = []
     for k in range(rng.randint(1, max_vms)):

@@ -405,6 +405,26 @@ class _Placer:
             data = host_spec_data(self.fleet, Placement(tuple(self.placed.values())), host_name)
             assert data is not None
             plan = check_host(host_name, data, host.topo, f"{host_name}/spec.yaml").plan
+            new = sorted(vm.name for vm in plan.vms if vm.name in names)
+            moved = [
+                (vm, self.placed[vm.name])
+                for vm in plan.vms
+                if vm.name not in names
+                and self.placed[vm.name].numa_nodes
+                and vm.numa_nodes != self.placed[vm.name].nodes
+            ]
+            if moved:
+                # A kept VM over several nodes that this fresh plan puts elsewhere: if it runs, the host
+                # keeps it where it is, so the fresh plan says nothing sure about the new ones either.
+                # They keep the nodes the fleet found room on around the kept VM's record.
+                vm, placed = moved[0]
+                self.notes.append(
+                    f"{host_name}: planned afresh, the host puts {vm.name} on NUMA nodes "
+                    f"{','.join(map(str, vm.numa_nodes))}, the placement keeps it on {placed.nodes_text}; "
+                    f"{', '.join(new)} keep the nodes the fleet found room on, which the host planner may not "
+                    "choose: check with `bmslice plan` on the host"
+                )
+                continue
             for planned in plan.vms:
                 if planned.name in names:
                     nodes = planned.numa_nodes

@@ -120,6 +120,9 @@ def test_no_host_with_enough_nodes_is_one_line() -> None:
 
 
 def test_no_room_on_enough_nodes_says_what_each_host_lacks() -> None:
+    with pytest.raises(PlanError) as info:
+        planned(fleet_data({"count": 1, "vcpus": 24, "memory": "8GiB", "numa_nodes": 2}, hosts=("a",)), server1s("a"))
+    assert str(info.value).endswith("(a: room for a share on node(s) none, needs 2 nodes)")
     # server1 has 5 free cores per node: 2 shares of 10 vCPUs (5 cores) fit, the emulator core does not
     with pytest.raises(PlanError) as info:
         planned(fleet_data({"count": 1, "vcpus": 20, "memory": "8GiB", "numa_nodes": 2}, hosts=("a",)), server1s("a"))
@@ -127,7 +130,8 @@ def test_no_room_on_enough_nodes_says_what_each_host_lacks() -> None:
     assert "\n" not in text
     assert text == (
         "red-worker-1: no worker host left with 5 free cores and 4GiB free on each of 2 NUMA nodes "
-        "(6 on one of them, for the emulator core) (a: room for a share on 2 node(s) (0,1), needs 2)"
+        "(6 on one of them, for the emulator core) (a: room for a share on nodes 0,1, but for the first, with the "
+        "emulator core, on none)"
     )
 
 

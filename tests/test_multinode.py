@@ -296,6 +296,20 @@ def test_replanning_keeps_a_running_vm_over_several_nodes_exactly(server1: HostT
         make_plan(server1, spec_from_data({**data, "vms": [data["vms"][0], too_big]}, "t"), "t", keep=[recorded])
 
 
+def test_a_running_slice_asked_to_span_another_number_of_nodes_must_move(
+    server1: HostTopology, server1_plan: Plan
+) -> None:
+    """Its guest cells are fixed when it is defined: the spec's new numa_nodes is never ignored."""
+    data = yaml.safe_load(SERVER1_SPEC.read_text())
+    data["vms"][1]["numa_nodes"] = 2  # narrow runs on node 1 alone
+    with pytest.raises(PlanError) as info:
+        make_plan(server1, spec_from_data(data, "t"), "t", keep=[server1_plan.vm("narrow")])
+    assert str(info.value) == (
+        "narrow already runs on CPUs 7,9,11,19,21,23 and the spec changes numa_nodes 1 -> 2; "
+        "moving a running slice needs --allow-move"
+    )
+
+
 # --- refusals, one line each, naming the field --------------------------------------------------------
 
 

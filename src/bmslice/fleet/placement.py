@@ -476,11 +476,14 @@ class _Placer:
         if len(shares) > len(host.nodes):
             return f"{len(host.nodes)} NUMA node(s) with CPUs, needs {len(shares)}"
         if next(host.spans(shares), None) is None:
-            cores, memory = host.most_free()
-            if len(shares) > 1:
-                room = [str(n) for n in host.nodes if host.nodes[n].fits(shares[-1])]
-                return f"room for a share on {len(room)} node(s) ({','.join(room) or 'none'}), needs {len(shares)}"
-            return f"most free on one node: {cores} cores, {_mib(memory)}"
+            if len(shares) == 1:
+                cores, memory = host.most_free()
+                return f"most free on one node: {cores} cores, {_mib(memory)}"
+            room = ",".join(str(n) for n in host.nodes if host.nodes[n].fits(shares[-1]))
+            if room.count(",") + 1 < len(shares) or not room:
+                return f"room for a share on node(s) {room or 'none'}, needs {len(shares)} nodes"
+            # (a node with room for the first share would have made a span with the others)
+            return f"room for a share on nodes {room}, but for the first, with the emulator core, on none"
         nic = req.size.nic
         assert nic is not None  # a node fits and no NIC is asked for: the VM would have been placed
         named = [pf for pf in host.pfs if pf.matches(nic.pf)]

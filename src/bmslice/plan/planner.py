@@ -124,6 +124,8 @@ def slice_changes(old: VmPlan, vm: VmSpec) -> list[str]:
         changes.append(f"emulator {old.emulator_policy} -> {vm.emulator.value}")
     if vm.numa_node is not None and vm.numa_node not in old.numa_nodes:
         changes.append(f"numa_node {old.numa_nodes[0]} -> {vm.numa_node}")
+    if len(old.numa_nodes) != vm.numa_nodes:  # its guest cells are set at define time
+        changes.append(f"numa_nodes {len(old.numa_nodes)} -> {vm.numa_nodes}")
     had = (old.cache.l3_kib, old.cache.memory_bandwidth) if old.cache is not None else (None, None)
     wants = (vm.cache.l3, vm.cache.memory_bandwidth) if vm.cache is not None else (None, None)
     if had != wants:

@@ -127,17 +127,26 @@ def server1(**kwargs: object) -> HostTopology:
     return synthetic(**args)  # type: ignore[arg-type]
 
 
-def l3_case(rng: random.Random) -> tuple[HostTopology, Spec]:
-    """A small host with 2-3 L3 domains per node (some straddling two nodes) and 1-4 VMs."""
-    sockets, per_socket = rng.choice([(1, 1), (2, 1), (1, 2)])
+def _random_host(
+    rng: random.Random,
+    sockets: int,
+    per_socket: int,
+    cores: int,
+    offline: tuple[float, int, int],
+    nics: tuple[int, int],
+    memory_mib: Sequence[int],
+    cores_per_l3: Sequence[int] = (),
+) -> tuple[HostTopology, list[str]]:
+    """A random small host of that shape and its NICs' names: SMT or not, with the odds and
+    count of offline CPUs `offline` says, `nics` (fewest, most) NICs on random nodes (or none)."""
     nodes = sockets * per_socket
-    cores = per_socket * rng.choice([4, 5, 6])
     threads = rng.choice([1, 2, 2])
     total = sockets * cores * threads
-    offline = sorted(rng.sample(range(1, total), k=rng.randint(0, 2))) if rng.random() < 0.3 else []
-    nics = [
+    odds, fewest, most = offline
+    down = sorted(rng.sample(range(1, total), k=rng.randint(fewest, most))) if rng.random() < odds else []
+    devices = [
         nic(f"0000:0{i + 1}:00.0", f"eth{i}", rng.choice([*range(nodes), None]), 40 + i)
-        for i in range(rng.randint(0, 2))
+        for i in range(rng.randint(*nics))
     ]
     topo = synthetic(
         sockets=sockets,
@@ -145,12 +154,22 @@ def l3_case(rng: random.Random) -> tuple[HostTopology, Spec]:
         threads=threads,
         nodes_per_socket=per_socket,
         numbering=rng.choice(["spread", "adjacent", "interleaved"]),
-        memory_mib_per_node=rng.choice([8192, 16384]),
-        offline=offline,
-        nics=nics,
-        cores_per_l3=rng.choice([2, 2, 3]),
+        memory_mib_per_node=rng.choice(list(memory_mib)),
+        offline=down,
+        nics=devices,
+        cores_per_l3=rng.choice(list(cores_per_l3)) if cores_per_l3 else None,
     )
-    names = [d.interfaces[0] for d in nics]
+    return topo, [d.interfaces[0] for d in devices]
+
+
+def l3_case(rng: random.Random) -> tuple[HostTopology, Spec]:
+    """A small host with 2-3 L3 domains per node (some straddling two nodes) and 1-4 VMs."""
+    sockets, per_socket = rng.choice([(1, 1), (2, 1), (1, 2)])
+    nodes = sockets * per_socket
+    cores = per_socket * rng.choice([4, 5, 6])
+    topo, names = _random_host(
+        rng, sockets, per_socket, cores, (0.3, 0, 2), (0, 2), [8192, 16384], cores_per_l3=(2, 2, 3)
+    )
     vms: list[dict[str, Any]] = []
     for k in range(rng.randint(1, 4)):
         vm: dict[str, Any] = {
@@ -165,4 +184,38 @@ def l3_case(rng: random.Random) -> tuple[HostTopology, Spec]:
             vm["nics"] = [{"passthrough": names.pop()}]
         vms.append(vm)
     host = {"reserved_cores_per_node": rng.choice([0, 1, 1]), "reserved_memory_per_node": 1024}
+    return topo, spec_from_data({"host": host, "vms": vms}, "case.yaml")
+
+
+def multinode_case(rng: random.Random, max_vms: int = 3) -> tuple[HostTopology, Spec]:
+    """A small host of 2-4 NUMA nodes of 2-4 cores and 1-`max_vms` VMs, about half of them over
+    2 or 3 nodes (numa_nodes), some with NICs, some under nic_numa_policy: require."""
+    sockets, per_socket = rng.choice([(2, 1), (1, 2), (2, 2), (1, 3), (3, 1), (1, 4)])
+    nodes = sockets * per_socket
+    cores = per_socket * rng.randint(2, 4)
+    topo, unassigned = _random_host(rng, sockets, per_socket, cores, (0.25, 1, 2), (1, 4), [6144, 8192, 12288])
+    rng.shuffle(unassigned)
+    vms: list[dict[str, Any]] = []
+    for k in range(rng.randint(1, max_vms)):
+        cells = rng.choice([1, 2, 2, min(3, nodes)])
+        vm: dict[str, Any] = {
+            "name": f"vm{k}",
+            "vcpus": cells * rng.choice([1, 1, 2, 2, 3]),
+            "memory": cells * rng.choice([512, 1024, 1024, 2048, 3072]),
+            "emulator": rng.choice(["dedicated", "host"]),
+        }
+        if cells > 1:
+            vm["numa_nodes"] = cells
+        elif rng.random() < 0.25:
+            vm["numa_node"] = rng.randrange(nodes)
+        if unassigned and rng.random() < 0.7:
+            count = rng.choice([1, 2, 2]) if len(unassigned) > 1 else 1
+            vm["nics"] = [{"passthrough": unassigned.pop()} for _ in range(count)]
+        vms.append(vm)
+    host: dict[str, Any] = {
+        "reserved_cores_per_node": rng.choice([0, 1, 1]),
+        "reserved_memory_per_node": rng.choice([512, 1024]),
+    }
+    if rng.random() < 0.2:
+        host["nic_numa_policy"] = "require"
     return topo, spec_from_data({"host": host, "vms": vms}, "case.yaml")

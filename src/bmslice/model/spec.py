@@ -291,8 +291,11 @@ def check_cells(cells: int, numa_node: int | None, vcpus: int, memory_mib: int, 
         raise ValueError(f"numa_nodes: {cells} needs vcpus divisible by {cells} (an equal share per node), got {vcpus}")
     share = memory_mib // cells
     if memory_mib % cells or (page_kib and (share * 1024) % page_kib):
-        unit = f"{page_kib} KiB hugepages" if page_kib else "MiB"
-        raise ValueError(f"numa_nodes: {cells} needs memory that splits into {cells} whole shares of {unit}")
+        unit = f"whole {page_kib} KiB hugepages" if page_kib else "whole MiB"
+        raise ValueError(
+            f"numa_nodes: {cells} needs memory that splits into {cells} equal shares of {unit} "
+            f"(an equal share per node), got {memory_mib} MiB"
+        )
 
 
 class CacheSpec(_Strict):

@@ -303,16 +303,19 @@ def place_in_l3(
     domains needs them in each; `cache_ways.reserve_cache` checks that after allocation.)
     Hosts with one L3 domain per node have nothing to choose: `placed` is kept as it is.
     """
-    ways = ways or {}
+    ways = dict(ways or {})
+    # each share of a VM over several nodes needs the VM's ways in the domain it sits in
+    ways.update({r.name: ways[r.group] for r in requests if r.group is not None and r.group in ways})
     by_node = {n.free.node: n for n in nodes}
     if not any(n.several for n in nodes):
         return L3Layout(dict(placed.nodes), dict.fromkeys(placed.nodes, None), 0, True, placed.numa_optimal)
     if any(r.group is not None for r in requests):
         # A VM over several nodes: its shares keep the NUMA placement's nodes, and each node's
         # VMs and shares get the fewest split L3 domains that node allows.
+        # (No split at all is the fewest there can be; otherwise the plan says it is per node.)
         domains = _per_node(requests, nodes, ways, placed.nodes)
         split = _split_count(placed.nodes, domains, by_node)
-        return L3Layout(dict(placed.nodes), domains, split, False, placed.numa_optimal)
+        return L3Layout(dict(placed.nodes), domains, split, split == 0, placed.numa_optimal)
     ordered = sorted(requests, key=lambda r: (len(r.candidates), -(2 * r.load.pairs + r.load.singles), r.name))
     try:
         found = _Search(ordered, nodes, ways, L3_STEP_LIMIT).layout()

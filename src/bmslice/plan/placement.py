@@ -53,7 +53,9 @@ class Request:
     A VM over several nodes (numa_nodes) is one request per part, `part` 0.. of `parts`,
     sharing `group` (the VM's name): its parts go to distinct nodes, and its NICs cost what
     the whole set of nodes leaves remote — each of `local_sets` (the nodes that make one NIC
-    local) that none of the parts' nodes is in — counted at the last part.
+    local) that none of the parts' nodes is in — counted at the last part. `strict`
+    (nic_numa_policy require): a layout that leaves any of them remote is no layout at all,
+    in the feasibility search too, so the search stays exact under require.
     """
 
     name: str
@@ -64,6 +66,7 @@ class Request:
     part: int = 0
     parts: int = 1
     local_sets: tuple[frozenset[int], ...] = ()
+    strict: bool = False
 
     @property
     def label(self) -> str:
@@ -106,8 +109,12 @@ class _Search:
         use_costs: bool = True,
         step_limit: int = STEP_LIMIT,
     ) -> None:
-        if not use_costs:
-            requests = [replace(r, costs=tuple(0 for _ in r.costs), local_sets=()) for r in requests]
+        if not use_costs:  # a strict request keeps its NIC nodes: they decide what fits
+            requests = [
+                replace(r, costs=tuple(0 for _ in r.costs), local_sets=r.local_sets if r.strict else ())
+                for r in requests
+            ]
+        self.use_costs = use_costs
         self.requests = requests
         self.step_limit = step_limit
         self.nodes = list(nodes)
@@ -149,7 +156,7 @@ class _Search:
         self.memory_gcd = [0] * (n + 1)
         for i in range(n - 1, -1, -1):
             load = requests[i].load
-            self.lower_bound[i] = self.lower_bound[i + 1] + requests[i].min_cost
+            self.lower_bound[i] = self.lower_bound[i + 1] + (requests[i].min_cost if use_costs else 0)
             self.threads_left[i] = self.threads_left[i + 1] + demand(load)
             self.memory_left[i] = self.memory_left[i + 1] + load.memory_mib
             self.smallest_threads[i] = min(self.smallest_threads[i + 1], demand(load))
@@ -226,6 +233,10 @@ class _Search:
                 if not self.nodes[slot].fits(new_load):
                     continue
                 cost = self._choice_cost(req, node, cost, used)
+                if req.strict and req.group is not None and cost:
+                    continue  # require: a NIC left on none of the VM's nodes
+                if not self.use_costs:
+                    cost = 0
                 after = used | {slot} if self.continues[i] else frozenset()
                 rest = self.best(i + 1, (*loads[:slot], new_load, *loads[slot + 1 :]), after)
                 if rest != _INFEASIBLE and cost + rest < best_cost:

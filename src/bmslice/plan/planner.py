@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import replace
 
 from bmslice.cpuset import CpuSet
 from bmslice.errors import PlanError
@@ -47,11 +48,11 @@ def make_plan(topo: HostTopology, spec: Spec, origin: str = "spec", keep: Sequen
     free_cores = [core for core in topo.cores if core.cpus.isdisjoint(taken)]
     free = _node_free(topo, spec, free_cores, kept)
     new_vms = [vm for vm in spec.vms if vm.name not in kept]
-    requests = [req for vm in new_vms for req in _requests(topo, vm, nics, vf_requests, spec)]
+    field = {vm.name: f"{origin}: vms[{index}]" for index, vm in enumerate(spec.vms)}
+    requests = [req for vm in new_vms for req in _requests(topo, vm, nics, vf_requests, spec, field[vm.name])]
     placed = place(requests, free)
     if placed is None:
-        raise PlanError(explain(requests, free))
-    _check_required_locality(requests, placed.nodes, spec)
+        raise PlanError(_locality_refusal(requests, free) or explain(requests, free))
     l3_of = core_l3(topo)
     ways = way_budget(topo, spec, list(kept.values()))
     layout = place_in_l3(requests, node_domains(free, free_cores, l3_of, ways.free), placed, ways.needs)
@@ -60,7 +61,12 @@ def make_plan(topo: HostTopology, spec: Spec, origin: str = "spec", keep: Sequen
         warnings.append(
             "the NUMA placement of NICs is the best found in the search budget, not proven the fewest cross-NUMA"
         )
-    if not layout.optimal:
+    if not layout.optimal and any(r.group is not None for r in requests):
+        warnings.append(
+            "with a VM over several NUMA nodes the L3 cache layout is the fewest split VMs on each node for the NUMA "
+            "placement, not proven the fewest overall"
+        )
+    elif not layout.optimal:
         warnings.append("the L3 cache layout is the best found in the search budget, not proven the fewest split VMs")
     allocations = _allocate(free_cores, new_vms, layout, l3_of)
     vf_devices, pf_plans, vf_warnings = assign_vfs(topo, vf_requests, assignment, list(kept.values()), vf_pools, origin)
@@ -118,6 +124,8 @@ def slice_changes(old: VmPlan, vm: VmSpec) -> list[str]:
         changes.append(f"emulator {old.emulator_policy} -> {vm.emulator.value}")
     if vm.numa_node is not None and vm.numa_node not in old.numa_nodes:
         changes.append(f"numa_node {old.numa_nodes[0]} -> {vm.numa_node}")
+    if len(old.numa_nodes) != vm.numa_nodes:  # its guest cells are set at define time
+        changes.append(f"numa_nodes {len(old.numa_nodes)} -> {vm.numa_nodes}")
     had = (old.cache.l3_kib, old.cache.memory_bandwidth) if old.cache is not None else (None, None)
     wants = (vm.cache.l3, vm.cache.memory_bandwidth) if vm.cache is not None else (None, None)
     if had != wants:
@@ -161,8 +169,14 @@ def part_name(vm: str, part: int) -> str:
 
 
 def _requests(
-    topo: HostTopology, vm: VmSpec, nics: Sequence[ResolvedNic], vf_requests: Sequence[VfRequest], spec: Spec
+    topo: HostTopology,
+    vm: VmSpec,
+    nics: Sequence[ResolvedNic],
+    vf_requests: Sequence[VfRequest],
+    spec: Spec,
+    field: str,
 ) -> list[Request]:
+    """The placement requests of one VM (`field`: how refusals name it, "spec.yaml: vms[2]")."""
     node_ids = sorted(n.id for n in topo.numa_nodes if n.cpus)
     # Each NIC entry: the nodes that would make it local (empty: locality unknown, no preference).
     local_sets = [frozenset({n.device.numa_node}) for n in nics if n.vm == vm.name and n.device.numa_node is not None]
@@ -176,7 +190,8 @@ def _requests(
     if vm.numa_nodes > 1:
         if vm.numa_nodes > len(node_ids):
             raise PlanError(
-                f"{vm.name} asks for numa_nodes: {vm.numa_nodes}, the host has {len(node_ids)} NUMA node(s) with CPUs"
+                f"{field}.numa_nodes: {vm.name} asks for {vm.numa_nodes} NUMA nodes, the host has "
+                f"{len(node_ids)} with CPUs ({', '.join(map(str, node_ids))})"
             )
         # Its NIC nodes first: the search tries them first and usually stops there.
         ordered = tuple(sorted(node_ids, key=lambda n: (cost(n), n)))
@@ -191,6 +206,7 @@ def _requests(
                 part=part,
                 parts=vm.numa_nodes,
                 local_sets=tuple(local_sets),
+                strict=spec.host.nic_numa_policy is NicNumaPolicy.REQUIRE,
             )
             for part in range(vm.numa_nodes)
         ]
@@ -212,21 +228,19 @@ def _requests(
     return [Request(vm.name, load, tuple(candidates), tuple(cost(n) for n in candidates))]
 
 
-def _check_required_locality(requests: Sequence[Request], nodes: dict[str, int], spec: Spec) -> None:
-    """nic_numa_policy require, for a VM over several nodes: each NIC on one of them (the search
-    already chose the layout with the fewest remote NICs)."""
-    if spec.host.nic_numa_policy is not NicNumaPolicy.REQUIRE:
-        return
-    for req in requests:
-        if req.group is None or req.part != req.parts - 1:
-            continue
-        chosen = frozenset(nodes[part_name(req.group, p)] for p in range(req.parts))
-        if req.group_cost(chosen):
+def _locality_refusal(requests: Sequence[Request], free: Sequence[NodeFree]) -> str | None:
+    """Why nothing fits, when it is nic_numa_policy require: the first VM over several nodes whose
+    NICs, were they allowed to be remote, would let every VM fit."""
+    for group in dict.fromkeys(r.group for r in requests if r.strict and r.local_sets):
+        loose = [replace(r, strict=False) if r.group == group else r for r in requests]
+        if place(loose, free) is not None:
+            req = next(r for r in requests if r.group == group)
             wanted = sorted({node for local in req.local_sets for node in local})
-            raise PlanError(
-                f"{req.group}: its NICs are on NUMA nodes {wanted} and nic_numa_policy is require, but no "
-                f"{req.parts} nodes that fit it hold them all"
+            return (
+                f"{group}: nic_numa_policy is require and its NICs are on NUMA node(s) "
+                f"{', '.join(map(str, wanted))}, but no {req.parts} nodes with room for its shares hold them all"
             )
+    return None
 
 
 def _vm_nodes(vms: Sequence[VmSpec], nodes: Mapping[str, int]) -> dict[str, tuple[int, ...]]:

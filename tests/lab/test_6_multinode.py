@@ -57,7 +57,8 @@ def test_a_guest_over_two_nodes(lab: Lab, tmp_path: Path) -> None:
     path = specs.write(tmp_path, "multinode.yaml", spec)
     plan = labctl.bmslice("plan", path.name, "--json", files=[path]).expect().json()
     [vm] = plan["vms"]
-    assert vm["numa_nodes"] == [0, 1] and [c["node"] for c in vm["cells"]] == [0, 1], vm
+    assert sorted(vm["numa_nodes"]) == [0, 1] and [c["node"] for c in vm["cells"]] == vm["numa_nodes"], vm
+    cell_of = {c["node"]: i for i, c in enumerate(vm["cells"])}
     [vf] = vm["devices"]
     assert vf["numa_node"] == 1, vf
     applied = labctl.bmslice("apply", path.name, "--connect", QEMU, files=[path], timeout=1500)
@@ -70,7 +71,9 @@ def test_a_guest_over_two_nodes(lab: Lab, tmp_path: Path) -> None:
         bound = re.findall(r"^\S+ bind:(\d+) .*?\bN(\d+)=(\d+)", numa_maps, re.M)
         big = {(policy, node) for policy, node, pages in bound if int(pages) * 4 >= 16 * 1024}
         assert {("0", "0"), ("1", "1")} <= big, f"memory not bound per cell:\n{numa_maps[-3000:]}"
-        labctl.say("checked: guest cell 0's memory bound to host node 0, cell 1's to node 1 (numa_maps)")
+        labctl.say(
+            f"checked: guest cell {cell_of[0]}'s memory bound to host node 0, cell {cell_of[1]}'s to node 1 (numa_maps)"
+        )
 
         devices = _devices(cmdline_text.split("\n"))
         by_id = {str(d.get("id")): d for d in devices}
@@ -79,8 +82,11 @@ def test_a_guest_over_two_nodes(lab: Lab, tmp_path: Path) -> None:
         ]
         port = by_id[str(vfio["bus"])]
         expander = by_id[str(port["bus"])]
-        assert expander["driver"] == "pxb-pcie" and expander["numa_node"] == 1, (vfio, port, expander)
-        labctl.say(f"checked: VF {vf['address']} sits on a pxb-pcie expander QEMU gives guest NUMA node 1")
+        assert expander["driver"] == "pxb-pcie" and expander["numa_node"] == cell_of[1], (vfio, port, expander)
+        labctl.say(
+            f"checked: VF {vf['address']} of node 1's NIC sits on a pxb-pcie expander QEMU gives guest NUMA node "
+            f"{cell_of[1]}, the guest cell on host node 1"
+        )
 
         labctl.bmslice("verify", path.name, "--connect", QEMU, files=[path]).expect()
         labctl.say("checked: verify exit 0 (guest cells, memnodes, the VF's cell read back from libvirt)")

@@ -299,16 +299,15 @@ def _vm_plan(
         emu_cpus, topology, cells = old.emulator_cpus, old.guest_topology, old.cells
     else:
         assert allocs and nodes is not None
-        # Guest cells in host node order (the emulator core stays with the share that took it);
-        # cell i holds the vCPUs pinned on host node nodes[i].
-        nodes, allocs = zip(*sorted(zip(nodes, allocs, strict=True), key=lambda pair: pair[0]), strict=True)
+        # Guest cell i is share i, on host node nodes[i]: share 0 holds the emulator core, the
+        # placement search decides which node that is (the NICs' node, where it can).
         pins = tuple(pin for alloc in allocs for pin in alloc.vcpu_pins)
         cores = tuple(sorted((core for alloc in allocs for core in alloc.cores), key=CpuSet.min))
-        emulator_core = next((a.emulator_core for a in allocs if a.emulator_core is not None), None)
+        emulator_core = allocs[0].emulator_core
         if emulator_core is not None:
             emu_cpus = emulator_core
         else:
-            local = [c.cpus for c in host_cores if c.node in nodes] or [c.cpus for c in host_cores]
+            local = [c.cpus for c in host_cores if c.node == nodes[0]] or [c.cpus for c in host_cores]
             emu_cpus = CpuSet.union(local)
         share = vm.vcpus // len(allocs)
         pairs = all(a.sibling_pairs for a in allocs) and share % 2 == 0 and topo.smt

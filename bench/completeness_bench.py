@@ -15,6 +15,20 @@ recomputes the host's cores, and searches every way of handing whole free cores 
 - nic_numa_policy: require allows only nodes holding all of the VM's NICs (with a known node);
   otherwise a NIC's node only adds to the count of cross-NUMA NICs, which is minimised.
 
+The L3 family (hosts with 2-3 L3 cache domains per NUMA node, some straddling two nodes)
+is checked against tests/oracle.py's best_l3_layout instead, an exhaustive search over how
+many cores of each (L3 domain, thread count) every VM takes on every node assignment, also
+sharing no code with bmslice.plan: 0 feasible specs refused, 0 infeasible accepted, and the
+split VMs (cores in two or more L3 domains) equal to its minimum with the fewest cross-NUMA
+NICs first. Beside it, the same specs planned with the L3 domains hidden (cores taken
+lowest first, as before) show what the search saves.
+
+The multi-node family (hosts of 2-4 NUMA nodes, 1-4 VMs, about half of them with
+numa_nodes: 2 or 3) is checked against tests/oracle.py's best_layout, which gives a VM over
+k nodes k distinct nodes and an equal share on each (the dedicated emulator core with share
+0) by trying every such choice and every core of every node: 0 feasible specs refused, 0
+infeasible accepted, cross-NUMA NICs (a NIC on none of the VM's nodes) equal to its minimum.
+
 Cores of one node differ only in their number of online threads (1 or 2), so the search
 enumerates, per VM, the node and how many 2-thread and 1-thread cores serve its vCPUs and
 its emulator; a literal core-by-core brute force (every free core -> unused / VM k vCPU /
@@ -30,7 +44,8 @@ import random
 import sys
 import time
 from collections import defaultdict
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, replace
 from typing import Any
 
 from common import nic, synthetic, table
@@ -39,6 +54,8 @@ from bmslice.errors import PlanError
 from bmslice.model.plan import Plan
 from bmslice.model.spec import Spec, spec_from_data
 from bmslice.model.topology import HostTopology
+from oracle import best_l3_layout, best_layout, check_plan, split_vms
+from topologies import l3_case, multinode_case
 
 INFEASIBLE = 10**9
 
@@ -308,6 +325,135 @@ def prefix_spec(data: dict[str, Any], k: int) -> Spec:
     return spec_from_data({"host": data["host"], "vms": data["vms"][:k]}, "case")
 
 
+Judge = Callable[[HostTopology, Spec, Plan, Any, dict[str, int], list[str], str], None]
+
+
+def against_tests_oracle(
+    name: str,
+    cases: int,
+    case_of: Callable[[int], tuple[HostTopology, Spec]],
+    oracle_of: Callable[[HostTopology, Spec], Any],
+    judge: Judge,
+) -> tuple[dict[str, int], list[str], float, float]:
+    """(counts, findings, planner seconds, oracle seconds) of a family checked against
+    tests/oracle.py: feasibility both ways and the layout rules here, the rest by `judge`
+    (called on each plan of a feasible spec with the oracle's answer)."""
+    st: dict[str, int] = defaultdict(int)
+    misses: list[str] = []
+    planner_s = oracle_s = 0.0
+    for case in range(cases):
+        topo, spec = case_of(case)
+        t0 = time.perf_counter()
+        plan, error = plan_or_none(topo, spec)
+        t1 = time.perf_counter()
+        best = oracle_of(topo, spec)
+        oracle_s += time.perf_counter() - t1
+        planner_s += t1 - t0
+        where = f"{name} case {case}"
+        st["cases"] += 1
+        st["specs with a VM over several nodes"] += any(vm.numa_nodes > 1 for vm in spec.vms)
+        if best is None:
+            if plan is not None:
+                st["accepted infeasible"] += 1
+                misses.append(f"{where}: planner accepted an infeasible spec")
+            continue
+        st["feasible"] += 1
+        if plan is None:
+            st["refused feasible"] += 1
+            misses.append(f"{where}: planner refused a feasible spec ({error})")
+            continue
+        try:
+            check_plan(topo, spec, plan)
+        except AssertionError as exc:
+            st["invalid plans"] += 1
+            misses.append(f"{where}: plan breaks the rules: {exc}")
+        judge(topo, spec, plan, best, st, misses, where)
+    return st, misses, planner_s, oracle_s
+
+
+def _outcome_rows(st: dict[str, int]) -> list[list[str]]:
+    return [
+        ["cases", str(st["cases"]), ""],
+        ["feasible (oracle)", str(st["feasible"]), ""],
+        ["planner refused a feasible spec", str(st["refused feasible"]), "goal 0"],
+        ["planner accepted an infeasible spec", str(st["accepted infeasible"]), "must be 0"],
+        ["planner plan breaks the rules", str(st["invalid plans"]), "must be 0"],
+    ]
+
+
+def l3_family(cases: int, seed: int, show: int) -> tuple[list[list[str]], list[str], float, float]:
+    """(table rows, findings, planner seconds, oracle seconds) of the L3 comparison."""
+
+    def judge(
+        topo: HostTopology, spec: Spec, plan: Plan, best: Any, st: dict[str, int], misses: list[str], where: str
+    ) -> None:
+        st["oracle split VMs"] += best[1]
+        got = (cross_numa(plan), split_vms(topo, plan))
+        st["planner split VMs"] += got[1]
+        if got == best:
+            st["optimal"] += 1
+        else:
+            misses.append(f"{where}: (cross-NUMA, split VMs) {got}, oracle {best}")
+        st["cases with a split"] += best[1] > 0
+        naive, _ = plan_or_none(replace(topo, l3_domains=()), spec)
+        if naive is not None:
+            st["naive split VMs"] += split_vms(topo, naive)
+
+    st, misses, planner_s, oracle_s = against_tests_oracle(
+        "l3", cases, lambda case: l3_case(random.Random(seed * 1_000_003 + case + 900_000)), best_l3_layout, judge
+    )
+    rows = [
+        *_outcome_rows(st),
+        ["(cross-NUMA, split VMs) = the oracle's minimum", f"{st['optimal']} / {st['feasible']}", "of plans made"],
+        ["split VMs: oracle minimum / planner", f"{st['oracle split VMs']} / {st['planner split VMs']}", ""],
+        ["cases where some VM must be split", str(st["cases with a split"]), ""],
+        ["split VMs with cores taken lowest first (no L3 search)", str(st["naive split VMs"]), "for comparison"],
+    ]
+    return rows, misses[:show], planner_s, oracle_s
+
+
+def multinode_family(cases: int, seed: int, show: int) -> tuple[list[list[str]], list[str], float, float]:
+    """(table rows, findings, planner seconds, oracle seconds) of the multi-node comparison."""
+
+    def judge(
+        topo: HostTopology, spec: Spec, plan: Plan, best: Any, st: dict[str, int], misses: list[str], where: str
+    ) -> None:
+        st["VMs over several nodes planned"] += sum(len(vm.numa_nodes) > 1 for vm in plan.vms)
+        st["with NICs"] += any(vm.nics for vm in spec.vms)
+        st["oracle cross-NUMA NICs"] += best.cross_numa
+        got = cross_numa(plan)
+        st["planner cross-NUMA NICs"] += got
+        if got == best.cross_numa:
+            st["optimal"] += 1
+        else:
+            misses.append(f"{where}: {got} cross-NUMA NICs, oracle finds {best.cross_numa}")
+
+    st, misses, planner_s, oracle_s = against_tests_oracle(
+        "multinode",
+        cases,
+        lambda case: multinode_case(random.Random(seed * 1_000_003 + case + 1_900_000), max_vms=4),
+        best_layout,
+        judge,
+    )
+    rows = [
+        ["cases", str(st["cases"]), ""],
+        ["with a VM over several nodes", str(st["specs with a VM over several nodes"]), ""],
+        *_outcome_rows(st)[1:],
+        [
+            "cross-NUMA NICs = the oracle's minimum",
+            f"{st['optimal']} / {st['feasible'] - st['refused feasible']} ({st['with NICs']} with NICs)",
+            "of plans made",
+        ],
+        [
+            "cross-NUMA NICs: oracle minimum / planner",
+            f"{st['oracle cross-NUMA NICs']} / {st['planner cross-NUMA NICs']}",
+            "",
+        ],
+        ["VMs over several nodes in the plans", str(st["VMs over several nodes planned"]), ""],
+    ]
+    return rows, misses[:show], planner_s, oracle_s
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cases", type=int, default=2000, help="small cases (default 2000)")
@@ -315,6 +461,10 @@ def main() -> int:
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--literal", type=int, default=300, help="cases re-checked core by core (default 300)")
     parser.add_argument("--show", type=int, default=3, help="misses to print in full")
+    parser.add_argument("--l3", type=int, default=1000, help="cases with several L3 domains per node (default 1000)")
+    parser.add_argument(
+        "--multinode", type=int, default=1000, help="cases with VMs over several NUMA nodes (default 1000)"
+    )
     args = parser.parse_args()
 
     start = time.perf_counter()
@@ -444,12 +594,35 @@ def main() -> int:
         )
     )
     print(f"\ntime in make_plan {planner_s:.2f} s, in the oracle {oracle_s:.2f} s (main comparison only)")
+    families_against_tests_oracle = (
+        (
+            "L3 cache domains: 1-2 sockets, 1-2 NUMA nodes, 4-6 cores per node in L3 domains of 2-3 cores\n"
+            "(some straddling two nodes), SMT or not, some CPUs offline, 1-4 VMs of 1-6 vCPUs, 0-2 NICs;\n"
+            "against tests/oracle.py's exhaustive best_l3_layout:",
+            "l3",
+            l3_family(args.l3, args.seed, args.show),
+        ),
+        (
+            "VMs over several NUMA nodes: 1-3 sockets, 2-4 NUMA nodes of 2-4 cores, SMT or not, some CPUs\n"
+            "offline, 1-4 VMs (about half with numa_nodes: 2 or 3, an equal share per node), 1-4 NICs, some\n"
+            "nic_numa_policy: require; against tests/oracle.py's exhaustive best_layout:",
+            "multinode",
+            multinode_family(args.multinode, args.seed, args.show),
+        ),
+    )
+    family_misses = False
+    for title, name, (family_rows, found, family_planner_s, family_oracle_s) in families_against_tests_oracle:
+        print("\n" + title)
+        print(table(["", name, ""], family_rows, "lrl"))
+        print(f"time in make_plan {family_planner_s:.2f} s, in the oracle {family_oracle_s:.2f} s")
+        misses += found
+        family_misses = family_misses or bool(found)
     if misses:
         print(f"\n{len(misses)} finding(s); the first {min(args.show, len(misses))}:")
         for line in misses[: args.show]:
             print("  " + line)
     bad = any(st["accepted infeasible"] or st["invalid plans"] for st in stats.values())
-    return 1 if bad or literal_disagree else 0
+    return 1 if bad or literal_disagree or family_misses else 0
 
 
 if __name__ == "__main__":

@@ -32,6 +32,10 @@ PACKAGES=(
     # the host files' own checkers (tests/test_reboot_files.py): shellcheck for the libvirt hook,
     # tuned's profile loader for bmslice's tuned profile (the daemon never runs here: below)
     shellcheck tuned
+    # tests/test_remote_ssh.py starts its own sshd on loopback (its config, keys and port; the
+    # package's own service is not needed). libvirt's qemu+ssh finds virt-ssh-helper (from
+    # libvirt-daemon, above) on the far side, so no netcat is needed.
+    openssh-server openssh-client
 )
 missing=()
 for pkg in "${PACKAGES[@]}"; do
@@ -47,6 +51,7 @@ if [[ ${#missing[@]} -gt 0 ]]; then
     if [[ ! -e /usr/sbin/policy-rc.d ]]; then
         policy=/usr/sbin/policy-rc.d
         printf '#!/bin/sh\nexit 101\n' >"$policy" && chmod 755 "$policy"
+        trap 'rm -f "$policy"' EXIT  # gone on every exit, a failed install included
     fi
     apt-get update -qq
     apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null

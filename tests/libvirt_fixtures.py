@@ -182,8 +182,18 @@ class Slices:
         return [*self.domains(), *self.volumes(), *self.pool_files(), *(f"pid {p}" for p in self.processes())]
 
 
-def unique_prefix() -> str:
-    return f"bmslice-test-{secrets.token_hex(4)}"
+def unique_prefix(kind: str = "test") -> str:
+    return f"bmslice-{kind}-{secrets.token_hex(4)}"
+
+
+def clean_up(prefix: str) -> None:
+    """Whatever a test left under `prefix`, gone: domains, volumes, then QEMU processes."""
+    conn = open_qemu()
+    try:
+        purge(conn, prefix)
+    finally:
+        conn.close()
+    kill_leftover_qemu(prefix)
 
 
 @pytest.fixture
@@ -192,12 +202,7 @@ def qemu_slices(qemu_conn: Any) -> Iterator[Slices]:
     try:
         yield Slices(prefix, qemu_conn)
     finally:
-        conn = open_qemu()
-        try:
-            purge(conn, prefix)
-        finally:
-            conn.close()
-        kill_leftover_qemu(prefix)
+        clean_up(prefix)
 
 
 # --- lock directory and the command line ----------------------------------------------

@@ -3,6 +3,8 @@
 tests/oracle.py decides feasibility by brute force over whole-core assignments, sharing
 no code with bmslice.plan. On small random hosts and specs the two must agree, and when
 both find a layout the planner's number of cross-NUMA NICs must be the oracle's minimum.
+The same holds with VMs over several NUMA nodes (numa_nodes: k, an equal share on each of
+k distinct nodes) on random hosts of 2-4 nodes.
 """
 
 from __future__ import annotations
@@ -19,9 +21,10 @@ from bmslice.model.spec import Spec, spec_from_data
 from bmslice.model.topology import HostTopology
 from bmslice.plan.planner import make_plan
 from oracle import best_layout, check_plan, physical_cores, reserved_cpus, vcpu_cores_ok
-from topologies import nic, synthetic
+from topologies import multinode_case, nic, synthetic
 
 CASES = 300
+MULTINODE_CASES = 200
 
 
 def _random_case(seed: int) -> tuple[HostTopology, Spec]:
@@ -77,6 +80,10 @@ def _random_case(seed: int) -> tuple[HostTopology, Spec]:
     return topo, spec_from_data({"host": host, "vms": vms}, "case.yaml")
 
 
+def _random_multinode_case(seed: int) -> tuple[HostTopology, Spec]:
+    return multinode_case(random.Random(10_000 + seed))
+
+
 def _cross_numa(plan: Plan) -> int:
     return sum(1 for vm in plan.vms for d in vm.devices if d.numa_node is not None and d.numa_node not in vm.numa_nodes)
 
@@ -88,9 +95,14 @@ def _try_plan(topo: HostTopology, spec: Spec) -> Plan | PlanError:
         return exc
 
 
-@pytest.mark.parametrize("seed", range(CASES))
-def test_planner_agrees_with_oracle(seed: int) -> None:
-    topo, spec = _random_case(seed)
+# (generator, seed): the one-node cases, and hosts of 2-4 nodes with VMs over several nodes
+FAMILIES = {"one-node": _random_case, "multinode": _random_multinode_case}
+SEEDS = [("one-node", seed) for seed in range(CASES)] + [("multinode", seed) for seed in range(MULTINODE_CASES)]
+
+
+@pytest.mark.parametrize(("family", "seed"), SEEDS)
+def test_planner_agrees_with_oracle(family: str, seed: int) -> None:
+    topo, spec = FAMILIES[family](seed)
     oracle = best_layout(topo, spec)
     result = _try_plan(topo, spec)
     if oracle is None:
@@ -101,10 +113,11 @@ def test_planner_agrees_with_oracle(seed: int) -> None:
     check_plan(topo, spec, result)
 
 
-@pytest.mark.parametrize("seed", range(0, CASES, 3))
-def test_replanning_around_running_slices_is_complete(seed: int) -> None:
-    """Plan the first VM alone, keep it running, then plan the whole spec around it."""
-    topo, spec = _random_case(seed)
+@pytest.mark.parametrize(("family", "seed"), SEEDS[::3])
+def test_replanning_around_running_slices_is_complete(family: str, seed: int) -> None:
+    """Plan the first VM alone (often one over several nodes, in the multinode family), keep it
+    running, then plan the whole spec around it."""
+    topo, spec = FAMILIES[family](seed)
     first = spec.model_copy(update={"vms": spec.vms[:1]})
     plan = _try_plan(topo, first)
     if isinstance(plan, PlanError):
@@ -120,6 +133,20 @@ def test_replanning_around_running_slices_is_complete(seed: int) -> None:
     running_cross = _cross_numa(plan)
     assert _cross_numa(result) - running_cross == oracle.cross_numa
     check_plan(topo, spec, result)
+
+
+def test_multinode_cases_cover_both_outcomes_and_span_nodes() -> None:
+    """The generator is not degenerate: feasible and infeasible specs, and planned VMs over 2 and 3 nodes."""
+    outcomes = []
+    spans: set[int] = set()
+    for seed in range(MULTINODE_CASES):
+        topo, spec = _random_multinode_case(seed)
+        outcomes.append(best_layout(topo, spec) is not None)
+        result = _try_plan(topo, spec)
+        if not isinstance(result, PlanError):
+            spans |= {len(vm.numa_nodes) for vm in result.vms}
+    assert 0.2 * MULTINODE_CASES <= sum(outcomes) <= 0.85 * MULTINODE_CASES
+    assert {1, 2, 3} <= spans
 
 
 def test_random_cases_cover_both_outcomes() -> None:

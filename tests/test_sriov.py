@@ -544,3 +544,38 @@ def test_apply_fails_cleanly_when_the_vf_never_appears(tmp_path: Path) -> None:
     ]
     error = refused_once(tree, vms, tmp_path)
     assert "define bmslice-test-novf: VF 0 of eno2 did not appear" in error and "rolled back" in error
+
+
+# --- one MAC, one NIC on a host ------------------------------------------------------------------
+
+
+def test_vf_macs_are_unique_on_the_host(sriov_tree: Path) -> None:
+    from bmslice.model.topology import VfState
+    from bmslice.plan.sriov import derived_mac
+
+    topo = read_host_tree(sriov_tree)
+    vm = {"name": "a", "vcpus": 2, "memory": "1GiB", "nics": [{"sriov": {"pf": "ens1f0", "count": 2}}]}
+    derived = derived_mac("a", 1)
+    # A second VM whose fixed MAC is the first VM's derived one: refused, both named.
+    clash = {"name": "b", "vcpus": 2, "memory": "1GiB", "nics": [{"sriov": {"pf": "ens1f0", "mac": derived}}]}
+    with pytest.raises(PlanError, match=f"b VF 2 of ens1f0 and a VF 1 of ens1f0 would both have MAC {derived}"):
+        make_plan(topo, spec([vm, clash]))
+    # A host interface that already carries the MAC.
+    host_mac = next(i.mac for i in topo.net_interfaces if i.name == "ens2f1")
+    assert host_mac
+    taken = {"name": "c", "vcpus": 2, "memory": "1GiB", "nics": [{"sriov": {"pf": "ens1f0", "mac": host_mac}}]}
+    with pytest.raises(PlanError, match=f"c VF 0 of ens1f0: MAC {host_mac} is the host's ens2f1"):
+        make_plan(topo, spec([taken]))
+    # A VF outside the plan that already has it set (another tool's VF), read through netlink.
+    foreign = replace(topo, vf_states=(VfState("ens2f0", 3, "02:00:00:00:00:42", None),))
+    same = {
+        "name": "d",
+        "vcpus": 2,
+        "memory": "1GiB",
+        "nics": [{"sriov": {"pf": "ens1f0", "mac": "02:00:00:00:00:42"}}],
+    }
+    with pytest.raises(PlanError, match="d VF 0 of ens1f0: MAC 02:00:00:00:00:42 is already set on VF 3 of ens2f0"):
+        make_plan(foreign, spec([same]))
+    # The VF that already has it because bmslice set it (a re-plan of the same slice) is fine.
+    mine = replace(topo, vf_states=(VfState("ens1f0", 0, "02:00:00:00:00:42", None),))
+    assert make_plan(mine, spec([same])).vm("d").devices[0].mac == "02:00:00:00:00:42"

@@ -141,6 +141,44 @@ class RuntimeSpec:
 
 
 @dataclass(frozen=True)
+class L3Spec:
+    """One L3 instance: its kernel id, every CPU sharing it (siblings too) and its size."""
+
+    id: int
+    cpus: tuple[int, ...]
+    size_kib: int = 32768
+
+
+@dataclass(frozen=True)
+class GroupSpec:
+    """A resctrl group directory: its schemata text and the thread ids in `tasks`."""
+
+    schemata: str
+    tasks: tuple[int, ...] = ()
+
+
+@dataclass(frozen=True)
+class ResctrlSpec:
+    """/sys/fs/resctrl. `mounted` False: the empty mount point a kernel with resctrl shows.
+
+    `default_schemata` None: every way of every L3 (and MB 100) for the default group, as
+    the kernel sets it at mount time.
+    """
+
+    mounted: bool = True
+    cbm_mask: str = "7ff"
+    min_cbm_bits: int = 1
+    num_closids: int = 16
+    shareable_bits: str = "0"
+    cdp: bool = False
+    mb: tuple[int, int, int] | None = (10, 10, 8)  # (bandwidth_gran, min_bandwidth, num_closids); None: no MBA
+    mb_default: int = 100  # what the kernel gives a group: 100 (percent), 2048 on AMD
+    default_schemata: str | None = None
+    groups: Mapping[str, GroupSpec] = field(default_factory=dict)
+    mount_options: str = "rw,relatime"
+
+
+@dataclass(frozen=True)
 class HostSpec:
     cpus: tuple[CpuSpec, ...]
     vendor: str = "GenuineIntel"
@@ -168,6 +206,8 @@ class HostSpec:
     # proc/sys/kernel/osrelease and etc/os-release of a host without live state (a runtime has its own)
     kernel_release: str | None = None
     os_release: str | None = None
+    l3: tuple[L3Spec, ...] = ()  # (): no cache directories under cpuN
+    resctrl: ResctrlSpec | None = None  # None: no /sys/fs/resctrl (kernel without resctrl)
 
 
 def cpu_layout(
@@ -200,6 +240,26 @@ def cpu_layout(
                 cpu_id = thread * total_cores + physical if spread else physical * threads_per_core + thread
                 cpus.append(CpuSpec(cpu_id, socket, core, node, online=cpu_id not in offline_set))
     return tuple(sorted(cpus, key=lambda c: c.id))
+
+
+def l3_by_cores(
+    cpus: tuple[CpuSpec, ...], cores_per_l3: int, size_kib: int = 32768, id_step: int = 1
+) -> tuple[L3Spec, ...]:
+    """L3 instances of `cores_per_l3` physical cores each, in core order within each package
+    (an EPYC CCX/CCD). `id_step` 2 numbers them 0, 2, 4... as AMD's kernels often do."""
+    cores: dict[tuple[int, int, int], list[int]] = {}
+    for cpu in sorted(cpus, key=lambda c: (c.package, c.die, c.core, c.id)):
+        cores.setdefault((cpu.package, cpu.die, cpu.core), []).append(cpu.id)
+    by_package: dict[int, list[list[int]]] = {}
+    for (package, _, _), ids in cores.items():
+        by_package.setdefault(package, []).append(ids)
+    out = []
+    for package in sorted(by_package):
+        members = by_package[package]
+        for start in range(0, len(members), cores_per_l3):
+            chunk = sorted(cpu for core in members[start : start + cores_per_l3] for cpu in core)
+            out.append(L3Spec(len(out) * id_step, tuple(chunk), size_kib))
+    return tuple(out)
 
 
 def vf_specs(
@@ -285,6 +345,9 @@ def write_tree(spec: HostSpec, root: Path) -> Path:
     device_dirs = _write_pci(tree, spec)
     _write_net(tree, spec, device_dirs)
     _write_proc(tree, spec)
+    _write_caches(tree, spec)
+    if spec.resctrl is not None:
+        _write_resctrl(tree, spec, spec.resctrl)
     if spec.runtime is not None:
         _write_runtime(tree, spec, spec.runtime)
     return root
@@ -634,6 +697,72 @@ def _write_proc(tree: _Tree, spec: HostSpec) -> None:
         tree.file("etc/os-release", spec.os_release)
 
 
+# --- caches and resctrl -------------------------------------------------------------------
+
+
+def _write_cache_index(
+    tree: _Tree, rel: str, level: int, kind: str, cache_id: int, shared: Iterable[int], kib: int
+) -> None:
+    tree.file(f"{rel}/level", f"{level}\n")
+    tree.file(f"{rel}/type", f"{kind}\n")
+    tree.file(f"{rel}/id", f"{cache_id}\n")
+    tree.file(f"{rel}/shared_cpu_list", _cpulist(shared) + "\n")
+    tree.file(f"{rel}/size", f"{kib}K\n")
+
+
+def _write_caches(tree: _Tree, spec: HostSpec) -> None:
+    """L1d, L1i and L2 per core, then the L3 that shares it: the kernel's index0..3 layout."""
+    if not spec.l3:
+        return
+    online = [c for c in spec.cpus if c.online]
+    for cpu in online:
+        core = [c.id for c in online if (c.package, c.die, c.core) == (cpu.package, cpu.die, cpu.core)]
+        rel = f"sys/devices/system/cpu/cpu{cpu.id}/cache"
+        first = min(core)
+        _write_cache_index(tree, f"{rel}/index0", 1, "Data", first, core, 32)
+        _write_cache_index(tree, f"{rel}/index1", 1, "Instruction", first, core, 32)
+        _write_cache_index(tree, f"{rel}/index2", 2, "Unified", first, core, 512)
+        l3 = next((c for c in spec.l3 if cpu.id in c.cpus), None)
+        if l3 is not None:
+            shared = [c for c in l3.cpus if c in {o.id for o in online}]
+            _write_cache_index(tree, f"{rel}/index3", 3, "Unified", l3.id, shared, l3.size_kib)
+
+
+def _schemata(spec: HostSpec, rs: ResctrlSpec) -> str:
+    """The default group as the kernel shows it after mount: padded names, zero-padded masks."""
+    width = (int(rs.cbm_mask, 16).bit_length() + 3) // 4
+    ids = [c.id for c in spec.l3]
+    lines = ["    L3:" + ";".join(f"{i}={int(rs.cbm_mask, 16):0{width}x}" for i in ids)]
+    if rs.mb is not None:
+        lines.append("    MB:" + ";".join(f"{i}={rs.mb_default:>3}" for i in ids))
+    return "\n".join(lines) + "\n"
+
+
+def _write_resctrl(tree: _Tree, spec: HostSpec, rs: ResctrlSpec) -> None:
+    base = "sys/fs/resctrl"
+    tree.mkdir(base)
+    if not rs.mounted:
+        return
+    l3_dirs = ("L3CODE", "L3DATA") if rs.cdp else ("L3",)
+    for name in l3_dirs:
+        tree.file(f"{base}/info/{name}/cbm_mask", rs.cbm_mask + "\n")
+        tree.file(f"{base}/info/{name}/min_cbm_bits", f"{rs.min_cbm_bits}\n")
+        tree.file(f"{base}/info/{name}/num_closids", f"{rs.num_closids // len(l3_dirs)}\n")
+        tree.file(f"{base}/info/{name}/shareable_bits", rs.shareable_bits + "\n")
+    if rs.mb is not None:
+        gran, minimum, closids = rs.mb
+        tree.file(f"{base}/info/MB/bandwidth_gran", f"{gran}\n")
+        tree.file(f"{base}/info/MB/min_bandwidth", f"{minimum}\n")
+        tree.file(f"{base}/info/MB/num_closids", f"{closids}\n")
+        tree.file(f"{base}/info/MB/delay_linear", "1\n")
+    tree.file(f"{base}/schemata", rs.default_schemata if rs.default_schemata is not None else _schemata(spec, rs))
+    tree.file(f"{base}/tasks", "1\n2\n")
+    for name, group in rs.groups.items():
+        tree.file(f"{base}/{name}/schemata", group.schemata)
+        tree.file(f"{base}/{name}/tasks", "".join(f"{tid}\n" for tid in group.tasks))
+    tree.file("proc/mounts", f"resctrl /sys/fs/resctrl resctrl {rs.mount_options} 0 0\n")
+
+
 # --- live state: IRQs, processes, modules, distribution ---------------------------------
 
 # The first lines of these distributions' /etc/os-release (os-release(5))
@@ -776,9 +905,56 @@ def fleet_host_spec(hostname: str) -> HostSpec:
     return replace(server1_spec(), hostname=hostname, cmdline=cmdline, macs=macs)
 
 
+def epyc_spec() -> HostSpec:
+    """An EPYC 7543-like server: 2 sockets x 32 cores x 2 threads in NPS4 (8 NUMA nodes of 8
+    cores), one 32 MiB L3 per 4-core CCD, so 2 L3 domains per node; kernel L3 ids 0, 2, 4, ...
+    resctrl mounted: 16 ways, 16 CLOSIDs, AMD's MB in absolute units (2048 = unlimited)."""
+    cpus = cpu_layout(2, 32, 2, siblings="spread", nodes_per_socket=4)
+    e810 = PciSpec("", vendor="0x8086", device="0x1593", driver="ice", sriov_totalvfs=128)
+    mgmt = PciSpec("0000:c1:00.0", device="0x1533", driver="igb", numa_node=0, iommu_group=60, interfaces=("eno1",))
+    return HostSpec(
+        cpus=cpus,
+        vendor="AuthenticAMD",
+        model_name="AMD EPYC 7543 32-Core Processor",
+        node_memory={n: NodeMemory(65536) for n in range(8)},
+        cmdline="BOOT_IMAGE=/vmlinuz-6.1.0-18-amd64 root=/dev/sda1 ro quiet amd_iommu=on iommu=pt",
+        hostname="epyc1",
+        default_route="eno1",
+        pci=(
+            mgmt,
+            replace(e810, address="0000:41:00.0", numa_node=1, iommu_group=40, interfaces=("ens1f0",)),
+            replace(e810, address="0000:a1:00.0", numa_node=5, iommu_group=50, interfaces=("ens2f0",)),
+        ),
+        l3=l3_by_cores(cpus, 4, 32768, id_step=2),
+        resctrl=ResctrlSpec(cbm_mask="ffff", num_closids=16, mb=(1, 0, 16), mb_default=2048),
+    )
+
+
+def skx_snc_spec() -> HostSpec:
+    """A Xeon Gold 6148-like server with sub-NUMA clustering: 2 sockets x 20 cores x 2 threads,
+    2 NUMA nodes per socket, one 27.5 MiB L3 (11 ways of 2.5 MiB) per socket spanning both of
+    its nodes; resctrl with MBA in percent (granularity 10, minimum 10, 8 CLOSIDs)."""
+    cpus = cpu_layout(2, 20, 2, siblings="spread", nodes_per_socket=2)
+    return HostSpec(
+        cpus=cpus,
+        vendor="GenuineIntel",
+        model_name="Intel(R) Xeon(R) Gold 6148 CPU @ 2.40GHz",
+        node_memory={n: NodeMemory(49152) for n in range(4)},
+        cmdline="BOOT_IMAGE=/vmlinuz-6.1.0-18-amd64 root=/dev/sda1 ro quiet intel_iommu=on",
+        hostname="skx1",
+        l3=l3_by_cores(cpus, 20, 28160),
+        resctrl=ResctrlSpec(cbm_mask="7ff", num_closids=16, mb=(10, 10, 8)),
+    )
+
+
 FLEET_HOSTS = ("control1", "server1", "server2", "server3")
 
-SPECS = {"server1": server1_spec, "server1-kernel4.15": server1_kernel415_spec}
+SPECS = {
+    "server1": server1_spec,
+    "server1-kernel4.15": server1_kernel415_spec,
+    "epyc1": epyc_spec,
+    "skx1": skx_snc_spec,
+}
 SPECS.update({name: partial(fleet_host_spec, name) for name in FLEET_HOSTS if name != "server1"})
 
 

@@ -44,6 +44,7 @@ from bmslice.model.live import LiveDomain
 from bmslice.model.plan import VmPlan
 from bmslice.model.spec import Spec, VmSpec
 from bmslice.model.topology import nodedev_name
+from bmslice.plan.cache_ways import host_ways_conflicts
 from bmslice.render.domain_model import Disk, Domain, domain_from_plan
 from bmslice.render.domain_xml import from_xml, to_xml
 from bmslice.topology.fsroot import FsRoot
@@ -96,17 +97,24 @@ def _preflight(ctx: Context, spec: Spec, opts: ApplyOptions) -> None:
     kvm_missing = is_local(opts.uri) and opts.host_root is None and not os.path.exists("/dev/kvm")
     if kvm_missing and any(vm.domain_type == "kvm" for vm in new):
         raise ApplyError("/dev/kvm is missing: enable VT-x/AMD-V, or set host.domain_type: qemu (TCG)")
+    conflicts = host_ways_conflicts(ctx.plan, ctx.topology.resctrl, [vm.name for vm in new])
+    if conflicts:
+        raise ApplyError(
+            f"{conflicts[0]}: libvirt would find no room for them; run bmslice host-apply, then "
+            "`systemctl daemon-reload && systemctl restart bmslice-resctrl.service`"
+        )
     for vm in new:
         if not vm.hugepage_kib:
             continue
-        node = ctx.topology.node(vm.numa_nodes[0])
-        need = vm.memory_mib * 1024 // vm.hugepage_kib
-        free = node.hugepages_of(vm.hugepage_kib).free
-        if free < need:
-            raise ApplyError(
-                f"{vm.name} needs {need} free {vm.hugepage_kib} KiB hugepages on NUMA node {node.id}, "
-                f"{free} are free (bmslice host-apply reserves them)"
-            )
+        for node_id, mib in vm.memory_by_node().items():
+            node = ctx.topology.node(node_id)
+            need = mib * 1024 // vm.hugepage_kib
+            free = node.hugepages_of(vm.hugepage_kib).free
+            if free < need:
+                raise ApplyError(
+                    f"{vm.name} needs {need} free {vm.hugepage_kib} KiB hugepages on NUMA node {node.id}, "
+                    f"{free} are free (bmslice host-apply reserves them)"
+                )
     _hugetlbfs_preflight(new, opts)
 
 
@@ -127,8 +135,13 @@ def _hugetlbfs_preflight(new: list[VmPlan], opts: ApplyOptions) -> None:
             )
 
 
-def _live_kernel(opts: ApplyOptions) -> bool:
-    return opts.host_root is None and is_local(opts.uri)
+def _no_kernel(opts: ApplyOptions) -> str | None:
+    """Why this run cannot talk netlink to the host's kernel (None: it can), for the steps it skips."""
+    if opts.host_root is not None:
+        return "a host tree has no kernel to talk netlink to"
+    if not is_local(opts.uri):
+        return f"netlink reaches this machine's kernel, not the host of {opts.uri}: run bmslice on that host"
+    return None
 
 
 def _sriov_host_steps(ctx: Context, opts: ApplyOptions) -> list[Step]:
@@ -215,8 +228,8 @@ def _create_steps(ctx: Context, vm_spec: VmSpec, vm: VmPlan, desired: Domain, op
         for dev in vm.devices
         if dev.type == "passthrough" and _needs_detach(ctx, dev.known_address)
     ]
-    steps += pf_link.pf_up_steps(vm.devices, _live_kernel(opts))
-    steps += sriov.vf_setting_steps(vm.devices, _live_kernel(opts))
+    steps += pf_link.pf_up_steps(vm.devices, _no_kernel(opts))
+    steps += sriov.vf_setting_steps(vm.devices, _no_kernel(opts))
 
     def undefine() -> None:
         dom = lookup(ctx.conn, vm.name)
@@ -248,6 +261,12 @@ def _final_xml(opts: ApplyOptions, vm: VmPlan, desired: Domain) -> str:
     advance has been created by then, and its address is read from its PF's virtfn link."""
     if not sriov.unresolved_vfs(vm):
         return to_xml(desired)
+    if opts.host_root is None and not is_local(opts.uri):
+        # This machine's /sys is not the host's. (Unreached today: through a remote URI VFs are
+        # never created, and ones that exist come with their addresses from libvirt's node devices.)
+        raise ApplyError(
+            f"{vm.name}: its VFs' PCI addresses are unknown through {opts.uri}; create the VFs on the host"
+        )
     resolved = sriov.resolve_vf_addresses(opts.host_root or Path("/"), vm)
     return to_xml(replace(domain_from_plan(resolved, desired.disks), uuid=desired.uuid))
 

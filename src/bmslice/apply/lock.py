@@ -2,8 +2,14 @@
 
 The lock is named by what the host is, not by how it was reached: apply and destroy key it
 on `libvirt_conn.host_key(conn)` (the host's own name as libvirt reports it), so
-`qemu:///system`, `qemu:///system?` and `qemu+unix:///system` take one lock. The second
-run refuses at once, naming the holder; it does not wait.
+`qemu:///system`, `qemu:///system?` and `qemu+unix:///system` take one lock, and so does
+`qemu+ssh://` to this machine (libvirt names the same host; tests/test_remote_ssh.py). The
+second run refuses at once, naming the holder; it does not wait.
+
+The lock is a file on the machine bmslice runs on. Runs made from one machine serialise,
+whichever URI they use; a run from another machine (a workstation's `--connect
+qemu+ssh://server1/system`) does not see the locks on server1. The fleet's Ansible module
+runs bmslice on each server itself, so runs made through it lock on the server.
 """
 
 from __future__ import annotations

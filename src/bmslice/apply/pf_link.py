@@ -47,14 +47,15 @@ def is_up(interface: str, netns: str | None = None) -> bool | None:
     return bool(links[0]["flags"] & IFF_UP) if links else None
 
 
-def pf_up_steps(devices: Sequence[DeviceAssignment], live_kernel: bool, netns: str | None = None) -> list[Step]:
-    """A step per PF whose VFs these devices use and whose link is down (none on a host tree)."""
+def pf_up_steps(devices: Sequence[DeviceAssignment], no_kernel: str | None, netns: str | None = None) -> list[Step]:
+    """A step per PF whose VFs these devices use and whose link is down; skipped, saying why, when
+    `no_kernel` says the host's kernel is out of reach (a host tree, a remote host)."""
     pfs = sorted({dev.interface for dev in devices if dev.type == "vf" and dev.interface is not None})
     steps = []
     for pf in pfs:
         why = "libvirt configures its VFs' MAC and VLAN through it"
-        if not live_kernel:
-            steps.append(Step(f"set {pf} up if it is down ({why}; skipped: a host tree has no link)", lambda: None))
+        if no_kernel is not None:
+            steps.append(Step(f"set {pf} up if it is down ({why}; skipped: {no_kernel})", lambda: None))
             continue
         if is_up(pf, netns) is not False:
             continue

@@ -159,7 +159,9 @@ def set_vf(pf_interface: str, vf: DeviceAssignment, netns: str | None = None) ->
         ipr.close()
 
 
-def vf_setting_steps(devices: Sequence[DeviceAssignment], live_kernel: bool) -> list[Step]:
+def vf_setting_steps(devices: Sequence[DeviceAssignment], no_kernel: str | None) -> list[Step]:
+    """A step per VF to set; when `no_kernel` says why the host's kernel is out of reach, each is
+    listed as skipped with that reason (libvirt still sets MAC and VLAN when it starts the VM)."""
     steps = []
     for dev in devices:
         if dev.type != "vf" or dev.interface is None:
@@ -168,8 +170,8 @@ def vf_setting_steps(devices: Sequence[DeviceAssignment], live_kernel: bool) -> 
             f"set VF {dev.vf_index} of {dev.interface}: mac {dev.mac}, vlan {dev.vlan or 'untagged'}, "
             f"trust {'on' if dev.trust else 'off'}, spoofchk {'on' if dev.spoofchk else 'off'}"
         )
-        if not live_kernel:
-            steps.append(Step(f"{what} (skipped: a host tree has no kernel to talk netlink to)", lambda: None))
+        if no_kernel is not None:
+            steps.append(Step(f"{what} (skipped: {no_kernel})", lambda: None))
             continue
         steps.append(Step(what, partial(set_vf, dev.interface, dev)))
     return steps

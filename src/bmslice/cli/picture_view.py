@@ -8,6 +8,8 @@ emulator/IOThread CPU, "0 host" host-reserved, "7 ·" isolated and free.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from rich.console import Group, RenderableType
 from rich.panel import Panel
 from rich.text import Text
@@ -15,7 +17,7 @@ from rich.text import Text
 from bmslice.model.plan import Plan
 from bmslice.model.sizes import format_mib
 from bmslice.model.topology import HostTopology
-from bmslice.render.picture_map import Nic, NodeCell, PictureMap, Role, Thread, nic_notes, picture_map
+from bmslice.render.picture_map import CoreCell, Nic, NodeCell, PictureMap, Role, Thread, nic_notes, picture_map
 from bmslice.render.picture_svg import (
     CORES_PER_ROW,
     HOST_COLOUR,
@@ -74,11 +76,11 @@ def _nic_line(nic: Nic, pic: PictureMap) -> Text:
     return line
 
 
-def _node_panel(node: NodeCell, pic: PictureMap, cell_w: int, per_row: int) -> Panel:
+def _core_lines(cores: Sequence[CoreCell], pic: PictureMap, cell_w: int, per_row: int, digits: int) -> list[Text]:
+    """Rows of cores, one line per hardware thread, siblings above each other."""
     lines: list[Text] = []
-    digits = max((len(str(t.cpu)) for core in node.cores for t in core.threads), default=1)
-    for start in range(0, len(node.cores), per_row):
-        row = node.cores[start : start + per_row]
+    for start in range(0, len(cores), per_row):
+        row = cores[start : start + per_row]
         depth = max(len(core.threads) for core in row)
         for i in range(depth):
             line = Text()
@@ -91,8 +93,21 @@ def _node_panel(node: NodeCell, pic: PictureMap, cell_w: int, per_row: int) -> P
                 else:
                     line.append(" " * cell_w)
             lines.append(line)
-        if start + per_row < len(node.cores):
+        if start + per_row < len(cores):
             lines.append(Text())
+    return lines
+
+
+def _node_panel(node: NodeCell, pic: PictureMap, cell_w: int, per_row: int) -> Panel:
+    lines: list[Text | Panel] = []
+    digits = max((len(str(t.cpu)) for core in node.cores for t in core.threads), default=1)
+    if node.l3:  # several L3 caches in the node: a box each, titled with its id, size and ways held
+        for l3 in node.l3:
+            cores = [node.cores[i] for i in l3.cores]
+            inner = _core_lines(cores, pic, cell_w, min(per_row, len(cores)), digits)
+            lines.append(Panel(Group(*inner), title=l3.label(pic), title_align="left", expand=False, style="dim"))
+    else:
+        lines.extend(_core_lines(node.cores, pic, cell_w, per_row, digits))
     lines.extend(_nic_line(nic, pic) for nic in node.nics)
     cpus = sum(len(c.threads) for c in node.cores)
     title = f"NUMA node {node.id} · {len(node.cores)} cores, {cpus} CPUs · {format_mib(node.memory_mib)}"
@@ -120,10 +135,9 @@ def _legend(pic: PictureMap) -> list[Text]:
         line.append(f" {vm.letter}:vN ", style=_style(Thread(0, Role.VCPU, vm.index, 0)))
         line.append(" ")
         line.append(f" {vm.letter}:emu ", style=_style(Thread(0, Role.EMULATOR, vm.index)))
-        nodes = ",".join(map(str, vm.numa_nodes))
         emu = "dedicated" if vm.emulator_policy == "dedicated" else "on host CPUs"
         line.append(
-            f" {vm.letter} = {vm.name}: {vm.vcpus} vCPUs on node {nodes}, emulator + IOThreads {emu} "
+            f" {vm.letter} = {vm.name}: {vm.vcpus} vCPUs on {vm.where}, emulator + IOThreads {emu} "
             f"({vm.emulator_cpus or '-'})"
         )
         out.append(line)

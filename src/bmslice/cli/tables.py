@@ -11,7 +11,8 @@ from rich.text import Text
 from bmslice.cpuset import CpuSet
 from bmslice.model.plan import AT_APPLY, DeviceAssignment, Plan
 from bmslice.model.sizes import format_mib
-from bmslice.model.topology import HostTopology
+from bmslice.model.topology import HostTopology, Resctrl
+from bmslice.render.picture_map import node_text
 
 
 def topology_view(topo: HostTopology) -> Group:
@@ -48,11 +49,46 @@ def topology_view(topo: HostTopology) -> Group:
             note,
         )
     parts: list[Table | Text] = [head, nodes, nics]
+    if topo.l3_domains:
+        parts.append(_l3_table(topo))
+    parts.append(Text(f"resctrl: {resctrl_text(topo.resctrl)}"))
     if topo.vf_states:
         parts.append(_vf_table(topo))
     tail = Text(f"kernel cmdline: {topo.kernel_cmdline or '(unknown)'}")
     warnings = [Text(f"warning: {w}", style="yellow") for w in topo.warnings]
     return Group(*parts, tail, *warnings)
+
+
+def _l3_table(topo: HostTopology) -> Table:
+    """Each L3 cache instance (EPYC: one per CCX/CCD, several per node) and the cores sharing it."""
+    table = Table(title="L3 caches", title_justify="left")
+    for col in ("L3 id", "NUMA node(s)", "size", "CPUs"):
+        table.add_column(col)
+    for domain in topo.l3_domains:
+        size = format_mib(domain.size_kib // 1024) if domain.size_kib % 1024 == 0 else f"{domain.size_kib}KiB"
+        nodes = sorted({c.node for c in topo.cpus if c.id in domain.cpus and c.node is not None})
+        table.add_row(str(domain.id), ",".join(map(str, nodes)) or "unknown", size, domain.cpus.format())
+    return table
+
+
+def resctrl_text(resctrl: Resctrl | None) -> str:
+    """One line: what cache and memory bandwidth allocation the host offers."""
+    if resctrl is None:
+        return "none (no /sys/fs/resctrl, or the source cannot tell)"
+    if not resctrl.mounted:
+        return "supported, not mounted (mount -t resctrl resctrl /sys/fs/resctrl)"
+    parts = []
+    if resctrl.l3 is not None:
+        l3 = resctrl.l3
+        parts.append(f"L3 {l3.ways} ways (at least {l3.min_cbm_bits} a group), {l3.num_closids} CLOSIDs")
+    elif resctrl.l3_cdp:
+        parts.append("L3 with code/data prioritisation (cdp)")
+    if resctrl.mb is not None:
+        mb = resctrl.mb
+        unit = "%" if mb.percent else " (absolute units)"
+        parts.append(f"MB granularity {mb.bandwidth_gran}{unit}, minimum {mb.min_bandwidth}, {mb.num_closids} CLOSIDs")
+    groups = len(resctrl.groups) - 1 if resctrl.groups else 0
+    return "; ".join(parts or ["mounted, no allocation resources"]) + f"; {groups} group(s) besides the default"
 
 
 def _vf_table(topo: HostTopology) -> Table:
@@ -94,9 +130,12 @@ def plan_view(plan: Plan) -> Group:
     head.add_row("reboot required", "yes: " + " ".join(host.missing_kernel_args) if host.reboot_required else "no")
     for pf in host.sriov:
         head.add_row(f"SR-IOV {pf.interface or pf.address}", f"sriov_numvfs {pf.numvfs_before} -> {pf.numvfs}")
+    if host.l3_host_masks:
+        masks = " ".join(f"{cache_id}={mask:x}" for cache_id, mask in host.l3_host_masks)
+        head.add_row("L3 ways the host keeps (resctrl default group)", masks)
     vms = Table(title="Slices", title_justify="left")
     for col in ("VM", "node", "vCPU 0, 1, ... on host CPUs", "emulator + IOThreads", "guest topology", "memory"):
-        vms.add_column(col, no_wrap=col != "vCPU 0, 1, ... on host CPUs")
+        vms.add_column(col, no_wrap=col not in ("vCPU 0, 1, ... on host CPUs", "node"))
     vms.add_column("NICs")
     for vm in plan.vms:
         t = vm.guest_topology
@@ -107,7 +146,7 @@ def plan_view(plan: Plan) -> Group:
             realtime = f"\nrealtime: vCPUs {vcpus} SCHED_FIFO {vm.realtime.priority}"
         vms.add_row(
             vm.name,
-            ",".join(map(str, vm.numa_nodes)),
+            node_text(vm),
             " ".join(_pairs(vm.vcpu_pins, t.threads)) + realtime,
             f"{vm.emulator_cpus} {vm.emulator_policy}{iothreads}",
             f"{t.sockets}s x {t.cores}c x {t.threads}t",

@@ -13,13 +13,19 @@ How a fleet host becomes an inventory host:
   (`test:///FILE`), which the tests use as a server that was never applied;
 - `qemu+ssh://user@server1:2222/system` becomes `ansible_host: server1`,
   `ansible_user: user`, `ansible_port: 2222`, and the module on the server uses the
-  server's own `qemu:///system`.
+  server's own `qemu:///system`;
+- libvirt's ssh options in that URI reach Ansible's ssh too, so `fleet plan` (through
+  libvirt) and the playbook (through Ansible) log in the same way: `keyfile=K` becomes
+  `ansible_ssh_private_key_file: K`; `command=SSH` (the ssh program, e.g. a wrapper that
+  adds `-F config`) becomes `ansible_ssh_executable: SSH` with piped file transfers, so
+  every byte goes through that program (Ansible's sftp and scp would not use it);
+  `no_verify=1` (accept a new host key) becomes `ansible_host_key_checking: false`.
 """
 
 from __future__ import annotations
 
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 from bmslice.fleet.render import join_file_name
 from bmslice.fleet.text import indented_yaml, one_line
@@ -39,11 +45,49 @@ def connection_vars(inv: InventoryHost) -> dict[str, Any]:
     out: dict[str, Any] = {"ansible_host": parts.hostname or inv.name}
     if parts.username:
         out["ansible_user"] = parts.username
-    if parts.port and parts.scheme.endswith("+ssh"):
-        out["ansible_port"] = parts.port
+    if parts.scheme.endswith("+ssh"):
+        if parts.port:
+            out["ansible_port"] = parts.port
+        out.update(ssh_vars(uri_params(parts.query)))
     driver = parts.scheme.partition("+")[0]
     out["bmslice_uri"] = f"{driver}://{parts.path or '/system'}"  # the server's own libvirtd
     return out
+
+
+def uri_params(query: str) -> dict[str, str]:
+    """A libvirt URI's parameters as libvirt's remote driver reads them: `&` separates, names
+    match in any case, values are %-escaped (a `+` stays a plus), the last one given counts.
+
+    >>> uri_params("keyfile=/k%20ey&No_Verify=1&keyfile=/k2&no_tty")
+    {'keyfile': '/k2', 'no_verify': '1', 'no_tty': ''}
+    """
+    out: dict[str, str] = {}
+    for part in query.split("&"):
+        name, _, value = part.partition("=")
+        if name:
+            out[unquote(name).lower()] = unquote(value)
+    return out
+
+
+def ssh_vars(params: dict[str, str]) -> dict[str, Any]:
+    """Ansible's ssh connection variables for libvirt's ssh transport options (see the top)."""
+    out: dict[str, Any] = {}
+    if params.get("keyfile"):
+        out["ansible_ssh_private_key_file"] = params["keyfile"]
+    if params.get("command"):
+        out["ansible_ssh_executable"] = params["command"]
+        out["ansible_ssh_transfer_method"] = "piped"
+    if _flag(params.get("no_verify", "0")):
+        out["ansible_host_key_checking"] = False
+    return out
+
+
+def _flag(value: str) -> bool:
+    # libvirt reads its no_* flags as integers and refuses the URI when one is not
+    try:
+        return int(value) != 0
+    except ValueError:
+        return False
 
 
 def host_vars(fleet: Fleet, placement: Placement, inv: InventoryHost, files: list[str]) -> dict[str, Any]:

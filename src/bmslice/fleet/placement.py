@@ -15,6 +15,13 @@ Rules, in order of precedence for each VM:
 5. the fewest cross-NUMA NICs (a NIC on another node than the VM's CPUs);
 6. then rack name, host name and node number, so the result is deterministic.
 
+A VM over several NUMA nodes (`numa_nodes: k`) takes an equal share on k distinct nodes of
+one host (its emulator core with the first share); its NICs count as cross-NUMA when their
+node is none of the k. The per-host spec says only `numa_nodes: k` (a spec cannot pin such a
+VM to nodes), so once the new VMs are placed, each host that got one is planned with the
+host planner, and the placement records the nodes that planner chose: the nodes an apply of
+that spec will use.
+
 New VMs are placed control plane first, then biggest first, then in fleet order. First
 come, first served is not an exact bin packing; when a VM finds no host the error says
 which resource every candidate host lacks:
@@ -26,8 +33,9 @@ which resource every candidate host lacks:
 from __future__ import annotations
 
 from collections import Counter, defaultdict
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
+from itertools import combinations
 
 from bmslice.cpuset import CpuSet
 from bmslice.errors import PlanError
@@ -44,6 +52,7 @@ from bmslice.model.fleet import (
     RackSpread,
     Role,
     VmRequest,
+    VmSize,
 )
 from bmslice.model.sizes import format_mib
 from bmslice.model.spec import EmulatorPolicy
@@ -51,6 +60,7 @@ from bmslice.model.topology import Core, HostTopology, PciDevice
 from bmslice.plan.allocate import Allocation, NodeRequest, allocate_node
 from bmslice.plan.capacity import Load, NodeFree, vm_load
 from bmslice.plan.host import reserved_cores
+from bmslice.plan.planner import part_name
 
 MESSAGE_HOSTS = 4  # per-host reasons quoted in a refusal before "and N more"
 
@@ -92,7 +102,7 @@ class _Node:
 @dataclass(frozen=True)
 class _Option:
     cost: int
-    node: int
+    nodes: tuple[int, ...]  # one per share: a VM over several nodes has several
     nics: tuple[NicAssignment, ...]
 
 
@@ -125,11 +135,11 @@ class _Host:
         memory = max((node.free.memory_mib - node.load.memory_mib for node in self.nodes.values()), default=0)
         return cores, memory
 
-    def pick_nics(self, request: NicRequest, node: int, vlan: int) -> tuple[NicAssignment, ...] | None:
-        """The NICs a VM on `node` would get, local ones first, then by name; None when short."""
+    def pick_nics(self, request: NicRequest, nodes: tuple[int, ...], vlan: int) -> tuple[NicAssignment, ...] | None:
+        """The NICs a VM on `nodes` would get, local ones first, then by name; None when short."""
         candidates = sorted(
             (pf for pf in self.pfs if pf.matches(request.pf) and pf.address not in self.passed),
-            key=lambda pf: (pf.numa_node != node, pf.name),
+            key=lambda pf: (pf.numa_node not in nodes, pf.name),
         )
         if request.kind is NicKind.PASSTHROUGH:
             whole = [pf for pf in candidates if not pf.has_vfs and self.vfs_used[pf.address] == 0]
@@ -144,26 +154,40 @@ class _Host:
                 return (NicAssignment(NicKind.SRIOV, pf.name, pf.address, pf.numa_node, vlan, request.count),)
         return None
 
-    def option(self, req: VmRequest, load: Load, vlan: int) -> _Option | None:
-        best: _Option | None = None
-        for node_id, node in self.nodes.items():
-            if not node.fits(load):
+    def spans(self, shares: Sequence[Load]) -> Iterator[tuple[int, ...]]:
+        """Every way to give each share its own node with room for it, in node order (the first
+        share, which carries the emulator core, first)."""
+        for first, node in self.nodes.items():
+            if not node.fits(shares[0]):
                 continue
+            if len(shares) == 1:
+                yield (first,)
+                continue
+            others = [n for n in self.nodes if n != first and self.nodes[n].fits(shares[-1])]
+            for rest in combinations(others, len(shares) - 1):
+                yield (first, *rest)
+
+    def option(self, req: VmRequest, shares: Sequence[Load], vlan: int) -> _Option | None:
+        best: _Option | None = None
+        for nodes in self.spans(shares):
             nics: tuple[NicAssignment, ...] = ()
             if req.size.nic is not None:
-                picked = self.pick_nics(req.size.nic, node_id, vlan)
+                picked = self.pick_nics(req.size.nic, nodes, vlan)
                 if picked is None:
                     continue
                 nics = picked
-            cost = sum(1 for n in nics if n.numa_node != node_id)
+            cost = sum(1 for n in nics if n.numa_node not in nodes)
             if best is None or cost < best.cost:
-                best = _Option(cost, node_id, nics)
+                best = _Option(cost, nodes, nics)
                 if cost == 0:
                     break
         return best
 
-    def take(self, req: VmRequest, load: Load, node: int, nics: Iterable[NicAssignment]) -> None:
-        self.nodes[node].load = self.nodes[node].load + load
+    def take(
+        self, req: VmRequest, shares: Sequence[Load], nodes: tuple[int, ...], nics: Iterable[NicAssignment]
+    ) -> None:
+        for node, load in zip(nodes, shares, strict=True):
+            self.nodes[node].load = self.nodes[node].load + load
         for nic in nics:
             if nic.kind is NicKind.PASSTHROUGH:
                 self.passed.add(nic.address)
@@ -202,8 +226,19 @@ def _exclusion(inv: InventoryHost, topo: HostTopology, dev: PciDevice) -> str | 
     return None
 
 
-def _load(req: VmRequest) -> Load:
-    return vm_load(req.size.vcpus, req.size.emulator is EmulatorPolicy.DEDICATED, req.size.memory)
+def _shares(size: VmSize) -> list[Load]:
+    """The load on each node a VM uses: one for a VM on one node; for a VM over k nodes k equal
+    shares, the first with the emulator core (as the host planner splits it)."""
+    k = size.numa_nodes
+    dedicated = size.emulator is EmulatorPolicy.DEDICATED
+    return [vm_load(size.vcpus // k, dedicated and part == 0, size.memory // k) for part in range(k)]
+
+
+def _total(shares: Sequence[Load]) -> Load:
+    total = Load()
+    for load in shares:
+        total = total + load
+    return total
 
 
 def spec_order(fleet: Fleet) -> dict[str, int]:
@@ -238,29 +273,34 @@ class _Placer:
                 )
                 continue
             host = self.hosts.get(old.host)
-            where = f"{old.name} is placed on {old.host} NUMA node {old.numa_node}"
+            several = f"s {old.nodes_text}" if old.numa_nodes else f" {old.numa_node}"
+            where = f"{old.name} is placed on {old.host} NUMA node{several}"
             hint = "remove it from the placement file to let bmslice place it afresh (the VM is then rebuilt)"
             if host is None:
                 raise PlanError(f"{where}, which is no longer in the inventory; {hint}")
             if host.inv.role is not req.role:
                 raise PlanError(f"{where}, but {old.host} is now a {host.inv.role.value} host; {hint}")
-            node = host.nodes.get(old.numa_node)
-            load = _load(req)
-            if node is None:
-                raise PlanError(f"{where}, which has no such node with CPUs; {hint}")
-            if not node.fits(load):
-                raise PlanError(
-                    f"{where} and no longer fits there: it needs {node.free.cores_needed(load)} whole cores and "
-                    f"{format_mib(load.memory_mib)}, the node has {node.cores_left} cores and "
-                    f"{_mib(node.free.memory_mib - node.load.memory_mib)} left; {hint}"
-                )
+            shares = _shares(req.size)
+            if len(shares) != len(old.nodes):
+                raise PlanError(f"{where}, but its size now asks for numa_nodes: {len(shares)}; {hint}")
+            for node_id, load in zip(old.nodes, shares, strict=True):
+                node = host.nodes.get(node_id)
+                if node is None:
+                    raise PlanError(f"{where}, which has no such node with CPUs; {hint}")
+                if not node.fits(load):
+                    share = f" (its share on node {node_id})" if old.numa_nodes else ""
+                    raise PlanError(
+                        f"{where} and no longer fits there: it needs {node.free.cores_needed(load)} whole cores and "
+                        f"{format_mib(load.memory_mib)}{share}, the node has {node.cores_left} cores and "
+                        f"{_mib(node.free.memory_mib - node.load.memory_mib)} left; {hint}"
+                    )
             vlan = self.fleet.cluster(req.cluster).vlan
             nics = self._kept_nics(host, req, old, vlan)
             if nics is None:
                 raise PlanError(
                     f"{where} and its NICs ({_nic_phrase(req, vlan).strip()}) are no longer free there; {hint}"
                 )
-            self._take(host, req, load, old.numa_node, nics)
+            self._take(host, req, shares, old.nodes, nics)
 
     def _kept_nics(self, host: _Host, req: VmRequest, old: PlacedVm, vlan: int) -> tuple[NicAssignment, ...] | None:
         want = req.size.nic
@@ -287,37 +327,45 @@ class _Placer:
                     for n in old.nics
                 )
         # The NIC request changed (kind, count or PF): pick again on the same host and node.
-        return host.pick_nics(want, old.numa_node, vlan)
+        return host.pick_nics(want, old.nodes, vlan)
 
     # --- new VMs ---------------------------------------------------------------------------
 
     def place_new(self, req: VmRequest) -> None:
         cluster = self.fleet.cluster(req.cluster)
-        load = _load(req)
+        shares = _shares(req.size)
+        load = shares[0]  # the largest share (all of a VM on one node)
         candidates = [h for rack in self.by_role_rack[req.role].values() for h in rack]
         if not candidates:
             raise PlanError(f"{req.name}: the inventory has no {req.role.value} host")
-        cores_needed = (
-            load.singles + load.pairs if any(h.topo.smt for h in candidates) else load.singles + 2 * load.pairs
+        most_nodes = (
+            max(sorted(candidates, key=lambda h: h.name), key=lambda h: len(h.nodes))
+            if len(shares) > 1
+            else candidates[0]
         )
+        if len(shares) > len(most_nodes.nodes):
+            raise PlanError(
+                f"{req.name}: numa_nodes: {len(shares)} needs a {req.role.value} host with {len(shares)} NUMA nodes "
+                f"with CPUs; the most any has is {len(most_nodes.nodes)} ({most_nodes.name})"
+            )
         for tier in self._tiers(req):
             best: tuple[_Host, _Option] | None = None
             for host in tier:
                 if host.count[(req.cluster, req.role)] >= cluster.spread.max_per_host:
                     continue
                 cores, memory = host.most_free()
-                if cores < load.singles + load.pairs or memory < load.memory_mib:
+                if cores < load.singles + load.pairs or memory < load.memory_mib or len(shares) > len(host.nodes):
                     continue  # cannot fit on any node: skip the exact check
-                option = host.option(req, load, cluster.vlan)
+                option = host.option(req, shares, cluster.vlan)
                 if option is not None and (best is None or option.cost < best[1].cost):
                     best = (host, option)
                     if option.cost == 0:
                         break
             if best is not None:
                 host, option = best
-                self._take(host, req, load, option.node, option.nics)
+                self._take(host, req, shares, option.nodes, option.nics)
                 return
-        raise PlanError(self._refusal(req, load, cores_needed, candidates))
+        raise PlanError(self._refusal(req, shares, candidates))
 
     def _tiers(self, req: VmRequest) -> list[list[_Host]]:
         """Hosts grouped by how many VMs of the cluster and role their rack holds (fewest first)."""
@@ -329,12 +377,69 @@ class _Placer:
             tiers[count].extend(racks[rack])
         return [tiers[count] for count in sorted(tiers)]
 
-    def _take(self, host: _Host, req: VmRequest, load: Load, node: int, nics: tuple[NicAssignment, ...]) -> None:
-        host.take(req, load, node, nics)
+    def _take(
+        self,
+        host: _Host,
+        req: VmRequest,
+        shares: Sequence[Load],
+        nodes: tuple[int, ...],
+        nics: tuple[NicAssignment, ...],
+    ) -> None:
+        host.take(req, shares, nodes, nics)
         self.rack_count[(req.cluster, req.role, host.inv.rack)] += 1
-        self.placed[req.name] = PlacedVm(req.name, req.cluster, req.role, req.index, host.name, node, nics)
+        spans = nodes if len(nodes) > 1 else ()
+        self.placed[req.name] = PlacedVm(
+            req.name, req.cluster, req.role, req.index, host.name, nodes[0], nics, numa_nodes=spans
+        )
 
-    def _refusal(self, req: VmRequest, load: Load, cores: int, candidates: Sequence[_Host]) -> str:
+    def settle(self, names: Iterable[str]) -> None:
+        """Record, for the VMs over several nodes placed in this run, the nodes the host planner
+        gives them on the spec of their host (the spec cannot name them; the fleet's own choice
+        was where it found room)."""
+        from bmslice.fleet.check import check_host  # the fleet's render and check sit above placement
+        from bmslice.fleet.render import host_spec_data
+
+        names = set(names)
+        for host_name in sorted({self.placed[n].host for n in names}):
+            host = self.hosts[host_name]
+            data = host_spec_data(self.fleet, Placement(tuple(self.placed.values())), host_name)
+            assert data is not None
+            plan = check_host(host_name, data, host.topo, f"{host_name}/spec.yaml").plan
+            new = sorted(vm.name for vm in plan.vms if vm.name in names)
+            moved = [
+                (vm, self.placed[vm.name])
+                for vm in plan.vms
+                if vm.name not in names
+                and self.placed[vm.name].numa_nodes
+                and vm.numa_nodes != self.placed[vm.name].nodes
+            ]
+            if moved:
+                # A kept VM over several nodes that this fresh plan puts elsewhere: if it runs, the host
+                # keeps it where it is, so the fresh plan says nothing sure about the new ones either.
+                # They keep the nodes the fleet found room on around the kept VM's record.
+                vm, placed = moved[0]
+                self.notes.append(
+                    f"{host_name}: planned afresh, the host puts {vm.name} on NUMA nodes "
+                    f"{','.join(map(str, vm.numa_nodes))}, the placement keeps it on {placed.nodes_text}; "
+                    f"{', '.join(new)} keep the nodes the fleet found room on, which the host planner may not "
+                    "choose: check with `bmslice plan` on the host"
+                )
+                continue
+            for planned in plan.vms:
+                if planned.name in names:
+                    nodes = planned.numa_nodes
+                    self.placed[planned.name] = replace(self.placed[planned.name], numa_node=nodes[0], numa_nodes=nodes)
+            for node in host.nodes.values():
+                node.load = Load()
+            for placed in self.placed.values():
+                if placed.host == host_name:
+                    for node_id, load in zip(placed.nodes, _shares(self._size(placed)), strict=True):
+                        host.nodes[node_id].load = host.nodes[node_id].load + load
+
+    def _size(self, vm: PlacedVm) -> VmSize:
+        return self.fleet.cluster(vm.cluster).size(vm.role, vm.index)
+
+    def _refusal(self, req: VmRequest, shares: Sequence[Load], candidates: Sequence[_Host]) -> str:
         cluster = self.fleet.cluster(req.cluster)
         role = req.role.value
         limit = cluster.spread.max_per_host
@@ -349,20 +454,36 @@ class _Placer:
             if host in full:
                 reasons.append(f"{host.name}: runs {limit} {req.cluster} {role} VM(s) already (max_per_host {limit})")
                 continue
-            reasons.append(f"{host.name}: {self._host_shortfall(host, req, load, cluster.vlan)}")
+            reasons.append(f"{host.name}: {self._host_shortfall(host, req, shares, cluster.vlan)}")
         shown = reasons[:MESSAGE_HOSTS]
         if len(reasons) > MESSAGE_HOSTS:
             shown.append(f"and {len(reasons) - MESSAGE_HOSTS} more")
-        return (
-            f"{req.name}: no {role} host left with {cores} free cores and {format_mib(load.memory_mib)} free on one "
-            f"NUMA node{_nic_phrase(req, cluster.vlan)} ({'; '.join(shown)})"
-        )
+        smt = any(h.topo.smt for h in candidates)
 
-    def _host_shortfall(self, host: _Host, req: VmRequest, load: Load, vlan: int) -> str:
-        fitting = [n for n in host.nodes if host.nodes[n].fits(load)]
-        if not fitting:
-            cores, memory = host.most_free()
-            return f"most free on one node: {cores} cores, {_mib(memory)}"
+        def cores(load: Load) -> int:
+            return load.singles + load.pairs if smt else load.singles + 2 * load.pairs
+
+        memory = format_mib(shares[0].memory_mib)
+        if len(shares) == 1:
+            room = f"{cores(shares[0])} free cores and {memory} free on one NUMA node"
+        else:
+            room = f"{cores(shares[-1])} free cores and {memory} free on each of {len(shares)} NUMA nodes"
+            if cores(shares[0]) != cores(shares[-1]):
+                room += f" ({cores(shares[0])} on one of them, for the emulator core)"
+        return f"{req.name}: no {role} host left with {room}{_nic_phrase(req, cluster.vlan)} ({'; '.join(shown)})"
+
+    def _host_shortfall(self, host: _Host, req: VmRequest, shares: Sequence[Load], vlan: int) -> str:
+        if len(shares) > len(host.nodes):
+            return f"{len(host.nodes)} NUMA node(s) with CPUs, needs {len(shares)}"
+        if next(host.spans(shares), None) is None:
+            if len(shares) == 1:
+                cores, memory = host.most_free()
+                return f"most free on one node: {cores} cores, {_mib(memory)}"
+            room = ",".join(str(n) for n in host.nodes if host.nodes[n].fits(shares[-1]))
+            if room.count(",") + 1 < len(shares) or not room:
+                return f"room for a share on node(s) {room or 'none'}, needs {len(shares)} nodes"
+            # (a node with room for the first share would have made a span with the others)
+            return f"room for a share on nodes {room}, but for the first, with the emulator core, on none"
         nic = req.size.nic
         assert nic is not None  # a node fits and no NIC is asked for: the VM would have been placed
         named = [pf for pf in host.pfs if pf.matches(nic.pf)]
@@ -387,24 +508,34 @@ class _Placer:
         usage: list[NodeUsage] = []
         for host in self.hosts.values():
             on_host = sorted((vm for vm in self.placed.values() if vm.host == host.name), key=lambda v: order[v.name])
+            # each VM's allocation per share, as the planner allocates: per node, in spec order
+            allocs: dict[str, dict[int, Allocation]] = {vm.name: {} for vm in on_host}
             for node_id, node in host.nodes.items():
-                here = [vm for vm in on_host if vm.numa_node == node_id]
-                sizes = {vm.name: self.fleet.cluster(vm.cluster).size(vm.role, vm.index) for vm in here}
+                here = [(vm, vm.nodes.index(node_id)) for vm in on_host if node_id in vm.nodes]
                 requests = [
-                    NodeRequest(vm.name, sizes[vm.name].vcpus, sizes[vm.name].emulator is EmulatorPolicy.DEDICATED)
-                    for vm in here
+                    NodeRequest(
+                        part_name(vm.name, part) if vm.numa_nodes else vm.name,
+                        self._size(vm).vcpus // len(vm.nodes),
+                        self._size(vm).emulator is EmulatorPolicy.DEDICATED and part == 0,
+                    )
+                    for vm, part in here
                 ]
                 allocation = allocate_node(node.cores, requests) if requests else {}
-                used = 0
-                for vm in here:
-                    alloc = allocation[vm.name]
-                    used += len(alloc.cores)
-                    # the planner's rule for the guest topology (threads=2 only on real sibling pairs)
-                    pairs = alloc.sibling_pairs and sizes[vm.name].vcpus % 2 == 0 and host.topo.smt
-                    vms.append(replace(vm, guest_threads=2 if pairs else 1, guest_cores=_guest_cores(alloc)))
+                for (vm, part), request in zip(here, requests, strict=True):
+                    allocs[vm.name][part] = allocation[request.name]
+                used = sum(len(allocation[r.name].cores) for r in requests)
                 usage.append(
                     NodeUsage(host.name, node_id, node.free.cores, used, node.free.memory_mib, node.load.memory_mib)
                 )
+            for vm in on_host:
+                share = self._size(vm).vcpus // len(vm.nodes)
+                parts = [allocs[vm.name][part] for part in range(len(vm.nodes))]
+                # the planner's rule for the guest topology (threads=2 only on real sibling pairs)
+                pairs = all(a.sibling_pairs for a in parts) and share % 2 == 0 and host.topo.smt
+                cores = tuple(
+                    tuple(v + i * share for v in core) for i, a in enumerate(parts) for core in _guest_cores(a)
+                )
+                vms.append(replace(vm, guest_threads=2 if pairs else 1, guest_cores=cores))
         vms.sort(key=lambda v: (v.host, order[v.name]))
         return Placement(tuple(vms), tuple(usage), tuple(self.notes))
 
@@ -438,7 +569,7 @@ def _new_order(fleet: Fleet, requests: Sequence[VmRequest]) -> list[VmRequest]:
     order = spec_order(fleet)
 
     def key(req: VmRequest) -> tuple[int, int, int, int]:
-        load = _load(req)
+        load = _total(_shares(req.size))
         return (req.role is not Role.CONTROL, -(2 * load.pairs + load.singles), -load.memory_mib, order[req.name])
 
     return sorted(requests, key=key)
@@ -451,6 +582,8 @@ def place(fleet: Fleet, topologies: Mapping[str, HostTopology], existing: Placem
     placer = _Placer(fleet, topologies)
     if existing is not None:
         placer.keep(existing, requests)
-    for req in _new_order(fleet, [r for r in requests.values() if r.name not in placer.placed]):
+    new = _new_order(fleet, [r for r in requests.values() if r.name not in placer.placed])
+    for req in new:
         placer.place_new(req)
+    placer.settle(req.name for req in new if req.size.numa_nodes > 1)
     return placer.result()

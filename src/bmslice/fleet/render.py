@@ -56,14 +56,12 @@ def _nic_entries(vm: PlacedVm) -> list[dict[str, Any]]:
 def _vm_entry(fleet: Fleet, vm: PlacedVm) -> dict[str, Any]:
     cluster = fleet.cluster(vm.cluster)
     size = cluster.size(vm.role, vm.index)
-    entry: dict[str, Any] = {
-        "name": vm.name,
-        "vcpus": size.vcpus,
-        "memory": format_mib(size.memory),
-        "numa_node": vm.numa_node,
-        "emulator": size.emulator.value,
-        "iothreads": size.iothreads,
-    }
+    entry: dict[str, Any] = {"name": vm.name, "vcpus": size.vcpus, "memory": format_mib(size.memory)}
+    if size.numa_nodes > 1:
+        entry["numa_nodes"] = size.numa_nodes  # a spec cannot pin such a VM: the host planner chose its nodes
+    else:
+        entry["numa_node"] = vm.numa_node
+    entry.update({"emulator": size.emulator.value, "iothreads": size.iothreads})
     if size.hugepages is not HugepageSize.NONE:
         entry["hugepages"] = size.hugepages.value
     if size.realtime is not None:
@@ -127,7 +125,7 @@ def _nic_text(fleet: Fleet, vm: PlacedVm) -> str:
         what = "passthrough" if nic.kind is NicKind.PASSTHROUGH else f"{nic.count} VF" + ("s" if nic.count > 1 else "")
         port = inv.nics.get(nic.pf)
         where = f" @ {port.switch} {port.port}" if port else ""
-        numa = "" if nic.numa_node == vm.numa_node else f" (NUMA {nic.numa_node if nic.numa_node is not None else '?'})"
+        numa = "" if nic.numa_node in vm.nodes else f" (NUMA {nic.numa_node if nic.numa_node is not None else '?'})"
         parts.append(f"{nic.pf} {what} VLAN {nic.vlan}{numa}{where}")
     return ", ".join(parts) or "-"
 
@@ -145,7 +143,7 @@ def summary_text(fleet: Fleet, placement: Placement) -> str:
                 vm.host,
                 inv.rack,
                 vm.name,
-                str(vm.numa_node),
+                vm.nodes_text,
                 f"{size.vcpus}{emulator}",
                 format_mib(size.memory),
                 _nic_text(fleet, vm),

@@ -24,12 +24,14 @@ from bmslice.errors import SpecError
 from bmslice.model.fields import CpuFeature, IfName, device_ref, matching
 from bmslice.model.input_file import read_yaml, validation_error
 from bmslice.model.spec import (
+    MAX_GUEST_CELLS,
     DiskSpec,
     EmulatorPolicy,
     HostSpec,
     HugepageSize,
     RealtimeSpec,
     SizeMiB,
+    check_cells,
     check_realtime,
 )
 
@@ -139,6 +141,8 @@ class NicRequest(_Strict):
 class VmSize(_Strict):
     vcpus: StrictInt = Field(gt=0, le=4096)
     memory: SizeMiB
+    # as in the host spec: the VM spans this many NUMA nodes of its host, an equal share on each
+    numa_nodes: StrictInt = Field(default=1, ge=1, le=MAX_GUEST_CELLS)
     emulator: EmulatorPolicy = EmulatorPolicy.DEDICATED
     iothreads: StrictInt = Field(default=1, ge=0, le=64)
     hugepages: HugepageSize = HugepageSize.NONE
@@ -150,6 +154,7 @@ class VmSize(_Strict):
     @model_validator(mode="after")
     def _realtime(self) -> VmSize:
         check_realtime(self.realtime, self.vcpus, self.hugepages)
+        check_cells(self.numa_nodes, None, self.vcpus, self.memory, self.hugepages.kib)
         return self
 
 
@@ -351,12 +356,25 @@ class PlacedVm:
     role: Role
     index: int
     host: str
-    numa_node: int
+    numa_node: int  # a VM over several nodes: the node of its first share (and emulator core)
     nics: tuple[NicAssignment, ...] = ()
     guest_threads: int = 1  # 2 when the guest sees host sibling pairs (planner's guest topology)
     # guest vCPUs grouped by the host core they run on, in vCPU order: ((0, 1), (2,)) for three
     # vCPUs on a sibling pair and a one-thread core; () when not recorded (older placement files)
     guest_cores: tuple[tuple[int, ...], ...] = ()
+    # a VM over several NUMA nodes (numa_nodes): every node, in share order, numa_node first;
+    # () for a VM on one node
+    numa_nodes: tuple[int, ...] = ()
+
+    @property
+    def nodes(self) -> tuple[int, ...]:
+        """The host nodes the VM uses, its first share's first."""
+        return self.numa_nodes or (self.numa_node,)
+
+    @property
+    def nodes_text(self) -> str:
+        """ "1", or "0,1" for a VM over two nodes."""
+        return ",".join(map(str, self.nodes))
 
 
 @dataclass(frozen=True)
@@ -397,6 +415,7 @@ def placement_to_dict(placement: Placement) -> dict[str, Any]:
                 "index": vm.index,
                 "host": vm.host,
                 "numa_node": vm.numa_node,
+                **({"numa_nodes": list(vm.numa_nodes)} if vm.numa_nodes else {}),
                 "guest_threads": vm.guest_threads,
                 "guest_cores": [",".join(str(cpu) for cpu in core) for core in vm.guest_cores],  # ["0,1", "2"]
                 "nics": [
@@ -428,6 +447,7 @@ def placement_from_dict(data: Any, origin: str) -> Placement:
                 index=int(vm["index"]),
                 host=str(vm["host"]),
                 numa_node=int(vm["numa_node"]),
+                numa_nodes=tuple(int(node) for node in vm.get("numa_nodes", [])),
                 guest_threads=int(vm.get("guest_threads", 1)),
                 guest_cores=tuple(
                     tuple(int(cpu) for cpu in str(core).split(",")) for core in vm.get("guest_cores", [])
@@ -450,6 +470,12 @@ def placement_from_dict(data: Any, origin: str) -> Placement:
         raise SpecError(f"{origin}: not a bmslice placement ({type(exc).__name__}: {exc})") from None
     seen: set[str] = set()
     for vm in vms:
+        spans = vm.numa_nodes
+        if spans and (spans[0] != vm.numa_node or len(set(spans)) != len(spans) or len(spans) < 2):
+            raise SpecError(
+                f"{origin}: VM {vm.name!r}: numa_nodes {list(vm.numa_nodes)} must be two or more distinct nodes, "
+                f"numa_node ({vm.numa_node}) first"
+            )
         if vm.name in seen:
             raise SpecError(f"{origin}: VM {vm.name!r} is placed twice; a VM has one place (keep one entry)")
         seen.add(vm.name)

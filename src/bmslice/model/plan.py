@@ -76,6 +76,43 @@ class RealtimePlan:
 
 
 @dataclass(frozen=True)
+class WayMask:
+    """L3 ways a slice holds on one L3 cache: a contiguous mask, and the size libvirt is asked for."""
+
+    cache_id: int
+    mask: int
+    size_kib: int  # ways x way size: libvirt turns it back into exactly these ways
+
+    @property
+    def ways(self) -> int:
+        return self.mask.bit_count()
+
+
+@dataclass(frozen=True)
+class CacheTune:
+    """A VM's resctrl reservation: what the spec asked, and where (the L3 domains of its vCPUs)."""
+
+    l3_kib: int | None  # asked per L3 domain; None: no cache ways
+    memory_bandwidth: int | None  # percent cap asked; None: none
+    domains: tuple[int, ...]  # L3 ids of the vCPUs' cores (= the MB domain ids)
+    ways: tuple[WayMask, ...] = ()  # one per domain when l3_kib is set
+
+
+@dataclass(frozen=True)
+class GuestCell:
+    """One guest NUMA cell of a VM that spans host nodes: its host node, guest vCPUs and memory.
+
+    `distances`: the host's node distances from this cell's node to every cell's node, in
+    cell order, so the guest sees the same relative costs the host has.
+    """
+
+    node: int
+    vcpus: CpuSet  # guest vCPU ids
+    memory_mib: int
+    distances: tuple[int, ...] = ()
+
+
+@dataclass(frozen=True)
 class VmPlan:
     name: str
     numa_nodes: tuple[int, ...]
@@ -93,6 +130,9 @@ class VmPlan:
     domain_type: str = "kvm"
     warnings: tuple[str, ...] = ()
     realtime: RealtimePlan | None = None
+    l3_domains: tuple[int, ...] = ()  # L3 cache ids its cores sit in (empty: the host does not say)
+    cache: CacheTune | None = None
+    cells: tuple[GuestCell, ...] = ()  # a VM over several host nodes (numa_nodes); () for one node
 
     @property
     def vcpus(self) -> int:
@@ -113,6 +153,22 @@ class VmPlan:
     def owned_cpus(self) -> CpuSet:
         return CpuSet.union(self.cores)
 
+    def memory_by_node(self) -> dict[int, int]:
+        """MiB of guest memory on each host node (a one-node VM: all on its node)."""
+        if not self.cells:
+            return {self.numa_nodes[0]: self.memory_mib}
+        out: dict[int, int] = {}
+        for cell in self.cells:
+            out[cell.node] = out.get(cell.node, 0) + cell.memory_mib
+        return out
+
+    def cell_of_node(self, node: int | None) -> int | None:
+        """The guest cell on host node `node` (None: not one of the VM's nodes, or a one-node VM)."""
+        for index, cell in enumerate(self.cells):
+            if cell.node == node:
+                return index
+        return None
+
 
 @dataclass(frozen=True)
 class HostPlan:
@@ -124,6 +180,7 @@ class HostPlan:
     hugepages: tuple[NodeHugepages, ...] = ()
     cpu_vendor: str = ""
     sriov: tuple[PfPlan, ...] = ()
+    l3_host_masks: tuple[tuple[int, int], ...] = ()  # (L3 id, ways of the default group) when slices hold ways
 
 
 @dataclass(frozen=True)
@@ -190,6 +247,16 @@ def _vm_to_dict(vm: VmPlan) -> dict[str, Any]:
             "priority": rt.priority,
             "memlock_mib": rt.memlock_mib,
         }
+    # Present only where the host reports L3 caches, so plans recorded before them read the same.
+    if vm.l3_domains:
+        out["l3_domains"] = list(vm.l3_domains)
+    if vm.cache is not None:
+        out["cache"] = _cache_to_dict(vm.cache)
+    if vm.cells:  # only a VM over several nodes: one-node plans (and recorded ones) read as before
+        out["cells"] = [
+            {"node": c.node, "vcpus": c.vcpus.sorted(), "memory_mib": c.memory_mib, "distances": list(c.distances)}
+            for c in vm.cells
+        ]
     return out
 
 
@@ -198,6 +265,28 @@ def _realtime_from_dict(data: dict[str, Any] | None) -> RealtimePlan | None:
     if data is None:
         return None
     return RealtimePlan(data["housekeeping_vcpus"], data["priority"], data["memlock_mib"])
+
+
+def _cache_to_dict(cache: CacheTune) -> dict[str, Any]:
+    return {
+        "l3_kib": cache.l3_kib,
+        "memory_bandwidth": cache.memory_bandwidth,
+        "domains": list(cache.domains),
+        "ways": [
+            {"cache_id": w.cache_id, "mask": f"{w.mask:x}", "ways": w.ways, "size_kib": w.size_kib} for w in cache.ways
+        ],
+    }
+
+
+def _cache_from_dict(data: dict[str, Any] | None) -> CacheTune | None:
+    if data is None:
+        return None
+    return CacheTune(
+        data["l3_kib"],
+        data["memory_bandwidth"],
+        tuple(data["domains"]),
+        tuple(WayMask(w["cache_id"], int(w["mask"], 16), w["size_kib"]) for w in data["ways"]),
+    )
 
 
 def plan_to_dict(plan: Plan) -> dict[str, Any]:
@@ -215,10 +304,18 @@ def plan_to_dict(plan: Plan) -> dict[str, Any]:
                 {"pf": p.address, "interface": p.interface, "numvfs_before": p.numvfs_before, "numvfs": p.numvfs}
                 for p in host.sriov
             ],
+            **_host_masks_to_dict(host),
         },
         "vms": [_vm_to_dict(vm) for vm in plan.vms],
         "warnings": list(plan.warnings),
     }
+
+
+def _host_masks_to_dict(host: HostPlan) -> dict[str, Any]:
+    """The default resctrl group's L3 ways, only in plans whose slices hold ways."""
+    if not host.l3_host_masks:
+        return {}
+    return {"l3_host_masks": {str(cache_id): f"{mask:x}" for cache_id, mask in host.l3_host_masks}}
 
 
 def vm_from_dict(data: dict[str, Any]) -> VmPlan:
@@ -240,6 +337,12 @@ def vm_from_dict(data: dict[str, Any]) -> VmPlan:
         domain_type=data.get("domain_type", "kvm"),
         warnings=tuple(data.get("warnings", [])),
         realtime=_realtime_from_dict(data.get("realtime")),
+        l3_domains=tuple(data.get("l3_domains", [])),
+        cache=_cache_from_dict(data.get("cache")),
+        cells=tuple(
+            GuestCell(c["node"], CpuSet.from_iter(c["vcpus"]), c["memory_mib"], tuple(c.get("distances", [])))
+            for c in data.get("cells", [])
+        ),
     )
 
 
@@ -257,6 +360,7 @@ def plan_from_dict(data: dict[str, Any]) -> Plan:
             sriov=tuple(
                 PfPlan(p["pf"], p.get("interface"), p["numvfs_before"], p["numvfs"]) for p in host.get("sriov", [])
             ),
+            l3_host_masks=tuple((int(i), int(m, 16)) for i, m in host.get("l3_host_masks", {}).items()),
         ),
         vms=tuple(vm_from_dict(vm) for vm in data["vms"]),
         warnings=tuple(data.get("warnings", [])),

@@ -31,20 +31,34 @@ GIB_KIB = 1048576  # a 1 GiB hugepage in KiB, the unit of sysfs hugepage sizes
 MAX_SIZE_MIB = 1024 * 1024 * 1024  # 1 PiB: far above any memory or disk, far below an overflow
 
 
-def _checked(mib: Fraction | int, value: object) -> int:
-    if mib <= 0 or mib != int(mib):
-        raise ValueError(f"size {shown(value)} must be a positive whole number of MiB")
+def _checked(amount: Fraction | int, value: object, unit: str = "MiB") -> int:
+    if amount <= 0 or amount != int(amount):
+        raise ValueError(f"size {shown(value)} must be a positive whole number of {unit}")
+    mib = amount if unit == "MiB" else Fraction(amount, 1024)
     if mib > MAX_SIZE_MIB:
         raise ValueError(f"size {shown(value)} is more than the {format_mib(MAX_SIZE_MIB)} bmslice accepts")
-    return int(mib)
+    return int(amount)
 
 
 def parse_size_mib(value: str | int) -> int:
     """A size in whole MiB; a bare integer means MiB. Raises ValueError with the reason."""
+    return _checked(_size_mib(value), value)
+
+
+def parse_size_kib(value: str | int) -> int:
+    """A size in whole KiB (cache sizes: "1536KiB", "8MiB"); a bare integer means MiB, as elsewhere.
+
+    >>> parse_size_kib("1536KiB"), parse_size_kib("2.5MiB"), parse_size_kib(8)
+    (1536, 2560, 8192)
+    """
+    return _checked(_size_mib(value) * 1024, value, "KiB")
+
+
+def _size_mib(value: str | int) -> Fraction:
     if isinstance(value, bool) or not isinstance(value, str | int):
         raise ValueError(f"expected a size such as 8GiB, got {shown(value)}")
     if isinstance(value, int):
-        return _checked(value, value)
+        return Fraction(value)
     match = _SIZE_RE.fullmatch(value)
     if not match:
         raise ValueError(f"expected a size such as 8GiB or 512MiB, got {shown(value)}")
@@ -55,7 +69,7 @@ def parse_size_mib(value: str | int) -> int:
     if factor is None:
         raise ValueError(f"unknown size unit {shown(unit)} in {shown(value)} (use KiB, MiB, GiB or TiB)")
     number = Fraction(int(whole)) + (Fraction(int(fraction), 10 ** len(fraction)) if fraction else 0)
-    return _checked(number * factor, value)
+    return number * factor
 
 
 def format_mib(mib: int) -> str:

@@ -29,7 +29,7 @@ from bmslice.cpuset import MAX_CPU_ID, CpuListError, CpuSet
 from bmslice.errors import SpecError
 from bmslice.model.fields import CpuFeature, device_ref, matching
 from bmslice.model.input_file import read_yaml, validation_error
-from bmslice.model.sizes import parse_size_mib
+from bmslice.model.sizes import parse_size_kib, parse_size_mib
 from bmslice.safe_text import one_line, shown
 
 VM_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]{0,63}$")
@@ -37,6 +37,7 @@ VmName = Annotated[str, matching(VM_NAME_RE, "a valid domain name (letters, digi
 
 
 SizeMiB = Annotated[int, BeforeValidator(parse_size_mib)]
+SizeKiB = Annotated[int, BeforeValidator(parse_size_kib)]
 MAX_NUMA_NODE = 1023  # Linux has at most 1024 NUMA nodes (NODES_SHIFT 10)
 MAX_VFS = 65535  # TotalVFs is a 16-bit field of the PCI SR-IOV capability
 MAX_RT_PRIORITY = 99  # SCHED_FIFO priorities are 1..99 (sched_get_priority_max)
@@ -277,11 +278,49 @@ def check_realtime(realtime: RealtimeSpec | None, vcpus: int, hugepages: Hugepag
         )
 
 
+MAX_GUEST_CELLS = 8
+
+
+def check_cells(cells: int, numa_node: int | None, vcpus: int, memory_mib: int, page_kib: int | None) -> None:
+    """A VM over `cells` host nodes gets an equal share of each: its numbers must split evenly."""
+    if cells == 1:
+        return
+    if numa_node is not None:
+        raise ValueError(f"numa_node pins a VM to one node; with numa_nodes: {cells} leave numa_node out")
+    if vcpus % cells:
+        raise ValueError(f"numa_nodes: {cells} needs vcpus divisible by {cells} (an equal share per node), got {vcpus}")
+    share = memory_mib // cells
+    if memory_mib % cells or (page_kib and (share * 1024) % page_kib):
+        unit = f"whole {page_kib} KiB hugepages" if page_kib else "whole MiB"
+        raise ValueError(
+            f"numa_nodes: {cells} needs memory that splits into {cells} equal shares of {unit} "
+            f"(an equal share per node), got {memory_mib} MiB"
+        )
+
+
+class CacheSpec(_Strict):
+    """L3 ways and a memory bandwidth cap for the VM's vCPUs, through resctrl (libvirt's
+    <cachetune>/<memorytune>). `l3` is reserved on each L3 domain the vCPUs use, rounded up
+    to whole ways; `memory_bandwidth` is a percentage (Intel MBA) on the same domains."""
+
+    l3: SizeKiB | None = None
+    memory_bandwidth: StrictInt | None = Field(default=None, ge=1, le=100)
+
+    @model_validator(mode="after")
+    def _something(self) -> CacheSpec:
+        if self.l3 is None and self.memory_bandwidth is None:
+            raise ValueError("give l3, memory_bandwidth or both")
+        return self
+
+
 class VmSpec(_Strict):
     name: VmName
     vcpus: StrictInt = Field(gt=0, le=4096)
     memory: SizeMiB
     numa_node: StrictInt | None = Field(default=None, ge=0, le=MAX_NUMA_NODE)
+    # Guest NUMA: the VM spans this many host nodes, an equal share of its vCPUs and memory on
+    # each, and its guest sees as many NUMA cells (`numa_node` then cannot pin it to one).
+    numa_nodes: StrictInt = Field(default=1, ge=1, le=MAX_GUEST_CELLS)
     emulator: EmulatorPolicy = EmulatorPolicy.DEDICATED
     iothreads: StrictInt = Field(default=1, ge=0, le=64)
     hugepages: HugepageSize = HugepageSize.NONE
@@ -290,6 +329,7 @@ class VmSpec(_Strict):
     nics: tuple[NicSpec, ...] = ()
     disk: DiskSpec | None = None
     cloud_init: CloudInitSpec | None = None
+    cache: CacheSpec | None = None
 
     @model_validator(mode="after")
     def _hugepage_memory(self) -> VmSpec:
@@ -297,6 +337,7 @@ class VmSpec(_Strict):
         if page_kib and (self.memory * 1024) % page_kib:
             raise ValueError(f"memory {self.memory} MiB is not a whole number of {self.hugepages.value} hugepages")
         check_realtime(self.realtime, self.vcpus, self.hugepages)
+        check_cells(self.numa_nodes, self.numa_node, self.vcpus, self.memory, page_kib)
         return self
 
 

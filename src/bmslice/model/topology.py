@@ -146,6 +146,79 @@ class Core:
 
 
 @dataclass(frozen=True)
+class CacheDomain:
+    """One last-level (L3) cache instance and the CPUs sharing it.
+
+    `id` is the kernel's cache id: the one resctrl's schemata, libvirt's `<cache id=...>` and
+    `<memorytune><node id=...>` name. On AMD EPYC each CCX (Zen 2) or CCD (Zen 3/4) has its
+    own, so a NUMA node holds several; on most Intel servers one spans a socket.
+    """
+
+    id: int
+    cpus: CpuSet
+    size_kib: int
+    node: int | None = None  # the NUMA node of its CPUs; None when they span several
+    level: int = 3
+
+
+@dataclass(frozen=True)
+class ResctrlL3:
+    """/sys/fs/resctrl/info/L3: cache allocation (Intel CAT, AMD L3 QoS)."""
+
+    cbm_mask: int  # every way, e.g. 0x7ff for 11 ways
+    min_cbm_bits: int
+    num_closids: int
+    shareable_bits: int = 0
+
+    @property
+    def ways(self) -> int:
+        return self.cbm_mask.bit_count()
+
+
+@dataclass(frozen=True)
+class ResctrlMb:
+    """/sys/fs/resctrl/info/MB: memory bandwidth allocation.
+
+    `percent` is False where the schemata value is not a percentage: AMD takes absolute
+    limits (multiples of 1/8 GB/s, 2048 = unlimited) and the mba_MBps mount option MBps.
+    """
+
+    bandwidth_gran: int
+    min_bandwidth: int
+    num_closids: int
+    percent: bool = True
+
+
+@dataclass(frozen=True)
+class ResctrlGroup:
+    """A resctrl group as its schemata file says; name "" is the default group (the host's)."""
+
+    name: str
+    l3: tuple[tuple[int, int], ...] = ()  # (cache id, way mask)
+    mb: tuple[tuple[int, int], ...] = ()  # (domain id, value)
+
+    def l3_mask(self, cache_id: int) -> int:
+        return dict(self.l3).get(cache_id, 0)
+
+
+@dataclass(frozen=True)
+class Resctrl:
+    """The kernel's resource control as discovered; absent (None on the host) without resctrl."""
+
+    mounted: bool  # /sys/fs/resctrl/info exists only once resctrl is mounted
+    l3: ResctrlL3 | None = None
+    mb: ResctrlMb | None = None
+    l3_cdp: bool = False  # mounted with cdp: L3CODE/L3DATA instead of L3
+    groups: tuple[ResctrlGroup, ...] = ()  # the default group first
+
+    @property
+    def closids(self) -> int:
+        """How many groups (the default one included) the kernel can give distinct settings."""
+        counts = [r.num_closids for r in (self.l3, self.mb) if r is not None]
+        return min(counts) if counts else 0
+
+
+@dataclass(frozen=True)
 class HostTopology:
     cpu_vendor: str  # "GenuineIntel" | "AuthenticAMD" | other
     kernel_cmdline: str
@@ -168,6 +241,8 @@ class HostTopology:
     @property
     def distro(self) -> Distro:
         return distro_of(self.os_ids)
+    l3_domains: tuple[CacheDomain, ...] = ()  # empty: the source does not say
+    resctrl: Resctrl | None = None  # None: no resctrl on the host, or the source cannot tell
 
     @cached_property
     def online_cpus(self) -> CpuSet:
@@ -197,6 +272,12 @@ class HostTopology:
             if node.id == node_id:
                 return node
         raise KeyError(node_id)
+
+    def l3_of(self, cpu: int) -> CacheDomain | None:
+        for domain in self.l3_domains:
+            if cpu in domain.cpus:
+                return domain
+        return None
 
     def pci(self, address: str) -> PciDevice | None:
         for dev in self.pci_devices:
@@ -301,5 +382,45 @@ def topology_to_dict(topo: HostTopology) -> dict[str, Any]:
             }
             for v in topo.vf_states
         ],
+        "l3_domains": [
+            {"id": d.id, "level": d.level, "cpus": d.cpus.sorted(), "size_kib": d.size_kib, "node": d.node}
+            for d in topo.l3_domains
+        ],
+        "resctrl": _resctrl_to_dict(topo.resctrl),
         "warnings": list(topo.warnings),
+    }
+
+
+def _resctrl_to_dict(resctrl: Resctrl | None) -> dict[str, Any] | None:
+    if resctrl is None:
+        return None
+    l3, mb = resctrl.l3, resctrl.mb
+    return {
+        "mounted": resctrl.mounted,
+        "l3": None
+        if l3 is None
+        else {
+            "cbm_mask": f"{l3.cbm_mask:x}",
+            "ways": l3.ways,
+            "min_cbm_bits": l3.min_cbm_bits,
+            "num_closids": l3.num_closids,
+            "shareable_bits": f"{l3.shareable_bits:x}",
+        },
+        "l3_cdp": resctrl.l3_cdp,
+        "mb": None
+        if mb is None
+        else {
+            "bandwidth_gran": mb.bandwidth_gran,
+            "min_bandwidth": mb.min_bandwidth,
+            "num_closids": mb.num_closids,
+            "percent": mb.percent,
+        },
+        "groups": [
+            {
+                "name": g.name,
+                "l3": {str(i): f"{m:x}" for i, m in g.l3},
+                "mb": {str(i): v for i, v in g.mb},
+            }
+            for g in resctrl.groups
+        ],
     }

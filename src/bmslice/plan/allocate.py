@@ -12,8 +12,8 @@ the placement search accepted is allocated here without running short.
 
 from __future__ import annotations
 
-from collections import deque
-from collections.abc import Sequence
+from collections import Counter, deque
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 from bmslice.cpuset import CpuSet
@@ -42,12 +42,23 @@ class Allocation:
         return tuple(sorted(head + self.vcpu_cores, key=CpuSet.min))
 
 
+def lowest_first(core: Core) -> tuple[int, ...]:
+    return (core.first,)
+
+
 class _Pool:
     """Free cores of one node with the reservations that keep the split feasible."""
 
-    def __init__(self, cores: Sequence[Core], singles_total: int, pairs_total: int, memory_mib: int) -> None:
-        self.twos = deque(c.cpus for c in sorted(cores, key=lambda c: c.first) if c.threads == 2)
-        self.ones = deque(c.cpus for c in sorted(cores, key=lambda c: c.first) if c.threads == 1)
+    def __init__(
+        self,
+        cores: Sequence[Core],
+        singles_total: int,
+        pairs_total: int,
+        memory_mib: int,
+        order: Callable[[Core], tuple[int, ...]] = lowest_first,
+    ) -> None:
+        self.twos = deque(c.cpus for c in sorted(cores, key=order) if c.threads == 2)
+        self.ones = deque(c.cpus for c in sorted(cores, key=order) if c.threads == 1)
         free = NodeFree(-1, len(self.twos), len(self.ones), memory_mib)
         split = free.split(Load(singles_total, pairs_total, 0))
         if split is None:
@@ -67,11 +78,15 @@ class _Pool:
         return (self.ones.popleft(), self.ones.popleft())
 
 
-def allocate_node(free_cores: Sequence[Core], requests: Sequence[NodeRequest]) -> dict[str, Allocation]:
-    """Cores and pins for `requests` (spec order) from `free_cores` of one node."""
+def allocate_node(
+    free_cores: Sequence[Core],
+    requests: Sequence[NodeRequest],
+    order: Callable[[Core], tuple[int, ...]] = lowest_first,
+) -> dict[str, Allocation]:
+    """Cores and pins for `requests` (spec order) from `free_cores` of one node, taken in `order`."""
     singles = sum(r.vcpus % 2 + int(r.dedicated_emulator) for r in requests)
     pairs = sum(r.vcpus // 2 for r in requests)
-    pool = _Pool(free_cores, singles, pairs, 0)
+    pool = _Pool(free_cores, singles, pairs, 0, order)
     out: dict[str, Allocation] = {}
     for req in requests:
         emulator = pool.single() if req.dedicated_emulator else None
@@ -92,4 +107,33 @@ def allocate_node(free_cores: Sequence[Core], requests: Sequence[NodeRequest]) -
             pins.append(last.min())
             siblings = False
         out[req.name] = Allocation(tuple(pins), tuple(cores), emulator, siblings)
+    return out
+
+
+def allocate_node_l3(
+    free_cores: Sequence[Core],
+    requests: Sequence[NodeRequest],
+    domains: Mapping[str, int | None],
+    l3_of: Callable[[Core], int | None],
+) -> dict[str, Allocation]:
+    """Like `allocate_node`, for a node whose VMs were given L3 domains (`l3_placement.py`).
+
+    A VM given a domain takes its cores there; the others then take what is left, the
+    domain with the most left first, so a VM that has to span domains spans few. With one
+    domain (or none known) this is `allocate_node` itself.
+    """
+    out: dict[str, Allocation] = {}
+    for domain in sorted({d for d in domains.values() if d is not None}):
+        inside = [r for r in requests if domains.get(r.name) == domain]
+        out.update(allocate_node([c for c in free_cores if l3_of(c) == domain], inside))
+    taken = CpuSet.union(core for a in out.values() for core in a.cores)
+    rest = [c for c in free_cores if c.cpus.isdisjoint(taken)]
+    left = Counter(l3_of(c) for c in rest)
+
+    def most_left_first(core: Core) -> tuple[int, ...]:
+        domain = l3_of(core)
+        return (-left[domain], -1 if domain is None else domain, core.first)
+
+    spread = [r for r in requests if domains.get(r.name) is None]
+    out.update(allocate_node(rest, spread, most_left_first))
     return out

@@ -24,7 +24,8 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from itertools import combinations
 from math import gcd
 
 from bmslice.errors import PlanError
@@ -47,16 +48,49 @@ class Placement:
 
 @dataclass(frozen=True)
 class Request:
-    """One VM to place: its load, candidate nodes (preferred first), cross-NUMA cost per candidate."""
+    """One VM to place: its load, candidate nodes (preferred first), cross-NUMA cost per candidate.
+
+    A VM over several nodes (numa_nodes) is one request per part, `part` 0.. of `parts`,
+    sharing `group` (the VM's name): its parts go to distinct nodes, and its NICs cost what
+    the whole set of nodes leaves remote — each of `local_sets` (the nodes that make one NIC
+    local) that none of the parts' nodes is in — counted at the last part. `strict`
+    (nic_numa_policy require): a layout that leaves any of them remote is no layout at all,
+    in the feasibility search too, so the search stays exact under require.
+    """
 
     name: str
     load: Load
     candidates: tuple[int, ...]
     costs: tuple[int, ...]
+    group: str | None = None
+    part: int = 0
+    parts: int = 1
+    local_sets: tuple[frozenset[int], ...] = ()
+    strict: bool = False
+
+    @property
+    def label(self) -> str:
+        """How messages name it: the VM, or the VM's share on one of its nodes."""
+        return self.name if self.group is None else f"{self.group} (its share {self.part + 1} of {self.parts})"
 
     @property
     def min_cost(self) -> int:
+        if self.group is not None:
+            return group_min_cost(self) if self.part == self.parts - 1 else 0
         return min(self.costs) if self.costs else 0
+
+    def group_cost(self, nodes: frozenset[int]) -> int:
+        return sum(1 for local in self.local_sets if not local & nodes)
+
+
+def group_min_cost(req: Request) -> int:
+    """The fewest remote NICs any choice of `parts` distinct candidate nodes leaves."""
+    if not req.local_sets:
+        return 0
+    return min(
+        (req.group_cost(frozenset(nodes)) for nodes in combinations(req.candidates, req.parts)),
+        default=len(req.local_sets),
+    )
 
 
 def _used_threads(node: NodeFree, load: Load) -> int:
@@ -75,19 +109,36 @@ class _Search:
         use_costs: bool = True,
         step_limit: int = STEP_LIMIT,
     ) -> None:
-        if not use_costs:
-            requests = [Request(r.name, r.load, r.candidates, tuple(0 for _ in r.costs)) for r in requests]
+        if not use_costs:  # a strict request keeps its NIC nodes: they decide what fits
+            requests = [
+                replace(r, costs=tuple(0 for _ in r.costs), local_sets=r.local_sets if r.strict else ())
+                for r in requests
+            ]
+        self.use_costs = use_costs
         self.requests = requests
         self.step_limit = step_limit
         self.nodes = list(nodes)
         self.slot = {n.node: i for i, n in enumerate(nodes)}
         # Interchangeable nodes share a class: same capacity and the same cost for every VM.
         signature = {
-            n.node: (n.twos, n.ones, n.memory_mib, n.smt, tuple(self._cost(r, n.node) for r in requests)) for n in nodes
+            n.node: (
+                n.twos,
+                n.ones,
+                n.memory_mib,
+                n.smt,
+                tuple(self._cost(r, n.node) for r in requests),
+                tuple(n.node in local for r in requests for local in r.local_sets),
+            )
+            for n in nodes
         }
         classes: dict[object, int] = {}
         self.node_class = [classes.setdefault(signature[n.node], len(classes)) for n in nodes]
         self.memo: dict[tuple[int, tuple[object, ...]], tuple[int, tuple[int, Load] | None]] = {}
+        # The slot of each earlier part of a request's group is barred for its later parts.
+        self.continues = [
+            i + 1 < len(requests) and r.group is not None and requests[i + 1].group == r.group
+            for i, r in enumerate(requests)
+        ]
         self.steps = 0
         n = len(requests)
         all_smt = all(node.ones == 0 for node in nodes)
@@ -105,7 +156,7 @@ class _Search:
         self.memory_gcd = [0] * (n + 1)
         for i in range(n - 1, -1, -1):
             load = requests[i].load
-            self.lower_bound[i] = self.lower_bound[i + 1] + requests[i].min_cost
+            self.lower_bound[i] = self.lower_bound[i + 1] + (requests[i].min_cost if use_costs else 0)
             self.threads_left[i] = self.threads_left[i + 1] + demand(load)
             self.memory_left[i] = self.memory_left[i + 1] + load.memory_mib
             self.smallest_threads[i] = min(self.smallest_threads[i + 1], demand(load))
@@ -120,16 +171,23 @@ class _Search:
                 return cost
         return None
 
-    def _key(self, i: int, loads: tuple[Load, ...]) -> tuple[int, tuple[object, ...]]:
-        """The state up to swaps of interchangeable nodes."""
-        by_class: dict[int, list[Load]] = {}
+    def _key(self, i: int, loads: tuple[Load, ...], used: frozenset[int]) -> tuple[int, tuple[object, ...]]:
+        """The state up to swaps of interchangeable nodes (`used`: slots the group's earlier parts took)."""
+        by_class: dict[int, list[tuple[bool, Load]]] = {}
         for slot, load in enumerate(loads):
-            by_class.setdefault(self.node_class[slot], []).append(load)
+            by_class.setdefault(self.node_class[slot], []).append((slot in used, load))
         canonical = tuple(
-            (cls, tuple(sorted(ls, key=lambda x: (x.singles, x.pairs, x.memory_mib))))
+            (cls, tuple(sorted(ls, key=lambda x: (x[0], x[1].singles, x[1].pairs, x[1].memory_mib))))
             for cls, ls in sorted(by_class.items())
         )
         return (i, canonical)
+
+    def _choice_cost(self, req: Request, node: int, cost: int, used: frozenset[int]) -> int:
+        if req.group is None:
+            return cost
+        if req.part < req.parts - 1:
+            return 0
+        return req.group_cost(frozenset(self.nodes[slot].node for slot in used) | {node})
 
     def _hopeless(self, i: int, loads: tuple[Load, ...]) -> bool:
         """Even ignoring node boundaries, the rest does not fit in what is left.
@@ -148,11 +206,11 @@ class _Search:
             memory += free_memory - free_memory % (self.memory_gcd[i] or 1)
         return threads < self.threads_left[i] or memory < self.memory_left[i]
 
-    def best(self, i: int, loads: tuple[Load, ...]) -> int:
+    def best(self, i: int, loads: tuple[Load, ...], used: frozenset[int] = frozenset()) -> int:
         """Fewest cross-NUMA NICs for requests[i:], or _INFEASIBLE."""
         if i == len(self.requests):
             return 0
-        key = self._key(i, loads)
+        key = self._key(i, loads, used)
         if key in self.memo:
             return self.memo[key][0]
         self.steps += 1
@@ -165,7 +223,7 @@ class _Search:
             tried: set[tuple[int, Load]] = set()
             for node, cost in zip(req.candidates, req.costs, strict=True):
                 slot = self.slot.get(node)
-                if slot is None:
+                if slot is None or slot in used:
                     continue
                 choice = (self.node_class[slot], loads[slot])
                 if choice in tried:
@@ -174,7 +232,13 @@ class _Search:
                 new_load = loads[slot] + req.load
                 if not self.nodes[slot].fits(new_load):
                     continue
-                rest = self.best(i + 1, (*loads[:slot], new_load, *loads[slot + 1 :]))
+                cost = self._choice_cost(req, node, cost, used)
+                if req.strict and req.group is not None and cost:
+                    continue  # require: a NIC left on none of the VM's nodes
+                if not self.use_costs:
+                    cost = 0
+                after = used | {slot} if self.continues[i] else frozenset()
+                rest = self.best(i + 1, (*loads[:slot], new_load, *loads[slot + 1 :]), after)
                 if rest != _INFEASIBLE and cost + rest < best_cost:
                     best_cost, best_choice = cost + rest, choice
                     if best_cost == self.lower_bound[i]:
@@ -187,36 +251,53 @@ class _Search:
         if self.best(0, loads) == _INFEASIBLE:
             return None
         out: dict[str, int] = {}
+        used: frozenset[int] = frozenset()
         for i, req in enumerate(self.requests):
-            choice = self.memo[self._key(i, loads)][1]
+            choice = self.memo[self._key(i, loads, used)][1]
             assert choice is not None
             # the first candidate node in this state that matches the memoised choice
             slot = next(
                 self.slot[node]
                 for node in req.candidates
-                if node in self.slot and (self.node_class[self.slot[node]], loads[self.slot[node]]) == choice
+                if node in self.slot
+                and self.slot[node] not in used
+                and (self.node_class[self.slot[node]], loads[self.slot[node]]) == choice
             )
             out[req.name] = self.nodes[slot].node
             loads = (*loads[:slot], loads[slot] + req.load, *loads[slot + 1 :])
+            used = used | {slot} if self.continues[i] else frozenset()
         return out
 
 
 def _order(requests: Sequence[Request]) -> list[Request]:
-    """VMs bound to fewer nodes first, then VMs with a node preference, then the biggest."""
-    return sorted(
-        requests,
-        key=lambda r: (
-            len(r.candidates),
-            -(max(r.costs) - min(r.costs) if r.costs else 0),
-            -(2 * r.load.pairs + r.load.singles),
-            -r.load.memory_mib,
-            r.name,
-        ),
-    )
+    """VMs bound to fewer nodes first, then VMs with a node preference, then the biggest; the
+    parts of a VM over several nodes stay together, in part order."""
+    units: dict[str, list[Request]] = {}
+    for req in requests:
+        units.setdefault(req.group or req.name, []).append(req)
+
+    def key(unit: list[Request]) -> tuple[object, ...]:
+        first = unit[0]
+        spread = max(first.costs) - min(first.costs) if first.costs else 0
+        return (
+            len(first.candidates) - len(unit) + 1,
+            -(spread + len(first.local_sets)),
+            -sum(2 * r.load.pairs + r.load.singles for r in unit),
+            -sum(r.load.memory_mib for r in unit),
+            first.group or first.name,
+        )
+
+    return [req for unit in sorted(units.values(), key=key) for req in sorted(unit, key=lambda r: r.part)]
 
 
 def _cost(requests: Sequence[Request], nodes: dict[str, int]) -> int:
-    return sum(dict(zip(r.candidates, r.costs, strict=True))[nodes[r.name]] for r in requests)
+    total = 0
+    for req in requests:
+        if req.group is None:
+            total += dict(zip(req.candidates, req.costs, strict=True))[nodes[req.name]]
+        elif req.part == req.parts - 1:
+            total += req.group_cost(frozenset(nodes[r.name] for r in requests if r.group == req.group))
+    return total
 
 
 def place(requests: Sequence[Request], nodes: Sequence[NodeFree]) -> Placement | None:

@@ -7,18 +7,22 @@ choices raise PlanError naming the device and the rule.
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import replace
 
 from bmslice.cpuset import CpuSet
 from bmslice.errors import PlanError
-from bmslice.model.plan import DeviceAssignment, GuestTopology, HostPlan, NodeHugepages, PfPlan, Plan, VmPlan
+from bmslice.model.plan import DeviceAssignment, GuestCell, GuestTopology, HostPlan, NodeHugepages, PfPlan, Plan, VmPlan
 from bmslice.model.sizes import GIB_KIB
 from bmslice.model.spec import EmulatorPolicy, IsolateScope, NicNumaPolicy, Spec, VmSpec
 from bmslice.model.topology import Core, HostTopology
-from bmslice.plan.allocate import Allocation, NodeRequest, allocate_node
+from bmslice.plan.allocate import Allocation, NodeRequest, allocate_node_l3
+from bmslice.plan.cache_ways import reserve_cache, way_budget
 from bmslice.plan.capacity import NodeFree, vm_load
 from bmslice.plan.devices import ResolvedNic, VfRequest, check_nics, numa_warning, resolve_nics, resolve_vf_pools
 from bmslice.plan.host import kernel_args, missing_args, per_node_hugepages, reserved_cores
+from bmslice.plan.l3_placement import L3Layout, core_l3, l3_ids, node_domains, place_in_l3, with_split_notes
+from bmslice.plan.macs import check_macs
 from bmslice.plan.placement import Request, place
 from bmslice.plan.realtime import realtime_plan
 from bmslice.plan.shortfall import explain
@@ -45,17 +49,29 @@ def make_plan(topo: HostTopology, spec: Spec, origin: str = "spec", keep: Sequen
     free_cores = [core for core in topo.cores if core.cpus.isdisjoint(taken)]
     free = _node_free(topo, spec, free_cores, kept)
     new_vms = [vm for vm in spec.vms if vm.name not in kept]
-    requests = [_request(topo, vm, nics, vf_requests, spec) for vm in new_vms]
+    field = {vm.name: f"{origin}: vms[{index}]" for index, vm in enumerate(spec.vms)}
+    requests = [req for vm in new_vms for req in _requests(topo, vm, nics, vf_requests, spec, field[vm.name])]
     placed = place(requests, free)
     if placed is None:
-        raise PlanError(explain(requests, free))
-    assignment = placed.nodes
-    if not placed.numa_optimal:
+        raise PlanError(_locality_refusal(requests, free) or explain(requests, free))
+    l3_of = core_l3(topo)
+    ways = way_budget(topo, spec, list(kept.values()))
+    layout = place_in_l3(requests, node_domains(free, free_cores, l3_of, ways.free), placed, ways.needs)
+    assignment = _vm_nodes(new_vms, layout.nodes)
+    if not layout.numa_optimal:
         warnings.append(
             "the NUMA placement of NICs is the best found in the search budget, not proven the fewest cross-NUMA"
         )
-    allocations = _allocate(free_cores, new_vms, assignment)
+    if not layout.optimal and any(r.group is not None for r in requests):
+        warnings.append(
+            "with a VM over several NUMA nodes the L3 cache layout is the fewest split VMs on each node for the NUMA "
+            "placement, not proven the fewest overall"
+        )
+    elif not layout.optimal:
+        warnings.append("the L3 cache layout is the best found in the search budget, not proven the fewest split VMs")
+    allocations = _allocate(free_cores, new_vms, layout, l3_of)
     vf_devices, pf_plans, vf_warnings = assign_vfs(topo, vf_requests, assignment, list(kept.values()), vf_pools, origin)
+    check_macs(topo, vf_devices, list(kept.values()), origin)
     vms = tuple(
         _vm_plan(
             topo,
@@ -72,8 +88,11 @@ def make_plan(topo: HostTopology, spec: Spec, origin: str = "spec", keep: Sequen
         )
         for index, vm in enumerate(spec.vms)
     )
+    vms = with_split_notes(topo, vms, reserved)
     plan_vms = vms + tuple(vm for name, vm in kept.items() if name not in {v.name for v in spec.vms})
-    return _with_host(topo, spec, reserved, vms, plan_vms, warnings, pf_plans)
+    plan_vms, l3_host_masks = reserve_cache(topo, spec, plan_vms, {vm.name for vm in new_vms}, origin)
+    vms = plan_vms[: len(vms)]
+    return _with_host(topo, spec, reserved, vms, plan_vms, warnings, pf_plans, l3_host_masks)
 
 
 def _kept(
@@ -106,7 +125,18 @@ def slice_changes(old: VmPlan, vm: VmSpec) -> list[str]:
         changes.append(f"emulator {old.emulator_policy} -> {vm.emulator.value}")
     if vm.numa_node is not None and vm.numa_node not in old.numa_nodes:
         changes.append(f"numa_node {old.numa_nodes[0]} -> {vm.numa_node}")
+    if len(old.numa_nodes) != vm.numa_nodes:  # its guest cells are set at define time
+        changes.append(f"numa_nodes {len(old.numa_nodes)} -> {vm.numa_nodes}")
+    had = (old.cache.l3_kib, old.cache.memory_bandwidth) if old.cache is not None else (None, None)
+    wants = (vm.cache.l3, vm.cache.memory_bandwidth) if vm.cache is not None else (None, None)
+    if had != wants:
+        changes.append(f"cache {_cache_text(*had)} -> {_cache_text(*wants)}")  # libvirt sets it at start only
     return changes
+
+
+def _cache_text(l3_kib: int | None, bandwidth: int | None) -> str:
+    parts = ([f"l3 {l3_kib}KiB"] if l3_kib else []) + ([f"memory_bandwidth {bandwidth}%"] if bandwidth else [])
+    return ", ".join(parts) or "none"
 
 
 def _check_still_fits(old: VmPlan, vm: VmSpec) -> None:
@@ -121,7 +151,8 @@ def _check_still_fits(old: VmPlan, vm: VmSpec) -> None:
 def _node_free(topo: HostTopology, spec: Spec, free_cores: Sequence[Core], kept: dict[str, VmPlan]) -> list[NodeFree]:
     kept_mem: dict[int, int] = defaultdict(int)
     for vm in kept.values():
-        kept_mem[vm.numa_nodes[0]] += vm.memory_mib
+        for on, mib in vm.memory_by_node().items():
+            kept_mem[on] += mib
     out = []
     for node in topo.numa_nodes:
         cores = [c for c in free_cores if c.node == node.id]
@@ -133,9 +164,20 @@ def _node_free(topo: HostTopology, spec: Spec, free_cores: Sequence[Core], kept:
     return out
 
 
-def _request(
-    topo: HostTopology, vm: VmSpec, nics: Sequence[ResolvedNic], vf_requests: Sequence[VfRequest], spec: Spec
-) -> Request:
+def part_name(vm: str, part: int) -> str:
+    """A VM's share on one of its nodes, as the placement searches name it ('#' is never in a VM name)."""
+    return f"{vm}#{part}"
+
+
+def _requests(
+    topo: HostTopology,
+    vm: VmSpec,
+    nics: Sequence[ResolvedNic],
+    vf_requests: Sequence[VfRequest],
+    spec: Spec,
+    field: str,
+) -> list[Request]:
+    """The placement requests of one VM (`field`: how refusals name it, "spec.yaml: vms[2]")."""
     node_ids = sorted(n.id for n in topo.numa_nodes if n.cpus)
     # Each NIC entry: the nodes that would make it local (empty: locality unknown, no preference).
     local_sets = [frozenset({n.device.numa_node}) for n in nics if n.vm == vm.name and n.device.numa_node is not None]
@@ -145,6 +187,30 @@ def _request(
     def cost(node: int) -> int:
         return sum(1 for nodes in local_sets if node not in nodes)
 
+    dedicated = vm.emulator is EmulatorPolicy.DEDICATED
+    if vm.numa_nodes > 1:
+        if vm.numa_nodes > len(node_ids):
+            raise PlanError(
+                f"{field}.numa_nodes: {vm.name} asks for {vm.numa_nodes} NUMA nodes, the host has "
+                f"{len(node_ids)} with CPUs ({', '.join(map(str, node_ids))})"
+            )
+        # Its NIC nodes first: the search tries them first and usually stops there.
+        ordered = tuple(sorted(node_ids, key=lambda n: (cost(n), n)))
+        share, memory = vm.vcpus // vm.numa_nodes, vm.memory // vm.numa_nodes
+        return [
+            Request(
+                part_name(vm.name, part),
+                vm_load(share, dedicated and part == 0, memory),  # the emulator core sits with the first share
+                ordered,
+                tuple(0 for _ in ordered),
+                group=vm.name,
+                part=part,
+                parts=vm.numa_nodes,
+                local_sets=tuple(local_sets),
+                strict=spec.host.nic_numa_policy is NicNumaPolicy.REQUIRE,
+            )
+            for part in range(vm.numa_nodes)
+        ]
     if vm.numa_node is not None:
         if vm.numa_node not in node_ids:
             raise PlanError(f"{vm.name}: numa_node {vm.numa_node} does not exist or has no CPUs (nodes: {node_ids})")
@@ -159,18 +225,60 @@ def _request(
                 f"but the VM can only go to node {candidates}"
             )
         candidates = local
-    load = vm_load(vm.vcpus, vm.emulator is EmulatorPolicy.DEDICATED, vm.memory)
-    return Request(vm.name, load, tuple(candidates), tuple(cost(n) for n in candidates))
+    load = vm_load(vm.vcpus, dedicated, vm.memory)
+    return [Request(vm.name, load, tuple(candidates), tuple(cost(n) for n in candidates))]
 
 
-def _allocate(free_cores: Sequence[Core], vms: Sequence[VmSpec], assignment: dict[str, int]) -> dict[str, Allocation]:
+def _locality_refusal(requests: Sequence[Request], free: Sequence[NodeFree]) -> str | None:
+    """Why nothing fits, when it is nic_numa_policy require: the first VM over several nodes whose
+    NICs, were they allowed to be remote, would let every VM fit."""
+    for group in dict.fromkeys(r.group for r in requests if r.strict and r.local_sets):
+        loose = [replace(r, strict=False) if r.group == group else r for r in requests]
+        if place(loose, free) is not None:
+            req = next(r for r in requests if r.group == group)
+            wanted = sorted({node for local in req.local_sets for node in local})
+            return (
+                f"{group}: nic_numa_policy is require and its NICs are on NUMA node(s) "
+                f"{', '.join(map(str, wanted))}, but no {req.parts} nodes with room for its shares hold them all"
+            )
+    return None
+
+
+def _vm_nodes(vms: Sequence[VmSpec], nodes: Mapping[str, int]) -> dict[str, tuple[int, ...]]:
+    """Each VM's host nodes, its shares in order (one node for an ordinary VM)."""
+    return {
+        vm.name: (
+            tuple(nodes[part_name(vm.name, p)] for p in range(vm.numa_nodes))
+            if vm.numa_nodes > 1
+            else (nodes[vm.name],)
+        )
+        for vm in vms
+    }
+
+
+def _allocate(
+    free_cores: Sequence[Core], vms: Sequence[VmSpec], layout: L3Layout, l3_of: Callable[[Core], int | None]
+) -> dict[str, list[Allocation]]:
+    """Each VM's allocation per share (one for an ordinary VM), in share order."""
     by_node: dict[int, list[NodeRequest]] = defaultdict(list)
     for vm in vms:
-        by_node[assignment[vm.name]].append(NodeRequest(vm.name, vm.vcpus, vm.emulator is EmulatorPolicy.DEDICATED))
-    out: dict[str, Allocation] = {}
+        dedicated = vm.emulator is EmulatorPolicy.DEDICATED
+        if vm.numa_nodes == 1:
+            by_node[layout.nodes[vm.name]].append(NodeRequest(vm.name, vm.vcpus, dedicated))
+            continue
+        share = vm.vcpus // vm.numa_nodes
+        for part in range(vm.numa_nodes):
+            name = part_name(vm.name, part)
+            by_node[layout.nodes[name]].append(NodeRequest(name, share, dedicated and part == 0))
+    found: dict[str, Allocation] = {}
     for node, requests in sorted(by_node.items()):
-        out.update(allocate_node([c for c in free_cores if c.node == node], requests))
-    return out
+        found.update(allocate_node_l3([c for c in free_cores if c.node == node], requests, layout.domains, l3_of))
+    return {
+        vm.name: (
+            [found[part_name(vm.name, p)] for p in range(vm.numa_nodes)] if vm.numa_nodes > 1 else [found[vm.name]]
+        )
+        for vm in vms
+    }
 
 
 def _vm_plan(
@@ -178,27 +286,36 @@ def _vm_plan(
     spec: Spec,
     vm: VmSpec,
     old: VmPlan | None,
-    alloc: Allocation | None,
-    node: int | None,
+    allocs: Sequence[Allocation] | None,
+    nodes: tuple[int, ...] | None,
     nics: Sequence[ResolvedNic],
     host_cores: Sequence[Core],
     vf_devices: Sequence[DeviceAssignment],
     vf_warnings: Sequence[str],
     realtime_field: str,
 ) -> VmPlan:
+    cells: tuple[GuestCell, ...] = ()
     if old is not None:
-        node, pins, cores = old.numa_nodes[0], old.vcpu_pins, old.cores
-        emu_cpus, topology = old.emulator_cpus, old.guest_topology
+        nodes, pins, cores = old.numa_nodes, old.vcpu_pins, old.cores
+        emu_cpus, topology, cells = old.emulator_cpus, old.guest_topology, old.cells
     else:
-        assert alloc is not None and node is not None
-        pins, cores = alloc.vcpu_pins, alloc.cores
-        if alloc.emulator_core is not None:
-            emu_cpus = alloc.emulator_core
+        assert allocs and nodes is not None
+        # Guest cell i is share i, on host node nodes[i]: share 0 holds the emulator core, the
+        # placement search decides which node that is (the NICs' node, where it can).
+        pins = tuple(pin for alloc in allocs for pin in alloc.vcpu_pins)
+        cores = tuple(sorted((core for alloc in allocs for core in alloc.cores), key=CpuSet.min))
+        emulator_core = allocs[0].emulator_core
+        if emulator_core is not None:
+            emu_cpus = emulator_core
         else:
-            local = [c.cpus for c in host_cores if c.node == node] or [c.cpus for c in host_cores]
+            local = [c.cpus for c in host_cores if c.node == nodes[0]] or [c.cpus for c in host_cores]
             emu_cpus = CpuSet.union(local)
-        pairs = alloc.sibling_pairs and vm.vcpus % 2 == 0 and topo.smt
-        topology = GuestTopology(1, vm.vcpus // 2, 2) if pairs else GuestTopology(1, vm.vcpus, 1)
+        share = vm.vcpus // len(allocs)
+        pairs = all(a.sibling_pairs for a in allocs) and share % 2 == 0 and topo.smt
+        # one guest socket per cell, so the guest's sockets, cores and threads agree with its cells
+        topology = GuestTopology(len(allocs), share // 2, 2) if pairs else GuestTopology(len(allocs), share, 1)
+        if len(allocs) > 1:
+            cells = _cells(topo, nodes, share, vm.memory // len(allocs))
     devices = []
     warnings = list(vf_warnings)
     # A running slice's devices sit on vfio-pci now; the host driver to return them to is the recorded one.
@@ -211,7 +328,7 @@ def _vm_plan(
         devices.append(
             DeviceAssignment(dev.address, "passthrough", dev.numa_node, ",".join(dev.interfaces) or None, driver)
         )
-        warning = numa_warning(topo, vm.name, dev, (node,))
+        warning = numa_warning(topo, vm.name, dev, nodes)
         if warning:
             warnings.append(warning)
     devices.extend(vf_devices if old is None else [d for d in old.devices if d.type == "vf"])
@@ -221,7 +338,7 @@ def _vm_plan(
         realtime = realtime_plan(vm.realtime, pins, topology, topo.cores, vm.memory, domain_type, realtime_field)
     return VmPlan(
         name=vm.name,
-        numa_nodes=(node,),
+        numa_nodes=nodes,
         vcpu_pins=tuple(pins),
         emulator_cpus=emu_cpus,
         iothread_cpus=emu_cpus if vm.iothreads else CpuSet(),
@@ -236,6 +353,29 @@ def _vm_plan(
         domain_type=domain_type,
         warnings=tuple(warnings),
         realtime=realtime,
+        l3_domains=l3_ids(topo, cores),
+        cache=old.cache if old is not None else None,  # new slices get theirs in reserve_cache
+        cells=cells,
+    )
+
+
+def _cells(topo: HostTopology, nodes: tuple[int, ...], share: int, memory_mib: int) -> tuple[GuestCell, ...]:
+    """Guest cell i on host node nodes[i], with the host's distances between those nodes."""
+    ids = sorted(n.id for n in topo.numa_nodes)
+
+    def distance(a: int, b: int) -> int:
+        row = topo.node(a).distances
+        index = ids.index(b)
+        return row[index] if index < len(row) else (10 if a == b else 20)  # unknown: Linux's defaults
+
+    return tuple(
+        GuestCell(
+            node,
+            CpuSet.from_iter(range(i * share, (i + 1) * share)),
+            memory_mib,
+            tuple(distance(node, other) for other in nodes),
+        )
+        for i, node in enumerate(nodes)
     )
 
 
@@ -243,7 +383,8 @@ def _hugepages(vms: Sequence[VmPlan]) -> tuple[NodeHugepages, ...]:
     pages: dict[tuple[int, int], int] = defaultdict(int)
     for vm in vms:
         if vm.hugepage_kib:
-            pages[(vm.numa_nodes[0], vm.hugepage_kib)] += vm.memory_mib * 1024 // vm.hugepage_kib
+            for node, mib in vm.memory_by_node().items():
+                pages[(node, vm.hugepage_kib)] += mib * 1024 // vm.hugepage_kib
     return tuple(NodeHugepages(node, size, n) for (node, size), n in sorted(pages.items()))
 
 
@@ -275,6 +416,7 @@ def _with_host(
     all_vms: tuple[VmPlan, ...],
     warnings: list[str],
     pf_plans: tuple[PfPlan, ...],
+    l3_host_masks: tuple[tuple[int, int], ...],
 ) -> Plan:
     if spec.host.isolate is IsolateScope.ALL:
         isolated = topo.online_cpus - reserved
@@ -302,5 +444,6 @@ def _with_host(
         hugepages=hugepages,
         cpu_vendor=topo.cpu_vendor,
         sriov=pf_plans,
+        l3_host_masks=l3_host_masks,
     )
     return Plan(host=host, vms=all_vms, warnings=tuple(dict.fromkeys(warnings)))

@@ -8,42 +8,57 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 
 from bmslice.errors import PlanError
 from bmslice.plan.capacity import Load, NodeFree, plural
 from bmslice.plan.placement import Request, place
 
+SPAN_HINT = "; numa_nodes: 2 (or more) lets a VM span NUMA nodes"
+
 
 def _alone(req: Request, nodes: Mapping[int, NodeFree]) -> str | None:
     """Message when `req` does not fit any candidate node even on its own."""
+    message = _alone_text(req, nodes)
+    if message is None or req.group is not None:
+        return message
+    # Too big for any one node, but the host as a whole has room: say how to span nodes.
+    total_cores = sum(n.cores for n in nodes.values())
+    total_memory = sum(n.memory_mib for n in nodes.values())
+    first = next(iter(nodes.values()), None)
+    if first is not None and first.cores_needed(req.load) <= total_cores and req.load.memory_mib <= total_memory:
+        return message + SPAN_HINT
+    return message
+
+
+def _alone_text(req: Request, nodes: Mapping[int, NodeFree]) -> str | None:
     candidates = [nodes[n] for n in req.candidates if n in nodes]
     if any(node.fits(req.load) for node in candidates):
         return None
+    name = req.label
     if not candidates:
-        return f"{req.name} has no NUMA node with CPUs to go to"
+        return f"{name} has no NUMA node with CPUs to go to"
     core_short = [n for n in candidates if not n.fits(Load(req.load.singles, req.load.pairs, 0))]
     if len(candidates) == 1:
         node = candidates[0]
         if node in core_short and req.load.memory_mib > node.memory_mib:
             return (
-                f"{req.name} needs {node.need_text(req.load)} and {req.load.memory_mib} MiB on NUMA node {node.node}; "
+                f"{name} needs {node.need_text(req.load)} and {req.load.memory_mib} MiB on NUMA node {node.node}; "
                 f"cores: {node.free_text()}; memory: only {node.memory_mib} MiB is free"
             )
         if node in core_short:
-            return f"{req.name} needs {node.need_text(req.load)} on NUMA node {node.node}, {node.free_text()}"
-        return (
-            f"{req.name} needs {req.load.memory_mib} MiB on NUMA node {node.node}, only {node.memory_mib} MiB are free"
-        )
+            return f"{name} needs {node.need_text(req.load)} on NUMA node {node.node}, {node.free_text()}"
+        return f"{name} needs {req.load.memory_mib} MiB on NUMA node {node.node}, only {node.memory_mib} MiB are free"
     if len(core_short) == len(candidates):
         most = max(candidates, key=lambda n: (n.cores, -n.node))
         return (
-            f"{req.name} needs {most.need_text(req.load)} on one NUMA node; "
+            f"{name} needs {most.need_text(req.load)} on one NUMA node; "
             f"the most free on any node is {most.cores} (node {most.node})"
         )
     if not core_short:
         most_mem = max(candidates, key=lambda n: (n.memory_mib, -n.node))
         return (
-            f"{req.name} needs {req.load.memory_mib} MiB on one NUMA node; the most free on any node is "
+            f"{name} needs {req.load.memory_mib} MiB on one NUMA node; the most free on any node is "
             f"{most_mem.memory_mib} MiB (node {most_mem.node})"
         )
     # Some nodes lack the cores, the others the memory: say which lacks what.
@@ -54,7 +69,7 @@ def _alone(req: Request, nodes: Mapping[int, NodeFree]) -> str | None:
         for n in candidates
     )
     return (
-        f"{req.name} needs {candidates[0].need_text(req.load)} and {req.load.memory_mib} MiB on one NUMA node; "
+        f"{name} needs {candidates[0].need_text(req.load)} and {req.load.memory_mib} MiB on one NUMA node; "
         f"no node has both ({short})"
     )
 
@@ -74,7 +89,7 @@ def _bound_together(requests: Sequence[Request], nodes: Mapping[int, NodeFree]) 
             total = total + req.load
         if node.fits(total):
             continue
-        names = ", ".join(r.name for r in group)
+        names = ", ".join(r.label for r in group)
         if not node.fits(Load(total.singles, total.pairs, 0)):
             return f"VMs bound to NUMA node {node_id} ({names}) need {node.need_text(total)}, {node.free_text()}"
         return (
@@ -91,7 +106,7 @@ def _fits_without(requests: Sequence[Request], free: Sequence[NodeFree], resourc
         return Load(load.singles, load.pairs, 0) if resource == "memory" else Load(0, 0, load.memory_mib)
 
     try:
-        return place([Request(r.name, relieved(r.load), r.candidates, r.costs) for r in requests], free) is not None
+        return place([replace(r, load=relieved(r.load)) for r in requests], free) is not None
     except PlanError:
         return None
 
@@ -101,16 +116,13 @@ def _short_resource(requests: Sequence[Request], free: Sequence[NodeFree], total
     with_cores_only = _fits_without(requests, free, "memory")
     with_memory_only = _fits_without(requests, free, "cores")
     if with_cores_only and with_memory_only is False:
-        sizes = ", ".join(f"{r.name} {r.load.memory_mib}" for r in requests)
+        sizes = ", ".join(f"{r.label} {r.load.memory_mib}" for r in requests)
         return (
             f"the VMs' memory does not fit on the NUMA nodes, their cores would: they need {total.memory_mib} MiB "
-            f"({sizes}), free per node: {per_node}; a VM cannot span nodes"
+            f"({sizes}), free per node: {per_node}{SPAN_HINT}"
         )
     if with_memory_only and with_cores_only is False:
-        return (
-            f"the VMs' cores do not fit on the NUMA nodes, their memory would: free per node: {per_node}; "
-            "a VM cannot span nodes"
-        )
+        return f"the VMs' cores do not fit on the NUMA nodes, their memory would: free per node: {per_node}{SPAN_HINT}"
     return None
 
 
@@ -140,5 +152,5 @@ def explain(requests: Sequence[Request], free: Sequence[NodeFree]) -> str:
         return short
     return (
         f"no assignment of VMs to NUMA nodes fits them all: they need {plural(need, 'whole core')} and {total.memory_mib} MiB, "
-        f"free per node: {per_node}; a VM cannot span nodes"
+        f"free per node: {per_node}{SPAN_HINT}"
     )

@@ -69,8 +69,10 @@ def _pf_states(
     return states
 
 
-def _choose(req: VfRequest, node: int, states: Mapping[str, _PfState], origin: str) -> tuple[_PfState, list[int]]:
-    ordered = sorted(req.pfs, key=lambda pf: pf.numa_node != node)  # local PFs first, then spec order
+def _choose(
+    req: VfRequest, nodes: Sequence[int], states: Mapping[str, _PfState], origin: str
+) -> tuple[_PfState, list[int]]:
+    ordered = sorted(req.pfs, key=lambda pf: pf.numa_node not in nodes)  # local PFs first, then spec order
     for pf in ordered:
         state = states[pf.address]
         free = [i for i in range(state.pool) if i not in state.used]
@@ -107,7 +109,7 @@ def _unplaced_warning(vm: str, pf: PciDevice, indices: Sequence[int]) -> str:
 def assign_vfs(
     topo: HostTopology,
     requests: Sequence[VfRequest],
-    placement: Mapping[str, int],
+    placement: Mapping[str, tuple[int, ...]],
     kept: Sequence[VmPlan],
     pools: Mapping[str, int],
     origin: str,
@@ -122,11 +124,11 @@ def assign_vfs(
     for req in requests:
         if req.vm not in placement:
             continue  # a kept slice keeps the VFs it has
-        node = placement[req.vm]
-        state, indices = _choose(req, node, states, origin)
+        nodes = placement[req.vm]  # the VM's host nodes (several for a VM over several)
+        state, indices = _choose(req, nodes, states, origin)
         state.used.update(indices)
         pf = state.pf
-        warning = numa_warning(topo, req.vm, pf, (node,), what="the PF of its VFs,")
+        warning = numa_warning(topo, req.vm, pf, nodes, what="the PF of its VFs,")
         if warning:
             warnings[req.vm].append(warning)
         unplaced = [index for index in indices if _address(pf, index) is None]

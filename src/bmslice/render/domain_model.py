@@ -48,6 +48,25 @@ class VcpuSched:
 
 
 @dataclass(frozen=True)
+class ResctrlTune:
+    """A <cachetune> ((L3 cache id, KiB) entries) or <memorytune> ((node id, percent)) for `vcpus`."""
+
+    vcpus: CpuSet
+    entries: tuple[tuple[int, int], ...]
+
+
+@dataclass(frozen=True)
+class DomainCell:
+    """A guest NUMA cell (<cpu><numa><cell>) and the host node its memory is bound to (<memnode>)."""
+
+    id: int
+    cpus: CpuSet  # guest vCPUs
+    memory_kib: int
+    host_node: int
+    distances: tuple[int, ...] = ()  # to cell 0, 1, ... as the host's node distances
+
+
+@dataclass(frozen=True)
 class Domain:
     name: str
     uuid: str
@@ -76,6 +95,12 @@ class Domain:
     pmu: bool | None = None  # <features><pmu state=...>; None: not stated
     kvm_hint_dedicated: bool = False  # <features><kvm><hint-dedicated state='on'/>
     required_features: tuple[str, ...] = ()  # <cpu><feature policy='require'>
+    cachetunes: tuple[ResctrlTune, ...] = ()
+    memorytunes: tuple[ResctrlTune, ...] = ()
+    # A VM over several host nodes: its guest cells, and which cell each device (by its host PCI
+    # address) hangs off — a pcie-expander-bus bound to that cell, so the guest sees locality.
+    cells: tuple[DomainCell, ...] = ()
+    device_cells: tuple[tuple[str, int], ...] = ()
 
 
 def domain_uuid(name: str) -> str:
@@ -105,8 +130,25 @@ def domain_from_plan(vm: VmPlan, disks: tuple[Disk, ...] = ()) -> Domain:
         vf_interfaces=tuple(VfInterface(d.address, d.mac or "", d.vlan) for d in vm.devices if d.type == "vf"),
         disks=disks,
         plan_json=vm_json,
+        cachetunes=_cachetunes(vm),
+        memorytunes=_memorytunes(vm),
+        cells=tuple(
+            DomainCell(i, cell.vcpus, cell.memory_mib * 1024, cell.node, cell.distances)
+            for i, cell in enumerate(vm.cells)
+        ),
+        device_cells=_device_cells(vm),
     )
     return _realtime(domain, vm) if vm.realtime is not None else domain
+
+
+def _device_cells(vm: VmPlan) -> tuple[tuple[str, int], ...]:
+    """Each device of a VM over several nodes on the guest cell of its host node (if one of them)."""
+    out = []
+    for dev in vm.devices:
+        cell = vm.cell_of_node(dev.numa_node)
+        if cell is not None and dev.address is not None:
+            out.append((dev.address, cell))
+    return tuple(sorted(out))
 
 
 def _realtime(domain: Domain, vm: VmPlan) -> Domain:
@@ -127,6 +169,21 @@ def _realtime(domain: Domain, vm: VmPlan) -> Domain:
         kvm_hint_dedicated=kvm,
         required_features=("tsc-deadline",) if kvm else (),
     )
+
+
+def _cachetunes(vm: VmPlan) -> tuple[ResctrlTune, ...]:
+    """One resctrl group for all the VM's vCPUs: its ways on each L3 domain they use."""
+    if vm.cache is None or not vm.cache.ways:
+        return ()
+    return (ResctrlTune(CpuSet.from_iter(range(vm.vcpus)), tuple((w.cache_id, w.size_kib) for w in vm.cache.ways)),)
+
+
+def _memorytunes(vm: VmPlan) -> tuple[ResctrlTune, ...]:
+    """The same vCPUs' bandwidth cap on each of those domains (libvirt puts both in one group)."""
+    if vm.cache is None or vm.cache.memory_bandwidth is None:
+        return ()
+    caps = tuple((d, vm.cache.memory_bandwidth) for d in vm.cache.domains)
+    return (ResctrlTune(CpuSet.from_iter(range(vm.vcpus)), caps),)
 
 
 def cpu_mode(domain_type: str) -> str:

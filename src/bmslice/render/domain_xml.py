@@ -10,7 +10,7 @@ from lxml import etree
 
 from bmslice.cpuset import CpuSet
 from bmslice.model.plan import GuestTopology
-from bmslice.render.domain_model import BMSLICE_NS, Disk, Domain, VcpuSched, VfInterface
+from bmslice.render.domain_model import BMSLICE_NS, Disk, Domain, DomainCell, ResctrlTune, VcpuSched, VfInterface
 
 _E = etree.Element
 _Sub = etree.SubElement
@@ -23,7 +23,7 @@ def _pci_address(parent: etree._Element, address: str, **extra: str) -> None:
     _Sub(parent, "address", attrs)
 
 
-def _vf_interface(devices: etree._Element, vf: VfInterface) -> None:
+def _vf_interface(devices: etree._Element, vf: VfInterface, port: int | None = None) -> None:
     el = _Sub(devices, "interface", type="hostdev", managed="yes")
     _Sub(el, "mac", address=vf.mac)
     _Sub(el, "driver", name="vfio")
@@ -34,6 +34,7 @@ def _vf_interface(devices: etree._Element, vf: VfInterface) -> None:
         _pci_address(source, vf.address, type="pci")
     if vf.vlan is not None:
         _Sub(_Sub(el, "vlan"), "tag", id=str(vf.vlan))
+    _guest_address(el, port)
 
 
 def _cputune(root: etree._Element, dom: Domain) -> None:
@@ -49,6 +50,14 @@ def _cputune(root: etree._Element, dom: Domain) -> None:
         if sched.priority is not None:
             attrs["priority"] = str(sched.priority)
         _Sub(tune, "vcpusched", attrs)
+    for cachetune in dom.cachetunes:
+        el = _Sub(tune, "cachetune", vcpus=cachetune.vcpus.format())
+        for cache_id, kib in cachetune.entries:
+            _Sub(el, "cache", id=str(cache_id), level="3", type="both", size=str(kib), unit="KiB")
+    for memorytune in dom.memorytunes:
+        el = _Sub(tune, "memorytune", vcpus=memorytune.vcpus.format())
+        for node, bandwidth in memorytune.entries:
+            _Sub(el, "node", id=str(node), bandwidth=str(bandwidth))
 
 
 def _memory_backing(root: etree._Element, dom: Domain) -> None:
@@ -85,6 +94,14 @@ def _cpu(root: etree._Element, dom: Domain) -> None:
         _Sub(cpu, "feature", policy="require", name=feature)
     for feature in dom.disabled_features:
         _Sub(cpu, "feature", policy="disable", name=feature)
+    if dom.cells:
+        numa = _Sub(cpu, "numa")
+        for cell in dom.cells:
+            el = _Sub(numa, "cell", id=str(cell.id), cpus=cell.cpus.format(), memory=str(cell.memory_kib), unit="KiB")
+            if cell.distances:
+                distances = _Sub(el, "distances")
+                for other, value in enumerate(cell.distances):
+                    _Sub(distances, "sibling", id=str(other), value=str(value))
 
 
 def _disk(devices: etree._Element, disk: Disk) -> None:
@@ -99,16 +116,47 @@ def _disk(devices: etree._Element, disk: Disk) -> None:
         _Sub(el, "readonly")
 
 
+def _cell_ports(devices: etree._Element, dom: Domain) -> dict[str, int]:
+    """One pcie-expander-bus per guest cell that has devices (bound to the cell: the guest's
+    kernel reports the cell as the devices' NUMA node), a root port on it per device; the
+    controller index of each device's root port, by the device's host address."""
+    cell_of = dict(dom.device_cells)
+    index = 1  # 0 is the pcie-root
+    expander: dict[int, int] = {}
+    for cell in sorted(set(cell_of.values())):
+        el = _Sub(devices, "controller", type="pci", index=str(index), model="pcie-expander-bus")
+        _Sub(_Sub(el, "target"), "node").text = str(cell)
+        expander[cell] = index
+        index += 1
+    ports: dict[str, int] = {}
+    slots: dict[int, int] = {}
+    for address, cell in dom.device_cells:
+        bus = expander[cell]
+        el = _Sub(devices, "controller", type="pci", index=str(index), model="pcie-root-port")
+        _pci_address(el, f"0000:{bus:02x}:{slots.get(bus, 0):02x}.0", type="pci")
+        slots[bus] = slots.get(bus, 0) + 1
+        ports[address] = index
+        index += 1
+    return ports
+
+
+def _guest_address(parent: etree._Element, port: int | None) -> None:
+    if port is not None:
+        _pci_address(parent, f"0000:{port:02x}:00.0", type="pci")
+
+
 def _devices(root: etree._Element, dom: Domain) -> None:
     devices = _Sub(root, "devices")
+    ports = _cell_ports(devices, dom)
     for disk in dom.disks:
         _disk(devices, disk)
     for address in dom.hostdevs:
         hostdev = _Sub(devices, "hostdev", mode="subsystem", type="pci", managed="yes")
         _Sub(hostdev, "driver", name="vfio")
         _pci_address(_Sub(hostdev, "source"), address)
+        _guest_address(hostdev, ports.get(address))
     for vf in dom.vf_interfaces:
-        _vf_interface(devices, vf)
+        _vf_interface(devices, vf, ports.get(vf.address) if vf.address else None)
     serial = _Sub(devices, "serial", type="pty")
     _Sub(serial, "target", port="0")
     console = _Sub(devices, "console", type="pty")
@@ -133,7 +181,10 @@ def to_element(dom: Domain) -> etree._Element:
         _Sub(root, "iothreads").text = str(dom.iothreads)
     _cputune(root, dom)
     if dom.numa_nodeset is not None and dom.numa_mode is not None:
-        _Sub(_Sub(root, "numatune"), "memory", mode=dom.numa_mode, nodeset=dom.numa_nodeset.format())
+        numatune = _Sub(root, "numatune")
+        _Sub(numatune, "memory", mode=dom.numa_mode, nodeset=dom.numa_nodeset.format())
+        for cell in dom.cells:
+            _Sub(numatune, "memnode", cellid=str(cell.id), mode=dom.numa_mode, nodeset=str(cell.host_node))
     os_el = _Sub(root, "os")
     _Sub(os_el, "type", arch="x86_64", machine="q35").text = "hvm"
     _Sub(os_el, "boot", dev="hd")
@@ -161,8 +212,28 @@ def _int(el: etree._Element | None, default: int = 0) -> int:
 def _kib(el: etree._Element | None) -> int:
     if el is None or not el.text:
         return 0
+    return _to_kib(el.text, el.get("unit"))
+
+
+def _to_kib(value: str, unit: str | None) -> int:
     factor = {"b": 1 / 1024, "bytes": 1 / 1024, "kib": 1, "k": 1, "mib": 1024, "m": 1024, "gib": 1048576, "g": 1048576}
-    return int(int(el.text) * factor.get(el.get("unit", "KiB").lower(), 1))
+    return int(int(value) * factor.get((unit or "KiB").lower(), 1))
+
+
+def _read_tunes(tune: etree._Element | None, tag: str, child: str, key: str, value: str) -> tuple[ResctrlTune, ...]:
+    """<cachetune>s (L3 entries, sizes in KiB whatever unit libvirt wrote) or <memorytune>s."""
+    out = []
+    for el in tune.findall(tag) if tune is not None else []:
+        entries = []
+        for item in el.findall(child):
+            if child == "cache" and item.get("level") != "3":
+                continue
+            amount = (
+                _to_kib(item.get(value, "0"), item.get("unit", "B")) if child == "cache" else int(item.get(value, "0"))
+            )
+            entries.append((int(item.get(key, "0")), amount))
+        out.append(ResctrlTune(CpuSet.parse(el.get("vcpus", "")), tuple(sorted(entries))))
+    return tuple(out)
 
 
 def _address_text(el: etree._Element) -> str:
@@ -247,6 +318,44 @@ def _features_named(cpu: etree._Element | None, policy: str) -> tuple[str, ...]:
     return tuple(f.get("name", "") for f in found if f.get("policy") == policy)
 
 
+def _read_cells(root: etree._Element) -> tuple[DomainCell, ...]:
+    bound = {int(m.get("cellid", "0")): CpuSet.parse(m.get("nodeset", "")) for m in root.findall("numatune/memnode")}
+    out = []
+    for el in root.findall("cpu/numa/cell"):
+        cell = int(el.get("id", "0"))
+        nodes = bound.get(cell, CpuSet())
+        distances = tuple(int(s.get("value", "0")) for s in el.findall("distances/sibling"))
+        memory = _to_kib(el.get("memory", "0"), el.get("unit", "KiB"))
+        out.append(DomainCell(cell, CpuSet.parse(el.get("cpus", "")), memory, nodes.min() if nodes else -1, distances))
+    return tuple(out)
+
+
+def _read_device_cells(root: etree._Element) -> tuple[tuple[str, int], ...]:
+    """Host address -> guest cell, for devices behind a pcie-expander-bus bound to a cell."""
+    controllers = {el.get("index"): el for el in root.findall("devices/controller[@type='pci']")}
+
+    def cell_behind(address: etree._Element | None) -> int | None:
+        if address is None or address.get("type", "pci") != "pci":
+            return None
+        port = controllers.get(str(int(address.get("bus", "0"), 0)))
+        upstream = port.find("address") if port is not None else None
+        if upstream is None:
+            return None
+        expander = controllers.get(str(int(upstream.get("bus", "0"), 0)))
+        if expander is None or expander.get("model") != "pcie-expander-bus":
+            return None
+        node = expander.findtext("target/node")
+        return int(node) if node is not None and node.strip() else None
+
+    out = []
+    for dev in (*root.findall("devices/hostdev[@type='pci']"), *root.findall("devices/interface[@type='hostdev']")):
+        source = dev.find("source/address")
+        cell = cell_behind(dev.find("address"))
+        if source is not None and cell is not None:
+            out.append((_address_text(source), cell))
+    return tuple(sorted(out))
+
+
 def from_xml(text: str | bytes) -> Domain:
     """Parse domain XML (as libvirt returns it) into a Domain; unknown elements are ignored."""
     parser = etree.XMLParser(resolve_entities=False, no_network=True)
@@ -291,4 +400,8 @@ def from_xml(text: str | bytes) -> Domain:
         pmu=_state(root.find("features/pmu")),
         kvm_hint_dedicated=bool(_state(root.find("features/kvm/hint-dedicated"))),
         required_features=_features_named(cpu, "require"),
+        cachetunes=_read_tunes(tune, "cachetune", "cache", "id", "size"),
+        memorytunes=_read_tunes(tune, "memorytune", "node", "id", "bandwidth"),
+        cells=_read_cells(root),
+        device_cells=_read_device_cells(root),
     )

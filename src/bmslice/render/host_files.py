@@ -24,6 +24,7 @@ from bmslice.model.sizes import GIB_KIB
 from bmslice.model.topology import HostTopology
 from bmslice.render.artifacts import kernel_args_line
 from bmslice.render.sriov_files import sriov_host_files
+from bmslice.render.resctrl_files import resctrl_files
 from bmslice.safe_text import one_line
 
 RUNTIME_HUGEPAGE_KIB = 2048  # 1 GiB pages are boot-time kernel args (plan/host.py)
@@ -377,4 +378,5 @@ def render_host_files(plan: Plan, topo: HostTopology) -> dict[str, str]:
         files[slice_dropin(unit)] = _slice(plan, unit)
     files.update(_boot_hugepage_files(plan, topo))
     files.update(sriov_host_files(plan))
+    files.update(resctrl_files(plan))
     return dict(sorted(files.items()))

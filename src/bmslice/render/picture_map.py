@@ -22,6 +22,7 @@ from enum import StrEnum
 
 from bmslice.cpuset import CpuSet
 from bmslice.model.plan import DeviceAssignment, Plan, VmPlan
+from bmslice.model.sizes import format_mib
 from bmslice.model.topology import HostTopology
 
 
@@ -46,6 +47,15 @@ class VmKey:
     emulator_policy: str
     emulator_cpus: CpuSet
     nics: tuple[str, ...]  # "eno1" passed through whole, "eno2 VF0 vlan 200" an SR-IOV VF
+    l3_domains: tuple[int, ...] = ()
+
+    @property
+    def where(self) -> str:
+        """ "node 1", or "node 1, L3 6" where the host reports its L3 caches"""
+        l3 = f", L3 {','.join(map(str, self.l3_domains))}" if self.l3_domains else ""
+        if len(self.numa_nodes) > 1:  # a guest NUMA cell on each
+            return f"nodes {','.join(map(str, self.numa_nodes))} ({len(self.numa_nodes)} guest cells){l3}"
+        return f"node {self.numa_nodes[0]}{l3}"
 
 
 @dataclass(frozen=True)
@@ -120,12 +130,29 @@ class Nic:
 
 
 @dataclass(frozen=True)
+class L3Cell:
+    """One L3 cache domain of a node that has several: which of the node's cores share it."""
+
+    id: int
+    size_kib: int
+    cores: tuple[int, ...]  # indexes into NodeCell.cores
+    ways: tuple[tuple[int, int], ...] = ()  # (VM index, L3 ways it holds here)
+
+    def label(self, pic: PictureMap) -> str:
+        """ "L3 6 · 32MiB · ways A 4, B 2" """
+        size = format_mib(self.size_kib // 1024) if self.size_kib % 1024 == 0 else f"{self.size_kib}KiB"
+        held = ", ".join(f"{pic.vms[vm].letter} {n}" for vm, n in self.ways)
+        return f"L3 {self.id} · {size}" + (f" · ways {held}" if held else "")
+
+
+@dataclass(frozen=True)
 class NodeCell:
     id: int
     memory_mib: int
     cores: tuple[CoreCell, ...]
     nics: tuple[Nic, ...]
     offline: CpuSet
+    l3: tuple[L3Cell, ...] = ()  # empty unless the node holds two or more L3 domains
 
 
 @dataclass(frozen=True)
@@ -180,6 +207,7 @@ def picture_map(topo: HostTopology, plan: Plan) -> PictureMap:
             vm.emulator_policy,
             vm.emulator_cpus | vm.iothread_cpus,
             tuple(_device_label(d) for d in vm.devices),
+            vm.l3_domains,
         )
         for i, vm in enumerate(plan.vms)
     )
@@ -197,12 +225,14 @@ def picture_map(topo: HostTopology, plan: Plan) -> PictureMap:
     for node_id in node_ids:
         numa = next((n for n in topo.numa_nodes if n.id == node_id), None)
         offline = CpuSet.from_iter(c.id for c in topo.cpus if not c.online and c.node == node_id)
+        node_cores = tuple(cores_by_node.get(node_id, ()))
         cells[node_id] = NodeCell(
             node_id,
             numa.memory_mib if numa else 0,
-            tuple(cores_by_node.get(node_id, ())),
+            node_cores,
             tuple(n for n in nics if n.numa_node == node_id),
             offline,
+            _l3_cells(topo, plan, node_cores),
         )
     sockets = tuple(
         SocketCell(pkg, tuple(cells[n] for n in node_ids if package_of_node.get(n) == pkg))
@@ -217,6 +247,41 @@ def picture_map(topo: HostTopology, plan: Plan) -> PictureMap:
             if core.split:
                 warnings.append(_split_warning(core, vms))
     return PictureMap(topo.hostname, sockets, memory_only, unplaced, vms, tuple(dict.fromkeys(warnings)))
+
+
+def _l3_cells(topo: HostTopology, plan: Plan, cores: Sequence[CoreCell]) -> tuple[L3Cell, ...]:
+    """The node's cores grouped by L3 domain, in the order the host numbers them; () for one domain."""
+    members: dict[int, list[int]] = {}
+    for i, core in enumerate(cores):
+        domain = topo.l3_of(core.cpus.min())
+        if domain is None:
+            return ()
+        members.setdefault(domain.id, []).append(i)
+    if len(members) < 2:
+        return ()
+    sizes = {d.id: d.size_kib for d in topo.l3_domains}
+    ways = {
+        cache_id: tuple(
+            (i, w.ways)
+            for i, vm in enumerate(plan.vms)
+            for w in (vm.cache.ways if vm.cache else ())
+            if w.cache_id == cache_id
+        )
+        for cache_id in members
+    }
+    return tuple(L3Cell(d, sizes[d], tuple(idx), ways[d]) for d, idx in members.items())
+
+
+def node_text(vm: VmPlan) -> str:
+    """Where a slice sits, for tables: "1", "1 · L3 6 · L3 ways f000 on 6 · MB 40%"."""
+    parts = [",".join(map(str, vm.numa_nodes))]
+    if vm.l3_domains:
+        parts.append(f"L3 {','.join(map(str, vm.l3_domains))}")
+    if vm.cache is not None and vm.cache.ways:
+        parts.append("L3 ways " + ", ".join(f"{w.mask:x} on {w.cache_id}" for w in vm.cache.ways))
+    if vm.cache is not None and vm.cache.memory_bandwidth is not None:
+        parts.append(f"MB {vm.cache.memory_bandwidth}%")
+    return " · ".join(parts)
 
 
 def nic_notes(nic: Nic, pic: PictureMap) -> list[str]:

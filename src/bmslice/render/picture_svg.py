@@ -15,7 +15,7 @@ from __future__ import annotations
 import math
 import textwrap
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from lxml import etree
 
@@ -52,6 +52,7 @@ MONO = "DejaVu Sans Mono, Menlo, Consolas, monospace"
 SANS = "DejaVu Sans, Verdana, Arial, sans-serif"
 
 THREAD_H, CORE_PAD, GAP, BOX_PAD, HEADER_H = 22, 3, 6, 10, 26
+L3_PAD, L3_HEAD = 6, 20  # an L3 domain's box: padding, and the height of its label line
 MARGIN = 16
 
 STYLE = f"""
@@ -214,6 +215,34 @@ class _NodeLayout:
     cores: list[_Placed]
     nics: list[_Placed]
     header: str
+    l3: list[_Placed] = field(default_factory=list)  # one box per L3 domain (nodes with several)
+
+
+def _grid(sizes: Sequence[tuple[int, int]], tw: int) -> tuple[list[tuple[int, int]], int, int]:
+    """Core tiles in rows of at most CORES_PER_ROW: (positions, width, height)."""
+    per_row = min(len(sizes), CORES_PER_ROW)
+    grid_w = per_row * (tw + 2 * CORE_PAD + GAP) - GAP if per_row else 0
+    return _flow(sizes, grid_w, GAP)
+
+
+def _l3_grid(
+    node: NodeCell, pic: PictureMap, sizes: Sequence[tuple[int, int]], tw: int
+) -> tuple[list[tuple[int, int]], list[_Placed], int, int]:
+    """Core positions inside one labelled box per L3 domain, the boxes flowing two to a row."""
+    boxes: list[tuple[int, int]] = []
+    inner: list[list[tuple[int, int]]] = []
+    for l3 in node.l3:
+        pos, w, h = _grid([sizes[i] for i in l3.cores], tw)
+        inner.append(pos)
+        boxes.append((max(w, text_width(l3.label(pic), FONT, mono=False)) + 2 * L3_PAD, L3_HEAD + h + L3_PAD))
+    widest = max(w for w, _ in boxes)
+    box_pos, total_w, total_h = _flow(boxes, 2 * widest + GAP, GAP)
+    positions: list[tuple[int, int]] = [(0, 0)] * len(sizes)
+    for l3, (bx, by), pos in zip(node.l3, box_pos, inner, strict=True):
+        for i, (x, y) in zip(l3.cores, pos, strict=True):
+            positions[i] = (bx + L3_PAD + x, by + L3_HEAD + y)
+    placed = [_Placed(x, y, w, h) for (x, y), (w, h) in zip(box_pos, boxes, strict=True)]
+    return positions, placed, total_w, total_h
 
 
 def _node_layout(node: NodeCell, pic: PictureMap, tw: int) -> _NodeLayout:
@@ -224,9 +253,13 @@ def _node_layout(node: NodeCell, pic: PictureMap, tw: int) -> _NodeLayout:
     if node.offline:
         header += f" · offline {node.offline}"
     core_sizes = [_core_size(c, tw) for c in node.cores]
-    per_row = min(len(core_sizes), CORES_PER_ROW)
-    grid_w = per_row * (tw + 2 * CORE_PAD + GAP) - GAP if per_row else 0
-    core_pos, cores_w, cores_h = _flow(core_sizes, grid_w, GAP)
+    l3_boxes: list[_Placed] = []
+    if node.l3:
+        core_pos, l3_boxes, cores_w, cores_h = _l3_grid(node, pic, core_sizes, tw)
+        grid_w = cores_w
+    else:
+        core_pos, cores_w, cores_h = _grid(core_sizes, tw)
+        grid_w = cores_w
     nic_sizes = [_nic_size(n, pic) for n in node.nics]
     nic_pos, nics_w, nics_h = _flow(nic_sizes, max(grid_w, *(w for w, _ in nic_sizes), 0) if nic_sizes else 0, GAP)
     inner_w = max(cores_w, nics_w, text_width(header, 13, mono=False))
@@ -235,7 +268,8 @@ def _node_layout(node: NodeCell, pic: PictureMap, tw: int) -> _NodeLayout:
     nic_top = top + cores_h + (GAP * 2 if cores_h else 0)
     nics = [_Placed(BOX_PAD + x, nic_top + y, w, h) for (x, y), (w, h) in zip(nic_pos, nic_sizes, strict=True)]
     height = nic_top + nics_h + BOX_PAD if nics else top + cores_h + BOX_PAD
-    return _NodeLayout(node, inner_w + 2 * BOX_PAD, height, cores, nics, header)
+    l3 = [_Placed(BOX_PAD + b.x, top + b.y, b.w, b.h) for b in l3_boxes]
+    return _NodeLayout(node, inner_w + 2 * BOX_PAD, height, cores, nics, header, l3)
 
 
 @dataclass(frozen=True)
@@ -356,6 +390,12 @@ class _Painter:
         g = self.c.group(parent, f"node-{lay.node.id}", "numa-node")
         self.c.rect(g, x, y, lay.w, lay.h, "#FFFFFF", rx=6, stroke="#555555", stroke_width=1.5)
         self.c.text(g, x + BOX_PAD, y + 18, lay.header, "box-head")
+        for box, l3 in zip(lay.l3, lay.node.l3, strict=True):
+            lg = self.c.group(g, f"l3-{l3.id}", "l3")
+            self.c.rect(
+                lg, x + box.x, y + box.y, box.w, box.h, "#F7F9FB", rx=5, stroke="#8899AA", stroke_dasharray="5 3"
+            )
+            self.c.text(lg, x + box.x + L3_PAD, y + box.y + L3_HEAD - 6, l3.label(self.pic), "small")
         for p, core in zip(lay.cores, lay.node.cores, strict=True):
             self.core(g, _Placed(x + p.x, y + p.y, p.w, p.h), core, lay.node)
         for p, nic in zip(lay.nics, lay.node.nics, strict=True):
@@ -383,10 +423,9 @@ class _Painter:
 
     def vm_columns(self, index: int) -> tuple[str, str, str]:
         vm = self.pic.vms[index]
-        nodes = ",".join(map(str, vm.numa_nodes))
         where = "dedicated" if vm.emulator_policy == "dedicated" else "on host CPUs"
         return (
-            f"{vm.letter} · {vm.name}: {vm.vcpus} vCPUs, node {nodes}",
+            f"{vm.letter} · {vm.name}: {vm.vcpus} vCPUs, {vm.where}",
             f"emulator + IOThreads ({where}): {vm.emulator_cpus or '-'}",
             "NICs: " + (", ".join(vm.nics) or "none"),
         )

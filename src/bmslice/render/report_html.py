@@ -14,8 +14,8 @@ from bmslice.cpuset import CpuSet
 from bmslice.model.plan import AT_APPLY, Plan, VmPlan
 from bmslice.model.sizes import format_mib
 from bmslice.model.topology import HostTopology
-from bmslice.render.picture_map import picture_map, vm_letter
-from bmslice.render.picture_svg import svg_element, vm_colour
+from bmslice.render.picture_map import node_text, picture_map, vm_letter
+from bmslice.render.picture_svg import plural, svg_element, vm_colour
 from bmslice.safe_text import one_line
 
 CSS = """
@@ -72,9 +72,9 @@ def _vm_rows(plan: Plan) -> list[list[str]]:
         rows.append(
             [
                 vm.name,
-                ",".join(map(str, vm.numa_nodes)),
+                node_text(vm),
                 str(vm.vcpus),
-                f"{t.sockets} socket × {t.cores} cores × {t.threads} threads",
+                f"{plural(t.sockets, 'socket')} × {t.cores} cores × {t.threads} threads",
                 format_mib(vm.memory_mib) + (f" ({vm.hugepage_kib} KiB pages)" if vm.hugepage_kib else ""),
                 f"{vm.emulator_cpus or '-'} ({vm.emulator_policy})",
                 f"{vm.iothreads} on {vm.iothread_cpus}" if vm.iothreads else "none",
@@ -82,6 +82,13 @@ def _vm_rows(plan: Plan) -> list[list[str]]:
             ]
         )
     return rows
+
+
+def _nodes_text(vm: VmPlan) -> str:
+    """ "NUMA node 1", or "NUMA nodes 0,1 (2 guest cells)" for a VM over several nodes."""
+    if len(vm.numa_nodes) == 1:
+        return f"NUMA node {vm.numa_nodes[0]}"
+    return f"NUMA nodes {','.join(map(str, vm.numa_nodes))} ({len(vm.cells) or len(vm.numa_nodes)} guest cells)"
 
 
 def _pin_rows(vm: VmPlan) -> list[list[str]]:
@@ -153,6 +160,6 @@ def render_report(topo: HostTopology, plan: Plan, spec_name: str = "") -> bytes:
     _el(body, "h2", "Pins")
     for index, vm in enumerate(plan.vms):
         h3 = _el(body, "h3")
-        _vm_cell(h3, index, f"{vm.name} (NUMA node {','.join(map(str, vm.numa_nodes))})")
+        _vm_cell(h3, index, f"{vm.name} ({_nodes_text(vm)})")
         _table(body, ("guest", "host CPU", "host core"), _pin_rows(vm), cls="pins")
     return etree.tostring(html, method="html", doctype="<!DOCTYPE html>", encoding="UTF-8", pretty_print=True)

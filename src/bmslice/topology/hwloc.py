@@ -20,7 +20,8 @@ from lxml import etree
 
 from bmslice.cpuset import CpuSet
 from bmslice.errors import TopologyError
-from bmslice.model.topology import Cpu, HostTopology, Hugepages, NetInterface, NumaNode, PciDevice
+from bmslice.model.topology import CacheDomain, Cpu, HostTopology, Hugepages, NetInterface, NumaNode, PciDevice
+from bmslice.topology.caches import l3_domains
 
 PACKAGE_TYPES = ("Package", "Socket")  # "Socket" is hwloc < 1.11's name for a package
 NETWORK_OSDEV = "2"  # HWLOC_OBJ_OSDEV_NETWORK: kernel netdevs (not OpenFabrics HCAs, "3")
@@ -53,6 +54,7 @@ def topology_from_hwloc(xml_text: str | bytes, source: str) -> HostTopology:
     if len(nodes) == 1:  # a non-NUMA 1.x export may leave PU nodesets empty
         cpus = [c if c.node is not None else replace(c, node=nodes[0].id) for c in cpus]
     pci_devices, interfaces = _read_pci(objects, warnings)
+    l3 = _read_l3(objects, cpus)
     warnings.append(UNKNOWN_FROM_HWLOC)
     return HostTopology(
         cpu_vendor=_info(objects, "CPUVendor", warnings),
@@ -69,6 +71,7 @@ def topology_from_hwloc(xml_text: str | bytes, source: str) -> HostTopology:
         hostname=_own_info(machine, "HostName") or "",
         kernel_release=_own_info(machine, "OSRelease") or "",
         warnings=tuple(warnings),
+        l3_domains=l3,
     )
 
 
@@ -176,6 +179,23 @@ def _read_cpus(objects: list[etree._Element]) -> list[Cpu]:
     if not cpus:
         raise TopologyError("hwloc XML has no PU objects")
     return sorted(cpus, key=lambda c: c.id)
+
+
+def _is_l3(element: etree._Element) -> bool:
+    """hwloc 2: type L3Cache; hwloc 1.x: type Cache at depth 3 (cache_type 0 unified, 1 data)."""
+    kind = element.get("type")
+    return kind == "L3Cache" or (kind == "Cache" and element.get("depth") == "3" and element.get("cache_type") != "2")
+
+
+def _read_l3(objects: list[etree._Element], cpus: list[Cpu]) -> tuple[CacheDomain, ...]:
+    """L3 caches with their cpuset and size; the kernel id is `os_index` when hwloc kept it."""
+    elements = sorted((o for o in objects if _is_l3(o)), key=lambda o: _mask(o.get("cpuset")).min())
+    found = []
+    for ordinal, element in enumerate(elements):
+        os_index = element.get("os_index")
+        cache_id = _int(element, "os_index") if os_index is not None else ordinal
+        found.append((cache_id, _mask(element.get("cpuset")), int(element.get("cache_size") or 0) // 1024))
+    return l3_domains(found, cpus)
 
 
 # --- NUMA nodes -----------------------------------------------------------------------

@@ -16,7 +16,19 @@ from lxml import etree
 
 from bmslice.cpuset import CpuListError, CpuSet
 from bmslice.errors import TopologyError
-from bmslice.model.topology import Cpu, HostTopology, Hugepages, NetInterface, NumaNode, PciDevice
+from bmslice.model.topology import (
+    CacheDomain,
+    Cpu,
+    HostTopology,
+    Hugepages,
+    NetInterface,
+    NumaNode,
+    PciDevice,
+    Resctrl,
+    ResctrlL3,
+    ResctrlMb,
+)
+from bmslice.topology.caches import l3_domains
 
 # libvirt names vendors after its cpu_map files, not after the CPUID vendor string the
 # rest of bmslice (and /proc/cpuinfo) uses.
@@ -82,6 +94,7 @@ def topology_from_libvirt(
     interfaces = _read_interfaces(devices)
     pci_devices = _read_pci_devices(devices, interfaces, warnings)
     vendor = _cpu_vendor(host, warnings)
+    l3, resctrl = read_caches(host, cpus, vendor)
     warnings += [UNKNOWN_CMDLINE, UNKNOWN_ROUTE]
     if interfaces:
         warnings.append(UNKNOWN_MASTERS)
@@ -99,6 +112,8 @@ def topology_from_libvirt(
         source=source,
         hostname=info.hostname,
         warnings=tuple(warnings),
+        l3_domains=l3,
+        resctrl=resctrl,
     )
 
 
@@ -175,6 +190,68 @@ def _iommu_active(host: etree._Element) -> bool | None:
     if iommu is None:
         return None
     return iommu.get("support") == "yes"
+
+
+# --- caches and resource control --------------------------------------------------------
+
+
+def _bank_kib(element: etree._Element, attr: str, what: str) -> int:
+    return _to_kib(_int(element.get(attr), what), element.get("unit"), what)
+
+
+def _l3_control(bank: etree._Element, size_kib: int) -> tuple[ResctrlL3 | None, bool]:
+    """A bank's <control granularity= min= maxAllocs=>: ways = size / granularity; (None, True) under CDP."""
+    controls = bank.findall("control")
+    if any(c.get("type") in ("code", "data") for c in controls):
+        return None, True
+    for control in controls:
+        granularity = _bank_kib(control, "granularity", "cache control granularity")
+        if granularity <= 0:
+            continue
+        minimum = control.get("min")
+        min_kib = _bank_kib(control, "min", "cache control min") if minimum is not None else granularity
+        ways = size_kib // granularity
+        closids = _int(control.get("maxAllocs"), "cache control maxAllocs")
+        return ResctrlL3((1 << ways) - 1, max(1, min_kib // granularity), closids), False
+    return None, False
+
+
+def _mb_control(host: etree._Element, vendor: str) -> ResctrlMb | None:
+    for control in host.iterfind("memory_bandwidth/node/control"):
+        return ResctrlMb(
+            bandwidth_gran=_int(control.get("granularity"), "memory bandwidth granularity"),
+            min_bandwidth=_opt_int(control.get("min"), "memory bandwidth min") or 0,
+            num_closids=_int(control.get("maxAllocs"), "memory bandwidth maxAllocs"),
+            percent=vendor not in ("AuthenticAMD", "HygonGenuine"),
+        )
+    return None
+
+
+def read_caches(
+    host: etree._Element, cpus: Sequence[Cpu], vendor: str
+) -> tuple[tuple[CacheDomain, ...], Resctrl | None]:
+    """<cache><bank id= level='3' size= unit= cpus=> and their <control>s, plus <memory_bandwidth>.
+
+    libvirt writes <control> only when resctrl is mounted; without any, whether the host
+    has resctrl is unknown here (None). Groups are not in the capabilities.
+    """
+    found = []
+    l3: ResctrlL3 | None = None
+    cdp = False
+    for bank in host.iterfind("cache/bank"):
+        if bank.get("level") != "3":
+            continue
+        size = _bank_kib(bank, "size", "cache bank size")
+        try:
+            shared = CpuSet.parse(bank.get("cpus", ""))
+        except CpuListError as exc:
+            raise TopologyError(f"libvirt capabilities: cache bank {bank.get('id')}: {exc}") from None
+        found.append((_int(bank.get("id"), "cache bank id"), shared, size))
+        control, bank_cdp = _l3_control(bank, size)
+        l3, cdp = l3 or control, cdp or bank_cdp
+    mb = _mb_control(host, vendor)
+    resctrl = Resctrl(mounted=True, l3=l3, mb=mb, l3_cdp=cdp) if l3 or mb or cdp else None
+    return l3_domains(found, cpus), resctrl
 
 
 # --- NUMA cells -----------------------------------------------------------------------

@@ -42,6 +42,10 @@ _VIRTIO = re.compile(r"virtio[0-9]+")
 
 def read_host_tree(root: Path | str = Path("/")) -> HostTopology:
     """Discover a host from ROOT/sys and ROOT/proc; raise TopologyError without CPU information."""
+    # Cache and resctrl readers live in their own modules and read through FsRoot (defined here).
+    from bmslice.topology.caches import read_l3_domains
+    from bmslice.topology.resctrl import read_resctrl
+
     fs = FsRoot(Path(root))
     if not fs.is_dir(CPU_DIR):
         raise TopologyError(f"no CPU topology: {fs.display(CPU_DIR)} does not exist")
@@ -66,6 +70,8 @@ def read_host_tree(root: Path | str = Path("/")) -> HostTopology:
         iommu_active=bool(fs.listdir(IOMMU_DIR)),
         source=f"sysfs:{fs.root}",
         hostname=fs.read_line("proc/sys/kernel/hostname") or "",
+        l3_domains=read_l3_domains(fs, cpus),
+        resctrl=read_resctrl(fs, vendor),
         warnings=tuple(fs.warnings),
         kernel_release=fs.read_line("proc/sys/kernel/osrelease") or "",
         os_ids=_os_ids(fs),

@@ -34,6 +34,10 @@ _XML_FIELDS = {
     "pmu": "PMU",
     "kvm_hint_dedicated": "KVM dedicated-vCPU hint",
     "required_features": "required CPU features",
+    "cachetunes": "cachetune (L3 cache id, KiB)",
+    "cells": "guest NUMA cells",
+    "device_cells": "devices' guest NUMA cells",
+    "memorytunes": "memorytune (node, bandwidth %)",
 }
 
 

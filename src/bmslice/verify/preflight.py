@@ -209,12 +209,13 @@ def _needs(plan: Plan, running: frozenset[str]) -> dict[int, _NodeNeed]:
     for vm in plan.vms:
         if vm.name in running:
             continue  # its memory is already allocated
-        need = needs[vm.numa_nodes[0]]
-        need.vms.append(vm.name)
-        if vm.hugepage_kib:
-            need.pages[vm.hugepage_kib] += vm.memory_mib * 1024 // vm.hugepage_kib
-        else:
-            need.plain_mib += vm.memory_mib
+        for node, mib in vm.memory_by_node().items():
+            need = needs[node]
+            need.vms.append(vm.name)
+            if vm.hugepage_kib:
+                need.pages[vm.hugepage_kib] += mib * 1024 // vm.hugepage_kib
+            else:
+                need.plain_mib += mib
     return needs
 
 

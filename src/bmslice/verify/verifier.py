@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -9,10 +10,15 @@ from typing import Any
 from bmslice.apply.context import load_context
 from bmslice.apply.libvirt_conn import connected, libvirt_errors
 from bmslice.apply.uri import is_local
+from bmslice.model.plan import VmPlan
 from bmslice.model.spec import Spec
 from bmslice.render.domain_model import domain_from_plan
+from bmslice.topology.fsroot import FsRoot
 from bmslice.verify.compare import compare_definition, compare_pins, compare_threads, compare_vfs
+from bmslice.verify.resctrl_state import compare_resctrl, read_slice_resctrl
 from bmslice.verify.threads import read_threads
+
+ROOT = Path("/")
 
 
 @dataclass
@@ -49,7 +55,9 @@ def verify(spec: Spec, origin: str, uri: str, host_root: Path | None = None) -> 
 def _verify(spec: Spec, origin: str, uri: str, conn: Any, host_root: Path | None) -> VerifyReport:
     # allow_move: a slice whose spec changed is planned afresh, so the change shows as drift
     ctx = load_context(spec, origin, uri, conn, host_root, allow_move=True)
+    this_kernel = is_local(uri) and host_root is None  # /proc and netlink answer for this kernel only
     slices = []
+    notes: list[str] = []
     for vm_spec in spec.vms:
         vm = ctx.plan.vm(vm_spec.name)
         live = ctx.live.get(vm.name)
@@ -59,17 +67,38 @@ def _verify(spec: Spec, origin: str, uri: str, conn: Any, host_root: Path | None
         desired = domain_from_plan(vm)
         drift = compare_definition(vm.name, desired, live.xml)
         drift += compare_pins(vm.name, desired, live)  # live pins when running, else the definition's
-        if live.active and live.pid is not None and is_local(uri) and host_root is None:
+        if live.active and live.pid is not None and this_kernel:
             drift += compare_threads(vm, read_threads(live.pid))
-        if is_local(uri) and host_root is None:  # netlink answers for this kernel only
+        if this_kernel:
             drift += compare_vfs(vm, ctx.topology.vf_states)
+        if vm.cache is not None and live.active and (is_local(uri) or host_root is not None):
+            resctrl_drift, resctrl_notes = compare_resctrl(vm, read_slice_resctrl(FsRoot(host_root or ROOT), vm.name))
+            drift += resctrl_drift
+            notes += resctrl_notes
         if not live.active:
             drift.insert(0, f"{vm.name} is not running")
         slices.append(SliceStatus(vm.name, "running" if live.active else "shut off", drift))
-    notes = []
     if ctx.plan.host.reboot_required:
         notes.append(
             "reboot pending (not drift): kernel args not active yet: " + " ".join(ctx.plan.host.missing_kernel_args)
         )
+    if not is_local(uri):
+        notes.extend(_unchecked(uri, ctx.plan.vms, slices))
     notes.extend(ctx.plan.warnings)
     return VerifyReport(slices, notes)
+
+
+def _unchecked(uri: str, vms: Sequence[VmPlan], slices: list[SliceStatus]) -> list[str]:
+    """What only the remote host's own kernel can answer, said rather than passed over in silence."""
+    out = []
+    if any(s.state == "running" for s in slices):
+        out.append(
+            f"not checked through {uri}: the CPUs each QEMU thread may run on (/proc/<pid>/task on the host); "
+            "libvirt's vCPU, emulator and IOThread pins were checked; run `bmslice verify` on the host for both"
+        )
+    if any(dev.type == "vf" for vm in vms for dev in vm.devices):
+        out.append(
+            f"not checked through {uri}: VF MAC, VLAN, trust and spoofchk (netlink on the host); "
+            "run `bmslice verify` on the host for them"
+        )
+    return out

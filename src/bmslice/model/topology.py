@@ -241,6 +241,7 @@ class HostTopology:
     @property
     def distro(self) -> Distro:
         return distro_of(self.os_ids)
+
     l3_domains: tuple[CacheDomain, ...] = ()  # empty: the source does not say
     resctrl: Resctrl | None = None  # None: no resctrl on the host, or the source cannot tell
 

@@ -23,8 +23,8 @@ from bmslice.model.plan import DeviceAssignment, Plan
 from bmslice.model.sizes import GIB_KIB
 from bmslice.model.topology import HostTopology
 from bmslice.render.artifacts import kernel_args_line
-from bmslice.render.sriov_files import sriov_host_files
 from bmslice.render.resctrl_files import resctrl_files
+from bmslice.render.sriov_files import sriov_host_files
 from bmslice.safe_text import one_line
 
 RUNTIME_HUGEPAGE_KIB = 2048  # 1 GiB pages are boot-time kernel args (plan/host.py)

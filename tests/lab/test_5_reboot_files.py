@@ -1,4 +1,4 @@
-"""Scenario 9: what brings a slice's VFs back after a reboot, on the lab's real kernel, udevd and libvirtd.
+"""Scenario: what brings a slice's VFs back after a reboot, on the lab's real kernel, udevd and libvirtd.
 
 `apply` of a slice with a VF (VLAN 100, trust on, spoofchk off) writes the udev rule, the VF
 settings and libvirt's qemu hook. Then, the way a reboot would:

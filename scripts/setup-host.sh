@@ -29,6 +29,9 @@ PACKAGES=(
     # modprobe/depmod, udev (device naming, module loading, rules), cpio for the tests
     kmod udev cpio iproute2 debian-archive-keyring
     cloud-init  # `cloud-init schema` checks every generated user-data (tests/test_fleet_guest.py)
+    # the host files' own checkers (tests/test_reboot_files.py): shellcheck for the libvirt hook,
+    # tuned's profile loader for bmslice's tuned profile (the daemon never runs here: below)
+    shellcheck tuned
     # tests/test_remote_ssh.py starts its own sshd on loopback (its config, keys and port; the
     # package's own service is not needed). libvirt's qemu+ssh finds virt-ssh-helper (from
     # libvirt-daemon, above) on the far side, so no netcat is needed.
@@ -42,8 +45,19 @@ done
 if [[ ${#missing[@]} -gt 0 ]]; then
     log "installing Debian packages: ${missing[*]}"
     export DEBIAN_FRONTEND=noninteractive
+    # No service a package ships may start while it installs (tuned would tune this machine):
+    # invoke-rc.d and deb-systemd-invoke ask policy-rc.d, and 101 means "not now".
+    policy=""
+    if [[ ! -e /usr/sbin/policy-rc.d ]]; then
+        policy=/usr/sbin/policy-rc.d
+        printf '#!/bin/sh\nexit 101\n' >"$policy" && chmod 755 "$policy"
+        trap 'rm -f "$policy"' EXIT  # gone on every exit, a failed install included
+    fi
     apt-get update -qq
     apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+    [[ -z $policy ]] || rm -f "$policy"
+    # nor at a later boot: the tests only read tuned's profiles
+    deb-systemd-helper disable tuned.service >/dev/null 2>&1 || true
     log "packages installed ($((SECONDS - t0)) s)"
 else
     log "Debian packages already installed"

@@ -204,6 +204,15 @@ def per_cpu_kthreads(online: CpuSet, first_pid: int = 10) -> list[ProcSpec]:
     return out
 
 
+def boot_mounts(plan: Plan) -> str:
+    """/proc/mounts of a host booted after host-apply: systemd's 2 MiB hugetlbfs, and bmslice's
+    1 GiB one when the plan uses 1 GiB pages."""
+    mounts = RuntimeSpec().mounts or ""
+    if any(h.size_kib == 1048576 for h in plan.host.hugepages):
+        mounts += "hugetlbfs /dev/hugepages1G hugetlbfs rw,nosuid,nodev,relatime,pagesize=1024M 0 0\n"
+    return mounts
+
+
 def clean_runtime(plan: Plan, topo: HostTopology, **changes: Any) -> RuntimeSpec:
     reserved, isolated = plan.host.reserved_cpus, plan.host.isolated_cpus
     housekeeping = str(reserved)
@@ -236,6 +245,7 @@ def clean_runtime(plan: Plan, topo: HostTopology, **changes: Any) -> RuntimeSpec
         "nohz_full": str(isolated),
         "irqs": irqs,
         "procs": tuple(procs),
+        "mounts": boot_mounts(plan),
     }
     values.update(changes)
     return RuntimeSpec(**values)

@@ -25,6 +25,7 @@ SERVER1_FILES = {
     "etc/systemd/system/irqbalance.service.d/50-bmslice-banned-cpus.conf",
     "etc/systemd/system/system.slice.d/50-bmslice-cpus.conf",
     "etc/systemd/system/user.slice.d/50-bmslice-cpus.conf",
+    "etc/tuned/bmslice/tuned.conf",
     "etc/tuned/cpu-partitioning-variables.conf",
 }
 

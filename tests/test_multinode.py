@@ -237,6 +237,9 @@ def test_epyc_apply_defines_the_cells_and_verify_finds_no_drift(
 
     the_spec = load_spec(EPYC_SPEC)
     plan = make_plan(read_host_tree(tree), the_spec, str(EPYC_SPEC))
+    mounts = tree / "proc/mounts"  # host-apply's 1 GiB hugetlbfs, mounted at boot
+    existing = mounts.read_text() if mounts.exists() else ""
+    mounts.write_text(existing + "hugetlbfs /dev/hugepages1G hugetlbfs rw,relatime,pagesize=1024M 0 0\n")
     apply(the_spec, str(EPYC_SPEC), ApplyOptions("test:///default", host_root=tree), kernel)
     try:
         assert sorted(made) == sorted(E810.values())

@@ -21,13 +21,13 @@ from bmslice.topology.fsroot import FsRoot
 from bmslice.verify.findings import Finding, Level
 from bmslice.verify.host_state import parse_memlock, read_module_facts
 from bmslice.verify.preflight import PreflightFacts, preflight, read_preflight_facts
-from hosttrees import MACHINES, Built, build, clean_runtime
+from hosttrees import MACHINES, Built, boot_mounts, build, clean_runtime
 from treebuilder import RuntimeSpec
 
 
 def ready(plan: Any, topo: Any) -> RuntimeSpec:
-    """Modules present, nothing running yet."""
-    return RuntimeSpec(vfio="module", kvm_nested="Y")
+    """Modules present, hugetlbfs mounted, nothing running yet."""
+    return RuntimeSpec(vfio="module", kvm_nested="Y", mounts=boot_mounts(plan))
 
 
 Prepared = Callable[[str], tuple[Built, PreflightFacts]]

@@ -7,6 +7,7 @@ import hashlib
 import os
 import re
 import shutil
+import stat
 import subprocess
 import sys
 import uuid
@@ -22,6 +23,7 @@ from bmslice.model.spec import spec_from_data
 from bmslice.plan.planner import make_plan
 from bmslice.plan.sriov import vf_address
 from bmslice.render.artifacts import render_plan
+from bmslice.render.sriov_files import VF_HOOK_PATH as HOOK
 from bmslice.topology.sysfs import read_host_tree
 from schema import schema_errors
 from treebuilder import HostSpec, NodeMemory, PciSpec, cpu_layout, server1_spec, vf_specs, write_tree
@@ -295,7 +297,15 @@ def test_apply_creates_vfs_and_rolls_back_on_failure(tmp_path: Path) -> None:
     assert "create 1 VFs on eno2 (sriov_numvfs 0 -> 1)" in result.stdout
     assert "skipped: a host tree has no kernel" in result.stdout
     assert pf_numvfs.read_text() == "1\n"
-    assert 'KERNEL=="0000:01:00.1", ATTR{sriov_numvfs}="1"' in udev.read_text()
+    assert udev.read_text().endswith(
+        'ACTION=="add", SUBSYSTEM=="net", KERNELS=="0000:01:00.1", SUBSYSTEMS=="pci", ATTR{device/sriov_numvfs}="1"\n'
+    )
+    # what a reboot would lose besides the count: the VF's trust and spoofchk, restored by libvirt's hook
+    assert (tree / "etc/bmslice/vf-settings").read_text().endswith("bmslice-test-vf 0000:01:00.1 0 off on\n")
+    hook = tree / "etc/libvirt/hooks/qemu.d/50-bmslice-vf-settings"
+    assert hook.read_text().startswith("#!/bin/sh\n") and stat.S_IMODE(hook.stat().st_mode) == 0o755
+    for line in ("write etc/udev/rules.d/70-bmslice-sriov.rules", "write etc/bmslice/vf-settings", f"write {HOOK}"):
+        assert line in result.stdout
 
     fresh = write_tree(server1_spec(), tmp_path / "host2")
     before = tree_digest(fresh)
@@ -381,6 +391,9 @@ def test_destroy_removes_the_vfs_bmslice_created(tmp_path: Path, monkeypatch: py
     assert (tree / "sys/bus/pci/devices/0000:01:00.1/sriov_numvfs").read_text() == "0\n"
     assert not (tree / "etc/udev/rules.d/70-bmslice-sriov.rules").exists()
     assert not [p for p in tree.rglob("*") if p.is_file() and "udev" in str(p)]
+    # no VF left to restore: the settings file and the hook that reads it go too
+    assert "drop the VF settings of bmslice-test-vfd from /etc/bmslice/vf-settings" in done
+    assert not (tree / "etc/bmslice/vf-settings").exists() and not (tree / HOOK).exists()
     keeper.close()
 
 

@@ -17,9 +17,10 @@ import pytest
 import yaml
 
 from bmslice.apply.destroyer import _remove_vfs
-from bmslice.apply.sriov import persist_step, write_numvfs
+from bmslice.apply.sriov import persist_steps, write_numvfs
+from bmslice.cpuset import CpuSet
 from bmslice.errors import ApplyError
-from bmslice.model.plan import PfPlan
+from bmslice.model.plan import HostPlan, PfPlan, Plan
 from bmslice.topology.fsroot import MAX_SYMLINK_HOPS, FsRoot, TreeError
 from bmslice.topology.sysfs import read_host_tree
 from treebuilder import HostSpec, RuntimeSpec, cpu_layout, server1_spec, snapshot, write_tree
@@ -148,11 +149,11 @@ def test_sriov_writes_follow_absolute_links_inside_the_tree(tree: Path) -> None:
     pf_dir.symlink_to(real_pf)  # /sys/devices/...: absolute, as in some captures
     write_numvfs(tree, "0000:01:00.1", 3)
     assert (tree / real_pf.lstrip("/") / "sriov_numvfs").read_text() == "3\n"
-    step = persist_step(tree, [PfPlan("0000:01:00.1", "eno2", 0, 3)])
-    assert step is not None
-    step.do()
+    host = HostPlan(CpuSet.parse("0"), CpuSet(), (), False, sriov=(PfPlan("0000:01:00.1", "eno2", 0, 3),))
+    for step in persist_steps(tree, Plan(host, ())):
+        step.do()
     assert (
-        'KERNEL=="0000:01:00.1", ATTR{sriov_numvfs}="3"'
+        'KERNELS=="0000:01:00.1", SUBSYSTEMS=="pci", ATTR{device/sriov_numvfs}="3"'
         in (tree / "host-etc/udev/rules.d/70-bmslice-sriov.rules").read_text()
     )
     assert real_rule.exists() == existed

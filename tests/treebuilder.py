@@ -136,6 +136,8 @@ class RuntimeSpec:
     kvm_nested: str | None = "N"  # parameters/nested of kvm_intel or kvm_amd; None: kvm not loaded
     memlock: str = "8388608"  # proc/self/limits "Max locked memory" (bytes or "unlimited")
     distro: str | None = "debian"  # "debian": etc/debian_version + etc/default/grub; "rhel": redhat-release, grubby
+    # proc/mounts: systemd's default hugetlbfs (2 MiB pages, as the kernel shows it); None: no file
+    mounts: str | None = "hugetlbfs /dev/hugepages hugetlbfs rw,relatime,pagesize=2M 0 0\n"
 
 
 @dataclass(frozen=True)
@@ -201,6 +203,9 @@ class HostSpec:
     sysfs_sriov_routing: bool = True
     cpu_lists: bool = True
     pci_config: bool = False
+    # proc/sys/kernel/osrelease and etc/os-release of a host without live state (a runtime has its own)
+    kernel_release: str | None = None
+    os_release: str | None = None
     l3: tuple[L3Spec, ...] = ()  # (): no cache directories under cpuN
     resctrl: ResctrlSpec | None = None  # None: no /sys/fs/resctrl (kernel without resctrl)
 
@@ -686,6 +691,10 @@ def _write_proc(tree: _Tree, spec: HostSpec) -> None:
     tree.file("proc/net/route", _net_route(spec))
     if spec.hostname is not None:
         tree.file("proc/sys/kernel/hostname", spec.hostname + "\n")
+    if spec.kernel_release is not None:
+        tree.file("proc/sys/kernel/osrelease", spec.kernel_release + "\n")
+    if spec.os_release is not None:
+        tree.file("etc/os-release", spec.os_release)
 
 
 # --- caches and resctrl -------------------------------------------------------------------
@@ -756,6 +765,13 @@ def _write_resctrl(tree: _Tree, spec: HostSpec, rs: ResctrlSpec) -> None:
 
 # --- live state: IRQs, processes, modules, distribution ---------------------------------
 
+# The first lines of these distributions' /etc/os-release (os-release(5))
+DEBIAN12_OS_RELEASE = (
+    'PRETTY_NAME="Debian GNU/Linux 12 (bookworm)"\nNAME="Debian GNU/Linux"\nVERSION_ID="12"\nID=debian\n'
+)
+RHEL94_OS_RELEASE = 'NAME="Red Hat Enterprise Linux"\nVERSION="9.4 (Plow)"\nID="rhel"\nID_LIKE="fedora"\n'
+UBUNTU1804_OS_RELEASE = 'NAME="Ubuntu"\nVERSION="18.04 LTS (Bionic Beaver)"\nID=ubuntu\nID_LIKE=debian\n'
+
 PF_KTHREAD_FLAGS = 0x00208040  # what /proc/2/stat shows: PF_KTHREAD | PF_NOFREEZE | PF_FORKNOEXEC
 USER_FLAGS = 0x00400100
 
@@ -805,6 +821,8 @@ def _write_runtime(tree: _Tree, spec: HostSpec, rt: RuntimeSpec) -> None:
         tree.file(f"{cpu}/nohz_full", rt.nohz_full + "\n")
     tree.file("proc/sys/kernel/osrelease", rt.kernel_release + "\n")
     tree.file("proc/self/limits", f"Max locked memory         {rt.memlock:<21}{rt.memlock:<21}bytes\n")
+    if rt.mounts is not None:
+        tree.file("proc/mounts", rt.mounts)
     for irq in rt.irqs:
         _write_irq(tree, irq)
     for proc in rt.procs:
@@ -822,9 +840,11 @@ def _write_runtime(tree: _Tree, spec: HostSpec, rt: RuntimeSpec) -> None:
         tree.file(f"sys/module/{kvm}/parameters/nested", rt.kvm_nested + "\n")
     if rt.distro == "debian":
         tree.file("etc/debian_version", "12.5\n")
+        tree.file("etc/os-release", DEBIAN12_OS_RELEASE)
         tree.file("etc/default/grub", 'GRUB_DEFAULT=0\nGRUB_CMDLINE_LINUX_DEFAULT="quiet"\n')
     elif rt.distro == "rhel":
         tree.file("etc/redhat-release", "Red Hat Enterprise Linux release 9.4 (Plow)\n")
+        tree.file("etc/os-release", RHEL94_OS_RELEASE)
         tree.file("usr/sbin/grubby", "")
 
 
@@ -862,10 +882,18 @@ def server1_kernel415_spec() -> HostSpec:
     """The design note's server as its Ubuntu 18.04 kernel (4.15) shows it: `sriov_totalvfs` but no
     `sriov_offset`/`sriov_stride` in sysfs (Linux 4.16 added them); root reads First VF Offset and
     VF Stride from each PF's config space instead. X540: 0x80 and 2 (its PF 1's VFs at 01:10.1,
-    01:10.3, ...); I350: 0x80 and 4. Committed as tests/data/trees/server1-kernel4.15."""
+    01:10.3, ...); I350: 0x80 and 4. Its kernel has no per-node hugepages= either (5.16).
+    Committed as tests/data/trees/server1-kernel4.15."""
     base = server1_spec()
     pci = tuple(replace(d, sriov_offset=128, sriov_stride=4) if d.device == "0x1521" else d for d in base.pci)
-    return replace(base, pci=pci, sysfs_sriov_routing=False, pci_config=True)
+    return replace(
+        base,
+        pci=pci,
+        sysfs_sriov_routing=False,
+        pci_config=True,
+        kernel_release="4.15.0-20-generic",
+        os_release=UBUNTU1804_OS_RELEASE,
+    )
 
 
 def fleet_host_spec(hostname: str) -> HostSpec:

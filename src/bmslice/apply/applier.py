@@ -47,6 +47,8 @@ from bmslice.model.topology import nodedev_name
 from bmslice.plan.cache_ways import host_ways_conflicts
 from bmslice.render.domain_model import Disk, Domain, domain_from_plan
 from bmslice.render.domain_xml import from_xml, to_xml
+from bmslice.topology.fsroot import FsRoot
+from bmslice.topology.mounts import read_hugetlbfs_mounts
 
 PARKED = ("vfio-pci",)
 
@@ -113,6 +115,24 @@ def _preflight(ctx: Context, spec: Spec, opts: ApplyOptions) -> None:
                     f"{vm.name} needs {need} free {vm.hugepage_kib} KiB hugepages on NUMA node {node.id}, "
                     f"{free} are free (bmslice host-apply reserves them)"
                 )
+    _hugetlbfs_preflight(new, opts)
+
+
+def _hugetlbfs_preflight(new: list[VmPlan], opts: ApplyOptions) -> None:
+    """libvirt backs hugepages with a hugetlbfs of their size and refuses to start a guest without one.
+    Known only where this host's /proc/mounts can be read (a local URI, or a tree that has it)."""
+    if opts.host_root is None and not is_local(opts.uri):
+        return
+    mounts = read_hugetlbfs_mounts(FsRoot(opts.host_root or Path("/")))
+    if mounts is None:
+        return
+    for vm in new:
+        if vm.hugepage_kib and not mounts.get(vm.hugepage_kib):
+            raise ApplyError(
+                f"{vm.name} uses {vm.hugepage_kib} KiB hugepages and no hugetlbfs of that page size is mounted "
+                "(/proc/mounts): bmslice host-apply places the mount unit; start it, then restart libvirtd, "
+                "which looks for hugetlbfs mounts only when it starts"
+            )
 
 
 def _no_kernel(opts: ApplyOptions) -> str | None:
@@ -125,18 +145,17 @@ def _no_kernel(opts: ApplyOptions) -> str | None:
 
 
 def _sriov_host_steps(ctx: Context, opts: ApplyOptions) -> list[Step]:
+    """VF counts, then what brings the VFs back after a reboot (udev rule, VF settings, libvirt hook)."""
     changes = [pf for pf in ctx.plan.host.sriov if pf.numvfs != pf.numvfs_before]
-    if not changes:
-        return []
     if opts.host_root is None and not is_local(opts.uri):
-        raise ApplyError(
-            f"creating SR-IOV VFs needs the host's own /sys; run bmslice on {opts.uri}'s host "
-            "(the Ansible module does) or create them with host-apply first"
-        )
+        if changes:
+            raise ApplyError(
+                f"creating SR-IOV VFs needs the host's own /sys; run bmslice on {opts.uri}'s host "
+                "(the Ansible module does) or create them with host-apply first"
+            )
+        return []  # a remote host's files are host-apply's, run there
     root = opts.host_root or Path("/")
-    steps = sriov.numvfs_steps(root, changes)
-    persist = sriov.persist_step(root, ctx.plan.host.sriov)
-    return [*steps, persist] if persist is not None else steps
+    return [*sriov.numvfs_steps(root, changes), *sriov.persist_steps(root, ctx.plan)]
 
 
 def _disks(ctx: Context, vm_spec: VmSpec, vm: VmPlan) -> tuple[Disk, ...]:

@@ -27,7 +27,7 @@ from bmslice.apply.libvirt_conn import (
     stop_domain,
 )
 from bmslice.apply.lock import host_lock
-from bmslice.apply.sriov import drop_udev_rule, write_numvfs
+from bmslice.apply.sriov import drop_udev_rule, drop_vf_settings, write_numvfs
 from bmslice.apply.uri import is_local
 from bmslice.apply.volumes import Owner, Slot, disk_name, disk_slot, examine, examine_slot, seed_name, seed_slot
 from bmslice.errors import ApplyError
@@ -36,6 +36,7 @@ from bmslice.model.plan import DeviceAssignment
 from bmslice.model.spec import Spec, VmSpec
 from bmslice.model.topology import nodedev_name
 from bmslice.render.domain_xml import from_xml
+from bmslice.render.sriov_files import VF_SETTINGS_PATH
 
 
 @dataclass(frozen=True)
@@ -124,6 +125,7 @@ def destroy(spec: Spec, opts: DestroyOptions, report: Callable[[str], None]) -> 
         topo = discover(opts.uri, opts.host_root)
         live = managed_domains(conn)
         released: list[DeviceAssignment] = []
+        with_vfs: list[str] = []  # destroyed slices that had VFs: their settings go from the hook's file
         for vm in reversed(spec.vms):
             current = live.get(vm.name)
             if current is None:
@@ -143,6 +145,7 @@ def destroy(spec: Spec, opts: DestroyOptions, report: Callable[[str], None]) -> 
             for dev in plan.devices if plan is not None else ():
                 if dev.type == "vf":
                     released.append(dev)
+                    with_vfs.append(vm.name)
                     continue
                 now = topo.pci(dev.known_address)
                 if dev.driver in (None, "vfio-pci") or (now is not None and now.driver == dev.driver):
@@ -163,6 +166,12 @@ def destroy(spec: Spec, opts: DestroyOptions, report: Callable[[str], None]) -> 
                 report(f"VFs of {pf} left in place: remove them on the host (sriov_numvfs 0)")
                 continue
             step(f"remove the VFs bmslice created on {pf} (sriov_numvfs 0)", partial(_remove_vfs, root, pf))
+        if with_vfs and (opts.host_root is not None or is_local(opts.uri)):
+            names = sorted(set(with_vfs))
+            step(
+                f"drop the VF settings of {', '.join(names)} from /{VF_SETTINGS_PATH}",
+                partial(drop_vf_settings, opts.host_root or Path("/"), names),
+            )
     if failures:
         raise ApplyError("destroy finished with failures: " + "; ".join(failures))
     return done

@@ -8,17 +8,32 @@ tool: it says which file it wrote and which command the operator runs.
 
 from __future__ import annotations
 
+import os
+import stat
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
 
 from bmslice.apply.lock import host_lock
-from bmslice.apply.tree_files import make_dirs, remove_dirs, write_atomic, write_in_place
+from bmslice.apply.tree_files import EXEC_MODE, FILE_MODE, make_dirs, remove_dirs, write_atomic, write_in_place
 from bmslice.errors import ApplyError, BmsliceError
+from bmslice.model.distro import Distro, initramfs_command
 from bmslice.model.plan import Plan
-from bmslice.render.host_files import GRUB_DROPIN, KERNEL_ARGS, SysfsSetting, grubby_command
+from bmslice.model.sizes import GIB_KIB
+from bmslice.render.host_files import (
+    GIG_MOUNT_POINT,
+    GIG_MOUNT_UNIT,
+    GRUB_DROPIN,
+    KERNEL_ARGS,
+    LIBVIRT_UNITS,
+    UNIT_DIR,
+    SysfsSetting,
+    grubby_command,
+)
+from bmslice.render.sriov_files import EXECUTABLES, VF_HOOK_PATH
 from bmslice.topology.fsroot import FsRoot
+from bmslice.topology.mounts import read_hugetlbfs_mounts
 
 REBOOT_PENDING = "var/lib/bmslice/reboot-pending"
 
@@ -82,21 +97,21 @@ def reboot_note(plan: Plan) -> str:
 
 @dataclass
 class _Undo:
-    """What to put back if a later step fails: old file contents (None: did not exist), dirs made."""
+    """What to put back if a later step fails: old file contents and mode (None: did not exist), dirs made."""
 
-    files: list[tuple[Path, bytes | None]] = field(default_factory=list)
+    files: list[tuple[Path, bytes | None, int]] = field(default_factory=list)
     dirs: list[Path] = field(default_factory=list)
 
     def run(self) -> list[str]:
         problems = []
-        for path, old in reversed(self.files):
+        for path, old, mode in reversed(self.files):
             try:
                 if old is None:
                     path.unlink(missing_ok=True)
                 elif _is_sysfs(path):
                     write_in_place(path, old)
                 else:
-                    write_atomic(path, old)
+                    write_atomic(path, old, mode)
             except (OSError, ApplyError) as exc:
                 problems.append(f"{path}: {exc.strerror or exc}" if isinstance(exc, OSError) else str(exc))
         remove_dirs(self.dirs)
@@ -112,6 +127,14 @@ def _read_bytes(fs: FsRoot, rel: str) -> bytes | None:
         return fs.read_bytes(rel)
     except IsADirectoryError:
         raise ApplyError(f"{fs.display(rel)} is a directory, not a file; remove it and run host-apply again") from None
+
+
+def _mode(path: Path) -> int:
+    """Permission bits of an existing file (FILE_MODE when it is gone)."""
+    try:
+        return stat.S_IMODE(os.stat(path).st_mode)
+    except OSError:
+        return FILE_MODE
 
 
 def _current_int(fs: FsRoot, rel: str) -> int | None:
@@ -136,15 +159,18 @@ class _Run:
         path = self.fs.resolve(rel)
         old = _read_bytes(self.fs, rel)
         new = text.encode()
-        if old == new:
+        mode = EXEC_MODE if rel in EXECUTABLES else FILE_MODE
+        old_mode = _mode(path)
+        if old == new and old_mode == mode:
             self.result.unchanged.append(rel)
             return
-        self.result.changes.append(Change(rel, "create" if old is None else "update"))
+        detail = f"mode {old_mode:o} -> {mode:o}" if old == new else ""
+        self.result.changes.append(Change(rel, "create" if old is None else "update", detail))
         if self.result.dry_run:
             return
         make_dirs(path.parent, self.undo.dirs)
-        self.undo.files.append((path, old))
-        write_atomic(path, new)
+        self.undo.files.append((path, old, old_mode))
+        write_atomic(path, new, mode)
 
     def remove(self, rel: str) -> None:
         path = self.fs.resolve(rel)
@@ -153,7 +179,7 @@ class _Run:
             return
         self.result.changes.append(Change(rel, "remove", "the planned kernel args are all active"))
         if not self.result.dry_run:
-            self.undo.files.append((path, old))
+            self.undo.files.append((path, old, _mode(path)))
             path.unlink()
 
     def set(self, setting: SysfsSetting) -> None:
@@ -168,7 +194,7 @@ class _Run:
         if self.result.dry_run:
             return
         path = self.fs.resolve(rel)
-        self.undo.files.append((path, f"{current}\n".encode()))
+        self.undo.files.append((path, f"{current}\n".encode(), FILE_MODE))
         write_in_place(path, f"{setting.value}\n".encode())
         got = _current_int(self.fs, rel)
         if got is not None and got < setting.value:
@@ -184,8 +210,11 @@ def apply_host(
     settings: Sequence[SysfsSetting],
     root: Path,
     dry_run: bool = False,
+    distro: Distro = Distro.UNKNOWN,
 ) -> HostApplyResult:
     """Place `files` and `settings` below `root`; record or clear "reboot pending".
+
+    `distro` (the host's, from its os-release) names the command that rebuilds its initramfs.
 
     Raises ApplyError (after putting back whatever this run changed) when a write fails.
     """
@@ -212,7 +241,7 @@ def apply_host(
                 problems = run.undo.run()
                 tail = f"; could not put back: {'; '.join(problems)}" if problems else "; nothing was left changed"
                 raise ApplyError(f"host-apply failed: {_reason(exc, root)}{tail}") from None
-    _next_steps(plan, result)
+    _next_steps(plan, result, distro, read_hugetlbfs_mounts(fs))
     return result
 
 
@@ -231,7 +260,7 @@ def _run_all(run: _Run, plan: Plan, files: Mapping[str, str], settings: Sequence
         run.remove(REBOOT_PENDING)
 
 
-def _next_steps(plan: Plan, result: HostApplyResult) -> None:
+def _next_steps(plan: Plan, result: HostApplyResult, distro: Distro, mounts: dict[int, tuple[str, ...]] | None) -> None:
     touched = {c.path for c in result.changes}
     if result.reboot_pending:
         result.next_steps.append(
@@ -239,8 +268,28 @@ def _next_steps(plan: Plan, result: HostApplyResult) -> None:
             f"to activate {' '.join(result.reboot_pending)}"
         )
     if any(p.startswith("etc/systemd/") for p in touched):
-        result.next_steps.append("run `systemctl daemon-reload` (slice CPU limits, CPUAffinity, irqbalance drop-in)")
+        result.next_steps.append(
+            "run `systemctl daemon-reload` (slice CPU limits, CPUAffinity, irqbalance drop-in, boot-time hugepages)"
+        )
         result.next_steps.append("run `systemctl try-restart irqbalance.service` (new ban list)")
+    gig_mounted = mounts is not None and bool(mounts.get(GIB_KIB))
+    if f"{UNIT_DIR}/{GIG_MOUNT_UNIT}" in touched and not gig_mounted:
+        result.next_steps.append(
+            f"run `systemctl start {GIG_MOUNT_UNIT}`, then `systemctl restart {LIBVIRT_UNITS[0]}` (or "
+            f"{LIBVIRT_UNITS[1]}): libvirt looks for hugetlbfs mounts only when it starts, and needs {GIG_MOUNT_POINT} "
+            "for 1 GiB pages (running guests keep running); at the next boot both come up in that order"
+        )
+    if VF_HOOK_PATH in touched:
+        result.next_steps.append(
+            f"run `systemctl reload {LIBVIRT_UNITS[0]}` (or {LIBVIRT_UNITS[1]}): libvirt looks for hook scripts "
+            f"only when it starts or reloads, and /{VF_HOOK_PATH} restores each VF's trust and spoofchk before its "
+            "slice starts"
+        )
     passthrough = any(d.type == "passthrough" for vm in plan.vms for d in vm.devices)
     if passthrough and any(p.startswith(("etc/modprobe.d/", "etc/modules-load.d/")) for p in touched):
-        result.next_steps.append("vfio-pci options apply when the module next loads (at the reboot)")
+        command = initramfs_command(distro)
+        rebuild = f"run `{command}`" if command else "rebuild the initramfs (update-initramfs -u or dracut -f)"
+        result.next_steps.append(
+            f"{rebuild}: a NIC driver that loads from the initramfs binds its device before vfio-pci's options "
+            "in /etc/modprobe.d apply, unless the initramfs holds them too (then reboot)"
+        )

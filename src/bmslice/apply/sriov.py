@@ -7,16 +7,23 @@ the running kernel only; on a host tree those steps are reported as skipped, nev
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import stat
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import replace
 from functools import partial
 from pathlib import Path
 
 from bmslice.apply.transaction import Step
-from bmslice.apply.tree_files import make_dirs, remove_dirs, write_atomic, write_in_place
+from bmslice.apply.tree_files import EXEC_MODE, FILE_MODE, make_dirs, remove_dirs, write_atomic, write_in_place
 from bmslice.errors import ApplyError, TopologyError
-from bmslice.model.plan import DeviceAssignment, PfPlan, VmPlan
-from bmslice.render.sriov_files import UDEV_RULES_PATH, udev_rules
+from bmslice.model.plan import DeviceAssignment, PfPlan, Plan, VmPlan
+from bmslice.render.sriov_files import (
+    EXECUTABLES,
+    UDEV_RULES_PATH,
+    VF_HOOK_PATH,
+    VF_SETTINGS_PATH,
+    sriov_host_files,
+)
 from bmslice.topology.fsroot import FsRoot
 from bmslice.topology.sysfs import PCI_DIR, vf_of
 
@@ -49,13 +56,13 @@ def read_numvfs(root: Path, pf: str) -> int:
         raise ApplyError(str(exc)) from None
 
 
-def _read_rules(fs: FsRoot) -> bytes | None:
+def _read_file(fs: FsRoot, rel: str) -> bytes | None:
     try:
-        return fs.read_bytes(UDEV_RULES_PATH)
+        return fs.read_bytes(rel)
     except TopologyError as exc:
         raise ApplyError(str(exc)) from None
     except OSError as exc:
-        raise ApplyError(f"cannot read {fs.display(UDEV_RULES_PATH)}: {exc.strerror or exc}") from None
+        raise ApplyError(f"cannot read {fs.display(rel)}: {exc.strerror or exc}") from None
 
 
 def numvfs_steps(root: Path, pfs: Sequence[PfPlan]) -> list[Step]:
@@ -87,30 +94,43 @@ def numvfs_steps(root: Path, pfs: Sequence[PfPlan]) -> list[Step]:
     return steps
 
 
-def persist_step(root: Path, pfs: Sequence[PfPlan]) -> Step | None:
-    """A udev rule recreates the VFs at boot; bmslice owns the whole rules file."""
-    if not pfs:
-        return None
-    fs = FsRoot(root)
-    path = _confined(fs, UDEV_RULES_PATH)
-    text = udev_rules(pfs).encode()
-    old = _read_rules(fs)
-    if old == text:
+def _file_step(fs: FsRoot, rel: str, text: str, what: str) -> Step | None:
+    """Write one host file bmslice owns whole (atomically, undone to what was there); None when it is as planned."""
+    path = _confined(fs, rel)
+    data = text.encode()
+    mode = EXEC_MODE if rel in EXECUTABLES else FILE_MODE
+    old = _read_file(fs, rel)
+    old_mode = stat.S_IMODE(path.stat().st_mode) if old is not None else FILE_MODE
+    if old == data and old_mode == mode:
         return None
     created: list[Path] = []
 
     def do() -> None:
         make_dirs(path.parent, created)
-        write_atomic(path, text)
+        write_atomic(path, data, mode)
 
     def undo() -> None:
         if old is not None:
-            write_atomic(path, old)
+            write_atomic(path, old, old_mode)
             return
         path.unlink(missing_ok=True)
         remove_dirs(created)  # leave no empty directory this run made
 
-    return Step(f"write {UDEV_RULES_PATH} (VF counts at boot)", do, undo, f"restore {UDEV_RULES_PATH}")
+    return Step(f"write {rel} ({what})", do, undo, f"restore {rel}")
+
+
+_PERSISTS = {
+    UDEV_RULES_PATH: "VF counts at boot",
+    VF_SETTINGS_PATH: "VF trust and spoofchk, for the hook",
+    VF_HOOK_PATH: "restores them before each start",
+}
+
+
+def persist_steps(root: Path, plan: Plan) -> list[Step]:
+    """What brings the VFs back after a reboot: the udev rule, the VF settings and libvirt's hook."""
+    fs = FsRoot(root)
+    steps = [_file_step(fs, rel, text, _PERSISTS[rel]) for rel, text in sriov_host_files(plan).items()]
+    return [step for step in steps if step is not None]
 
 
 def set_vf(pf_interface: str, vf: DeviceAssignment, netns: str | None = None) -> None:
@@ -157,21 +177,38 @@ def vf_setting_steps(devices: Sequence[DeviceAssignment], no_kernel: str | None)
     return steps
 
 
-def drop_udev_rule(root: Path, pf: str) -> None:
-    """Remove `pf`'s line from bmslice's udev rules; the file goes when no PF is left."""
+def _keep_lines(root: Path, rel: str, drop: Callable[[str], bool]) -> bool:
+    """Remove the lines `drop` picks from a file bmslice owns; the file goes when only comments are left.
+    True when the file is gone (or was not there)."""
     fs = FsRoot(root)
-    data = _read_rules(fs)
+    data = _read_file(fs, rel)
     if data is None:
-        return
-    path = _confined(fs, UDEV_RULES_PATH)
-    kept = [line for line in data.decode("utf-8", errors="replace").splitlines() if f'KERNEL=="{pf}"' not in line]
+        return True
+    path = _confined(fs, rel)
+    kept = [line for line in data.decode("utf-8", errors="replace").splitlines() if not drop(line)]
     try:
-        if any(not line.startswith("#") for line in kept):
+        if any(line.strip() and not line.startswith("#") for line in kept):
             write_atomic(path, ("\n".join(kept) + "\n").encode())
-        else:
-            path.unlink()
+            return False
+        path.unlink()
+        return True
     except OSError as exc:
         raise ApplyError(f"cannot update {path}: {exc.strerror or exc}") from None
+
+
+def drop_udev_rule(root: Path, pf: str) -> None:
+    """Remove `pf`'s line from bmslice's udev rules (either form: the PF's interface or, before, its PCI device)."""
+    _keep_lines(root, UDEV_RULES_PATH, lambda line: f'KERNELS=="{pf}"' in line or f'KERNEL=="{pf}"' in line)
+
+
+def drop_vf_settings(root: Path, domains: Collection[str]) -> None:
+    """Remove the VF settings of `domains`; with none left, the hook that reads them goes too."""
+    if _keep_lines(root, VF_SETTINGS_PATH, lambda line: line.split(" ", 1)[0] in domains):
+        hook = _confined(FsRoot(root), VF_HOOK_PATH)
+        try:
+            hook.unlink(missing_ok=True)
+        except OSError as exc:
+            raise ApplyError(f"cannot remove {hook}: {exc.strerror or exc}") from None
 
 
 def unresolved_vfs(vm: VmPlan) -> bool:

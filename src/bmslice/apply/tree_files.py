@@ -16,6 +16,7 @@ from pathlib import Path
 from bmslice.errors import ApplyError
 
 FILE_MODE = 0o644
+EXEC_MODE = 0o755  # a script another program runs (libvirt's hooks)
 
 
 def write_in_place(path: Path, data: bytes) -> None:
@@ -35,14 +36,14 @@ def write_in_place(path: Path, data: bytes) -> None:
         os.close(fd)
 
 
-def write_atomic(path: Path, data: bytes) -> None:
+def write_atomic(path: Path, data: bytes, mode: int = FILE_MODE) -> None:
     """Temp file in the same directory, fsync, rename: readers see the old file or the new one."""
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".bmslice")
     try:
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
             handle.flush()
-            os.fchmod(handle.fileno(), FILE_MODE)
+            os.fchmod(handle.fileno(), mode)
             os.fsync(handle.fileno())
         os.replace(tmp, path)
     except BaseException:

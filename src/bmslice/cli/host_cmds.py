@@ -57,7 +57,9 @@ def cmd_preflight(args: argparse.Namespace) -> int:
 
 
 def cmd_host_config(args: argparse.Namespace) -> int:
+    from bmslice.apply.tree_files import EXEC_MODE
     from bmslice.render.host_files import render_host_files
+    from bmslice.render.sriov_files import EXECUTABLES
 
     topo, plan = _plan(args)
     files = render_host_files(plan, topo)
@@ -67,6 +69,8 @@ def cmd_host_config(args: argparse.Namespace) -> int:
             path = out / rel
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_text(text)
+            if rel in EXECUTABLES:
+                path.chmod(EXEC_MODE)
     except OSError as exc:
         raise BmsliceError(f"--out {out}: cannot write: {exc.strerror or exc}") from None
     for rel in files:
@@ -82,7 +86,8 @@ def cmd_host_apply(args: argparse.Namespace) -> int:
 
     topo, plan = _plan(args)
     root = _root(args)
-    result = apply_host(plan, render_host_files(plan, topo), runtime_settings(plan), root, dry_run=args.dry_run)
+    files = render_host_files(plan, topo)
+    result = apply_host(plan, files, runtime_settings(plan), root, dry_run=args.dry_run, distro=topo.distro)
     verb = {"create": "wrote", "update": "updated", "remove": "removed", "set": "set"}
     print(
         f"{'dry run: ' if args.dry_run else ''}host-apply on {root}; bootloader: {bootloader_name(result.bootloader)}"

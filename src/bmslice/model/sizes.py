@@ -27,6 +27,7 @@ _UNITS_MIB = {
 }
 # [0-9], not \d: \d would take Arabic-Indic or fullwidth digits, which float() then reads.
 _SIZE_RE = re.compile(r"([0-9]+)(?:\.([0-9]+))? ?([A-Za-z]{0,3})")
+GIB_KIB = 1048576  # a 1 GiB hugepage in KiB, the unit of sysfs hugepage sizes
 MAX_SIZE_MIB = 1024 * 1024 * 1024  # 1 PiB: far above any memory or disk, far below an overflow
 
 

@@ -13,6 +13,7 @@ from functools import cached_property
 from typing import Any
 
 from bmslice.cpuset import CpuSet
+from bmslice.model.distro import Distro, distro_of
 
 NETWORK_CLASS_PREFIX = "0x02"
 BRIDGE_CLASS_PREFIX = "0x0604"
@@ -234,6 +235,13 @@ class HostTopology:
     warnings: tuple[str, ...] = field(default=())
     management_interfaces: tuple[str, ...] = ()  # carry the address of the current SSH session, etc.
     vf_states: tuple[VfState, ...] = ()
+    kernel_release: str = ""  # /proc/sys/kernel/osrelease, e.g. "6.1.0-18-amd64"; "" when the source cannot tell
+    os_ids: tuple[str, ...] = ()  # ID and ID_LIKE of /etc/os-release (model/distro.py); () when unknown
+
+    @property
+    def distro(self) -> Distro:
+        return distro_of(self.os_ids)
+
     l3_domains: tuple[CacheDomain, ...] = ()  # empty: the source does not say
     resctrl: Resctrl | None = None  # None: no resctrl on the host, or the source cannot tell
 
@@ -306,6 +314,8 @@ def topology_to_dict(topo: HostTopology) -> dict[str, Any]:
         "cpu_vendor": topo.cpu_vendor,
         "cpu_model": topo.cpu_model,
         "kernel_cmdline": topo.kernel_cmdline,
+        "kernel_release": topo.kernel_release,
+        "os_ids": list(topo.os_ids),
         "default_route_interface": topo.default_route_interface,
         "iommu_active": topo.iommu_active,
         "cpus": [

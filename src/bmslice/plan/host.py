@@ -12,17 +12,18 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 
 from bmslice.cpuset import CpuListError, CpuSet
 from bmslice.errors import PlanError
 from bmslice.model.plan import NodeHugepages
+from bmslice.model.sizes import GIB_KIB
 from bmslice.model.spec import HostSpec
 from bmslice.model.topology import Core, HostTopology
 from bmslice.plan.realtime import ISOLCPUS_FLAGS, realtime_kernel_args
 
 CPU_LIST_ARGS = ("isolcpus", "nohz_full", "rcu_nocbs", "irqaffinity")
-GIB_KIB = 1048576
 
 
 def reserved_cores(topo: HostTopology, host: HostSpec) -> tuple[Core, ...]:
@@ -62,13 +63,41 @@ def iommu_args(vendor: str) -> tuple[str, ...]:
     return ("iommu=pt",)
 
 
-def hugepage_args(hugepages: Sequence[NodeHugepages]) -> tuple[str, ...]:
-    """1 GiB pages can only be had reliably at boot, per node: hugepages=0:4,1:4."""
+# hugepages=<node>:<count>,... came with Linux 5.16 ("hugetlbfs: extend the definition of hugepages
+# parameter to support node allocation"); an older kernel does not parse it.
+PER_NODE_HUGEPAGES_SINCE = (5, 16)
+_RELEASE = re.compile(r"([0-9]+)\.([0-9]+)(?:[^0-9].*)?")
+
+
+def per_node_hugepages(release: str) -> bool | None:
+    """Whether the kernel `release` (/proc/sys/kernel/osrelease) takes hugepages= per node; None: unknown.
+
+    >>> per_node_hugepages("6.1.0-18-amd64"), per_node_hugepages("4.15.0-20-generic"), per_node_hugepages("")
+    (True, False, None)
+    """
+    match = _RELEASE.fullmatch(release.strip())
+    if match is None:
+        return None
+    return (int(match.group(1)), int(match.group(2))) >= PER_NODE_HUGEPAGES_SINCE
+
+
+def hugepage_args(hugepages: Sequence[NodeHugepages], per_node: bool = True, memory_nodes: int = 1) -> tuple[str, ...]:
+    """1 GiB pages can only be had reliably at boot: per node from Linux 5.16 (hugepages=0:4,1:4).
+
+    Older kernels take one global count and spread it round-robin over the nodes with memory,
+    so each node gets the largest per-node need: `memory_nodes` times it. The boot unit
+    (render/host_files.py) then gives each node back what it holds beyond its need.
+
+    >>> hugepage_args([NodeHugepages(0, GIB_KIB, 4)], per_node=False, memory_nodes=2)
+    ('hugepagesz=1G', 'hugepages=8')
+    """
     gig = [h for h in hugepages if h.size_kib == GIB_KIB and h.pages > 0]
     if not gig:
         return ()
-    per_node = ",".join(f"{h.node}:{h.pages}" for h in sorted(gig, key=lambda h: h.node))
-    return ("hugepagesz=1G", f"hugepages={per_node}")
+    if not per_node:
+        return ("hugepagesz=1G", f"hugepages={max(h.pages for h in gig) * memory_nodes}")
+    per_node_counts = ",".join(f"{h.node}:{h.pages}" for h in sorted(gig, key=lambda h: h.node))
+    return ("hugepagesz=1G", f"hugepages={per_node_counts}")
 
 
 def kernel_args(
@@ -78,10 +107,13 @@ def kernel_args(
     hugepages: Sequence[NodeHugepages],
     passthrough: bool,
     realtime: bool = False,
+    per_node: bool = True,
+    memory_nodes: int = 1,
 ) -> tuple[str, ...]:
     """`passthrough`: some VM gets a PCI device or VF, so the IOMMU must be on (and only then).
     `realtime`: the plan has a realtime VM, so the isolated CPUs also shed managed IRQs and
-    the realtime boot args follow (plan/realtime.py)."""
+    the realtime boot args follow (plan/realtime.py). `per_node`, `memory_nodes`: how 1 GiB
+    pages are asked for (hugepage_args)."""
     args = list(iommu_args(vendor)) if passthrough else []
     if isolated:
         flags = f"{ISOLCPUS_FLAGS}," if realtime else ""
@@ -89,7 +121,7 @@ def kernel_args(
         for key in ("nohz_full", "rcu_nocbs"):
             args.append(f"{key}={isolated}")
     args.append(f"irqaffinity={reserved}")
-    args.extend(hugepage_args(hugepages))
+    args.extend(hugepage_args(hugepages, per_node, memory_nodes))
     if realtime:
         args.extend(realtime_kernel_args(vendor))
     return tuple(args)

@@ -13,13 +13,14 @@ from dataclasses import replace
 from bmslice.cpuset import CpuSet
 from bmslice.errors import PlanError
 from bmslice.model.plan import DeviceAssignment, GuestCell, GuestTopology, HostPlan, NodeHugepages, PfPlan, Plan, VmPlan
+from bmslice.model.sizes import GIB_KIB
 from bmslice.model.spec import EmulatorPolicy, IsolateScope, NicNumaPolicy, Spec, VmSpec
 from bmslice.model.topology import Core, HostTopology
 from bmslice.plan.allocate import Allocation, NodeRequest, allocate_node_l3
 from bmslice.plan.cache_ways import reserve_cache, way_budget
 from bmslice.plan.capacity import NodeFree, vm_load
 from bmslice.plan.devices import ResolvedNic, VfRequest, check_nics, numa_warning, resolve_nics, resolve_vf_pools
-from bmslice.plan.host import kernel_args, missing_args, reserved_cores
+from bmslice.plan.host import kernel_args, missing_args, per_node_hugepages, reserved_cores
 from bmslice.plan.l3_placement import L3Layout, core_l3, l3_ids, node_domains, place_in_l3, with_split_notes
 from bmslice.plan.macs import check_macs
 from bmslice.plan.placement import Request, place
@@ -387,6 +388,26 @@ def _hugepages(vms: Sequence[VmPlan]) -> tuple[NodeHugepages, ...]:
     return tuple(NodeHugepages(node, size, n) for (node, size), n in sorted(pages.items()))
 
 
+def _hugepage_form(topo: HostTopology, hugepages: Sequence[NodeHugepages], warnings: list[str]) -> bool:
+    """Per-node 1 GiB boot args where the kernel takes them; the global form, said aloud, where not."""
+    if not any(h.size_kib == GIB_KIB for h in hugepages):
+        return True
+    per_node = per_node_hugepages(topo.kernel_release)
+    if per_node is None:
+        warnings.append(
+            f"kernel release unknown from {topo.source or 'this source'}: 1 GiB hugepages are asked for per node "
+            "(hugepages=<node>:<count>), which Linux before 5.16 does not parse"
+        )
+        return True
+    if not per_node:
+        warnings.append(
+            f"kernel {topo.kernel_release} has no per-node hugepages= (Linux 5.16+): 1 GiB pages are reserved with the "
+            "global form, spread evenly over the NUMA nodes, and bmslice-hugepages.service sets each node's count "
+            "at boot, before libvirtd"
+        )
+    return per_node
+
+
 def _with_host(
     topo: HostTopology,
     spec: Spec,
@@ -404,7 +425,9 @@ def _with_host(
     hugepages = _hugepages(all_vms)
     realtime = any(vm.realtime is not None for vm in all_vms)
     passthrough = any(vm.devices for vm in all_vms)
-    args = kernel_args(topo.cpu_vendor, reserved, isolated, hugepages, passthrough, realtime)
+    per_node = _hugepage_form(topo, hugepages, warnings)
+    memory_nodes = sum(1 for node in topo.numa_nodes if node.memory_mib) or 1
+    args = kernel_args(topo.cpu_vendor, reserved, isolated, hugepages, passthrough, realtime, per_node, memory_nodes)
     if topo.kernel_cmdline:
         missing = missing_args(args, topo.kernel_cmdline, topo.iommu_active)
     else:

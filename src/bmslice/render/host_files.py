@@ -16,12 +16,15 @@ from __future__ import annotations
 
 import shlex
 from collections import defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
+from bmslice.model.distro import qemu_binaries
 from bmslice.model.plan import DeviceAssignment, Plan
+from bmslice.model.sizes import GIB_KIB
 from bmslice.model.topology import HostTopology
 from bmslice.render.artifacts import kernel_args_line
 from bmslice.render.resctrl_files import resctrl_files
+from bmslice.render.sriov_files import sriov_host_files
 from bmslice.safe_text import one_line
 
 RUNTIME_HUGEPAGE_KIB = 2048  # 1 GiB pages are boot-time kernel args (plan/host.py)
@@ -32,10 +35,16 @@ HUGEPAGES = "etc/bmslice/hugepages"
 IRQBALANCE = "etc/systemd/system/irqbalance.service.d/50-bmslice-banned-cpus.conf"
 TUNED = "etc/tuned/cpu-partitioning-variables.conf"
 TUNED_REALTIME = "etc/tuned/realtime-virtual-host-variables.conf"
+TUNED_PROFILE = "etc/tuned/bmslice/tuned.conf"
 SLICES = ("system.slice", "user.slice")
 SYSTEM_CONF = "etc/systemd/system.conf.d/50-bmslice-cpus.conf"
 VFIO_OPTIONS = "etc/modprobe.d/bmslice-vfio.conf"
 VFIO_LOAD = "etc/modules-load.d/bmslice-vfio.conf"
+UNIT_DIR = "etc/systemd/system"
+GIG_MOUNT_POINT = "/dev/hugepages1G"
+GIG_MOUNT_UNIT = "dev-hugepages1G.mount"  # a mount unit is named after its path (systemd.mount(5))
+HUGEPAGES_UNIT = "bmslice-hugepages.service"
+LIBVIRT_UNITS = ("libvirtd.service", "virtqemud.service")  # the monolithic daemon, and the modular one
 
 HEADER = "# Written by bmslice from the slicing plan; bmslice host-apply rewrites it.\n"
 
@@ -51,7 +60,7 @@ class SysfsSetting:
 
 
 def slice_dropin(unit: str) -> str:
-    return f"etc/systemd/system/{unit}.d/50-bmslice-cpus.conf"
+    return f"{UNIT_DIR}/{unit}.d/50-bmslice-cpus.conf"
 
 
 def hugepage_path(node: int, size_kib: int = RUNTIME_HUGEPAGE_KIB) -> str:
@@ -85,14 +94,120 @@ def _grub(plan: Plan) -> str:
 def _hugepages(plan: Plan) -> str:
     lines = [
         HEADER,
-        "# Runtime 2 MiB hugepages per NUMA node (sysfs file, pages). They do not survive a reboot:\n",
-        "# run bmslice host-apply again at boot, or reserve them with hugepages= on the kernel command line.\n",
+        "# Runtime 2 MiB hugepages per NUMA node (sysfs file, pages): host-apply raises them now, and\n",
+        f"# {HUGEPAGES_UNIT} raises them again at each boot, before libvirtd autostarts the slices.\n",
     ]
     settings = runtime_settings(plan)
     lines += [f"/{s.path} {s.value}\n" for s in settings]
     if not settings:
         lines.append("# none planned: no VM asks for 2 MiB hugepages\n")
     return "".join(lines)
+
+
+def _gig_nodes(plan: Plan) -> dict[int, int]:
+    return {h.node: h.pages for h in plan.host.hugepages if h.size_kib == GIB_KIB and h.pages > 0}
+
+
+def global_gig_form(plan: Plan) -> bool:
+    """The plan asks for 1 GiB pages with one global count (a kernel before 5.16: plan/host.py)."""
+    return any(a.startswith("hugepages=") and ":" not in a for a in plan.host.kernel_args)
+
+
+def boot_settings(plan: Plan, topo: HostTopology) -> tuple[SysfsSetting, ...]:
+    """What the boot unit writes: the 2 MiB pages per node (raised, never lowered), and after the
+    global 1 GiB form each node's 1 GiB count exactly, giving back what the even spread put on
+    a node beyond its need. On a one-node host the global pool is that node's (and exists
+    whether or not the kernel has NUMA)."""
+    memory_nodes = [n.id for n in topo.numa_nodes if n.memory_mib] or [0]
+    if len(memory_nodes) == 1:
+        return tuple(
+            replace(s, path=f"sys/kernel/mm/hugepages/hugepages-{RUNTIME_HUGEPAGE_KIB}kB/nr_hugepages")
+            for s in runtime_settings(plan)
+        )
+    settings = list(runtime_settings(plan))
+    if global_gig_form(plan):
+        gig = _gig_nodes(plan)
+        settings += [
+            SysfsSetting(hugepage_path(n, GIB_KIB), gig.get(n, 0), f"node {n} 1 GiB hugepages", minimum=False)
+            for n in memory_nodes
+        ]
+    return tuple(settings)
+
+
+def _write_line(setting: SysfsSetting) -> str:
+    # $$ is systemd's escape for a $ the shell is to see (systemd.service(5), "Command lines").
+    path = f"/{setting.path}"
+    if not setting.minimum:
+        return f"ExecStart=/bin/sh -c 'echo {setting.value} >{path}'\n"
+    return (
+        f'ExecStart=/bin/sh -c \'f={path}; [ "$$(cat "$$f")" -ge {setting.value} ] || echo {setting.value} >"$$f"\'\n'
+    )
+
+
+def _hugepages_unit(settings: tuple[SysfsSetting, ...]) -> str:
+    lines = [
+        HEADER,
+        "# Hugepages reserved at runtime are gone after a reboot, while libvirtd autostarts the slices\n",
+        "# that need them: this unit reserves them at each boot, before libvirtd (or virtqemud) starts.\n",
+        "# It works on every kernel and keeps the per-node counts. Each line only raises a pool, except\n",
+        "# the exact 1 GiB counts after a global hugepages= boot arg, which give back a node's surplus.\n",
+        "[Unit]\n",
+        "Description=Hugepages per NUMA node for bmslice's slices\n",
+        f"Before={' '.join(LIBVIRT_UNITS)}\n",
+        "\n[Service]\n",
+        "Type=oneshot\n",
+        "RemainAfterExit=yes\n",
+    ]
+    for setting in settings:
+        lines.append(f"# {setting.what}: {setting.value}{'' if setting.minimum else ' exactly'}\n")
+        lines.append(_write_line(setting))
+    return "".join(lines)
+
+
+def _gig_mount() -> str:
+    # libvirt backs a guest's 1 GiB pages with a hugetlbfs of that page size; a stock host mounts
+    # only the default (2 MiB) one at /dev/hugepages ("Unable to find any usable hugetlbfs mount").
+    return (
+        HEADER + "# A hugetlbfs of 1 GiB pages for the slices that use them. libvirtd looks for hugetlbfs mounts\n"
+        "# only when it starts, so this is mounted before it (the libvirtd drop-in pulls it in).\n"
+        "[Unit]\n"
+        "Description=1 GiB hugepages for bmslice's slices\n"
+        "DefaultDependencies=no\n"
+        f"Before={' '.join(LIBVIRT_UNITS)}\n"
+        "ConditionPathExists=/sys/kernel/mm/hugepages/hugepages-1048576kB\n"
+        "\n[Mount]\n"
+        "What=hugetlbfs\n"
+        f"Where={GIG_MOUNT_POINT}\n"
+        "Type=hugetlbfs\n"
+        "Options=nosuid,nodev,pagesize=1G\n"
+    )
+
+
+def libvirt_dropin(unit: str) -> str:
+    return f"{UNIT_DIR}/{unit}.d/50-bmslice-hugepages.conf"
+
+
+def _libvirt_dropin(needs: list[str]) -> str:
+    return (
+        HEADER + "# The slices libvirt autostarts need their hugepages reserved (and the 1 GiB hugetlbfs mounted)\n"
+        "# before it starts: it looks for hugetlbfs mounts only then.\n"
+        "[Unit]\n"
+        f"Wants={' '.join(needs)}\n"
+        f"After={' '.join(needs)}\n"
+    )
+
+
+def _boot_hugepage_files(plan: Plan, topo: HostTopology) -> dict[str, str]:
+    files: dict[str, str] = {}
+    settings = boot_settings(plan, topo)
+    if settings:
+        files[f"{UNIT_DIR}/{HUGEPAGES_UNIT}"] = _hugepages_unit(settings)
+    if _gig_nodes(plan):
+        files[f"{UNIT_DIR}/{GIG_MOUNT_UNIT}"] = _gig_mount()
+    needs = [unit for unit in (HUGEPAGES_UNIT, GIG_MOUNT_UNIT) if f"{UNIT_DIR}/{unit}" in files]
+    if needs:
+        files.update({libvirt_dropin(unit): _libvirt_dropin(needs) for unit in LIBVIRT_UNITS})
+    return files
 
 
 def _irqbalance(plan: Plan) -> str:
@@ -123,6 +238,50 @@ def _tuned_realtime(plan: Plan) -> str:
         "# sysctls (no RT throttling, no NMI watchdog, KSM off) and its own boot args for these CPUs.\n"
         f"isolated_cores={plan.host.isolated_cpus}\n"
         "isolate_managed_irq=Y\n"
+    )
+
+
+# What cpu-partitioning (tuned 2.20, with the network-latency profile it includes) already puts on
+# the kernel command line, from the variables file: the profile adds only the rest of the plan's args.
+CPU_PARTITIONING_ARGS = frozenset({"isolcpus", "nohz_full", "rcu_nocbs", "nosoftlockup", "skew_tick", "intel_pstate"})
+# cpu-partitioning's own ps_blacklist (tuned 2.20): DPDK poll-mode and vRouter threads, RHEL's QEMU.
+# A profile that sets the option replaces the list it includes, so these are kept.
+CPU_PARTITIONING_BLACKLIST = (
+    ".*pmd.*",
+    ".*PMD.*",
+    "^DPDK",
+    ".*qemu-kvm.*",
+    "^contrail-vroute$",
+    "^lcore-slave-.*",
+    "^rte_mp_handle$",
+    "^rte_mp_async$",
+    "^eal-intr-thread$",
+)
+COMM_LENGTH = 15  # a process's comm (what tuned matches) is its name cut to 15 characters (TASK_COMM_LEN)
+
+
+def tuned_remaining_args(plan: Plan) -> tuple[str, ...]:
+    return tuple(a for a in plan.host.kernel_args if a.partition("=")[0] not in CPU_PARTITIONING_ARGS)
+
+
+def _tuned_profile(plan: Plan, topo: HostTopology) -> str:
+    # tuned's scheduler plugin moves every process off the isolated CPUs except those whose comm
+    # matches ps_blacklist; cpu-partitioning names only RHEL's qemu-kvm, so on Debian it would move
+    # the slices' vCPU threads (qemu-system-x86_64 runs as "qemu-system-x86").
+    qemu = [f"^{name[:COMM_LENGTH]}" for name in qemu_binaries(topo.distro)]
+    blacklist = list(dict.fromkeys([*CPU_PARTITIONING_BLACKLIST, *qemu]))
+    return (
+        HEADER + "# For hosts that use tuned instead of the GRUB drop-in (use one or the other): `tuned-adm profile\n"
+        "# bmslice`. cpu-partitioning isolates the CPUs of /etc/tuned/cpu-partitioning-variables.conf\n"
+        "# (isolcpus, nohz_full, rcu_nocbs) but adds no IOMMU, IRQ or hugepage args: this profile adds them,\n"
+        f"# and keeps tuned off the QEMU processes of this distribution ({topo.distro}).\n"
+        "[main]\n"
+        "summary=bmslice: cpu-partitioning plus the rest of the slicing plan's boot args\n"
+        "include=cpu-partitioning\n"
+        "\n[bootloader]\n"
+        f"cmdline_bmslice=+{' '.join(tuned_remaining_args(plan))}\n"
+        "\n[scheduler]\n"
+        f"ps_blacklist={';'.join(blacklist)}\n"
     )
 
 
@@ -208,6 +367,7 @@ def render_host_files(plan: Plan, topo: HostTopology) -> dict[str, str]:
         HUGEPAGES: _hugepages(plan),
         IRQBALANCE: _irqbalance(plan),
         TUNED: _tuned(plan),
+        TUNED_PROFILE: _tuned_profile(plan, topo),
         SYSTEM_CONF: _system_conf(plan),
         VFIO_OPTIONS: _vfio_options(plan, topo),
         VFIO_LOAD: _vfio_load(plan),
@@ -216,5 +376,7 @@ def render_host_files(plan: Plan, topo: HostTopology) -> dict[str, str]:
         files[TUNED_REALTIME] = _tuned_realtime(plan)
     for unit in SLICES:
         files[slice_dropin(unit)] = _slice(plan, unit)
+    files.update(_boot_hugepage_files(plan, topo))
+    files.update(sriov_host_files(plan))
     files.update(resctrl_files(plan))
     return dict(sorted(files.items()))

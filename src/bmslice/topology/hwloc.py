@@ -69,6 +69,7 @@ def topology_from_hwloc(xml_text: str | bytes, source: str) -> HostTopology:
         iommu_active=None,
         source=source,
         hostname=_own_info(machine, "HostName") or "",
+        kernel_release=_own_info(machine, "OSRelease") or "",
         warnings=tuple(warnings),
         l3_domains=l3,
     )

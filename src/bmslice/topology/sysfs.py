@@ -15,6 +15,7 @@ from pathlib import Path
 
 from bmslice.cpuset import CpuSet
 from bmslice.errors import TopologyError
+from bmslice.model.distro import os_ids
 from bmslice.model.topology import (
     Cpu,
     HostTopology,
@@ -72,7 +73,18 @@ def read_host_tree(root: Path | str = Path("/")) -> HostTopology:
         l3_domains=read_l3_domains(fs, cpus),
         resctrl=read_resctrl(fs, vendor),
         warnings=tuple(fs.warnings),
+        kernel_release=fs.read_line("proc/sys/kernel/osrelease") or "",
+        os_ids=_os_ids(fs),
     )
+
+
+def _os_ids(fs: FsRoot) -> tuple[str, ...]:
+    """/etc/os-release, else /usr/lib/os-release (os-release(5): the second is the fallback)."""
+    for rel in ("etc/os-release", "usr/lib/os-release"):
+        text = fs.read(rel)
+        if text is not None:
+            return os_ids(text)
+    return ()
 
 
 # --- CPUs -----------------------------------------------------------------------------

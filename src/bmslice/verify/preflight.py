@@ -13,10 +13,13 @@ from dataclasses import dataclass, field
 
 from bmslice.apply.host_apply import REBOOT_PENDING, Bootloader, bootloader_step, detect_bootloader
 from bmslice.model.plan import Plan, VmPlan
+from bmslice.model.sizes import GIB_KIB
 from bmslice.model.topology import HostTopology
 from bmslice.plan.host import iommu_args
 from bmslice.plan.realtime import QEMU_OVERHEAD_MIB
+from bmslice.render.host_files import GIG_MOUNT_POINT, GIG_MOUNT_UNIT, LIBVIRT_UNITS, UNIT_DIR
 from bmslice.topology.fsroot import FsRoot
+from bmslice.topology.mounts import read_hugetlbfs_mounts
 from bmslice.verify.findings import Finding, fail, ok, warn
 from bmslice.verify.host_state import (
     ModuleFacts,
@@ -28,7 +31,6 @@ from bmslice.verify.host_state import (
 )
 
 MIB = 1024 * 1024
-GIB_KIB = 1048576
 
 
 @dataclass(frozen=True)
@@ -39,6 +41,8 @@ class PreflightFacts:
     running_guests: frozenset[str] = frozenset()  # planned VMs whose QEMU already runs
     reclaimable_mib: Mapping[int, int] = field(default_factory=dict)  # page cache per node
     realtime: RealtimeFacts = field(default_factory=RealtimeFacts)
+    hugetlbfs: Mapping[int, tuple[str, ...]] | None = None  # page size KiB -> mount points; None: unknown
+    gig_mount_unit: bool = False  # bmslice's 1 GiB hugetlbfs mount unit is in place
 
 
 def read_preflight_facts(fs: FsRoot, plan: Plan, topo: HostTopology) -> PreflightFacts:
@@ -51,6 +55,8 @@ def read_preflight_facts(fs: FsRoot, plan: Plan, topo: HostTopology) -> Prefligh
         running_guests=frozenset(g for g in running if g is not None),
         reclaimable_mib=read_reclaimable_mib(fs, tuple(n.id for n in topo.numa_nodes)),
         realtime=read_realtime_facts(fs),
+        hugetlbfs=read_hugetlbfs_mounts(fs),
+        gig_mount_unit=fs.read(f"{UNIT_DIR}/{GIG_MOUNT_UNIT}") is not None,
     )
 
 
@@ -62,6 +68,7 @@ def preflight(plan: Plan, topo: HostTopology, facts: PreflightFacts) -> tuple[Fi
         _vfio(plan, facts.modules),
         _memlock(plan, facts.modules),
         *_memory(plan, topo, facts),
+        *_hugetlbfs(plan, facts),
         *_sriov(plan, topo),
         *_realtime(plan, facts.realtime),
         _kernel_args(plan, facts),
@@ -235,7 +242,7 @@ def _memory(plan: Plan, topo: HostTopology, facts: PreflightFacts) -> list[Findi
 
 def _hugepage_finding(plan: Plan, node: int, size_kib: int, pages: int, free: int, short: int) -> Finding:
     check = f"hugepages node{node}"
-    size = f"{size_kib // 1024} MiB" if size_kib < GIB_KIB else f"{size_kib // GIB_KIB} GiB"
+    size = _size_name(size_kib)
     message = f"{free} free {size} pages, the plan needs {pages}"
     if not short:
         return ok(check, message)
@@ -244,6 +251,43 @@ def _hugepage_finding(plan: Plan, node: int, size_kib: int, pages: int, free: in
     if any(arg.startswith("hugepages=") for arg in plan.host.missing_kernel_args):
         return warn(check, message + "; 1 GiB pages are reserved at boot (reboot pending)", "reboot after host-apply")
     return fail(check, message + " although the boot args ask for them", "raise hugepages= on the kernel command line")
+
+
+def _size_name(size_kib: int) -> str:
+    return f"{size_kib // 1024} MiB" if size_kib < GIB_KIB else f"{size_kib // GIB_KIB} GiB"
+
+
+def _hugetlbfs(plan: Plan, facts: PreflightFacts) -> list[Finding]:
+    """libvirt needs a hugetlbfs mount of each page size a guest uses, found when the daemon starts."""
+    out = []
+    restart = f"restart {LIBVIRT_UNITS[0]} (or {LIBVIRT_UNITS[1]}): it looks for hugetlbfs mounts only when it starts"
+    for size in sorted({vm.hugepage_kib for vm in plan.vms if vm.hugepage_kib}):
+        check = f"hugetlbfs {_size_name(size)}"
+        users = ", ".join(vm.name for vm in plan.vms if vm.hugepage_kib == size)
+        if facts.hugetlbfs is None:
+            out.append(warn(check, f"/proc/mounts unreadable: cannot tell whether {users} can get their pages", ""))
+            continue
+        mounted = facts.hugetlbfs.get(size, ())
+        if mounted:
+            out.append(ok(check, f"mounted at {', '.join(mounted)}"))
+            continue
+        message = f"no hugetlbfs of {_size_name(size)} pages in /proc/mounts: {users} cannot start"
+        if size < GIB_KIB:
+            remedy = (
+                f"mount -t hugetlbfs hugetlbfs /dev/hugepages (systemd's dev-hugepages.mount does at boot), {restart}"
+            )
+            out.append(fail(check, message, remedy))
+        elif facts.gig_mount_unit:
+            out.append(
+                warn(
+                    check,
+                    f"{GIG_MOUNT_POINT} is not mounted yet; bmslice's {GIG_MOUNT_UNIT} mounts it at boot",
+                    f"systemctl start {GIG_MOUNT_UNIT}, then {restart}",
+                )
+            )
+        else:
+            out.append(fail(check, message, f"bmslice host-apply (it places {GIG_MOUNT_UNIT}), then {restart}"))
+    return out
 
 
 def _free_finding(node: int, free: int | None, cache: int, need: int, vms: list[str]) -> Finding:

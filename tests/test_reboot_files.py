@@ -655,6 +655,20 @@ def test_preflight_counts_the_default_mount_for_2m_pages(tmp_path: Path) -> None
     assert level is Level.FAIL and "db, web cannot start" in message and remedy.startswith("mount -t hugetlbfs")
 
 
+def test_apply_says_when_libvirtd_has_yet_to_load_the_hook(tmp_path: Path) -> None:
+    """libvirtd looks for hooks only when it starts or reloads: a hook apply writes for the first time
+    does nothing until then (the lab shows it on a real libvirtd), so apply says so; once there, not again."""
+    from bmslice.apply.sriov import hook_is_new
+
+    tree = write_tree(server1_spec(), tmp_path / "host")
+    plan = make_plan(read_host_tree(tree), load_spec(REBOOT_SPEC))
+    no_vfs = make_plan(read_host_tree(tree), load_spec(REPO / "examples/server1/spec.yaml"))
+    assert hook_is_new(tree, plan) and not hook_is_new(tree, no_vfs)
+    for step in persist_steps(tree, plan):
+        step.do()
+    assert not hook_is_new(tree, plan)
+
+
 def test_destroying_one_of_two_vf_slices_keeps_the_others_settings(tmp_path: Path) -> None:
     from bmslice.apply.sriov import drop_vf_settings
 

@@ -76,7 +76,8 @@ def test_vfs_and_their_settings_come_back(lab: Lab, tmp_path: Path) -> None:
         rule = f'ACTION=="add", SUBSYSTEM=="net", KERNELS=="{pf}", SUBSYSTEMS=="pci", ATTR{{device/sriov_numvfs}}="1"'
         assert rule in files and f"{VM} {pf} 0 on off" in files and "hook-executable" in files, files
         assert trust_spoofchk() == (True, False)
-        labctl.say("checked: apply wrote the udev rule, the VF settings and the hook; VF 0 trust on, spoofchk off")
+        assert "warning: libvirt's VF hook is new here: run `systemctl reload libvirtd.service`" in applied.err, applied
+        labctl.say("checked: apply wrote the udev rule, the VF settings and the hook (and said to reload libvirtd)")
 
         # libvirtd looked for hooks when it started, before apply wrote this one
         labctl.run("ip", "link", "set", specs.VF_PF, "vf", "0", "trust", "off", "spoofchk", "on").expect()

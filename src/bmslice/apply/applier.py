@@ -47,6 +47,7 @@ from bmslice.model.topology import nodedev_name
 from bmslice.plan.cache_ways import host_ways_conflicts
 from bmslice.render.domain_model import Disk, Domain, domain_from_plan
 from bmslice.render.domain_xml import from_xml, to_xml
+from bmslice.render.sriov_files import HOOK_RELOAD
 from bmslice.topology.fsroot import FsRoot
 from bmslice.topology.mounts import read_hugetlbfs_mounts
 
@@ -79,6 +80,10 @@ def apply(spec: Spec, origin: str, opts: ApplyOptions, report: Callable[[str], N
         _preflight(ctx, spec, opts)
         steps: list[Step] = _sriov_host_steps(ctx, opts)
         result = ApplyResult(warnings=list(ctx.plan.warnings), dry_run=opts.dry_run)
+        if (opts.host_root is not None or is_local(opts.uri)) and sriov.hook_is_new(
+            opts.host_root or Path("/"), ctx.plan
+        ):
+            result.warnings.append(f"libvirt's VF hook is new here: {HOOK_RELOAD}")  # apply writes it below
         for vm_spec in spec.vms:
             steps.extend(_steps_for(ctx, vm_spec, ctx.plan.vm(vm_spec.name), opts, result.warnings))
         if opts.dry_run:

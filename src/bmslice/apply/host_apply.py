@@ -26,12 +26,11 @@ from bmslice.render.host_files import (
     GIG_MOUNT_UNIT,
     GRUB_DROPIN,
     KERNEL_ARGS,
-    LIBVIRT_UNITS,
-    UNIT_DIR,
     SysfsSetting,
     grubby_command,
 )
-from bmslice.render.sriov_files import EXECUTABLES, VF_HOOK_PATH
+from bmslice.render.sriov_files import EXECUTABLES, HOOK_RELOAD, VF_HOOK_PATH
+from bmslice.render.systemd_units import LIBVIRT_UNITS, UNIT_DIR
 from bmslice.topology.fsroot import FsRoot
 from bmslice.topology.mounts import read_hugetlbfs_mounts
 
@@ -280,11 +279,7 @@ def _next_steps(plan: Plan, result: HostApplyResult, distro: Distro, mounts: dic
             "for 1 GiB pages (running guests keep running); at the next boot both come up in that order"
         )
     if VF_HOOK_PATH in touched:
-        result.next_steps.append(
-            f"run `systemctl reload {LIBVIRT_UNITS[0]}` (or {LIBVIRT_UNITS[1]}): libvirt looks for hook scripts "
-            f"only when it starts or reloads, and /{VF_HOOK_PATH} restores each VF's trust and spoofchk before its "
-            "slice starts"
-        )
+        result.next_steps.append(HOOK_RELOAD)
     passthrough = any(d.type == "passthrough" for vm in plan.vms for d in vm.devices)
     if passthrough and any(p.startswith(("etc/modprobe.d/", "etc/modules-load.d/")) for p in touched):
         command = initramfs_command(distro)

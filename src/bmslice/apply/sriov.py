@@ -133,6 +133,12 @@ def persist_steps(root: Path, plan: Plan) -> list[Step]:
     return [step for step in steps if step is not None]
 
 
+def hook_is_new(root: Path, plan: Plan) -> bool:
+    """The plan's VFs need libvirt's hook and the host has none yet, so the running libvirtd has not
+    loaded it (it looks for hooks only when it starts or reloads)."""
+    return VF_HOOK_PATH in sriov_host_files(plan) and _read_file(FsRoot(root), VF_HOOK_PATH) is None
+
+
 def set_vf(pf_interface: str, vf: DeviceAssignment, netns: str | None = None) -> None:
     """MAC, VLAN (0 = untagged), trust and spoofchk of one VF, set explicitly (faults.md 23)."""
     from pyroute2 import IPRoute, NetlinkError, NetNS

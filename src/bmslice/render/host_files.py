@@ -22,9 +22,11 @@ from bmslice.model.distro import qemu_binaries
 from bmslice.model.plan import DeviceAssignment, Plan
 from bmslice.model.sizes import GIB_KIB
 from bmslice.model.topology import HostTopology
+from bmslice.render import systemd_units
 from bmslice.render.artifacts import kernel_args_line
 from bmslice.render.resctrl_files import resctrl_files
 from bmslice.render.sriov_files import sriov_host_files
+from bmslice.render.systemd_units import HEADER, LIBVIRT_UNITS, UNIT_DIR, libvirt_dropin_path
 from bmslice.safe_text import one_line
 
 RUNTIME_HUGEPAGE_KIB = 2048  # 1 GiB pages are boot-time kernel args (plan/host.py)
@@ -40,13 +42,9 @@ SLICES = ("system.slice", "user.slice")
 SYSTEM_CONF = "etc/systemd/system.conf.d/50-bmslice-cpus.conf"
 VFIO_OPTIONS = "etc/modprobe.d/bmslice-vfio.conf"
 VFIO_LOAD = "etc/modules-load.d/bmslice-vfio.conf"
-UNIT_DIR = "etc/systemd/system"
 GIG_MOUNT_POINT = "/dev/hugepages1G"
 GIG_MOUNT_UNIT = "dev-hugepages1G.mount"  # a mount unit is named after its path (systemd.mount(5))
 HUGEPAGES_UNIT = "bmslice-hugepages.service"
-LIBVIRT_UNITS = ("libvirtd.service", "virtqemud.service")  # the monolithic daemon, and the modular one
-
-HEADER = "# Written by bmslice from the slicing plan; bmslice host-apply rewrites it.\n"
 
 
 @dataclass(frozen=True)
@@ -184,16 +182,14 @@ def _gig_mount() -> str:
 
 
 def libvirt_dropin(unit: str) -> str:
-    return f"{UNIT_DIR}/{unit}.d/50-bmslice-hugepages.conf"
+    return libvirt_dropin_path(unit, "hugepages")
 
 
 def _libvirt_dropin(needs: list[str]) -> str:
-    return (
-        HEADER + "# The slices libvirt autostarts need their hugepages reserved (and the 1 GiB hugetlbfs mounted)\n"
-        "# before it starts: it looks for hugetlbfs mounts only then.\n"
-        "[Unit]\n"
-        f"Wants={' '.join(needs)}\n"
-        f"After={' '.join(needs)}\n"
+    return systemd_units.libvirt_dropin(
+        "# The slices libvirt autostarts need their hugepages reserved (and the 1 GiB hugetlbfs mounted)\n"
+        "# before it starts: it looks for hugetlbfs mounts only then.\n",
+        needs,
     )
 
 

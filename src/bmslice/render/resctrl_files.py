@@ -16,14 +16,12 @@ plan's host masks into /sys/fs/resctrl/schemata (a oneshot service reading
 from __future__ import annotations
 
 from bmslice.model.plan import Plan
+from bmslice.render.systemd_units import HEADER, LIBVIRT_UNITS, UNIT_DIR, libvirt_dropin, libvirt_dropin_path
 from bmslice.topology.resctrl import format_schemata
 
-MOUNT_UNIT = "etc/systemd/system/sys-fs-resctrl.mount"  # systemd names a mount unit after its path
+MOUNT_UNIT = f"{UNIT_DIR}/sys-fs-resctrl.mount"  # systemd names a mount unit after its path
 DEFAULT_SCHEMATA = "etc/bmslice/resctrl-default-schemata"
-SCHEMATA_SERVICE = "etc/systemd/system/bmslice-resctrl.service"
-LIBVIRT_UNITS = ("libvirtd.service", "virtqemud.service")  # monolithic and modular daemons
-
-HEADER = "# Written by bmslice from the slicing plan; bmslice host-apply rewrites it.\n"
+SCHEMATA_SERVICE = f"{UNIT_DIR}/bmslice-resctrl.service"
 
 
 def _mount() -> str:
@@ -60,17 +58,12 @@ def _service() -> str:
 
 
 def _libvirt_dropin(with_schemata: bool) -> str:
-    units = "sys-fs-resctrl.mount" + (" bmslice-resctrl.service" if with_schemata else "")
-    return (
-        HEADER + "# libvirt reads resctrl at start: mount it (and narrow the host's ways) first.\n"
-        "[Unit]\n"
-        f"Wants={units}\n"
-        f"After={units}\n"
-    )
+    units = ["sys-fs-resctrl.mount"] + (["bmslice-resctrl.service"] if with_schemata else [])
+    return libvirt_dropin("# libvirt reads resctrl at start: mount it (and narrow the host's ways) first.\n", units)
 
 
 def dropin_path(unit: str) -> str:
-    return f"etc/systemd/system/{unit}.d/50-bmslice-resctrl.conf"
+    return libvirt_dropin_path(unit, "resctrl")
 
 
 def resctrl_files(plan: Plan) -> dict[str, str]:

@@ -13,6 +13,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from bmslice.model.plan import PfPlan, Plan
+from bmslice.render.systemd_units import LIBVIRT_UNITS
 
 UDEV_RULES_PATH = "etc/udev/rules.d/70-bmslice-sriov.rules"
 VF_SETTINGS_PATH = "etc/bmslice/vf-settings"
@@ -20,6 +21,11 @@ VF_SETTINGS_PATH = "etc/bmslice/vf-settings"
 # hooks/qemu stays theirs.
 VF_HOOK_PATH = "etc/libvirt/hooks/qemu.d/50-bmslice-vf-settings"
 EXECUTABLES = frozenset({VF_HOOK_PATH})
+HOOK_RELOAD = (
+    f"run `systemctl reload {LIBVIRT_UNITS[0]}` (or {LIBVIRT_UNITS[1]}): libvirt looks for hook scripts "
+    f"only when it starts or reloads, and /{VF_HOOK_PATH} restores each VF's trust and spoofchk before its "
+    "slice starts"
+)
 
 _WRITTEN = "# Written by bmslice from the slicing plan; bmslice apply and host-apply rewrite it."
 

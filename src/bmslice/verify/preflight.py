@@ -17,7 +17,8 @@ from bmslice.model.sizes import GIB_KIB
 from bmslice.model.topology import HostTopology
 from bmslice.plan.host import iommu_args
 from bmslice.plan.realtime import QEMU_OVERHEAD_MIB
-from bmslice.render.host_files import GIG_MOUNT_POINT, GIG_MOUNT_UNIT, LIBVIRT_UNITS, UNIT_DIR
+from bmslice.render.host_files import GIG_MOUNT_POINT, GIG_MOUNT_UNIT
+from bmslice.render.systemd_units import LIBVIRT_UNITS, UNIT_DIR
 from bmslice.topology.fsroot import FsRoot
 from bmslice.topology.mounts import read_hugetlbfs_mounts
 from bmslice.verify.findings import Finding, fail, ok, warn

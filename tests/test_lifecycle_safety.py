@@ -120,13 +120,25 @@ def upload(slices: Slices, vol: Any, data: bytes, offset: int = 0) -> None:
 # --- other people's volumes -------------------------------------------------------------------
 
 
+def _one_vm(slices: Slices, tmp_path: Path) -> tuple[str, Path]:
+    """A spec with one slice that has a disk: its name and the spec's path."""
+    vm = slices.name("a")
+    return vm, write_spec(tmp_path / "spec.yaml", [with_disk(vm_entry(vm))])
+
+
+def _applied(slices: Slices, cli: Cli, tmp_path: Path) -> tuple[str, Path]:
+    """The same, applied."""
+    vm, spec = _one_vm(slices, tmp_path)
+    assert cli("apply", spec).returncode == 0
+    return vm, spec
+
+
 @libvirtd
 @pytest.mark.parametrize("which", ["empty qcow2 under the disk name", "raw with data under the seed name"])
 def test_foreign_volume_is_refused_and_still_there_after_destroy(
     which: str, qemu_slices: Slices, bmslice_cli: Cli, tmp_path: Path
 ) -> None:
-    vm = qemu_slices.name("a")
-    spec = write_spec(tmp_path / "spec.yaml", [with_disk(vm_entry(vm))])
+    vm, spec = _one_vm(qemu_slices, tmp_path)
     if which.startswith("empty qcow2"):  # holds no data, yet is someone's: not proof enough either
         name = f"{vm}.qcow2"
         vol = create_volume(qemu_slices, name, "qcow2", "64MiB")
@@ -179,9 +191,7 @@ def test_a_copy_of_a_bmslice_volume_is_not_taken_for_another_slice(
 
 @libvirtd
 def test_a_kept_disk_is_reused_and_removed_later(qemu_slices: Slices, bmslice_cli: Cli, tmp_path: Path) -> None:
-    vm = qemu_slices.name("a")
-    spec = write_spec(tmp_path / "spec.yaml", [with_disk(vm_entry(vm))])
-    assert bmslice_cli("apply", spec).returncode == 0
+    vm, spec = _applied(qemu_slices, bmslice_cli, tmp_path)
     run = bmslice_cli("destroy", spec, "--keep-disks")
     assert run.returncode == 0 and qemu_slices.volumes() == [str(IMAGES / f"{vm}.qcow2")], run
     run = bmslice_cli("apply", spec)
@@ -200,9 +210,7 @@ def test_destroy_removes_bmslice_volumes_whose_domain_is_gone(
     qemu_slices: Slices, bmslice_cli: Cli, tmp_path: Path
 ) -> None:
     """No domain names them any more (undefined by hand, or a rollback cut short): the marks still prove them."""
-    vm = qemu_slices.name("a")
-    spec = write_spec(tmp_path / "spec.yaml", [with_disk(vm_entry(vm))])
-    assert bmslice_cli("apply", spec).returncode == 0
+    vm, spec = _applied(qemu_slices, bmslice_cli, tmp_path)
     dom = qemu_slices.conn.lookupByName(vm)
     dom.destroy()
     dom.undefine()
@@ -252,9 +260,7 @@ def test_an_unmarked_disk_under_an_existing_slice_is_finished_only_when_empty(
 ) -> None:
     """Empty: what a run killed between creating and marking the disk leaves; apply marks it.
     Holding data (a swapped file, a disk from before marks): used as it is, never changed or deleted."""
-    vm = qemu_slices.name("a")
-    spec = write_spec(tmp_path / "spec.yaml", [with_disk(vm_entry(vm))])
-    assert bmslice_cli("apply", spec).returncode == 0
+    vm, spec = _applied(qemu_slices, bmslice_cli, tmp_path)
     qemu_slices.conn.lookupByName(vm).destroy()
     disk = _replace_disk(qemu_slices, vm, data=False)
     run = bmslice_cli("apply", spec)
@@ -286,9 +292,7 @@ def test_an_unmarked_disk_under_an_existing_slice_is_finished_only_when_empty(
 def test_a_disk_deleted_under_a_running_slice_is_not_replaced_by_an_empty_one(
     qemu_slices: Slices, bmslice_cli: Cli, tmp_path: Path
 ) -> None:
-    vm = qemu_slices.name("a")
-    spec = write_spec(tmp_path / "spec.yaml", [with_disk(vm_entry(vm))])
-    assert bmslice_cli("apply", spec).returncode == 0
+    vm, spec = _applied(qemu_slices, bmslice_cli, tmp_path)
     pool(qemu_slices).storageVolLookupByName(f"{vm}.qcow2").delete(0)  # QEMU still has the file open
     run = bmslice_cli("apply", spec)
     assert run.returncode == 0 and steps(run) == [], run
@@ -355,9 +359,7 @@ def test_killed_seed_upload_then_apply_gives_a_valid_seed(
 def test_zero_filled_or_outdated_seed_is_rebuilt_and_a_good_one_kept(
     qemu_slices: Slices, bmslice_cli: Cli, tmp_path: Path
 ) -> None:
-    vm = qemu_slices.name("a")
-    spec = write_spec(tmp_path / "spec.yaml", [with_disk(vm_entry(vm))])
-    assert bmslice_cli("apply", spec).returncode == 0
+    vm, spec = _applied(qemu_slices, bmslice_cli, tmp_path)
     seed = IMAGES / f"{vm}-seed.iso"
     mtime = seed.stat().st_mtime_ns
 
@@ -433,9 +435,7 @@ def _clean_error(run: Run) -> str:
 def test_losing_libvirtd_during_verify_or_status_is_one_error_line(
     qemu_slices: Slices, bmslice_cli: Cli, tmp_path: Path
 ) -> None:
-    vm = qemu_slices.name("a")
-    spec = write_spec(tmp_path / "spec.yaml", [with_disk(vm_entry(vm))])
-    assert bmslice_cli("apply", spec).returncode == 0
+    _vm, spec = _applied(qemu_slices, bmslice_cli, tmp_path)
     for command, stride in (("verify", 1), ("status", 3)):  # status reads through verify: a sample
         full, calls = _cut_runs(bmslice_cli, tmp_path, command, spec, cut_at=None)
         assert full.returncode == 0 and calls > 5, full
@@ -451,9 +451,7 @@ def test_losing_libvirtd_during_verify_or_status_is_one_error_line(
 def test_losing_libvirtd_during_destroy_is_one_error_line_and_the_next_destroy_finishes(
     qemu_slices: Slices, bmslice_cli: Cli, tmp_path: Path
 ) -> None:
-    vm = qemu_slices.name("a")
-    spec = write_spec(tmp_path / "spec.yaml", [with_disk(vm_entry(vm))])
-    assert bmslice_cli("apply", spec).returncode == 0
+    _vm, spec = _applied(qemu_slices, bmslice_cli, tmp_path)
     full, calls = _cut_runs(bmslice_cli, tmp_path, "destroy", spec, cut_at=None)
     assert full.returncode == 0 and qemu_slices.leftovers() == [], full
     for cut in range(1, calls, 4):  # a sample: each cut needs a fresh slice (a QEMU start)
@@ -471,8 +469,7 @@ def test_losing_libvirtd_during_apply_never_claims_a_rollback_it_did_not_do(
 ) -> None:
     """Cut at every other call of an apply: one error line; whatever is left, the message says
     ROLLBACK INCOMPLETE, never "rolled back"; and `destroy` then removes all of it."""
-    vm = qemu_slices.name("a")
-    spec = write_spec(tmp_path / "spec.yaml", [with_disk(vm_entry(vm))])
+    _vm, spec = _one_vm(qemu_slices, tmp_path)
     full, calls = _cut_runs(bmslice_cli, tmp_path, "apply", spec, cut_at=None)
     assert full.returncode == 0, full
     assert bmslice_cli("destroy", spec).returncode == 0
@@ -506,8 +503,7 @@ def test_losing_libvirtd_during_apply_never_claims_a_rollback_it_did_not_do(
 def test_two_applies_with_equivalent_uris_serialise(
     second_uri: str, qemu_slices: Slices, bmslice_cli: Cli, tmp_path: Path
 ) -> None:
-    vm = qemu_slices.name("a")
-    spec = write_spec(tmp_path / "spec.yaml", [with_disk(vm_entry(vm))])
+    vm, spec = _one_vm(qemu_slices, tmp_path)
     first = bmslice_cli.start("apply", spec, "--connect", QEMU_URI)
     first.wait_line(f"define {vm}")
     first.signal(signal.SIGSTOP)  # mid-run, holding the lock

@@ -264,16 +264,22 @@ def test_real_run_on_a_server_never_applied_places_secrets_then_fails_cleanly(tm
     assert TOKEN not in proc.stdout + proc.stderr
 
 
-def _module(tmp_path: Path, args: dict[str, Any], *flags: str) -> tuple[str, dict[str, Any], str]:
-    """`ansible localhost -m bmslice.slicing.bmslice -a JSON`: (status, result, stderr)."""
+def _module(
+    tmp_path: Path,
+    args: dict[str, Any],
+    *flags: str,
+    inventory: tuple[str, ...] = ("-i", "localhost,", "-c", "local"),
+    cwd: Path | None = None,
+    timeout: int = 120,
+    **env: str,
+) -> tuple[str, dict[str, Any], str]:
+    """`ansible all -m bmslice.slicing.bmslice -a JSON` (on localhost unless `inventory` says
+    otherwise): (status, result, stderr)."""
     proc = subprocess.run(
         [
             str(BIN / "ansible"),
             "all",
-            "-i",
-            "localhost,",
-            "-c",
-            "local",
+            *inventory,
             "-e",
             f"ansible_python_interpreter={sys.executable}",
             "-m",
@@ -282,16 +288,17 @@ def _module(tmp_path: Path, args: dict[str, Any], *flags: str) -> tuple[str, dic
             json.dumps(args),
             *flags,
         ],
-        cwd=tmp_path,
+        cwd=cwd or tmp_path,
         env=_ansible_env(
-            tmp_path, ANSIBLE_LOAD_CALLBACK_PLUGINS="1", ANSIBLE_STDOUT_CALLBACK="ansible.builtin.minimal"
+            tmp_path, ANSIBLE_LOAD_CALLBACK_PLUGINS="1", ANSIBLE_STDOUT_CALLBACK="ansible.builtin.minimal", **env
         ),
         capture_output=True,
         text=True,
-        timeout=120,
+        timeout=timeout,
         check=False,
     )
     head, _, body = proc.stdout.partition(" => ")
+    assert body, proc.stdout + proc.stderr
     return head.partition(" | ")[2].strip(), json.loads(body), proc.stderr
 
 

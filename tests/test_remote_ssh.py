@@ -59,7 +59,7 @@ from libvirt_fixtures import (  # the fixtures are imported here; pytest finds t
     write_spec,
 )
 from sshd_server import SshServer, start_sshd
-from test_fleet_ansible import APPLY, BIN, VERIFY, _ansible_env, _generate, _playbook
+from test_fleet_ansible import APPLY, BIN, VERIFY, _generate, _module, _playbook
 
 libvirtd = pytest.mark.libvirtd
 NOT_CHECKED = "not checked through qemu+ssh://"
@@ -304,35 +304,11 @@ def _over_ssh(tmp_path: Path) -> dict[str, str]:
 
 
 def _ad_hoc(out: Path, tmp_path: Path, args: dict[str, Any]) -> tuple[str, dict[str, Any]]:
-    """`ansible all -m bmslice.slicing.bmslice` with the generated inventory: (status, result)."""
-    proc = subprocess.run(
-        [
-            str(BIN / "ansible"),
-            "all",
-            "-i",
-            "inventory.yml",
-            "-e",
-            f"ansible_python_interpreter={sys.executable}",
-            "-m",
-            "bmslice.slicing.bmslice",
-            "-a",
-            json.dumps(args),
-        ],
-        cwd=out,
-        env=_ansible_env(
-            tmp_path,
-            ANSIBLE_LOAD_CALLBACK_PLUGINS="1",
-            ANSIBLE_STDOUT_CALLBACK="ansible.builtin.minimal",
-            **_over_ssh(tmp_path),
-        ),
-        capture_output=True,
-        text=True,
-        timeout=180,
-        check=False,
+    """`ansible all -m bmslice.slicing.bmslice` with the generated inventory, over ssh: (status, result)."""
+    status, result, _ = _module(
+        tmp_path, args, inventory=("-i", "inventory.yml"), cwd=out, timeout=180, **_over_ssh(tmp_path)
     )
-    head, _, body = proc.stdout.partition(" => ")
-    assert body, proc.stdout + proc.stderr
-    return head.partition(" | ")[2].strip(), json.loads(body)
+    return status, result
 
 
 @libvirtd

@@ -8,15 +8,21 @@ tool: it says which file it wrote and which command the operator runs.
 
 from __future__ import annotations
 
-import os
-import stat
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
 
 from bmslice.apply.lock import host_lock
-from bmslice.apply.tree_files import EXEC_MODE, FILE_MODE, make_dirs, remove_dirs, write_atomic, write_in_place
+from bmslice.apply.tree_files import (
+    EXEC_MODE,
+    FILE_MODE,
+    file_mode,
+    make_dirs,
+    remove_dirs,
+    write_atomic,
+    write_in_place,
+)
 from bmslice.errors import ApplyError, BmsliceError
 from bmslice.model.distro import Distro, initramfs_command
 from bmslice.model.plan import Plan
@@ -128,14 +134,6 @@ def _read_bytes(fs: FsRoot, rel: str) -> bytes | None:
         raise ApplyError(f"{fs.display(rel)} is a directory, not a file; remove it and run host-apply again") from None
 
 
-def _mode(path: Path) -> int:
-    """Permission bits of an existing file (FILE_MODE when it is gone)."""
-    try:
-        return stat.S_IMODE(os.stat(path).st_mode)
-    except OSError:
-        return FILE_MODE
-
-
 def _current_int(fs: FsRoot, rel: str) -> int | None:
     text = fs.read_line(rel)
     return int(text) if text is not None and text.isdigit() else None
@@ -159,7 +157,7 @@ class _Run:
         old = _read_bytes(self.fs, rel)
         new = text.encode()
         mode = EXEC_MODE if rel in EXECUTABLES else FILE_MODE
-        old_mode = _mode(path)
+        old_mode = file_mode(path)
         if old == new and old_mode == mode:
             self.result.unchanged.append(rel)
             return
@@ -178,7 +176,7 @@ class _Run:
             return
         self.result.changes.append(Change(rel, "remove", "the planned kernel args are all active"))
         if not self.result.dry_run:
-            self.undo.files.append((path, old, _mode(path)))
+            self.undo.files.append((path, old, file_mode(path)))
             path.unlink()
 
     def set(self, setting: SysfsSetting) -> None:

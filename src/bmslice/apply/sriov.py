@@ -7,14 +7,21 @@ the running kernel only; on a host tree those steps are reported as skipped, nev
 
 from __future__ import annotations
 
-import stat
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import replace
 from functools import partial
 from pathlib import Path
 
 from bmslice.apply.transaction import Step
-from bmslice.apply.tree_files import EXEC_MODE, FILE_MODE, make_dirs, remove_dirs, write_atomic, write_in_place
+from bmslice.apply.tree_files import (
+    EXEC_MODE,
+    FILE_MODE,
+    file_mode,
+    make_dirs,
+    remove_dirs,
+    write_atomic,
+    write_in_place,
+)
 from bmslice.errors import ApplyError, TopologyError
 from bmslice.model.plan import DeviceAssignment, PfPlan, Plan, VmPlan
 from bmslice.render.sriov_files import (
@@ -100,7 +107,7 @@ def _file_step(fs: FsRoot, rel: str, text: str, what: str) -> Step | None:
     data = text.encode()
     mode = EXEC_MODE if rel in EXECUTABLES else FILE_MODE
     old = _read_file(fs, rel)
-    old_mode = stat.S_IMODE(path.stat().st_mode) if old is not None else FILE_MODE
+    old_mode = file_mode(path)
     if old == data and old_mode == mode:
         return None
     created: list[Path] = []

@@ -19,6 +19,14 @@ FILE_MODE = 0o644
 EXEC_MODE = 0o755  # a script another program runs (libvirt's hooks)
 
 
+def file_mode(path: Path) -> int:
+    """Permission bits of an existing file; FILE_MODE when there is none (what a new one gets)."""
+    try:
+        return stat.S_IMODE(os.stat(path).st_mode)
+    except OSError:
+        return FILE_MODE
+
+
 def write_in_place(path: Path, data: bytes) -> None:
     """One write to an existing file: how sysfs attributes take a value (they cannot be renamed over)."""
     try:

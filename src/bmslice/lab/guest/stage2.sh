@@ -18,7 +18,8 @@ mkdir -p /dev/pts /dev/shm /dev/hugepages
 mount -t devpts devpts /dev/pts
 mount -t tmpfs tmpfs /dev/shm
 mount -t tmpfs -o mode=0755 tmpfs /run
-mount -t tmpfs -o mode=1777 tmpfs /tmp
+# /tmp stays the overlay's: a checkout under this machine's /tmp (a CI clone) is seen in the
+# lab like any other path, and what the lab writes there lands in its own tmpfs upper layer
 mount -t hugetlbfs hugetlbfs /dev/hugepages
 mkdir -p /run/lock /var/log
 hostname "$(cat $SHARE/hostname 2>/dev/null || echo lab)"

@@ -28,6 +28,8 @@ PACKAGES=(
     # the lab (bmslice lab, make lab-test) runs this machine's own userland on its kernel:
     # modprobe/depmod, udev (device naming, module loading, rules), cpio for the tests
     kmod udev cpio iproute2 debian-archive-keyring
+    # virt-xml-validate runs xmllint (tests/test_virt_xml_validate.py); libvirt-clients does not pull it in
+    libxml2-utils
     cloud-init  # `cloud-init schema` checks every generated user-data (tests/test_fleet_guest.py)
     # the host files' own checkers (tests/test_reboot_files.py): shellcheck for the libvirt hook,
     # tuned's profile loader for bmslice's tuned profile (the daemon never runs here: below)

@@ -119,9 +119,20 @@ def _place(data: dict[str, Any], topos: dict[str, HostTopology], existing: Place
     try:
         return place(fleet, topos, existing)
     except PlanError as exc:
-        names = {r.name for r in fleet.vm_requests()}
-        assert str(exc).split(":", 1)[0] in names  # a refusal starts with the VM it could not place
+        _assert_names_what_it_refuses(fleet, str(exc))
         return None
+
+
+def _assert_names_what_it_refuses(fleet: Fleet, text: str) -> None:
+    """A refusal starts with what it is about: the VM that fits nowhere, the VMs that cannot all be
+    placed together, the cluster whose rule cannot hold, or the rule."""
+    head = text.split(":", 1)[0]
+    names = {r.name for r in fleet.vm_requests()} | {c.name for c in fleet.clusters} | {"control planes apart"}
+    if head.endswith(" cannot all be placed") or " cannot all be placed " in head:
+        listed = head.split(" cannot all be placed")[0].replace(" .. ", ", ").split(", ")
+        assert all(name.split(" (")[0] in names for name in listed), text
+    else:
+        assert head in names, text
 
 
 def _assert_invariants(fleet: Fleet, topos: dict[str, HostTopology], placement: Placement) -> None:

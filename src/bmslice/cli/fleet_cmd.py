@@ -101,14 +101,20 @@ def _plan(args: argparse.Namespace, check: bool = True) -> _Planned:
     fleet = load_fleet(args.fleet)
     existing, source = _existing(args)
     topologies = read_hosts(fleet)
-    placement = place(fleet, topologies, existing)
+    kwargs: dict[str, Any] = {"allow_move": getattr(args, "allow_move", False)}
+    if getattr(args, "time_budget", None) is not None:
+        kwargs["budget_s"] = args.time_budget
+    placement = place(fleet, topologies, existing, **kwargs)
     origin = args.fleet.name
     files = render_fleet(fleet, placement, _ssh_keys(fleet), origin)
     specs = _specs(files)
     warnings = guest_warnings(fleet, placement) + _join_file_warnings(fleet)
     if source is not None:
-        kept = sum(1 for vm in existing.vms if vm.name in {v.name for v in placement.vms}) if existing else 0
+        names = {v.name for v in placement.vms}
+        kept = sum(1 for vm in existing.vms if vm.name in names and vm.name not in placement.moved) if existing else 0
         warnings.insert(0, f"kept {kept} placed VM(s) where they are ({source})")
+        if placement.moved:
+            warnings.insert(1, f"--allow-move: {len(placement.moved)} VM(s) move and are rebuilt: {', '.join(placement.moved)}")
     checks: dict[str, str] = {}
     if check:
         for host, data in sorted(specs.items()):
@@ -277,6 +283,33 @@ def cmd_verify(args: argparse.Namespace) -> int:
     return EXIT_OK if report.ok else EXIT_DRIFT
 
 
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0 < value <= 86400:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds above 0 (at most 86400)")
+    return value
+
+
+def _placement_options(parser: argparse.ArgumentParser) -> None:
+    from bmslice.fleet import DEFAULT_BUDGET_S
+
+    parser.add_argument(
+        "--allow-move",
+        action="store_true",
+        help="let VMs of the kept placement move (the fewest, listed) when the new ones do not fit otherwise",
+    )
+    parser.add_argument(
+        "--time-budget",
+        type=_seconds,
+        metavar="SECONDS",
+        help=f"how long the placement may search for the best layout (default {DEFAULT_BUDGET_S:g}); past it the "
+        "best found is kept and said to be feasible only",
+    )
+
+
 def register(sub: argparse._SubParsersAction[Any]) -> None:
     fleet = sub.add_parser("fleet", help="place the clusters of a fleet file on its servers; Ansible; verify")
     commands = fleet.add_subparsers(dest="fleet_command", required=True, metavar="COMMAND")
@@ -288,12 +321,14 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
     plan.add_argument("--json", action="store_true", help="print placement, specs and fabric as JSON")
     plan.add_argument("--placement", type=Path, metavar="FILE", help=keep_help)
     plan.add_argument("--no-check", action="store_true", help="skip the per-host planner check of each spec")
+    _placement_options(plan)
     plan.set_defaults(handler=cmd_plan)
 
     ansible = commands.add_parser("ansible", help="write an Ansible inventory and playbook for the fleet")
     ansible.add_argument("fleet", type=Path, metavar="FLEET")
     ansible.add_argument("--out", type=Path, required=True, metavar="DIR")
     ansible.add_argument("--placement", type=Path, metavar="FILE", help=keep_help)
+    _placement_options(ansible)
     ansible.set_defaults(handler=cmd_ansible)
 
     verify = commands.add_parser("verify", help="every host's verify result in one report; exit 1 on drift")

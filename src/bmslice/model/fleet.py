@@ -66,8 +66,15 @@ class JunosStyle(StrEnum):
 
 
 class RackSpread(StrEnum):
-    SPREAD = "spread"  # place each VM in the rack with the fewest VMs of its cluster and role
+    SPREAD = "spread"  # spread a cluster's VMs of one role evenly over the racks (fewest squares of rack counts)
     ANY = "any"
+
+
+class ControlPlanes(StrEnum):
+    """Where a cluster's control-plane VMs may run relative to each other."""
+
+    APART = "apart"  # distinct hosts, and distinct racks when the control hosts span enough racks
+    ANY = "any"  # stacked if need be (a lab, a cluster that accepts losing its quorum with one server)
 
 
 class _Strict(BaseModel):
@@ -165,6 +172,7 @@ class Workers(VmSize):
 class Spread(_Strict):
     max_per_host: StrictInt = Field(default=1, ge=1, le=4096)  # VMs of one cluster and role on one host
     racks: RackSpread = RackSpread.SPREAD
+    control_planes: ControlPlanes = ControlPlanes.APART
 
 
 class Cluster(_Strict):
@@ -390,10 +398,29 @@ class NodeUsage:
 
 
 @dataclass(frozen=True)
+class Objective:
+    """What the placement minimises, in this order (docs/fleet.md, Placement): VMs of the kept
+    placement moved (only with --allow-move), rack spread (the sum over clusters, roles and racks
+    of the square of the count of the cluster's VMs of that role in the rack), cross-NUMA NIC
+    entries (a passed-through PF or the PF of a VM's VFs on none of the VM's nodes)."""
+
+    moved: int = 0
+    rack_spread: int = 0
+    cross_numa_nics: int = 0
+
+    def values(self) -> tuple[int, int, int]:
+        return (self.moved, self.rack_spread, self.cross_numa_nics)
+
+
+@dataclass(frozen=True)
 class Placement:
     vms: tuple[PlacedVm, ...]
     usage: tuple[NodeUsage, ...] = ()
     notes: tuple[str, ...] = field(default=())
+    # the objective is proven the least possible (else: the best found within the time budget)
+    proven_optimal: bool = False
+    moved: tuple[str, ...] = ()  # VMs of the kept placement now on another host or other nodes
+    objective: Objective | None = None  # None: not known (a placement file of an older bmslice)
 
     def vm(self, name: str) -> PlacedVm:
         for vm in self.vms:
@@ -433,6 +460,17 @@ def placement_to_dict(placement: Placement) -> dict[str, Any]:
             for vm in placement.vms
         ],
         "notes": list(placement.notes),
+        "proven_optimal": placement.proven_optimal,
+        "moved": list(placement.moved),
+        **({"objective": _objective_dict(placement.objective)} if placement.objective is not None else {}),
+    }
+
+
+def _objective_dict(objective: Objective) -> dict[str, int]:
+    return {
+        "moved": objective.moved,
+        "rack_spread": objective.rack_spread,
+        "cross_numa_nics": objective.cross_numa_nics,
     }
 
 
@@ -466,6 +504,15 @@ def placement_from_dict(data: Any, origin: str) -> Placement:
             )
             for vm in data["vms"]
         )
+        # absent from files of an older bmslice
+        proven = bool(data.get("proven_optimal", False))
+        moved = tuple(str(name) for name in data.get("moved", []))
+        scores = data.get("objective")
+        objective = (
+            None
+            if scores is None
+            else Objective(int(scores["moved"]), int(scores["rack_spread"]), int(scores["cross_numa_nics"]))
+        )
     except (KeyError, TypeError, ValueError) as exc:
         raise SpecError(f"{origin}: not a bmslice placement ({type(exc).__name__}: {exc})") from None
     seen: set[str] = set()
@@ -479,12 +526,13 @@ def placement_from_dict(data: Any, origin: str) -> Placement:
         if vm.name in seen:
             raise SpecError(f"{origin}: VM {vm.name!r} is placed twice; a VM has one place (keep one entry)")
         seen.add(vm.name)
-    return Placement(vms)
+    return Placement(vms, proven_optimal=proven, moved=moved, objective=objective)
 
 
 __all__ = [
     "ANY",
     "Cluster",
+    "ControlPlanes",
     "Fleet",
     "InventoryHost",
     "JunosStyle",
@@ -492,6 +540,7 @@ __all__ = [
     "NicKind",
     "NicRequest",
     "NodeUsage",
+    "Objective",
     "PlacedVm",
     "Placement",
     "RackSpread",

@@ -1,0 +1,99 @@
+"""H8 the host planner is the judge: what it refused, never again.
+
+The rules above mirror what the per-host planner checks, but it knows more (realtime
+housekeeping on SMT siblings, MAC addresses already on the host, IOMMU groups shared
+between PFs that go to different VMs...). When it refuses a host's share, judge.py finds
+the fewest VMs of that share it still refuses and learns a no-good: not all of them, on
+these nodes with these NICs, on that host or any host the planner cannot tell from it (same
+topology, `host:` section and NICs). Both searches then avoid it.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from bmslice.fleet.placement.problem import Host, Nodes, VmClass
+from bmslice.fleet.placement.rules.base import Rule
+from bmslice.fleet.placement.tally import Item, Tally
+from bmslice.model.fleet import NicAssignment
+
+if TYPE_CHECKING:
+    from bmslice.fleet.placement.cpsat_model import FleetModel
+
+NAME = "host planner"
+
+
+@dataclass(frozen=True)
+class NoGood:
+    """Not all of `items` (each at least so many times) on any one of `hosts`."""
+
+    hosts: frozenset[str]
+    items: tuple[tuple[Item, int], ...]
+    reason: str  # the host planner's refusal, for messages
+
+    def hit(self, have: Counter[Item]) -> bool:
+        return all(have[item] >= times for item, times in self.items)
+
+
+class HostPlanner(Rule):
+    name = NAME
+
+    def __init__(self) -> None:
+        self.no_goods: list[NoGood] = []
+
+    def learn(self, no_good: NoGood) -> None:
+        if no_good not in self.no_goods:
+            self.no_goods.append(no_good)
+
+    def spot_ok(self, tally: Tally, cls: VmClass, host: Host, nodes: Nodes, nics: tuple[NicAssignment, ...]) -> bool:
+        relevant = [ng for ng in self.no_goods if host.name in ng.hosts]
+        if not relevant:
+            return True
+        have = Counter(tally.items[host.name])
+        have[(cls.index, nodes, tuple(n.address for n in nics))] += 1
+        return not any(ng.hit(have) for ng in relevant)
+
+    def shortfall(self, tally: Tally, cls: VmClass, host: Host) -> str | None:
+        for ng in self.no_goods:
+            if host.name in ng.hosts and any(item[0] == cls.index for item, _ in ng.items):
+                return f"the host planner refuses it there ({ng.reason})"
+        return None
+
+    def constrain(self, m: FleetModel) -> None:
+        if m.relaxed(NAME):
+            return
+        for ng in self.no_goods:
+            for host in sorted(ng.hosts):
+                present = []
+                possible = True
+                for (k, nodes, pfs), times in ng.items:
+                    if isinstance(k, str):
+                        if m.base.items[host][(k, nodes, pfs)] < times:
+                            possible = False  # a fixed VM that is not there: the no-good cannot hit
+                        continue
+                    literal = _present(m, (k, host, nodes), pfs, times)
+                    if literal is None:
+                        possible = False
+                        break
+                    present.append(literal)
+                if possible:
+                    m.model.add_bool_or([lit.Not() for lit in present])
+
+
+def _present(m: FleetModel, key: tuple[int, str, Nodes], pfs: tuple[str, ...], times: int):  # type: ignore[no-untyped-def]
+    """A literal that is true whenever `times` VMs of class k are on these nodes with these PFs."""
+    if not pfs:
+        var = m.place.get(key)
+        variables = [var] if var is not None else []
+    else:
+        variables = [m.sriov.get((*key, pf)) or m.whole.get((*key, pf)) for pf in pfs]
+    if not variables or any(v is None for v in variables):
+        return None
+    literal = m.model.new_bool_var(f"no_good[{key[1]}|{key[0]}]")
+    if len(variables) == 1:
+        m.model.add(variables[0] <= times - 1).only_enforce_if(literal.Not())
+    else:  # whole PFs: each given once, so all of them to the class on these nodes
+        m.model.add_bool_or([v.Not() for v in variables]).only_enforce_if(literal.Not())
+    return literal

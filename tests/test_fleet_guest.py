@@ -29,7 +29,6 @@ import pytest
 import yaml
 
 from bmslice.errors import PlanError
-from bmslice.fleet.check import check_host
 from bmslice.fleet.guest import (
     JOIN_SCRIPT,
     KUBELET_PATCH,

@@ -114,7 +114,9 @@ def _plan(args: argparse.Namespace, check: bool = True) -> _Planned:
         kept = sum(1 for vm in existing.vms if vm.name in names and vm.name not in placement.moved) if existing else 0
         warnings.insert(0, f"kept {kept} placed VM(s) where they are ({source})")
         if placement.moved:
-            warnings.insert(1, f"--allow-move: {len(placement.moved)} VM(s) move and are rebuilt: {', '.join(placement.moved)}")
+            warnings.insert(
+                1, f"--allow-move: {len(placement.moved)} VM(s) move and are rebuilt: {', '.join(placement.moved)}"
+            )
     checks: dict[str, str] = {}
     if check:
         for host, data in sorted(specs.items()):

@@ -15,7 +15,7 @@ import re
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, ValidationError, field_validator, model_validator
@@ -230,16 +230,10 @@ class Fleet(_Strict):
         return self.switches.get(name, SwitchSpec())
 
     def host(self, name: str) -> InventoryHost:
-        for host in self.inventory:
-            if host.name == name:
-                return host
-        raise KeyError(name)
+        return _by_name(self.inventory)[name]
 
     def cluster(self, name: str) -> Cluster:
-        for cluster in self.clusters:
-            if cluster.name == name:
-                return cluster
-        raise KeyError(name)
+        return _by_name(self.clusters)[name]
 
     def vm_name(self, cluster: str, role: Role, index: int) -> str:
         kind = "control" if role is Role.CONTROL else "worker"
@@ -263,6 +257,21 @@ class Fleet(_Strict):
                 )
         _unique("duplicate VM name", [(r.name, r.cluster) for r in out])
         return tuple(out)
+
+
+_Named = TypeVar("_Named", InventoryHost, Cluster)
+_INDEX: dict[int, tuple[tuple[Any, ...], dict[str, Any]]] = {}
+
+
+def _by_name(items: tuple[_Named, ...]) -> dict[str, _Named]:
+    """`items` by name, kept for the tuple itself (a fleet of 1,000 servers is asked often; a
+    copy with other items is another tuple)."""
+    held = _INDEX.get(id(items))
+    if held is None or held[0] is not items:
+        if len(_INDEX) > 64:
+            _INDEX.clear()
+        held = _INDEX[id(items)] = (items, {item.name: item for item in items})
+    return held[1]
 
 
 def _uri_key(uri: str) -> tuple[str, str, str, str]:

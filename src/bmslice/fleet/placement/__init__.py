@@ -2,7 +2,8 @@
 hosts' topologies and the kept placement. docs/fleet.md (Placement) says what it decides and
 how; the rules are in rules/, one module each, read by the first pass and the CP-SAT model."""
 
-from bmslice.fleet.placement.decide import DEFAULT_BUDGET_S, place
+from bmslice.fleet import DEFAULT_BUDGET_S
+from bmslice.fleet.placement.decide import place
 from bmslice.fleet.placement.problem import spec_order
 
 __all__ = ["DEFAULT_BUDGET_S", "place", "spec_order"]

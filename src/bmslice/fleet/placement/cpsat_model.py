@@ -21,7 +21,7 @@ from ortools.sat.python import cp_model
 from bmslice.fleet.placement.problem import Host, Nodes, Problem, Spot, VmClass, nic_assignment
 from bmslice.fleet.placement.rules.base import Rule
 from bmslice.fleet.placement.tally import Tally
-from bmslice.model.fleet import NicKind, Role
+from bmslice.model.fleet import NicAssignment, NicKind
 
 Key = tuple[int, str, Nodes]  # class, host, nodes
 NicKey = tuple[int, str, Nodes, str]  # class, host, nodes, PF address
@@ -42,6 +42,17 @@ class FleetModel:
 
     def relaxed(self, name: str) -> bool:
         return name in self.relax
+
+    @staticmethod
+    def total(exprs: Sequence[cp_model.LinearExprT]) -> cp_model.LinearExpr:
+        return cp_model.LinearExpr.sum(list(exprs))
+
+    @staticmethod
+    def weighted(exprs: Sequence[cp_model.LinearExprT], weights: Sequence[int]) -> cp_model.LinearExpr:
+        return cp_model.LinearExpr.weighted_sum(list(exprs), list(weights))
+
+    def upper_of(self, var: cp_model.IntVar) -> int:
+        return int(var.proto.domain[-1])
 
     def on_host(self, host: str) -> list[tuple[Key, cp_model.IntVar]]:
         return self._by_host.get(host, [])
@@ -85,10 +96,12 @@ def build(
                 if all(rule.slot_admits(base, cls, host, nodes, relax) for rule in rules):
                     key = (cls.index, host.name, nodes)
                     m.upper[key] = cls.count if "max_per_host" in relax else min(cls.count, cls.max_per_host)
-                    m.place[key] = m.model.new_int_var(0, m.upper[key], f"place[{cls.label}|{host.name}|{_nodes(nodes)}]")
+                    m.place[key] = m.model.new_int_var(
+                        0, m.upper[key], f"place[{cls.label}|{host.name}|{_nodes(nodes)}]"
+                    )
     m.index()
     for cls in problem.classes:  # every VM somewhere
-        m.model.add(sum(var for _, var in m.of_class(cls.index)) == cls.count)
+        m.model.add(m.total([var for _, var in m.of_class(cls.index)]) == cls.count)
     for rule in rules:
         rule.constrain(m)
     _objective(m)
@@ -103,15 +116,17 @@ def _nodes(nodes: Nodes) -> str:
 
 def _objective(m: FleetModel) -> None:
     weight = 1
-    total: list[cp_model.LinearExprT] = []
+    exprs: list[cp_model.LinearExprT] = []
+    weights: list[int] = []
     for level in sorted(m.terms, reverse=True):
         level_upper = 0
         for expr, upper in m.terms[level]:
-            total.append(weight * expr)
+            exprs.append(expr)
+            weights.append(weight)
             level_upper += upper
         weight *= level_upper + 1
-    if total:
-        m.model.minimize(sum(total))
+    if exprs:
+        m.model.minimize(m.weighted(exprs, weights))
 
 
 def _hint(m: FleetModel, layout: Mapping[str, Spot]) -> None:
@@ -183,12 +198,12 @@ def read_layout(m: FleetModel, solver: cp_model.CpSolver) -> dict[str, Spot]:
 
 def _split_nics(
     m: FleetModel, solver: cp_model.CpSolver, cls: VmClass, host: Host, key: Key, count: int
-) -> list[tuple[object, ...]]:
+) -> list[tuple[NicAssignment, ...]]:
     nic = cls.nic
     if nic is None:
         return [() for _ in range(count)]
     used = [(pf, int(solver.value(var)), kind) for pf, var, kind in m.nics_of(key)]
-    out: list[tuple[object, ...]] = []
+    out: list[tuple[NicAssignment, ...]] = []
     if nic.kind is NicKind.SRIOV:
         for pf, n, _ in used:
             out += [(nic_assignment(host.pf(pf), NicKind.SRIOV, cls.vlan, nic.count),)] * n
@@ -202,13 +217,12 @@ def _split_nics(
             target = min(groups, key=len)  # the host planner will say no; the judge learns it
         target.extend(unit)
     return [
-        tuple(nic_assignment(host.pf(pf), NicKind.PASSTHROUGH, cls.vlan) for pf in sorted(g, key=_pf_name(host)))
+        tuple(
+            nic_assignment(host.pf(pf), NicKind.PASSTHROUGH, cls.vlan)
+            for pf in sorted(g, key=lambda address: host.pf(address).name)
+        )
         for g in groups
     ]
-
-
-def _pf_name(host: Host):  # type: ignore[no-untyped-def]
-    return lambda address: host.pf(address).name
 
 
 def _units(host: Host, pfs: list[str]) -> list[tuple[str, ...]]:
@@ -223,4 +237,4 @@ def _units(host: Host, pfs: list[str]) -> list[tuple[str, ...]]:
     return units
 
 
-__all__ = ["FleetModel", "Role", "Solved", "build", "read_layout", "solve"]
+__all__ = ["FleetModel", "Solved", "build", "read_layout", "solve"]

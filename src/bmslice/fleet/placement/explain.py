@@ -21,7 +21,7 @@ from dataclasses import replace
 
 from bmslice.fleet.placement.first_pass import best_spot, order
 from bmslice.fleet.placement.inputs import nic_phrase
-from bmslice.fleet.placement.problem import Host, Problem, VmClass, names_text
+from bmslice.fleet.placement.problem import Host, Problem, VmClass
 from bmslice.fleet.placement.rules import Rules
 from bmslice.fleet.placement.rules.capacity import CORES, MEMORY
 from bmslice.fleet.placement.rules.control_apart import RACKS
@@ -197,8 +197,7 @@ def _free(problem: Problem, base: Tally, classes: Sequence[VmClass]) -> str:
     parts = []
     for host in hosts[:MESSAGE_HOSTS]:
         nodes = ", ".join(
-            f"node {n.id} {base.cores_left(host, n.id)} cores {mib(base.memory_left(host, n.id))}"
-            for n in host.nodes
+            f"node {n.id} {base.cores_left(host, n.id)} cores {mib(base.memory_left(host, n.id))}" for n in host.nodes
         )
         parts.append(f"{host.name} ({'SMT' if host.topo.smt else 'no SMT'}) {nodes}")
     if len(hosts) > MESSAGE_HOSTS:

@@ -57,7 +57,7 @@ def build_problem(
         fixed = _fixed(problem, kept)
         classes = vm_classes(fleet, new)
         return Problem(fleet, hosts, tuple(classes), fixed, requests, tuple(notes))
-    movable = []
+    movable: list[VmClass] = []
     for old in kept:
         req = requests[old.name]
         spot = _stay(problem, req, old)
@@ -98,7 +98,7 @@ def _stay(problem: Problem, req: VmRequest, old: PlacedVm) -> Spot | str:
     known = {node.id for node in host.nodes}
     if any(node not in known for node in old.nodes):
         return f"{where}, which has no such node with CPUs"
-    vlan = problem.fleet.cluster(req.cluster).vlan
+    vlan = problem.cluster(req.cluster).vlan
     nics = _same_nics(host, req, old, vlan)
     return Spot(host.name, old.nodes, nics if nics is not None else ())
 
@@ -140,10 +140,12 @@ def _fixed(problem: Problem, kept: list[PlacedVm]) -> dict[str, Spot]:
                     f"{format_mib(load.memory_mib)}{share}, the node has {tally.cores_left(host, node_id)} cores and "
                     f"{format_mib(left) if left > 0 else '0MiB'} left; {HINT}"
                 )
-        vlan = problem.fleet.cluster(req.cluster).vlan
+        vlan = problem.cluster(req.cluster).vlan
         nics = _kept_nics(tally, host, req, old, vlan)
         if nics is None:
-            raise PlanError(f"{_where(old)} and its NICs ({nic_phrase(req, vlan).strip()}) are no longer free there; {HINT}")
+            raise PlanError(
+                f"{_where(old)} and its NICs ({nic_phrase(req, vlan).strip()}) are no longer free there; {HINT}"
+            )
         spot = Spot(spot.host, spot.nodes, nics)
         tally.add(old.name, spot)
         fixed[old.name] = spot
@@ -157,7 +159,9 @@ def _kept_nics(tally: Tally, host: Host, req: VmRequest, old: PlacedVm, vlan: in
     same = _same_nics(host, req, old, vlan)
     if same is not None:
         free = all(
-            tally.whole_free(host, n.address) if n.kind is NicKind.PASSTHROUGH else tally.vfs_left(host, n.address) >= n.count
+            tally.whole_free(host, n.address)
+            if n.kind is NicKind.PASSTHROUGH
+            else tally.vfs_left(host, n.address) >= n.count
             for n in same
         )
         if free:
@@ -176,5 +180,3 @@ def nic_phrase(req: VmRequest, vlan: int) -> str:
         return f" and {what}{of} on VLAN {vlan}"
     what = "a free NIC" if nic.count == 1 else f"{nic.count} free NICs"
     return f" and {what}{'' if nic.pf == 'any' else f' ({nic.pf})'} to pass through for VLAN {vlan}"
-
-

@@ -15,7 +15,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 
 from bmslice.errors import PlanError
-from bmslice.fleet.placement.problem import Host, Problem, Spot, spec_order
+from bmslice.fleet.placement.problem import Host, Problem, Spot
 from bmslice.fleet.placement.rules.host_planner import HostPlanner, NoGood
 from bmslice.fleet.placement.rules.nics import every_option
 from bmslice.fleet.placement.tally import Item, Tally
@@ -35,7 +35,7 @@ def plan_share(problem: Problem, host: Host, share: Mapping[str, Spot]) -> Plan 
     from bmslice.fleet.check import check_host  # fleet/check.py and render.py sit above placement
     from bmslice.fleet.render import host_spec_data
 
-    order = spec_order(problem.fleet)
+    order = problem.order
     vms = tuple(placed_vm(problem, name, share[name]) for name in sorted(share, key=order.__getitem__))
     data = host_spec_data(problem.fleet, Placement(vms), host.name)
     assert data is not None
@@ -77,11 +77,9 @@ def learn(problem: Problem, layout: Mapping[str, Spot], host_name: str, reason: 
     of theirs it refuses); otherwise the fewest VMs of the share it still refuses together."""
     host = problem.host(host_name)
     share = on_host(layout, host_name)
-    order = spec_order(problem.fleet)
+    order = problem.order
     names = sorted(share, key=order.__getitem__)
-    alone = [
-        n for n in names if n in problem.class_of and isinstance(plan_share(problem, host, {n: share[n]}), str)
-    ]
+    alone = [n for n in names if n in problem.class_of and isinstance(plan_share(problem, host, {n: share[n]}), str)]
     for name in alone:
         _learn_one(problem, host, name, _alike(problem, host), planner)
     if alone:
@@ -124,6 +122,7 @@ def _short(reason: str) -> str:
 
 def _alike(problem: Problem, host: Host) -> frozenset[str]:
     """Hosts the host planner cannot tell from `host`: the same topology, host section and NICs."""
+
     def planned_as(topo: HostTopology) -> HostTopology:
         return replace(topo, source="", hostname="")  # only in the planner's messages
 
@@ -131,9 +130,7 @@ def _alike(problem: Problem, host: Host) -> frozenset[str]:
     return frozenset(
         h.name
         for h in problem.hosts
-        if h.pfs == host.pfs
-        and h.inv.host == host.inv.host
-        and (h.topo is host.topo or planned_as(h.topo) == mine)
+        if h.pfs == host.pfs and h.inv.host == host.inv.host and (h.topo is host.topo or planned_as(h.topo) == mine)
     )
 
 

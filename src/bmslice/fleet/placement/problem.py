@@ -10,14 +10,25 @@ one class: the solver counts how many of a class go where instead of naming each
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
-from functools import cached_property
+from functools import cache, cached_property
 from itertools import combinations
 
 from bmslice.cpuset import CpuSet
 from bmslice.errors import PlanError
-from bmslice.model.fleet import ANY, Fleet, InventoryHost, NicAssignment, NicKind, NicRequest, Role, VmRequest, VmSize
+from bmslice.model.fleet import (
+    ANY,
+    Cluster,
+    Fleet,
+    InventoryHost,
+    NicAssignment,
+    NicKind,
+    NicRequest,
+    Role,
+    VmRequest,
+    VmSize,
+)
 from bmslice.model.spec import EmulatorPolicy, NicNumaPolicy
 from bmslice.model.topology import Core, HostTopology, PciDevice
 from bmslice.plan.capacity import Load, NodeFree, vm_load
@@ -95,13 +106,10 @@ class Host:
                 return pf
         raise KeyError(address)
 
-    def slots(self, k: int) -> Iterator[Nodes]:
+    def slots(self, k: int) -> tuple[Nodes, ...]:
         """Every way to give a VM over `k` nodes a distinct node per share, the first share's
         node first, the others ascending: (0,), (1,) for k = 1; (0, 1), (1, 0) for k = 2."""
-        ids = [n.id for n in self.nodes]
-        for first in ids:
-            for rest in combinations([i for i in ids if i != first], k - 1):
-                yield (first, *rest)
+        return _slots(tuple(n.id for n in self.nodes), k)
 
     def cores_for(self, load: Load) -> int:
         """Whole cores `load` takes on this server: a vCPU pair is one core with SMT, two without."""
@@ -133,7 +141,7 @@ class VmClass:
     def count(self) -> int:
         return len(self.names)
 
-    @property
+    @cached_property
     def shares(self) -> tuple[Load, ...]:
         return shares(self.size)
 
@@ -191,11 +199,40 @@ class Problem:
 
     @cached_property
     def racks(self) -> dict[Role, tuple[str, ...]]:
-        """The racks holding hosts of each role, by name."""
-        return {role: tuple(sorted({h.rack for h in hosts})) for role, hosts in self.role_hosts.items()}
+        """The racks holding hosts of each role in the inventory (all of it, also for a part of
+        the problem solved on its own), by name."""
+        return {role: tuple(sorted({h.rack for h in self.fleet.inventory if h.role is role})) for role in Role}
+
+    @cached_property
+    def control_hosts(self) -> int:
+        """Control hosts in the inventory (all of it)."""
+        return sum(1 for h in self.fleet.inventory if h.role is Role.CONTROL)
 
     def size(self, name: str) -> VmSize:
         return self.requests[name].size
+
+    def cluster(self, name: str) -> Cluster:
+        return self._clusters[name]
+
+    @cached_property
+    def _clusters(self) -> dict[str, Cluster]:
+        return {c.name: c for c in self.fleet.clusters}
+
+    @cached_property
+    def order(self) -> dict[str, int]:
+        """Each VM's place in fleet order: the order of a host's spec, which the planner allocates in."""
+        return {name: i for i, name in enumerate(self.requests)}
+
+    @cached_property
+    def racks_of(self) -> dict[Role, tuple[tuple[str, tuple[Host, ...]], ...]]:
+        """Per role, its racks by name, each with its hosts by name."""
+        out = {}
+        for role, hosts in self.role_hosts.items():
+            racks: dict[str, list[Host]] = {}
+            for host in hosts:
+                racks.setdefault(host.rack, []).append(host)
+            out[role] = tuple((rack, tuple(racks[rack])) for rack in sorted(racks))
+        return out
 
     def cls(self, index: int) -> VmClass:
         return self._by_index[index]
@@ -234,6 +271,11 @@ def spec_order(fleet: Fleet) -> dict[str, int]:
 
 
 # --- hosts ------------------------------------------------------------------------------------
+
+
+@cache
+def _slots(ids: tuple[int, ...], k: int) -> tuple[Nodes, ...]:
+    return tuple((first, *rest) for first in ids for rest in combinations([i for i in ids if i != first], k - 1))
 
 
 def read_host(inv: InventoryHost, topo: HostTopology) -> Host:
@@ -355,7 +397,7 @@ def vm_classes(fleet: Fleet, requests: list[VmRequest], first_index: int = 0) ->
     groups: dict[tuple[str, Role, VmSize], list[str]] = {}
     for req in requests:
         groups.setdefault((req.cluster, req.role, req.size), []).append(req.name)
-    out = []
+    out: list[VmClass] = []
     for (cluster_name, role, size), names in groups.items():
         cluster = fleet.cluster(cluster_name)
         out.append(

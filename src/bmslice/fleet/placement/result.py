@@ -7,11 +7,10 @@ from collections.abc import Mapping, Sequence
 from dataclasses import replace
 
 from bmslice.fleet.placement.judge import placed_vm
-from bmslice.fleet.placement.problem import Problem, Spot, spec_order
+from bmslice.fleet.placement.problem import Problem, Spot
 from bmslice.model.fleet import NodeUsage, Objective, PlacedVm, Placement
 from bmslice.model.spec import EmulatorPolicy
 from bmslice.plan.allocate import Allocation, NodeRequest, allocate_node
-from bmslice.plan.capacity import Load
 from bmslice.plan.planner import part_name
 
 
@@ -23,7 +22,7 @@ def to_placement(
     proven: bool,
     moved: tuple[str, ...],
 ) -> Placement:
-    order = spec_order(problem.fleet)
+    order = problem.order
     vms: list[PlacedVm] = []
     usage: list[NodeUsage] = []
     by_host: dict[str, list[PlacedVm]] = {}
@@ -47,12 +46,8 @@ def to_placement(
             for (vm, part), request in zip(here, requests, strict=True):
                 allocs[vm.name][part] = allocation[request.name]
             used = sum(len(allocation[r.name].cores) for r in requests)
-            memory = Load()
-            for vm, part in here:
-                memory = memory + Load(memory_mib=problem.size(vm.name).memory // len(vm.nodes))
-            usage.append(
-                NodeUsage(host.name, node.id, node.free.cores, used, node.free.memory_mib, memory.memory_mib)
-            )
+            memory = sum(problem.size(vm.name).memory // len(vm.nodes) for vm, _part in here)
+            usage.append(NodeUsage(host.name, node.id, node.free.cores, used, node.free.memory_mib, memory))
         for vm in on_host:
             share = problem.size(vm.name).vcpus // len(vm.nodes)
             parts = [allocs[vm.name][part] for part in range(len(vm.nodes))]

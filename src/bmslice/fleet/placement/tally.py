@@ -53,10 +53,11 @@ class Tally:
         self.spots[name] = spot
 
     def fits(self, host: Host, nodes: Nodes, loads: tuple[Load, ...]) -> bool:
-        return all(
-            host.node(node).free.fits(self.load[(host.name, node)] + load)
-            for node, load in zip(nodes, loads, strict=True)
-        )
+        name = host.name
+        for node, load in zip(nodes, loads, strict=True):
+            if not host.node(node).free.fits(self.load[(name, node)] + load):
+                return False
+        return True
 
     def cores_left(self, host: Host, node_id: int) -> int:
         """Whole cores still free on a node (pairs sit on two-thread cores first, as the planner

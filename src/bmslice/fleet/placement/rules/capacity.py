@@ -22,6 +22,8 @@ from bmslice.model.sizes import format_mib
 from bmslice.plan.capacity import Load
 
 if TYPE_CHECKING:
+    from ortools.sat.python.cp_model import IntVar
+
     from bmslice.fleet.placement.cpsat_model import FleetModel
 
 CORES = "cores"
@@ -72,20 +74,22 @@ class Capacity(Rule):
         if len(room) < len(shares):
             return f"room for a share on node(s) {','.join(map(str, room)) or 'none'}, needs {len(shares)} nodes"
         # a node with room for the first share would have made a span with the others
-        return f"room for a share on nodes {','.join(map(str, room))}, but for the first, with the emulator core, on none"
+        return (
+            f"room for a share on nodes {','.join(map(str, room))}, but for the first, with the emulator core, on none"
+        )
 
     def constrain(self, m: FleetModel) -> None:
-        loads: defaultdict[tuple[str, int], list[tuple[Load, object]]] = defaultdict(list)
+        loads: defaultdict[tuple[str, int], list[tuple[Load, IntVar]]] = defaultdict(list)
         for (k, host, nodes), var in m.place.items():
             for node, load in zip(nodes, m.problem.cls(k).shares, strict=True):
                 loads[(host, node)].append((load, var))
         for (host_name, node_id), terms in sorted(loads.items()):
-            host = m.problem.host(host_name)
-            free = host.node(node_id).free
+            free = m.problem.host(host_name).node(node_id).free
             fixed = m.base.load[(host_name, node_id)]
-            singles = fixed.singles + sum(load.singles * var for load, var in terms)  # type: ignore[operator]
-            pairs = fixed.pairs + sum(load.pairs * var for load, var in terms)  # type: ignore[operator]
-            memory = fixed.memory_mib + sum(load.memory_mib * var for load, var in terms)  # type: ignore[operator]
+            variables = [var for _, var in terms]
+            singles = fixed.singles + m.weighted(variables, [load.singles for load, _ in terms])
+            pairs = fixed.pairs + m.weighted(variables, [load.pairs for load, _ in terms])
+            memory = fixed.memory_mib + m.weighted(variables, [load.memory_mib for load, _ in terms])
             if not m.relaxed(MEMORY):
                 m.model.add(memory <= free.memory_mib)
             if m.relaxed(CORES):

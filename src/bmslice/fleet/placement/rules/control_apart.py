@@ -16,6 +16,8 @@ from bmslice.fleet.placement.tally import Tally
 from bmslice.model.fleet import ControlPlanes, Role
 
 if TYPE_CHECKING:
+    from ortools.sat.python.cp_model import IntVar
+
     from bmslice.fleet.placement.cpsat_model import FleetModel
 
 RACKS = "control planes on distinct racks"
@@ -23,13 +25,13 @@ OPT_OUT = "or say spread: {control_planes: any}"
 
 
 def apart(problem: Problem, cluster: str) -> bool:
-    return problem.fleet.cluster(cluster).spread.control_planes is ControlPlanes.APART
+    return problem.cluster(cluster).spread.control_planes is ControlPlanes.APART
 
 
 def racks_apart(problem: Problem, cluster: str) -> bool:
     """Distinct racks too: the control hosts span at least as many racks as the cluster has
     control-plane VMs."""
-    wanted = len(problem.fleet.cluster(cluster).control_plane)
+    wanted = len(problem.cluster(cluster).control_plane)
     return apart(problem, cluster) and len(problem.racks[Role.CONTROL]) >= wanted
 
 
@@ -41,7 +43,7 @@ class ControlApart(Rule):
             wanted = len(cluster.control_plane)
             if wanted < 2 or not apart(problem, cluster.name):
                 continue
-            hosts = len(problem.role_hosts[Role.CONTROL])
+            hosts = problem.control_hosts
             if wanted > hosts:
                 return (
                     f"control planes apart: {cluster.name} has {wanted} control-plane VMs, the inventory has {hosts} "
@@ -67,8 +69,8 @@ class ControlApart(Rule):
         return f"rack {host.rack} holds a {cls.cluster} control plane already (control planes on distinct racks)"
 
     def constrain(self, m: FleetModel) -> None:
-        per_host: defaultdict[tuple[str, str], list[object]] = defaultdict(list)
-        per_rack: defaultdict[tuple[str, str], list[object]] = defaultdict(list)
+        per_host: defaultdict[tuple[str, str], list[IntVar]] = defaultdict(list)
+        per_rack: defaultdict[tuple[str, str], list[IntVar]] = defaultdict(list)
         for (k, host, _nodes), var in m.place.items():
             cls = m.problem.cls(k)
             if cls.role is Role.CONTROL and apart(m.problem, cls.cluster):
@@ -77,10 +79,10 @@ class ControlApart(Rule):
                     per_rack[(cls.cluster, m.problem.host(host).rack)].append(var)
         if not m.relaxed(self.name):
             for (cluster, host), variables in per_host.items():
-                m.model.add(sum(variables) <= 1 - m.base.per_host[(host, cluster, Role.CONTROL)])  # type: ignore[arg-type]
+                m.model.add(m.total(variables) <= 1 - m.base.per_host[(host, cluster, Role.CONTROL)])
         if not m.relaxed(RACKS):
             for (cluster, rack), variables in per_rack.items():
-                m.model.add(sum(variables) <= 1 - m.base.per_rack[(cluster, Role.CONTROL, rack)])  # type: ignore[arg-type]
+                m.model.add(m.total(variables) <= 1 - m.base.per_rack[(cluster, Role.CONTROL, rack)])
 
 
 def _stacked(problem: Problem, base: Tally, cluster: str) -> str | None:

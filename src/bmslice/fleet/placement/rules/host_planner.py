@@ -20,6 +20,8 @@ from bmslice.fleet.placement.tally import Item, Tally
 from bmslice.model.fleet import NicAssignment
 
 if TYPE_CHECKING:
+    from ortools.sat.python.cp_model import IntVar
+
     from bmslice.fleet.placement.cpsat_model import FleetModel
 
 NAME = "host planner"
@@ -82,14 +84,11 @@ class HostPlanner(Rule):
                     m.model.add_bool_or([lit.Not() for lit in present])
 
 
-def _present(m: FleetModel, key: tuple[int, str, Nodes], pfs: tuple[str, ...], times: int):  # type: ignore[no-untyped-def]
+def _present(m: FleetModel, key: tuple[int, str, Nodes], pfs: tuple[str, ...], times: int) -> IntVar | None:
     """A literal that is true whenever `times` VMs of class k are on these nodes with these PFs."""
-    if not pfs:
-        var = m.place.get(key)
-        variables = [var] if var is not None else []
-    else:
-        variables = [m.sriov.get((*key, pf)) or m.whole.get((*key, pf)) for pf in pfs]
-    if not variables or any(v is None for v in variables):
+    found = [m.place.get(key)] if not pfs else [m.sriov.get((*key, pf)) or m.whole.get((*key, pf)) for pf in pfs]
+    variables = [v for v in found if v is not None]
+    if not variables or len(variables) != len(found):
         return None
     literal = m.model.new_bool_var(f"no_good[{key[1]}|{key[0]}]")
     if len(variables) == 1:

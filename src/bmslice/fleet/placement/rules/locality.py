@@ -64,8 +64,10 @@ class NicLocality(ObjectiveRule):
 
     def constrain(self, m: FleetModel) -> None:
         terms = []
+        upper = 0
         for (k, host, nodes, pf), var in (*m.sriov.items(), *m.whole.items()):
             if m.problem.host(host).pf(pf).numa_node not in nodes:
-                terms.append((var, m.upper[(k, host, nodes)]))
+                terms.append(var)
+                upper += m.upper[(k, host, nodes)]
         if terms:
-            m.terms[self.level].append((sum(var for var, _ in terms), sum(upper for _, upper in terms)))  # type: ignore[arg-type]
+            m.terms[self.level].append((m.total(terms), upper))

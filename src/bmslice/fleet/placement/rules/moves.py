@@ -60,4 +60,4 @@ class Moves(ObjectiveRule):
                 else:
                     m.model.add(nic_var == 1).only_enforce_if(stay)
             stay_vars.append(stay)
-        m.terms[self.level].append((len(movers) - sum(stay_vars), len(movers)))
+        m.terms[self.level].append((len(movers) - m.total(stay_vars), len(movers)))

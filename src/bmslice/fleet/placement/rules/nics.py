@@ -18,6 +18,8 @@ from bmslice.fleet.placement.tally import Tally
 from bmslice.model.fleet import ANY, NicAssignment, NicKind, NicRequest
 
 if TYPE_CHECKING:
+    from ortools.sat.python.cp_model import IntVar
+
     from bmslice.fleet.placement.cpsat_model import FleetModel
 
 VFS = "VFs"
@@ -41,9 +43,7 @@ def _whole_ok(tally: Tally, host: Host, want: NicRequest, pf: Pf) -> bool:
     return pf.passable and pf.matches(want.pf) and tally.whole_free(host, pf.address)
 
 
-def options(
-    tally: Tally, host: Host, want: NicRequest, nodes: Nodes, vlan: int
-) -> Iterator[tuple[NicAssignment, ...]]:
+def options(tally: Tally, host: Host, want: NicRequest, nodes: Nodes, vlan: int) -> Iterator[tuple[NicAssignment, ...]]:
     """The NICs a VM on `nodes` may get, the preferred first: PFs on its nodes first, then by name."""
     candidates = sorted(
         (pf for pf in host.pfs if pf.matches(want.pf) and _allowed(host, pf, nodes)),
@@ -121,7 +121,8 @@ class Nics(Rule):
     def shortfall(self, tally: Tally, cls: VmClass, host: Host) -> str | None:
         want = cls.nic
         if want is None or any(
-            next(options(tally, host, want, nodes, cls.vlan), None) is not None for nodes in host.slots(cls.size.numa_nodes)
+            next(options(tally, host, want, nodes, cls.vlan), None) is not None
+            for nodes in host.slots(cls.size.numa_nodes)
         ):
             return None
         named = [pf for pf in host.pfs if pf.matches(want.pf)]
@@ -138,8 +139,8 @@ class Nics(Rule):
         return f"free VFs per NIC: {vfs}; needs {want.count} on one NIC"
 
     def constrain(self, m: FleetModel) -> None:
-        whole_of: defaultdict[tuple[str, str], list[object]] = defaultdict(list)
-        vfs_of: defaultdict[tuple[str, str], list[tuple[object, int]]] = defaultdict(list)
+        whole_of: defaultdict[tuple[str, str], list[IntVar]] = defaultdict(list)
+        vfs_of: defaultdict[tuple[str, str], list[tuple[IntVar, int]]] = defaultdict(list)
         for key, var in sorted(m.place.items()):
             k, host_name, nodes = key
             cls = m.problem.cls(k)
@@ -160,9 +161,9 @@ class Nics(Rule):
                 for pf in pfs:
                     z = m.model.new_int_var(0, upper, f"vfs_from[{label}|{pf.name}]")
                     m.sriov[(*key, pf.address)] = z
-                    vfs_of[(host_name, pf.address)].append((want.count * z, want.count * upper))
+                    vfs_of[(host_name, pf.address)].append((z, want.count))
                     takes.append(z)
-                m.model.add(sum(takes) == var)
+                m.model.add(m.total(takes) == var)
                 continue
             relaxed = m.relaxed(WHOLE)
             pfs = [
@@ -182,7 +183,7 @@ class Nics(Rule):
                 m.whole[(*key, pf.address)] = w
                 whole_of[(host_name, pf.address)].append(w)
                 given[pf.address] = w
-            m.model.add(sum(given.values()) == want.count * var)
+            m.model.add(m.total(list(given.values())) == want.count * var)
             for pf in pfs:
                 for mate in pf.mates:
                     if mate in given:
@@ -193,14 +194,14 @@ class Nics(Rule):
                 whole = whole_of.get((host.name, pf.address), [])
                 vfs = vfs_of.get((host.name, pf.address), [])
                 if whole and not m.relaxed(WHOLE):
-                    m.model.add(sum(whole) <= 1)  # type: ignore[arg-type]
+                    m.model.add(m.total(whole) <= 1)
                 if not vfs:
                     continue
                 cap = m.base.vfs_left(host, pf.address)
                 if m.relaxed(VFS):
-                    cap = sum(upper for _, upper in vfs)
-                taken = sum(expr for expr, _ in vfs)
+                    cap = sum(count * m.upper_of(z) for z, count in vfs)
+                taken = m.weighted([z for z, _ in vfs], [count for _, count in vfs])
                 if whole and not m.relaxed(WHOLE):  # a PF passed through whole gives no VFs
-                    m.model.add(taken + cap * sum(whole) <= cap)  # type: ignore[operator]
+                    m.model.add(taken + cap * m.total(whole) <= cap)
                 else:
-                    m.model.add(taken <= cap)  # type: ignore[operator]
+                    m.model.add(taken <= cap)

@@ -9,11 +9,12 @@ plane per host or rack) - the least sum of squares any layout can have, ignoring
 from __future__ import annotations
 
 import heapq
+import itertools
 from collections import Counter, defaultdict
 from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
-from bmslice.fleet.placement.problem import Host, Problem, Spot, VmClass
+from bmslice.fleet.placement.problem import Problem, Spot, VmClass
 from bmslice.fleet.placement.rules.base import ObjectiveRule
 from bmslice.fleet.placement.rules.control_apart import apart, racks_apart
 from bmslice.fleet.placement.tally import Tally
@@ -21,20 +22,22 @@ from bmslice.model.fleet import RackSpread as Spread
 from bmslice.model.fleet import Role
 
 if TYPE_CHECKING:
+    from ortools.sat.python.cp_model import IntVar
+
     from bmslice.fleet.placement.cpsat_model import FleetModel
 
 
 def spread(problem: Problem, cluster: str) -> bool:
-    return problem.fleet.cluster(cluster).spread.racks is Spread.SPREAD
+    return problem.cluster(cluster).spread.racks is Spread.SPREAD
 
 
 class RackSpread(ObjectiveRule):
     name = "rack spread"
     level = 1
 
-    def tier(self, tally: Tally, cls: VmClass, host: Host) -> int:
+    def spreads(self, problem: Problem, cls: VmClass) -> bool:
         """The first pass tries the racks with the fewest VMs of the cluster and role first."""
-        return tally.per_rack[(cls.cluster, cls.role, host.rack)] if spread(tally.problem, cls.cluster) else 0
+        return spread(problem, cls.cluster)
 
     def cost(self, problem: Problem, layout: Mapping[str, Spot]) -> int:
         counts: Counter[tuple[str, Role, str]] = Counter()
@@ -45,32 +48,17 @@ class RackSpread(ObjectiveRule):
         return sum(n * n for n in counts.values())
 
     def lower_bound(self, problem: Problem, base: Tally) -> int:
-        wanted: Counter[tuple[str, Role]] = Counter()
-        for cls in problem.classes:
-            wanted[(cls.cluster, cls.role)] += cls.count
-        total = sum(
-            n * n for (cluster, _role, _rack), n in base.per_rack.items() if spread(problem, cluster)
+        counts = targets(problem, base)
+        done = {(cluster, role) for cluster, role, _ in counts}
+        fixed = sum(
+            n * n
+            for (cluster, role, _rack), n in base.per_rack.items()
+            if spread(problem, cluster) and (cluster, role) not in done
         )
-        for (cluster, role), count in wanted.items():
-            if not spread(problem, cluster):
-                continue
-            rooms = _rooms(problem, base, cluster, role)
-            counts = {rack: base.per_rack[(cluster, role, rack)] for rack in rooms}
-            total -= sum(n * n for n in counts.values())
-            heap = [(counts[rack], rack, room) for rack, room in rooms.items() if room > 0]
-            heapq.heapify(heap)
-            for _ in range(count):
-                if not heap:
-                    break
-                have, rack, room = heapq.heappop(heap)
-                counts[rack] = have + 1
-                if room > 1:
-                    heapq.heappush(heap, (have + 1, rack, room - 1))
-            total += sum(n * n for n in counts.values())
-        return total
+        return fixed + sum(n * n for n in counts.values())
 
     def constrain(self, m: FleetModel) -> None:
-        by_rack: defaultdict[tuple[str, Role, str], list[tuple[object, int]]] = defaultdict(list)
+        by_rack: defaultdict[tuple[str, Role, str], list[tuple[IntVar, int]]] = defaultdict(list)
         for key, var in m.place.items():
             cls = m.problem.cls(key[0])
             if spread(m.problem, cls.cluster):
@@ -82,17 +70,43 @@ class RackSpread(ObjectiveRule):
             # n^2 as have^2 plus one step per VM added, each step dearer than the one before:
             # the least-cost way to count n VMs takes the cheap steps first, so it is exact.
             steps = [m.model.new_bool_var(f"rack_step[{cluster}|{role.value}|{rack}|{i}]") for i in range(most)]
-            m.model.add(sum(var for var, _ in terms) == sum(steps))  # type: ignore[arg-type]
-            for before, after in zip(steps, steps[1:], strict=False):
+            m.model.add(m.total([var for var, _ in terms]) == m.total(steps))
+            for before, after in itertools.pairwise(steps):
                 m.model.add_implication(after, before)
-            square = have * have + sum((2 * (have + i) + 1) * step for i, step in enumerate(steps))
+            square = have * have + m.weighted(steps, [2 * (have + i) + 1 for i in range(len(steps))])
             upper = (have + most) ** 2
             m.terms[self.level].append((square, upper))
 
 
+def targets(problem: Problem, base: Tally) -> dict[tuple[str, Role, str], int]:
+    """Per cluster and role with VMs to place and `racks: spread`, the count per rack of the
+    evenest layout the rules (not the cores) allow: racks filled one VM at a time, always the
+    rack with the fewest, each only up to what its hosts may take."""
+    wanted: Counter[tuple[str, Role]] = Counter()
+    for cls in problem.classes:
+        wanted[(cls.cluster, cls.role)] += cls.count
+    out: dict[tuple[str, Role, str], int] = {}
+    for (cluster, role), count in sorted(wanted.items()):
+        if not spread(problem, cluster):
+            continue
+        rooms = _rooms(problem, base, cluster, role)
+        counts = {rack: base.per_rack[(cluster, role, rack)] for rack in rooms}
+        heap = [(counts[rack], rack, room) for rack, room in rooms.items() if room > 0]
+        heapq.heapify(heap)
+        for _ in range(count):
+            if not heap:
+                break
+            have, rack, room = heapq.heappop(heap)
+            counts[rack] = have + 1
+            if room > 1:
+                heapq.heappush(heap, (have + 1, rack, room - 1))
+        out.update({(cluster, role, rack): n for rack, n in counts.items()})
+    return out
+
+
 def _rooms(problem: Problem, base: Tally, cluster: str, role: Role) -> dict[str, int]:
     """How many more VMs of the cluster and role each rack may take (rules, not cores)."""
-    most = problem.fleet.cluster(cluster).spread.max_per_host
+    most = problem.cluster(cluster).spread.max_per_host
     one = role is Role.CONTROL and apart(problem, cluster)
     rooms: Counter[str] = Counter()
     for host in problem.role_hosts[role]:

@@ -70,6 +70,9 @@ def place(
     return _decide(movable, rules, clock, explain=True)
 
 
+JUDGE_S_PER_HOST = 0.004  # about what the host planner takes per host: kept for the last judgement
+
+
 class _Clock:
     def __init__(self, budget_s: float) -> None:
         self.budget_s = budget_s
@@ -77,6 +80,10 @@ class _Clock:
 
     def left(self) -> float:
         return self.deadline - time.monotonic()
+
+    def search_deadline(self, hosts: int) -> float:
+        """When a search must stop so that judging `hosts` hosts still ends within the budget."""
+        return self.deadline - min(JUDGE_S_PER_HOST * hosts, self.budget_s / 2)
 
 
 def _check(problem: Problem, rules: Rules) -> None:
@@ -129,7 +136,8 @@ def _solve(problem: Problem, rules: Rules, hint: dict[str, Spot] | None, clock: 
     for _ in range(JUDGE_ROUNDS):
         proven = False
         if whole or hint is None:
-            solved = solve(build(problem, base, rules.all, hint=hint), clock.left())
+            model = build(problem, base, rules.all, hint=hint)
+            solved = solve(model, clock.search_deadline(len(problem.hosts)) - time.monotonic())
             if solved.status == "infeasible":
                 if not explain:
                     raise _Infeasible
@@ -144,7 +152,9 @@ def _solve(problem: Problem, rules: Rules, hint: dict[str, Spot] | None, clock: 
                     "give the solver more time (--time-budget)"
                 )
         else:
-            improved, proven = improve(problem, {**problem.fixed, **hint}, rules, clock.deadline)
+            improved, proven = improve(
+                problem, {**problem.fixed, **hint}, rules, clock.search_deadline(len(problem.hosts))
+            )
             layout = {name: improved[name] for name in hint}
         full = {**problem.fixed, **layout}
         verdict = judge(problem, full)

@@ -27,12 +27,16 @@ from bmslice.fleet.placement.rules.capacity import CORES, MEMORY
 from bmslice.fleet.placement.rules.control_apart import RACKS
 from bmslice.fleet.placement.rules.host_planner import NAME as HOST_PLANNER
 from bmslice.fleet.placement.rules.nics import VFS, WHOLE
+from bmslice.fleet.placement.rules.room import Room
 from bmslice.fleet.placement.tally import Tally
 from bmslice.model.fleet import NicKind, Role
 from bmslice.model.sizes import format_mib
 from bmslice.plan.capacity import Load
 
 MESSAGE_HOSTS = 4  # per-host reasons quoted in a refusal before "and N more"
+# A probe near the edge of feasibility can take long to decide; one that does not decide in this
+# time counts as "fits" (its VMs stay in the set, which is then not shown to be the fewest).
+PROBE_S = 0.5
 
 BINDS = {
     CORES: "too few free whole cores",
@@ -47,24 +51,30 @@ BINDS = {
 
 
 def refusal(problem: Problem, base: Tally, rules: Rules, deadline: float) -> str:
+    kept = "; the kept VMs stay where they are (--allow-move lets the fewest of them move)" if problem.fixed else ""
     for cls in dict.fromkeys(cls for cls, _name in order(problem)):
         if best_spot(base, rules, cls, list(problem.role_hosts[cls.role])) is None:
-            return alone(problem, base, rules, replace(cls, names=cls.names[:1]))
+            return alone(problem, base, rules, replace(cls, names=cls.names[:1])) + kept
+    short = Room().check(problem, base)
+    if short is not None:
+        return short + kept
+    binds = _binding(problem, base, rules, deadline)  # first: naming what binds is the refusal's core
     counts, minimal = _smallest(problem, base, rules, deadline)
     classes = tuple(replace(cls, names=cls.names[:n]) for cls, n in zip(problem.classes, counts, strict=True) if n)
-    subset = problem.with_classes(classes)
-    binds = _binding(subset, base, rules, deadline)
     names = ", ".join(cls.label for cls in classes)
-    kept = " with the kept VMs where they are" if problem.fixed else ""
     what = " or ".join(BINDS[key] for key in binds) if binds else "cores, memory and NICs together"
+    if len(binds) > 1:
+        what += " (any one of them relaxed would let them fit)"
     if HOST_PLANNER in binds:
         reasons = sorted({ng.reason for ng in rules.host_planner.no_goods})
         what += f" ({'; '.join(reasons)})"
     shown = "" if minimal else " (not shown to be the fewest within the time budget)"
     needs = "; ".join(_needs(problem, cls) for cls in classes)
+    needs = needs[:1].upper() + needs[1:]
+    roles = " and ".join(sorted({cls.role.value for cls in classes}))
     return (
-        f"{names} cannot all be placed{kept}{shown}: {what}. {needs}. Free on the "
-        f"{' and '.join(sorted({cls.role.value for cls in classes}))} hosts: {_free(problem, base, classes)}"
+        f"{names} cannot all be placed{shown}: {what}. {needs}. Free on the {roles} hosts: "
+        f"{_free(problem, base, classes)}{kept}"
     )
 
 
@@ -127,9 +137,10 @@ def _cores_text(hosts: Sequence[Host], load: Load) -> str:
 
 
 def _feasible(problem: Problem, base: Tally, rules: Rules, relax: frozenset[str], deadline: float) -> bool | None:
+    """Whether `problem` has a placement; None: not decided within PROBE_S (or the budget)."""
     from bmslice.fleet.placement.cpsat_model import build, solve
 
-    left = deadline - time.monotonic()
+    left = min(deadline - time.monotonic(), PROBE_S)
     if left <= 0:
         return None
     solved = solve(build(problem, base, rules.hard, relax), left)
@@ -139,9 +150,10 @@ def _feasible(problem: Problem, base: Tally, rules: Rules, relax: frozenset[str]
 
 
 def _smallest(problem: Problem, base: Tally, rules: Rules, deadline: float) -> tuple[list[int], bool]:
-    """Counts per class of a set that cannot all be placed, and whether it is shown irreducible:
-    dropping any one VM of it lets the rest fit."""
-    counts = [cls.count for cls in problem.classes]
+    """Counts per class of a set that cannot all be placed, and whether it is shown irreducible
+    (dropping any one VM of it lets the rest fit). Fewer VMs never fit worse, so: a class that
+    does not fit on its own is cut down by bisection alone; else whole classes are dropped while
+    the rest still does not fit, then each count left is cut down by bisection."""
     minimal = True
 
     def infeasible(trial: list[int]) -> bool:
@@ -152,8 +164,8 @@ def _smallest(problem: Problem, base: Tally, rules: Rules, deadline: float) -> t
             minimal = False
         return verdict is False
 
-    for i in range(len(counts)):
-        lo, hi = 0, counts[i]  # hi: infeasible with counts[i]; find the least such count
+    def bisect(counts: list[int], i: int) -> None:
+        lo, hi = 0, counts[i]  # infeasible with hi; find the least such count
         while lo < hi:
             mid = (lo + hi) // 2
             if infeasible([*counts[:i], mid, *counts[i + 1 :]]):
@@ -161,6 +173,15 @@ def _smallest(problem: Problem, base: Tally, rules: Rules, deadline: float) -> t
             else:
                 lo = mid + 1
         counts[i] = hi
+
+    full = [cls.count for cls in problem.classes]
+    counts = list(full)
+    for i in range(len(counts)):
+        if infeasible([*counts[:i], 0, *counts[i + 1 :]]):
+            counts[i] = 0
+    for i in range(len(counts)):
+        if counts[i]:
+            bisect(counts, i)
     return counts, minimal
 
 
@@ -182,11 +203,11 @@ def _binding(problem: Problem, base: Tally, rules: Rules, deadline: float) -> li
 def _needs(problem: Problem, cls: VmClass) -> str:
     hosts = problem.role_hosts[cls.role]
     shares = cls.shares
-    each = "each" if cls.count > 1 else "it"
+    each = f"each {cls.cluster} {cls.role.value}" if cls.count > 1 else cls.names[0]
     where = "on one NUMA node" if len(shares) == 1 else f"on each of {len(shares)} NUMA nodes"
     nic = nic_phrase(problem.requests[cls.names[0]], cls.vlan)
     return (
-        f"{each} {cls.cluster} {cls.role.value} needs {_cores_text(hosts, shares[-1]).replace(' free', '')} and "
+        f"{each} needs {_cores_text(hosts, shares[-1]).replace(' free', '')} and "
         f"{format_mib(shares[-1].memory_mib)} {where}{nic}"
     )
 

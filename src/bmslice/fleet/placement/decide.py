@@ -188,6 +188,10 @@ def _finish(problem: Problem, rules: Rules, layout: dict[str, Spot], verdict: Ve
     """The placement of an accepted layout: the nodes of VMs over several settled (the host
     planner's), the objective computed."""
     notes = list(problem.notes)
+    notes += [
+        f"the host planner refuses {no_good.text()}: {no_good.reason}; the fleet placed around it"
+        for no_good in rules.host_planner.no_goods
+    ]
     before = [rule.cost(problem, layout) for rule in rules.objectives]
     placed_now = {name for name in layout if name in problem.class_of and not _staying(problem, name, layout[name])}
     settle(problem, layout, verdict.plans, placed_now, notes)

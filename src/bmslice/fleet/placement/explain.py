@@ -54,10 +54,10 @@ def refusal(problem: Problem, base: Tally, rules: Rules, deadline: float) -> str
     kept = "; the kept VMs stay where they are (--allow-move lets the fewest of them move)" if problem.fixed else ""
     for cls in dict.fromkeys(cls for cls, _name in order(problem)):
         if best_spot(base, rules, cls, list(problem.role_hosts[cls.role])) is None:
-            return alone(problem, base, rules, replace(cls, names=cls.names[:1])) + kept
+            return alone(problem, base, rules, replace(cls, names=cls.names[:1]))
     short = Room().check(problem, base)
     if short is not None:
-        return short + kept
+        return short
     binds = _binding(problem, base, rules, deadline)  # first: naming what binds is the refusal's core
     counts, minimal = _smallest(problem, base, rules, deadline)
     classes = tuple(replace(cls, names=cls.names[:n]) for cls, n in zip(problem.classes, counts, strict=True) if n)
@@ -73,8 +73,8 @@ def refusal(problem: Problem, base: Tally, rules: Rules, deadline: float) -> str
     needs = needs[:1].upper() + needs[1:]
     roles = " and ".join(sorted({cls.role.value for cls in classes}))
     return (
-        f"{names} cannot all be placed{shown}: {what}. {needs}. Free on the {roles} hosts: "
-        f"{_free(problem, base, classes)}{kept}"
+        f"{names} cannot all be placed{kept}{shown}: {what}. {needs}. Free on the {roles} hosts: "
+        f"{_free(problem, base, classes)}"
     )
 
 

@@ -93,9 +93,9 @@ def learn(problem: Problem, layout: Mapping[str, Spot], host_name: str, reason: 
                 keep, reason = trial, verdict
     tally = Tally(problem)
     items: Counter[Item] = Counter(tally.item(name, share[name]) for name in keep)
-    if all(isinstance(k, str) for k, _, _ in items):
+    if all(key[0] == "fixed" for key, _, _ in items):
         raise PlanError(f"{reason} (kept VMs {', '.join(keep)}, which stay where they are)")
-    fixed = any(isinstance(k, str) for k, _, _ in items)
+    fixed = any(key[0] == "fixed" for key, _, _ in items)
     hosts = frozenset({host_name}) if fixed else _alike(problem, host)
     planner.learn(NoGood(hosts, tuple(sorted(items.items(), key=repr)), _short(reason)))
 
@@ -112,7 +112,7 @@ def _learn_one(problem: Problem, host: Host, name: str, hosts: frozenset[str], p
             spot = Spot(host.name, nodes, nics)
             verdict = plan_share(problem, host, {name: spot})
             if isinstance(verdict, str):
-                item = (cls.index, nodes, spot.pfs)
+                item = (cls.key, nodes, spot.pfs)
                 planner.learn(NoGood(hosts, ((item, 1),), _short(verdict)))
 
 

@@ -138,6 +138,11 @@ class VmClass:
         return self.size.nic
 
     @property
+    def key(self) -> tuple[object, ...]:
+        """What the class is, the same in any part of the problem solved on its own (its index is not)."""
+        return ("vm", self.names[0]) if self.moving else ("class", self.cluster, self.role, self.size)
+
+    @property
     def count(self) -> int:
         return len(self.names)
 
@@ -240,6 +245,10 @@ class Problem:
     @cached_property
     def _by_index(self) -> dict[int, VmClass]:
         return {cls.index: cls for cls in self.classes}
+
+    @cached_property
+    def class_by_key(self) -> dict[tuple[object, ...], VmClass]:
+        return {cls.key: cls for cls in self.classes}
 
     @cached_property
     def class_of(self) -> dict[str, VmClass]:

@@ -10,9 +10,9 @@ from bmslice.fleet.placement.problem import Host, Nodes, Problem, Spot, shares
 from bmslice.model.fleet import NicKind, Role
 from bmslice.plan.capacity import Load
 
-# A VM as the host planner's no-goods name it: its class (or, for a VM that stays where it
-# is, its name), nodes and PFs.
-Item = tuple[int | str, Nodes, tuple[str, ...]]
+# A VM as the host planner's no-goods name it: its class's key (("fixed", name) for a VM that
+# stays where it is), nodes and PFs.
+Item = tuple[tuple[object, ...], Nodes, tuple[str, ...]]
 
 
 class Tally:
@@ -35,7 +35,7 @@ class Tally:
 
     def item(self, name: str, spot: Spot) -> Item:
         cls = self.problem.class_of.get(name)
-        return (cls.index if cls is not None else name, spot.nodes, spot.pfs)
+        return (cls.key if cls is not None else ("fixed", name), spot.nodes, spot.pfs)
 
     def add(self, name: str, spot: Spot) -> None:
         req = self.problem.requests[name]

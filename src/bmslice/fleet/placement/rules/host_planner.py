@@ -38,6 +38,17 @@ class NoGood:
     def hit(self, have: Counter[Item]) -> bool:
         return all(have[item] >= times for item, times in self.items)
 
+    def text(self) -> str:
+        """'a red worker on NUMA node 0 of server1 (and 2 servers like it)'."""
+        what = []
+        for (key, nodes, _pfs), times in self.items:
+            who = f"{key[1]} {key[2]}" if key[0] == "class" else str(key[1])
+            count = f"{times} x " if times > 1 else ("a " if key[0] == "class" else "")
+            what.append(f"{count}{who} on NUMA node{'s' if len(nodes) > 1 else ''} {','.join(map(str, nodes))}")
+        hosts = sorted(self.hosts)
+        like = f" (and {len(hosts) - 1} host(s) like it)" if len(hosts) > 1 else ""
+        return f"{' with '.join(what)} of {hosts[0]}{like}"
+
 
 class HostPlanner(Rule):
     name = NAME
@@ -54,12 +65,12 @@ class HostPlanner(Rule):
         if not relevant:
             return True
         have = Counter(tally.items[host.name])
-        have[(cls.index, nodes, tuple(n.address for n in nics))] += 1
+        have[(cls.key, nodes, tuple(n.address for n in nics))] += 1
         return not any(ng.hit(have) for ng in relevant)
 
     def shortfall(self, tally: Tally, cls: VmClass, host: Host) -> str | None:
         for ng in self.no_goods:
-            if host.name in ng.hosts and any(item[0] == cls.index for item, _ in ng.items):
+            if host.name in ng.hosts and any(item[0] == cls.key for item, _ in ng.items):
                 return f"the host planner refuses it there ({ng.reason})"
         return None
 
@@ -70,12 +81,13 @@ class HostPlanner(Rule):
             for host in sorted(ng.hosts):
                 present = []
                 possible = True
-                for (k, nodes, pfs), times in ng.items:
-                    if isinstance(k, str):
-                        if m.base.items[host][(k, nodes, pfs)] < times:
-                            possible = False  # a fixed VM that is not there: the no-good cannot hit
+                for (key, nodes, pfs), times in ng.items:
+                    cls = m.problem.class_by_key.get(key)
+                    if cls is None:  # a VM that stays where it is, or of no class here
+                        if m.base.items[host][(key, nodes, pfs)] < times:
+                            possible = False  # not there: the no-good cannot hit
                         continue
-                    literal = _present(m, (k, host, nodes), pfs, times)
+                    literal = _present(m, (cls.index, host, nodes), pfs, times)
                     if literal is None:
                         possible = False
                         break

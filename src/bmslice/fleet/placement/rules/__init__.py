@@ -33,7 +33,7 @@ class Rules:
     @property
     def hard(self) -> list[Rule]:
         """In the order a refusal names what a host lacks."""
-        return [self.roles, self.max_per_host, self.control_apart, self.capacity, self.nics, self.host_planner]
+        return [self.roles, self.control_apart, self.max_per_host, self.capacity, self.nics, self.host_planner]
 
     @property
     def objectives(self) -> list[ObjectiveRule]:

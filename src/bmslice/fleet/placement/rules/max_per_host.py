@@ -32,6 +32,8 @@ class MaxPerHost(Rule):
             first.setdefault((cls.cluster, cls.role), cls.names[0])
         for (cluster, role), count in wanted.items():
             hosts = problem.role_hosts[role]
+            if not hosts:
+                continue  # roles.py says so
             most = limit(problem, cluster)
             fixed = sum(n for (h, c, r), n in base.per_host.items() if c == cluster and r is role)
             room = sum(max(most - base.per_host[(h.name, cluster, role)], 0) for h in hosts)

@@ -110,9 +110,10 @@ class Room(Rule):
                 for name, value in per_limit.items()
                 if name in _relevant(cls)
             )
+            kept = " with the kept VMs where they are" if base.spots else ""
             return (
                 f"{cls.cluster}: {cls.count} {role} VM(s) to place ({cls.label}), the {role} hosts hold at most "
-                f"{total} of them ({shown})"
+                f"{total} of them{kept} ({shown})"
             )
         return None
 

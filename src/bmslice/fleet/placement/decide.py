@@ -174,7 +174,7 @@ def _repair(
     from bmslice.fleet.placement.neighbourhood import part
 
     refused = frozenset(problem.host(h).rack for h in verdict.refused)
-    sub = part(problem, {**problem.fixed, **layout}, refused)
+    sub = part(problem, {**problem.fixed, **layout}, refused)  # every VM of those racks freed
     solved = solve(build(sub, Tally.of(sub, sub.fixed), rules.all), max(clock.left(), 1.0))
     if not solved.found:
         raise PlanError(

@@ -11,7 +11,7 @@ one class: the solver counts how many of a class go where instead of naming each
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cache, cached_property
 from itertools import combinations
 
@@ -190,6 +190,8 @@ class Problem:
     fixed: Mapping[str, Spot]
     requests: Mapping[str, VmRequest]
     notes: tuple[str, ...] = ()
+    # a fixed VM that is one of a class held in place for a part solved alone: its class's key
+    fixed_keys: Mapping[str, tuple[object, ...]] = field(default_factory=dict)
 
     def host(self, name: str) -> Host:
         return self._by_name[name]
@@ -256,7 +258,7 @@ class Problem:
 
     def with_classes(self, classes: tuple[VmClass, ...]) -> Problem:
         """The same hosts and fixed VMs with other VMs to place (a refusal's smaller sets)."""
-        return Problem(self.fleet, self.hosts, classes, self.fixed, self.requests, self.notes)
+        return Problem(self.fleet, self.hosts, classes, self.fixed, self.requests, self.notes, self.fixed_keys)
 
 
 def shares(size: VmSize) -> tuple[Load, ...]:

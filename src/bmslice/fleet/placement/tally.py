@@ -35,7 +35,8 @@ class Tally:
 
     def item(self, name: str, spot: Spot) -> Item:
         cls = self.problem.class_of.get(name)
-        return (cls.key if cls is not None else ("fixed", name), spot.nodes, spot.pfs)
+        key = cls.key if cls is not None else self.problem.fixed_keys.get(name, ("fixed", name))
+        return (key, spot.nodes, spot.pfs)
 
     def add(self, name: str, spot: Spot) -> None:
         req = self.problem.requests[name]

@@ -119,10 +119,15 @@ def _plan(args: argparse.Namespace, check: bool = True) -> _Planned:
             )
     checks: dict[str, str] = {}
     if check:
+        judged = dict(placement.planned)  # the placement had the host planner judge these specs already
         for host, data in sorted(specs.items()):
-            result = check_host(host, data, topologies[host], f"{host}/spec.yaml")
+            said = (
+                judged[host]
+                if host in judged
+                else check_host(host, data, topologies[host], f"{host}/spec.yaml").warnings
+            )
             checks[host] = "ok"
-            warnings.extend(f"{host}: {w}" for w in result.warnings)
+            warnings.extend(f"{host}: {w}" for w in said)
     return _Planned(fleet, placement, files, specs, warnings, checks)
 
 

@@ -430,6 +430,9 @@ class Placement:
     proven_optimal: bool = False
     moved: tuple[str, ...] = ()  # VMs of the kept placement now on another host or other nodes
     objective: Objective | None = None  # None: not known (a placement file of an older bmslice)
+    # the hosts whose share the host planner accepted while placing, with its warnings (not
+    # written to placement.json: a placement read back is planned again)
+    planned: tuple[tuple[str, tuple[str, ...]], ...] = ()
 
     def vm(self, name: str) -> PlacedVm:
         for vm in self.vms:

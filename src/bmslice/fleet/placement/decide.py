@@ -198,7 +198,8 @@ def _finish(problem: Problem, rules: Rules, layout: dict[str, Spot], verdict: Ve
     values = [rule.cost(problem, layout) for rule in rules.objectives]
     if values > before:
         proven = False  # the host planner's nodes for a VM over several are worse than the model's
-    return to_placement(problem, layout, notes, Objective(*values), proven, moved(problem, layout))
+    planned = tuple((host, plan.warnings) for host, plan in sorted(verdict.plans.items()))
+    return to_placement(problem, layout, notes, Objective(*values), proven, moved(problem, layout), planned)
 
 
 def _staying(problem: Problem, name: str, spot: Spot) -> bool:

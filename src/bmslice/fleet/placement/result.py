@@ -21,6 +21,7 @@ def to_placement(
     objective: Objective,
     proven: bool,
     moved: tuple[str, ...],
+    planned: tuple[tuple[str, tuple[str, ...]], ...] = (),
 ) -> Placement:
     order = problem.order
     vms: list[PlacedVm] = []
@@ -56,7 +57,7 @@ def to_placement(
             cores = tuple(tuple(v + i * share for v in core) for i, a in enumerate(parts) for core in _guest_cores(a))
             vms.append(replace(vm, guest_threads=2 if pairs else 1, guest_cores=cores))
     vms.sort(key=lambda v: (v.host, order[v.name]))
-    return Placement(tuple(vms), tuple(usage), tuple(notes), proven, moved, objective)
+    return Placement(tuple(vms), tuple(usage), tuple(notes), proven, moved, objective, planned)
 
 
 def _guest_cores(alloc: Allocation) -> tuple[tuple[int, ...], ...]:

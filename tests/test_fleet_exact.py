@@ -16,15 +16,21 @@ from typing import Any
 
 import pytest
 import yaml
+from hypothesis import HealthCheck, given, settings
 
 from bmslice.cli import fleet_cmd
 from bmslice.errors import PlanError, SpecError
 from bmslice.fleet.check import check_host
 from bmslice.fleet.placement import place
+from bmslice.fleet.placement.cpsat_model import build, solve
+from bmslice.fleet.placement.inputs import build_problem
+from bmslice.fleet.placement.rules import Rules
+from bmslice.fleet.placement.tally import Tally
 from bmslice.fleet.render import render_fleet
 from bmslice.model.fleet import Fleet, Placement, fleet_from_data, placement_from_dict, placement_to_dict
 from bmslice.model.topology import HostTopology, PciDevice
 from fleetgen import mixed_fleet
+from test_fleet_properties import fleets
 from topologies import nic, synthetic
 
 # One node with 6 cores: 5 free after the host's core, as on the design note's server1.
@@ -386,3 +392,35 @@ def test_the_solver_s_layout_is_the_same_every_time_and_whatever_the_inventory_o
     first = place(fleet_of(hosts, clusters), topos)
     assert place(fleet_of(hosts, clusters), topos) == first
     assert place(fleet_of(hosts[::-1], clusters), topos) == first
+
+
+# --- what "proven" claims holds -----------------------------------------------------------------
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(fleets())
+def test_a_proven_placement_is_never_beaten_and_a_refused_fleet_has_no_placement(
+    generated: tuple[dict[str, Any], dict[str, HostTopology]],
+) -> None:
+    """Whatever decided it (the first pass with its lower bounds, or CP-SAT), a placement said to
+    be proven optimal has the objective of CP-SAT's optimum over the whole model, and a refused
+    fleet has none (the host planner's no-goods aside: these fleets' hosts accept every share)."""
+    data, topos = generated
+    fleet = fleet_from_data(data, "generated")
+    try:
+        placement: Placement | None = place(fleet, topos)
+    except PlanError:
+        placement = None
+    problem = build_problem(fleet, topos, None, False)
+    rules = Rules()
+    solved = solve(build(problem, Tally(problem), rules.all), 30)
+    assert solved.status in ("optimal", "infeasible")
+    if placement is None:
+        assert solved.status == "infeasible"
+        return
+    assert solved.status == "optimal" and placement.objective is not None
+    best = tuple(rule.cost(problem, solved.layout) for rule in rules.objectives)
+    if placement.proven_optimal:
+        assert placement.objective.values() == best
+    else:
+        assert placement.objective.values() >= best

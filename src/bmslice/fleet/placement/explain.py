@@ -2,16 +2,16 @@
 
 1. A VM that fits on no host even alone (with only the VMs that stay where they are): the
    refusal names it and what each candidate host lacks, in the cores it needs on that server.
-2. Else the smallest set of VMs that cannot all be placed together: a deletion filter over the
-   classes' counts (monotone: fewer VMs never fit worse), each count cut by bisection, each
-   probe a CP-SAT feasibility solve; then what binds: each rule left out in turn (cores,
-   memory, VFs, whole NICs, max_per_host, control planes apart...) and the ones whose absence
-   lets the set fit are named.
+2. A class of VMs the hosts cannot hold even counted one host at a time (rules/room.py).
+3. Else what binds - each rule left out in turn (cores, memory, VFs, whole NICs,
+   max_per_host, control planes apart...), naming those whose absence lets the VMs fit - and
+   the fewest VMs that cannot all be placed together: whole classes dropped while the rest
+   still does not fit, then each count cut by bisection (fewer VMs never fit worse), each
+   probe a CP-SAT feasibility solve of at most PROBE_S:
 
-    red-worker-1 .. red-worker-3 (3 VMs), blue-worker-1 cannot all be placed: too few free
-    whole cores. Each red worker needs 5 cores (on an SMT server) and 8GiB on one NUMA node;
-    ... free on the worker hosts: server1 node 0: 5 cores, 30GiB; ...
-"""
+    red-worker-1, red-worker-2, blue-worker-1 cannot all be placed: too few free whole cores.
+    Each red worker needs 4 cores and 1GiB on one NUMA node; blue-worker-1 needs 2 cores and
+    1GiB on one NUMA node. Free on the worker hosts: a (SMT) node 0 5 cores 30GiB; ..."""
 
 from __future__ import annotations
 
@@ -51,7 +51,7 @@ BINDS = {
 
 
 def refusal(problem: Problem, base: Tally, rules: Rules, deadline: float) -> str:
-    kept = "; the kept VMs stay where they are (--allow-move lets the fewest of them move)" if problem.fixed else ""
+    kept = " (with the kept VMs where they are)" if problem.fixed else ""
     for cls in dict.fromkeys(cls for cls, _name in order(problem)):
         if best_spot(base, rules, cls, list(problem.role_hosts[cls.role])) is None:
             return alone(problem, base, rules, replace(cls, names=cls.names[:1]))

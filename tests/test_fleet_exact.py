@@ -127,8 +127,9 @@ def test_memory_binds() -> None:
         [host("a")], [cluster("red", 100, {"count": 2, "vcpus": 2, "memory": "20GiB"}, spread={"max_per_host": 2})]
     )
     assert refusal(fleet, {"a": SMT}) == (
-        "red: 2 worker VM(s) to place (red-worker-1, red-worker-2), the worker hosts hold at most 1 of them "
-        "(max_per_host 2 on 1 hosts allows 2; whole cores per NUMA node allows 2; memory allows 1)"
+        "red: 2 worker VM(s) to place (red-worker-1, red-worker-2), the worker hosts hold at most 1 of them: on each "
+        "host the least of what max_per_host 2 (2 in all), its whole cores per NUMA node (2 in all) and its memory "
+        "(1 in all) allow"
     )
 
 
@@ -149,7 +150,7 @@ def test_free_vfs_bind() -> None:
     assert text.startswith(
         "red: 3 worker VM(s) to place (red-worker-1 .. red-worker-3 (3 VMs)), the worker hosts hold at most 2"
     )
-    assert text.endswith("free VFs allow 2)")
+    assert text.endswith("its free VFs (2 in all) allow")
 
 
 def test_passthrough_nics_bind() -> None:
@@ -165,7 +166,8 @@ def test_passthrough_nics_bind() -> None:
         ],
     )
     text = refusal(fleet, {"a": with_nics(SMT, nic("0000:01:00.0", "ens1", 0, 40))})
-    assert "the worker hosts hold at most 1 of them" in text and text.endswith("free NICs to pass through allow 1)")
+    assert "the worker hosts hold at most 1 of them" in text
+    assert text.endswith("its free NICs to pass through (1 in all) allow")
 
 
 def test_max_per_host_binds() -> None:
@@ -345,8 +347,8 @@ def test_growth_moves_nothing_and_is_refused_when_the_new_vms_do_not_fit_around_
     assert (first.vm("red-worker-1").host, first.vm("red-worker-2").host) == ("a", "b")
     assert refusal(grown, topos, first) == (
         "blue: 3 worker VM(s) to place (blue-worker-1 .. blue-worker-3 (3 VMs)), the worker hosts hold at most 2 of "
-        "them with the kept VMs where they are (max_per_host 2 on 2 hosts allows 4; whole cores per NUMA node allows "
-        "2; memory allows 8)"
+        "them with the kept VMs where they are: on each host the least of what max_per_host 2 (4 in all), its whole "
+        "cores per NUMA node (2 in all) and its memory (8 in all) allow"
     )
 
 

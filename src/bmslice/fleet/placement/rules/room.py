@@ -6,8 +6,10 @@ apart), by the cores and memory of each NUMA node (a node takes as many shares a
 alone) and by its NICs (VFs per PF over the VFs a VM takes, whole PFs over the PFs it takes).
 The sum over the hosts of the least of these is what the fleet can hold at best.
 
-    c001: 71 worker VMs, the worker hosts hold at most 66 of them (max_per_host 2 on 49 hosts
-    allows 98; whole cores per NUMA node allow 66; memory allows 120)
+    c001: 71 worker VM(s) to place (c001-worker-1 .. c001-worker-71 (71 VMs)), the worker
+    hosts hold at most 66 of them: on each host the least of what max_per_host 2 (98 in all),
+    its whole cores per NUMA node (122 in all), its memory (178 in all) and its free VFs (8701
+    in all) allow
 """
 
 from __future__ import annotations
@@ -105,15 +107,16 @@ class Room(Rule):
             if total >= cls.count:
                 continue
             role = cls.role.value
-            shown = "; ".join(
-                f"{_limit_text(name, problem, cls, hosts)} {'allows' if name != 'NICs' else 'allow'} {value}"
+            limits_text = [
+                f"{_limit_text(name, problem, cls, hosts)} ({value} in all)"
                 for name, value in per_limit.items()
                 if name in _relevant(cls)
-            )
+            ]
             kept = " with the kept VMs where they are" if base.spots else ""
             return (
                 f"{cls.cluster}: {cls.count} {role} VM(s) to place ({cls.label}), the {role} hosts hold at most "
-                f"{total} of them{kept} ({shown})"
+                f"{total} of them{kept}: on each host the least of what {', '.join(limits_text[:-1])} and "
+                f"{limits_text[-1]} allow"
             )
         return None
 
@@ -124,10 +127,9 @@ def _relevant(cls: VmClass) -> Iterable[str]:
 
 def _limit_text(name: str, problem: Problem, cls: VmClass, hosts: tuple[Host, ...]) -> str:
     if name == "max_per_host":
-        most = problem.cluster(cls.cluster).spread.max_per_host
         if cls.role is Role.CONTROL and apart(problem, cls.cluster):
-            return f"control planes apart (one per host) on {len(hosts)} hosts"
-        return f"max_per_host {most} on {len(hosts)} hosts"
+            return "control planes apart (one per host)"
+        return f"max_per_host {problem.cluster(cls.cluster).spread.max_per_host}"
     if name == "NICs" and cls.nic is not None:
-        return "free VFs" if cls.nic.kind is NicKind.SRIOV else "free NICs to pass through"
-    return name
+        return "its free VFs" if cls.nic.kind is NicKind.SRIOV else "its free NICs to pass through"
+    return f"its {name}"

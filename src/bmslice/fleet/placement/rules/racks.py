@@ -106,13 +106,13 @@ def targets(problem: Problem, base: Tally) -> dict[tuple[str, Role, str], int]:
 
 def _rooms(problem: Problem, base: Tally, cluster: str, role: Role) -> dict[str, int]:
     """How many more VMs of the cluster and role each rack may take (rules, not cores)."""
-    most = problem.cluster(cluster).spread.max_per_host
-    one = role is Role.CONTROL and apart(problem, cluster)
-    rooms: Counter[str] = Counter()
-    for host in problem.role_hosts[role]:
-        room = (1 if one else most) - base.per_host[(host.name, cluster, role)]
-        rooms[host.rack] += max(room, 0)
+    per_host = 1 if role is Role.CONTROL and apart(problem, cluster) else problem.cluster(cluster).spread.max_per_host
+    rooms = {rack: per_host * len(hosts) for rack, hosts in problem.racks_of[role]}
+    rack_of = {h.name: h.rack for h in problem.role_hosts[role]}
+    for (host, c, r), taken in base.per_host.items():  # only the hosts the kept VMs are on
+        if c == cluster and r is role and host in rack_of:
+            rooms[rack_of[host]] -= min(taken, per_host)
     if role is Role.CONTROL and racks_apart(problem, cluster):
         for rack in rooms:
             rooms[rack] = min(rooms[rack], max(1 - base.per_rack[(cluster, role, rack)], 0))
-    return dict(rooms)
+    return rooms

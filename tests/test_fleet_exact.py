@@ -153,6 +153,22 @@ def test_free_vfs_bind() -> None:
     assert text.endswith("its free VFs (2 in all) allow")
 
 
+def test_free_vfs_of_two_clusters_together_bind() -> None:
+    pf = replace(nic("0000:01:00.0", "ens1", 0, 40), sriov_totalvfs=2)
+    sriov = {"vcpus": 1, "emulator": "host", "nic": {"kind": "sriov"}}
+    fleet = fleet_of(
+        [host("a")],
+        [
+            cluster("red", 100, {"count": 2, **sriov}, spread={"max_per_host": 2}),
+            cluster("blue", 101, {"count": 1, **sriov}),
+        ],
+    )
+    assert refusal(fleet, {"a": with_nics(SMT, pf)}).startswith(
+        "red-worker-1, red-worker-2, blue-worker-1 cannot all be placed: too few free VFs. Each red worker needs 1 "
+        "core and 1GiB on one NUMA node and a free VF on VLAN 100; blue-worker-1 needs"
+    )
+
+
 def test_passthrough_nics_bind() -> None:
     fleet = fleet_of(
         [host("a")],

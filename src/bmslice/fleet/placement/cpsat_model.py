@@ -51,9 +51,6 @@ class FleetModel:
     def weighted(exprs: Sequence[cp_model.LinearExprT], weights: Sequence[int]) -> cp_model.LinearExpr:
         return cp_model.LinearExpr.weighted_sum(list(exprs), list(weights))
 
-    def upper_of(self, var: cp_model.IntVar) -> int:
-        return int(var.proto.domain[-1])
-
     def on_host(self, host: str) -> list[tuple[Key, cp_model.IntVar]]:
         return self._by_host.get(host, [])
 

@@ -31,7 +31,7 @@ from bmslice.fleet.placement.rules.room import Room
 from bmslice.fleet.placement.tally import Tally
 from bmslice.model.fleet import NicKind, Role
 from bmslice.model.sizes import format_mib
-from bmslice.plan.capacity import Load
+from bmslice.plan.capacity import Load, plural
 
 MESSAGE_HOSTS = 4  # per-host reasons quoted in a refusal before "and N more"
 # A probe near the edge of feasibility can take long to decide; one that does not decide in this
@@ -112,7 +112,7 @@ def alone(problem: Problem, base: Tally, rules: Rules, cls: VmClass) -> str:
         room = f"{_cores_text(candidates, shares[-1])} and {memory} free on each of {len(shares)} NUMA nodes"
         first, other = _cores_text(candidates, shares[0]), _cores_text(candidates, shares[-1])
         if first != other:
-            room += f" ({first.removesuffix(' free cores')} on one of them, for the emulator core)"
+            room += f" ({first.split(' free core')[0]} on one of them, for the emulator core)"
     return f"{name}: no {role} host left with {room}{nic_phrase(problem.requests[name], cls.vlan)} ({'; '.join(shown)})"
 
 
@@ -129,8 +129,8 @@ def _cores_text(hosts: Sequence[Host], load: Load) -> str:
     smt = sorted({_cores(h, load) for h in hosts if h.topo.smt})
     plain = sorted({_cores(h, load) for h in hosts if not h.topo.smt})
     if smt and plain:
-        return f"{smt[0]} free cores ({plain[0]} without SMT)"
-    return f"{(smt or plain)[0]} free cores"
+        return f"{plural(smt[0], 'free core')} ({plain[0]} without SMT)"
+    return plural((smt or plain)[0], "free core")
 
 
 # --- a set of VMs ------------------------------------------------------------------------------

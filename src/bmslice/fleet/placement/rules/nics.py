@@ -140,7 +140,7 @@ class Nics(Rule):
 
     def constrain(self, m: FleetModel) -> None:
         whole_of: defaultdict[tuple[str, str], list[IntVar]] = defaultdict(list)
-        vfs_of: defaultdict[tuple[str, str], list[tuple[IntVar, int]]] = defaultdict(list)
+        vfs_of: defaultdict[tuple[str, str], list[tuple[IntVar, int, int]]] = defaultdict(list)  # var, VFs, most
         for key, var in sorted(m.place.items()):
             k, host_name, nodes = key
             cls = m.problem.cls(k)
@@ -161,7 +161,7 @@ class Nics(Rule):
                 for pf in pfs:
                     z = m.model.new_int_var(0, upper, f"vfs_from[{label}|{pf.name}]")
                     m.sriov[(*key, pf.address)] = z
-                    vfs_of[(host_name, pf.address)].append((z, want.count))
+                    vfs_of[(host_name, pf.address)].append((z, want.count, upper))
                     takes.append(z)
                 m.model.add(m.total(takes) == var)
                 continue
@@ -199,8 +199,8 @@ class Nics(Rule):
                     continue
                 cap = m.base.vfs_left(host, pf.address)
                 if m.relaxed(VFS):
-                    cap = sum(count * m.upper_of(z) for z, count in vfs)
-                taken = m.weighted([z for z, _ in vfs], [count for _, count in vfs])
+                    cap = sum(count * most for _, count, most in vfs)
+                taken = m.weighted([z for z, _, _ in vfs], [count for _, count, _ in vfs])
                 if whole and not m.relaxed(WHOLE):  # a PF passed through whole gives no VFs
                     m.model.add(taken + cap * m.total(whole) <= cap)
                 else:

@@ -37,6 +37,9 @@ MESSAGE_HOSTS = 4  # per-host reasons quoted in a refusal before "and N more"
 # A probe near the edge of feasibility can take long to decide; one that does not decide in this
 # time counts as "fits" (its VMs stay in the set, which is then not shown to be the fewest).
 PROBE_S = 0.5
+# The search for the fewest VMs stops after this long (or at the budget): the refusal is
+# proven once the solver said "infeasible"; finding the fewest VMs is help, not proof.
+EXPLAIN_S = 1.5
 
 BINDS = {
     CORES: "too few free whole cores",
@@ -58,6 +61,7 @@ def refusal(problem: Problem, base: Tally, rules: Rules, deadline: float) -> str
     short = Room().check(problem, base)
     if short is not None:
         return short
+    deadline = min(deadline, time.monotonic() + EXPLAIN_S)
     binds = _binding(problem, base, rules, deadline)  # first: naming what binds is the refusal's core
     counts, minimal = _smallest(problem, base, rules, deadline)
     classes = tuple(replace(cls, names=cls.names[:n]) for cls, n in zip(problem.classes, counts, strict=True) if n)

@@ -24,17 +24,19 @@ that the host still drives goes to the same VM (the planner's IOMMU rule); at mo
 passes through devices of one IOMMU group. It serves VFs up to `sriov_totalvfs`, never
 while passed through.
 
-The search (`solve`): VMs are ordered (kept VMs first, then control planes, then the
-biggest), and for each VM every option (host, nodes, NICs) is enumerated once from the
-inventory and topology. A depth-first search tries every option that the partial state
-allows, and memoises the best cost-to-go of each state: (the next VM, the load of every
-node, the use of every PF, the VMs of each cluster and role on each host, the option of
-the previous VM when this one is identical to it). The cost of an option only depends on
-that state (O2 grows by 2n+1 when a VM joins a rack already holding n of its cluster and
-role), so the memoised minimum over all options is the exact optimum. Symmetry breaking:
-identical new VMs (same cluster, role and size) take options in non-decreasing order, which
-loses no assignment up to renaming them. Exact, exponential: for fleets of a few hosts and
-about ten VMs.
+The search (`solve`), exact and exhaustive, in two stages. VMs are grouped into kinds:
+new VMs of one cluster, role and size are interchangeable; a kept VM is a kind of its own.
+1. Per host: every content (how many VMs of each kind) the host can hold under H2, H3's host
+   half, H4-H6 and H7, with the least (O1, O3) of placing those VMs on its nodes and NICs:
+   a depth-first search over every option (nodes, PFs) of each VM, memoised on the node
+   loads and PF use. Contents grow one VM at a time; one that does not fit is not grown.
+2. Over the hosts, rack by rack: one content per host so that together they are exactly the
+   VMs asked for, with H3's rack half, and O2 added as each rack closes (sum over clusters
+   and roles of the rack's count squared); memoised on (host, VMs still to place, counts in
+   the open rack).
+O2 depends only on which host holds a VM, and (O1, O3) only on where on its host, so the
+sum is the lexicographic optimum. An optimal assignment is read back by replaying the
+memoised optima. Exponential, but fast for fleets of a few hosts and about ten VMs.
 
 The checks (`violations`, `objective`) read any `Placement` and judge it by the same
 rules; H8 runs the host planner on each host's generated spec.
@@ -496,11 +498,9 @@ def hosts_of(fleet: Fleet, topologies: Mapping[str, HostTopology]) -> dict[str, 
 
 
 def _kept_choices(old: PlacedVm, allowed: list[Choice]) -> list[Choice]:
-    """A kept VM's own place (H7): its host and nodes, its PFs while they still answer its request."""
-    here = [c for c in allowed if c.host == old.host and sorted(c.nodes) == sorted(old.nodes)]
+    """A kept VM's own place (H7): its host, nodes and PFs (none when they no longer answer its request)."""
     same = sorted(n.address for n in old.nics)
-    kept = [c for c in here if sorted(c.pfs) == same]
-    return kept or here
+    return [c for c in allowed if not moved(old, c.host, c.nodes) and sorted(c.pfs) == same]
 
 
 def kinds_of(fleet: Fleet, existing: Placement | None, only: Iterable[str] | None) -> list[Kind]:

@@ -21,7 +21,7 @@ from __future__ import annotations
 import math
 import random
 from collections.abc import Mapping
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import Any
 
 from bmslice.model.fleet import Fleet, Role, fleet_from_data
@@ -136,8 +136,8 @@ def _random_shape(rng: random.Random, small: bool) -> HostTopology:
         vfs = [0, 2, 4, 8]
     else:
         sockets, per_socket = rng.choice([(1, 1), (2, 1), (2, 1), (1, 2), (2, 2), (1, 4)])
-        cores = per_socket * rng.choice([4, 6, 8, 12])
-        memory = rng.choice([32768, 65536, 98304, 131072])
+        cores = per_socket * rng.choice([8, 10, 12, 16])
+        memory = rng.choice([65536, 98304, 131072, 196608])
         data_nics = rng.randint(2, 4)
         vfs = [0, 8, 16, 63, 63]
     nodes = sockets * per_socket
@@ -225,52 +225,50 @@ def _size(rng: random.Random, vcpus: list[int], gib_per_vcpu: list[float], nodes
         size["memory"] = f"{max(1024, int(v * rng.choice(gib_per_vcpu) * 1024)) // 1024 * 1024}MiB"
     if cabled:
         size["nic"] = {"kind": rng.choice(["sriov", "sriov", "passthrough"]), "count": rng.choice([1, 1, 2])}
-        if rng.random() < 0.1:
-            size["nic"]["pf"] = rng.choice(["ens1", "ens2"])
     return size
+
+
+def _tenant_nics(entry: dict[str, Any], topo: HostTopology, ref: str) -> list[tuple[int, bool]]:
+    """A rough look at the NICs a VM could get: (VFs, may go whole) of each cabled, unbonded one
+    that `ref` names; whole when it has no VFs enabled and its IOMMU group holds nothing else."""
+    bonded = {i.name for i in topo.net_interfaces if i.master}
+    out = []
+    for dev in topo.pci_devices:
+        if not dev.interfaces or dev.interfaces[0] not in entry["nics"] or dev.interfaces[0] in bonded:
+            continue
+        if ref not in ("any", dev.interfaces[0]):
+            continue
+        alone = sum(d.iommu_group == dev.iommu_group for d in topo.pci_devices) == 1
+        out.append((dev.sriov_totalvfs, dev.sriov_numvfs == 0 and alone))
+    return out
+
+
+def _nic_supply(size: dict[str, Any], servers: list[tuple[dict[str, Any], HostTopology]]) -> int:
+    """Roughly how many VMs of this size the servers' NICs serve (many: no NIC asked)."""
+    nic = size.get("nic")
+    if nic is None:
+        return 1000
+    nics = [n for entry, topo in servers for n in _tenant_nics(entry, topo, nic.get("pf", "any"))]
+    if nic["kind"] == "sriov":
+        return sum(vfs // nic["count"] for vfs, _ in nics)
+    return sum(whole for _, whole in nics) // nic["count"]
 
 
 def _fits_somewhere(size: dict[str, Any], servers: list[tuple[dict[str, Any], HostTopology]]) -> bool:
     """A rough look (not the placement rules): some server has nodes with the cores and
-    memory of the VM's shares and cabled NICs of the kind it asks for."""
+    memory of the VM's shares and NICs of the kind it asks for."""
     k = size.get("numa_nodes", 1)
     share = size["vcpus"] // k
     memory = int(size["memory"].removesuffix("MiB")) // k
     for entry, topo in servers:
         host = entry.get("host", {})
-        smt = topo.smt
-        need = (share + 1) // 2 if smt else share
+        need = (share + 1) // 2 if topo.smt else share
         need += size["emulator"] == "dedicated"
         cores = len(topo.cores) // max(len(topo.numa_nodes), 1) - max(host.get("reserved_cores_per_node", 1), 1)
         free_memory = topo.numa_nodes[0].memory_mib - host.get("reserved_memory_per_node", 2048)
-        nic = size.get("nic")
-        pfs = [d for d in topo.pci_devices if d.interfaces and d.interfaces[0] in entry["nics"]]
-        pfs = [d for d in pfs if nic is None or nic.get("pf", "any") in ("any", d.interfaces[0])]
-        if nic is None:
-            enough = True
-        elif nic["kind"] == "sriov":
-            enough = any(d.sriov_totalvfs >= nic["count"] for d in pfs)
-        else:
-            enough = sum(d.sriov_numvfs == 0 for d in pfs) >= nic["count"]
-        if len(topo.numa_nodes) >= k and cores >= need and free_memory >= memory and enough:
+        if len(topo.numa_nodes) >= k and cores >= need and free_memory >= memory and _nic_supply(size, [(entry, topo)]):
             return True
     return False
-
-
-def _nic_supply(size: dict[str, Any], servers: list[tuple[dict[str, Any], HostTopology]]) -> int:
-    """Roughly how many VMs of this size the servers' cabled NICs serve (many: no NIC asked)."""
-    nic = size.get("nic")
-    if nic is None:
-        return 1000
-    pfs = [
-        d
-        for entry, topo in servers
-        for d in topo.pci_devices
-        if d.interfaces and d.interfaces[0] in entry["nics"] and nic.get("pf", "any") in ("any", d.interfaces[0])
-    ]
-    if nic["kind"] == "sriov":
-        return sum(d.sriov_totalvfs for d in pfs) // nic["count"]
-    return sum(d.sriov_numvfs == 0 for d in pfs) // nic["count"]
 
 
 def _size_that_fits(
@@ -300,7 +298,7 @@ def small_fleet(seed: int) -> tuple[Fleet, dict[str, HostTopology]]:
     controls = rng.choice([0, 1, 1, 2]) if count > 2 else rng.choice([0, 1])
     inventory, topologies = _servers(rng, count, rng.randint(1, min(count, 3)), controls, rng.randint(1, 3), small=True)
     servers = fleet_from_data({"inventory": inventory}, "servers")
-    threads, memory = worker_capacity(servers, topologies)
+    capacity = worker_capacity(servers, topologies)
     most_nodes = max(len([n for n in topologies[h["name"]].numa_nodes if n.cpus]) for h in inventory[controls:])
     names = ["red", "blue"][: rng.choice([1, 2, 2])]
     target = rng.uniform(0.25, 0.8) / len(names)
@@ -319,8 +317,9 @@ def small_fleet(seed: int) -> tuple[Fleet, dict[str, HostTopology]]:
         size = _size_that_fits(
             rng, by_role["worker"], [1, 2, 2, 3, 4, 4, 6], [0.5, 1, 2], most_nodes, rng.random() < 0.7
         )
-        per_vm = size["vcpus"] + (size["emulator"] == "dedicated")
-        wanted = round(target / max(per_vm / max(threads, 1), int(size["memory"].removesuffix("MiB")) / max(memory, 1)))
+        if "nic" in size and rng.random() < 0.1:
+            size["nic"]["pf"] = rng.choice(["ens1", "ens2"])
+        wanted = round(target / _size_load(capacity, size, 1))
         workers = min(max(wanted, 1), 5, budget, _nic_supply(size, by_role["worker"]) + rng.choice([0, 0, 0, 1]))
         workers = max(workers, 1)
         budget -= workers
@@ -336,60 +335,94 @@ def small_fleet(seed: int) -> tuple[Fleet, dict[str, HostTopology]]:
     return fleet_from_data({"inventory": inventory, "clusters": clusters}, f"small-{seed}"), topologies
 
 
-def worker_capacity(fleet: Fleet, topologies: Mapping[str, HostTopology]) -> tuple[int, int]:
-    """Free hardware threads and free MiB of the worker hosts (after what each host keeps)."""
-    threads = memory = 0
+@dataclass(frozen=True)
+class Capacity:
+    """Free whole cores (two-thread and one-thread) and free MiB of a fleet's worker hosts."""
+
+    twos: int
+    ones: int
+    memory_mib: int
+
+    def load(self, vcpus: int, numa_nodes: int, dedicated: bool, memory_mib: int, count: int) -> float:
+        """What `count` VMs of this size ask of it: the larger of whole cores (on a two-thread core
+        a share's vCPU pair takes one core, on a one-thread core two; the dedicated emulator core
+        a whole one; mixed as the capacity is) and memory."""
+        share = vcpus // numa_nodes
+        on_twos = numa_nodes * ((share + 1) // 2) + dedicated
+        on_ones = vcpus + dedicated
+        cores = self.twos + self.ones
+        per_vm = (self.twos * on_twos + self.ones * on_ones) / max(cores, 1)
+        return max(count * per_vm / max(cores, 1), count * memory_mib / max(self.memory_mib, 1))
+
+
+def worker_capacity(fleet: Fleet, topologies: Mapping[str, HostTopology]) -> Capacity:
+    """Free whole cores and MiB of the worker hosts (after what each host keeps)."""
+    twos = ones = memory = 0
     for inv in fleet.inventory:
         if inv.role is not Role.WORKER:
             continue
         topo = topologies[inv.name]
         kept = {cpu for core in reserved_cores(topo, inv.host) for cpu in core.cpus}
-        threads += sum(1 for cpu in topo.cpus if cpu.online and cpu.id not in kept)
+        free = [core for core in topo.cores if not set(core.cpus) & kept]
+        twos += sum(core.threads == 2 for core in free)
+        ones += sum(core.threads == 1 for core in free)
         memory += sum(n.memory_mib - inv.host.reserved_memory_per_node for n in topo.numa_nodes if n.cpus)
-    return threads, memory
+    return Capacity(twos, ones, memory)
+
+
+def _size_load(capacity: Capacity, size: dict[str, Any], count: int) -> float:
+    memory = int(size["memory"].removesuffix("MiB"))
+    dedicated = size["emulator"] == "dedicated"
+    return capacity.load(size["vcpus"], size.get("numa_nodes", 1), dedicated, memory, count)
 
 
 def fleet_load(fleet: Fleet, topologies: Mapping[str, HostTopology]) -> float:
-    """Worker demand over worker capacity: the larger of threads (vCPUs plus one per dedicated
-    emulator core, over free hardware threads) and memory (over free memory)."""
-    threads, memory = worker_capacity(fleet, topologies)
-    want_threads = sum(
-        c.workers.count * (c.workers.vcpus + (c.workers.emulator is EmulatorPolicy.DEDICATED)) for c in fleet.clusters
+    """Worker demand over worker capacity (`Capacity.load`), summed over the clusters."""
+    capacity = worker_capacity(fleet, topologies)
+    return sum(
+        capacity.load(w.vcpus, w.numa_nodes, w.emulator is EmulatorPolicy.DEDICATED, w.memory, w.count)
+        for w in (c.workers for c in fleet.clusters)
     )
-    want_memory = sum(c.workers.count * c.workers.memory for c in fleet.clusters)
-    return max(want_threads / max(threads, 1), want_memory / max(memory, 1))
 
 
 def issue_fleet(seed: int) -> tuple[Fleet, dict[str, HostTopology]]:
-    """3-12 servers of 2-4 shapes over 1-4 racks (1-3 of them control hosts); Red and Blue, each
+    """3-12 servers of 2-4 shapes over 1-4 racks (3 of them control hosts, 1-2 of 3-4); Red and Blue, each
     3 control planes and 2-40 workers of its own size, together at 50-100 % worker load."""
     rng = random.Random(seed)
     count = rng.randint(3, 12)
-    controls = 3 if count >= 6 else rng.choice([1, 2, 3][: count - 2])
+    controls = 3 if count >= 5 else rng.choice([1, 2][: count - 2])
     inventory, topologies = _servers(
         rng, count, rng.randint(2, min(4, count)), controls, rng.randint(1, 4), small=False
     )
-    threads, memory = worker_capacity(fleet_from_data({"inventory": inventory}, "servers"), topologies)
+    capacity = worker_capacity(fleet_from_data({"inventory": inventory}, "servers"), topologies)
     worker_hosts = count - controls
+    by_role = {
+        role: [(h, topologies[h["name"]]) for h in inventory if h["role"] == role] for role in ("control", "worker")
+    }
     most_nodes = max(len([n for n in topologies[h["name"]].numa_nodes if n.cpus]) for h in inventory[controls:])
     target = rng.uniform(0.5, 1.0)
     share = rng.uniform(0.3, 0.7)  # of the load, Red's
     clusters = []
     for c, (name, part) in enumerate([("red", share), ("blue", 1 - share)]):
         for _ in range(100):  # a size that makes 2-40 workers of this cluster's part of the load
-            size = _size(rng, [2, 3, 4, 4, 6, 8, 8, 10, 12, 16], [0.5, 1, 2, 4], most_nodes, True)
-            per_vm = size["vcpus"] + (size["emulator"] == "dedicated")
-            mib = int(size["memory"].removesuffix("MiB"))
-            workers = round(part * target / max(per_vm / threads, mib / memory))
+            size = _size_that_fits(
+                rng, by_role["worker"], [2, 3, 4, 4, 6, 8, 8, 10, 12, 16], [0.5, 1, 2, 4], most_nodes, True
+            )
+            workers = round(part * target / _size_load(capacity, size, 1))
             if 2 <= workers <= 40 and (not clusters or clusters[0]["workers"]["vcpus"] != size["vcpus"]):
                 break
         workers = min(max(workers, 2), 40)
-        if size.get("nic", {}).get("kind") == "passthrough" and workers * size["nic"]["count"] > 2 * worker_hosts:
-            size["nic"]["kind"] = "sriov"  # more whole NICs than the servers have: SR-IOV instead
-        control = [_size(rng, [2, 2, 4], [1, 2], 1, True) for _ in range(3)]
-        for cp in control:
-            cp.pop("numa_nodes", None)
-            cp.get("nic", {}).update({"kind": "sriov", "count": 1})
+        if _nic_supply(size, by_role["worker"]) < workers and rng.random() < 0.8:
+            size["nic"] = {"kind": "sriov", "count": 1}  # more NICs than the servers have: one VF instead
+            if _nic_supply(size, by_role["worker"]) < workers:
+                del size["nic"]
+        control = []
+        for _ in range(3):
+            cp = _size(rng, [2, 2, 4], [1, 2], 1, True)
+            cp["nic"] = {"kind": "sriov", "count": 1}
+            if not _fits_somewhere(cp, by_role["control"]):
+                del cp["nic"]  # no control host has a VF to give
+            control.append(cp)
         fewest = math.ceil(workers / max(worker_hosts, 1))
         clusters.append(
             {
@@ -397,7 +430,9 @@ def issue_fleet(seed: int) -> tuple[Fleet, dict[str, HostTopology]]:
                 "vlan": 100 + c,
                 "control_plane": control,
                 "workers": {"count": workers, **size},
-                "spread": _spread(rng, fewest + rng.choice([0, 1, 2, 8]), opt_out=controls < 3 and rng.random() < 0.7),
+                "spread": _spread(
+                    rng, fewest + rng.choice([0, 1, 2, 2, 8]), opt_out=controls < 3 and rng.random() < 0.7
+                ),
             }
         )
     return fleet_from_data({"inventory": inventory, "clusters": clusters}, f"issue-{seed}"), topologies

@@ -53,7 +53,7 @@ from fleet_oracle import (
     control_planes_apart,
     cross_numa,
     hosts_of,
-    moved,
+    kept_choices,
     objective,
     options,
     racks_apart,
@@ -96,10 +96,8 @@ def reference(
     x: dict[tuple[str, Choice], cp_model.IntVar] = {}
     for vm in vms:
         choices = [c for host in hosts.values() for c in options(host, vm)]
-        if vm.name in old:  # kept: its host, nodes and PFs (H7)
-            was = old[vm.name]
-            same = sorted(n.address for n in was.nics)
-            choices = [c for c in choices if not moved(was, c.host, c.nodes) and sorted(c.pfs) == same]
+        if vm.name in old:
+            choices = kept_choices(old[vm.name], choices)
         for c in choices:
             x[(vm.name, c)] = model.new_bool_var(f"{vm.name}@{c}")
         model.add_exactly_one(x[(vm.name, c)] for c in choices)

@@ -379,7 +379,7 @@ class _HostSearch:
         for kind in kinds:
             allowed = sorted(options(host, kind.vm))
             if kind.old is not None and not allow_move:
-                allowed = _kept_choices(kind.old, allowed)
+                allowed = kept_choices(kind.old, allowed)
             self.choices.append(allowed)
             self.move.append([int(kind.old is not None and moved(kind.old, c.host, c.nodes)) for c in allowed])
         self.nodes = [n.node for n in host.nodes]
@@ -497,7 +497,7 @@ def hosts_of(fleet: Fleet, topologies: Mapping[str, HostTopology]) -> dict[str, 
     return {inv.name: build_host(inv, topologies[inv.name]) for inv in fleet.inventory}
 
 
-def _kept_choices(old: PlacedVm, allowed: list[Choice]) -> list[Choice]:
+def kept_choices(old: PlacedVm, allowed: list[Choice]) -> list[Choice]:
     """A kept VM's own place (H7): its host, nodes and PFs (none when they no longer answer its request)."""
     same = sorted(n.address for n in old.nics)
     return [c for c in allowed if not moved(old, c.host, c.nodes) and sorted(c.pfs) == same]

@@ -822,9 +822,12 @@ def planner_violations(fleet: Fleet, topologies: Mapping[str, HostTopology], pla
 
 
 def named_vms(message: str, fleet: Fleet) -> set[str]:
-    """The fleet's VM names a refusal mentions (whole names: red-worker-1 is not red-worker-10)."""
-    return {
-        req.name
-        for req in fleet.vm_requests()
-        if re.search(rf"(?<![A-Za-z0-9-]){re.escape(req.name)}(?![A-Za-z0-9-])", message)
-    }
+    """The fleet's VM names a refusal mentions: whole names (red-worker-1 is not red-worker-10),
+    and ranges written "red-worker-1 .. red-worker-4"."""
+    names = {req.name for req in fleet.vm_requests()}
+    edge = "(?<![A-Za-z0-9-])"
+    out = {name for name in names if re.search(rf"{edge}{re.escape(name)}(?![A-Za-z0-9-])", message)}
+    for match in re.finditer(rf"{edge}([a-z0-9-]+)-([0-9]+)\s*(?:\.\.|…)\s*\1-([0-9]+)(?![A-Za-z0-9-])", message):
+        prefix, first, last = match.group(1), int(match.group(2)), int(match.group(3))
+        out |= {f"{prefix}-{i}" for i in range(first, last + 1)} & names
+    return out

@@ -295,3 +295,9 @@ def test_control_planes_any_lets_them_share_a_host() -> None:
     assert outcome.placement is not None, outcome.refusal
     assert _control_hosts(outcome.placement) == ["c0", "c0", "c0"]
     assert violations(fleet, topologies, outcome.placement) == []
+
+
+def test_a_refusal_is_read_for_whole_vm_names_and_ranges() -> None:
+    fleet = grown(small_fleet(135)[0], "red", 8)
+    said = "red: 4 worker VM(s) (red-worker-2 .. red-worker-4), red-worker-10 and not red-worker-1x"
+    assert named_vms(said, fleet) == {"red-worker-2", "red-worker-3", "red-worker-4", "red-worker-10"}

@@ -229,14 +229,6 @@ class Vm:
     vlan: int
     kind: str  # identical VMs (same cluster, role, size) share it
 
-    @property
-    def cores_hint(self) -> int:
-        return sum(s + 2 * p for s, p, _ in self.shares)
-
-    @property
-    def memory(self) -> int:
-        return sum(m for _, _, m in self.shares)
-
 
 def vms_of(fleet: Fleet) -> list[Vm]:
     out = []

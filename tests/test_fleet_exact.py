@@ -127,8 +127,8 @@ def test_memory_binds() -> None:
         [host("a")], [cluster("red", 100, {"count": 2, "vcpus": 2, "memory": "20GiB"}, spread={"max_per_host": 2})]
     )
     assert refusal(fleet, {"a": SMT}) == (
-        "red: 2 worker VM(s) to place (red-worker-1, red-worker-2), the worker hosts hold at most 1 of them: on each "
-        "host the least of what max_per_host 2 (2 in all), its whole cores per NUMA node (2 in all) and its memory "
+        "red: 2 worker VM(s) to place, the worker hosts hold at most 1 of them, so red-worker-1, red-worker-2 cannot "
+        "all be placed: on each host the least of what max_per_host 2 (2 in all), its whole cores per NUMA node (2 in all) and its memory "
         "(1 in all) allow"
     )
 
@@ -148,7 +148,8 @@ def test_free_vfs_bind() -> None:
     )
     text = refusal(fleet, {"a": with_nics(SMT, pf)})
     assert text.startswith(
-        "red: 3 worker VM(s) to place (red-worker-1 .. red-worker-3 (3 VMs)), the worker hosts hold at most 2"
+        "red: 3 worker VM(s) to place, the worker hosts hold at most 2 of them, so red-worker-1 .. red-worker-3 "
+        "(3 VMs) cannot all be placed"
     )
     assert text.endswith("its free VFs (2 in all) allow")
 
@@ -362,8 +363,8 @@ def test_growth_moves_nothing_and_is_refused_when_the_new_vms_do_not_fit_around_
     first = place(first_fleet, topos)
     assert (first.vm("red-worker-1").host, first.vm("red-worker-2").host) == ("a", "b")
     assert refusal(grown, topos, first) == (
-        "blue: 3 worker VM(s) to place (blue-worker-1 .. blue-worker-3 (3 VMs)), the worker hosts hold at most 2 of "
-        "them with the kept VMs where they are: on each host the least of what max_per_host 2 (4 in all), its whole "
+        "blue: 3 worker VM(s) to place, the worker hosts hold at most 2 of them with the kept VMs where they are, so "
+        "blue-worker-1 .. blue-worker-3 (3 VMs) cannot all be placed: on each host the least of what max_per_host 2 (4 in all), its whole "
         "cores per NUMA node (2 in all) and its memory (8 in all) allow"
     )
 

@@ -6,8 +6,8 @@ apart), by the cores and memory of each NUMA node (a node takes as many shares a
 alone) and by its NICs (VFs per PF over the VFs a VM takes, whole PFs over the PFs it takes).
 The sum over the hosts of the least of these is what the fleet can hold at best.
 
-    c001: 71 worker VM(s) to place (c001-worker-1 .. c001-worker-71 (71 VMs)), the worker
-    hosts hold at most 66 of them: on each host the least of what max_per_host 2 (98 in all),
+    c001: 71 worker VM(s) to place, the worker hosts hold at most 66 of them, so c001-worker-1
+    .. c001-worker-67 (67 VMs) cannot all be placed: on each host the least of what max_per_host 2 (98 in all),
     its whole cores per NUMA node (122 in all), its memory (178 in all) and its free VFs (8701
     in all) allow
 """
@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from bmslice.fleet.placement.problem import Host, Problem, VmClass
+from bmslice.fleet.placement.problem import Host, Problem, VmClass, names_text
 from bmslice.fleet.placement.rules.base import Rule
 from bmslice.fleet.placement.rules.control_apart import apart, racks_apart
 from bmslice.fleet.placement.tally import Tally
@@ -50,15 +50,18 @@ def limits(base: Tally, cls: VmClass, host: Host, rule_room: int) -> dict[str, i
     k = len(cls.shares)
     cores: list[int] = []
     memory: list[int] = []
+    both: list[int] = []  # a node takes a share only where its cores and its memory both have room
     for node in host.nodes:
         used = base.load[(host.name, node.id)]
         cores.append(_fitting(node.free, used, share, most * k))
         left = node.free.memory_mib - used.memory_mib
         memory.append(min(left // share.memory_mib, most * k) if share.memory_mib else most * k)
+        both.append(min(cores[-1], memory[-1]))
     out = {
         "max_per_host": rule_room,
         "whole cores per NUMA node": _spread(cores, k),
         "memory": _spread(memory, k),
+        "cores and memory": _spread(both, k),
     }
     nic = cls.nic
     if nic is not None:
@@ -100,13 +103,15 @@ class Room(Rule):
             for host in hosts:
                 bounds = limits(base, cls, host, room(problem, base, cls, host))
                 total += min(bounds.values())
-                for name, value in bounds.items():
-                    per_limit[name] += value
+                for name in per_limit:
+                    per_limit[name] += bounds.get(name, 0)
             if cls.role is Role.CONTROL and racks_apart(problem, cls.cluster):
                 total = min(total, len(problem.racks[Role.CONTROL]))
             if total >= cls.count:
                 continue
             role = cls.role.value
+            # any total + 1 of the class already cannot all be placed: name that many, not the whole class
+            named = names_text(cls.names[: total + 1])
             limits_text = [
                 f"{_limit_text(name, problem, cls, hosts)} ({value} in all)"
                 for name, value in per_limit.items()
@@ -114,8 +119,8 @@ class Room(Rule):
             ]
             kept = " with the kept VMs where they are" if base.spots else ""
             return (
-                f"{cls.cluster}: {cls.count} {role} VM(s) to place ({cls.label}), the {role} hosts hold at most "
-                f"{total} of them{kept}: on each host the least of what {', '.join(limits_text[:-1])} and "
+                f"{cls.cluster}: {cls.count} {role} VM(s) to place, the {role} hosts hold at most {total} of them{kept}, "
+                f"so {named} cannot all be placed: on each host the least of what {', '.join(limits_text[:-1])} and "
                 f"{limits_text[-1]} allow"
             )
         return None

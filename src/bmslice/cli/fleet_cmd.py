@@ -39,6 +39,10 @@ class _Planned:
 def _existing(args: argparse.Namespace) -> tuple[Placement | None, Path | None]:
     path: Path | None = args.placement
     out: Path | None = getattr(args, "out", None)
+    if out is not None:  # held to the writer's rule before anything is read from it
+        from bmslice.apply.safe_dir import check_out, out_rule
+
+        check_out(out, [PLACEMENT_FILE], out_rule("--out", args.out_shared))
     if path is None and out is not None and (out / PLACEMENT_FILE).is_file():
         path = out / PLACEMENT_FILE
     if path is None:

@@ -232,6 +232,16 @@ def test_fleet_plan_refuses_a_shared_out_before_reading_its_placement(
     assert f"{out}/placement.json is a symbolic link; refused" in error  # not read through the link either
 
 
+def test_a_lab_cache_another_user_owns_is_refused_before_any_fetch(
+    playground: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """apt-get and dpkg-deb write into the lab's --cache as root, following links: refused at once."""
+    cache = _strangers_dir(playground)
+    error = refused(capsys, "lab", "assets", "--cache", cache)
+    assert error == f"error: --cache {cache} is owned by user nobody; refused"
+    assert listing(cache) == {}
+
+
 # --- the lock directory -------------------------------------------------------------------------
 
 

@@ -29,25 +29,11 @@ from pathlib import Path
 import pytest
 
 from hosttrees import MACHINES, build
+from libvirt_fixtures import Run, one_error
 
 EXAMPLES = Path(__file__).parents[1] / "examples" / "server1"
 F_SETPIPE_SZ = 1031  # Linux's fcntl command (fcntl.F_SETPIPE_SZ), spelled out for older type stubs
 STUCK_S = 120.0  # how long to wait before calling a run stuck; nothing asserted is about time
-
-
-@dataclass(frozen=True)
-class Done:
-    returncode: int
-    stdout: str
-    stderr: str
-
-    def error(self) -> str:
-        """The one `error:` line of a refusal (exit 2, no traceback)."""
-        assert self.returncode == 2, self
-        assert "Traceback" not in self.stderr, self
-        lines = [line for line in self.stderr.splitlines() if line.strip() and not line.startswith("warning: ")]
-        assert len(lines) == 1 and lines[0].startswith("error: "), self
-        return lines[0]
 
 
 def tree_state(root: Path) -> dict[str, tuple[str, bytes | str]]:
@@ -102,7 +88,7 @@ def _in_pipe_write(pid: int) -> bool:
         return False
 
 
-def interrupt_at(run: HostApply, k: int, sig: signal.Signals, meanwhile: Callable[[], None] = lambda: None) -> Done:
+def interrupt_at(run: HostApply, k: int, sig: signal.Signals, meanwhile: Callable[[], None] = lambda: None) -> Run:
     """Run host-apply; send `sig` while it is held printing the line of step k (1-based), before step k
     runs. `meanwhile` runs while it is held there."""
     header, lines = run.planned()
@@ -134,7 +120,7 @@ def interrupt_at(run: HostApply, k: int, sig: signal.Signals, meanwhile: Callabl
                 out += chunk
             proc.wait(timeout=STUCK_S)
             stderr.seek(0)
-            return Done(proc.returncode, out[fill:].decode(), stderr.read())
+            return Run(tuple(run.argv()), proc.returncode, out[fill:].decode(), stderr.read())
     finally:
         os.close(read_end)
         if write_end >= 0:
@@ -165,7 +151,7 @@ def test_an_interrupt_puts_back_every_file_it_wrote(server1: HostApply, sig: sig
     _, lines = server1.planned()
     assert lines[1] == "  update /etc/bmslice/kernel-args"  # an old file to put back, content and mode
     done = interrupt_at(server1, 3, sig)
-    assert done.error() == (
+    assert one_error(done) == (
         f"error: host-apply interrupted by {sig.name} before {lines[3].strip()}; rolled back 3 step(s)"
     )
     assert tree_state(server1.root) == before  # content, modes, and no directory it made is left
@@ -179,7 +165,7 @@ def test_an_interrupt_after_a_sysfs_setting_puts_the_old_value_back(tmp_path: Pa
     _, lines = run.planned()
     k = next(i for i, line in enumerate(lines, 1) if line.startswith("  set /sys/"))
     done = interrupt_at(run, k, signal.SIGTERM)
-    assert done.error() == (
+    assert one_error(done) == (
         f"error: host-apply interrupted by SIGTERM before {lines[k].strip()}; rolled back {k} step(s)"
     )
     assert tree_state(run.root) == before
@@ -190,7 +176,7 @@ def test_an_interrupt_during_the_last_step_still_undoes_the_run(tmp_path: Path) 
     before = tree_state(run.root)
     _, lines = run.planned()
     done = interrupt_at(run, len(lines), signal.SIGINT)
-    assert done.error() == (
+    assert one_error(done) == (
         f"error: host-apply interrupted by SIGINT after the last step; rolled back {len(lines)} step(s)"
     )
     assert tree_state(run.root) == before
@@ -211,7 +197,7 @@ def test_what_cannot_be_put_back_is_named(server1: HostApply, tmp_path: Path) ->
         grub_d.symlink_to(victim)
 
     done = interrupt_at(server1, 4, signal.SIGINT, plant)
-    assert done.error() == (
+    assert one_error(done) == (
         f"error: host-apply interrupted by SIGINT before {lines[4].strip()}; ROLLBACK INCOMPLETE: could not "
         f"restore /etc/default/grub.d/bmslice.cfg: {grub_d} is a symbolic link; refused: bmslice writes through "
         "no link it did not make (undid 3 of 4 step(s); what is named was not put back; host-apply again "

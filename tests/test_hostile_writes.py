@@ -17,7 +17,6 @@ import os
 import shutil
 import stat
 import subprocess
-import sys
 import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -31,6 +30,7 @@ from bmslice.apply.safe_dir import TREE_RULE, open_dir
 from bmslice.apply.tree_files import HostTree
 from bmslice.cli.main import main
 from bmslice.errors import ApplyError
+from libvirt_fixtures import Cli, one_error
 
 ROOT = Path(__file__).parents[1]
 SERVER1 = ROOT / "examples/server1"
@@ -316,21 +316,9 @@ def test_a_lock_file_planted_in_the_lock_dir_is_refused_whole(
     else:
         os.mkfifo(path)
     before = listing(root)
-    env = {**os.environ, "BMSLICE_LOCK_DIR": str(locks)}
-    argv = [
-        sys.executable,
-        "-m",
-        "bmslice.cli.main",
-        "host-apply",
-        str(SERVER1 / "spec.yaml"),
-        "--host-root",
-        str(root),
-    ]
-    done = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=120, check=False)
-    lines = [line for line in done.stderr.splitlines() if not line.startswith("warning: ")]
+    error = one_error(Cli(tmp_path, locks)("host-apply", SERVER1 / "spec.yaml", "--host-root", root))
     why = {"symlink": "is a symbolic link", "hard link": "is a hard link to another file", "fifo": "is not a regular"}
-    assert done.returncode == 2 and len(lines) == 1 and lines[0].startswith("error: "), done
-    assert why[plant] in lines[0] and "refused" in lines[0]
+    assert why[plant] in error and "refused" in error
     assert victim.intact() and listing(root) == before
 
 

@@ -47,6 +47,7 @@ DIR_MODE = 0o755  # what bmslice makes below a directory; explicit, so no umask 
 _DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
 _NO_LINK = _DIR | os.O_NOFOLLOW
 _KINDS = {
+    stat.S_IFREG: "a file",
     stat.S_IFDIR: "a directory",
     stat.S_IFLNK: "a symbolic link",
     stat.S_IFIFO: "a FIFO",

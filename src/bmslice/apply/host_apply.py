@@ -77,7 +77,7 @@ class Change:
     detail: str = ""
 
     def line(self) -> str:
-        """ "create /etc/x", "set /sys/... (0 -> 512 (...))": the step as run, or, after "would ", as planned."""
+        """The step's line, `create /etc/x` or `set /sys/... (0 -> 512 (...))`; after "would " in a dry run."""
         return f"{self.action} /{self.path}{f' ({self.detail})' if self.detail else ''}"
 
 

@@ -44,7 +44,7 @@ def changed_files(before: dict[str, bytes | str], after: dict[str, bytes | str])
 
 
 def reported(stdout: str) -> set[str]:
-    return {m.group(2) for m in re.finditer(r"^  (wrote|updated|set|removed) /(\S+)", stdout, re.M)}
+    return {m.group(2) for m in re.finditer(r"^  (create|update|set|remove) /(\S+)", stdout, re.M)}
 
 
 def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
@@ -127,7 +127,7 @@ def test_reboot_pending_cleared_when_args_active(tmp_path: Path, capsys: pytest.
     (built.root / REBOOT_PENDING).write_text("stale\n")
     code, out, _ = run(capsys, "host-apply", str(built.spec_path), "--host-root", str(built.root))
     assert code == 0
-    assert f"  removed /{REBOOT_PENDING}" in out and "reboot pending" not in out
+    assert f"  remove /{REBOOT_PENDING}" in out and "reboot pending" not in out
     assert not (built.root / REBOOT_PENDING).exists()
 
 

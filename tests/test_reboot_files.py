@@ -583,7 +583,7 @@ def test_host_apply_places_the_reboot_files_and_says_what_comes_next(
 
     hook.chmod(0o644)  # a hook libvirt would skip as not executable
     again = run_host(capsys, "host-apply", str(REBOOT_SPEC), "--host-root", str(root))
-    assert f"  updated /{VF_HOOK_PATH} (mode 644 -> 755)" in again
+    assert f"  update /{VF_HOOK_PATH} (mode 644 -> 755)" in again
     assert stat.S_IMODE(hook.stat().st_mode) == 0o755
     assert "no changes" in run_host(capsys, "host-apply", str(REBOOT_SPEC), "--host-root", str(root))
 

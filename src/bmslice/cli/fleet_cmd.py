@@ -15,8 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from bmslice.cli.common import EXIT_DRIFT, EXIT_OK, print_json, print_warnings, run, standalone_parser
-from bmslice.errors import BmsliceError, SpecError
+from bmslice.cli.common import EXIT_DRIFT, EXIT_OK, add_out_args, print_json, print_warnings, run, standalone_parser
+from bmslice.errors import SpecError
 
 if TYPE_CHECKING:  # the fleet model costs start-up time every other command should not pay
     from bmslice.fleet.switch_table import LearnedMac
@@ -39,6 +39,10 @@ class _Planned:
 def _existing(args: argparse.Namespace) -> tuple[Placement | None, Path | None]:
     path: Path | None = args.placement
     out: Path | None = getattr(args, "out", None)
+    if out is not None:  # held to the writer's rule before anything is read from it
+        from bmslice.apply.safe_dir import check_out, out_rule
+
+        check_out(out, [PLACEMENT_FILE], out_rule("--out", args.out_shared))
     if path is None and out is not None and (out / PLACEMENT_FILE).is_file():
         path = out / PLACEMENT_FILE
     if path is None:
@@ -142,14 +146,11 @@ def _specs(files: dict[str, str]) -> dict[str, dict[str, Any]]:
     }
 
 
-def _write(out: Path, files: dict[str, str]) -> None:
-    try:
-        for rel, text in sorted(files.items()):
-            path = out / rel
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(text)
-    except OSError as exc:
-        raise BmsliceError(f"--out {out}: cannot write: {exc.strerror or exc}") from None
+def _write(args: argparse.Namespace, files: dict[str, str]) -> None:
+    from bmslice.apply.safe_dir import out_rule, write_out
+
+    encoded = {rel: text.encode() for rel, text in sorted(files.items())}
+    write_out(args.out, encoded, out_rule("--out", args.out_shared))
 
 
 def _say_warnings(planned: _Planned) -> None:
@@ -162,7 +163,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
 
     planned = _plan(args, check=not args.no_check)
     if args.out is not None:
-        _write(args.out, planned.files)
+        _write(args, planned.files)
     if args.json:
         print_json(
             {
@@ -189,7 +190,7 @@ def cmd_ansible(args: argparse.Namespace) -> int:
 
     planned = _plan(args)
     files = render_ansible(planned.fleet, planned.placement, planned.files, args.fleet.name)
-    _write(args.out, files)
+    _write(args, files)
     sys.stdout.write(planned.files["summary.txt"])
     print(f"wrote {len(files)} file(s) to {args.out}; run:")
     collections = Path(__file__).resolve().parents[3]
@@ -324,7 +325,7 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
 
     plan = commands.add_parser("plan", help="place every cluster VM; per-host specs, fabric VLANs, cloud-init")
     plan.add_argument("fleet", type=Path, metavar="FLEET")
-    plan.add_argument("--out", type=Path, metavar="DIR", help="write specs, user-data, Junos config, placement")
+    add_out_args(plan, required=False, help="write specs, user-data, Junos config, placement")
     plan.add_argument("--json", action="store_true", help="print placement, specs and fabric as JSON")
     plan.add_argument("--placement", type=Path, metavar="FILE", help=keep_help)
     plan.add_argument("--no-check", action="store_true", help="skip the per-host planner check of each spec")
@@ -333,7 +334,7 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
 
     ansible = commands.add_parser("ansible", help="write an Ansible inventory and playbook for the fleet")
     ansible.add_argument("fleet", type=Path, metavar="FLEET")
-    ansible.add_argument("--out", type=Path, required=True, metavar="DIR")
+    add_out_args(ansible, required=True)
     ansible.add_argument("--placement", type=Path, metavar="FILE", help=keep_help)
     _placement_options(ansible)
     ansible.set_defaults(handler=cmd_ansible)

@@ -12,8 +12,16 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from bmslice.cli.common import EXIT_DRIFT, EXIT_OK, print_json, print_warnings, run, standalone_parser
-from bmslice.errors import BmsliceError, TopologyError
+from bmslice.cli.common import (
+    EXIT_DRIFT,
+    EXIT_OK,
+    add_out_args,
+    print_json,
+    print_warnings,
+    run,
+    standalone_parser,
+)
+from bmslice.errors import TopologyError
 
 if TYPE_CHECKING:
     from bmslice.model.plan import Plan
@@ -57,6 +65,7 @@ def cmd_preflight(args: argparse.Namespace) -> int:
 
 
 def cmd_host_config(args: argparse.Namespace) -> int:
+    from bmslice.apply.safe_dir import out_rule, write_out
     from bmslice.apply.tree_files import EXEC_MODE
     from bmslice.render.host_files import render_host_files
     from bmslice.render.sriov_files import EXECUTABLES
@@ -64,15 +73,8 @@ def cmd_host_config(args: argparse.Namespace) -> int:
     topo, plan = _plan(args)
     files = render_host_files(plan, topo)
     out: Path = args.out
-    try:
-        for rel, text in files.items():
-            path = out / rel
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(text)
-            if rel in EXECUTABLES:
-                path.chmod(EXEC_MODE)
-    except OSError as exc:
-        raise BmsliceError(f"--out {out}: cannot write: {exc.strerror or exc}") from None
+    modes = {rel: EXEC_MODE for rel in files if rel in EXECUTABLES}
+    write_out(out, {rel: text.encode() for rel, text in files.items()}, out_rule("--out", args.out_shared), modes)
     for rel in files:
         print(out / rel)
     print(f"kernel args: {' '.join(plan.host.kernel_args)}")
@@ -80,22 +82,29 @@ def cmd_host_config(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _say(line: str) -> None:
+    print(f"  {line}", flush=True)
+
+
 def cmd_host_apply(args: argparse.Namespace) -> int:
-    from bmslice.apply.host_apply import apply_host, bootloader_name
+    from bmslice.apply.host_apply import apply_host, bootloader_name, detect_bootloader
     from bmslice.render.host_files import render_host_files, runtime_settings
+    from bmslice.topology.fsroot import FsRoot
 
     topo, plan = _plan(args)
     root = _root(args)
     files = render_host_files(plan, topo)
-    result = apply_host(plan, files, runtime_settings(plan), root, dry_run=args.dry_run, distro=topo.distro)
-    verb = {"create": "wrote", "update": "updated", "remove": "removed", "set": "set"}
     print(
-        f"{'dry run: ' if args.dry_run else ''}host-apply on {root}; bootloader: {bootloader_name(result.bootloader)}"
+        f"{'dry run: ' if args.dry_run else ''}host-apply on {root}; "
+        f"bootloader: {bootloader_name(detect_bootloader(FsRoot(root)))}",
+        flush=True,
     )
-    for change in result.changes:
-        detail = f" ({change.detail})" if change.detail else ""
-        action = f"would {change.action}" if args.dry_run else verb[change.action]
-        print(f"  {action} /{change.path}{detail}")
+    result = apply_host(
+        plan, files, runtime_settings(plan), root, dry_run=args.dry_run, distro=topo.distro, report=_say
+    )
+    if args.dry_run:
+        for change in result.changes:
+            print(f"  would {change.line()}")
     for step in result.next_steps:
         print(f"next: {step}")
     print_warnings(result.warnings)
@@ -153,7 +162,7 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
 
     config = sub.add_parser("host-config", help="render the host files (kernel args, hugepages, IRQ, vfio) to DIR")
     _common(config)
-    config.add_argument("--out", type=Path, required=True, metavar="DIR")
+    add_out_args(config, required=True)
     config.set_defaults(handler=cmd_host_config)
 
     apply_p = sub.add_parser("host-apply", help="place the host files and runtime settings; never runs the bootloader")

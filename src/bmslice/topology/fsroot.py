@@ -72,6 +72,11 @@ class FsRoot:
 
         Raises TreeError when the chain of links is longer than Linux would follow (a loop).
         """
+        return Path(self._base + "/" + self.real(rel))
+
+    def real(self, rel: str) -> str:
+        """`rel` with every symlink followed inside the root: a path below the root that holds no link
+        (what a writer walks without following any)."""
         pending = list(reversed(rel.split("/")))
         current: list[str] = []
         hops = 0
@@ -96,7 +101,7 @@ class FsRoot:
             if target.startswith("/"):
                 current = []
             pending.extend(reversed(target.split("/")))
-        return Path(self._base + "/" + "/".join(current))
+        return "/".join(current)
 
     def display(self, rel: str) -> str:
         return str(self.root / rel.lstrip("/"))

@@ -131,7 +131,10 @@ def room_order(free: Sequence[NodeFree], load: Load) -> Callable[[int], tuple[in
 
     def rank(node: int) -> tuple[int, ...]:
         have = by_id.get(node)
-        left = have.left_after(load) if have is not None else None
-        return (1, 0, 0, 0) if left is None else (0, left.vcpu_room, have.vcpu_room, left.memory_mib)
+        left = None if have is None else have.left_after(load)
+        if have is None or left is None:
+            return (1, 0, 0, 0)
+        # ties on the room left go to the fuller node (an offline sibling's core used first)
+        return (0, left.vcpu_room, have.vcpu_room, left.memory_mib)
 
     return rank

@@ -5,9 +5,7 @@ big host an exact fit (every free core used) can send it through millions of loa
 CP-SAT (clause learning, LP bounds, presolve with symmetry detection) settles those in a
 fraction of a second, and proves the fewest cross-NUMA NICs where the search could not.
 
-It is imported only when a case needs it: ortools' own modelling layer (`cp_model`) pulls in
-numpy and pandas (0.3-0.5 s), so the model is written in the solver's text format and solved
-through `cp_model_helper` alone (about 0.06 s to import).
+ortools is imported only when a case needs it, and lightly (`sat_model.py`).
 
 The model counts how many VMs of each kind (same load, candidates and costs) go to each node
 (only where one alone fits):
@@ -21,8 +19,6 @@ The model counts how many VMs of each kind (same load, candidates and costs) go 
 - objective (when costs count): the cross-NUMA NICs, per request and node as the search
   counts them, and for a VM over several nodes one per NIC node set none of its parts is in.
 
-Deterministic: one worker and a deterministic time limit, so the answer is the same on any
-machine and under any load.
 """
 
 from __future__ import annotations
@@ -32,8 +28,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from bmslice.errors import PlanError
 from bmslice.plan.capacity import NodeFree
+from bmslice.plan.sat_model import SatModel
 
 if TYPE_CHECKING:
     from bmslice.plan.placement import Request
@@ -45,44 +41,7 @@ class SatAnswer:
     proven: bool  # the answer is final: no layout exists, or the layout has the fewest cross-NUMA NICs
 
 
-class _Model:
-    """The model in CP-SAT's text format, built up one variable and constraint at a time."""
-
-    def __init__(self) -> None:
-        self.lines: list[str] = []
-        self.count = 0
-
-    def var(self, low: int, high: int) -> int:
-        self.lines.append(f"variables {{ domain: [{low}, {high}] }}")
-        self.count += 1
-        return self.count - 1
-
-    def linear(self, terms: Sequence[tuple[int, int]], low: int, high: int) -> None:
-        """low <= sum(coeff * var) <= high, terms as (var, coeff)."""
-        if not terms:
-            return
-        names = ", ".join(str(v) for v, _ in terms)
-        coeffs = ", ".join(str(c) for _, c in terms)
-        self.lines.append(f"constraints {{ linear {{ vars: [{names}] coeffs: [{coeffs}] domain: [{low}, {high}] }} }}")
-
-    def literals(self, kind: str, variables: Sequence[int]) -> None:
-        """kind: exactly_one, at_most_one or bool_or over boolean variables."""
-        self.lines.append(f"constraints {{ {kind} {{ literals: [{', '.join(map(str, variables))}] }} }}")
-
-    def objective(self, terms: Sequence[tuple[int, int]]) -> None:
-        if terms:
-            names = ", ".join(str(v) for v, _ in terms)
-            coeffs = ", ".join(str(c) for _, c in terms)
-            self.lines.append(f"objective {{ vars: [{names}] coeffs: [{coeffs}] }}")
-
-    def hint(self, values: Mapping[int, int]) -> None:
-        if values:
-            names = ", ".join(str(v) for v in values)
-            given = ", ".join(str(x) for x in values.values())
-            self.lines.append(f"solution_hint {{ vars: [{names}] values: [{given}] }}")
-
-
-def _capacity(model: _Model, node: NodeFree, here: Sequence[tuple[int, Request]]) -> None:
+def _capacity(model: SatModel, node: NodeFree, here: Sequence[tuple[int, Request]]) -> None:
     """The requests that go to `node` (count variable, request) fit its free cores and memory."""
     singles = [(y, r.load.singles) for y, r in here if r.load.singles]
     pairs = [(y, r.load.pairs) for y, r in here if r.load.pairs]
@@ -93,12 +52,7 @@ def _capacity(model: _Model, node: NodeFree, here: Sequence[tuple[int, Request]]
     elif node.twos == 0:
         model.linear([(y, r.load.singles + 2 * r.load.pairs) for y, r in here], 0, node.ones)
     else:
-        on_ones = model.var(0, node.ones)  # singles on one-thread cores
-        pairs_on_ones = model.var(0, node.ones // 2)  # pairs on two one-thread cores
-        model.linear([*singles, (on_ones, -1)], 0, node.ones + node.twos)
-        model.linear([*pairs, (pairs_on_ones, -1)], 0, node.ones + node.twos)
-        model.linear([(on_ones, 1), (pairs_on_ones, 2)], 0, node.ones)
-        model.linear([*both, (on_ones, -1), (pairs_on_ones, -1)], -node.ones, node.twos)
+        model.fits(singles, pairs, [], node.twos, [], node.ones)
 
 
 def _kinds(requests: Sequence[Request]) -> list[list[int]]:
@@ -125,10 +79,8 @@ def solve(
     `time_limit`: CP-SAT's deterministic seconds (about a second of one core's work each).
     `hint`: a layout already known, which the solver starts from.
     """
-    from ortools.sat.python import cp_model_helper as sat
-
     by_id = {n.node: n for n in nodes}
-    model = _Model()
+    model = SatModel()
     kinds = _kinds(requests)
     y: dict[tuple[int, int], int] = {}  # (kind, node) -> how many of the kind go there
     costs: list[tuple[int, int]] = []
@@ -181,21 +133,11 @@ def solve(
             counts[kind_of[i], hint[r.name]] += 1
         model.hint({var: counts.get(key, 0) for key, var in y.items()})
 
-    proto = sat.CpModelProto()
-    params = sat.SatParameters()
-    if not proto.parse_text_format("\n".join(model.lines)) or not params.parse_text_format(
-        f"num_workers: 1 random_seed: 1 max_deterministic_time: {time_limit}"
-    ):
-        raise PlanError("internal: CP-SAT did not parse the placement model")
-    solver = sat.SolveWrapper()
-    solver.set_parameters(params)
-    response: sat.CpSolverResponse = solver.solve(proto)  # type: ignore[no-untyped-call]  # stub lacks types
-    status = response.status
-    if status == sat.CpSolverStatus.INFEASIBLE:
+    status, values = model.solve(time_limit)
+    if status == "infeasible":
         return SatAnswer(None, True)
-    if status not in (sat.CpSolverStatus.OPTIMAL, sat.CpSolverStatus.FEASIBLE):
+    if status == "unknown":
         return SatAnswer(None, False)
-    values = list(response.solution)
     chosen: dict[str, int] = {}
     for k, members in enumerate(kinds):
         # the kind's VMs in request order, to its nodes in preference order
@@ -203,4 +145,4 @@ def solve(
         for node in requests[members[0]].candidates:
             for _ in range(values[y[k, node]] if (k, node) in y else 0):
                 chosen[requests[next(left)].name] = node
-    return SatAnswer(chosen, status == sat.CpSolverStatus.OPTIMAL or not costs)
+    return SatAnswer(chosen, status == "optimal" or not costs)

@@ -12,7 +12,9 @@ planner say "placement search gave up". Families of specs:
   b.  one VM more than identical nodes can hold (must be refused, with an explanation);
   b'. the same with a NIC on every node, so no two nodes are interchangeable;
   c.  exact-fit packings (every free core used; feasible by construction);
-  c'. the same with a NIC on every node.
+  c'. the same with a NIC on every node;
+  d.  EPYC-like hosts (several L3 caches per node) with a fleet and NICs: the L3-domain layout
+      (plan/l3_placement.py), which ran for minutes on 8 nodes before CP-SAT backed it.
 
 Every case runs in a child process with a time budget, so the whole script is bounded;
 "no answer within budget" means the planner was still searching when it was stopped.
@@ -164,6 +166,19 @@ def exact_fit(budget: float, seeds: int, nodes: int, nics: bool) -> None:
     print(f"   planned {planned} of {seeds} feasible specs within {budget:.0f} s each")
 
 
+def epyc_fleet(budget: float) -> None:
+    print(
+        "\nd. EPYC-like: 2 sockets x 64 cores x 2 threads, 2-4 NUMA nodes a socket, an L3 cache per 4 or 8 cores;\n"
+        "   a fleet of mixed VMs (as in a), VM k < nodes with the NIC of node 7k mod nodes. Feasible; 0 cross-NUMA."
+    )
+    rows = []
+    for per_socket, per_l3, vms in ((2, 4, 40), (4, 4, 32), (4, 8, 40), (4, 8, 42)):
+        shape = HostShape(f"{2 * per_socket} nodes", 2, 64, 2, per_socket, cores_per_l3=per_l3)
+        spec = fleet_spec(shape, vms, True)
+        rows.append([f"{2 * per_socket} nodes, L3 per {per_l3} cores", str(vms), *run("d", shape, spec, True, budget)])
+    print(table(["host", "VMs", "time", "search steps", "outcome"], rows, "lrrrl"))
+
+
 def write_case(out: Path) -> None:
     from treebuilder import HostSpec, NodeMemory, PciSpec, cpu_layout, write_tree
 
@@ -210,6 +225,7 @@ def main() -> int:
     nic_fleet(args.budget)
     over_capacity(args.budget, nics=False)
     over_capacity(args.budget, nics=True)
+    epyc_fleet(args.budget)
     for nodes, seeds in ((8, args.seeds), (16, args.seeds16)):
         exact_fit(args.budget, seeds, nodes, nics=False)
         exact_fit(args.budget, seeds, nodes, nics=True)

@@ -31,8 +31,8 @@ from math import gcd
 from bmslice.errors import PlanError
 from bmslice.plan.capacity import Load, NodeFree
 
-STEP_LIMIT = 1_000  # the depth-first search's steps before CP-SAT takes over (feasibility)
-COST_STEP_LIMIT = 1_000  # the same for the fewest cross-NUMA NICs
+STEP_LIMIT = 300  # the depth-first search's steps before CP-SAT takes over (feasibility)
+COST_STEP_LIMIT = 300  # the same for the fewest cross-NUMA NICs
 SAT_TIME_LIMIT = 20.0  # CP-SAT's deterministic seconds: a bound on a pathological case, not a cut-off
 _INFEASIBLE = sys.maxsize
 

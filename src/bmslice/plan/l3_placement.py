@@ -39,7 +39,6 @@ from bmslice.errors import PlanError
 from bmslice.model.plan import VmPlan
 from bmslice.model.topology import Core, HostTopology
 from bmslice.plan.capacity import Load, NodeFree
-from bmslice.plan.l3_sat import solve_l3
 from bmslice.plan.placement import Placement, Request
 
 L3_STEP_LIMIT = 300  # the depth-first search's steps before CP-SAT takes over (`l3_sat.py`)
@@ -288,6 +287,8 @@ def _per_node(
         try:
             found = _Search(own, [node], ways, L3_STEP_LIMIT).layout() if own else ({}, {}, 0)
         except _OutOfSteps:
+            from bmslice.plan.l3_sat import solve_l3  # imported only when a case needs it (ortools)
+
             answer = solve_l3(own, [node], ways, L3_SAT_TIME_LIMIT)
             found = None if answer.nodes is None else (answer.nodes, answer.domains, 0)
         if found is None:  # nothing found in the budget: every VM of the node takes cores wherever they are free
@@ -340,6 +341,8 @@ def _complete(
 ) -> L3Layout:
     """CP-SAT's layout where the search ran out of steps; failing a proof, the better of its best and
     the NUMA placement kept with the fewest split VMs on each node."""
+    from bmslice.plan.l3_sat import solve_l3  # imported only when a case needs it (ortools)
+
     by_node = {n.free.node: n for n in nodes}
     answer = solve_l3(requests, nodes, ways, L3_SAT_TIME_LIMIT)
     if answer.nodes is not None and answer.proven:

@@ -25,7 +25,6 @@ from bmslice.plan.l3_placement import L3Layout, core_l3, l3_ids, node_domains, p
 from bmslice.plan.macs import check_macs
 from bmslice.plan.placement import Request, place
 from bmslice.plan.realtime import realtime_plan
-from bmslice.plan.shortfall import explain
 from bmslice.plan.sriov import assign_vfs
 
 
@@ -56,6 +55,8 @@ def make_plan(topo: HostTopology, spec: Spec, origin: str = "spec", keep: Sequen
     ]
     placed = place(requests, free)
     if placed is None:
+        from bmslice.plan.shortfall import explain  # only a refusal needs it
+
         raise PlanError(_locality_refusal(requests, free) or explain(requests, free))
     l3_of = core_l3(topo)
     ways = way_budget(topo, spec, list(kept.values()))

@@ -18,7 +18,8 @@ planner say "placement search gave up". Families of specs:
 
 Every case runs in a child process with a time budget, so the whole script is bounded;
 "no answer within budget" means the planner was still searching when it was stopped.
-"search steps" are the depth-first search's; "+ CP-SAT" says CP-SAT settled the case.
+"search steps" are the NUMA search's; "+ CP-SAT" says CP-SAT settled the NUMA placement,
+"+ L3 CP-SAT" the L3-domain layout.
 The summary at the end gives each family's worst case against the goal of 1 s a case.
 `--write DIR` writes case b' on 8 nodes as a host tree + spec for the CLI:
     bmslice plan DIR/spec.yaml --host-root DIR/host
@@ -39,7 +40,7 @@ from common import HostShape, fleet_spec, run_limited, table
 
 from bmslice.errors import PlanError
 from bmslice.model.spec import spec_from_data
-from bmslice.plan import placement, placement_sat
+from bmslice.plan import l3_sat, placement, placement_sat
 from bmslice.plan.planner import make_plan
 
 
@@ -47,8 +48,10 @@ def plan_once(shape: HostShape, data: dict[str, Any], with_nics: bool) -> tuple[
     """(seconds, CPU seconds, search steps, outcome, cross-NUMA NICs) of one make_plan call."""
     steps: list[int] = []
     sat: list[bool] = []
+    l3: list[bool] = []
     original = placement._Search.assignment
     original_sat = placement_sat.solve
+    original_l3 = l3_sat.solve_l3
 
     def counting(self: Any) -> Any:
         try:
@@ -60,8 +63,13 @@ def plan_once(shape: HostShape, data: dict[str, Any], with_nics: bool) -> tuple[
         sat.append(True)
         return original_sat(*args, **kwargs)
 
+    def l3_counting(*args: Any, **kwargs: Any) -> Any:
+        l3.append(True)
+        return original_l3(*args, **kwargs)
+
     placement._Search.assignment = counting  # type: ignore[method-assign]
     placement_sat.solve = sat_counting
+    l3_sat.solve_l3 = l3_counting
     topo = shape.topology(with_nics)
     spec = spec_from_data(data, "stress")
     start, cpu = time.perf_counter(), time.process_time()
@@ -73,7 +81,13 @@ def plan_once(shape: HostShape, data: dict[str, Any], with_nics: bool) -> tuple[
         outcome = "gave up" if "gave up" in str(exc) else "refused (explained)"
         cross = -1
     done, cpu = time.perf_counter() - start, time.process_time() - cpu
-    return done, cpu, f"{max(steps, default=0):,}" + (" + CP-SAT" if sat else ""), outcome, cross
+    return (
+        done,
+        cpu,
+        f"{max(steps, default=0):,}" + (" + CP-SAT" if sat else "") + (" + L3 CP-SAT" if l3 else ""),
+        outcome,
+        cross,
+    )
 
 
 WORST: dict[str, tuple[float, float, str]] = {}  # family -> (worst seconds, its CPU seconds, its outcome)

@@ -18,7 +18,6 @@ The model counts how many VMs of each kind (same load, candidates and costs) go 
   each of its NICs' node sets holds one of its parts;
 - objective (when costs count): the cross-NUMA NICs, per request and node as the search
   counts them, and for a VM over several nodes one per NIC node set none of its parts is in.
-
 """
 
 from __future__ import annotations

@@ -33,6 +33,8 @@ class SatModel:
     def linear(self, terms: Sequence[tuple[int, int]], low: int, high: int) -> None:
         """low <= sum(coeff * var) <= high, terms as (var, coeff)."""
         if not terms:
+            if not low <= 0 <= high:  # an empty sum is 0: a bound it breaks makes the model infeasible
+                self.linear([(self.var(0, 0), 1)], low, high)
             return
         names = ", ".join(str(v) for v, _ in terms)
         coeffs = ", ".join(str(c) for _, c in terms)
@@ -70,7 +72,8 @@ class SatModel:
     def fits(self, singles: Terms, pairs: Terms, twos: Terms, twos_const: int, ones: Terms, ones_const: int) -> None:
         """Singles and pairs fit on two- and one-thread cores (counts given as linear expressions):
         some singles on ones, some pairs on two ones, the rest on twos. The same test as
-        `NodeFree.split`, which gives ones to singles first."""
+        `NodeFree.split`, which gives ones to singles first. The free cores are `twos` plus
+        `twos_const` and `ones` plus `ones_const`, never more than the constants."""
         most = max(twos_const + ones_const, 0)
         on_ones = self.var(0, max(ones_const, 0))
         pairs_on_ones = self.var(0, max(ones_const, 0) // 2)

@@ -16,13 +16,14 @@ if TYPE_CHECKING:
 
 
 def cmd_discover(args: argparse.Namespace) -> int:
-    from bmslice.cli.tables import console, topology_view
-    from bmslice.model.topology import topology_to_dict
-
     topo = read_topology(args)
     if args.json:
+        from bmslice.model.topology import topology_to_dict
+
         print_json(topology_to_dict(topo))
     else:
+        from bmslice.cli.tables import console, topology_view  # rich: only for the table
+
         console().print(topology_view(topo))
     return EXIT_OK
 
@@ -37,13 +38,14 @@ def _plan(args: argparse.Namespace) -> Plan:
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
-    from bmslice.cli.tables import console, plan_view
-    from bmslice.model.plan import plan_to_dict
-
     plan = _plan(args)
     if args.json:
+        from bmslice.model.plan import plan_to_dict
+
         print_json(plan_to_dict(plan))
     else:
+        from bmslice.cli.tables import console, plan_view  # rich: only for the table
+
         console().print(plan_view(plan))
     return EXIT_OK
 

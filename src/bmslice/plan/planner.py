@@ -6,7 +6,7 @@ choices raise PlanError naming the device and the rule.
 
 from __future__ import annotations
 
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 
@@ -18,14 +18,13 @@ from bmslice.model.spec import EmulatorPolicy, IsolateScope, NicNumaPolicy, Spec
 from bmslice.model.topology import Core, HostTopology
 from bmslice.plan.allocate import Allocation, NodeRequest, allocate_node_l3
 from bmslice.plan.cache_ways import reserve_cache, way_budget
-from bmslice.plan.capacity import NodeFree, vm_load
+from bmslice.plan.capacity import NodeFree, room_order, vm_load
 from bmslice.plan.devices import ResolvedNic, VfRequest, check_nics, numa_warning, resolve_nics, resolve_vf_pools
 from bmslice.plan.host import kernel_args, missing_args, per_node_hugepages, reserved_cores
 from bmslice.plan.l3_placement import L3Layout, core_l3, l3_ids, node_domains, place_in_l3, with_split_notes
 from bmslice.plan.macs import check_macs
 from bmslice.plan.placement import Request, place
 from bmslice.plan.realtime import realtime_plan
-from bmslice.plan.shortfall import explain
 from bmslice.plan.sriov import assign_vfs
 
 
@@ -50,9 +49,14 @@ def make_plan(topo: HostTopology, spec: Spec, origin: str = "spec", keep: Sequen
     free = _node_free(topo, spec, free_cores, kept)
     new_vms = [vm for vm in spec.vms if vm.name not in kept]
     field = {vm.name: f"{origin}: vms[{index}]" for index, vm in enumerate(spec.vms)}
-    requests = [req for vm in new_vms for req in _requests(topo, vm, nics, vf_requests, spec, field[vm.name])]
+    spare = _spare_nics(topo, nics, keep)
+    requests = [
+        req for vm in new_vms for req in _requests(topo, vm, nics, vf_requests, spec, field[vm.name], free, spare)
+    ]
     placed = place(requests, free)
     if placed is None:
+        from bmslice.plan.shortfall import explain  # only a refusal needs it
+
         raise PlanError(_locality_refusal(requests, free) or explain(requests, free))
     l3_of = core_l3(topo)
     ways = way_budget(topo, spec, list(kept.values()))
@@ -176,8 +180,17 @@ def _requests(
     vf_requests: Sequence[VfRequest],
     spec: Spec,
     field: str,
+    free: Sequence[NodeFree],
+    spare: Mapping[int, int],
 ) -> list[Request]:
-    """The placement requests of one VM (`field`: how refusals name it, "spec.yaml: vms[2]")."""
+    """The placement requests of one VM (`field`: how refusals name it, "spec.yaml: vms[2]").
+
+    Candidate nodes come in the order the placement search tries them, so among layouts equal
+    in everything else the first in this order is chosen: fewest cross-NUMA NICs first, then
+    the fewest NICs no VM passes through yet (`spare`: a node with one is kept for a VM that
+    will want it), then the node that leaves the least room after this VM (`room_order`: best
+    fit, so the roomiest nodes stay whole for bigger VMs to come), then the lowest id.
+    """
     node_ids = sorted(n.id for n in topo.numa_nodes if n.cpus)
     # Each NIC entry: the nodes that would make it local (empty: locality unknown, no preference).
     local_sets = [frozenset({n.device.numa_node}) for n in nics if n.vm == vm.name and n.device.numa_node is not None]
@@ -195,8 +208,9 @@ def _requests(
                 f"{len(node_ids)} with CPUs ({', '.join(map(str, node_ids))})"
             )
         # Its NIC nodes first: the search tries them first and usually stops there.
-        ordered = tuple(sorted(node_ids, key=lambda n: (cost(n), n)))
         share, memory = vm.vcpus // vm.numa_nodes, vm.memory // vm.numa_nodes
+        room = room_order(free, vm_load(share, dedicated, memory))
+        ordered = tuple(sorted(node_ids, key=lambda n: (cost(n), room(n), n)))  # its shares go to several anyway
         return [
             Request(
                 part_name(vm.name, part),
@@ -216,7 +230,8 @@ def _requests(
             raise PlanError(f"{vm.name}: numa_node {vm.numa_node} does not exist or has no CPUs (nodes: {node_ids})")
         candidates = [vm.numa_node]
     else:
-        candidates = sorted(node_ids, key=lambda n: (cost(n), n))
+        room = room_order(free, vm_load(vm.vcpus, dedicated, vm.memory))
+        candidates = sorted(node_ids, key=lambda n: (cost(n), spare.get(n, 0), room(n), n))
     if spec.host.nic_numa_policy is NicNumaPolicy.REQUIRE and nic_nodes:
         local = [n for n in candidates if cost(n) == 0]
         if not local:
@@ -227,6 +242,21 @@ def _requests(
         candidates = local
     load = vm_load(vm.vcpus, dedicated, vm.memory)
     return [Request(vm.name, load, tuple(candidates), tuple(cost(n) for n in candidates))]
+
+
+def _spare_nics(topo: HostTopology, nics: Sequence[ResolvedNic], keep: Sequence[VmPlan]) -> Counter[int]:
+    """Per node, the NICs (physical functions) that neither the spec nor a running VM passes
+    through and that do not carry the host's default route: a later VM may want them there."""
+    taken = {n.device.address for n in nics} | {d.address for vm in keep for d in vm.devices}
+    return Counter(
+        dev.numa_node
+        for dev in topo.pci_devices
+        if dev.is_network
+        and dev.physfn is None
+        and dev.numa_node is not None
+        and dev.address not in taken
+        and topo.default_route_interface not in dev.interfaces
+    )
 
 
 def _locality_refusal(requests: Sequence[Request], free: Sequence[NodeFree]) -> str | None:

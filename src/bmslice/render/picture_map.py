@@ -24,6 +24,7 @@ from bmslice.cpuset import CpuSet
 from bmslice.model.plan import DeviceAssignment, Plan, VmPlan
 from bmslice.model.sizes import format_mib
 from bmslice.model.topology import HostTopology
+from bmslice.render.node_text import node_text as node_text  # re-exported: report_html imports it from here
 
 
 class Role(StrEnum):
@@ -270,18 +271,6 @@ def _l3_cells(topo: HostTopology, plan: Plan, cores: Sequence[CoreCell]) -> tupl
         for cache_id in members
     }
     return tuple(L3Cell(d, sizes[d], tuple(idx), ways[d]) for d, idx in members.items())
-
-
-def node_text(vm: VmPlan) -> str:
-    """Where a slice sits, for tables: "1", "1 · L3 6 · L3 ways f000 on 6 · MB 40%"."""
-    parts = [",".join(map(str, vm.numa_nodes))]
-    if vm.l3_domains:
-        parts.append(f"L3 {','.join(map(str, vm.l3_domains))}")
-    if vm.cache is not None and vm.cache.ways:
-        parts.append("L3 ways " + ", ".join(f"{w.mask:x} on {w.cache_id}" for w in vm.cache.ways))
-    if vm.cache is not None and vm.cache.memory_bandwidth is not None:
-        parts.append(f"MB {vm.cache.memory_bandwidth}%")
-    return " · ".join(parts)
 
 
 def nic_notes(nic: Nic, pic: PictureMap) -> list[str]:

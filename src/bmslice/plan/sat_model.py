@@ -1,0 +1,110 @@
+"""A CP-SAT model written in the solver's text format, and solved: what the planner's exact
+searches hand over when their own steps run out (`placement_sat.py`, `l3_sat.py`).
+
+ortools is imported only when a model is solved, and only its `cp_model_helper`: ortools'
+own modelling layer (`cp_model`) pulls in numpy and pandas (0.3-0.5 s), while the helper
+alone takes about 0.06 s. Deterministic: one worker and a deterministic time limit, so the
+answer is the same on any machine and under any load.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Literal
+
+from bmslice.errors import PlanError
+
+Status = Literal["optimal", "feasible", "infeasible", "unknown"]
+Terms = Sequence[tuple[int, int]]  # (variable, coefficient) pairs of a linear expression
+
+
+class SatModel:
+    """The model in CP-SAT's text format, built up one variable and constraint at a time."""
+
+    def __init__(self) -> None:
+        self.lines: list[str] = []
+        self.count = 0
+
+    def var(self, low: int, high: int) -> int:
+        self.lines.append(f"variables {{ domain: [{low}, {high}] }}")
+        self.count += 1
+        return self.count - 1
+
+    def linear(self, terms: Sequence[tuple[int, int]], low: int, high: int) -> None:
+        """low <= sum(coeff * var) <= high, terms as (var, coeff)."""
+        if not terms:
+            if not low <= 0 <= high:  # an empty sum is 0: a bound it breaks makes the model infeasible
+                self.linear([(self.var(0, 0), 1)], low, high)
+            return
+        names = ", ".join(str(v) for v, _ in terms)
+        coeffs = ", ".join(str(c) for _, c in terms)
+        self.lines.append(f"constraints {{ linear {{ vars: [{names}] coeffs: [{coeffs}] domain: [{low}, {high}] }} }}")
+
+    def literals(self, kind: str, variables: Sequence[int]) -> None:
+        """kind: exactly_one, at_most_one or bool_or over boolean variables."""
+        self.lines.append(f"constraints {{ {kind} {{ literals: [{', '.join(map(str, variables))}] }} }}")
+
+    def objective(self, terms: Sequence[tuple[int, int]]) -> None:
+        if terms:
+            names = ", ".join(str(v) for v, _ in terms)
+            coeffs = ", ".join(str(c) for _, c in terms)
+            self.lines.append(f"objective {{ vars: [{names}] coeffs: [{coeffs}] }}")
+
+    def hint(self, values: Mapping[int, int]) -> None:
+        if values:
+            names = ", ".join(str(v) for v in values)
+            given = ", ".join(str(x) for x in values.values())
+            self.lines.append(f"solution_hint {{ vars: [{names}] values: [{given}] }}")
+
+    def minimum(self, target: int, first: Terms, first_offset: int, second: Terms, second_offset: int) -> None:
+        """target == min(first + first_offset, second + second_offset)."""
+
+        def negated(terms: Terms, offset: int) -> str:
+            names = ", ".join(str(v) for v, _ in terms)
+            coeffs = ", ".join(str(-c) for _, c in terms)
+            return f"exprs {{ vars: [{names}] coeffs: [{coeffs}] offset: {-offset} }}"
+
+        self.lines.append(
+            f"constraints {{ lin_max {{ target {{ vars: [{target}] coeffs: [-1] }} "
+            f"{negated(first, first_offset)} {negated(second, second_offset)} }} }}"
+        )
+
+    def fits(self, singles: Terms, pairs: Terms, twos: Terms, twos_const: int, ones: Terms, ones_const: int) -> None:
+        """Singles and pairs fit on two- and one-thread cores (counts given as linear expressions):
+        some singles on ones, some pairs on two ones, the rest on twos. The same test as
+        `NodeFree.split`, which gives ones to singles first. The free cores are `twos` plus
+        `twos_const` and `ones` plus `ones_const`, never more than the constants."""
+        most = max(twos_const + ones_const, 0)
+        on_ones = self.var(0, max(ones_const, 0))
+        pairs_on_ones = self.var(0, max(ones_const, 0) // 2)
+        self.linear([*singles, (on_ones, -1)], 0, most + sum(abs(c) for _, c in singles))
+        self.linear([*pairs, (pairs_on_ones, -1)], 0, most + sum(abs(c) for _, c in pairs))
+        self.linear([(on_ones, 1), (pairs_on_ones, 2), *[(v, -c) for v, c in ones]], -_BIG, ones_const)
+        self.linear(
+            [*singles, *pairs, (on_ones, -1), (pairs_on_ones, -1), *[(v, -c) for v, c in twos]], -_BIG, twos_const
+        )
+
+    def solve(self, time_limit: float) -> tuple[Status, list[int]]:
+        """CP-SAT's verdict and, when it found a solution, every variable's value."""
+        from ortools.sat.python import cp_model_helper as sat
+
+        proto = sat.CpModelProto()
+        params = sat.SatParameters()
+        if not proto.parse_text_format("\n".join(self.lines)) or not params.parse_text_format(
+            f"num_workers: 1 random_seed: 1 max_deterministic_time: {time_limit}"
+        ):
+            raise PlanError("internal: CP-SAT did not parse a placement model")
+        solver = sat.SolveWrapper()
+        solver.set_parameters(params)
+        response: sat.CpSolverResponse = solver.solve(proto)  # type: ignore[no-untyped-call]  # stub lacks types
+        status = response.status
+        if status == sat.CpSolverStatus.OPTIMAL:
+            return "optimal", list(response.solution)
+        if status == sat.CpSolverStatus.FEASIBLE:
+            return "feasible", list(response.solution)
+        if status == sat.CpSolverStatus.INFEASIBLE:
+            return "infeasible", []
+        return "unknown", []
+
+
+_BIG = 1 << 40  # an unbounded side of a linear constraint (CP-SAT wants finite bounds)

@@ -15,6 +15,8 @@ from bmslice.cpuset import CpuSet
 from bmslice.model.plan import GuestTopology, VmPlan, plan_to_dict
 
 BMSLICE_NS = "https://bmslice.dev/xmlns/slice/1"
+# Every version's namespace starts so: a domain carrying another version's record is still a slice.
+BMSLICE_NS_PREFIX = "https://bmslice.dev/xmlns/slice/"
 _UUID_NAMESPACE = uuid.UUID("6f1d3c1e-5b1a-4f53-9a51-6d8c0b6a4e01")
 
 

@@ -61,9 +61,13 @@ def _volume_at(conn: Any, path: str) -> Any | None:
 
 
 def _domain_volumes(
-    conn: Any, live: LiveDomain, keep_disks: bool, report: Callable[[str], None]
+    conn: Any, live: LiveDomain, keep_disks: bool, report: Callable[[str], None], readable: bool = True
 ) -> list[tuple[str, Any]]:
-    """The slice's disk and seed volumes that bmslice made, as (path, volume); others are named and kept."""
+    """The slice's disk and seed volumes that bmslice made, as (path, volume); others are named and kept.
+
+    `readable`: the slice's metadata reads back. Only then does the domain listing a blank,
+    unmarked volume make it bmslice's unfinished one (volumes.py); a held slice's volumes go
+    only when they carry bmslice's mark."""
     ours = []
     for disk in from_xml(live.inactive_xml).disks:
         name = Path(disk.path).name
@@ -74,7 +78,7 @@ def _domain_volumes(
             report(f"volume {disk.path}: already gone")
             continue
         slot = Slot(live.name, vol.storagePoolLookupByVolume().name(), vol.name())
-        found = examine(vol, slot, listed=True)
+        found = examine(vol, slot, listed=readable)
         if found.owner is Owner.FOREIGN:
             report(f"keep volume {disk.path}: bmslice did not create it ({found.why})")
             continue
@@ -173,7 +177,8 @@ def destroy(
             dom = lookup(conn, vm.name)
             if dom is None:
                 continue
-            volumes = _domain_volumes(conn, current, opts.keep_disks, report)  # judged while the domain names them
+            # judged while the domain names them
+            volumes = _domain_volumes(conn, current, opts.keep_disks, report, readable=plan is not None)
             if current.active:
                 step(f"stop {vm.name}", partial(stop_domain, dom))
             step(f"undefine {vm.name}", dom.undefine)

@@ -35,7 +35,7 @@ class Disk:
 class VfInterface:
     """An SR-IOV VF given to the guest as <interface type='hostdev'> (MAC and VLAN set by libvirt)."""
 
-    address: str | None  # None: planned by (PF, index), resolved at apply time (the XML says so)
+    address: str | None  # None: planned by (PF, index), resolved at apply time (no XML until then)
     mac: str
     vlan: int | None = None
 

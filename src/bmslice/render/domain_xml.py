@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from lxml import etree
 
 from bmslice.cpuset import CpuSet
+from bmslice.errors import RenderError
 from bmslice.model.plan import GuestTopology
 from bmslice.render.domain_model import (
     BMSLICE_NS,
@@ -38,11 +39,9 @@ def _vf_interface(devices: etree._Element, vf: VfInterface, port: int | None = N
     el = _Sub(devices, "interface", type="hostdev", managed="yes")
     _Sub(el, "mac", address=vf.mac)
     _Sub(el, "driver", name="vfio")
-    source = _Sub(el, "source")
-    if vf.address is None:
-        source.append(etree.Comment(" the VF's PCI address is resolved at apply time, once the VF exists "))
-    else:
-        _pci_address(source, vf.address, type="pci")
+    if vf.address is None:  # render_plan refuses such a plan, apply resolves the address first
+        raise RenderError("a VF interface without its PCI address: libvirt rejects it")
+    _pci_address(_Sub(el, "source"), vf.address, type="pci")
     if vf.vlan is not None:
         _Sub(_Sub(el, "vlan"), "tag", id=str(vf.vlan))
     _guest_address(el, port)

@@ -53,9 +53,8 @@ def make_plan(
     nics, vf_requests = resolve_nics(topo, spec.vms, origin, parked)
     vf_pools = resolve_vf_pools(topo, spec.host, origin)
     spec_names = {vm.name for vm in spec.vms}
-    with naming_held(held):
-        taken_devs = taken_devices(held, keep, spec_names)
-        warnings = list(topo.warnings) + check_nics(topo, nics, vf_requests, spec.host, origin, taken_devs)
+    taken_devs = taken_devices(held, keep, spec_names)  # a refusal over one names its holder
+    warnings = list(topo.warnings) + check_nics(topo, nics, vf_requests, spec.host, origin, taken_devs)
     kept = _kept(topo, spec, keep, reserved, warnings)
     taken = reserved | CpuSet.union(vm.owned_cpus for vm in kept.values()) | held_cpus(held)
     free_cores = [core for core in topo.cores if core.cpus.isdisjoint(taken)]

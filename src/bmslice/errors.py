@@ -17,6 +17,10 @@ class PlanError(BmsliceError):
     """No valid layout exists: names the resource that fell short and by how much."""
 
 
+class RenderError(BmsliceError):
+    """A plan cannot be written as files libvirt and the host accept; says why and the way out."""
+
+
 class ApplyError(BmsliceError):
     """A change to the host failed or was refused; the host was left as it was."""
 

@@ -12,6 +12,7 @@ from dataclasses import replace
 
 from bmslice.cpuset import CpuSet
 from bmslice.errors import PlanError
+from bmslice.model.live import HeldSlice
 from bmslice.model.plan import DeviceAssignment, GuestCell, GuestTopology, HostPlan, NodeHugepages, PfPlan, Plan, VmPlan
 from bmslice.model.sizes import GIB_KIB
 from bmslice.model.spec import EmulatorPolicy, IsolateScope, NicNumaPolicy, Spec, VmSpec
@@ -20,6 +21,7 @@ from bmslice.plan.allocate import Allocation, NodeRequest, allocate_node_l3
 from bmslice.plan.cache_ways import reserve_cache, way_budget
 from bmslice.plan.capacity import NodeFree, room_order, vm_load
 from bmslice.plan.devices import ResolvedNic, VfRequest, check_nics, numa_warning, resolve_nics, resolve_vf_pools
+from bmslice.plan.held import held_cpus, held_memory, held_vfs, naming_held, taken_devices
 from bmslice.plan.host import kernel_args, missing_args, per_node_hugepages, reserved_cores
 from bmslice.plan.l3_placement import L3Layout, core_l3, l3_ids, node_domains, place_in_l3, with_split_notes
 from bmslice.plan.macs import check_macs
@@ -28,10 +30,17 @@ from bmslice.plan.realtime import realtime_plan
 from bmslice.plan.sriov import assign_vfs
 
 
-def make_plan(topo: HostTopology, spec: Spec, origin: str = "spec", keep: Sequence[VmPlan] = ()) -> Plan:
+def make_plan(
+    topo: HostTopology,
+    spec: Spec,
+    origin: str = "spec",
+    keep: Sequence[VmPlan] = (),
+    held: Sequence[HeldSlice] = (),
+) -> Plan:
     """Plan every VM of `spec` on `topo`; VMs in `keep` (already running) stay where they are.
 
     A kept VM that the spec no longer names still holds its cores (it runs until destroyed).
+    `held`: slices whose recorded plan is unreadable; new VMs go around what they hold (plan/held.py).
     """
     if any(core.threads > 2 for core in topo.cores):
         raise PlanError("cores with more than 2 hardware threads are not supported")
@@ -42,11 +51,13 @@ def make_plan(topo: HostTopology, spec: Spec, origin: str = "spec", keep: Sequen
     }
     nics, vf_requests = resolve_nics(topo, spec.vms, origin, parked)
     vf_pools = resolve_vf_pools(topo, spec.host, origin)
-    warnings = list(topo.warnings) + check_nics(topo, nics, vf_requests, spec.host, origin)
+    spec_names = {vm.name for vm in spec.vms}
+    taken_devs = taken_devices(held, keep, spec_names)  # a refusal over one names its holder
+    warnings = list(topo.warnings) + check_nics(topo, nics, vf_requests, spec.host, origin, taken_devs)
     kept = _kept(topo, spec, keep, reserved, warnings)
-    taken = reserved | CpuSet.union(vm.owned_cpus for vm in kept.values())
+    taken = reserved | CpuSet.union(vm.owned_cpus for vm in kept.values()) | held_cpus(held)
     free_cores = [core for core in topo.cores if core.cpus.isdisjoint(taken)]
-    free = _node_free(topo, spec, free_cores, kept)
+    free = _node_free(topo, spec, free_cores, kept, held_memory(held))
     new_vms = [vm for vm in spec.vms if vm.name not in kept]
     field = {vm.name: f"{origin}: vms[{index}]" for index, vm in enumerate(spec.vms)}
     spare = _spare_nics(topo, nics, keep)
@@ -57,7 +68,8 @@ def make_plan(topo: HostTopology, spec: Spec, origin: str = "spec", keep: Sequen
     if placed is None:
         from bmslice.plan.shortfall import explain  # only a refusal needs it
 
-        raise PlanError(_locality_refusal(requests, free) or explain(requests, free))
+        with naming_held(held):
+            raise PlanError(_locality_refusal(requests, free) or explain(requests, free))
     l3_of = core_l3(topo)
     ways = way_budget(topo, spec, list(kept.values()))
     layout = place_in_l3(requests, node_domains(free, free_cores, l3_of, ways.free), placed, ways.needs)
@@ -74,7 +86,10 @@ def make_plan(topo: HostTopology, spec: Spec, origin: str = "spec", keep: Sequen
     elif not layout.optimal:
         warnings.append("the L3 cache layout is the best found in the search budget, not proven the fewest split VMs")
     allocations = _allocate(free_cores, new_vms, layout, l3_of)
-    vf_devices, pf_plans, vf_warnings = assign_vfs(topo, vf_requests, assignment, list(kept.values()), vf_pools, origin)
+    with naming_held(held):
+        vf_devices, pf_plans, vf_warnings = assign_vfs(
+            topo, vf_requests, assignment, list(kept.values()), vf_pools, origin, held_vfs(topo, held)
+        )
     check_macs(topo, vf_devices, list(kept.values()), origin)
     vms = tuple(
         _vm_plan(
@@ -96,7 +111,7 @@ def make_plan(topo: HostTopology, spec: Spec, origin: str = "spec", keep: Sequen
     plan_vms = vms + tuple(vm for name, vm in kept.items() if name not in {v.name for v in spec.vms})
     plan_vms, l3_host_masks = reserve_cache(topo, spec, plan_vms, {vm.name for vm in new_vms}, origin)
     vms = plan_vms[: len(vms)]
-    return _with_host(topo, spec, reserved, vms, plan_vms, warnings, pf_plans, l3_host_masks)
+    return _with_host(topo, spec, reserved, vms, plan_vms, warnings, pf_plans, l3_host_masks, held_cpus(held))
 
 
 def _kept(
@@ -152,8 +167,10 @@ def _check_still_fits(old: VmPlan, vm: VmSpec) -> None:
         )
 
 
-def _node_free(topo: HostTopology, spec: Spec, free_cores: Sequence[Core], kept: dict[str, VmPlan]) -> list[NodeFree]:
-    kept_mem: dict[int, int] = defaultdict(int)
+def _node_free(
+    topo: HostTopology, spec: Spec, free_cores: Sequence[Core], kept: dict[str, VmPlan], held_mem: Mapping[int, int]
+) -> list[NodeFree]:
+    kept_mem: dict[int, int] = defaultdict(int, held_mem)
     for vm in kept.values():
         for on, mib in vm.memory_by_node().items():
             kept_mem[on] += mib
@@ -447,11 +464,12 @@ def _with_host(
     warnings: list[str],
     pf_plans: tuple[PfPlan, ...],
     l3_host_masks: tuple[tuple[int, int], ...],
+    held_on: CpuSet,
 ) -> Plan:
     if spec.host.isolate is IsolateScope.ALL:
         isolated = topo.online_cpus - reserved
-    else:
-        isolated = CpuSet.union(vm.owned_cpus for vm in all_vms)
+    else:  # a held slice's CPUs too: it runs there until destroyed
+        isolated = CpuSet.union(vm.owned_cpus for vm in all_vms) | (held_on & topo.online_cpus) - reserved
     hugepages = _hugepages(all_vms)
     realtime = any(vm.realtime is not None for vm in all_vms)
     passthrough = any(vm.devices for vm in all_vms)

@@ -253,27 +253,82 @@ CPU_PARTITIONING_BLACKLIST = (
     "^rte_mp_async$",
     "^eal-intr-thread$",
 )
+# What realtime-virtual-host (tuned 2.20, with realtime and network-latency under it) puts there from
+# its variables file (TUNED_REALTIME: isolate_managed_irq=Y gives isolcpus=managed_irq,domain,...):
+# cpu-partitioning's plain isolcpus= would drop the flags a realtime plan needs. Its irqaffinity is
+# every CPU it does not isolate; the profile sets that variable to the plan's own (the host's CPUs).
+REALTIME_HOST_ARGS = frozenset(
+    {"isolcpus", "nohz_full", "rcu_nocbs", "irqaffinity", "nosoftlockup", "skew_tick", "tsc", "intel_pstate"}
+)
+REALTIME_HOST_BLACKLIST = (
+    r"^\[ksoftirqd",
+    r"^\[ktimers",
+    r"^\[rcuc",
+    r"^\[rcub",
+    r"^\[ktimersoftd",
+    "pmd",
+    "PMD",
+    "^DPDK",
+    "qemu-kvm",
+)
 COMM_LENGTH = 15  # a process's comm (what tuned matches) is its name cut to 15 characters (TASK_COMM_LEN)
 
 
+@dataclass(frozen=True)
+class TunedBase:
+    """The tuned profile bmslice's own includes: what it sets on the command line and its ps_blacklist."""
+
+    name: str
+    args: frozenset[str]
+    blacklist: tuple[str, ...]
+    variables: str  # the variables file it reads (rendered by host-config)
+    lacks: str  # which of a plan's args it never sets, for the profile's comment
+
+
+def tuned_base(plan: Plan) -> TunedBase:
+    """realtime-virtual-host for a plan with realtime VMs (its sysctls, its isolcpus flags); else cpu-partitioning."""
+    if any(vm.realtime is not None for vm in plan.vms):
+        return TunedBase(
+            "realtime-virtual-host",
+            REALTIME_HOST_ARGS,
+            REALTIME_HOST_BLACKLIST,
+            TUNED_REALTIME,
+            "IOMMU, hugepage or NMI watchdog args",
+        )
+    return TunedBase(
+        "cpu-partitioning", CPU_PARTITIONING_ARGS, CPU_PARTITIONING_BLACKLIST, TUNED, "IOMMU, IRQ or hugepage args"
+    )
+
+
 def tuned_remaining_args(plan: Plan) -> tuple[str, ...]:
-    return tuple(a for a in plan.host.kernel_args if a.partition("=")[0] not in CPU_PARTITIONING_ARGS)
+    """The plan's args its tuned base profile does not set: what bmslice's profile adds."""
+    base = tuned_base(plan).args
+    return tuple(a for a in plan.host.kernel_args if a.partition("=")[0] not in base)
 
 
 def _tuned_profile(plan: Plan, topo: HostTopology) -> str:
     # tuned's scheduler plugin moves every process off the isolated CPUs except those whose comm
-    # matches ps_blacklist; cpu-partitioning names only RHEL's qemu-kvm, so on Debian it would move
+    # matches ps_blacklist; the base profiles name only RHEL's qemu-kvm, so on Debian it would move
     # the slices' vCPU threads (qemu-system-x86_64 runs as "qemu-system-x86").
+    base = tuned_base(plan)
     qemu = [f"^{name[:COMM_LENGTH]}" for name in qemu_binaries(topo.distro)]
-    blacklist = list(dict.fromkeys([*CPU_PARTITIONING_BLACKLIST, *qemu]))
+    blacklist = list(dict.fromkeys([*base.blacklist, *qemu]))
+    variables = ""
+    if base.name == "realtime-virtual-host":
+        variables = (
+            "\n[variables]\n"
+            "# irqaffinity= of realtime-virtual-host: the host's own CPUs, as the plan has it\n"
+            f"non_isolated_cores={plan.host.reserved_cpus}\n"
+        )
     return (
         HEADER + "# For hosts that use tuned instead of the GRUB drop-in (use one or the other): `tuned-adm profile\n"
-        "# bmslice`. cpu-partitioning isolates the CPUs of /etc/tuned/cpu-partitioning-variables.conf\n"
-        "# (isolcpus, nohz_full, rcu_nocbs) but adds no IOMMU, IRQ or hugepage args: this profile adds them,\n"
+        f"# bmslice`. {base.name} isolates the CPUs of /{base.variables}\n"
+        f"# (isolcpus, nohz_full, rcu_nocbs) but adds no {base.lacks}: this profile adds them,\n"
         f"# and keeps tuned off the QEMU processes of this distribution ({topo.distro}).\n"
         "[main]\n"
-        "summary=bmslice: cpu-partitioning plus the rest of the slicing plan's boot args\n"
-        "include=cpu-partitioning\n"
+        f"summary=bmslice: {base.name} plus the rest of the slicing plan's boot args\n"
+        f"include={base.name}\n"
+        f"{variables}"
         "\n[bootloader]\n"
         f"cmdline_bmslice=+{' '.join(tuned_remaining_args(plan))}\n"
         "\n[scheduler]\n"

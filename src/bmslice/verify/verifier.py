@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bmslice.apply.context import load_context
+from bmslice.apply.context import held_in_spec, held_line, load_context
 from bmslice.apply.libvirt_conn import connected, libvirt_errors
 from bmslice.apply.uri import is_local
 from bmslice.model.plan import VmPlan
@@ -19,12 +19,13 @@ from bmslice.verify.resctrl_state import compare_resctrl, read_slice_resctrl
 from bmslice.verify.threads import read_threads
 
 ROOT = Path("/")
+HELD = "metadata unreadable"
 
 
 @dataclass
 class SliceStatus:
     name: str
-    state: str  # "running" | "shut off" | "not defined"
+    state: str  # "running" | "shut off" | "not defined" | HELD
     drift: list[str] = field(default_factory=list)
 
 
@@ -32,6 +33,7 @@ class SliceStatus:
 class VerifyReport:
     slices: list[SliceStatus]
     notes: list[str]
+    unreadable: list[str] = field(default_factory=list)  # one line per held slice the spec does not name
 
     @property
     def drift(self) -> list[str]:
@@ -42,6 +44,7 @@ class VerifyReport:
             "ok": not self.drift,
             "drift": self.drift,
             "notes": self.notes,
+            "unreadable": self.unreadable,
             "slices": [{"name": s.name, "state": s.state, "drift": s.drift} for s in self.slices],
         }
 
@@ -59,6 +62,10 @@ def _verify(spec: Spec, origin: str, uri: str, conn: Any, host_root: Path | None
     slices = []
     notes: list[str] = []
     for vm_spec in spec.vms:
+        held = ctx.held.get(vm_spec.name)
+        if held is not None:  # not planned: bmslice cannot tell what it was applied with
+            slices.append(SliceStatus(held.name, HELD, [held_in_spec(held, origin)]))
+            continue
         vm = ctx.plan.vm(vm_spec.name)
         live = ctx.live.get(vm.name)
         if live is None:
@@ -85,7 +92,8 @@ def _verify(spec: Spec, origin: str, uri: str, conn: Any, host_root: Path | None
     if not is_local(uri):
         notes.extend(_unchecked(uri, ctx.plan.vms, slices))
     notes.extend(ctx.plan.warnings)
-    return VerifyReport(slices, notes)
+    names = {vm.name for vm in spec.vms}
+    return VerifyReport(slices, notes, [held_line(held) for name, held in ctx.held.items() if name not in names])
 
 
 def _unchecked(uri: str, vms: Sequence[VmPlan], slices: list[SliceStatus]) -> list[str]:

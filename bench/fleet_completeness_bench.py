@@ -97,7 +97,7 @@ def reference(
     model = cp_model.CpModel()
     x: dict[tuple[str, Choice], cp_model.IntVar] = {}
     for vm in vms:
-        choices = [c for host in hosts.values() for c in options(host, vm)]
+        choices = [c for host in hosts.values() for c in options(host, vm, old.get(vm.name))]
         if vm.name in old:
             choices = kept_choices(old[vm.name], choices)
         for c in choices:

@@ -24,6 +24,10 @@ that the host still drives goes to the same VM (the planner's IOMMU rule); at mo
 passes through devices of one IOMMU group. It serves VFs up to `sriov_totalvfs`, never
 while passed through.
 
+Kept VMs (H7, O1): a VM of the kept placement stays on its host, its nodes in order (a
+running VM's guest cell i stays on host node i, its emulator core with the first share) and
+its NICs; with `allow_move` any change of these is a move, which O1 counts.
+
 The search (`solve`), exact and exhaustive, in two stages. VMs are grouped into kinds:
 new VMs of one cluster, role and size are interchangeable; a kept VM is a kind of its own.
 1. Per host: every content (how many VMs of each kind) the host can hold under H2, H3's host
@@ -268,14 +272,27 @@ def racks_apart(fleet: Fleet, cluster: str) -> bool:
     return len(racks) >= len(fleet.cluster(cluster).control_plane)
 
 
-def _node_tuples(host: Host, vm: Vm) -> list[tuple[int, ...]]:
+def _node_tuples(host: Host, vm: Vm, old: PlacedVm | None = None) -> list[tuple[int, ...]]:
+    """Every way to give `vm`'s shares distinct nodes, one tuple per way the nodes' loads differ.
+    A kept VM's own tuple (`old` on this host) stands for every order that loads the nodes
+    alike: the same nodes in another order are a move (O1, H7), the same load."""
     ids = [n.node for n in host.nodes]
     k = len(vm.shares)
     if k == 1:
         return [(n,) for n in ids]
     if vm.shares[0] == vm.shares[1]:  # equal shares: which one is "first" changes nothing
-        return list(combinations(ids, k))
-    return [(first, *rest) for first in ids for rest in combinations([n for n in ids if n != first], k - 1)]
+        tuples = list(combinations(ids, k))
+    else:
+        tuples = [(first, *rest) for first in ids for rest in combinations([n for n in ids if n != first], k - 1)]
+    if old is None or old.host != host.name:
+        return tuples
+    mine = _loads(vm, old.nodes)
+    return [old.nodes if _loads(vm, nodes) == mine else nodes for nodes in tuples]
+
+
+def _loads(vm: Vm, nodes: Sequence[int]) -> list[tuple[int, Share]]:
+    """Which share each node carries: what the order of a VM's nodes changes about its load."""
+    return sorted(zip(nodes, vm.shares, strict=True))
 
 
 def _nic_choices(host: Host, vm: Vm) -> list[tuple[str, ...]]:
@@ -303,13 +320,14 @@ def cross_numa(host: Host, nodes: Sequence[int], pfs: Iterable[str]) -> int:
     return out
 
 
-def options(host: Host, vm: Vm) -> list[Choice]:
-    """Every place for `vm` on `host` that the host could hold were it empty (H1, H4 per share, H5, H6)."""
+def options(host: Host, vm: Vm, old: PlacedVm | None = None) -> list[Choice]:
+    """Every place for `vm` on `host` that the host could hold were it empty (H1, H4 per share, H5, H6);
+    `old`: where the VM is in the kept placement (its own order of nodes is among them)."""
     if host.role is not vm.role or len(vm.shares) > len(host.nodes):
         return []
     out = []
     nic_choices = _nic_choices(host, vm)
-    for nodes in _node_tuples(host, vm):
+    for nodes in _node_tuples(host, vm, old):
         if not all(host.room(n).fits(*share) for n, share in zip(nodes, vm.shares, strict=True)):
             continue
         for pfs in nic_choices:
@@ -321,10 +339,15 @@ def options(host: Host, vm: Vm) -> list[Choice]:
     return out
 
 
-def moved(old: PlacedVm, host: str, nodes: Sequence[int]) -> bool:
-    """O1: a kept VM moved when it changed host or the set of its nodes (a spec cannot pin the
-    nodes of a VM over several; their order is the host planner's)."""
-    return old.host != host or sorted(old.nodes) != sorted(nodes)
+def moved(old: PlacedVm, host: str, nodes: Sequence[int], pfs: Iterable[str]) -> bool:
+    """O1: a kept VM moved when it changed host, nodes or NICs (each rebuilds it). Nodes in
+    order: a running VM's guest cell i stays on host node i, its emulator core with the first
+    share, so the same nodes in another order are a move too."""
+    return old.host != host or tuple(old.nodes) != tuple(nodes) or sorted(pfs) != _pfs_of(old)
+
+
+def _pfs_of(vm: PlacedVm) -> list[str]:
+    return sorted(n.address for n in vm.nics)
 
 
 # --- the search ------------------------------------------------------------------------------
@@ -369,11 +392,11 @@ class _HostSearch:
         self.choices: list[list[Choice]] = []
         self.move: list[list[int]] = []
         for kind in kinds:
-            allowed = sorted(options(host, kind.vm))
+            allowed = sorted(options(host, kind.vm, kind.old))
             if kind.old is not None and not allow_move:
                 allowed = kept_choices(kind.old, allowed)
             self.choices.append(allowed)
-            self.move.append([int(kind.old is not None and moved(kind.old, c.host, c.nodes)) for c in allowed])
+            self.move.append([int(kind.old is not None and moved(kind.old, c.host, c.nodes, c.pfs)) for c in allowed])
         self.nodes = [n.node for n in host.nodes]
         self.pfs = [p.address for p in host.pfs]
         self.states = 0
@@ -491,8 +514,7 @@ def hosts_of(fleet: Fleet, topologies: Mapping[str, HostTopology]) -> dict[str, 
 
 def kept_choices(old: PlacedVm, allowed: list[Choice]) -> list[Choice]:
     """A kept VM's own place (H7): its host, nodes and PFs (none when they no longer answer its request)."""
-    same = sorted(n.address for n in old.nics)
-    return [c for c in allowed if not moved(old, c.host, c.nodes) and sorted(c.pfs) == same]
+    return [c for c in allowed if not moved(old, c.host, c.nodes, c.pfs)]
 
 
 def kinds_of(fleet: Fleet, existing: Placement | None, only: Iterable[str] | None) -> list[Kind]:
@@ -631,10 +653,11 @@ def to_placement(fleet: Fleet, topologies: Mapping[str, HostTopology], assignmen
 def objective(
     fleet: Fleet, topologies: Mapping[str, HostTopology], placement: Placement, existing: Placement | None = None
 ) -> Cost:
-    """(O1, O2, O3) of a placement; O1 counts VMs of `existing` that changed host or node set."""
+    """(O1, O2, O3) of a placement; O1 counts VMs of `existing` that changed host, nodes (in
+    order) or NICs."""
     hosts = hosts_of(fleet, topologies)
     old = {vm.name: vm for vm in existing.vms} if existing is not None else {}
-    o1 = sum(1 for vm in placement.vms if vm.name in old and moved(old[vm.name], vm.host, vm.nodes))
+    o1 = sum(1 for vm in placement.vms if vm.name in old and moved(old[vm.name], vm.host, vm.nodes, _pfs_of(vm)))
     racks = Counter(
         (vm.cluster, vm.role, hosts[vm.host].rack)
         for vm in placement.vms
@@ -649,7 +672,9 @@ def moved_vms(placement: Placement, existing: Placement | None) -> set[str]:
     if existing is None:
         return set()
     old = {vm.name: vm for vm in existing.vms}
-    return {vm.name for vm in placement.vms if vm.name in old and moved(old[vm.name], vm.host, vm.nodes)}
+    return {
+        vm.name for vm in placement.vms if vm.name in old and moved(old[vm.name], vm.host, vm.nodes, _pfs_of(vm))
+    }
 
 
 def violations(
@@ -794,7 +819,7 @@ def _kept_violations(placement: Placement, existing: Placement | None, allow_mov
         same_nics = sorted((n.kind, n.address, n.count) for n in new.nics) == sorted(
             (n.kind, n.address, n.count) for n in old.nics
         )
-        if moved(old, new.host, new.nodes) or not same_nics:
+        if moved(old, new.host, new.nodes, _pfs_of(new)) or not same_nics:
             out.append(f"H7 {old.name}: was on {old.host} nodes {old.nodes_text}, now {new.host} {new.nodes_text}")
     return out
 

@@ -89,7 +89,7 @@ def build(
         for host in problem.role_hosts[cls.role]:
             if not all(rule.admits(problem, base, cls, host, relax) for rule in rules):
                 continue
-            for nodes in host.slots(cls.size.numa_nodes):
+            for nodes in cls.slots(host):
                 if all(rule.slot_admits(base, cls, host, nodes, relax) for rule in rules):
                     key = (cls.index, host.name, nodes)
                     m.upper[key] = cls.count if "max_per_host" in relax else min(cls.count, cls.max_per_host)

@@ -41,7 +41,7 @@ def best_spot(
                 if dead is not None:
                     dead.add((cls.index, host.name))
                 continue
-            for nodes in host.slots(cls.size.numa_nodes):
+            for nodes in cls.slots(host):
                 if not rules.capacity.spot_ok(tally, cls, host, nodes, ()):
                     continue
                 choices = options(tally, host, cls.nic, nodes, cls.vlan) if cls.nic is not None else iter([()])

@@ -104,7 +104,7 @@ def _learn_one(problem: Problem, host: Host, name: str, hosts: frozenset[str], p
     """Every other spot of this VM alone on the host that the planner refuses too."""
     cls = problem.class_of[name]
     empty = Tally(problem)
-    for nodes in host.slots(cls.size.numa_nodes):
+    for nodes in cls.slots(host):
         if not empty.fits(host, nodes, cls.shares):
             continue
         choices = list(every_option(empty, host, cls.nic, nodes, cls.vlan)) if cls.nic is not None else [()]

@@ -150,6 +150,17 @@ class VmClass:
     def shares(self) -> tuple[Load, ...]:
         return shares(self.size)
 
+    def slots(self, host: Host) -> tuple[Nodes, ...]:
+        """`host.slots` for this class. A kept VM's own nodes, in their order, stand for the slot
+        that loads its nodes alike: staying means the same order (guest cell i on host node i),
+        and the host planner may have given the shares after the first in any order."""
+        slots = host.slots(self.size.numa_nodes)
+        kept = self.kept
+        if kept is None or kept.host != host.name or kept.nodes in slots:
+            return slots
+        first, rest = kept.nodes[0], sorted(kept.nodes[1:])
+        return tuple(kept.nodes if (s[0], sorted(s[1:])) == (first, rest) else s for s in slots)
+
     @property
     def entries(self) -> int:
         """NIC entries of one VM: one per passed-through PF, one for the PF of its VFs."""

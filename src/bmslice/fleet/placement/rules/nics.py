@@ -122,7 +122,7 @@ class Nics(Rule):
         want = cls.nic
         if want is None or any(
             next(options(tally, host, want, nodes, cls.vlan), None) is not None
-            for nodes in host.slots(cls.size.numa_nodes)
+            for nodes in cls.slots(host)
         ):
             return None
         named = [pf for pf in host.pfs if pf.matches(want.pf)]

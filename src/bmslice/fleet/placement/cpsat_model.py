@@ -6,8 +6,10 @@ their VFs from PF `pf`; `whole[k, h, nodes, pf]` whether `pf` is passed through 
 of them. Each rule (rules/) adds its constraints and objective terms to these; the objective
 is the rules' levels weighted so that a lower level always wins (lexicographic).
 
-Importing this module imports OR-Tools (about 0.4 s): only done when the first pass cannot
-decide (decide.py).
+The model is written in CP-SAT's text format (`bmslice.plan.sat_model`, as the host
+planner's exact searches are), so solving imports only ortools' light `cp_model_helper`
+(about 0.06 s), not its modelling layer with numpy and pandas (0.4-0.5 s); and only when the
+first pass cannot decide (decide.py).
 """
 
 from __future__ import annotations
@@ -16,12 +18,11 @@ from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
-from ortools.sat.python import cp_model
-
 from bmslice.fleet.placement.problem import Host, Nodes, Problem, Spot, VmClass, nic_assignment
-from bmslice.fleet.placement.rules.base import Rule
+from bmslice.fleet.placement.rules.base import Rule, Term, Terms
 from bmslice.fleet.placement.tally import Tally
 from bmslice.model.fleet import NicAssignment, NicKind
+from bmslice.plan.sat_model import SatModel, Status
 
 Key = tuple[int, str, Nodes]  # class, host, nodes
 NicKey = tuple[int, str, Nodes, str]  # class, host, nodes, PF address
@@ -32,43 +33,42 @@ class FleetModel:
     problem: Problem
     base: Tally  # the VMs that stay where they are
     relax: frozenset[str] = frozenset()  # rules (by name) left out: "what binds" probes
-    model: cp_model.CpModel = field(default_factory=cp_model.CpModel)
-    place: dict[Key, cp_model.IntVar] = field(default_factory=dict)
+    sat: SatModel = field(default_factory=SatModel)
+    place: dict[Key, int] = field(default_factory=dict)  # variables by key
     upper: dict[Key, int] = field(default_factory=dict)  # each place variable's upper bound
-    sriov: dict[NicKey, cp_model.IntVar] = field(default_factory=dict)
-    whole: dict[NicKey, cp_model.IntVar] = field(default_factory=dict)
-    # objective terms by level, each with an upper bound of its value
-    terms: defaultdict[int, list[tuple[cp_model.LinearExprT, int]]] = field(default_factory=lambda: defaultdict(list))
+    sriov: dict[NicKey, int] = field(default_factory=dict)
+    whole: dict[NicKey, int] = field(default_factory=dict)
+    terms: defaultdict[int, list[Term]] = field(default_factory=lambda: defaultdict(list))  # objective, by level
 
     def relaxed(self, name: str) -> bool:
         return name in self.relax
 
     @staticmethod
-    def total(exprs: Sequence[cp_model.LinearExprT]) -> cp_model.LinearExpr:
-        return cp_model.LinearExpr.sum(list(exprs))
+    def total(variables: Sequence[int]) -> Terms:
+        return [(var, 1) for var in variables]
 
     @staticmethod
-    def weighted(exprs: Sequence[cp_model.LinearExprT], weights: Sequence[int]) -> cp_model.LinearExpr:
-        return cp_model.LinearExpr.weighted_sum(list(exprs), list(weights))
+    def weighted(variables: Sequence[int], weights: Sequence[int]) -> Terms:
+        return [(var, weight) for var, weight in zip(variables, weights, strict=True) if weight]
 
-    def on_host(self, host: str) -> list[tuple[Key, cp_model.IntVar]]:
+    def on_host(self, host: str) -> list[tuple[Key, int]]:
         return self._by_host.get(host, [])
 
-    def of_class(self, k: int) -> list[tuple[Key, cp_model.IntVar]]:
+    def of_class(self, k: int) -> list[tuple[Key, int]]:
         return self._by_class.get(k, [])
 
     def index(self) -> None:
-        self._by_host: dict[str, list[tuple[Key, cp_model.IntVar]]] = defaultdict(list)
-        self._by_class: dict[int, list[tuple[Key, cp_model.IntVar]]] = defaultdict(list)
+        self._by_host: dict[str, list[tuple[Key, int]]] = defaultdict(list)
+        self._by_class: dict[int, list[tuple[Key, int]]] = defaultdict(list)
         for key, var in self.place.items():
             self._by_host[key[1]].append((key, var))
             self._by_class[key[0]].append((key, var))
 
-    def nics_of(self, key: Key) -> list[tuple[str, cp_model.IntVar, NicKind]]:
+    def nics_of(self, key: Key) -> list[tuple[str, int, NicKind]]:
         return self._nics.get(key, [])
 
     def index_nics(self) -> None:
-        self._nics: dict[Key, list[tuple[str, cp_model.IntVar, NicKind]]] = defaultdict(list)
+        self._nics: dict[Key, list[tuple[str, int, NicKind]]] = defaultdict(list)
         for (k, h, nodes, pf), var in sorted(self.sriov.items()):
             self._nics[(k, h, nodes)].append((pf, var, NicKind.SRIOV))
         for (k, h, nodes, pf), var in sorted(self.whole.items()):
@@ -93,12 +93,10 @@ def build(
                 if all(rule.slot_admits(base, cls, host, nodes, relax) for rule in rules):
                     key = (cls.index, host.name, nodes)
                     m.upper[key] = cls.count if "max_per_host" in relax else min(cls.count, cls.max_per_host)
-                    m.place[key] = m.model.new_int_var(
-                        0, m.upper[key], f"place[{cls.label}|{host.name}|{_nodes(nodes)}]"
-                    )
+                    m.place[key] = m.sat.var(0, m.upper[key], f"place[{cls.label}|{host.name}|{_nodes(nodes)}]")
     m.index()
     for cls in problem.classes:  # every VM somewhere
-        m.model.add(m.total([var for _, var in m.of_class(cls.index)]) == cls.count)
+        m.sat.equal(m.total([var for _, var in m.of_class(cls.index)]), cls.count)
     for rule in rules:
         rule.constrain(m)
     _objective(m)
@@ -112,18 +110,18 @@ def _nodes(nodes: Nodes) -> str:
 
 
 def _objective(m: FleetModel) -> None:
+    """Each level's terms weighted above everything the levels after it can add up to (the
+    constants change no choice: left out)."""
     weight = 1
-    exprs: list[cp_model.LinearExprT] = []
-    weights: list[int] = []
+    coeffs: defaultdict[int, int] = defaultdict(int)
     for level in sorted(m.terms, reverse=True):
         level_upper = 0
-        for expr, upper in m.terms[level]:
-            exprs.append(expr)
-            weights.append(weight)
-            level_upper += upper
+        for term in m.terms[level]:
+            for var, coeff in term.terms:
+                coeffs[var] += weight * coeff
+            level_upper += term.upper
         weight *= level_upper + 1
-    if exprs:
-        m.model.minimize(m.weighted(exprs, weights))
+    m.sat.objective([(var, coeff) for var, coeff in coeffs.items() if coeff])
 
 
 def _hint(m: FleetModel, layout: Mapping[str, Spot]) -> None:
@@ -136,10 +134,10 @@ def _hint(m: FleetModel, layout: Mapping[str, Spot]) -> None:
         counts[key] += 1
         for nic in spot.nics:
             counts[(*key, nic.address)] += 1
-    for key, var in m.place.items():
-        m.model.add_hint(var, counts.get(key, 0))
+    values = {var: counts.get(key, 0) for key, var in m.place.items()}
     for nic_key, var in (*m.sriov.items(), *m.whole.items()):
-        m.model.add_hint(var, min(counts.get(nic_key, 0), 1 if nic_key in m.whole else counts.get(nic_key, 0)))
+        values[var] = min(counts.get(nic_key, 0), 1 if nic_key in m.whole else counts.get(nic_key, 0))
+    m.sat.hint(values)
 
 
 # --- solving ----------------------------------------------------------------------------------
@@ -147,7 +145,7 @@ def _hint(m: FleetModel, layout: Mapping[str, Spot]) -> None:
 
 @dataclass(frozen=True)
 class Solved:
-    status: str  # "optimal", "feasible", "infeasible", "unknown" (the budget ran out first)
+    status: Status  # "optimal", "feasible", "infeasible", "unknown" (the budget ran out first)
     layout: dict[str, Spot]  # the VMs of the classes (not the fixed ones)
     levels: dict[int, int]  # objective value per level
 
@@ -156,50 +154,49 @@ class Solved:
         return self.status in ("optimal", "feasible")
 
 
-def solve(m: FleetModel, seconds: float, workers: int = 1) -> Solved:
-    """Solve within `seconds`. One worker by default: CP-SAT with one worker is deterministic
-    (the same model gives the same layout) as long as the time limit is not what stops it."""
-    solver = cp_model.CpSolver()
-    solver.parameters.max_time_in_seconds = max(seconds, 0.01)
-    solver.parameters.num_workers = workers
-    solver.parameters.random_seed = 0
-    status = solver.solve(m.model)
-    name = {
-        cp_model.OPTIMAL: "optimal",
-        cp_model.FEASIBLE: "feasible",
-        cp_model.INFEASIBLE: "infeasible",
-    }.get(status, "unknown")
-    if name not in ("optimal", "feasible"):
-        return Solved(name, {}, {})
-    if not m.terms and name == "feasible":
-        name = "optimal"  # nothing to minimise: any layout is the best
-    levels = {level: sum(int(solver.value(expr)) for expr, _ in terms) for level, terms in m.terms.items()}
-    return Solved(name, read_layout(m, solver), levels)
+# CP-SAT's second linear relaxation (cuts at every node of the search): the fleet's objective
+# hangs on counting arguments (cores per node, VFs per PF) that the LP proves far faster.
+TUNING = "linearization_level: 2"
 
 
-def read_layout(m: FleetModel, solver: cp_model.CpSolver) -> dict[str, Spot]:
+def solve(m: FleetModel, seconds: float) -> Solved:
+    """Solve within `seconds` (wall clock: the user's --time-budget). One worker: the same
+    model gives the same layout as long as the time limit is not what stops the search."""
+    status, values = m.sat.solve(max(seconds, 0.01), wall_clock=True, tuning=TUNING)
+    if status not in ("optimal", "feasible"):
+        return Solved(status, {}, {})
+    if not m.terms and status == "feasible":
+        status = "optimal"  # nothing to minimise: any layout is the best
+    levels = {
+        level: sum(term.constant + sum(values[v] * c for v, c in term.terms) for term in terms)
+        for level, terms in m.terms.items()
+    }
+    return Solved(status, read_layout(m, values), levels)
+
+
+def read_layout(m: FleetModel, values: Sequence[int]) -> dict[str, Spot]:
     """Name the counted VMs: each class's VMs in fleet order over its places in host, node and
     PF order, so the same solution always names the same VM the same way."""
     layout: dict[str, Spot] = {}
     for cls in m.problem.classes:
         names = iter(cls.names)
         for key, var in sorted(m.of_class(cls.index), key=lambda kv: (kv[0][1], kv[0][2])):
-            count = int(solver.value(var))
+            count = values[var]
             if not count:
                 continue
             host = m.problem.host(key[1])
-            for nics in _split_nics(m, solver, cls, host, key, count):
+            for nics in _split_nics(m, values, cls, host, key, count):
                 layout[next(names)] = Spot(host.name, key[2], nics)
     return layout
 
 
 def _split_nics(
-    m: FleetModel, solver: cp_model.CpSolver, cls: VmClass, host: Host, key: Key, count: int
+    m: FleetModel, values: Sequence[int], cls: VmClass, host: Host, key: Key, count: int
 ) -> list[tuple[NicAssignment, ...]]:
     nic = cls.nic
     if nic is None:
         return [() for _ in range(count)]
-    used = [(pf, int(solver.value(var)), kind) for pf, var, kind in m.nics_of(key)]
+    used = [(pf, values[var], kind) for pf, var, kind in m.nics_of(key)]
     out: list[tuple[NicAssignment, ...]] = []
     if nic.kind is NicKind.SRIOV:
         for pf, n, _ in used:
@@ -234,4 +231,4 @@ def _units(host: Host, pfs: list[str]) -> list[tuple[str, ...]]:
     return units
 
 
-__all__ = ["FleetModel", "Solved", "build", "read_layout", "solve"]
+__all__ = ["FleetModel", "Solved", "Term", "Terms", "build", "read_layout", "solve"]

@@ -18,6 +18,7 @@ can beat), so the first pass proves its layout optimal without a solver when the
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from bmslice.fleet.placement.problem import Host, Nodes, Problem, Spot, VmClass
@@ -26,6 +27,18 @@ from bmslice.model.fleet import NicAssignment
 
 if TYPE_CHECKING:  # the solver is imported only when a model is built
     from bmslice.fleet.placement.cpsat_model import FleetModel
+
+
+Terms = list[tuple[int, int]]  # a linear expression of the model: (variable, coefficient) pairs
+
+
+@dataclass(frozen=True)
+class Term:
+    """An objective rule's term in the model: the sum of `terms` plus `constant`, at most `upper`."""
+
+    terms: Terms
+    constant: int
+    upper: int
 
 
 class Rule:

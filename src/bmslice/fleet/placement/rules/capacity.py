@@ -22,8 +22,6 @@ from bmslice.model.sizes import format_mib
 from bmslice.plan.capacity import Load
 
 if TYPE_CHECKING:
-    from ortools.sat.python.cp_model import IntVar
-
     from bmslice.fleet.placement.cpsat_model import FleetModel
 
 CORES = "cores"
@@ -79,7 +77,7 @@ class Capacity(Rule):
         )
 
     def constrain(self, m: FleetModel) -> None:
-        loads: defaultdict[tuple[str, int], list[tuple[Load, IntVar]]] = defaultdict(list)
+        loads: defaultdict[tuple[str, int], list[tuple[Load, int]]] = defaultdict(list)
         for (k, host, nodes), var in m.place.items():
             for node, load in zip(nodes, m.problem.cls(k).shares, strict=True):
                 loads[(host, node)].append((load, var))
@@ -87,22 +85,20 @@ class Capacity(Rule):
             free = m.problem.host(host_name).node(node_id).free
             fixed = m.base.load[(host_name, node_id)]
             variables = [var for _, var in terms]
-            singles = fixed.singles + m.weighted(variables, [load.singles for load, _ in terms])
-            pairs = fixed.pairs + m.weighted(variables, [load.pairs for load, _ in terms])
-            memory = fixed.memory_mib + m.weighted(variables, [load.memory_mib for load, _ in terms])
+            singles = m.weighted(variables, [load.singles for load, _ in terms])
+            pairs = m.weighted(variables, [load.pairs for load, _ in terms])
             if not m.relaxed(MEMORY):
-                m.model.add(memory <= free.memory_mib)
+                memory = m.weighted(variables, [load.memory_mib for load, _ in terms])
+                m.sat.at_most(memory, free.memory_mib - fixed.memory_mib)
             if m.relaxed(CORES):
                 continue
             if free.ones == 0:
-                m.model.add(singles + pairs <= free.twos)
+                m.sat.at_most(singles + pairs, free.twos - fixed.singles - fixed.pairs)
             elif free.twos == 0:
-                m.model.add(singles + 2 * pairs <= free.ones)
+                m.sat.at_most(singles + [(v, 2 * c) for v, c in pairs], free.ones - fixed.singles - 2 * fixed.pairs)
             else:  # siblings offline: how many singles and pairs sit on one-thread cores is a choice
-                label = f"{host_name}|{node_id}"
-                on_ones = m.model.new_int_var(0, free.ones, f"singles_on_ones[{label}]")
-                pairs_on_ones = m.model.new_int_var(0, free.ones // 2, f"pairs_on_ones[{label}]")
-                m.model.add(on_ones <= singles)
-                m.model.add(pairs_on_ones <= pairs)
-                m.model.add(on_ones + 2 * pairs_on_ones <= free.ones)
-                m.model.add(singles - on_ones + pairs - pairs_on_ones <= free.twos)
+                if fixed.singles:  # the kept VMs' load, as a constant the split counts with the rest
+                    singles.append((m.sat.var(fixed.singles, fixed.singles), 1))
+                if fixed.pairs:
+                    pairs.append((m.sat.var(fixed.pairs, fixed.pairs), 1))
+                m.sat.fits(singles, pairs, [], free.twos, [], free.ones)

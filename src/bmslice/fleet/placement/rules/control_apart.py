@@ -16,8 +16,6 @@ from bmslice.fleet.placement.tally import Tally
 from bmslice.model.fleet import ControlPlanes, Role
 
 if TYPE_CHECKING:
-    from ortools.sat.python.cp_model import IntVar
-
     from bmslice.fleet.placement.cpsat_model import FleetModel
 
 RACKS = "control planes on distinct racks"
@@ -69,8 +67,8 @@ class ControlApart(Rule):
         return f"rack {host.rack} holds a {cls.cluster} control plane already (control planes on distinct racks)"
 
     def constrain(self, m: FleetModel) -> None:
-        per_host: defaultdict[tuple[str, str], list[IntVar]] = defaultdict(list)
-        per_rack: defaultdict[tuple[str, str], list[IntVar]] = defaultdict(list)
+        per_host: defaultdict[tuple[str, str], list[int]] = defaultdict(list)
+        per_rack: defaultdict[tuple[str, str], list[int]] = defaultdict(list)
         for (k, host, _nodes), var in m.place.items():
             cls = m.problem.cls(k)
             if cls.role is Role.CONTROL and apart(m.problem, cls.cluster):
@@ -79,10 +77,10 @@ class ControlApart(Rule):
                     per_rack[(cls.cluster, m.problem.host(host).rack)].append(var)
         if not m.relaxed(self.name):
             for (cluster, host), variables in per_host.items():
-                m.model.add(m.total(variables) <= 1 - m.base.per_host[(host, cluster, Role.CONTROL)])
+                m.sat.at_most(m.total(variables), 1 - m.base.per_host[(host, cluster, Role.CONTROL)])
         if not m.relaxed(RACKS):
             for (cluster, rack), variables in per_rack.items():
-                m.model.add(m.total(variables) <= 1 - m.base.per_rack[(cluster, Role.CONTROL, rack)])
+                m.sat.at_most(m.total(variables), 1 - m.base.per_rack[(cluster, Role.CONTROL, rack)])
 
 
 def _stacked(problem: Problem, base: Tally, cluster: str) -> str | None:

@@ -18,10 +18,9 @@ from bmslice.fleet.placement.problem import Host, Nodes, VmClass
 from bmslice.fleet.placement.rules.base import Rule
 from bmslice.fleet.placement.tally import Item, Tally
 from bmslice.model.fleet import NicAssignment
+from bmslice.plan.sat_model import negated
 
 if TYPE_CHECKING:
-    from ortools.sat.python.cp_model import IntVar
-
     from bmslice.fleet.placement.cpsat_model import FleetModel
 
 NAME = "host planner"
@@ -93,18 +92,18 @@ class HostPlanner(Rule):
                         break
                     present.append(literal)
                 if possible:
-                    m.model.add_bool_or([lit.Not() for lit in present])
+                    m.sat.literals("bool_or", [negated(lit) for lit in present])
 
 
-def _present(m: FleetModel, key: tuple[int, str, Nodes], pfs: tuple[str, ...], times: int) -> IntVar | None:
+def _present(m: FleetModel, key: tuple[int, str, Nodes], pfs: tuple[str, ...], times: int) -> int | None:
     """A literal that is true whenever `times` VMs of class k are on these nodes with these PFs."""
-    found = [m.place.get(key)] if not pfs else [m.sriov.get((*key, pf)) or m.whole.get((*key, pf)) for pf in pfs]
+    found = [m.place.get(key)] if not pfs else [m.sriov.get((*key, pf), m.whole.get((*key, pf))) for pf in pfs]
     variables = [v for v in found if v is not None]
     if not variables or len(variables) != len(found):
         return None
-    literal = m.model.new_bool_var(f"no_good[{key[1]}|{key[0]}]")
+    literal = m.sat.var(0, 1, f"no_good[{key[1]}|{key[0]}]")
     if len(variables) == 1:
-        m.model.add(variables[0] <= times - 1).only_enforce_if(literal.Not())
+        m.sat.at_most([(variables[0], 1)], times - 1, enforce=[negated(literal)])
     else:  # whole PFs: each given once, so all of them to the class on these nodes
-        m.model.add_bool_or([v.Not() for v in variables]).only_enforce_if(literal.Not())
+        m.sat.literals("bool_or", [negated(v) for v in variables], enforce=[negated(literal)])
     return literal

@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
 from bmslice.fleet.placement.problem import Nodes, Problem, Spot
-from bmslice.fleet.placement.rules.base import ObjectiveRule
+from bmslice.fleet.placement.rules.base import ObjectiveRule, Term
 from bmslice.fleet.placement.tally import Tally
 from bmslice.model.fleet import NicAssignment, NicKind
 
@@ -70,4 +70,4 @@ class NicLocality(ObjectiveRule):
                 terms.append(var)
                 upper += m.upper[(k, host, nodes)]
         if terms:
-            m.terms[self.level].append((m.total(terms), upper))
+            m.terms[self.level].append(Term(m.total(terms), 0, upper))

@@ -11,8 +11,6 @@ from bmslice.fleet.placement.tally import Tally
 from bmslice.model.fleet import Role
 
 if TYPE_CHECKING:
-    from ortools.sat.python.cp_model import IntVar
-
     from bmslice.fleet.placement.cpsat_model import FleetModel
 
 
@@ -64,10 +62,10 @@ class MaxPerHost(Rule):
         if m.relaxed(self.name):
             return
         for host in m.problem.hosts:
-            groups: dict[tuple[str, Role], list[IntVar]] = {}
+            groups: dict[tuple[str, Role], list[int]] = {}
             for (k, _h, _nodes), var in m.on_host(host.name):
                 cls = m.problem.cls(k)
                 groups.setdefault((cls.cluster, cls.role), []).append(var)
             for (cluster, role), variables in groups.items():
                 room = limit(m.problem, cluster) - m.base.per_host[(host.name, cluster, role)]
-                m.model.add(m.total(variables) <= room)
+                m.sat.at_most(m.total(variables), room)

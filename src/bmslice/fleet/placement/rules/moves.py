@@ -8,7 +8,7 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
 from bmslice.fleet.placement.problem import Problem, Spot, VmClass
-from bmslice.fleet.placement.rules.base import ObjectiveRule
+from bmslice.fleet.placement.rules.base import ObjectiveRule, Term
 from bmslice.model.fleet import NicKind
 
 if TYPE_CHECKING:
@@ -49,15 +49,15 @@ class Moves(ObjectiveRule):
             var = m.place.get((cls.index, kept.host, kept.nodes)) if kept is not None else None
             if var is None or kept is None:
                 continue  # cannot stay: it moves whatever the layout
-            stay = m.model.new_bool_var(f"stays[{cls.names[0]}]")
-            m.model.add(var == 1).only_enforce_if(stay)
+            stay = m.sat.var(0, 1, f"stays[{cls.names[0]}]")
+            m.sat.equal([(var, 1)], 1, enforce=[stay])
             key = (cls.index, kept.host, kept.nodes)
             for nic in kept.nics:
                 nic_vars = m.whole if nic.kind is NicKind.PASSTHROUGH else m.sriov
                 nic_var = nic_vars.get((*key, nic.address))
                 if nic_var is None:
-                    m.model.add_bool_or([stay.Not()])  # its NICs are gone: it cannot stay
+                    m.sat.equal([(stay, 1)], 0)  # its NICs are gone: it cannot stay
                 else:
-                    m.model.add(nic_var == 1).only_enforce_if(stay)
+                    m.sat.equal([(nic_var, 1)], 1, enforce=[stay])
             stay_vars.append(stay)
-        m.terms[self.level].append((len(movers) - m.total(stay_vars), len(movers)))
+        m.terms[self.level].append(Term([(stay, -1) for stay in stay_vars], len(movers), len(movers)))

@@ -18,8 +18,6 @@ from bmslice.fleet.placement.tally import Tally
 from bmslice.model.fleet import ANY, NicAssignment, NicKind, NicRequest
 
 if TYPE_CHECKING:
-    from ortools.sat.python.cp_model import IntVar
-
     from bmslice.fleet.placement.cpsat_model import FleetModel
 
 VFS = "VFs"
@@ -121,8 +119,7 @@ class Nics(Rule):
     def shortfall(self, tally: Tally, cls: VmClass, host: Host) -> str | None:
         want = cls.nic
         if want is None or any(
-            next(options(tally, host, want, nodes, cls.vlan), None) is not None
-            for nodes in cls.slots(host)
+            next(options(tally, host, want, nodes, cls.vlan), None) is not None for nodes in cls.slots(host)
         ):
             return None
         named = [pf for pf in host.pfs if pf.matches(want.pf)]
@@ -139,8 +136,8 @@ class Nics(Rule):
         return f"free VFs per NIC: {vfs}; needs {want.count} on one NIC"
 
     def constrain(self, m: FleetModel) -> None:
-        whole_of: defaultdict[tuple[str, str], list[IntVar]] = defaultdict(list)
-        vfs_of: defaultdict[tuple[str, str], list[tuple[IntVar, int, int]]] = defaultdict(list)  # var, VFs, most
+        whole_of: defaultdict[tuple[str, str], list[int]] = defaultdict(list)
+        vfs_of: defaultdict[tuple[str, str], list[tuple[int, int, int]]] = defaultdict(list)  # var, VFs, most
         for key, var in sorted(m.place.items()):
             k, host_name, nodes = key
             cls = m.problem.cls(k)
@@ -159,11 +156,11 @@ class Nics(Rule):
                 ]
                 takes = []
                 for pf in pfs:
-                    z = m.model.new_int_var(0, upper, f"vfs_from[{label}|{pf.name}]")
+                    z = m.sat.var(0, upper, f"vfs_from[{label}|{pf.name}]")
                     m.sriov[(*key, pf.address)] = z
                     vfs_of[(host_name, pf.address)].append((z, want.count, upper))
                     takes.append(z)
-                m.model.add(m.total(takes) == var)
+                m.sat.equal([*m.total(takes), (var, -1)], 0)
                 continue
             relaxed = m.relaxed(WHOLE)
             pfs = [
@@ -177,24 +174,24 @@ class Nics(Rule):
             ]
             given = {}
             for pf in pfs:
-                w = m.model.new_int_var(0, upper if relaxed else 1, f"whole[{label}|{pf.name}]")
+                w = m.sat.var(0, upper if relaxed else 1, f"whole[{label}|{pf.name}]")
                 if relaxed:
-                    m.model.add(w <= var)
+                    m.sat.at_most([(w, 1), (var, -1)], 0)
                 m.whole[(*key, pf.address)] = w
                 whole_of[(host_name, pf.address)].append(w)
                 given[pf.address] = w
-            m.model.add(m.total(list(given.values())) == want.count * var)
+            m.sat.equal([*m.total(list(given.values())), (var, -want.count)], 0)
             for pf in pfs:
                 for mate in pf.mates:
                     if mate in given:
-                        m.model.add(given[pf.address] == given[mate])
+                        m.sat.equal([(given[pf.address], 1), (given[mate], -1)], 0)
         m.index_nics()
         for host in m.problem.hosts:
             for pf in host.pfs:
                 whole = whole_of.get((host.name, pf.address), [])
                 vfs = vfs_of.get((host.name, pf.address), [])
                 if whole and not m.relaxed(WHOLE):
-                    m.model.add(m.total(whole) <= 1)
+                    m.sat.at_most(m.total(whole), 1)
                 if not vfs:
                     continue
                 cap = m.base.vfs_left(host, pf.address)
@@ -202,6 +199,6 @@ class Nics(Rule):
                     cap = sum(count * most for _, count, most in vfs)
                 taken = m.weighted([z for z, _, _ in vfs], [count for _, count, _ in vfs])
                 if whole and not m.relaxed(WHOLE):  # a PF passed through whole gives no VFs
-                    m.model.add(taken + cap * m.total(whole) <= cap)
+                    m.sat.at_most(taken + [(w, cap) for w in whole], cap)
                 else:
-                    m.model.add(taken <= cap)
+                    m.sat.at_most(taken, cap)

@@ -15,15 +15,13 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
 from bmslice.fleet.placement.problem import Problem, Spot, VmClass
-from bmslice.fleet.placement.rules.base import ObjectiveRule
+from bmslice.fleet.placement.rules.base import ObjectiveRule, Term
 from bmslice.fleet.placement.rules.control_apart import apart, racks_apart
 from bmslice.fleet.placement.tally import Tally
 from bmslice.model.fleet import RackSpread as Spread
 from bmslice.model.fleet import Role
 
 if TYPE_CHECKING:
-    from ortools.sat.python.cp_model import IntVar
-
     from bmslice.fleet.placement.cpsat_model import FleetModel
 
 
@@ -58,7 +56,7 @@ class RackSpread(ObjectiveRule):
         return fixed + sum(n * n for n in counts.values())
 
     def constrain(self, m: FleetModel) -> None:
-        by_rack: defaultdict[tuple[str, Role, str], list[tuple[IntVar, int]]] = defaultdict(list)
+        by_rack: defaultdict[tuple[str, Role, str], list[tuple[int, int]]] = defaultdict(list)
         for key, var in m.place.items():
             cls = m.problem.cls(key[0])
             if spread(m.problem, cls.cluster):
@@ -69,13 +67,12 @@ class RackSpread(ObjectiveRule):
             most = min(wanted, sum(upper for _, upper in terms))
             # n^2 as have^2 plus one step per VM added, each step dearer than the one before:
             # the least-cost way to count n VMs takes the cheap steps first, so it is exact.
-            steps = [m.model.new_bool_var(f"rack_step[{cluster}|{role.value}|{rack}|{i}]") for i in range(most)]
-            m.model.add(m.total([var for var, _ in terms]) == m.total(steps))
+            steps = [m.sat.var(0, 1, f"rack_step[{cluster}|{role.value}|{rack}|{i}]") for i in range(most)]
+            m.sat.equal(m.total([var for var, _ in terms]) + [(step, -1) for step in steps], 0)
             for before, after in itertools.pairwise(steps):
-                m.model.add_implication(after, before)
-            square = have * have + m.weighted(steps, [2 * (have + i) + 1 for i in range(len(steps))])
-            upper = (have + most) ** 2
-            m.terms[self.level].append((square, upper))
+                m.sat.literals("bool_or", [before], enforce=[after])
+            square = m.weighted(steps, [2 * (have + i) + 1 for i in range(len(steps))])
+            m.terms[self.level].append(Term(square, have * have, (have + most) ** 2))
 
 
 def targets(problem: Problem, base: Tally) -> dict[tuple[str, Role, str], int]:

@@ -60,9 +60,18 @@ def recorded_plan(live: LiveDomain) -> VmPlan | None:
         raise ApplyError(f"{live.name}: its bmslice metadata is unreadable; destroy and re-apply it") from None
 
 
-def load_context(spec: Spec, origin: str, uri: str, conn: Any, host_root: Path | None, allow_move: bool) -> Context:
-    """Everything read about the host through `conn` (the caller's, open for the whole run)."""
-    topology = discover(uri, host_root)
+def load_context(
+    spec: Spec,
+    origin: str,
+    uri: str,
+    conn: Any,
+    host_root: Path | None,
+    allow_move: bool,
+    topology: HostTopology | None = None,
+) -> Context:
+    """Everything read about the host through `conn` (the caller's, open for the whole run);
+    `topology`: the host as the caller already read it (the exporter reads it once)."""
+    topology = topology or discover(uri, host_root)
     live = managed_domains(conn)
     recorded = {name: old for name, dom in live.items() if (old := recorded_plan(dom)) is not None}
     names = {vm.name for vm in spec.vms}

@@ -13,10 +13,10 @@ import sys
 from collections.abc import Sequence
 
 from bmslice import __version__
-from bmslice.cli import fleet_cmd, host_cmds, lab_cmd, lifecycle_cmds, show_cmd, slice_cmds
+from bmslice.cli import capacity_cmd, fleet_cmd, host_cmds, lab_cmd, lifecycle_cmds, metrics_cmd, show_cmd, slice_cmds
 from bmslice.cli.common import Parser, run
 
-COMMAND_MODULES = (slice_cmds, lifecycle_cmds, host_cmds, show_cmd, fleet_cmd, lab_cmd)
+COMMAND_MODULES = (slice_cmds, lifecycle_cmds, host_cmds, capacity_cmd, metrics_cmd, show_cmd, fleet_cmd, lab_cmd)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -158,6 +158,39 @@ def read_irqs(fs: FsRoot) -> tuple[Irq, ...]:
     return tuple(read_irq(fs, n) for n in numbers)
 
 
+def parse_interrupts(text: str, cpus: CpuSet) -> dict[int, int]:
+    """Device interrupts (numbered IRQ lines) each of `cpus` has serviced, from /proc/interrupts.
+
+    The header names the columns (online CPUs only: "CPU0 CPU2" when CPU 1 is offline);
+    per-CPU event lines (LOC, RES, CAL, TLB, NMI ...) are not device interrupts and are left out.
+
+    >>> parse_interrupts("           CPU0       CPU1\\n  24:   5   7  PCI-MSI eth0\\nLOC:   9   9  Local timer\\n",
+    ...                  CpuSet.of(1))
+    {1: 7}
+    """
+    lines = text.splitlines()
+    if not lines:
+        return {}
+    columns = [int(name[3:]) for name in lines[0].split() if name.startswith("CPU") and name[3:].isdigit()]
+    wanted = [(i, cpu) for i, cpu in enumerate(columns) if cpu in cpus]
+    counts = dict.fromkeys((cpu for _, cpu in wanted), 0)
+    for line in lines[1:]:
+        label, sep, rest = line.partition(":")
+        if not sep or not label.strip().isdigit():
+            continue
+        fields = rest.split(None, len(columns))
+        for i, cpu in wanted:
+            if i < len(fields) and fields[i].isdigit():
+                counts[cpu] += int(fields[i])
+    return counts
+
+
+def read_interrupts(fs: FsRoot, cpus: CpuSet) -> dict[int, int] | None:
+    """parse_interrupts of proc/interrupts; None when there is no such file."""
+    text = fs.read("proc/interrupts")
+    return parse_interrupts(text, cpus) if text is not None else None
+
+
 # --- processes and threads ------------------------------------------------------------
 
 

@@ -35,6 +35,7 @@ from bmslice.render.host_files import (
     SysfsSetting,
     grubby_command,
 )
+from bmslice.render.exporter_unit import EXPORTER_UNIT, EXPORTER_UNIT_PATH
 from bmslice.render.sriov_files import EXECUTABLES, HOOK_RELOAD, VF_HOOK_PATH
 from bmslice.render.systemd_units import LIBVIRT_UNITS, UNIT_DIR
 from bmslice.topology.fsroot import FsRoot
@@ -208,8 +209,10 @@ def apply_host(
     root: Path,
     dry_run: bool = False,
     distro: Distro = Distro.UNKNOWN,
+    record_reboot: bool = True,
 ) -> HostApplyResult:
-    """Place `files` and `settings` below `root`; record or clear "reboot pending".
+    """Place `files` and `settings` below `root`; record or clear "reboot pending" (unless
+    `record_reboot` is False: a run that places only some files, such as the exporter's unit).
 
     `distro` (the host's, from its os-release) names the command that rebuilds its initramfs.
 
@@ -226,14 +229,14 @@ def apply_host(
     result.reboot_pending = plan.host.missing_kernel_args
     if dry_run:
         try:
-            _run_all(_Run(fs, result), plan, files, settings)
+            _run_all(_Run(fs, result), plan, files, settings, record_reboot)
         except OSError as exc:
             raise ApplyError(f"host-apply --dry-run: {_reason(exc, root)}") from None
     else:
         with host_lock(f"host-root:{root.resolve()}"):
             run = _Run(fs, result)
             try:
-                _run_all(run, plan, files, settings)
+                _run_all(run, plan, files, settings, record_reboot)
             except (OSError, BmsliceError) as exc:
                 problems = run.undo.run()
                 tail = f"; could not put back: {'; '.join(problems)}" if problems else "; nothing was left changed"
@@ -246,11 +249,15 @@ def _reason(exc: OSError | BmsliceError, root: Path) -> str:
     return str(exc) if isinstance(exc, BmsliceError) else f"{exc.filename or root}: {exc.strerror or exc}"
 
 
-def _run_all(run: _Run, plan: Plan, files: Mapping[str, str], settings: Sequence[SysfsSetting]) -> None:
+def _run_all(
+    run: _Run, plan: Plan, files: Mapping[str, str], settings: Sequence[SysfsSetting], record_reboot: bool
+) -> None:
     for rel, text in files.items():
         run.place(rel, text)
     for setting in settings:
         run.set(setting)
+    if not record_reboot:
+        return
     if plan.host.missing_kernel_args:
         run.place(REBOOT_PENDING, reboot_note(plan))
     else:
@@ -268,7 +275,13 @@ def _next_steps(plan: Plan, result: HostApplyResult, distro: Distro, mounts: dic
         result.next_steps.append(
             "run `systemctl daemon-reload` (slice CPU limits, CPUAffinity, irqbalance drop-in, boot-time hugepages)"
         )
+    if any(p.startswith("etc/systemd/") and p != EXPORTER_UNIT_PATH for p in touched):
         result.next_steps.append("run `systemctl try-restart irqbalance.service` (new ban list)")
+    if EXPORTER_UNIT_PATH in touched:
+        result.next_steps.append(
+            f"run `systemctl enable --now {EXPORTER_UNIT}` to serve the metrics (or `systemctl try-restart "
+            f"{EXPORTER_UNIT}` if it runs)"
+        )
     gig_mounted = mounts is not None and bool(mounts.get(GIB_KIB))
     if f"{UNIT_DIR}/{GIG_MOUNT_UNIT}" in touched and not gig_mounted:
         result.next_steps.append(

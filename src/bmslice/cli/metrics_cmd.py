@@ -54,7 +54,8 @@ def cmd_metrics(args: argparse.Namespace) -> int:
 
 def cmd_exporter(args: argparse.Namespace) -> int:
     from bmslice.metrics.collectors import registry_for
-    from bmslice.metrics.serve import parse_listen, pin_to, serve
+    from bmslice.metrics.serve import pin_to, serve
+    from bmslice.model.listen import parse_listen
 
     address, port = parse_listen(args.listen)  # before anything is read: a bad address changes nothing
     host = _watched(args)

@@ -1,10 +1,11 @@
 """`bmslice capacity SPEC`: how many more VMs of each shape fit beside the running slices, where, and
 what runs out first.
 
-    bmslice capacity SPEC [--host-root DIR | --connect URI | --hwloc FILE] [--vm VCPUS:MEMORY[:NICS]]... [--json]
+    bmslice capacity SPEC [--host-root DIR | --hwloc FILE] [--connect URI] [--vm VCPUS:MEMORY[:NICS]]... [--json]
 
-Through --connect the slices libvirt runs stay where they are (their recorded plans); from a
-host tree or hwloc file the spec's own plan stands for them. The planner answers (plan/room.py).
+Through --connect the slices libvirt runs stay where they are (their recorded plans; with
+--host-root, a tree stands for the host as `verify` reads it); without it the spec's own plan
+stands for them. The planner answers (plan/room.py).
 """
 
 from __future__ import annotations
@@ -16,7 +17,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from bmslice.cli.common import EXIT_OK, print_json, run, standalone_parser
-from bmslice.cli.sources import add_source_args, read_topology
+from bmslice.cli.sources import read_topology
+from bmslice.errors import SpecError
 
 if TYPE_CHECKING:
     from bmslice.model.plan import Plan
@@ -32,12 +34,14 @@ def base_plan(args: argparse.Namespace, spec: Spec) -> tuple[HostTopology, Plan]
     from bmslice.plan.planner import make_plan
 
     origin = str(args.spec)
-    if getattr(args, "connect", None):
+    if args.connect:
         from bmslice.apply.context import load_context
         from bmslice.apply.libvirt_conn import connected, libvirt_errors
 
+        if args.hwloc is not None:
+            raise SpecError("--connect reads the running slices from libvirt; give --host-root or nothing with it")
         with libvirt_errors(args.connect), connected(args.connect) as conn:
-            ctx = load_context(spec, origin, args.connect, conn, None, allow_move=False)
+            ctx = load_context(spec, origin, args.connect, conn, args.host_root, allow_move=False)
         return ctx.topology, ctx.plan
     topo = read_topology(args)
     return topo, make_plan(topo, spec, origin=origin)
@@ -105,7 +109,12 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
         "capacity", help="how many more VMs of each shape fit beside the running slices, where, and what runs out first"
     )
     capacity.add_argument("spec", type=Path, metavar="SPEC")
-    add_source_args(capacity)
+    source = capacity.add_mutually_exclusive_group()
+    source.add_argument("--host-root", type=Path, metavar="DIR", help="read DIR/sys and DIR/proc (default /)")
+    source.add_argument("--hwloc", type=Path, metavar="FILE", help="read an `lstopo --of xml` file")
+    capacity.add_argument(
+        "--connect", metavar="URI", help="keep the slices libvirt runs there where they are (e.g. qemu:///system)"
+    )
     capacity.add_argument(
         "--vm",
         action="append",

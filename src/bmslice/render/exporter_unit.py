@@ -77,6 +77,7 @@ def exporter_unit(plan: Plan, unit: ExporterUnit) -> str:
         "ProtectKernelLogs=yes\n"
         "ProtectControlGroups=yes\n"
         "ProtectClock=yes\n"
+        "PrivateMounts=yes\n"
         "ProtectHostname=yes\n"
         "NoNewPrivileges=yes\n"
         "RestrictNamespaces=yes\n"

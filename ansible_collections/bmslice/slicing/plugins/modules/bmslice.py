@@ -350,20 +350,23 @@ def _destroy(runner, params, result, check_mode, spec):
 
 
 def _exporter(runner, params, result, check_mode, spec):
-    """Place the exporter's unit (host-apply --only exporter), then enable and start it, or stop and disable it."""
+    """Place the exporter's unit (host-apply --only exporter), then enable and start it; or stop and disable it
+    (the unit file stays)."""
     root = params["host_root"]
-    args = ["host-apply", spec, "--only", "exporter", "--exporter-listen", params["exporter_listen"]]
-    args += ["--exporter-command", runner.command, "--host-root", root or "/"]
-    if check_mode:
-        args.append("--dry-run")
-    out = runner.must(args, result)[1]
-    placed = [line.strip() for line in out.splitlines() if line.startswith("  ")]
+    want = params["exporter_enabled"]
+    placed = []
+    if want:
+        args = ["host-apply", spec, "--only", "exporter", "--exporter-listen", params["exporter_listen"]]
+        args += ["--exporter-command", runner.command, "--host-root", root or "/"]
+        if check_mode:
+            args.append("--dry-run")
+        out = runner.must(args, result)[1]
+        placed = [line.strip() for line in out.splitlines() if line.startswith("  ")]
     result["steps"] = placed
     systemctl = runner.module.get_bin_path("systemctl", required=True)
     where = ["--root", root] if root else []  # a tree: enable there, start nothing
     rc, now, _ = runner.run_tool([systemctl, *where, "is-enabled", EXPORTER_UNIT])
     enabled = rc == 0 and now.strip() == "enabled"
-    want = params["exporter_enabled"]
     verb = "enable" if want else "disable"
     if want != enabled:
         result["steps"].append(f"{verb} {EXPORTER_UNIT}")

@@ -191,3 +191,28 @@ def test_a_bad_shape_is_one_line(value: str, message: str, capsys: pytest.Captur
     assert capacity_cmd.main(["capacity", *SERVER1, "--vm", value]) == 2
     out, err = capsys.readouterr()
     assert out == "" and err.startswith(message) and err.count("\n") == 1, err
+
+
+def test_the_picture_and_the_report_show_each_nodes_room(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from lxml import html
+
+    from bmslice.cli import show_cmd
+
+    args = ["tests/data/server1-kernel4.15-vfs.yaml", "--host-root", "tests/data/trees/server1-kernel4.15"]
+    assert show_cmd.main(["show", *args]) == 0
+    out = capsys.readouterr().out
+    # A, B, C: Red, Blue, Green; node 1 has one core left, room for one more Green
+    assert "│ room: 0 free cores, 18GiB · more fit here: A 0, B 0, C 0" in out
+    assert "│ room: 1 free core, 22GiB · more fit here: A 0, B 0, C 1" in out
+    assert "room: 1 more C fit on the host; runs out first: cores\n" in out
+    assert "room: 0 more sets of one of each VM fit on the host; runs out first: cores\n" in out
+
+    report = tmp_path / "report.html"
+    assert show_cmd.main(["show", *args, "--html", str(report)]) == 0
+    page = html.fromstring(report.read_bytes())
+    assert [h.text for h in page.iter("h2")][-2:] == ["Free room", "Pins"]
+    rows = [[td.text_content() for td in tr.iter("td")] for tr in page.find_class("room")[0].iter("tr")][1:]
+    assert rows == [["0", "0", "18GiB", "A 0, B 0, C 0"], ["1", "1", "22GiB", "A 0, B 0, C 1"]]
+    shapes = [[td.text_content() for td in tr.iter("td")] for tr in page.find_class("shapes")[0].iter("tr")][1:]
+    assert shapes[2][:3] == ["C (Green_k8s_cluster_worker1)", "1", "cores"]
+    assert shapes[3][:2] == ["one of each VM", "0"]

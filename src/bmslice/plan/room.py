@@ -25,7 +25,7 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, TypeVar
 
 from bmslice.cpuset import CpuSet
 from bmslice.errors import PlanError
@@ -37,6 +37,7 @@ from bmslice.plan.devices import ResolvedNic, VfRequest, check_nics, resolve_vf_
 from bmslice.plan.host import reserved_cores
 from bmslice.plan.planner import make_plan
 
+T = TypeVar("T")
 MIX = "mix"  # the shape made of one copy of every other shape
 # Resources a relief may free, in the order reports name them.
 CORES, MEMORY, WHOLE_NICS, VFS, LOCALITY = "cores", "memory", "whole NICs", "VFs", "NIC locality"
@@ -159,16 +160,21 @@ def asked_shapes(asked: Sequence[VmShape]) -> tuple[Shape, ...]:
 # --- NICs a copy may take ---------------------------------------------------------------
 
 
-def usable_pfs(topo: HostTopology, spec: Spec, base: Plan, origin: str, vfs: bool) -> tuple[PciDevice, ...]:
+def usable_pfs(
+    topo: HostTopology, spec: Spec, base: Plan, origin: str, vfs: bool, cabled: frozenset[str] | None = None
+) -> tuple[PciDevice, ...]:
     """Network PFs the planner would let a new VM have: free whole NICs (`vfs=False`), or SR-IOV
     PFs that may give it VFs (`vfs=True`); the planner's own device checks decide (management
-    NIC, bond or bridge member, IOMMU group, VFs already enabled)."""
+    NIC, bond or bridge member, IOMMU group, VFs already enabled). `cabled`: only the NICs of these
+    interface names (a fleet's inventory lists where each host's NICs are cabled)."""
     whole = {d.address for vm in base.vms for d in vm.devices if d.type == "passthrough"}
     vf_pfs = {d.pf for vm in base.vms for d in vm.devices if d.type == "vf"}
     pools = set(resolve_vf_pools(topo, spec.host, origin))
     out = []
     for dev in topo.pci_devices:
         if not dev.is_network or dev.physfn is not None or dev.address in whole:
+            continue
+        if cabled is not None and cabled.isdisjoint(dev.interfaces):
             continue
         if vfs and dev.sriov_totalvfs <= 0:
             continue
@@ -275,9 +281,11 @@ class _Host:
         return copies.text if isinstance(copies, _Shortage) else self.plan(copies)
 
 
-def _most(attempt: Callable[[int], Plan | str], base: Plan, bound: int) -> tuple[int, Plan, str]:
-    """The largest n that `attempt` plans, its plan, and the refusal of n + 1 (n <= bound is
-    only where the search starts: a loose bound is found out and passed)."""
+def largest(attempt: Callable[[int], T | str], base: T, bound: int) -> tuple[int, T, str]:
+    """The largest n that `attempt` accepts (a result, else the refusal text), its result, and the
+    refusal of n + 1; `base` is the result for 0. Acceptance must be monotone (n + 1 accepted means
+    n is), as the planner's is. `bound` is where the search starts: the bound + 1 is asked first, and
+    a bound found loose is passed by doubling."""
     good, good_plan = 0, base
     bad, refusal = bound + 1, ""
     while True:
@@ -430,7 +438,7 @@ def _pages(topo: HostTopology, vms: Sequence[VmPlan]) -> tuple[PagesNeed, ...]:
 
 
 def _shape_room(host: _Host, shape: Shape, base: Plan, free: Sequence[NodeRoom]) -> ShapeRoom:
-    more, plan, refusal = _most(lambda n: host.attempt(shape.templates, n), base, _bound(host, shape.templates, free))
+    more, plan, refusal = largest(lambda n: host.attempt(shape.templates, n), base, _bound(host, shape.templates, free))
     names = {f"{t.vm.name}+{i}" for t in shape.templates for i in range(1, more + 1)}
     vms = tuple(vm for vm in plan.vms if vm.name in names)
     return ShapeRoom(shape.name, more, vms, refusal, _limits(host, shape.templates, more + 1), _pages(host.topo, vms))
@@ -442,21 +450,27 @@ def _node_fits(host: _Host, shapes: Sequence[Shape], base: Plan, free: NodeRoom)
         if shape.name == MIX or any(t.vm.numa_nodes > 1 for t in shape.templates):
             continue  # a node's room is for VMs that live on one node
         bound = _bound(host, shape.templates, [free])
-        count = _most(lambda n, s=shape: host.attempt(s.templates, n, free.node), base, bound)[0]
+        count = largest(lambda n, s=shape: host.attempt(s.templates, n, free.node), base, bound)[0]
         out.append((shape.name, count))
     return tuple(out)
 
 
 def free_room(
-    topo: HostTopology, spec: Spec, base: Plan, shapes: Sequence[Shape], origin: str, per_node: bool = False
+    topo: HostTopology,
+    spec: Spec,
+    base: Plan,
+    shapes: Sequence[Shape],
+    origin: str,
+    per_node: bool = False,
+    cabled: frozenset[str] | None = None,
 ) -> Room:
     """How many more of each shape fit beside every VM of `base` (kept where they are): the
     planner's answer, with where the copies go and what runs out first; `per_node`: also how
-    many of each one-node shape each node takes alone."""
-    vf_nics = tuple(dev.address for dev in usable_pfs(topo, spec, base, origin, vfs=True))
+    many of each one-node shape each node takes alone; `cabled`: copies take only these NICs."""
+    vf_nics = tuple(dev.address for dev in usable_pfs(topo, spec, base, origin, vfs=True, cabled=cabled))
     named = {ref for shape in shapes for t in shape.templates for nic in t.vm.nics if nic.sriov for ref in nic.sriov.pf}
     # Whole NICs a VF entry may use go last: handed out whole they could give it no VF.
-    whole = _in_turn(usable_pfs(topo, spec, base, origin, vfs=False), avoid={*vf_nics, *named})
+    whole = _in_turn(usable_pfs(topo, spec, base, origin, vfs=False, cabled=cabled), avoid={*vf_nics, *named})
     host = _Host(topo, spec, base.vms, origin, whole, vf_nics)
     free = node_free(topo, spec, base)
     rooms = tuple(_shape_room(host, shape, base, free) for shape in shapes)

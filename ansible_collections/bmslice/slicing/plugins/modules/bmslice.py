@@ -365,7 +365,7 @@ def _exporter(runner, params, result, check_mode, spec):
     result["steps"] = placed
     systemctl = runner.module.get_bin_path("systemctl", required=True)
     where = ["--root", root] if root else []  # a tree: enable there, start nothing
-    rc, now, _ = runner.run_tool([systemctl, *where, "is-enabled", EXPORTER_UNIT])
+    rc, now = runner.run_tool([systemctl, *where, "is-enabled", EXPORTER_UNIT])[:2]
     enabled = rc == 0 and now.strip() == "enabled"
     verb = "enable" if want else "disable"
     if want != enabled:

@@ -9,14 +9,13 @@ interrupts the cores it watches defeats itself):
 - **slices** (libvirt, like `bmslice verify`): libvirtd's own state of each domain (XML, pin
   info, IOThread info); a running QEMU is asked only through its monitor, which its emulator
   thread serves on the slice's emulator core, never on a vCPU. The QEMU threads' CPUs from
-  /proc/<pid>/task/<tid>/status and stat: task fields, no IPI. VF settings through netlink
-  (RTM_GETLINK from the PF's driver). The per-thread stat is read, not /proc/<pid>/stat of
-  the process: a whole-process stat sums its running threads' CPU time under their CPUs'
-  run-queue locks.
-- **isolation** (like `bmslice audit`): /proc/<pid>/task/<tid>/status and stat of every
-  thread, /proc/irq/<n>/effective_affinity_list and smp_affinity_list (the IRQ descriptors'
-  masks), /proc/interrupts (per-CPU counters read from memory, no IPI), and the kernel's
-  isolated and nohz_full lists in sysfs (static).
+  /proc/<pid>/task/<tid>/status and stat: fields of the task, no IPI. VF settings through
+  netlink (RTM_GETLINK from the PF's driver).
+- **isolation** (like `bmslice audit`): /proc/<pid>/task/<tid>/status of every thread, and of
+  a process that may run on an isolated CPU its cmdline, stat and exe link;
+  /proc/irq/<n>/effective_affinity_list and smp_affinity_list (the IRQ descriptors' masks),
+  /proc/interrupts (per-CPU counters read from memory, no IPI), and the kernel's isolated and
+  nohz_full lists in sysfs (static).
 - **hugepages**: /sys/devices/system/node/node<n>/hugepages/*/{nr,free}_hugepages, counters
   of the hugetlb pools.
 - **capacity**: the planner, pure; asked again only when the slices libvirt runs change.
@@ -113,7 +112,7 @@ class WatchedHost:
             return None
         plan = self.plan
         fs = FsRoot(self.procfs)  # a fresh one: the live /proc changes between scrapes
-        report = audit(plan, self.topology, read_runtime(fs))
+        report = audit(plan, self.topology, read_runtime(fs, watch=plan.host.isolated_cpus))
         return Isolation(report, plan.host.isolated_cpus, read_interrupts(fs, plan.host.isolated_cpus) or {})
 
     def room(self) -> Room:

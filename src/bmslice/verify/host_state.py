@@ -234,8 +234,10 @@ def kthread_evidence(
     return ""
 
 
-def _task(fs: FsRoot, rel: str, tid: int) -> ThreadAffinity | None:
-    text = fs.read(f"{rel}/status")
+def _task(fs: FsRoot, rel: str, tid: int, scheduling: bool, text: str | None = None) -> ThreadAffinity | None:
+    """One thread from its status (`text`: already read) and, with `scheduling`, its stat. A thread's
+    own status is read even for the main thread: a zombie main thread is one, whatever the process says."""
+    text = text if text is not None else fs.read(f"{rel}/status")
     if text is None:
         return None  # the thread ended while we looked
     status = parse_status(text)
@@ -245,32 +247,50 @@ def _task(fs: FsRoot, rel: str, tid: int) -> ThreadAffinity | None:
         cpus = CpuSet.parse(status["Cpus_allowed_list"])
     except (KeyError, CpuListError):
         return None
-    stat = fs.read(f"{rel}/stat")
-    policy, rt_priority = stat_scheduling(stat) if stat is not None else (None, None)
+    policy, rt_priority = None, None
+    if scheduling:
+        stat = fs.read(f"{rel}/stat")
+        policy, rt_priority = stat_scheduling(stat) if stat is not None else (None, None)
     return ThreadAffinity(tid, status.get("Name", ""), cpus, policy, rt_priority)
 
 
-def read_process(fs: FsRoot, pid: int) -> Process | None:
+def read_process(fs: FsRoot, pid: int, watch: CpuSet | None = None, scheduling: bool = True) -> Process | None:
+    """One process and its threads; None when it is gone.
+
+    `watch`: only a process with a thread allowed on one of these CPUs is read whole (cmdline,
+    stat, exe: what tells a kernel thread, a bound one or a slice's QEMU apart); any other is its
+    status and its threads' alone, which is all an audit of those CPUs looks at. `scheduling`:
+    each thread's policy and priority from its stat (verify's realtime check).
+    """
     rel = f"proc/{pid}"
     text = fs.read(f"{rel}/status")
     if text is None:
         return None
     status = parse_status(text)
-    cmdline = parse_cmdline(fs.read(f"{rel}/cmdline", keep_nul=True) or "")
-    stat = fs.read(f"{rel}/stat")
-    evidence = kthread_evidence(pid, status, stat, _has_exe(fs, pid), cmdline)
-    flags = stat_flags(stat) if stat is not None else None
-    bound = bool(evidence) and flags is not None and bool(flags & NO_SETAFFINITY_FLAG)
     tids = sorted(int(t) for t in fs.listdir(f"{rel}/task") if t.isdigit())
     # Without a task/ directory (a minimal capture) the process's own status stands for its one thread.
-    found = [_task(fs, f"{rel}/task/{tid}", tid) for tid in tids] if tids else [_task(fs, rel, pid)]
+    found = (
+        [_task(fs, f"{rel}/task/{tid}", tid, scheduling) for tid in tids]
+        if tids
+        else [_task(fs, rel, pid, scheduling, text)]
+    )
     tasks = tuple(t for t in found if t is not None)
-    return Process(pid, status.get("Name", ""), cmdline, bool(evidence), evidence, tasks, bound)
+    name = status.get("Name", "")
+    if watch is not None and all(t.cpus.isdisjoint(watch) for t in tasks):
+        evidence = "Kthread: 1" if status.get("Kthread") == "1" else ""
+        return Process(pid, name, (), bool(evidence), evidence, tasks)
+    cmdline = parse_cmdline(fs.read(f"{rel}/cmdline", keep_nul=True) or "")
+    stat = fs.read(f"{rel}/stat")
+    flags = stat_flags(stat) if stat is not None else None
+    has_exe = "Kthread" not in status and flags is None and _has_exe(fs, pid)  # the last evidence, looked up last
+    evidence = kthread_evidence(pid, status, stat, has_exe, cmdline)
+    bound = bool(evidence) and flags is not None and bool(flags & NO_SETAFFINITY_FLAG)
+    return Process(pid, name, cmdline, bool(evidence), evidence, tasks, bound)
 
 
-def read_processes(fs: FsRoot) -> tuple[Process, ...]:
+def read_processes(fs: FsRoot, watch: CpuSet | None = None, scheduling: bool = True) -> tuple[Process, ...]:
     pids = sorted(int(name) for name in fs.listdir("proc") if name.isdigit())
-    return tuple(p for p in (read_process(fs, pid) for pid in pids) if p is not None)
+    return tuple(p for p in (read_process(fs, pid, watch, scheduling) for pid in pids) if p is not None)
 
 
 # --- everything audit needs -----------------------------------------------------------
@@ -294,12 +314,14 @@ def _cpu_file(fs: FsRoot, rel: str) -> CpuSet | None:
         return None
 
 
-def read_runtime(fs: FsRoot) -> RuntimeState:
+def read_runtime(fs: FsRoot, watch: CpuSet | None = None) -> RuntimeState:
+    """What audit judges; `watch` (the isolated CPUs): read whole only the processes that may run
+    there, and no thread's scheduling (the exporter's scrape, read_process says what is left out)."""
     return RuntimeState(
         isolated=_cpu_file(fs, "sys/devices/system/cpu/isolated"),
         nohz_full=_cpu_file(fs, "sys/devices/system/cpu/nohz_full"),
         irqs=read_irqs(fs),
-        processes=read_processes(fs),
+        processes=read_processes(fs, watch, scheduling=watch is None),
     )
 
 

@@ -450,6 +450,9 @@ def _node_fits(host: _Host, shapes: Sequence[Shape], base: Plan, free: NodeRoom)
         if shape.name == MIX or any(t.vm.numa_nodes > 1 for t in shape.templates):
             continue  # a node's room is for VMs that live on one node
         bound = _bound(host, shape.templates, [free])
+        if bound == 0:  # the node lacks the cores or memory of even one: no need to ask the planner
+            out.append((shape.name, 0))
+            continue
         count = largest(lambda n, s=shape: host.attempt(s.templates, n, free.node), base, bound)[0]
         out.append((shape.name, count))
     return tuple(out)

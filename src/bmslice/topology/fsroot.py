@@ -72,6 +72,10 @@ class FsRoot:
 
         Raises TreeError when the chain of links is longer than Linux would follow (a loop).
         """
+        return Path(self._resolved(rel))
+
+    def _resolved(self, rel: str) -> str:
+        """`resolve` as a string: readers of many small files (a host's /proc) skip building Paths."""
         pending = list(reversed(rel.split("/")))
         current: list[str] = []
         hops = 0
@@ -96,7 +100,7 @@ class FsRoot:
             if target.startswith("/"):
                 current = []
             pending.extend(reversed(target.split("/")))
-        return Path(self._base + "/" + "/".join(current))
+        return self._base + "/" + "/".join(current)
 
     def display(self, rel: str) -> str:
         return str(self.root / rel.lstrip("/"))
@@ -115,9 +119,14 @@ class FsRoot:
         """
         if not self._base:
             return self._read_live(rel, limit)
-        path = self.resolve(rel)
+        # The directory through the resolver, the file itself by its lstat: a link there is resolved too.
+        parent, _, name = rel.rpartition("/")
+        path = self._resolved(rel) if name in ("", ".", "..") else f"{self._resolved(parent)}/{name}"
         try:
             before = os.lstat(path)
+            if stat.S_ISLNK(before.st_mode):
+                path = self._resolved(rel)
+                before = os.lstat(path)
         except (FileNotFoundError, NotADirectoryError):
             return None
         self._check_regular(rel, before.st_mode)
@@ -216,7 +225,7 @@ class FsRoot:
 
     def listdir(self, rel: str) -> list[str]:
         try:
-            return sorted(os.listdir(self.resolve(rel)))
+            return sorted(os.listdir(self._resolved(rel)))
         except OSError:
             return []
 

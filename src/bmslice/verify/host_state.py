@@ -17,6 +17,7 @@ CpuSet('')
 
 from __future__ import annotations
 
+import functools
 import itertools
 import os
 from dataclasses import dataclass
@@ -47,6 +48,34 @@ def parse_status(text: str) -> dict[str, str]:
         if sep:
             out[key.strip()] = value.strip()
     return out
+
+
+# What a thread's status is read for: the exporter reads every thread's at each scrape, so these
+# fields are found by name rather than every line parsed (status has some 55 lines).
+STATUS_KEYS = ("Name", "State", "PPid", "Kthread", "Cpus_allowed_list")
+
+
+def status_fields(text: str, keys: tuple[str, ...] = STATUS_KEYS) -> dict[str, str]:
+    """The `keys` of a /proc/<pid>/status text that it has, as parse_status gives them.
+
+    >>> status_fields("Name:\\tbash\\nState:\\tS (sleeping)\\nCpus_allowed_list:\\t0-3\\n")
+    {'Name': 'bash', 'State': 'S (sleeping)', 'Cpus_allowed_list': '0-3'}
+    """
+    out = {}
+    for key in keys:
+        start = 0 if text.startswith(f"{key}:") else text.find(f"\n{key}:") + 1
+        if start == 0 and not text.startswith(f"{key}:"):
+            continue
+        start += len(key) + 1
+        end = text.find("\n", start)
+        out[key] = text[start : end if end >= 0 else len(text)].strip()
+    return out
+
+
+@functools.lru_cache(maxsize=4096)
+def cpu_list(text: str) -> CpuSet:
+    """CpuSet.parse, remembered: a host's threads share a handful of CPU lists."""
+    return CpuSet.parse(text)
 
 
 def stat_flags(text: str) -> int | None:
@@ -240,11 +269,11 @@ def _task(fs: FsRoot, rel: str, tid: int, scheduling: bool, text: str | None = N
     text = text if text is not None else fs.read(f"{rel}/status")
     if text is None:
         return None  # the thread ended while we looked
-    status = parse_status(text)
+    status = status_fields(text)
     if status.get("State", "").startswith(("Z", "X")):
         return None  # a zombie cannot run anywhere
     try:
-        cpus = CpuSet.parse(status["Cpus_allowed_list"])
+        cpus = cpu_list(status["Cpus_allowed_list"])
     except (KeyError, CpuListError):
         return None
     policy, rt_priority = None, None
@@ -266,7 +295,7 @@ def read_process(fs: FsRoot, pid: int, watch: CpuSet | None = None, scheduling: 
     text = fs.read(f"{rel}/status")
     if text is None:
         return None
-    status = parse_status(text)
+    status = status_fields(text)
     tids = sorted(int(t) for t in fs.listdir(f"{rel}/task") if t.isdigit())
     # Without a task/ directory (a minimal capture) the process's own status stands for its one thread.
     found = (

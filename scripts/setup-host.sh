@@ -63,7 +63,7 @@ if [[ ${#missing[@]} -gt 0 ]]; then
     [[ -z $policy ]] || rm -f "$policy"
     # nor at a later boot: the tests only read tuned's profiles, and start their own Prometheus
     deb-systemd-helper disable tuned.service >/dev/null 2>&1 || true
-    deb-systemd-helper disable prometheus.service >/dev/null 2>&1 || true
+    systemctl disable prometheus.service >/dev/null 2>&1 || true  # deb-systemd-helper acts only under dpkg
     log "packages installed ($((SECONDS - t0)) s)"
 else
     log "Debian packages already installed"

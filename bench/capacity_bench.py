@@ -56,7 +56,10 @@ def host_rows(name: str, root: Path, spec_path: Path, runs: int) -> list[list[st
     spec = load_spec(spec_path)
     base = make_plan(topo, spec, "bench")
     rows = []
-    for what, shapes in (("spec's VMs", spec_shapes(spec)), (" ".join(ASKED), asked_shapes([parse_vm_shape(s) for s in ASKED]))):
+    for what, shapes in (
+        ("spec's VMs", spec_shapes(spec)),
+        (" ".join(ASKED), asked_shapes([parse_vm_shape(s) for s in ASKED])),
+    ):
         ms, room = _timed(runs, lambda shapes=shapes: free_room(topo, spec, base, shapes, "bench", per_node=True))
         rows.append([name, str(len(topo.online_cpus)), what, f"{ms:.0f}", _summary(room)])
     cli = []
@@ -68,7 +71,9 @@ def host_rows(name: str, root: Path, spec_path: Path, runs: int) -> list[list[st
             capture_output=True,
         )
         cli.append(time.perf_counter() - start)
-    rows.append([name, str(len(topo.online_cpus)), "the whole CLI (spec's VMs)", f"{statistics.median(cli) * 1000:.0f}", ""])
+    rows.append(
+        [name, str(len(topo.online_cpus)), "the whole CLI (spec's VMs)", f"{statistics.median(cli) * 1000:.0f}", ""]
+    )
     return rows
 
 

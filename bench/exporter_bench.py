@@ -30,7 +30,8 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from common import ROOT, table  # noqa: F401 - common puts src/ and tests/ on sys.path
+from common import ROOT, table
+from prometheus_client import generate_latest
 
 from bmslice.cpuset import CpuSet
 from bmslice.metrics.collectors import registry_for
@@ -40,9 +41,19 @@ from bmslice.plan.planner import make_plan
 from bmslice.render.domain_model import domain_from_plan
 from bmslice.render.domain_xml import to_xml
 from bmslice.topology.sysfs import read_host_tree
-from hosttrees import per_cpu_kthreads, qemu_process
-from prometheus_client import generate_latest
-from treebuilder import HostSpec, IrqSpec, NodeMemory, PciSpec, ProcSpec, RuntimeSpec, TaskSpec, cpu_layout, server1_spec, write_tree
+from hosttrees import qemu_process
+from treebuilder import (
+    HostSpec,
+    IrqSpec,
+    NodeMemory,
+    PciSpec,
+    ProcSpec,
+    RuntimeSpec,
+    TaskSpec,
+    cpu_layout,
+    server1_spec,
+    write_tree,
+)
 
 GOAL_MS = 50.0
 KTHREADS_PER_CPU = ("cpuhp/{}", "migration/{}", "ksoftirqd/{}", "kworker/{}:0", "kworker/{}:0H", "kworker/{}:1")
@@ -96,7 +107,15 @@ def runtime(topo_cpus: CpuSet, plan: Any, nic_queues: int) -> RuntimeSpec:
             pid += 1
     pid = max(pid, 20_000)
     for i in range(200):  # daemons, shells, agents: two threads each on the host's CPUs
-        procs.append(ProcSpec(pid, f"daemon{i}", reserved, cmdline=(f"/usr/sbin/daemon{i}",), threads=(TaskSpec(pid + 1, "worker", reserved),)))
+        procs.append(
+            ProcSpec(
+                pid,
+                f"daemon{i}",
+                reserved,
+                cmdline=(f"/usr/sbin/daemon{i}",),
+                threads=(TaskSpec(pid + 1, "worker", reserved),),
+            )
+        )
         pid += 2
     workers = tuple(TaskSpec(pid + 1 + i, "rpc-worker", reserved) for i in range(20))
     procs.append(ProcSpec(pid, "libvirtd", reserved, cmdline=("/usr/sbin/libvirtd",), threads=workers))
@@ -106,14 +125,24 @@ def runtime(topo_cpus: CpuSet, plan: Any, nic_queues: int) -> RuntimeSpec:
     first = str(plan.host.reserved_cpus.min())
     irqs = tuple(IrqSpec(100 + q, online, first, action=f"ens-TxRx-{q}") for q in range(nic_queues))
     isolated = str(plan.host.isolated_cpus)
-    return RuntimeSpec(isolated=isolated, nohz_full=isolated, irqs=(IrqSpec(0, online, first, action="timer"), *irqs), procs=tuple(procs))
+    return RuntimeSpec(
+        isolated=isolated,
+        nohz_full=isolated,
+        irqs=(IrqSpec(0, online, first, action="timer"), *irqs),
+        procs=tuple(procs),
+    )
 
 
 def interrupts(cpus: CpuSet, queues: int) -> str:
     ids = cpus.sorted()
     head = "".join(f"{'CPU' + str(c):>11}" for c in ids) + "\n"
-    lines = [f"{100 + q:>4}:" + "".join(f"{(q * 7 + c) % 1000:>11}" for c in ids) + f"   PCI-MSI {q}-edge  ens-TxRx-{q}\n" for q in range(queues)]
-    lines += [f"{name}:" + "".join(f"{99999:>11}" for _ in ids) + "   events\n" for name in ("LOC", "RES", "CAL", "TLB")]
+    lines = [
+        f"{100 + q:>4}:" + "".join(f"{(q * 7 + c) % 1000:>11}" for c in ids) + f"   PCI-MSI {q}-edge  ens-TxRx-{q}\n"
+        for q in range(queues)
+    ]
+    lines += [
+        f"{name}:" + "".join(f"{99999:>11}" for _ in ids) + "   events\n" for name in ("LOC", "RES", "CAL", "TLB")
+    ]
     return head + "".join(lines)
 
 
@@ -123,7 +152,11 @@ def build(tmp: Path, name: str, host: HostSpec, spec: dict[str, Any], queues: in
     probe = write_tree(host, tmp / f"{name}-probe")
     topo = read_host_tree(probe)
     plan = make_plan(topo, load_spec(spec_path), "bench")
-    booted = replace(host, cmdline=f"{host.cmdline} {' '.join(plan.host.kernel_args)}", runtime=runtime(topo.online_cpus, plan, queues))
+    booted = replace(
+        host,
+        cmdline=f"{host.cmdline} {' '.join(plan.host.kernel_args)}",
+        runtime=runtime(topo.online_cpus, plan, queues),
+    )
     root = write_tree(booted, tmp / name)
     (root / "proc/interrupts").write_text(interrupts(topo.online_cpus, queues))
     domains = "".join(to_xml(domain_from_plan(vm)) for vm in plan.vms)
@@ -183,7 +216,14 @@ def live(runs: int) -> list[str]:
     assert found is not None
     threads = sum(1 for _ in Path("/proc").glob("[0-9]*/task/*"))
     median = statistics.median(cpu_ms)
-    return ["this machine, live /proc", str(len(host.topology.online_cpus)), str(threads), f"{median:.1f}", f"{min(cpu_ms):.1f}", f"{median * 1000 / threads:.0f}"]
+    return [
+        "this machine, live /proc",
+        str(len(host.topology.online_cpus)),
+        str(threads),
+        f"{median:.1f}",
+        f"{min(cpu_ms):.1f}",
+        f"{median * 1000 / threads:.0f}",
+    ]
 
 
 def main() -> None:
@@ -198,7 +238,16 @@ def main() -> None:
     print(f"one scrape of bmslice exporter (CPU time of this process; median of {args.runs} after the first)")
     print(
         table(
-            ["host", "CPUs", "threads in /proc", "first scrape ms", "scrape CPU ms", "wall ms", "per collector CPU ms", f"goal < {GOAL_MS:.0f} ms"],
+            [
+                "host",
+                "CPUs",
+                "threads in /proc",
+                "first scrape ms",
+                "scrape CPU ms",
+                "wall ms",
+                "per collector CPU ms",
+                f"goal < {GOAL_MS:.0f} ms",
+            ],
             rows,
         )
     )

@@ -75,7 +75,9 @@ def node_xml(path: Path, vms: list[VmPlan], xml_of: dict[str, str] | None = None
     return path
 
 
-def sliced_host(tmp: Path, runtime: str = "clean", running: bool = True, xml_of: dict[str, str] | None = None) -> SlicedHost:
+def sliced_host(
+    tmp: Path, runtime: str = "clean", running: bool = True, xml_of: dict[str, str] | None = None
+) -> SlicedHost:
     """The host tree with `runtime` ("clean": isolation holds; "violating": one breach of each kind),
     its slices in a test:/// file (none when not `running`), and /proc/interrupts."""
     built = build(tmp, machine(), RUNTIMES[runtime])

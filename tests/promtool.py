@@ -56,7 +56,10 @@ def scraped_series(text: str, repeats: int = 10, labels: dict[str, str] | None =
             if sample.name.endswith("_created"):
                 continue  # prometheus-client's creation time of a counter: not a scraped value here
             out.append(
-                {"series": series_name(sample.name, {**sample.labels, **extra}), "values": f"{sample.value!r}x{repeats}"}
+                {
+                    "series": series_name(sample.name, {**sample.labels, **extra}),
+                    "values": f"{sample.value!r}x{repeats}",
+                }
             )
     return out
 
@@ -80,7 +83,7 @@ def free_port() -> int:
 
 
 def http_get(url: str, timeout: float = 10) -> str:
-    with urllib.request.urlopen(url, timeout=timeout) as response:  # noqa: S310 - loopback URLs of the test
+    with urllib.request.urlopen(url, timeout=timeout) as response:
         body: bytes = response.read()
         return body.decode()
 

@@ -148,7 +148,9 @@ def test_copies_take_free_whole_nics_in_turn_and_run_out_of_them() -> None:
     nics = [nic("0000:10:00.0", "ens0", 0, 10), nic("0000:11:00.0", "ens1", 0, 11), nic("0000:12:00.0", "ens2", 1, 12)]
     nics.append(nic("0000:13:00.0", "ens3", 1, 13))
     topo = synthetic(sockets=2, cores=8, threads=2, memory_mib_per_node=65536, nics=nics)
-    spec = spec_from_data({"vms": [{"name": "du", "vcpus": 2, "memory": "4GiB", "nics": [{"passthrough": "ens3"}]}]}, "s")
+    spec = spec_from_data(
+        {"vms": [{"name": "du", "vcpus": 2, "memory": "4GiB", "nics": [{"passthrough": "ens3"}]}]}, "s"
+    )
     base = make_plan(topo, spec, "s")
     room = free_room(topo, spec, base, spec_shapes(spec), "s").shapes[0]
     assert room.more == 3 and room.limits == ("whole NICs",)

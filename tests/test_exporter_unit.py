@@ -63,7 +63,9 @@ def test_a_value_outside_the_units_grammar_is_refused_before_anything_is_written
 ) -> None:
     host = sliced_host(tmp_path / "host")
     before = sorted(p.relative_to(host.built.root) for p in host.built.root.rglob("*"))
-    assert host_cmds.main(["host-apply", str(host.built.spec_path), "--host-root", str(host.built.root), flag, value]) == 2
+    assert (
+        host_cmds.main(["host-apply", str(host.built.spec_path), "--host-root", str(host.built.root), flag, value]) == 2
+    )
     out, err = capsys.readouterr()
     assert out == "" and err.startswith(message) and err.count("\n") == 1, err
     assert sorted(p.relative_to(host.built.root) for p in host.built.root.rglob("*")) == before
@@ -85,7 +87,12 @@ def test_host_apply_only_exporter_places_the_unit_alone(tmp_path: Path, capsys: 
 def test_the_collection_enables_the_exporter_on_a_server_and_disables_it(tmp_path: Path) -> None:
     host = sliced_host(tmp_path / "host")
     root = host.built.root
-    action = {"action": "exporter", "spec": str(host.built.spec_path), "host_root": str(root), "command": str(BIN / "bmslice")}
+    action = {
+        "action": "exporter",
+        "spec": str(host.built.spec_path),
+        "host_root": str(root),
+        "command": str(BIN / "bmslice"),
+    }
 
     status, result, _ = _module(tmp_path, action, "--check")
     assert status == "CHANGED" and result["steps"][-1] == "enable bmslice-exporter.service", result
@@ -95,7 +102,7 @@ def test_the_collection_enables_the_exporter_on_a_server_and_disables_it(tmp_pat
     assert status == "CHANGED", result
     assert result["steps"] == [f"wrote /{UNIT}", "enable bmslice-exporter.service"]
     assert (root / WANTS).is_symlink() and str((root / WANTS).readlink()) == f"/{UNIT}"
-    assert f"--listen 127.0.0.1:9963\n" in (root / UNIT).read_text()
+    assert "--listen 127.0.0.1:9963\n" in (root / UNIT).read_text()
 
     status, result, _ = _module(tmp_path, action)
     assert status == "SUCCESS" and result["changed"] is False and result["steps"] == [], result

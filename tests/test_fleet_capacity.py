@@ -49,7 +49,11 @@ def test_place_accepts_the_count_and_refuses_one_more(hosts: int, seed: int, fil
         per_host = {h.host: dict(h.fits).get(cluster.cluster, 0) for h in room.hosts}
         assert sum(per_host.values()) >= n
         for host in room.hosts:
-            placed = sum(1 for vm in room.placement.on_host(host.host) if vm.cluster == cluster.cluster and vm.role is Role.WORKER)
+            placed = sum(
+                1
+                for vm in room.placement.on_host(host.host)
+                if vm.cluster == cluster.cluster and vm.role is Role.WORKER
+            )
             assert per_host[host.host] <= spec.spread.max_per_host - placed
             if host.role is Role.CONTROL:
                 assert host.fits == ()

@@ -11,12 +11,12 @@ import os
 from pathlib import Path
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from bmslice.cli import capacity_cmd, metrics_cmd
 from bmslice.metrics import families
 from bmslice.verify.compare import DriftKind
 from metrics_fixtures import INTERRUPTS, SlicedHost, samples, sliced_host, value
-from prometheus_client.parser import text_string_to_metric_families
 
 
 def scrape(host: SlicedHost, capsys: pytest.CaptureFixture[str], *extra: str) -> tuple[int, str, str]:
@@ -33,9 +33,9 @@ def test_a_clean_host_with_its_slice_running(tmp_path: Path, capsys: pytest.Capt
     plan = host.plan
     assert value(found, "bmslice_slice_state", slice="du", state="running") == 1
     assert value(found, "bmslice_slice_state", slice="du", state="not defined") == 0
-    assert {kind.value: value(found, "bmslice_slice_drift", slice="du", kind=kind.value) for kind in DriftKind} == dict.fromkeys(
-        (kind.value for kind in DriftKind), 0
-    )
+    assert {
+        kind.value: value(found, "bmslice_slice_drift", slice="du", kind=kind.value) for kind in DriftKind
+    } == dict.fromkeys((kind.value for kind in DriftKind), 0)
     assert value(found, "bmslice_reboot_pending") == 0 and value(found, "bmslice_kernel_args_missing") == 0
     isolated = plan.host.isolated_cpus
     assert value(found, "bmslice_isolated_cpus") == len(isolated) == 4
@@ -59,7 +59,10 @@ def test_a_clean_host_with_its_slice_running(tmp_path: Path, capsys: pytest.Capt
     assert value(found, "bmslice_capacity_runs_out_first", shape="du", resource="cores") == 1
     assert value(found, "bmslice_capacity_node_more_vms", shape="du", node="0") == 0
     assert value(found, "bmslice_capacity_node_more_vms", shape="du", node="1") == 1
-    assert value(found, "bmslice_node_free_cores", node="1") == 1 and value(found, "bmslice_node_free_cores", node="0") == 0
+    assert (
+        value(found, "bmslice_node_free_cores", node="1") == 1
+        and value(found, "bmslice_node_free_cores", node="0") == 0
+    )
     for collector in ("slices", "isolation", "hugepages", "capacity"):
         assert value(found, "bmslice_scrape_collector_success", collector=collector) == 1
         assert value(found, "bmslice_scrape_collector_cpu_seconds", collector=collector) > 0
@@ -118,7 +121,7 @@ def test_drift_by_kind_and_a_slice_that_does_not_run(tmp_path: Path, capsys: pyt
     from bmslice.render.domain_xml import to_xml
 
     moved = to_xml(domain_from_plan(du)).replace(
-        f"<vcpupin vcpu=\"0\" cpuset=\"{du.vcpu_pins[0]}\"/>", f"<vcpupin vcpu=\"0\" cpuset=\"{du.vcpu_pins[1]}\"/>"
+        f'<vcpupin vcpu="0" cpuset="{du.vcpu_pins[0]}"/>', f'<vcpupin vcpu="0" cpuset="{du.vcpu_pins[1]}"/>'
     )
     assert moved != to_xml(domain_from_plan(du))
     drifted = sliced_host(tmp_path / "b", xml_of={"du": moved})
@@ -172,8 +175,12 @@ def test_textfile_is_replaced_atomically_and_never_through_a_link(
     link.symlink_to(directory)
     for bad, reason in ((link, "a symbolic link"), (tmp_path / "missing", "No such file or directory")):
         rc, out, err = scrape(host, capsys, "--textfile", str(bad))
-        assert rc == 2 and out == "" and err == f"error: --textfile {bad}: {reason}" + (
-            "; give node_exporter's textfile directory itself\n" if reason == "a symbolic link" else "\n"
+        assert (
+            rc == 2
+            and out == ""
+            and err
+            == f"error: --textfile {bad}: {reason}"
+            + ("; give node_exporter's textfile directory itself\n" if reason == "a symbolic link" else "\n")
         )
 
 
@@ -190,8 +197,14 @@ def test_interrupts_parser_on_the_recorded_file() -> None:
     ("argv", "message"),
     [
         (["exporter", "spec.yaml", "--listen", "localhost:9963"], "error: --listen 'localhost:9963': expected ADDRESS"),
-        (["exporter", "spec.yaml", "--listen", "300.1.1.1:9963"], "error: --listen '300.1.1.1:9963': '300.1.1.1' is not"),
-        (["exporter", "spec.yaml", "--listen", "127.0.0.1:99999"], "error: --listen '127.0.0.1:99999': expected ADDRESS:PORT"),
+        (
+            ["exporter", "spec.yaml", "--listen", "300.1.1.1:9963"],
+            "error: --listen '300.1.1.1:9963': '300.1.1.1' is not",
+        ),
+        (
+            ["exporter", "spec.yaml", "--listen", "127.0.0.1:99999"],
+            "error: --listen '127.0.0.1:99999': expected ADDRESS:PORT",
+        ),
         (["metrics", "/nonexistent/spec.yaml"], "error: /nonexistent/spec.yaml: "),
     ],
 )

@@ -27,7 +27,9 @@ TWO_MIB = str(2 * 1024 * 1024)
 
 
 def test_the_rules_file_passes_promtool_check() -> None:
-    result = subprocess.run([tool("promtool"), "check", "rules", str(RULES)], capture_output=True, text=True, check=False)
+    result = subprocess.run(
+        [tool("promtool"), "check", "rules", str(RULES)], capture_output=True, text=True, check=False
+    )
     assert result.returncode == 0 and "SUCCESS: 6 rules found" in result.stdout, result.stdout + result.stderr
     names = [rule["alert"] for group in yaml.safe_load(RULES.read_text())["groups"] for rule in group["rules"]]
     assert names == [
@@ -182,9 +184,16 @@ def test_promtool_catches_a_wrong_expectation(tmp_path: Path) -> None:
     tests = [
         {
             "interval": "1m",
-            "input_series": [_series("bmslice_isolation_foreign_threads", "0x10"), _series("bmslice_isolation_irqs", "0x10")],
+            "input_series": [
+                _series("bmslice_isolation_foreign_threads", "0x10"),
+                _series("bmslice_isolation_irqs", "0x10"),
+            ],
             "alert_rule_test": [
-                {"eval_time": "5m", "alertname": "BmsliceIsolationBroken", "exp_alerts": [_alert({"severity": "critical"})]}
+                {
+                    "eval_time": "5m",
+                    "alertname": "BmsliceIsolationBroken",
+                    "exp_alerts": [_alert({"severity": "critical"})],
+                }
             ],
         }
     ]
@@ -277,7 +286,9 @@ class Exporter:
         self.first_line = self.process.stdout.readline() if ready else ""
         if not self.first_line.startswith("serving "):
             self.stop()
-            pytest.fail(f"bmslice exporter did not start: {self.first_line!r} {self.process.stderr.read() if self.process.stderr else ''}")
+            pytest.fail(
+                f"bmslice exporter did not start: {self.first_line!r} {self.process.stderr.read() if self.process.stderr else ''}"
+            )
 
     @property
     def target(self) -> str:
@@ -317,7 +328,8 @@ def test_a_real_prometheus_scrapes_the_exporter_and_evaluates_the_rules(
         )
         assert target[0]["scrapeUrl"] == f"http://{exporter.target}/metrics"
         threads = server.wait_for(
-            "bmslice_isolation_foreign_threads", lambda: server.api("query", query="bmslice_isolation_foreign_threads")["result"]
+            "bmslice_isolation_foreign_threads",
+            lambda: server.api("query", query="bmslice_isolation_foreign_threads")["result"],
         )
         assert threads[0]["metric"]["instance"] == exporter.target and threads[0]["value"][1] == "5"
         running = server.api("query", query='bmslice_slice_state{state="running"}')["result"]
@@ -361,7 +373,9 @@ def test_the_exporter_runs_on_the_hosts_reserved_cpus_only(tmp_path: Path) -> No
         allowed = {}
         for task in tasks.iterdir():
             status = (task / "status").read_text()
-            allowed[task.name] = next(line.split()[1] for line in status.splitlines() if line.startswith("Cpus_allowed_list"))
+            allowed[task.name] = next(
+                line.split()[1] for line in status.splitlines() if line.startswith("Cpus_allowed_list")
+            )
         assert len(allowed) >= 2 and set(allowed.values()) == {reserved.format()}, allowed  # main + HTTP server
     finally:
         rc, _, err = exporter.stop()

@@ -17,22 +17,22 @@ PORT = 19963
 MARK = "=== bmslice-lab"
 
 # Inside the lab: start the exporter, scrape, plant a sleeper on CPU $1, scrape again, stop both.
-SCRAPE = r"""
+SCRAPE = rf"""
 victim=$1 python=$2 bmslice=$3
-$bmslice exporter slices.yaml --connect qemu:///system --listen 127.0.0.1:{port} >exporter.out 2>&1 &
+$bmslice exporter slices.yaml --connect qemu:///system --listen 127.0.0.1:{PORT} >exporter.out 2>&1 &
 exporter=$!
 for i in $(seq 120); do grep -q '^serving ' exporter.out && break; sleep 1; done
-scrape() {{ $python -c "import urllib.request; print(urllib.request.urlopen('http://127.0.0.1:{port}/metrics', timeout=120).read().decode())"; }}
-echo "{mark} before"; scrape
+scrape() {{ $python -c "import urllib.request; print(urllib.request.urlopen('http://127.0.0.1:{PORT}/metrics', timeout=120).read().decode())"; }}
+echo "{MARK} before"; scrape
 setsid taskset -c "$victim" sleep 900 </dev/null >/dev/null 2>&1 &
 sleeper=$!
-echo "{mark} sleeper $sleeper"
-echo "{mark} after"; scrape
-echo "{mark} pinned"; grep -h Cpus_allowed_list /proc/$exporter/task/*/status
+echo "{MARK} sleeper $sleeper"
+echo "{MARK} after"; scrape
+echo "{MARK} pinned"; grep -h Cpus_allowed_list /proc/$exporter/task/*/status
 kill $sleeper
-kill -TERM $exporter; wait $exporter; echo "{mark} exporter exit $?"
-echo "{mark} log"; cat exporter.out
-""".format(port=PORT, mark=MARK)
+kill -TERM $exporter; wait $exporter; echo "{MARK} exporter exit $?"
+echo "{MARK} log"; cat exporter.out
+"""
 
 
 def _parts(out: str) -> dict[str, str]:

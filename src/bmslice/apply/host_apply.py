@@ -27,6 +27,7 @@ from bmslice.errors import ApplyError, BmsliceError
 from bmslice.model.distro import Distro, initramfs_command
 from bmslice.model.plan import Plan
 from bmslice.model.sizes import GIB_KIB
+from bmslice.render.exporter_unit import EXPORTER_UNIT, EXPORTER_UNIT_PATH
 from bmslice.render.host_files import (
     GIG_MOUNT_POINT,
     GIG_MOUNT_UNIT,
@@ -35,7 +36,6 @@ from bmslice.render.host_files import (
     SysfsSetting,
     grubby_command,
 )
-from bmslice.render.exporter_unit import EXPORTER_UNIT, EXPORTER_UNIT_PATH
 from bmslice.render.sriov_files import EXECUTABLES, HOOK_RELOAD, VF_HOOK_PATH
 from bmslice.render.systemd_units import LIBVIRT_UNITS, UNIT_DIR
 from bmslice.topology.fsroot import FsRoot

@@ -87,7 +87,10 @@ def _shape_lines(shape: ShapeRoom) -> list[str]:
     from bmslice.plan.room import MIX, device_text
 
     what = "sets of one of each VM" if shape.shape == MIX else "more"
-    out = [f"{shape.shape}: {shape.more} {what} fit" + (f"; runs out first: {', '.join(shape.limits)}" if shape.limits else "")]
+    out = [
+        f"{shape.shape}: {shape.more} {what} fit"
+        + (f"; runs out first: {', '.join(shape.limits)}" if shape.limits else "")
+    ]
     for vm in shape.vms[:SHOWN_VMS]:
         where = f"node {','.join(map(str, vm.numa_nodes))}"
         if vm.l3_domains:

@@ -316,7 +316,9 @@ def cmd_capacity(args: argparse.Namespace) -> int:
         print(f"{c.cluster}: {c.more} more worker(s) fit" + (f" ({where})" if where else ""))
         print(f"  one more is refused: {c.refusal}")
     for h in room.hosts:
-        nodes = ", ".join(f"node {n.node} {n.cores} cores {format_mib(n.memory_mib) if n.memory_mib else '0MiB'}" for n in h.nodes)
+        nodes = ", ".join(
+            f"node {n.node} {n.cores} cores {format_mib(n.memory_mib) if n.memory_mib else '0MiB'}" for n in h.nodes
+        )
         fits = ", ".join(f"{cluster} {count}" for cluster, count in h.fits)
         role = f"{h.role.value}, {h.rack}"
         print(f"{h.host} ({role}): " + (f"more workers alone: {fits}; " if fits else "") + f"free: {nodes}")

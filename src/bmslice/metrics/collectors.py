@@ -143,11 +143,11 @@ class HugepagesCollector(SourceCollector):
         for vm in plan.vms:
             if not vm.hugepage_kib:
                 continue
-            for node, mib in vm.memory_by_node().items():
+            for node_id, mib in vm.memory_by_node().items():
                 pages = mib * 1024 // vm.hugepage_kib
-                planned[(node, vm.hugepage_kib)] += pages
+                planned[(node_id, vm.hugepage_kib)] += pages
                 if running is not None and vm.name not in running:
-                    wanted[(node, vm.hugepage_kib)] += pages
+                    wanted[(node_id, vm.hugepage_kib)] += pages
         total, free = F.HUGEPAGES_TOTAL.new(), F.HUGEPAGES_FREE.new()
         sizes: set[tuple[int, int]] = set(planned)
         for node in self.host.numa_nodes():

@@ -17,6 +17,7 @@ from prometheus_client.registry import CollectorRegistry
 from bmslice.cpuset import CpuSet
 from bmslice.errors import BmsliceError
 
+
 def pin_to(cpus: CpuSet) -> CpuSet:
     """Run this thread (and every thread it starts later) on `cpus`, as far as this process may;
     the CPUs it now runs on."""

@@ -31,7 +31,7 @@ from bmslice.cpuset import CpuSet
 from bmslice.errors import PlanError
 from bmslice.model.plan import DeviceAssignment, Plan, VmPlan
 from bmslice.model.shapes import VmShape
-from bmslice.model.spec import NicNumaPolicy, NicSpec, SriovSpec, Spec, VmSpec
+from bmslice.model.spec import NicNumaPolicy, NicSpec, Spec, SriovSpec, VmSpec
 from bmslice.model.topology import Cpu, HostTopology, PciDevice
 from bmslice.plan.devices import ResolvedNic, VfRequest, check_nics, resolve_vf_pools
 from bmslice.plan.host import reserved_cores
@@ -105,9 +105,7 @@ class Room:
 
 def _shape_key(vm: VmSpec) -> VmSpec:
     """What makes two spec VMs one shape: everything but name, node pin and the NICs' names."""
-    nics = tuple(
-        NicSpec(passthrough="any") if nic.passthrough is not None else _without_mac(nic) for nic in vm.nics
-    )
+    nics = tuple(NicSpec(passthrough="any") if nic.passthrough is not None else _without_mac(nic) for nic in vm.nics)
     return vm.model_copy(update={"name": "x", "numa_node": None, "disk": None, "cloud_init": None, "nics": nics})
 
 
@@ -122,9 +120,7 @@ def spec_shapes(spec: Spec) -> tuple[Shape, ...]:
     by_key: dict[VmSpec, list[VmSpec]] = {}
     for vm in spec.vms:
         by_key.setdefault(_shape_key(vm), []).append(vm)
-    shapes = [
-        Shape(", ".join(vm.name for vm in same), (_template(same[0]),)) for same in by_key.values()
-    ]
+    shapes = [Shape(", ".join(vm.name for vm in same), (_template(same[0]),)) for same in by_key.values()]
     if len(spec.vms) > 1:
         shapes.append(Shape(MIX, tuple(_template(vm) for vm in spec.vms)))
     return tuple(shapes)
@@ -250,7 +246,11 @@ class _Host:
                         taken += 1
                     elif nic.sriov is not None:
                         # a PF handed out whole above gives no VF; the planner would refuse the entry
-                        pfs = vf_nics if j in t.any_vf else tuple(p for p in nic.sriov.pf if self._address(p) not in whole)
+                        pfs = (
+                            vf_nics
+                            if j in t.any_vf
+                            else tuple(p for p in nic.sriov.pf if self._address(p) not in whole)
+                        )
                         sriov = nic.sriov.model_copy(update={"pf": pfs or nic.sriov.pf})
                         nics[j] = nic.model_copy(update={"sriov": sriov})
                 update = {"name": f"{t.vm.name}+{i}", "nics": tuple(nics), "numa_node": node}
@@ -453,8 +453,12 @@ def _node_fits(host: _Host, shapes: Sequence[Shape], base: Plan, free: NodeRoom)
         if bound == 0:  # the node lacks the cores or memory of even one: no need to ask the planner
             out.append((shape.name, 0))
             continue
-        count = largest(lambda n, s=shape: host.attempt(s.templates, n, free.node), base, bound)[0]
-        out.append((shape.name, count))
+        templates = shape.templates
+
+        def attempt(n: int, templates: tuple[Template, ...] = templates) -> Plan | str:
+            return host.attempt(templates, n, free.node)
+
+        out.append((shape.name, largest(attempt, base, bound)[0]))
     return tuple(out)
 
 

@@ -54,8 +54,7 @@ def exporter_unit(plan: Plan, unit: ExporterUnit) -> str:
     reserved = plan.host.reserved_cpus.format()
     exec_start = " ".join([*words, "exporter", spec, "--connect", "qemu:///system", "--listen", unit.listen])
     return (
-        HEADER
-        + "# bmslice's Prometheus exporter for this host's slices: isolation, drift, hugepages and free room.\n"
+        HEADER + "# bmslice's Prometheus exporter for this host's slices: isolation, drift, hugepages and free room.\n"
         f"# Not enabled by bmslice: `systemctl enable --now {EXPORTER_UNIT}` (or the Ansible collection).\n"
         "[Unit]\n"
         "Description=bmslice exporter: isolation, drift and free room of the slices as Prometheus metrics\n"

@@ -17,6 +17,7 @@ from bmslice.model.topology import VfState
 from bmslice.render.domain_model import Domain, VcpuSched
 from bmslice.render.domain_xml import from_xml
 
+
 class DriftKind(StrEnum):
     """What a difference is about: the `kind` label of bmslice_slice_drift."""
 
@@ -152,7 +153,9 @@ def compare_threads(vm: VmPlan, threads: Sequence[ThreadAffinity]) -> list[Drift
         else:
             want = vm.emulator_cpus
         if kind != "thread-context" and want != thread.cpus:  # its CPUs are QEMU's choice, not the plan's
-            text = f"{vm.name} thread {thread.tid} ({thread.comm}) allowed on CPUs {thread.cpus}, plan says {_fmt(want)}"
+            text = (
+                f"{vm.name} thread {thread.tid} ({thread.comm}) allowed on CPUs {thread.cpus}, plan says {_fmt(want)}"
+            )
             out.append(Drift(text, DriftKind.VCPU_PINS if kind == "vcpu" else DriftKind.EMULATOR))
         sched = _scheduling_drift(vm, kind, index, thread)
         if sched:

@@ -146,3 +146,39 @@ class Prometheus:
                 self.process.kill()
                 self.process.wait(timeout=10)
         self.log.close()
+
+
+# --- what bmslice's alerts say, as promtool expects them (labels and rendered annotations) ------
+
+
+def expected(labels: dict[str, str], **annotations: str) -> dict[str, Any]:
+    return {"exp_labels": {**labels, **INSTANCE}, "exp_annotations": annotations}
+
+
+def isolation_alert(disturbances: float) -> dict[str, Any]:
+    return expected(
+        {"severity": "critical"},
+        summary="Isolated CPUs of edge1:9963 are not isolated",
+        description=f"{disturbances:g} threads and IRQs outside the slices may run on isolated CPUs "
+        "(bmslice_isolation_foreign_process_threads and bmslice_isolation_irq name them); "
+        "`bmslice audit SPEC` on the host says how to move each.",
+    )
+
+
+def drift_alert(slice_name: str, kind: str, count: int) -> dict[str, Any]:
+    return expected(
+        {"severity": "warning", "slice": slice_name, "kind": kind},
+        summary=f"Slice {slice_name} on edge1:9963 drifted from its plan ({kind})",
+        description=f"{count} difference(s) of kind {kind}; `bmslice verify SPEC` lists them and "
+        "`bmslice apply SPEC` repairs pins live.",
+    )
+
+
+def hugepages_alert(node: str, page_size_bytes: str) -> dict[str, Any]:
+    return expected(
+        {"severity": "critical", "node": node, "page_size_bytes": page_size_bytes},
+        summary=f"Hugepages of node {node} on edge1:9963 are exhausted",
+        description=f"Pages of {page_size_bytes} bytes on NUMA node {node}: the planned slices need more than "
+        "the node has free or reserved; `bmslice host-apply SPEC` reserves 2 MiB pages, 1 GiB "
+        "pages need the boot args and a reboot.",
+    )

@@ -18,6 +18,7 @@ from hypothesis import strategies as st
 
 from bmslice.cli import capacity_cmd
 from bmslice.errors import PlanError
+from bmslice.model.plan import Plan
 from bmslice.model.shapes import parse_vm_shape
 from bmslice.model.spec import Spec, VmSpec, spec_from_data
 from bmslice.model.topology import HostTopology
@@ -55,6 +56,15 @@ def cases(draw: st.DrawFn) -> tuple[HostTopology, Spec, dict[str, Any]]:
     return topo, spec_from_data({"host": host, "vms": [*running, shape]}, "case.yaml"), shape
 
 
+def planned_base(topo: HostTopology, spec: Spec) -> Plan:
+    """The spec's plan; a case whose VMs do not fit the host is not a case (nothing runs to count around)."""
+    try:
+        return make_plan(topo, spec, "case.yaml")
+    except PlanError:
+        assume(False)
+        raise
+
+
 def copies(shape: dict[str, Any], n: int) -> tuple[VmSpec, ...]:
     """The test's own n copies of the shape (not the module's)."""
     return tuple(VmSpec(**{**shape, "name": f"copy{i}"}) for i in range(n))
@@ -64,11 +74,7 @@ def copies(shape: dict[str, Any], n: int) -> tuple[VmSpec, ...]:
 @given(cases())
 def test_the_count_is_planned_and_one_more_is_refused(case: tuple[HostTopology, Spec, dict[str, Any]]) -> None:
     topo, spec, shape = case
-    try:
-        base = make_plan(topo, spec, "case.yaml")
-    except PlanError:
-        assume(False)  # the running VMs do not fit this host: nothing runs to count around
-        raise
+    base = planned_base(topo, spec)
     room = next(r for r in free_room(topo, spec, base, spec_shapes(spec), "case.yaml").shapes if "shape" in r.shape)
     n = room.more
 
@@ -89,11 +95,7 @@ def test_the_count_is_planned_and_one_more_is_refused(case: tuple[HostTopology, 
 @given(cases())
 def test_each_node_alone_takes_at_most_the_whole_count(case: tuple[HostTopology, Spec, dict[str, Any]]) -> None:
     topo, spec, _ = case
-    try:
-        base = make_plan(topo, spec, "case.yaml")
-    except PlanError:
-        assume(False)
-        raise
+    base = planned_base(topo, spec)
     room = free_room(topo, spec, base, spec_shapes(spec), "case.yaml", per_node=True)
     more = {r.shape: r.more for r in room.shapes}
     for node in room.nodes:

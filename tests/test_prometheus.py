@@ -13,14 +13,27 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 import yaml
 
 from bmslice.cli import metrics_cmd
 from metrics_fixtures import SlicedHost, sliced_host
-from promtool import INSTANCE, RULES, Prometheus, free_port, http_get, promtool_test, scraped_series, series_name, tool
+from promtool import (
+    INSTANCE,
+    RULES,
+    Prometheus,
+    drift_alert,
+    expected,
+    free_port,
+    http_get,
+    hugepages_alert,
+    isolation_alert,
+    promtool_test,
+    scraped_series,
+    series_name,
+    tool,
+)
 
 BMSLICE = str(Path(sys.executable).parent / "bmslice")
 TWO_MIB = str(2 * 1024 * 1024)
@@ -46,10 +59,6 @@ def _series(name: str, values: str, **labels: str) -> dict[str, str]:
     return {"series": series_name(name, {**labels, **INSTANCE}), "values": values}
 
 
-def _alert(labels: dict[str, str], **annotations: str) -> dict[str, Any]:
-    return {"exp_labels": {**labels, **INSTANCE}, "exp_annotations": annotations}
-
-
 def test_each_rule_fires_when_it_should_and_not_before(tmp_path: Path) -> None:
     drift = {"slice": "du", "kind": "vcpu_pins"}
     vf = {"slice": "du", "kind": "vf_settings"}
@@ -66,15 +75,7 @@ def test_each_rule_fires_when_it_should_and_not_before(tmp_path: Path) -> None:
                 {
                     "eval_time": "3m",
                     "alertname": "BmsliceIsolationBroken",
-                    "exp_alerts": [
-                        _alert(
-                            {"severity": "critical"},
-                            summary="Isolated CPUs of edge1:9963 are not isolated",
-                            description="4 threads and IRQs outside the slices may run on isolated CPUs "
-                            "(bmslice_isolation_foreign_process_threads and bmslice_isolation_irq name them); "
-                            "`bmslice audit SPEC` on the host says how to move each.",
-                        )
-                    ],
+                    "exp_alerts": [isolation_alert(4)],
                 },
             ],
         },
@@ -90,20 +91,13 @@ def test_each_rule_fires_when_it_should_and_not_before(tmp_path: Path) -> None:
                 {
                     "eval_time": "5m",
                     "alertname": "BmsliceSliceDrift",
-                    "exp_alerts": [
-                        _alert(
-                            {"severity": "warning", **drift},
-                            summary="Slice du on edge1:9963 drifted from its plan (vcpu_pins)",
-                            description="1 difference(s) of kind vcpu_pins; `bmslice verify SPEC` lists them and "
-                            "`bmslice apply SPEC` repairs pins live.",
-                        )
-                    ],
+                    "exp_alerts": [drift_alert("du", "vcpu_pins", 1)],
                 },
                 {
                     "eval_time": "2m",
                     "alertname": "BmsliceVfSettingsLost",
                     "exp_alerts": [
-                        _alert(
+                        expected(
                             {"severity": "critical", **vf},
                             summary="VF settings of slice du on edge1:9963 are lost",
                             description="2 VF setting(s) differ from the plan; `bmslice verify SPEC` names them, "
@@ -127,15 +121,7 @@ def test_each_rule_fires_when_it_should_and_not_before(tmp_path: Path) -> None:
                 {
                     "eval_time": "6m",
                     "alertname": "BmsliceHugepagesExhausted",
-                    "exp_alerts": [
-                        _alert(
-                            {"severity": "critical", **pages},
-                            summary="Hugepages of node 0 on edge1:9963 are exhausted",
-                            description=f"Pages of {TWO_MIB} bytes on NUMA node 0: the planned slices need more than "
-                            "the node has free or reserved; `bmslice host-apply SPEC` reserves 2 MiB pages, 1 GiB "
-                            "pages need the boot args and a reboot.",
-                        )
-                    ],
+                    "exp_alerts": [hugepages_alert("0", TWO_MIB)],
                 }
             ],
         },
@@ -153,7 +139,7 @@ def test_each_rule_fires_when_it_should_and_not_before(tmp_path: Path) -> None:
                     "eval_time": "24h",
                     "alertname": "BmsliceRebootPendingTooLong",
                     "exp_alerts": [
-                        _alert(
+                        expected(
                             {"severity": "warning"},
                             summary="edge1:9963 has waited a day for the reboot its plan needs",
                             description="The running kernel lacks kernel args of the plan; until the host reboots "
@@ -165,7 +151,7 @@ def test_each_rule_fires_when_it_should_and_not_before(tmp_path: Path) -> None:
                     "eval_time": "10m",
                     "alertname": "BmsliceCheckFailing",
                     "exp_alerts": [
-                        _alert(
+                        expected(
                             {"severity": "warning", "collector": "slices"},
                             summary="bmslice cannot check slices on edge1:9963",
                             description="The exporter logs why (journalctl -u bmslice-exporter).",
@@ -192,7 +178,7 @@ def test_promtool_catches_a_wrong_expectation(tmp_path: Path) -> None:
                 {
                     "eval_time": "5m",
                     "alertname": "BmsliceIsolationBroken",
-                    "exp_alerts": [_alert({"severity": "critical"})],
+                    "exp_alerts": [isolation_alert(0)],
                 }
             ],
         }
@@ -215,13 +201,7 @@ def test_the_rules_on_what_bmslice_metrics_scraped(tmp_path: Path, capsys: pytes
     clean = scraped_series(_metrics(sliced_host(tmp_path / "clean"), capsys))
     violating = scraped_series(_metrics(sliced_host(tmp_path / "violating", "violating"), capsys))
     stopped = scraped_series(_metrics(sliced_host(tmp_path / "stopped", running=False), capsys))
-    isolation = _alert(
-        {"severity": "critical"},
-        summary="Isolated CPUs of edge1:9963 are not isolated",
-        description="7 threads and IRQs outside the slices may run on isolated CPUs "
-        "(bmslice_isolation_foreign_process_threads and bmslice_isolation_irq name them); "
-        "`bmslice audit SPEC` on the host says how to move each.",
-    )
+    isolation = isolation_alert(7)  # 5 threads (see test_metrics.py) and 2 IRQs
     tests = [
         {
             "interval": "1m",
@@ -240,27 +220,12 @@ def test_the_rules_on_what_bmslice_metrics_scraped(tmp_path: Path, capsys: pytes
                 {
                     "eval_time": "10m",
                     "alertname": "BmsliceSliceDrift",
-                    "exp_alerts": [
-                        _alert(
-                            {"severity": "warning", "slice": "du", "kind": "state"},
-                            summary="Slice du on edge1:9963 drifted from its plan (state)",
-                            description="1 difference(s) of kind state; `bmslice verify SPEC` lists them and "
-                            "`bmslice apply SPEC` repairs pins live.",
-                        )
-                    ],
+                    "exp_alerts": [drift_alert("du", "state", 1)],
                 },
                 {
                     "eval_time": "10m",
                     "alertname": "BmsliceHugepagesExhausted",
-                    "exp_alerts": [
-                        _alert(
-                            {"severity": "critical", "node": "0", "page_size_bytes": TWO_MIB},
-                            summary="Hugepages of node 0 on edge1:9963 are exhausted",
-                            description=f"Pages of {TWO_MIB} bytes on NUMA node 0: the planned slices need more than "
-                            "the node has free or reserved; `bmslice host-apply SPEC` reserves 2 MiB pages, 1 GiB "
-                            "pages need the boot args and a reboot.",
-                        )
-                    ],
+                    "exp_alerts": [hugepages_alert("0", TWO_MIB)],
                 },
             ],
         },

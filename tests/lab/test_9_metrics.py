@@ -11,7 +11,7 @@ from pathlib import Path
 from lab import labctl, specs
 from lab.conftest import Lab
 from metrics_fixtures import samples, value
-from promtool import INSTANCE, promtool_test, series_name
+from promtool import INSTANCE, isolation_alert, promtool_test, series_name
 
 PORT = 19963
 MARK = "=== bmslice-lab"
@@ -104,15 +104,7 @@ def test_a_planted_thread_turns_the_metric_on_and_the_rule_fires(lab: Lab, tmp_p
 
     # promtool evaluates the rule on what was scraped: the clean scrape for 5 minutes, then the planted one
     disturbed = value(after, "bmslice_isolation_foreign_threads") + value(after, "bmslice_isolation_irqs")
-    alert = {
-        "exp_labels": {"severity": "critical", **INSTANCE},
-        "exp_annotations": {
-            "summary": "Isolated CPUs of edge1:9963 are not isolated",
-            "description": f"{disturbed:g} threads and IRQs outside the slices may run on isolated CPUs "
-            "(bmslice_isolation_foreign_process_threads and bmslice_isolation_irq name them); "
-            "`bmslice audit SPEC` on the host says how to move each.",
-        },
-    }
+    alert = isolation_alert(disturbed)
     tests = [
         {
             "interval": "1m",

@@ -187,7 +187,7 @@ def measure(name: str, root: Path, spec_path: Path, uri: str, runs: int) -> list
     cpus = len(host.topology.online_cpus)
     tasks = sum(1 for _ in (root / "proc").glob("[0-9]*/task/*"))
     median = statistics.median(cpu_ms)
-    verdict = "ok" if name != "server1" or median < GOAL_MS else f"OVER {GOAL_MS:.0f} ms"
+    verdict = ("ok" if median < GOAL_MS else f"OVER {GOAL_MS:.0f} ms") if name == "server1" else "-"
     assert threads == 1
     return [
         name,

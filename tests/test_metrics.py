@@ -223,3 +223,21 @@ def test_doctests() -> None:
 
     for module in (serve, listen, shapes, host_state):
         assert doctest.testmod(module).failed == 0, module.__name__
+
+
+def test_the_live_root_reads_regular_files_only(tmp_path: Path) -> None:
+    """The exporter's one-open-a-file reads below the live "/" keep the resolver's rules: a FIFO or a
+    device is refused (never opened to block or act), a link is followed as the kernel follows it."""
+    from bmslice.topology.fsroot import FsRoot, TreeError
+
+    live = FsRoot(Path("/"))
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    (tmp_path / "file").write_text("data\n")
+    (tmp_path / "link").symlink_to(tmp_path / "file")
+    rel = str(tmp_path).lstrip("/")
+    assert live.read(f"{rel}/link") == "data\n"
+    assert live.read_bytes(f"{rel}/missing") is None
+    for bad, kind in ((f"{rel}/fifo", "a FIFO"), ("dev/null", "a character device")):
+        with pytest.raises(TreeError, match=f"is {kind}, not a regular file; refused"):
+            live.read_bytes(bad)

@@ -143,15 +143,25 @@ class FsRoot:
 
     def _read_live(self, rel: str, limit: int) -> bytes | None:
         """read_bytes below the live "/": the kernel's own resolution of links is the resolver's (no link
-        leads outside "/"), so one open does what resolve and lstat do for a tree; the file is still
-        checked to be a regular one (O_NONBLOCK: a FIFO cannot block) and read up to `limit`. The
-        exporter reads thousands of /proc files a scrape this way."""
+        leads outside "/"), so stat() does what resolve and lstat do for a tree. The file is checked to
+        be a regular one before it is opened (opening a device can act: a watchdog starts), again once
+        open (O_NONBLOCK: a FIFO swapped in cannot block), and read up to `limit`. The exporter reads
+        thousands of /proc files a scrape this way."""
+        path = "/" + rel.lstrip("/")
         try:
-            fd = os.open("/" + rel.lstrip("/"), os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+            before = os.stat(path)
         except (FileNotFoundError, NotADirectoryError):
             return None
+        self._check_regular(rel, before.st_mode)
         try:
-            self._check_regular(rel, os.fstat(fd).st_mode)
+            fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        except (FileNotFoundError, NotADirectoryError):
+            return None  # gone since (a thread that ended)
+        try:
+            now = os.fstat(fd)
+            self._check_regular(rel, now.st_mode)
+            if (now.st_dev, now.st_ino) != (before.st_dev, before.st_ino):
+                raise TreeError(f"{self.display(rel)}: replaced while being read; refused")
             return self._read_bounded(rel, fd, limit)
         finally:
             os.close(fd)

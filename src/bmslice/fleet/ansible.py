@@ -136,7 +136,9 @@ PLAYBOOK = """\
 # ANSIBLE_COLLECTIONS_PATH at the directory holding ansible_collections/).
 #   ansible-playbook -i inventory.yml site.yml --check   # dry run; a plan on host trees
 #   ansible-playbook -i inventory.yml site.yml           # apply, then verify
-#   ansible-playbook -i inventory.yml site.yml --tags verify   # only verify (tags: secrets, apply, verify)
+#   ansible-playbook -i inventory.yml site.yml --tags verify   # only verify (tags: secrets, apply, verify, exporter)
+# A host with `bmslice_exporter: true` in the inventory also runs bmslice's Prometheus exporter
+# (on its reserved CPUs; `bmslice_exporter_listen`, default 127.0.0.1:9963, says where it serves).
 - name: Slice the fleet's servers with bmslice
   hosts: bmslice_fleet
   gather_facts: false
@@ -186,6 +188,16 @@ PLAYBOOK = """\
         host_root: "{{ bmslice_host_root | default(omit) }}"
         command: "{{ bmslice_command }}"
       tags: [verify]
+
+    - name: Serve this server's isolation, drift and free room to Prometheus
+      bmslice.slicing.bmslice:
+        action: exporter
+        spec: "{{ bmslice_dir }}/spec.yaml"
+        host_root: "{{ bmslice_host_root | default(omit) }}"
+        command: "{{ bmslice_command }}"
+        exporter_listen: "{{ bmslice_exporter_listen | default('127.0.0.1:9963') }}"
+      when: bmslice_exporter | default(false) | bool
+      tags: [exporter]
 """
 
 

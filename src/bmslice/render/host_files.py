@@ -24,6 +24,7 @@ from bmslice.model.sizes import GIB_KIB
 from bmslice.model.topology import HostTopology
 from bmslice.render import systemd_units
 from bmslice.render.artifacts import kernel_args_line
+from bmslice.render.exporter_unit import EXPORTER_UNIT_PATH, ExporterUnit, exporter_unit
 from bmslice.render.resctrl_files import resctrl_files
 from bmslice.render.sriov_files import sriov_host_files
 from bmslice.render.systemd_units import HEADER, LIBVIRT_UNITS, UNIT_DIR, libvirt_dropin_path
@@ -410,8 +411,9 @@ def _vfio_load(plan: Plan) -> str:
     return HEADER + "vfio-pci\n"
 
 
-def render_host_files(plan: Plan, topo: HostTopology) -> dict[str, str]:
-    """{relative path: text} for every host file; `topo` supplies the PCI IDs of passthrough devices."""
+def render_host_files(plan: Plan, topo: HostTopology, exporter: ExporterUnit | None = None) -> dict[str, str]:
+    """{relative path: text} for every host file; `topo` supplies the PCI IDs of passthrough devices;
+    `exporter`: also the unit that runs `bmslice exporter` (what it runs, where it listens)."""
     files = {
         GRUB_DROPIN: _grub(plan),
         KERNEL_ARGS: kernel_args_line(plan),
@@ -430,4 +432,6 @@ def render_host_files(plan: Plan, topo: HostTopology) -> dict[str, str]:
     files.update(_boot_hugepage_files(plan, topo))
     files.update(sriov_host_files(plan))
     files.update(resctrl_files(plan))
+    if exporter is not None:
+        files[EXPORTER_UNIT_PATH] = exporter_unit(plan, exporter)
     return dict(sorted(files.items()))

@@ -9,7 +9,7 @@ HWLOC_FSROOT works: `read_host_tree(Path("/"))` reads this machine and
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -201,6 +201,13 @@ def _read_node(fs: FsRoot, node_id: int) -> NumaNode:
 
 def _read_nodes(fs: FsRoot) -> list[NumaNode]:
     return [_read_node(fs, n) for n in fs.numbered(NODE_DIR, "node")]
+
+
+def read_numa_nodes(root: Path, cpus: Sequence[Cpu]) -> tuple[NumaNode, ...]:
+    """The NUMA nodes alone, as `read_host_tree` reads them (memory, free hugepages): what changes
+    while a host runs, for a reader that keeps the rest of its topology."""
+    fs = FsRoot(root)
+    return tuple(_read_nodes(fs) or [_single_node(fs, list(cpus))])
 
 
 def _single_node(fs: FsRoot, cpus: list[Cpu]) -> NumaNode:

@@ -77,7 +77,7 @@ def test_host_apply_only_exporter_places_the_unit_alone(tmp_path: Path, capsys: 
     args = ["host-apply", str(host.built.spec_path), "--host-root", str(root), "--only", "exporter"]
     assert host_cmds.main(args) == 0
     out = capsys.readouterr().out
-    assert f"  wrote /{UNIT}" in out.splitlines() and out.count("  wrote ") == 1, out
+    assert f"  create /{UNIT}" in out.splitlines() and out.count("  create ") == 1, out
     assert "next: run `systemctl enable --now bmslice-exporter.service` to serve the metrics" in out
     assert not (root / "etc/default/grub.d").exists() and not (root / "var/lib/bmslice").exists()
     assert host_cmds.main(args) == 0
@@ -100,7 +100,7 @@ def test_the_collection_enables_the_exporter_on_a_server_and_disables_it(tmp_pat
 
     status, result, _ = _module(tmp_path, action)
     assert status == "CHANGED", result
-    assert result["steps"] == [f"wrote /{UNIT}", "enable bmslice-exporter.service"]
+    assert result["steps"] == [f"create /{UNIT}", "enable bmslice-exporter.service"]
     assert (root / WANTS).is_symlink() and str((root / WANTS).readlink()) == f"/{UNIT}"
     assert "--listen 127.0.0.1:9963\n" in (root / UNIT).read_text()
 
@@ -108,7 +108,7 @@ def test_the_collection_enables_the_exporter_on_a_server_and_disables_it(tmp_pat
     assert status == "SUCCESS" and result["changed"] is False and result["steps"] == [], result
 
     status, result, _ = _module(tmp_path, {**action, "exporter_listen": "10.0.0.11:9963"})
-    assert status == "CHANGED" and result["steps"] == [f"updated /{UNIT}"], result
+    assert status == "CHANGED" and result["steps"] == [f"update /{UNIT}"], result
     assert "--listen 10.0.0.11:9963\n" in (root / UNIT).read_text()
 
     status, result, _ = _module(tmp_path, {**action, "exporter_enabled": False})

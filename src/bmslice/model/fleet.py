@@ -18,13 +18,24 @@ from pathlib import Path
 from typing import Annotated, Any
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, StrictInt, ValidationError, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictInt,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from bmslice.errors import SpecError
 from bmslice.model.fields import CpuFeature, IfName, device_ref, matching
+from bmslice.model.grammar import JUNOS_PORT_RE, canonical_pci, libvirt_uri
 from bmslice.model.input_file import read_yaml, validation_error
 from bmslice.model.spec import (
     MAX_GUEST_CELLS,
+    MAX_NUMA_NODE,
     DiskSpec,
     EmulatorPolicy,
     HostSpec,
@@ -43,7 +54,6 @@ HOST_NAME_RE = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9.-]{0,61}[A-Za-z0-9])?\Z")  #
 CLUSTER_NAME_RE = re.compile(r"^[a-z]([a-z0-9-]{0,22}[a-z0-9])?\Z")
 PREFIX_RE = re.compile(r"^([a-z0-9][a-z0-9-]{0,30})?\Z")
 JUNOS_VLAN_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_.-]{0,62}\Z")
-PORT_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_./:-]{0,63}\Z")
 LABEL_VALUE_RE = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9_.-]{0,61}[A-Za-z0-9])?\Z")  # a Kubernetes label value
 ANY = "any"
 
@@ -74,12 +84,17 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-PortName = Annotated[str, matching(PORT_RE, "a switch or port name (letters, digits, '/', ':', '.', '-', '_')")]
+# A switch is named like a host (it names files under fabric/ and an ssh target); a port is a
+# Junos physical interface, never a unit: `set interfaces ge-0/0/9.0 unit 0 ...` is no interface.
+SwitchName = Annotated[str, matching(HOST_NAME_RE, "a switch name (letters, digits, '.', '-')")]
+JunosPort = Annotated[
+    str, matching(JUNOS_PORT_RE, "a Junos physical port such as ge-0/0/9, xe-0/0/1:2 or ae0 (no unit)")
+]
 
 
 class SwitchPort(_Strict):
-    switch: PortName
-    port: PortName
+    switch: SwitchName
+    port: JunosPort
 
 
 class SwitchSpec(_Strict):
@@ -99,9 +114,7 @@ class InventoryHost(_Strict):
     @field_validator("uri")
     @classmethod
     def _uri(cls, value: str) -> str:
-        if "://" not in value:
-            raise ValueError(f"{value!r} is not a libvirt URI such as qemu+ssh://root@server1/system")
-        return value
+        return libvirt_uri(value)
 
     @property
     def is_local(self) -> bool:
@@ -194,7 +207,7 @@ class Fleet(_Strict):
     # put before every VM name: "<prefix><cluster>-worker-<n>"
     vm_prefix: Annotated[str, matching(PREFIX_RE, "a name prefix (lower-case letters, digits, '-')")] = ""
     ssh_keys_file: Path | None = None  # public keys for every guest, one a line
-    switches: dict[PortName, SwitchSpec] = Field(default_factory=dict)  # per switch: its Junos style
+    switches: dict[SwitchName, SwitchSpec] = Field(default_factory=dict)  # per switch: its Junos style
 
     @model_validator(mode="after")
     def _consistent(self) -> Fleet:
@@ -436,38 +449,63 @@ def placement_to_dict(placement: Placement) -> dict[str, Any]:
     }
 
 
+# A placement file is bmslice's own output read back: every name in it goes through the same
+# grammar as in the fleet file, so a VM name with a newline cannot start a line of a summary,
+# a spec or a Junos description, and every number is a strict integer in its range.
+NodeId = Annotated[StrictInt, Field(ge=0, le=MAX_NUMA_NODE)]
+GUEST_CORE_RE = re.compile(r"[0-9]{1,4}(?:,[0-9]{1,4})*")  # one host core's guest vCPUs: "0,1"
+
+
+class _NicIn(_Strict):
+    kind: NicKind
+    pf: Annotated[str, AfterValidator(device_ref)]
+    address: Annotated[str, AfterValidator(canonical_pci)]
+    numa_node: NodeId | None = None
+    vlan: StrictInt = Field(ge=1, le=4094)
+    count: StrictInt = Field(default=1, ge=1, le=64)
+
+
+class _PlacedIn(_Strict):
+    name: Annotated[str, matching(DNS_LABEL_RE, "a VM name (a DNS label)")]
+    cluster: Annotated[str, matching(CLUSTER_NAME_RE, "a cluster name")]
+    role: Role
+    index: StrictInt = Field(ge=1, le=100000)
+    host: Annotated[str, matching(HOST_NAME_RE, "a host name")]
+    numa_node: NodeId
+    numa_nodes: tuple[NodeId, ...] = Field(default=(), max_length=MAX_GUEST_CELLS)
+    guest_threads: StrictInt = Field(default=1, ge=1, le=2)
+    guest_cores: tuple[Annotated[str, matching(GUEST_CORE_RE, "guest vCPUs like '0,1'")], ...] = ()
+    nics: tuple[_NicIn, ...] = ()
+
+
+class _PlacementIn(_Strict):
+    vms: tuple[_PlacedIn, ...]
+    notes: tuple[str, ...] = ()  # written for people; a later run makes its own
+
+
 def placement_from_dict(data: Any, origin: str) -> Placement:
     """Read a placement written by `placement_to_dict`; a malformed one is refused, not guessed at."""
+    if not isinstance(data, dict):
+        raise SpecError(f"{origin}: not a bmslice placement (a JSON object with 'vms')")
     try:
-        vms = tuple(
-            PlacedVm(
-                name=str(vm["name"]),
-                cluster=str(vm["cluster"]),
-                role=Role(vm["role"]),
-                index=int(vm["index"]),
-                host=str(vm["host"]),
-                numa_node=int(vm["numa_node"]),
-                numa_nodes=tuple(int(node) for node in vm.get("numa_nodes", [])),
-                guest_threads=int(vm.get("guest_threads", 1)),
-                guest_cores=tuple(
-                    tuple(int(cpu) for cpu in str(core).split(",")) for core in vm.get("guest_cores", [])
-                ),
-                nics=tuple(
-                    NicAssignment(
-                        NicKind(n["kind"]),
-                        str(n["pf"]),
-                        str(n["address"]),
-                        None if n.get("numa_node") is None else int(n["numa_node"]),
-                        int(n["vlan"]),
-                        int(n.get("count", 1)),
-                    )
-                    for n in vm.get("nics", [])
-                ),
-            )
-            for vm in data["vms"]
+        read = _PlacementIn.model_validate(data)
+    except ValidationError as exc:
+        raise validation_error(origin, exc) from None
+    vms = tuple(
+        PlacedVm(
+            name=vm.name,
+            cluster=vm.cluster,
+            role=vm.role,
+            index=vm.index,
+            host=vm.host,
+            numa_node=vm.numa_node,
+            numa_nodes=vm.numa_nodes,
+            guest_threads=vm.guest_threads,
+            guest_cores=tuple(tuple(int(cpu) for cpu in core.split(",")) for core in vm.guest_cores),
+            nics=tuple(NicAssignment(n.kind, n.pf, n.address, n.numa_node, n.vlan, n.count) for n in vm.nics),
         )
-    except (KeyError, TypeError, ValueError) as exc:
-        raise SpecError(f"{origin}: not a bmslice placement ({type(exc).__name__}: {exc})") from None
+        for vm in read.vms
+    )
     seen: set[str] = set()
     for vm in vms:
         spans = vm.numa_nodes

@@ -19,7 +19,10 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Callable
 
+from bmslice.errors import RenderError
+from bmslice.model.topology import canonical_pci_address
 from bmslice.safe_text import shown
 
 # A PCI vendor or device id: 16 bits, written by sysfs and libvirt as "0x8086".
@@ -114,4 +117,35 @@ def libvirt_uri(value: str) -> str:
             f"{shown(value)} is not a libvirt URI such as qemu+ssh://root@server1/system "
             "(other characters must be %-escaped)"
         )
+    return value
+
+
+def matches(regex: re.Pattern[str], what: str) -> Callable[[str], str]:
+    """A grammar from a regex: `value` when `regex` matches all of it, else ValueError."""
+
+    def check(value: str) -> str:
+        if not regex.fullmatch(value):
+            raise ValueError(f"{shown(value)} is not {what}")
+        return value
+
+    return check
+
+
+def in_file(path: str, what: str, value: str, grammar: Callable[[str], str]) -> str:
+    """The render edge: `value` goes into the generated file `path` only in its grammar.
+
+    Every reader checks first; this is the second look, for values that came from a file
+    bmslice wrote earlier (a plan recorded in libvirt metadata, a placement) or any path
+    no reader covered. RenderError: nothing is written.
+    """
+    try:
+        return grammar(value)
+    except ValueError as exc:
+        raise RenderError(f"refusing to write {path}: {what}: {exc}") from None
+
+
+def canonical_pci(value: str) -> str:
+    """A PCI address already in canonical form ("0000:01:00.0"), as every plan holds them."""
+    if canonical_pci_address(value) != value:
+        raise ValueError(f"{shown(value)} is not a PCI address like 0000:01:00.0")
     return value

@@ -98,8 +98,8 @@ def _cpu_ids(fs: FsRoot) -> list[int]:
     return present.sorted() if present else fs.numbered(CPU_DIR, "cpu")
 
 
-def _is_online(fs: FsRoot, cpu_id: int, online: CpuSet | None) -> bool:
-    flag = fs.read_int(f"{CPU_DIR}/cpu{cpu_id}/online")
+def _is_online(fs: FsRoot, cpu_id: int, online: CpuSet | None, has_dir: bool) -> bool:
+    flag = fs.read_int(f"{CPU_DIR}/cpu{cpu_id}/online") if has_dir else None
     if flag is not None:
         return flag == 1
     # cpu0 usually has no online file because it cannot be unplugged.
@@ -119,11 +119,11 @@ def _cpu_nodes(fs: FsRoot, nodes: list[NumaNode], cpu_ids: Iterable[int]) -> dic
     return mapping
 
 
-def _read_cpu(fs: FsRoot, cpu_id: int, online: bool, node: int | None) -> Cpu:
+def _read_cpu(fs: FsRoot, cpu_id: int, online: bool, node: int | None, has_dir: bool) -> Cpu:
     topo = f"{CPU_DIR}/cpu{cpu_id}/topology"
     package = core = die = None
     siblings = CpuSet()
-    if fs.is_dir(topo):  # one look instead of six reads where an offline CPU (or a bare tree) has none
+    if has_dir and fs.is_dir(topo):  # one look instead of six reads where an offline CPU has none
         package = fs.read_int(f"{topo}/physical_package_id")
         core = fs.read_int(f"{topo}/core_id")
         die = fs.read_int(f"{topo}/die_id")
@@ -173,7 +173,13 @@ def _read_cpus(fs: FsRoot, nodes: list[NumaNode]) -> list[Cpu]:
     ids = _cpu_ids(fs)
     online = fs.read_cpuset(f"{CPU_DIR}/online")
     node_of = _cpu_nodes(fs, nodes, ids)
-    cpus = [_read_cpu(fs, i, _is_online(fs, i, online), node_of.get(i)) for i in ids]
+    # A CPU without its cpuN directory (a bare tree, an empty slot) has no file to read: one
+    # listing instead of a lookup per file keeps 30,000 such CPUs to a fraction of a second.
+    dirs = set(fs.listdir(CPU_DIR))
+    cpus = []
+    for i in ids:
+        has_dir = f"cpu{i}" in dirs
+        cpus.append(_read_cpu(fs, i, _is_online(fs, i, online, has_dir), node_of.get(i), has_dir))
     return _infer_packages(fs, cpus)
 
 

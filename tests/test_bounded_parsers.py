@@ -5,7 +5,7 @@ As an attacker (or a broken exporter) would try it:
   negative sizes, digits that are not ASCII, a PU index above 65535, a node above 1023, a bitmap
   naming CPU 90,000, non-numeric distances and counts, cache sizes with suffixes;
 - switch tables in each of the four forms (ELS and legacy, JSON and text) whose entries have the
-  wrong type, VLAN ids that are not ASCII digits from 1 to 4094, VLAN names that are no names;
+  wrong type (and XML, which is not read, said so), VLAN ids that are not ASCII digits from 1 to 4094, VLAN names that are no names;
 - cloud-init user_data with a key twice, an alias bomb, nesting 20,000 deep or a million values,
   refused when the spec is loaded; an 11 MB write_files is built into a seed whole (the time
   is printed by bench/user_data_bench.py, not asserted);
@@ -133,6 +133,11 @@ def _text_table(name: str, old: str, new: str) -> Callable[[Path], Path]:
     return write
 
 
+def _write(path: Path, text: str) -> Path:
+    path.write_text(text)
+    return path
+
+
 def _els_entry(data: Any) -> dict[str, Any]:
     entry: dict[str, Any] = data["l2ng-l2ald-rtb-macdb"][0]["l2ng-l2ald-mac-entry-vlan"][0]["l2ng-mac-entry"][0]
     return entry
@@ -228,6 +233,11 @@ BAD_TABLES = [
         "ELS text: a VLAN name with a letter outside ASCII",
         _text_table("els.txt", "   Red_Tenant_Network  02:2b", "   R\u00e9d  02:2b"),
         "is not a VLAN name",
+    ),
+    (
+        "ELS XML: not read, said so",
+        lambda tmp: _write(tmp / "els.xml", "<rpc-reply><l2ng-l2ald-rtb-macdb>\n</l2ng-l2ald-rtb-macdb></rpc-reply>\n"),
+        "XML (`| display xml`) is not read; capture `| display json` or the plain text",
     ),
     (
         "legacy text: a VLAN name with $()",

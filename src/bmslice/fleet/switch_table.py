@@ -160,6 +160,8 @@ def parse_switch_table(text: str, origin: str) -> tuple[LearnedMac, ...]:
             entries = [*_els(data), *_legacy(data)]
         except _Refused as exc:
             raise SpecError(f"{origin}: {exc}") from None
+    elif stripped.startswith("<"):
+        raise SpecError(f"{origin}: XML (`| display xml`) is not read; capture `| display json` or the plain text")
     else:
         if not TABLE_HEADER_RE.search(stripped):
             raise SpecError(f"{origin}: not the output of `show ethernet-switching table` (no table header)")

@@ -391,21 +391,18 @@ def _description(element: etree._Element) -> str | None:
     return " ".join(p for p in parts if p) or None
 
 
-def _busid(element: etree._Element) -> str:
+def _read_pci_device(element: etree._Element) -> tuple[PciDevice, list[NetInterface]]:
+    """One PCIDev or Bridge with its network interfaces."""
     busid = element.get("pci_busid", "")
     address = canonical_pci_address(busid)
-    if address is None or _PCI_TYPE.match(element.get("pci_type", "")) is None:
+    match = _PCI_TYPE.match(element.get("pci_type", ""))
+    if address is None or match is None:
         raise TopologyError(
             f"{_where(element)}: bad PCI object pci_busid={shown(busid)} pci_type={shown(element.get('pci_type'))}"
         )
-    return address
-
-
-def _read_pci_device(element: etree._Element, address: str, interfaces: list[NetInterface]) -> PciDevice:
-    match = _PCI_TYPE.match(element.get("pci_type", ""))
-    assert match is not None  # _busid checked it
     class_id, vendor, device = (g.lower() for g in match.groups())
-    return PciDevice(
+    interfaces = _net_children(element, address)
+    pci = PciDevice(
         address=address,
         # hwloc keeps class and subclass only; the programming interface is taken as 00.
         class_code=f"0x{class_id}00",
@@ -417,6 +414,7 @@ def _read_pci_device(element: etree._Element, address: str, interfaces: list[Net
         interfaces=tuple(sorted(i.name for i in interfaces)),
         description=_description(element),
     )
+    return pci, interfaces
 
 
 def _read_pci(objects: list[etree._Element], warnings: list[str]) -> tuple[list[PciDevice], list[NetInterface]]:
@@ -425,9 +423,8 @@ def _read_pci(objects: list[etree._Element], warnings: list[str]) -> tuple[list[
     interfaces: list[NetInterface] = []
     for element in objects:
         if element.get("type") in ("PCIDev", "Bridge") and element.get("pci_busid"):
-            address = _busid(element)
-            own = _net_children(element, address)
-            devices.append(_read_pci_device(element, address, own))
+            pci, own = _read_pci_device(element)
+            devices.append(pci)
             interfaces += own
     if not devices:
         warnings.append("hwloc XML has no PCI devices (exported without I/O discovery?)")

@@ -29,6 +29,7 @@ import pytest
 from bmslice.apply.ownership import Mark
 from bmslice.apply.seed import read_seed
 from bmslice.cli import fleet_cmd
+from bmslice.cli.main import main as cli_main
 from bmslice.cpuset import CpuSet
 from bmslice.model.input_file import parse_yaml
 from bmslice.model.spec import CloudInitSpec
@@ -99,13 +100,15 @@ BAD_HWLOC = [
 
 @pytest.mark.parametrize(("case", "name", "old", "new", "needle"), BAD_HWLOC, ids=[c[0] for c in BAD_HWLOC])
 def test_an_hwloc_number_that_is_no_number_in_range_is_one_line(
-    tmp_path: Path, case: str, name: str, old: str, new: str, needle: str
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], case: str, name: str, old: str, new: str, needle: str
 ) -> None:
     text = (HWLOC / name).read_text()
     assert old in text, (name, old)
     bad = tmp_path / name
     bad.write_text(text.replace(old, new, 1))
-    one_error(bmslice("discover", "--hwloc", bad), f"error: {bad}: hwloc XML", needle)
+    assert cli_main(["discover", "--hwloc", str(bad)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith(f"error: {bad}: hwloc XML") and needle in err, err
 
 
 # --- switch tables -----------------------------------------------------------------------------

@@ -32,6 +32,7 @@ from typing import Any
 import pytest
 import yaml
 
+from bmslice.cli import fleet_cmd
 from bmslice.cpuset import CpuSet
 from bmslice.errors import RenderError, TopologyError
 from bmslice.fleet.fabric import junos_config
@@ -326,10 +327,17 @@ def test_libvirt_node_device_values_meet_their_grammar(device: str, old: str, ne
 # --- fleet and placement files ---------------------------------------------------------------
 
 
-def _fleet_plan(tmp_path: Path, data: dict[str, Any], *args: str | Path) -> subprocess.CompletedProcess[str]:
-    path = tmp_path / "fleet.yaml"
-    path.write_text(yaml.safe_dump(data))
-    return bmslice("fleet", "plan", path, "--no-check", *args)
+def _fleet_main(capsys: pytest.CaptureFixture[str], *args: str | Path) -> tuple[int, str]:
+    """`bmslice fleet ...` in this process (the fleet commands' own entry point): exit code, stderr."""
+    code = fleet_cmd.main(["fleet", *map(str, args)])
+    return code, capsys.readouterr().err
+
+
+def _one_line(code: int, err: str, *needles: str) -> None:
+    assert code == 2 and "Traceback" not in err
+    assert err.count("\n") == 1 and err.startswith("error: "), err
+    for needle in needles:
+        assert needle in err, (needle, err)
 
 
 JINJA = "{{ lookup('pipe', 'touch pwned') }}"
@@ -373,12 +381,17 @@ BAD_FLEETS: list[tuple[str, Callable[[dict[str, Any]], None], str]] = [
 
 @pytest.mark.parametrize(("case", "change", "message"), BAD_FLEETS, ids=[c[0] for c in BAD_FLEETS])
 def test_a_fleet_value_outside_its_grammar_is_refused(
-    tmp_path: Path, case: str, change: Callable[[dict[str, Any]], None], message: str
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    case: str,
+    change: Callable[[dict[str, Any]], None],
+    message: str,
 ) -> None:
     data = example_data()
     change(data)
-    out = tmp_path / "out"
-    one_error(_fleet_plan(tmp_path, data, "--out", out), str(tmp_path / "fleet.yaml"), message)
+    fleet, out = tmp_path / "fleet.yaml", tmp_path / "out"
+    fleet.write_text(yaml.safe_dump(data))
+    _one_line(*_fleet_main(capsys, "plan", fleet, "--no-check", "--out", out), f"error: {fleet}: ", message)
     assert not out.exists()
 
 
@@ -421,19 +434,33 @@ BAD_PLACEMENTS: list[tuple[str, Callable[[dict[str, Any]], None], str]] = [
 ]
 
 
+@pytest.fixture(scope="module")
+def planned_example(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, Any]]:
+    """The example fleet file and the placement `fleet plan` wrote for it, planned once."""
+    tmp = tmp_path_factory.mktemp("planned")
+    fleet = tmp / "fleet.yaml"
+    fleet.write_text(yaml.safe_dump(example_data()))
+    assert fleet_cmd.main(["fleet", "plan", str(fleet), "--no-check", "--out", str(tmp / "out")]) == 0
+    return fleet, json.loads((tmp / "out" / "placement.json").read_text())
+
+
 @pytest.mark.parametrize("command", ["plan", "verify"])
 @pytest.mark.parametrize(("case", "change", "message"), BAD_PLACEMENTS, ids=[c[0] for c in BAD_PLACEMENTS])
 def test_a_placement_read_back_goes_through_the_fleet_grammar(
-    tmp_path: Path, command: str, case: str, change: Callable[[dict[str, Any]], None], message: str
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    planned_example: tuple[Path, dict[str, Any]],
+    command: str,
+    case: str,
+    change: Callable[[dict[str, Any]], None],
+    message: str,
 ) -> None:
-    out = tmp_path / "out"
-    assert _fleet_plan(tmp_path, example_data(), "--out", out).returncode == 0
-    placement = out / "placement.json"
-    data = json.loads(placement.read_text())
+    fleet, written = planned_example
+    data = json.loads(json.dumps(written))
     change(data)
+    placement = tmp_path / "placement.json"
     placement.write_text(json.dumps(data))
-    result = bmslice("fleet", command, tmp_path / "fleet.yaml", "--placement", placement)
-    one_error(result, f"error: {placement}: {message}")
+    _one_line(*_fleet_main(capsys, command, fleet, "--placement", placement), f"error: {placement}: {message}")
 
 
 # --- Ansible never templates a value of the fleet file ---------------------------------------

@@ -290,7 +290,7 @@ def checked(fs: FsRoot, rel: str, value: str, grammar: Callable[[str], str]) -> 
     """`value`, read from ROOT/rel, when it matches `grammar`; else one line naming the file and the value.
 
     What a tree says reaches modprobe.d, udev rules and Junos lines: a driver or an interface
-    named "x\ninstall ..." is refused here, not carried along.
+    named "x\\ninstall ..." is refused here, not carried along.
     """
     try:
         return grammar(value)

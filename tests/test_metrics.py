@@ -165,7 +165,9 @@ def test_textfile_is_replaced_atomically_and_never_through_a_link(
     (directory / "bmslice.prom").symlink_to(victim)
     rc, out, err = scrape(host, capsys, "--textfile", str(directory))
     assert rc == 2 and out == "" and err.count("\n") == 1 and err.startswith("error: "), err
-    assert f"{directory / 'bmslice.prom'} is a symbolic link" in err and victim.read_text() == "keep me\n"  # the planted link is refused, never followed
+    assert (
+        f"{directory / 'bmslice.prom'} is a symbolic link" in err and victim.read_text() == "keep me\n"
+    )  # the planted link is refused, never followed
 
     (directory / "bmslice.prom").unlink()
     for _ in range(2):  # written, then replaced

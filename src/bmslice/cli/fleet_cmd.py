@@ -248,13 +248,19 @@ def _print_verify(report: FleetReport) -> None:
         if failed
         else f"fleet: no drift ({tally})"
     )
-    if report.fabric:
-        wrong = report.fabric_failed
-        print(
-            f"fabric: {len(wrong)} of {len(report.fabric)} VM NIC(s) missing or learned elsewhere"
-            if wrong
-            else f"fabric: every checked VM NIC learned where planned ({len(report.fabric)})"
-        )
+    if report.tables:
+        print(_fabric_summary(report))
+
+
+def _fabric_summary(report: FleetReport) -> str:
+    """How many VM NICs were checked against how many are planned, always: none checked is no pass."""
+    checked, planned, wrong = len(report.fabric_checked), report.fabric_planned, report.fabric_failed
+    counted = f"{checked} of {planned} planned VM NIC(s) checked"
+    if not checked:
+        return f"fabric: {counted}: nothing verified, not a pass (tables of: {', '.join(report.tables)})"
+    if wrong:
+        return f"fabric: {len(wrong)} of {checked} checked VM NIC(s) missing or learned elsewhere; {counted}"
+    return f"fabric: every checked VM NIC learned where planned; {counted}"
 
 
 def cmd_verify(args: argparse.Namespace) -> int:

@@ -28,10 +28,25 @@ from typing import Any
 from urllib.parse import unquote, urlsplit
 
 from bmslice.fleet.render import join_file_name
-from bmslice.fleet.text import indented_yaml, one_line
+from bmslice.fleet.text import Unsafe, indented_yaml, one_line
 from bmslice.model.fleet import Fleet, InventoryHost, Placement, Role
 
 GROUPS = {Role.CONTROL: "bmslice_control", Role.WORKER: "bmslice_worker"}
+# bmslice's own templates in a host's variables; every other string came from the fleet file.
+TEMPLATES = frozenset({"ansible_python_interpreter"})
+
+
+def literal(value: Any) -> Any:
+    """`value` with every string marked `!unsafe`: Ansible templates the strings of an inventory
+    when it uses them, so "{{ lookup('pipe', ...) }}" in a path of the fleet file would run on
+    the controller. Marked, it stays that text, whatever it holds."""
+    if isinstance(value, str):
+        return Unsafe(value)
+    if isinstance(value, list):
+        return [literal(item) for item in value]
+    if isinstance(value, dict):
+        return {key: item if key in TEMPLATES else literal(item) for key, item in value.items()}
+    return value
 
 
 def connection_vars(inv: InventoryHost) -> dict[str, Any]:
@@ -114,7 +129,7 @@ def inventory_yaml(fleet: Fleet, placement: Placement, files_by_host: dict[str, 
         if not files:
             idle.append(inv.name)
             continue
-        groups[GROUPS[inv.role]]["hosts"][inv.name] = host_vars(fleet, placement, inv, files)
+        groups[GROUPS[inv.role]]["hosts"][inv.name] = literal(host_vars(fleet, placement, inv, files))
     data = {
         "all": {
             "vars": {"bmslice_command": "bmslice", "bmslice_base_dir": "/etc/bmslice/fleet"},

@@ -19,6 +19,7 @@ from collections import defaultdict
 from dataclasses import dataclass, replace
 
 from bmslice.model.distro import qemu_binaries
+from bmslice.model.grammar import driver_name, in_file, is_module_name, pci_id
 from bmslice.model.plan import DeviceAssignment, Plan
 from bmslice.model.sizes import GIB_KIB
 from bmslice.model.topology import HostTopology
@@ -358,8 +359,13 @@ def _passthrough(plan: Plan) -> list[tuple[str, DeviceAssignment]]:
     )
 
 
-def _pci_id(vendor: str, device: str) -> str:
+def _id_text(vendor: str, device: str) -> str:
     return f"{vendor.lower().removeprefix('0x')}:{device.lower().removeprefix('0x')}"
+
+
+def _pci_id(vendor: str, device: str) -> str:
+    """ "8086:1528", the form of `vfio-pci ids=`; an id outside its grammar never reaches modprobe.d."""
+    return _id_text(*(in_file(VFIO_OPTIONS, "PCI id", value, pci_id) for value in (vendor, device)))
 
 
 def _vfio_options(plan: Plan, topo: HostTopology) -> str:
@@ -381,13 +387,13 @@ def _vfio_options(plan: Plan, topo: HostTopology) -> str:
         pid = _pci_id(pci.vendor, pci.device)
         by_id[pid].append(dev.known_address)
         if dev.driver and dev.driver not in ("vfio-pci", "pci-stub"):
-            drivers[pid].add(dev.driver)
+            drivers[pid].add(in_file(VFIO_OPTIONS, "driver", dev.driver, driver_name))
     ids: list[str] = []
     for pid, addresses in sorted(by_id.items()):
         host_kept = [
             d.address
             for d in topo.pci_devices
-            if _pci_id(d.vendor, d.device) == pid and d.address not in addresses and d.physfn is None
+            if _id_text(d.vendor, d.device) == pid and d.address not in addresses and d.physfn is None
         ]
         if host_kept:
             lines.append(
@@ -401,7 +407,10 @@ def _vfio_options(plan: Plan, topo: HostTopology) -> str:
     if ids:
         lines.append(f"options vfio-pci ids={','.join(ids)}\n")
         for driver in sorted({drv for pid in ids for drv in drivers[pid]}):
-            lines.append(f"softdep {driver} pre: vfio-pci\n")
+            if is_module_name(driver):
+                lines.append(f"softdep {driver} pre: vfio-pci\n")
+            else:  # a built-in driver's name may hold '.' or '+': no module by that name to order
+                lines.append(f"# driver {driver} is not a module name: no softdep for it\n")
     return "".join(lines)
 
 

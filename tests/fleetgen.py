@@ -181,7 +181,8 @@ def _cabling(rng: random.Random, topo: HostTopology, host: str, all_of_them: boo
     names = [d.interfaces[0] for d in topo.pci_devices if d.interfaces and d.interfaces[0] != "eno1"]
     if not all_of_them and len(names) > 1 and rng.random() < 0.2:
         names.remove(rng.choice(names))
-    return {name: {"switch": "leaf", "port": f"{host}-{name}"} for name in names}
+    slot = int(host.lstrip("s"))  # "s03": PIC 3 of the leaf, one port per NIC
+    return {name: {"switch": "leaf", "port": f"xe-0/{slot}/{i}"} for i, name in enumerate(names)}
 
 
 def _servers(

@@ -80,7 +80,7 @@ def fleets(draw: st.DrawFn) -> tuple[dict[str, Any], dict[str, HostTopology]]:
                 "uri": f"qemu+ssh://{name}/system",
                 "role": "control" if i == 0 and control else "worker",
                 "rack": f"r{draw(st.integers(0, 2))}",
-                "nics": {f: {"switch": "sw", "port": f"p{i}-{f}"} for f in ifnames} if cabled else {},
+                "nics": {f: {"switch": "sw", "port": f"xe-{i}/0/{j}"} for j, f in enumerate(ifnames)} if cabled else {},
             }
         )
         topos[name] = topo

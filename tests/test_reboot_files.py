@@ -47,6 +47,7 @@ from bmslice.model.spec import load_spec, spec_from_data
 from bmslice.model.topology import HostTopology
 from bmslice.plan.host import kernel_args, per_node_hugepages
 from bmslice.plan.planner import make_plan
+from bmslice.render.exporter_unit import EXPORTER_UNIT_PATH
 from bmslice.render.host_files import boot_settings, hugepage_path, render_host_files
 from bmslice.render.sriov_files import UDEV_RULES_PATH, VF_HOOK_PATH, VF_SETTINGS_PATH, udev_rules
 from bmslice.topology.fsroot import FsRoot
@@ -761,7 +762,7 @@ def test_host_config_writes_the_hook_executable(tmp_path: Path, capsys: pytest.C
     out = tmp_path / "out"
     run_host(capsys, "host-config", str(REBOOT_SPEC), "--host-root", str(KERNEL415), "--out", str(out))
     assert stat.S_IMODE((out / VF_HOOK_PATH).stat().st_mode) == 0o755
-    assert {str(p.relative_to(out)) for p in out.rglob("*") if p.is_file()} == REBOOT_FILES
+    assert {str(p.relative_to(out)) for p in out.rglob("*") if p.is_file()} == REBOOT_FILES | {EXPORTER_UNIT_PATH}
 
 
 def test_a_spec_without_vfs_or_hugepages_renders_no_reboot_units() -> None:

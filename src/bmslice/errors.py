@@ -18,7 +18,8 @@ class PlanError(BmsliceError):
 
 
 class RenderError(BmsliceError):
-    """A plan cannot be written as files libvirt and the host accept; says why and the way out."""
+    """A plan cannot be written as files libvirt and the host accept (the reason and the way out), or
+    a value would break the grammar of a file bmslice generates: the file is not written."""
 
 
 class ApplyError(BmsliceError):

@@ -144,14 +144,23 @@ def held_warnings(ctx: Context) -> list[str]:
     return [held_line(held) for held in ctx.held.values()]
 
 
-def load_context(spec: Spec, origin: str, uri: str, conn: Any, host_root: Path | None, allow_move: bool) -> Context:
-    """Everything read about the host through `conn` (the caller's, open for the whole run).
+def load_context(
+    spec: Spec,
+    origin: str,
+    uri: str,
+    conn: Any,
+    host_root: Path | None,
+    allow_move: bool,
+    topology: HostTopology | None = None,
+) -> Context:
+    """Everything read about the host through `conn` (the caller's, open for the whole run);
+    `topology`: the host as the caller already read it (the exporter reads it once).
 
     A held slice the spec names is not planned (its CPUs and devices are held, not free);
     verify reports it, apply refuses it. Planner messages then count the spec's other VMs
     from 0 (vms[N]) as if it were not there.
     """
-    topology = discover(uri, host_root)
+    topology = topology or discover(uri, host_root)
     slices = read_slices(conn, topology.online_cpus)
     recorded = slices.recorded
     names = {vm.name for vm in spec.vms}

@@ -22,6 +22,7 @@ from bmslice.errors import ApplyError, BmsliceError
 from bmslice.model.distro import Distro, initramfs_command
 from bmslice.model.plan import Plan
 from bmslice.model.sizes import GIB_KIB
+from bmslice.render.exporter_unit import EXPORTER_UNIT, EXPORTER_UNIT_PATH
 from bmslice.render.host_files import (
     GIG_MOUNT_POINT,
     GIG_MOUNT_UNIT,
@@ -185,8 +186,10 @@ def apply_host(
     dry_run: bool = False,
     distro: Distro = Distro.UNKNOWN,
     report: Callable[[str], None] = lambda _line: None,
+    record_reboot: bool = True,
 ) -> HostApplyResult:
-    """Place `files` and `settings` below `root`; record or clear "reboot pending".
+    """Place `files` and `settings` below `root`; record or clear "reboot pending" (unless
+    `record_reboot` is False: a run that places only some files, such as the exporter's unit).
 
     `distro` (the host's, from its os-release) names the command that rebuilds its initramfs.
     `report` hears each change as it is made (`Change.line`) and each undo.
@@ -205,13 +208,13 @@ def apply_host(
     result.reboot_pending = plan.host.missing_kernel_args
     if dry_run:
         try:
-            _changes(HostTree(root), result, plan, files, settings)
+            _changes(HostTree(root), result, plan, files, settings, record_reboot)
         except (OSError, BmsliceError) as exc:
             raise ApplyError(f"host-apply --dry-run: {_reason(exc, root)}") from None
     else:
         with host_lock(f"host-root:{root.resolve()}"):
             try:
-                steps = _changes(HostTree(root), result, plan, files, settings)
+                steps = _changes(HostTree(root), result, plan, files, settings, record_reboot)
             except (OSError, BmsliceError) as exc:
                 raise ApplyError(f"host-apply failed: {_reason(exc, root)}; nothing was left changed") from None
             try:
@@ -230,7 +233,12 @@ def _reason(exc: OSError | BmsliceError, root: Path) -> str:
 
 
 def _changes(
-    tree: HostTree, result: HostApplyResult, plan: Plan, files: Mapping[str, str], settings: Sequence[SysfsSetting]
+    tree: HostTree,
+    result: HostApplyResult,
+    plan: Plan,
+    files: Mapping[str, str],
+    settings: Sequence[SysfsSetting],
+    record_reboot: bool,
 ) -> list[Step]:
     """The steps that make the host as planned; reads only, so a dry run is this and nothing more."""
     changes = _Changes(tree, result)
@@ -238,6 +246,8 @@ def _changes(
         changes.place(rel, text)
     for setting in settings:
         changes.set(setting)
+    if not record_reboot:
+        return changes.steps
     if plan.host.missing_kernel_args:
         changes.place(REBOOT_PENDING, reboot_note(plan))
     else:
@@ -256,7 +266,13 @@ def _next_steps(plan: Plan, result: HostApplyResult, distro: Distro, mounts: dic
         result.next_steps.append(
             "run `systemctl daemon-reload` (slice CPU limits, CPUAffinity, irqbalance drop-in, boot-time hugepages)"
         )
+    if any(p.startswith("etc/systemd/") and p != EXPORTER_UNIT_PATH for p in touched):
         result.next_steps.append("run `systemctl try-restart irqbalance.service` (new ban list)")
+    if EXPORTER_UNIT_PATH in touched:
+        result.next_steps.append(
+            f"run `systemctl enable --now {EXPORTER_UNIT}` to serve the metrics (or `systemctl try-restart "
+            f"{EXPORTER_UNIT}` if it runs)"
+        )
     gig_mounted = mounts is not None and bool(mounts.get(GIB_KIB))
     if f"{UNIT_DIR}/{GIG_MOUNT_UNIT}" in touched and not gig_mounted:
         result.next_steps.append(

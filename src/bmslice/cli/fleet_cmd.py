@@ -248,13 +248,19 @@ def _print_verify(report: FleetReport) -> None:
         if failed
         else f"fleet: no drift ({tally})"
     )
-    if report.fabric:
-        wrong = report.fabric_failed
-        print(
-            f"fabric: {len(wrong)} of {len(report.fabric)} VM NIC(s) missing or learned elsewhere"
-            if wrong
-            else f"fabric: every checked VM NIC learned where planned ({len(report.fabric)})"
-        )
+    if report.tables:
+        print(_fabric_summary(report))
+
+
+def _fabric_summary(report: FleetReport) -> str:
+    """How many VM NICs were checked against how many are planned, always: none checked is no pass."""
+    checked, planned, wrong = len(report.fabric_checked), report.fabric_planned, report.fabric_failed
+    counted = f"{checked} of {planned} planned VM NIC(s) checked"
+    if not checked:
+        return f"fabric: {counted}: nothing verified, not a pass (tables of: {', '.join(report.tables)})"
+    if wrong:
+        return f"fabric: {len(wrong)} of {checked} checked VM NIC(s) missing or learned elsewhere; {counted}"
+    return f"fabric: every checked VM NIC learned where planned; {counted}"
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
@@ -318,6 +324,54 @@ def _placement_options(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def cmd_capacity(args: argparse.Namespace) -> int:
+    from bmslice.fleet.capacity import fleet_room
+    from bmslice.fleet.hosts import read_hosts
+    from bmslice.model.fleet import load_fleet
+    from bmslice.model.sizes import format_mib
+
+    fleet = load_fleet(args.fleet)
+    existing, source = _existing(args)
+    room = fleet_room(fleet, read_hosts(fleet), existing)
+    if args.json:
+        print_json(
+            {
+                "kept": source is not None,
+                "clusters": [
+                    {"cluster": c.cluster, "more": c.more, "where": dict(c.hosts), "next_refused": c.refusal}
+                    for c in room.clusters
+                ],
+                "hosts": [
+                    {
+                        "host": h.host,
+                        "role": h.role.value,
+                        "rack": h.rack,
+                        "more_workers": dict(h.fits),
+                        "nodes": [
+                            {"node": n.node, "free_cores": n.cores, "free_memory_mib": n.memory_mib} for n in h.nodes
+                        ],
+                    }
+                    for h in room.hosts
+                ],
+            }
+        )
+        return EXIT_OK
+    kept = f"placement kept: {source}" if source is not None else "placed afresh"
+    print(f"capacity of {args.fleet} ({len(room.placement.vms)} VMs, {kept})")
+    for c in room.clusters:
+        where = ", ".join(f"{host} {count}" for host, count in c.hosts)
+        print(f"{c.cluster}: {c.more} more worker(s) fit" + (f" ({where})" if where else ""))
+        print(f"  one more is refused: {c.refusal}")
+    for h in room.hosts:
+        nodes = ", ".join(
+            f"node {n.node} {n.cores} cores {format_mib(n.memory_mib) if n.memory_mib else '0MiB'}" for n in h.nodes
+        )
+        fits = ", ".join(f"{cluster} {count}" for cluster, count in h.fits)
+        role = f"{h.role.value}, {h.rack}"
+        print(f"{h.host} ({role}): " + (f"more workers alone: {fits}; " if fits else "") + f"free: {nodes}")
+    return EXIT_OK
+
+
 def register(sub: argparse._SubParsersAction[Any]) -> None:
     fleet = sub.add_parser("fleet", help="place the clusters of a fleet file on its servers; Ansible; verify")
     commands = fleet.add_subparsers(dest="fleet_command", required=True, metavar="COMMAND")
@@ -351,6 +405,14 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
         help="what SWITCH learned: its `show ethernet-switching table | display json` (or plain text) output",
     )
     verify.set_defaults(handler=cmd_verify)
+
+    capacity = commands.add_parser(
+        "capacity", help="how many more workers of each cluster the fleet takes, where, and each host's room"
+    )
+    capacity.add_argument("fleet", type=Path, metavar="FLEET")
+    capacity.add_argument("--placement", type=Path, metavar="FILE", help="keep this placement (default: place afresh)")
+    capacity.add_argument("--json", action="store_true")
+    capacity.set_defaults(handler=cmd_capacity)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

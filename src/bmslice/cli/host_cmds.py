@@ -26,6 +26,7 @@ from bmslice.errors import TopologyError
 if TYPE_CHECKING:
     from bmslice.model.plan import Plan
     from bmslice.model.topology import HostTopology
+    from bmslice.render.exporter_unit import ExporterUnit
 
 
 def _root(args: argparse.Namespace) -> Path:
@@ -43,6 +44,19 @@ def _plan(args: argparse.Namespace) -> tuple[HostTopology, Plan]:
     spec = load_spec(args.spec)
     topo = read_host_tree(_root(args))
     return topo, make_plan(topo, spec, origin=str(args.spec))
+
+
+def _exporter(args: argparse.Namespace) -> ExporterUnit:
+    """The exporter unit's command line: this bmslice (or --exporter-command) on this spec."""
+    from bmslice.render.exporter_unit import ExporterUnit
+
+    if args.exporter_command is not None:
+        command: tuple[str, ...] = (str(args.exporter_command.absolute()),)
+    elif Path(sys.argv[0]).name == "bmslice":
+        command = (str(Path(sys.argv[0]).absolute()),)
+    else:  # run as python -m bmslice.cli.main (or from a test): the same Python runs the exporter
+        command = (sys.executable, "-m", "bmslice.cli.main")
+    return ExporterUnit(command, str(args.spec.absolute()), args.exporter_listen)
 
 
 def cmd_preflight(args: argparse.Namespace) -> int:
@@ -71,7 +85,7 @@ def cmd_host_config(args: argparse.Namespace) -> int:
     from bmslice.render.sriov_files import EXECUTABLES
 
     topo, plan = _plan(args)
-    files = render_host_files(plan, topo)
+    files = render_host_files(plan, topo, _exporter(args))
     out: Path = args.out
     modes = {rel: EXEC_MODE for rel in files if rel in EXECUTABLES}
     write_out(out, {rel: text.encode() for rel, text in files.items()}, out_rule("--out", args.out_shared), modes)
@@ -88,19 +102,30 @@ def _say(line: str) -> None:
 
 def cmd_host_apply(args: argparse.Namespace) -> int:
     from bmslice.apply.host_apply import apply_host, bootloader_name, detect_bootloader
+    from bmslice.render.exporter_unit import EXPORTER_UNIT_PATH
     from bmslice.render.host_files import render_host_files, runtime_settings
     from bmslice.topology.fsroot import FsRoot
 
     topo, plan = _plan(args)
     root = _root(args)
-    files = render_host_files(plan, topo)
+    files = render_host_files(plan, topo, _exporter(args))
+    settings = runtime_settings(plan)
+    if args.only == "exporter":  # the exporter's unit alone: nothing else of the host changes
+        files, settings = {EXPORTER_UNIT_PATH: files[EXPORTER_UNIT_PATH]}, ()
     print(
         f"{'dry run: ' if args.dry_run else ''}host-apply on {root}; "
         f"bootloader: {bootloader_name(detect_bootloader(FsRoot(root)))}",
         flush=True,
     )
     result = apply_host(
-        plan, files, runtime_settings(plan), root, dry_run=args.dry_run, distro=topo.distro, report=_say
+        plan,
+        files,
+        settings,
+        root,
+        dry_run=args.dry_run,
+        distro=topo.distro,
+        report=_say,
+        record_reboot=args.only is None,
     )
     if args.dry_run:
         for change in result.changes:
@@ -154,6 +179,20 @@ def _common(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _exporter_args(parser: argparse.ArgumentParser) -> None:
+    from bmslice.model.listen import DEFAULT_LISTEN
+
+    parser.add_argument(
+        "--exporter-listen",
+        default=DEFAULT_LISTEN,
+        metavar="ADDR:PORT",
+        help=f"where the exporter unit serves /metrics (default {DEFAULT_LISTEN})",
+    )
+    parser.add_argument(
+        "--exporter-command", type=Path, metavar="PATH", help="the bmslice the exporter unit runs (default: this one)"
+    )
+
+
 def register(sub: argparse._SubParsersAction[Any]) -> None:
     preflight = sub.add_parser("preflight", help="is this server ready to be sliced? ok/warn/fail; exit 1 on fail")
     _common(preflight)
@@ -163,11 +202,16 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
     config = sub.add_parser("host-config", help="render the host files (kernel args, hugepages, IRQ, vfio) to DIR")
     _common(config)
     add_out_args(config, required=True)
+    _exporter_args(config)
     config.set_defaults(handler=cmd_host_config)
 
     apply_p = sub.add_parser("host-apply", help="place the host files and runtime settings; never runs the bootloader")
     _common(apply_p)
     apply_p.add_argument("--dry-run", action="store_true", help="report the changes, write nothing")
+    apply_p.add_argument(
+        "--only", choices=["exporter"], help="place only the exporter's unit (bmslice-exporter.service), nothing else"
+    )
+    _exporter_args(apply_p)
     apply_p.set_defaults(handler=cmd_host_apply)
 
     audit_p = sub.add_parser("audit", help="prove the isolation on the running host; exit 1 on any violation")

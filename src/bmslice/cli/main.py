@@ -16,7 +16,16 @@ from importlib import import_module
 from bmslice import __version__
 from bmslice.cli.common import Parser, run
 
-COMMAND_MODULES = ("slice_cmds", "lifecycle_cmds", "host_cmds", "show_cmd", "fleet_cmd", "lab_cmd")
+COMMAND_MODULES = (
+    "slice_cmds",
+    "lifecycle_cmds",
+    "host_cmds",
+    "capacity_cmd",
+    "metrics_cmd",
+    "show_cmd",
+    "fleet_cmd",
+    "lab_cmd",
+)
 
 # Which module registers each command: a run of one command imports and registers only that
 # module (start-up time of a one-shot `bmslice plan`); any other first word, every module.
@@ -24,6 +33,8 @@ COMMANDS = {
     **dict.fromkeys(("discover", "plan", "render"), "slice_cmds"),
     **dict.fromkeys(("apply", "verify", "status", "destroy"), "lifecycle_cmds"),
     **dict.fromkeys(("preflight", "host-config", "host-apply", "audit"), "host_cmds"),
+    "capacity": "capacity_cmd",
+    **dict.fromkeys(("metrics", "exporter"), "metrics_cmd"),
     "show": "show_cmd",
     "fleet": "fleet_cmd",
     "lab": "lab_cmd",

@@ -24,20 +24,22 @@ def cmd_show(args: argparse.Namespace) -> int:
     from bmslice.cli.spec_input import load_spec_for, reads_this_machine
     from bmslice.cli.tables import console
     from bmslice.plan.planner import make_plan
+    from bmslice.plan.room import free_room, spec_shapes
     from bmslice.render.picture_svg import render_svg
     from bmslice.render.report_html import render_report
 
     spec = load_spec_for(args.spec, local_host=reads_this_machine(args))
     topo = read_topology(args)
     plan = make_plan(topo, spec, origin=str(args.spec))
+    room = free_room(topo, spec, plan, spec_shapes(spec), str(args.spec), per_node=True)
     files: list[tuple[str, Path, bytes]] = []
     if args.svg is not None:
         files.append(("--svg", args.svg, render_svg(topo, plan)))
     if args.html is not None:
-        files.append(("--html", args.html, render_report(topo, plan, spec_name=str(args.spec))))
+        files.append(("--html", args.html, render_report(topo, plan, spec_name=str(args.spec), room=room)))
     if not files:
         out = console()
-        out.print(picture_view(topo, plan, out.width))
+        out.print(picture_view(topo, plan, out.width, room))
         return EXIT_OK
     # Both checked before either is written: a refusal leaves both places as they were.
     for option, path, _data in files:

@@ -18,13 +18,25 @@ from pathlib import Path
 from typing import Annotated, Any, TypeVar
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, StrictInt, ValidationError, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictInt,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from bmslice.errors import SpecError
 from bmslice.model.fields import CpuFeature, IfName, device_ref, matching
+from bmslice.model.grammar import JUNOS_PORT_RE, canonical_pci, libvirt_uri
 from bmslice.model.input_file import read_yaml, validation_error
 from bmslice.model.spec import (
     MAX_GUEST_CELLS,
+    MAX_NUMA_NODE,
     DiskSpec,
     EmulatorPolicy,
     HostSpec,
@@ -43,7 +55,6 @@ HOST_NAME_RE = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9.-]{0,61}[A-Za-z0-9])?\Z")  #
 CLUSTER_NAME_RE = re.compile(r"^[a-z]([a-z0-9-]{0,22}[a-z0-9])?\Z")
 PREFIX_RE = re.compile(r"^([a-z0-9][a-z0-9-]{0,30})?\Z")
 JUNOS_VLAN_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_.-]{0,62}\Z")
-PORT_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_./:-]{0,63}\Z")
 LABEL_VALUE_RE = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9_.-]{0,61}[A-Za-z0-9])?\Z")  # a Kubernetes label value
 ANY = "any"
 
@@ -81,12 +92,17 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-PortName = Annotated[str, matching(PORT_RE, "a switch or port name (letters, digits, '/', ':', '.', '-', '_')")]
+# A switch is named like a host (it names files under fabric/ and an ssh target); a port is a
+# Junos physical interface, never a unit: `set interfaces ge-0/0/9.0 unit 0 ...` is no interface.
+SwitchName = Annotated[str, matching(HOST_NAME_RE, "a switch name (letters, digits, '.', '-')")]
+JunosPort = Annotated[
+    str, matching(JUNOS_PORT_RE, "a Junos physical port such as ge-0/0/9, xe-0/0/1:2 or ae0 (no unit)")
+]
 
 
 class SwitchPort(_Strict):
-    switch: PortName
-    port: PortName
+    switch: SwitchName
+    port: JunosPort
 
 
 class SwitchSpec(_Strict):
@@ -106,9 +122,7 @@ class InventoryHost(_Strict):
     @field_validator("uri")
     @classmethod
     def _uri(cls, value: str) -> str:
-        if "://" not in value:
-            raise ValueError(f"{value!r} is not a libvirt URI such as qemu+ssh://root@server1/system")
-        return value
+        return libvirt_uri(value)
 
     @property
     def is_local(self) -> bool:
@@ -202,7 +216,7 @@ class Fleet(_Strict):
     # put before every VM name: "<prefix><cluster>-worker-<n>"
     vm_prefix: Annotated[str, matching(PREFIX_RE, "a name prefix (lower-case letters, digits, '-')")] = ""
     ssh_keys_file: Path | None = None  # public keys for every guest, one a line
-    switches: dict[PortName, SwitchSpec] = Field(default_factory=dict)  # per switch: its Junos style
+    switches: dict[SwitchName, SwitchSpec] = Field(default_factory=dict)  # per switch: its Junos style
 
     @model_validator(mode="after")
     def _consistent(self) -> Fleet:
@@ -486,47 +500,75 @@ def _objective_dict(objective: Objective) -> dict[str, int]:
     }
 
 
+# A placement file is bmslice's own output read back: every name in it goes through the same
+# grammar as in the fleet file, so a VM name with a newline cannot start a line of a summary,
+# a spec or a Junos description, and every number is a strict integer in its range.
+NodeId = Annotated[StrictInt, Field(ge=0, le=MAX_NUMA_NODE)]
+GUEST_CORE_RE = re.compile(r"[0-9]{1,4}(?:,[0-9]{1,4})*")  # one host core's guest vCPUs: "0,1"
+
+
+class _NicIn(_Strict):
+    kind: NicKind
+    pf: Annotated[str, AfterValidator(device_ref)]
+    address: Annotated[str, AfterValidator(canonical_pci)]
+    numa_node: NodeId | None = None
+    vlan: StrictInt = Field(ge=1, le=4094)
+    count: StrictInt = Field(default=1, ge=1, le=64)
+
+
+class _PlacedIn(_Strict):
+    name: Annotated[str, matching(DNS_LABEL_RE, "a VM name (a DNS label)")]
+    cluster: Annotated[str, matching(CLUSTER_NAME_RE, "a cluster name")]
+    role: Role
+    index: StrictInt = Field(ge=1, le=100000)
+    host: Annotated[str, matching(HOST_NAME_RE, "a host name")]
+    numa_node: NodeId
+    numa_nodes: tuple[NodeId, ...] = Field(default=(), max_length=MAX_GUEST_CELLS)
+    guest_threads: StrictInt = Field(default=1, ge=1, le=2)
+    guest_cores: tuple[Annotated[str, matching(GUEST_CORE_RE, "guest vCPUs like '0,1'")], ...] = ()
+    nics: tuple[_NicIn, ...] = ()
+
+
+class _ObjectiveIn(_Strict):
+    moved: StrictInt = Field(ge=0)
+    rack_spread: StrictInt = Field(ge=0)
+    cross_numa_nics: StrictInt = Field(ge=0)
+
+
+class _PlacementIn(_Strict):
+    vms: tuple[_PlacedIn, ...]
+    notes: tuple[str, ...] = ()  # written for people; a later run makes its own
+    # the quality of the placement as it was written (absent from files of an older bmslice)
+    proven_optimal: StrictBool = False
+    moved: tuple[Annotated[str, matching(DNS_LABEL_RE, "a VM name (a DNS label)")], ...] = ()
+    objective: _ObjectiveIn | None = None
+
+
 def placement_from_dict(data: Any, origin: str) -> Placement:
     """Read a placement written by `placement_to_dict`; a malformed one is refused, not guessed at."""
+    if not isinstance(data, dict):
+        raise SpecError(f"{origin}: not a bmslice placement (a JSON object with 'vms')")
     try:
-        vms = tuple(
-            PlacedVm(
-                name=str(vm["name"]),
-                cluster=str(vm["cluster"]),
-                role=Role(vm["role"]),
-                index=int(vm["index"]),
-                host=str(vm["host"]),
-                numa_node=int(vm["numa_node"]),
-                numa_nodes=tuple(int(node) for node in vm.get("numa_nodes", [])),
-                guest_threads=int(vm.get("guest_threads", 1)),
-                guest_cores=tuple(
-                    tuple(int(cpu) for cpu in str(core).split(",")) for core in vm.get("guest_cores", [])
-                ),
-                nics=tuple(
-                    NicAssignment(
-                        NicKind(n["kind"]),
-                        str(n["pf"]),
-                        str(n["address"]),
-                        None if n.get("numa_node") is None else int(n["numa_node"]),
-                        int(n["vlan"]),
-                        int(n.get("count", 1)),
-                    )
-                    for n in vm.get("nics", [])
-                ),
-            )
-            for vm in data["vms"]
+        read = _PlacementIn.model_validate(data)
+    except ValidationError as exc:
+        raise validation_error(origin, exc) from None
+    vms = tuple(
+        PlacedVm(
+            name=vm.name,
+            cluster=vm.cluster,
+            role=vm.role,
+            index=vm.index,
+            host=vm.host,
+            numa_node=vm.numa_node,
+            numa_nodes=vm.numa_nodes,
+            guest_threads=vm.guest_threads,
+            guest_cores=tuple(tuple(int(cpu) for cpu in core.split(",")) for core in vm.guest_cores),
+            nics=tuple(NicAssignment(n.kind, n.pf, n.address, n.numa_node, n.vlan, n.count) for n in vm.nics),
         )
-        # absent from files of an older bmslice
-        proven = bool(data.get("proven_optimal", False))
-        moved = tuple(str(name) for name in data.get("moved", []))
-        scores = data.get("objective")
-        objective = (
-            None
-            if scores is None
-            else Objective(int(scores["moved"]), int(scores["rack_spread"]), int(scores["cross_numa_nics"]))
-        )
-    except (KeyError, TypeError, ValueError) as exc:
-        raise SpecError(f"{origin}: not a bmslice placement ({type(exc).__name__}: {exc})") from None
+        for vm in read.vms
+    )
+    # absent from files of an older bmslice
+    objective = None if read.objective is None else Objective(**read.objective.model_dump())
     seen: set[str] = set()
     for vm in vms:
         spans = vm.numa_nodes
@@ -538,7 +580,7 @@ def placement_from_dict(data: Any, origin: str) -> Placement:
         if vm.name in seen:
             raise SpecError(f"{origin}: VM {vm.name!r} is placed twice; a VM has one place (keep one entry)")
         seen.add(vm.name)
-    return Placement(vms, proven_optimal=proven, moved=moved, objective=objective)
+    return Placement(vms, proven_optimal=read.proven_optimal, moved=read.moved, objective=objective)
 
 
 __all__ = [

@@ -19,11 +19,13 @@ from collections import defaultdict
 from dataclasses import dataclass, replace
 
 from bmslice.model.distro import qemu_binaries
+from bmslice.model.grammar import driver_name, in_file, is_module_name, pci_id
 from bmslice.model.plan import DeviceAssignment, Plan
 from bmslice.model.sizes import GIB_KIB
 from bmslice.model.topology import HostTopology
 from bmslice.render import systemd_units
 from bmslice.render.artifacts import kernel_args_line
+from bmslice.render.exporter_unit import EXPORTER_UNIT_PATH, ExporterUnit, exporter_unit
 from bmslice.render.resctrl_files import resctrl_files
 from bmslice.render.sriov_files import sriov_host_files
 from bmslice.render.systemd_units import HEADER, LIBVIRT_UNITS, UNIT_DIR, libvirt_dropin_path
@@ -357,8 +359,13 @@ def _passthrough(plan: Plan) -> list[tuple[str, DeviceAssignment]]:
     )
 
 
-def _pci_id(vendor: str, device: str) -> str:
+def _id_text(vendor: str, device: str) -> str:
     return f"{vendor.lower().removeprefix('0x')}:{device.lower().removeprefix('0x')}"
+
+
+def _pci_id(vendor: str, device: str) -> str:
+    """ "8086:1528", the form of `vfio-pci ids=`; an id outside its grammar never reaches modprobe.d."""
+    return _id_text(*(in_file(VFIO_OPTIONS, "PCI id", value, pci_id) for value in (vendor, device)))
 
 
 def _vfio_options(plan: Plan, topo: HostTopology) -> str:
@@ -380,13 +387,13 @@ def _vfio_options(plan: Plan, topo: HostTopology) -> str:
         pid = _pci_id(pci.vendor, pci.device)
         by_id[pid].append(dev.known_address)
         if dev.driver and dev.driver not in ("vfio-pci", "pci-stub"):
-            drivers[pid].add(dev.driver)
+            drivers[pid].add(in_file(VFIO_OPTIONS, "driver", dev.driver, driver_name))
     ids: list[str] = []
     for pid, addresses in sorted(by_id.items()):
         host_kept = [
             d.address
             for d in topo.pci_devices
-            if _pci_id(d.vendor, d.device) == pid and d.address not in addresses and d.physfn is None
+            if _id_text(d.vendor, d.device) == pid and d.address not in addresses and d.physfn is None
         ]
         if host_kept:
             lines.append(
@@ -400,7 +407,10 @@ def _vfio_options(plan: Plan, topo: HostTopology) -> str:
     if ids:
         lines.append(f"options vfio-pci ids={','.join(ids)}\n")
         for driver in sorted({drv for pid in ids for drv in drivers[pid]}):
-            lines.append(f"softdep {driver} pre: vfio-pci\n")
+            if is_module_name(driver):
+                lines.append(f"softdep {driver} pre: vfio-pci\n")
+            else:  # a built-in driver's name may hold '.' or '+': no module by that name to order
+                lines.append(f"# driver {driver} is not a module name: no softdep for it\n")
     return "".join(lines)
 
 
@@ -410,8 +420,9 @@ def _vfio_load(plan: Plan) -> str:
     return HEADER + "vfio-pci\n"
 
 
-def render_host_files(plan: Plan, topo: HostTopology) -> dict[str, str]:
-    """{relative path: text} for every host file; `topo` supplies the PCI IDs of passthrough devices."""
+def render_host_files(plan: Plan, topo: HostTopology, exporter: ExporterUnit | None = None) -> dict[str, str]:
+    """{relative path: text} for every host file; `topo` supplies the PCI IDs of passthrough devices;
+    `exporter`: also the unit that runs `bmslice exporter` (what it runs, where it listens)."""
     files = {
         GRUB_DROPIN: _grub(plan),
         KERNEL_ARGS: kernel_args_line(plan),
@@ -430,4 +441,6 @@ def render_host_files(plan: Plan, topo: HostTopology) -> dict[str, str]:
     files.update(_boot_hugepage_files(plan, topo))
     files.update(sriov_host_files(plan))
     files.update(resctrl_files(plan))
+    if exporter is not None:
+        files[EXPORTER_UNIT_PATH] = exporter_unit(plan, exporter)
     return dict(sorted(files.items()))

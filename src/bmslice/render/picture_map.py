@@ -24,6 +24,7 @@ from bmslice.cpuset import CpuSet
 from bmslice.model.plan import DeviceAssignment, Plan, VmPlan
 from bmslice.model.sizes import format_mib
 from bmslice.model.topology import HostTopology
+from bmslice.plan.room import NodeRoom
 from bmslice.render.node_text import node_text as node_text  # re-exported: report_html imports it from here
 
 
@@ -271,6 +272,21 @@ def _l3_cells(topo: HostTopology, plan: Plan, cores: Sequence[CoreCell]) -> tupl
         for cache_id in members
     }
     return tuple(L3Cell(d, sizes[d], tuple(idx), ways[d]) for d, idx in members.items())
+
+
+def shape_label(shape: str, pic: PictureMap) -> str:
+    """A shape as the picture tags it: the letters of its VMs ("A/B"), else its own name (a --vm shape)."""
+    letters = {vm.name: vm.letter for vm in pic.vms}
+    names = shape.split(", ")
+    return "/".join(letters[name] for name in names) if all(name in letters for name in names) else shape
+
+
+def room_text(node: NodeRoom, pic: PictureMap) -> str:
+    """What a node has left, as its panel says it: "room: 3 free cores, 20GiB · more fit here: A/B 1, C 2"."""
+    memory = format_mib(node.memory_mib) if node.memory_mib > 0 else "0MiB"
+    cores = f"{node.cores} free core{'' if node.cores == 1 else 's'}"
+    fits = ", ".join(f"{shape_label(shape, pic)} {count}" for shape, count in node.fits)
+    return f"room: {cores}, {memory}" + (f" · more fit here: {fits}" if fits else "")
 
 
 def nic_notes(nic: Nic, pic: PictureMap) -> list[str]:

@@ -57,10 +57,10 @@ def _like(source: str) -> Any:
 def cmd_up(args: argparse.Namespace) -> int:
     from bmslice.lab import assets, machine
     from bmslice.lab.qemu_cmdline import check_kernel_args
-    from bmslice.lab.shape import DESIGN_NOTE_TWIN, ShapedLab, check_lab_name, shape_like
+    from bmslice.lab.shape import DESIGN_NOTE_TWIN, ShapedLab, shape_like
     from bmslice.model.sizes import parse_size_mib
 
-    check_lab_name(args.name)  # before anything is fetched or printed under that name
+    machine.refuse_if_up(args.name)  # before anything is fetched or printed under that name
     extra = check_kernel_args(args.append or "")
     memory = parse_size_mib(args.memory_per_node) if args.memory_per_node else None
     if args.like:

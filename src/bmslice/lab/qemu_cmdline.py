@@ -50,6 +50,11 @@ class LabFiles:
         return self.qemu_prefix / "usr/lib/x86_64-linux-gnu/qemu"
 
 
+def qemu_name(lab_name: str) -> str:
+    """QEMU's `-name`: what identifies a lab's processes (with its pid file), and its threads' name."""
+    return f"bmslice-lab-{lab_name},process=bmslice-lab-{lab_name}"
+
+
 def check_kernel_args(args: str) -> tuple[str, ...]:
     """Extra kernel args from the user: plain tokens only (no quotes, no control characters)."""
     tokens = tuple(args.split())
@@ -132,7 +137,7 @@ def qemu_command(
         f"{ttl_s}s",
         str(files.qemu),
         "-name",
-        f"bmslice-lab-{name},process=bmslice-lab-{name}",
+        qemu_name(name),
         "-L",
         str(prefix / "usr/share/qemu"),
         "-L",

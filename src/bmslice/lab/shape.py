@@ -15,6 +15,8 @@ import re
 from collections import Counter
 from dataclasses import dataclass, field
 
+from pydantic import ConfigDict
+
 from bmslice.errors import LabError
 from bmslice.model.topology import HostTopology
 
@@ -42,6 +44,8 @@ def check_lab_name(name: str) -> str:
 class LabShape:
     """What the lab's QEMU emulates. CPUs are numbered socket by socket, core by core,
     the threads of a core adjacent (QEMU's order); socket s sits on node s * nodes // sockets."""
+
+    __pydantic_config__ = ConfigDict(strict=True, extra="forbid")  # as read back from a lab's state file
 
     sockets: int = 2
     cores_per_socket: int = 3

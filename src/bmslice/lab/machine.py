@@ -21,21 +21,30 @@ import signal
 import subprocess
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from bmslice.errors import LabError
 from bmslice.lab import processes
 from bmslice.lab.assets import Assets, missing_libraries
 from bmslice.lab.boot_files import build_initramfs, guest_script
-from bmslice.lab.qemu_cmdline import LabFiles, kernel_cmdline, qemu_command
+from bmslice.lab.qemu_cmdline import BootOptions, LabFiles, kernel_cmdline, qemu_command
 from bmslice.lab.shape import LAB_NAME_RE, LabShape
 from bmslice.lab.state import STATE_ROOT, LabDir, LabInfo, LabStateError, read_info, write_info
+from bmslice.lab.units import LIBVIRT_UNITS, lab_units
 
 SHARE_MOUNT = "/mnt/bmslice-lab"
+MACHINE_LIBVIRTD_UNIT = Path("/lib/systemd/system/libvirtd.service")
 _POLL_S = 0.25
 
 Say = Callable[[str], None]
+
+
+def running_or_refuse(name: str, state_root: Path = STATE_ROOT) -> LabInfo:
+    info = running(LabDir.of(name, state_root))
+    if info is None:
+        raise LabError(f"lab {name} is not up; `bmslice lab up --name {name}` first")
+    return info
 
 
 def running(lab: LabDir) -> LabInfo | None:
@@ -54,14 +63,52 @@ def refuse_if_up(name: str, state_root: Path = STATE_ROOT) -> None:
         raise LabError(f"lab {lab.name} is already up; `bmslice lab down --name {lab.name}` first")
 
 
-def _prepare_dir(lab: LabDir, hostname: str, libvirtd: bool) -> None:
+def _prepare_dir(lab: LabDir, hostname: str, libvirtd: bool, boot: BootOptions, assets: Assets) -> None:
     refuse_if_up(lab.name, lab.path.parent)
     _remove_state(lab)
     lab.jobs.mkdir(parents=True)
-    (lab.share / "stage2.sh").write_text(guest_script("stage2.sh"))
+    for script in ("stage2.sh", "prepare.sh", "jobs.sh"):
+        (lab.share / script).write_text(guest_script(script))
     (lab.share / "hostname").write_text(hostname + "\n")
     if libvirtd:
         (lab.share / "with-libvirtd").touch()
+    if boot.systemd:
+        (lab.share / "systemd").mkdir()
+        for unit, text in lab_units(libvirtd).items():
+            (lab.share / "systemd" / unit).write_text(text)
+        if libvirtd and not MACHINE_LIBVIRTD_UNIT.exists():
+            for unit in LIBVIRT_UNITS:
+                shutil.copyfile(assets.root / "lib/systemd/system" / unit, lab.share / "systemd" / unit)
+        _make_root_disk(lab.root_disk, boot.disk_mib)
+
+
+def _make_root_disk(path: Path, size_mib: int) -> None:
+    """A sparse raw image with an empty ext4: the overlay's upper layer, kept across reboots."""
+    mkfs = shutil.which("mkfs.ext4")
+    if mkfs is None:
+        raise LabError("a lab with a root disk needs mkfs.ext4 (apt-get install e2fsprogs)")
+    with path.open("xb") as image:
+        image.truncate(size_mib << 20)
+    done = subprocess.run(
+        [mkfs, "-q", "-F", "-L", "bmslice-lab", "-E", "lazy_itable_init=1,lazy_journal_init=1", str(path)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if done.returncode != 0:
+        raise LabError(f"mkfs.ext4 {path} failed: {(done.stderr or done.stdout).strip()[-300:]}")
+
+
+def _files(lab: LabDir, assets: Assets, boot: BootOptions) -> LabFiles:
+    return LabFiles(
+        qemu_prefix=assets.root,
+        kernel=assets.kernel,
+        initrd=lab.path / "initrd.img",
+        share=lab.share,
+        console=lab.console,
+        pidfile=lab.pidfile,
+        root_disk=lab.root_disk if boot.systemd else None,
+    )
 
 
 def up(
@@ -69,7 +116,7 @@ def up(
     shape: LabShape,
     assets: Assets,
     *,
-    extra_kernel_args: tuple[str, ...] = (),
+    boot: BootOptions | None = None,
     ttl_s: int = 3600,
     boot_timeout_s: int = 300,
     libvirtd: bool = True,
@@ -78,48 +125,93 @@ def up(
     say: Say = lambda _l: None,
 ) -> LabInfo:
     """Boot the lab and wait until it serves jobs; on any failure nothing of it is left running."""
+    boot = boot or BootOptions()
     lab = LabDir.of(name, state_root)
-    _prepare_dir(lab, name, libvirtd)
-    files = LabFiles(
-        qemu_prefix=assets.root,
-        kernel=assets.kernel,
-        initrd=lab.path / "initrd.img",
-        share=lab.share,
-        console=lab.console,
-        pidfile=lab.pidfile,
-    )
+    files = _files(lab, assets, boot)
     missing = missing_libraries(files.qemu)
     if missing:
         raise LabError(f"QEMU 10 needs libraries this machine lacks: {', '.join(missing)} (apt-get install them)")
+    _prepare_dir(lab, name, libvirtd, boot, assets)
     files.initrd.write_bytes(build_initramfs(assets.busybox, assets.modules, assets.kernel_release))
-    argv, env = qemu_command(shape, files, name, ttl_s, extra_kernel_args)
-    with (lab.path / "qemu.log").open("wb") as log:
-        proc = subprocess.Popen(
-            argv, env={**os.environ, **env}, stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True
-        )
     info = LabInfo(
         name=name,
         shape=shape,
-        kernel_args=kernel_cmdline(shape, extra_kernel_args),
-        wrapper_pid=proc.pid,
+        kernel_args=kernel_cmdline(shape, boot.extra_kernel_args, boot.systemd),
+        wrapper_pid=2,  # replaced by the wrapper's pid once it runs
         started=time.time(),
         ttl_s=ttl_s,
         versions={p.package: p.version for p in assets.packages},
         scaled_down=scaled_down,
+        boot=boot,
     )
+    return _boot(lab, files, info, boot_timeout_s, say, keep_meta=False)
+
+
+def _boot(lab: LabDir, files: LabFiles, info: LabInfo, timeout_s: int, say: Say, keep_meta: bool) -> LabInfo:
+    """Start the lab's QEMU and wait until it serves jobs; on any failure stop it again."""
+    argv, env = qemu_command(info.shape, files, lab.name, info.ttl_s, info.boot)
+    with (lab.path / "qemu.log").open("wb") as log:
+        proc = subprocess.Popen(
+            argv, env={**os.environ, **env}, stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True
+        )
+    info = replace(info, wrapper_pid=proc.pid)
     write_info(lab, info)
     # SIGTERM while booting ends like Ctrl-C: the half-booted lab is stopped, not left to its TTL.
     previous = signal.signal(signal.SIGTERM, _terminate)
     try:
-        _wait_ready(lab, proc, boot_timeout_s, say)
+        _wait_ready(lab, proc, timeout_s, say)
     except BaseException:
         processes.stop(processes.LabProcess(proc.pid, group=True), lab, 5)
         proc.wait()
-        lab.meta.unlink(missing_ok=True)  # not up; its console log stays for a look until the next `up`
+        if not keep_meta:
+            lab.meta.unlink(missing_ok=True)  # not up; its console log stays for a look until the next `up`
         raise
     finally:
         signal.signal(signal.SIGTERM, previous)
     return info
+
+
+def reboot(
+    name: str,
+    assets: Assets,
+    extra_kernel_args: tuple[str, ...] | None = None,
+    *,
+    boot_timeout_s: int = 300,
+    grace_s: float = 180,
+    state_root: Path = STATE_ROOT,
+    say: Say = lambda _l: None,
+) -> LabInfo:
+    """Power the lab off cleanly and boot it again from its root disk (with other kernel args).
+
+    Only a lab on a root disk (`--systemd`) keeps what it wrote: one in memory would come back
+    empty, which is `lab down` and `lab up`, not a reboot.
+    """
+    lab = LabDir.of(name, state_root)
+    info = running_or_refuse(name, state_root)
+    if not info.boot.systemd:
+        raise LabError(
+            f"lab {name} keeps its changes in memory, so a reboot would lose them: boot it with --systemd "
+            "(a root disk kept across reboots)"
+        )
+    process = processes.LabProcess(info.wrapper_pid, group=True)
+    say("powering off")
+    (lab.share / "poweroff").touch()
+    deadline = time.monotonic() + grace_s
+    while processes.alive(process, lab) and time.monotonic() < deadline:
+        time.sleep(_POLL_S)
+    if processes.alive(process, lab):
+        say(f"the lab did not power off within {grace_s:.0f} s; stopping its QEMU (its disk may need a journal replay)")
+        processes.stop(process, lab, 10)
+    for stale in ("ready", "poweroff"):
+        (lab.share / stale).unlink(missing_ok=True)
+    boot = info.boot if extra_kernel_args is None else replace(info.boot, extra_kernel_args=extra_kernel_args)
+    again = replace(
+        info,
+        boot=boot,
+        kernel_args=kernel_cmdline(info.shape, boot.extra_kernel_args, boot.systemd),
+        started=time.time(),
+    )
+    return _boot(lab, _files(lab, assets, boot), again, boot_timeout_s, say, keep_meta=True)
 
 
 def _terminate(signum: int, _frame: object) -> None:
@@ -256,9 +348,7 @@ def run(
 ) -> int:
     """Run `job` in the lab, streaming its output; return its exit code (124: it timed out)."""
     lab = LabDir.of(name, state_root)
-    info = running(lab)
-    if info is None:
-        raise LabError(f"lab {name} is not up; `bmslice lab up --name {name}` first")
+    info = running_or_refuse(name, state_root)
     job_id = f"{time.time_ns()}-{os.getpid()}"
     host_dir = lab.jobs / job_id
     guest_dir = f"{SHARE_MOUNT}/jobs/{job_id}"

@@ -19,7 +19,7 @@ from typing import Any
 from pydantic import ConfigDict, TypeAdapter, ValidationError
 
 from bmslice.errors import BmsliceError, LabError
-from bmslice.lab.qemu_cmdline import qemu_name
+from bmslice.lab.qemu_cmdline import BootOptions, qemu_name
 from bmslice.lab.shape import LabShape, check_lab_name
 from bmslice.model.input_file import read_input_text, validation_error
 from bmslice.safe_text import one_line
@@ -60,6 +60,10 @@ class LabDir:
         return self.path / "qemu.pid"
 
     @property
+    def root_disk(self) -> Path:
+        return self.path / "root.img"
+
+    @property
     def qemu_name(self) -> str:
         """QEMU's `-name` value: the lab's name, whole, and the name its threads carry."""
         return qemu_name(self.name)
@@ -86,6 +90,7 @@ class LabInfo:
     ttl_s: int
     versions: dict[str, str]
     scaled_down: tuple[str, ...] = field(default=())
+    boot: BootOptions = field(default_factory=BootOptions)
 
     def __post_init__(self) -> None:
         check_lab_name(self.name)
@@ -98,6 +103,8 @@ class LabInfo:
         data = asdict(self)
         data["shape"] = self.shape.to_dict()
         data["scaled_down"] = list(self.scaled_down)
+        data["boot"] = {**asdict(self.boot), "extra_kernel_args": list(self.boot.extra_kernel_args)}
+        data["boot"]["wires"] = list(self.boot.wires)
         return data
 
 

@@ -122,7 +122,7 @@ def test_qemu_command_for_the_twin() -> None:
     igbs = [d for d in devices if d.startswith("igb,")]
     assert len(igbs) == 2 and all("romfile=" in d for d in igbs)
     assert sum(d.startswith("virtio-net-pci,") for d in devices) == 1
-    assert argv[argv.index("-append") + 1] == "console=ttyS0 panic=-1 loglevel=4 no_timer_check intel_iommu=on iommu=pt"
+    assert argv[argv.index("-append") + 1] == "console=ttyS0 panic=-1 loglevel=4 no_timer_check nokaslr intel_iommu=on iommu=pt"
     assert "readonly=on" in argv[argv.index("-fsdev") + 1]
 
 
@@ -133,6 +133,7 @@ def test_extra_kernel_args_replace_the_defaults_by_key() -> None:
         "panic=-1",
         "loglevel=4",
         "no_timer_check",
+        "nokaslr",
         "intel_iommu=on",
         "iommu=nopt",
         "isolcpus=2-5,8-11",
@@ -258,14 +259,14 @@ def test_qemu_command_for_several_l3_caches_per_node() -> None:
     argv, _env = qemu_command(EPYC_LIKE, FILES, "epyc", 3600)
     assert "-smp" in argv and argv[argv.index("-smp") + 1] == "16,sockets=2,dies=2,modules=2,cores=1,threads=2"
     machine = argv[argv.index("-machine") + 1]
-    assert machine == "q35,kernel-irqchip=split,smp-cache.0.cache=l3,smp-cache.0.topology=module"
+    assert machine == "q35,kernel-irqchip=split,max-ram-below-4g=512M,smp-cache.0.cache=l3,smp-cache.0.topology=module"
     # below CPUID leaf 0x1F, which QEMU 10.0 aborts on for a topology with dies or modules
     assert argv[argv.index("-cpu") + 1] == "max,vendor=GenuineIntel,level=0x1e"
     for node, cpus in enumerate(("0-3", "4-7", "8-11", "12-15")):
         assert f"node,nodeid={node},cpus={cpus},memdev=mem{node}" in argv
     # the twin keeps QEMU's plain topology and CPU
     argv, _env = qemu_command(DESIGN_NOTE_TWIN, FILES, "lab", 3600)
-    assert argv[argv.index("-machine") + 1] == "q35,kernel-irqchip=split"
+    assert argv[argv.index("-machine") + 1] == "q35,kernel-irqchip=split,max-ram-below-4g=512M"
     assert argv[argv.index("-cpu") + 1] == "max,vendor=GenuineIntel"
 
 

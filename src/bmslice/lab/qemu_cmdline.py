@@ -34,7 +34,9 @@ SHARE_TAG = "labshare"
 # no_timer_check: on a loaded machine TCG can miss the kernel's early check that the timer
 # ticks through the interrupt-remapped IO-APIC, and the kernel then panics at boot
 # ("timer doesn't work through Interrupt-remapped IO-APIC"); virtual machines skip that check.
-BASE_KERNEL_ARGS = ("console=ttyS0", "panic=-1", "loglevel=4", "no_timer_check")
+# nokaslr: a 1 GiB hugepage reserved at boot needs a free, aligned gigabyte on its node, and
+# a randomly placed kernel image can sit in the only one a small lab node has.
+BASE_KERNEL_ARGS = ("console=ttyS0", "panic=-1", "loglevel=4", "no_timer_check", "nokaslr")
 IOMMU_KERNEL_ARGS = ("intel_iommu=on", "iommu=pt")
 _KERNEL_ARG = re.compile(r"[A-Za-z0-9_.,:=/+@-]+")
 _SOCKET = re.compile(r"/[A-Za-z0-9_./-]{1,99}")  # an absolute path QEMU's option parser takes as is (no comma)
@@ -131,10 +133,17 @@ def _smp(shape: LabShape) -> str:
 
 
 def machine(shape: LabShape) -> str:
-    """q35 with the IOMMU's split irqchip; the level each L3 cache is shared at, when not QEMU's default."""
+    """q35 with the IOMMU's split irqchip; the level each L3 cache is shared at, when not QEMU's default.
+
+    At most 512 MiB of RAM below 4 GiB: the rest of node 0's RAM, and every other node's, lies
+    above 4 GiB in gigabyte-aligned ranges, so a node of 2 GiB can give a 1 GiB hugepage at
+    boot (the kernel needs a free, aligned gigabyte on the node; below 4 GiB the kernel, its
+    initramfs and the firmware's tables sit in each of them).
+    """
+    base = "q35,kernel-irqchip=split,max-ram-below-4g=512M"
     if shape.default_topology:
-        return "q35,kernel-irqchip=split"
-    return f"q35,kernel-irqchip=split,smp-cache.0.cache=l3,smp-cache.0.topology={shape.l3}"
+        return base
+    return f"{base},smp-cache.0.cache=l3,smp-cache.0.topology={shape.l3}"
 
 
 def cpu(shape: LabShape) -> str:

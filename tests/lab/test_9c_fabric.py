@@ -32,6 +32,7 @@ from typing import Any
 
 import yaml
 
+from bmslice.lab import assets
 from bmslice.lab.switch import bridge_commands, parse_junos_set, switch_table
 from lab import labctl
 from lab.conftest import FAB1, FAB2, L3, SSH_PORTS, SWITCH, Lane, use
@@ -49,6 +50,7 @@ ADDRESSES = {
     (FAB2, "blue"): "10.9.0.22",
 }
 SPOOFED = "02:de:ad:00:00:01"
+BUSYBOX = assets.DEFAULT_CACHE / "root/bin/busybox"  # the lab sees this machine's files at the same paths
 
 # In the switch lab: its two ports renamed after the switch's, moved into a namespace with the bridge.
 SWITCH_UP = r"""
@@ -164,7 +166,8 @@ def _fleet(work: Path, ssh: Path, key: Path) -> Path:
 
 
 def _ping(lab: str, ns: str, address: str) -> bool:
-    done = labctl.sh(f"ip netns exec {ns} ping -c 3 -W 3 -q {address}", lab=lab, timeout=120)
+    """ICMP echo from the namespace (this machine kind has no ping: the lab's own busybox has one)."""
+    done = labctl.sh(f"ip netns exec {ns} {BUSYBOX} ping -c 3 -W 3 -q {address}", lab=lab, timeout=120)
     return done.rc == 0
 
 

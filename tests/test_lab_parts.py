@@ -122,7 +122,10 @@ def test_qemu_command_for_the_twin() -> None:
     igbs = [d for d in devices if d.startswith("igb,")]
     assert len(igbs) == 2 and all("romfile=" in d for d in igbs)
     assert sum(d.startswith("virtio-net-pci,") for d in devices) == 1
-    assert argv[argv.index("-append") + 1] == "console=ttyS0 panic=-1 loglevel=4 no_timer_check nokaslr intel_iommu=on iommu=pt"
+    assert (
+        argv[argv.index("-append") + 1]
+        == "console=ttyS0 panic=-1 loglevel=4 no_timer_check nokaslr intel_iommu=on iommu=pt"
+    )
     assert "readonly=on" in argv[argv.index("-fsdev") + 1]
 
 

@@ -178,9 +178,9 @@ def _fdb(config: Any, cabling: dict[str, str]) -> tuple[list[dict[str, Any]], st
 
 
 def test_red_and_blue_on_the_wire(lane: Lane, tmp_path: Path) -> None:
-    use(lane, SWITCH, done=(L3,))
-    use(lane, FAB1, then=(FAB2,))
-    use(lane, FAB2)
+    lane.prestart(SWITCH, FAB1, FAB2)  # all three boot at once (the switch and a server may be booting already)
+    for name in (SWITCH, FAB1, FAB2):
+        use(lane, name, done=(L3,))
 
     # sshd in both servers, one key pair for both, the client's known_hosts naming both ports
     keys = tmp_path / "ssh"
@@ -236,13 +236,8 @@ def test_red_and_blue_on_the_wire(lane: Lane, tmp_path: Path) -> None:
     # each VF stands in for its guest, with the MAC and VLAN bmslice set
     macs: dict[tuple[str, str], str] = {}
     for vm, (host, cluster) in sorted(where.items()):
-        pci, mac = (
-            labctl.sh(
-                STAND_IN.replace("$1", vm).replace("$2", cluster).replace("$3", ADDRESSES[(host, cluster)]), lab=host
-            )
-            .expect()
-            .out.split()
-        )
+        stand_in = labctl.run("/bin/sh", "-c", STAND_IN, "stand-in", vm, cluster, ADDRESSES[(host, cluster)], lab=host)
+        pci, mac = stand_in.expect().out.split()
         macs[(host, cluster)] = mac
         shown = labctl.run("ip", "-j", "-d", "link", "show", PF, lab=host).expect().json()[0]
         vf = next(v for v in shown["vfinfo_list"] if v["address"] == mac)

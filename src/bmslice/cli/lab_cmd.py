@@ -200,7 +200,13 @@ def cmd_status(args: argparse.Namespace) -> int:
     if not found:
         print("no lab is up")
     for info, alive in found:
-        print(f"{info.name}: {'up' if alive else 'stopped'}; {info.shape.describe()}; kernel args: {info.kernel_args}")
+        boot = info.boot
+        extra = "; systemd as PID 1 on a root disk" if boot.systemd else ""
+        extra += f"; {boot.switch_ports} switch port(s)" if boot.switch_ports else ""
+        extra += f"; wired to {', '.join(boot.wires)}" if boot.wires else ""
+        extra += f"; ssh on 127.0.0.1:{boot.ssh_port}" if boot.ssh_port else ""
+        state = "up" if alive else "stopped"
+        print(f"{info.name}: {state}; {info.shape.describe()}{extra}; kernel args: {info.kernel_args}")
     return EXIT_OK
 
 

@@ -71,7 +71,7 @@ class Lane:
                 name, (), str(tree), "--no-libvirtd", "--switch-ports", "2", "--memory-per-node", "768MiB"
             )
         port = {FAB1: 0, FAB2: 1}[name]
-        tree = shapes.write_small(self.trees / "server", cores=3, threads=2, sriov_nics=1)
+        tree = shapes.write_small(self.trees / name, cores=3, threads=2, sriov_nics=1)
         wire = f"{SWITCH}:{port}"
         ssh = str(SSH_PORTS[name])
         return labctl.up_args(name, (), str(tree), "--wire", wire, "--ssh-port", ssh, "--memory-per-node", "1024MiB")

@@ -288,3 +288,16 @@ def test_stale_state_is_removed_with_a_message(tmp_path: Path) -> None:
     assert not lab.path.exists()
     status = _cli(tmp_path, "status")
     assert status.returncode == 0 and status.stdout == "no lab is up\n"
+
+
+def test_only_a_lab_on_a_root_disk_reboots(tmp_path: Path, fakes: Fakes) -> None:
+    qemu = fakes.start("x", tmp_path)
+    lab = _state(tmp_path, "x", qemu.pid)
+    _wait_for_pid(qemu, lab)
+    done = _cli(tmp_path, "reboot", "--name", "x")
+    assert done.returncode == 2 and done.stdout == "", done
+    assert done.stderr == (
+        "error: lab x keeps its changes in memory, so a reboot would lose them: boot it with --systemd "
+        "(a root disk kept across reboots)\n"
+    )
+    assert qemu.poll() is None  # nothing was signalled

@@ -117,7 +117,7 @@ def cmd_reboot(args: argparse.Namespace) -> int:
     from bmslice.lab.qemu_cmdline import check_kernel_args
 
     extra = check_kernel_args(args.append) if args.append is not None else None
-    machine.running_or_refuse(args.name)  # before anything is checked or printed
+    machine.rebootable(args.name)  # before anything is checked or printed
     found = assets.ensure(_cache(args), say=_say)
     info = machine.reboot(args.name, found, extra, boot_timeout_s=args.boot_timeout, say=_say)
     print(f"lab {info.name} is up again; kernel args: {info.kernel_args}")

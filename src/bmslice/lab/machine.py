@@ -171,6 +171,17 @@ def _boot(lab: LabDir, files: LabFiles, info: LabInfo, timeout_s: int, say: Say,
     return info
 
 
+def rebootable(name: str, state_root: Path = STATE_ROOT) -> LabInfo:
+    """The lab's state, when it runs and keeps its changes on a root disk."""
+    info = running_or_refuse(name, state_root)
+    if not info.boot.systemd:
+        raise LabError(
+            f"lab {name} keeps its changes in memory, so a reboot would lose them: boot it with --systemd "
+            "(a root disk kept across reboots)"
+        )
+    return info
+
+
 def reboot(
     name: str,
     assets: Assets,
@@ -187,12 +198,7 @@ def reboot(
     empty, which is `lab down` and `lab up`, not a reboot.
     """
     lab = LabDir.of(name, state_root)
-    info = running_or_refuse(name, state_root)
-    if not info.boot.systemd:
-        raise LabError(
-            f"lab {name} keeps its changes in memory, so a reboot would lose them: boot it with --systemd "
-            "(a root disk kept across reboots)"
-        )
+    info = rebootable(name, state_root)
     process = processes.LabProcess(info.wrapper_pid, group=True)
     say("powering off")
     (lab.share / "poweroff").touch()

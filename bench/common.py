@@ -36,6 +36,7 @@ class HostShape:
     threads: int = 2
     nodes_per_socket: int = 1
     memory_mib_per_node: int = 128 * GIB
+    cores_per_l3: int | None = None  # EPYC-like: each socket's cores share an L3 in groups of this many
 
     @property
     def cpus(self) -> int:
@@ -58,6 +59,7 @@ class HostShape:
             nodes_per_socket=self.nodes_per_socket,
             memory_mib_per_node=self.memory_mib_per_node,
             nics=nics,
+            cores_per_l3=self.cores_per_l3,
         )
 
     def label(self) -> str:

@@ -3,18 +3,24 @@
 Run: .venv/bin/python bench/placement_stress.py [--budget SECONDS] [--seeds N] [--write DIR]
 
 plan/placement.py searches VM -> node assignments depth first with a memo over per-node
-load sums, a lower bound on cross-NUMA NICs, an aggregate capacity cut and, since
-commit 5c48e93, symmetry between interchangeable nodes; it stops at STEP_LIMIT
-(2,000,000 steps) with "placement search gave up". Families of specs:
+load sums, a lower bound on cross-NUMA NICs, an aggregate capacity cut and symmetry between
+interchangeable nodes; past STEP_LIMIT (COST_STEP_LIMIT for the fewest cross-NUMA NICs)
+CP-SAT answers instead (plan/placement_sat.py), and only past its SAT_TIME_LIMIT would the
+planner say "placement search gave up". Families of specs:
 
   a.  a fleet where some VMs pass through a NIC (found exponential before 5c48e93);
   b.  one VM more than identical nodes can hold (must be refused, with an explanation);
   b'. the same with a NIC on every node, so no two nodes are interchangeable;
   c.  exact-fit packings (every free core used; feasible by construction);
-  c'. the same with a NIC on every node.
+  c'. the same with a NIC on every node;
+  d.  EPYC-like hosts (several L3 caches per node) with a fleet and NICs: the L3-domain layout
+      (plan/l3_placement.py), which ran for minutes on 8 nodes before CP-SAT backed it.
 
 Every case runs in a child process with a time budget, so the whole script is bounded;
 "no answer within budget" means the planner was still searching when it was stopped.
+"search steps" are the NUMA search's; "+ CP-SAT" says CP-SAT settled the NUMA placement,
+"+ L3 CP-SAT" the L3-domain layout.
+The summary at the end gives each family's worst case against the goal of 1 s a case.
 `--write DIR` writes case b' on 8 nodes as a host tree + spec for the CLI:
     bmslice plan DIR/spec.yaml --host-root DIR/host
 """
@@ -22,6 +28,7 @@ Every case runs in a child process with a time budget, so the whole script is bo
 from __future__ import annotations
 
 import argparse
+import os
 import random
 import sys
 import time
@@ -33,14 +40,18 @@ from common import HostShape, fleet_spec, run_limited, table
 
 from bmslice.errors import PlanError
 from bmslice.model.spec import spec_from_data
-from bmslice.plan import placement
+from bmslice.plan import l3_sat, placement, placement_sat
 from bmslice.plan.planner import make_plan
 
 
-def plan_once(shape: HostShape, data: dict[str, Any], with_nics: bool) -> tuple[float, int, str, int]:
-    """(seconds, search steps, outcome, cross-NUMA NICs) of one make_plan call."""
+def plan_once(shape: HostShape, data: dict[str, Any], with_nics: bool) -> tuple[float, float, str, str, int]:
+    """(seconds, CPU seconds, search steps, outcome, cross-NUMA NICs) of one make_plan call."""
     steps: list[int] = []
+    sat: list[bool] = []
+    l3: list[bool] = []
     original = placement._Search.assignment
+    original_sat = placement_sat.solve
+    original_l3 = l3_sat.solve_l3
 
     def counting(self: Any) -> Any:
         try:
@@ -48,10 +59,20 @@ def plan_once(shape: HostShape, data: dict[str, Any], with_nics: bool) -> tuple[
         finally:
             steps.append(self.steps)
 
+    def sat_counting(*args: Any, **kwargs: Any) -> Any:
+        sat.append(True)
+        return original_sat(*args, **kwargs)
+
+    def l3_counting(*args: Any, **kwargs: Any) -> Any:
+        l3.append(True)
+        return original_l3(*args, **kwargs)
+
     placement._Search.assignment = counting  # type: ignore[method-assign]
+    placement_sat.solve = sat_counting
+    l3_sat.solve_l3 = l3_counting
     topo = shape.topology(with_nics)
     spec = spec_from_data(data, "stress")
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     try:
         plan = make_plan(topo, spec, "stress")
         outcome = "planned"
@@ -59,18 +80,34 @@ def plan_once(shape: HostShape, data: dict[str, Any], with_nics: bool) -> tuple[
     except PlanError as exc:
         outcome = "gave up" if "gave up" in str(exc) else "refused (explained)"
         cross = -1
-    return time.perf_counter() - start, steps[-1] if steps else 0, outcome, cross
+    done, cpu = time.perf_counter() - start, time.process_time() - cpu
+    return (
+        done,
+        cpu,
+        f"{max(steps, default=0):,}" + (" + CP-SAT" if sat else "") + (" + L3 CP-SAT" if l3 else ""),
+        outcome,
+        cross,
+    )
 
 
-def run(shape: HostShape, data: dict[str, Any], with_nics: bool, budget: float) -> list[str]:
+WORST: dict[str, tuple[float, float, str]] = {}  # family -> (worst seconds, its CPU seconds, its outcome)
+
+
+def run(family: str, shape: HostShape, data: dict[str, Any], with_nics: bool, budget: float) -> list[str]:
     status, value = run_limited(plan_once, (shape, data, with_nics), budget)
     if status == "timeout":
-        return [f"> {budget:.0f} s", "?", "no answer within budget"]
-    if status == "error":
-        return ["-", "-", str(value)[:60]]
-    seconds, steps, outcome, cross = value
-    extra = f", {cross} cross-NUMA" if cross >= 0 and with_nics else ""
-    return [f"{seconds:.3f} s", f"{steps:,}", outcome + extra]
+        row = [f"> {budget:.0f} s", "?", "?", "no answer within budget"]
+        seconds = cpu = float("inf")
+    elif status == "error":
+        row = ["-", "-", "-", str(value)[:60]]
+        seconds = cpu = float("inf")
+    else:
+        seconds, cpu, steps, outcome, cross = value
+        extra = f", {cross} cross-NUMA" if cross >= 0 and with_nics else ""
+        row = [f"{seconds:.3f} s", f"{cpu:.3f} s", steps, outcome + extra]
+    if family not in WORST or seconds >= WORST[family][0]:
+        WORST[family] = (seconds, cpu, row[-1])
+    return row
 
 
 def nic_fleet(budget: float) -> None:
@@ -82,9 +119,9 @@ def nic_fleet(budget: float) -> None:
     for nodes in (8, 10, 12, 13, 15, 16):
         shape = HostShape(f"{nodes} nodes", nodes, 24, 2, 1)
         rows.append(
-            [f"{nodes} x 24c x 2t", str(2 * nodes), *run(shape, fleet_spec(shape, 2 * nodes, True), True, budget)]
+            [f"{nodes} x 24c x 2t", str(2 * nodes), *run("a", shape, fleet_spec(shape, 2 * nodes, True), True, budget)]
         )
-    print(table(["host", "VMs", "time", "search steps", "outcome"], rows, "lrrrl"))
+    print(table(["host", "VMs", "time", "CPU", "search steps", "outcome"], rows, "lrrrrl"))
 
 
 def over_capacity(budget: float, nics: bool) -> None:
@@ -104,8 +141,8 @@ def over_capacity(budget: float, nics: bool) -> None:
             if nics and i < nodes:
                 vm["nics"] = [{"passthrough": f"ens{i}"}]
             vms.append(vm)
-        rows.append([f"{nodes} x 24c x 2t", str(len(vms)), *run(shape, {"vms": vms}, nics, budget)])
-    print(table(["host", "VMs", "time", "search steps", "outcome"], rows, "lrrrl"))
+        rows.append([f"{nodes} x 24c x 2t", str(len(vms)), *run(f"b{mark}", shape, {"vms": vms}, nics, budget)])
+    print(table(["host", "VMs", "time", "CPU", "search steps", "outcome"], rows, "lrrrrl"))
 
 
 def exact_fit(budget: float, seeds: int, nodes: int, nics: bool) -> None:
@@ -138,10 +175,23 @@ def exact_fit(budget: float, seeds: int, nodes: int, nics: bool) -> None:
                 first = False
                 vms.append(vm)
         rng.shuffle(vms)
-        rows.append([str(seed), str(len(vms)), *run(shape, {"vms": vms}, nics, budget)])
-    print(table(["seed", "VMs", "time", "search steps", "outcome"], rows, "rrrrl"))
+        rows.append([str(seed), str(len(vms)), *run(f"c{mark}, {nodes} nodes", shape, {"vms": vms}, nics, budget)])
+    print(table(["seed", "VMs", "time", "CPU", "search steps", "outcome"], rows, "rrrrrl"))
     planned = sum(1 for r in rows if r[-1].startswith("planned"))
     print(f"   planned {planned} of {seeds} feasible specs within {budget:.0f} s each")
+
+
+def epyc_fleet(budget: float) -> None:
+    print(
+        "\nd. EPYC-like: 2 sockets x 64 cores x 2 threads, 2-4 NUMA nodes a socket, an L3 cache per 4 or 8 cores;\n"
+        "   a fleet of mixed VMs (as in a), VM k < nodes with the NIC of node 7k mod nodes. Feasible; 0 cross-NUMA."
+    )
+    rows = []
+    for per_socket, per_l3, vms in ((2, 4, 40), (4, 4, 32), (4, 8, 40), (4, 8, 42)):
+        shape = HostShape(f"{2 * per_socket} nodes", 2, 64, 2, per_socket, cores_per_l3=per_l3)
+        spec = fleet_spec(shape, vms, True)
+        rows.append([f"{2 * per_socket} nodes, L3 per {per_l3} cores", str(vms), *run("d", shape, spec, True, budget)])
+    print(table(["host", "VMs", "time", "CPU", "search steps", "outcome"], rows, "lrrrrl"))
 
 
 def write_case(out: Path) -> None:
@@ -170,22 +220,44 @@ def write_case(out: Path) -> None:
     print(f"wrote {out}/host and {out}/spec.yaml; run: .venv/bin/bmslice plan {out}/spec.yaml --host-root {out}/host")
 
 
+GOAL_S = 1.0
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--budget", type=float, default=10.0, help="seconds per case (default 10)")
-    parser.add_argument("--seeds", type=int, default=5, help="exact-fit seeds (default 5)")
+    parser.add_argument("--seeds", type=int, default=5, help="exact-fit seeds on 8 nodes (default 5)")
+    parser.add_argument("--seeds16", type=int, default=20, help="exact-fit seeds on 16 nodes (default 20)")
     parser.add_argument("--write", type=Path, metavar="DIR", help="write case b' on 8 nodes for the CLI and exit")
     args = parser.parse_args()
     if args.write:
         write_case(args.write)
         return 0
-    print(f"placement search stress (STEP_LIMIT {placement.STEP_LIMIT:,}; budget {args.budget:.0f} s per case)")
+    print(f"load average at the start: {os.getloadavg()[0]:.2f}")
+    print(
+        f"placement search stress (STEP_LIMIT {placement.STEP_LIMIT:,}, COST_STEP_LIMIT "
+        f"{placement.COST_STEP_LIMIT:,}, SAT_TIME_LIMIT {placement.SAT_TIME_LIMIT:g}; budget {args.budget:.0f} s per case)"
+    )
     nic_fleet(args.budget)
     over_capacity(args.budget, nics=False)
     over_capacity(args.budget, nics=True)
-    for nodes in (8, 16):
-        exact_fit(args.budget, args.seeds, nodes, nics=False)
-        exact_fit(args.budget, args.seeds, nodes, nics=True)
+    epyc_fleet(args.budget)
+    for nodes, seeds in ((8, args.seeds), (16, args.seeds16)):
+        exact_fit(args.budget, seeds, nodes, nics=False)
+        exact_fit(args.budget, seeds, nodes, nics=True)
+    print(f'\nWorst case per family (goal: planned or refused within {GOAL_S:.0f} s a case, never "gave up"):')
+    rows = [
+        [
+            family,
+            "no answer" if seconds == float("inf") else f"{seconds:.3f} s",
+            f"{cpu:.3f} s",
+            outcome,
+            "meets goal" if seconds < GOAL_S and "gave up" not in outcome else "MISSES goal",
+        ]
+        for family, (seconds, cpu, outcome) in WORST.items()
+    ]
+    print(table(["family", "worst time", "its CPU time", "its outcome", "goal"], rows, "lrrll"))
+    print(f"load average at the end: {os.getloadavg()[0]:.2f} (1 min; other work on this machine slows every case)")
     return 0
 
 

@@ -38,6 +38,9 @@ PACKAGES=(
     # package's own service is not needed). libvirt's qemu+ssh finds virt-ssh-helper (from
     # libvirt-daemon, above) on the far side, so no netcat is needed.
     openssh-server openssh-client
+    # promtool checks and unit-tests bmslice's alert rules; tests/test_prometheus.py starts its own
+    # server (its config, data dir and loopback port) to scrape `bmslice exporter`: not the package's service
+    prometheus
 )
 missing=()
 for pkg in "${PACKAGES[@]}"; do
@@ -58,8 +61,9 @@ if [[ ${#missing[@]} -gt 0 ]]; then
     apt-get update -qq
     apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
     [[ -z $policy ]] || rm -f "$policy"
-    # nor at a later boot: the tests only read tuned's profiles
+    # nor at a later boot: the tests only read tuned's profiles, and start their own Prometheus
     deb-systemd-helper disable tuned.service >/dev/null 2>&1 || true
+    systemctl disable prometheus.service >/dev/null 2>&1 || true  # deb-systemd-helper acts only under dpkg
     log "packages installed ($((SECONDS - t0)) s)"
 else
     log "Debian packages already installed"

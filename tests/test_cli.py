@@ -171,3 +171,35 @@ def test_usage_errors_are_one_line_too() -> None:
     result = bmslice("plan")
     assert result.returncode == 2
     assert result.stderr.strip().count("\n") == 0 and result.stderr.startswith("error: ")
+
+
+def test_every_command_is_mapped_to_the_module_that_registers_it() -> None:
+    """`bmslice COMMAND` registers only COMMAND's module (start-up time): the map must name every
+    command, and name the module that really registers it."""
+    import argparse
+
+    from bmslice.cli import main
+
+    for module in main.COMMAND_MODULES:
+        parser = main.build_parser((module,))
+        sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+        assert {name: main.COMMANDS.get(name) for name in sub.choices} == dict.fromkeys(sub.choices, module)
+    assert set(main.COMMANDS.values()) == set(main.COMMAND_MODULES)
+
+
+@pytest.mark.parametrize("args", [["plan"], ["plan", "--bogus"], ["fleet"], ["nonsense"]])
+def test_a_usage_mistake_reads_the_same_with_one_module_or_all(
+    args: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The one-module parser of a known command answers a mistake exactly as the full parser does."""
+    from bmslice.cli import main
+    from bmslice.cli.common import run
+
+    answers = []
+    for modules in (main.COMMAND_MODULES, (main.COMMANDS.get(args[0], "slice_cmds"),)):
+        with pytest.raises(SystemExit) as exited:
+            run(main.build_parser(modules), args)
+        answers.append((exited.value.code, capsys.readouterr().err))
+    if args[0] in main.COMMANDS:
+        assert answers[0] == answers[1]
+    assert answers[0][0] == 2 and answers[0][1].startswith("error: bmslice")

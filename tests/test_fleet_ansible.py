@@ -34,6 +34,7 @@ import yaml
 
 from bmslice.cli import fleet_cmd
 from bmslice.model import spec as spec_model
+from inventory_yaml import load_inventory
 from libvirt_fixtures import HAS_KVM, kill_leftover_qemu, open_qemu, purge
 
 REPO = Path(__file__).resolve().parents[1]
@@ -153,7 +154,7 @@ def test_check_mode_over_four_host_trees_plans_and_writes_nothing(tmp_path: Path
 
 def test_join_files_are_copied_0600_and_never_logged(tmp_path: Path) -> None:
     out = _generate(tmp_path, _fleet_data(tmp_path, join_files=True))
-    inventory = yaml.safe_load((out / "inventory.yml").read_text())
+    inventory = load_inventory((out / "inventory.yml").read_text())
     workers = inventory["all"]["children"]["bmslice_fleet"]["children"]["bmslice_worker"]["hosts"]
     assert [j["name"] for j in workers["server1"]["bmslice_join_files"]] == [
         "secrets/blue.kubeadm-join",

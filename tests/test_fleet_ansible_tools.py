@@ -28,6 +28,7 @@ from pathlib import Path
 import pytest
 
 from bmslice.cli import fleet_cmd
+from inventory_yaml import load_inventory
 
 REPO = Path(__file__).resolve().parents[1]
 COLLECTION = REPO / "ansible_collections" / "bmslice" / "slicing"
@@ -140,7 +141,7 @@ def test_ansible_lint_catches_what_pyyaml_indents_by_default(tmp_path: Path) -> 
     assert fleet_cmd.main(["fleet", "ansible", str(REPO / "examples" / "fleet" / "fleet.yaml"), "--out", str(out)]) == 0
     inventory = out / "inventory.yml"
     head = "".join(line for line in inventory.read_text().splitlines(keepends=True) if line.startswith("#"))
-    inventory.write_text(head + yaml.safe_dump(yaml.safe_load(inventory.read_text()), sort_keys=False))
+    inventory.write_text(head + yaml.safe_dump(load_inventory(inventory.read_text()), sort_keys=False))
     run = _offline(
         [str(ansible_lint), "--nocolor", "-f", "pep8"],
         out,

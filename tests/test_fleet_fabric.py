@@ -220,7 +220,9 @@ def test_fleet_verify_text_names_both_places_and_exits_1(capsys: pytest.CaptureF
         "  blue-worker-1 server1 eno2 02:51:52:42:3e:98: elsewhere: learned on fabric-switch ge-0/0/8 VLAN "
         "Red_Tenant_Network; planned fabric-switch ge-0/0/8 VLAN Blue_Tenant_Network (200)\n"
     ) in out
-    assert out.rstrip().endswith("fabric: 3 of 8 VM NIC(s) missing or learned elsewhere")
+    assert out.rstrip().endswith(
+        "fabric: 3 of 8 checked VM NIC(s) missing or learned elsewhere; 8 of 8 planned VM NIC(s) checked"
+    )
 
 
 def test_fleet_verify_without_tables_prints_the_capture_commands(capsys: pytest.CaptureFixture[str]) -> None:
@@ -247,7 +249,7 @@ def test_a_table_of_the_right_switch_where_everything_is_learned(
     table.write_text(text)
     code, out = _run_verify(capsys, "--switch-table", f"fabric-switch={table}")
     assert code == 0, out
-    assert "fabric: every checked VM NIC learned where planned (8)" in out
+    assert "fabric: every checked VM NIC learned where planned; 8 of 8 planned VM NIC(s) checked" in out
 
 
 def test_a_passed_through_nic_the_host_cannot_see_is_checked_by_its_port() -> None:

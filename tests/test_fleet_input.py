@@ -47,11 +47,11 @@ def _plan(tmp_path: Path, data: dict[str, Any], capsys: pytest.CaptureFixture[st
         (lambda inv: inv[1].update(name="server1\n"), "inventory[1].name: 'server1\\n' is not a host name"),
         (
             lambda inv: inv[1]["nics"].update(eno1={"switch": "fabric-switch\n", "port": "ge-0/0/9"}),
-            "inventory[1].nics.eno1.switch: 'fabric-switch\\n' is not a switch or port name",
+            "inventory[1].nics.eno1.switch: 'fabric-switch\\n' is not a switch name",
         ),
         (
             lambda inv: inv[1]["nics"].update(eno1={"switch": "fabric-switch", "port": "ge-0/0/9\n"}),
-            "inventory[1].nics.eno1.port: 'ge-0/0/9\\n' is not a switch or port name",
+            "inventory[1].nics.eno1.port: 'ge-0/0/9\\n' is not a Junos physical port",
         ),
     ],
 )

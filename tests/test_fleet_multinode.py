@@ -8,7 +8,9 @@
 - no host with enough nodes, or no host with room on enough nodes: one line saying which;
 - the size is validated like the host spec's (equal shares), one line naming the field;
 - the placement file carries the nodes and reads them back; a kept VM stays on them, and a
-  size that now asks for another number of nodes is refused, never moved;
+  size that now asks for another number of nodes is refused, never moved; with --allow-move
+  a kept VM stays on its nodes in their recorded order (whatever order the host planner gave
+  the shares after the first) and is not counted as moved;
 - labels, cloud-init and the summary name the nodes.
 """
 
@@ -26,7 +28,15 @@ from bmslice.fleet.check import check_host
 from bmslice.fleet.guest import node_labels
 from bmslice.fleet.placement import place
 from bmslice.fleet.render import host_spec_data, render_fleet
-from bmslice.model.fleet import Fleet, Placement, fleet_from_data, placement_from_dict, placement_to_dict
+from bmslice.model.fleet import (
+    Fleet,
+    PlacedVm,
+    Placement,
+    Role,
+    fleet_from_data,
+    placement_from_dict,
+    placement_to_dict,
+)
 from bmslice.model.topology import HostTopology
 from fleetgen import SHAPES
 from topologies import nic, synthetic
@@ -174,6 +184,34 @@ def test_the_placement_file_keeps_the_nodes_and_a_kept_vm_stays() -> None:
         "red-worker-1 is placed on a NUMA nodes 0,1, but its size now asks for numa_nodes: 1; remove it from the "
         "placement file to let bmslice place it afresh (the VM is then rebuilt)"
     )
+
+
+def test_with_allow_move_a_kept_vm_stays_on_its_nodes_in_their_recorded_order() -> None:
+    # The host planner may give the shares after the first in any order (here 0, 3, 1). On the
+    # four-node host a (3 free cores a node) green-worker-2 needs a free node (3 cores) and may
+    # not join green-worker-1 on b (max_per_host 1): blue-worker-1 moves to b, the one move
+    # there is. red-worker-1 cannot help (it spans 3 nodes, b has 2) and stays, in its order.
+    three = {"count": 1, "vcpus": 6, "memory": "3GiB", "numa_nodes": 3, "emulator": "dedicated"}
+    three_cores = {"vcpus": 6, "memory": "1GiB", "emulator": "host"}
+    data = fleet_data(three)
+    data["clusters"] += [
+        {"name": "blue", "vlan": 200, "workers": {"count": 1, **three_cores}},
+        {"name": "green", "vlan": 300, "workers": {"count": 2, **three_cores}},
+    ]
+    fleet = fleet_from_data(data, "fleet.yaml")
+    topos = {"a": four_nodes(), "b": SHAPES["server1"]()}
+    kept = Placement(
+        (
+            PlacedVm("red-worker-1", "red", Role.WORKER, 1, "a", 0, numa_nodes=(0, 3, 1)),
+            PlacedVm("blue-worker-1", "blue", Role.WORKER, 1, "a", 2),
+            PlacedVm("green-worker-1", "green", Role.WORKER, 1, "b", 0),
+        )
+    )
+    with pytest.raises(PlanError):
+        place(fleet, topos, kept)
+    moved = place(fleet, topos, kept, allow_move=True)
+    assert moved.moved == ("blue-worker-1",) and moved.proven_optimal
+    assert (moved.vm("red-worker-1").host, moved.vm("red-worker-1").nodes) == ("a", (0, 3, 1))
 
 
 @pytest.mark.parametrize("nodes", [[1, 0], [0], [0, 0]])

@@ -80,7 +80,7 @@ def fleets(draw: st.DrawFn) -> tuple[dict[str, Any], dict[str, HostTopology]]:
                 "uri": f"qemu+ssh://{name}/system",
                 "role": "control" if i == 0 and control else "worker",
                 "rack": f"r{draw(st.integers(0, 2))}",
-                "nics": {f: {"switch": "sw", "port": f"p{i}-{f}"} for f in ifnames} if cabled else {},
+                "nics": {f: {"switch": "sw", "port": f"xe-{i}/0/{j}"} for j, f in enumerate(ifnames)} if cabled else {},
             }
         )
         topos[name] = topo
@@ -119,9 +119,20 @@ def _place(data: dict[str, Any], topos: dict[str, HostTopology], existing: Place
     try:
         return place(fleet, topos, existing)
     except PlanError as exc:
-        names = {r.name for r in fleet.vm_requests()}
-        assert str(exc).split(":", 1)[0] in names  # a refusal starts with the VM it could not place
+        _assert_names_what_it_refuses(fleet, str(exc))
         return None
+
+
+def _assert_names_what_it_refuses(fleet: Fleet, text: str) -> None:
+    """A refusal starts with what it is about: the VM that fits nowhere, the VMs that cannot all be
+    placed together, the cluster whose rule cannot hold, or the rule."""
+    head = text.split(":", 1)[0]
+    names = {r.name for r in fleet.vm_requests()} | {c.name for c in fleet.clusters} | {"control planes apart"}
+    if head.endswith(" cannot all be placed") or " cannot all be placed " in head:
+        listed = head.split(" cannot all be placed")[0].replace(" .. ", ", ").split(", ")
+        assert all(name.split(" (")[0] in names for name in listed), text
+    else:
+        assert head in names, text
 
 
 def _assert_invariants(fleet: Fleet, topos: dict[str, HostTopology], placement: Placement) -> None:

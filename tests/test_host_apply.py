@@ -44,7 +44,7 @@ def changed_files(before: dict[str, bytes | str], after: dict[str, bytes | str])
 
 
 def reported(stdout: str) -> set[str]:
-    return {m.group(2) for m in re.finditer(r"^  (wrote|updated|set|removed) /(\S+)", stdout, re.M)}
+    return {m.group(2) for m in re.finditer(r"^  (create|update|set|remove) /(\S+)", stdout, re.M)}
 
 
 def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
@@ -81,7 +81,7 @@ def test_server1_writes_exactly_what_it_reports_then_nothing(
 
     code, out, _ = run(capsys, "host-apply", spec, "--host-root", str(server1_root))
     assert code == 0
-    assert "no changes: 13 file(s) and setting(s) already as planned" in out
+    assert "no changes: 13 file(s) and setting(s) already as planned" in out  # the exporter's unit among them
     assert reported(out) == set()
     assert snapshot(server1_root) == after
 
@@ -127,7 +127,7 @@ def test_reboot_pending_cleared_when_args_active(tmp_path: Path, capsys: pytest.
     (built.root / REBOOT_PENDING).write_text("stale\n")
     code, out, _ = run(capsys, "host-apply", str(built.spec_path), "--host-root", str(built.root))
     assert code == 0
-    assert f"  removed /{REBOOT_PENDING}" in out and "reboot pending" not in out
+    assert f"  remove /{REBOOT_PENDING}" in out and "reboot pending" not in out
     assert not (built.root / REBOOT_PENDING).exists()
 
 

@@ -9,6 +9,7 @@ import pytest
 from bmslice.cli import host_cmds
 from bmslice.model.spec import load_spec, spec_from_data
 from bmslice.plan.planner import make_plan
+from bmslice.render.exporter_unit import EXPORTER_UNIT_PATH
 from bmslice.render.host_files import render_host_files, runtime_settings
 from bmslice.topology.sysfs import read_host_tree
 from golden import assert_golden
@@ -113,9 +114,9 @@ def test_cli_host_config_writes_the_files(tmp_path: Path, capsys: pytest.Capture
     )
     assert code == 0
     written = {str(p.relative_to(out)) for p in out.rglob("*") if p.is_file()}
-    assert written == SERVER1_FILES
+    assert written == SERVER1_FILES | {EXPORTER_UNIT_PATH}  # the CLI adds the exporter's unit
     printed = capsys.readouterr().out
-    assert all(str(out / rel) in printed for rel in SERVER1_FILES)
+    assert all(str(out / rel) in printed for rel in written)
 
 
 @pytest.mark.parametrize(

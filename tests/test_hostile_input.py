@@ -194,7 +194,7 @@ BAD_YAML = [
     ),
     ("recursive alias", "a: &a [*a]\n" + vm_yaml(), ("more than 100000 values",)),
     ("nested 20,000 deep", "vms: " + "[" * 20000 + "]" * 20000 + "\n", ("nested too deeply",)),
-    ("control character", vm_yaml().replace("name: a", "name: a\x07"), ("line 2", "special characters")),
+    ("control character", vm_yaml().replace("name: a", "name: a\x07"), ("line 2", "characters are not allowed")),
 ]
 
 

@@ -393,12 +393,8 @@ def test_require_refuses_a_nic_on_a_node_no_share_can_use(epyc: HostTopology) ->
     assert any("(cross-NUMA)" in w for w in plan.vm("w").warnings)
 
 
-@pytest.mark.parametrize("strict", [False, True])
-def test_require_stays_exact_when_the_cost_search_runs_out(strict: bool, monkeypatch: pytest.MonkeyPatch) -> None:
-    """A VM over 2 of 8 like nodes whose NIC is on node 5, its candidates in id order. With no
-    budget for the search for the fewest remote NICs, prefer keeps the first layout found (nodes
-    0 and 1, the NIC remote, and says so); require must still find one that holds node 5."""
-    monkeypatch.setattr(placement, "COST_STEP_LIMIT", 0)
+def _two_node_vm_with_nic_on_5(strict: bool) -> tuple[list[placement.Request], list[NodeFree]]:
+    """A VM over 2 of 8 like nodes whose NIC is on node 5, its candidates in id order."""
     nodes = [NodeFree(n, 4, 0, 8192) for n in range(8)]
     parts = [
         placement.Request(
@@ -414,6 +410,30 @@ def test_require_stays_exact_when_the_cost_search_runs_out(strict: bool, monkeyp
         )
         for part in range(2)
     ]
+    return parts, nodes
+
+
+@pytest.mark.parametrize("strict", [False, True])
+def test_cp_sat_finds_the_fewest_remote_nics_when_the_cost_search_runs_out(
+    strict: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With no steps for the search for the fewest remote NICs, CP-SAT answers it: prefer and
+    require both get a layout that holds node 5, proven the fewest."""
+    monkeypatch.setattr(placement, "COST_STEP_LIMIT", 0)
+    parts, nodes = _two_node_vm_with_nic_on_5(strict)
+    found = placement.place(parts, nodes)
+    assert found is not None
+    assert 5 in {found.nodes["w#0"], found.nodes["w#1"]} and found.numa_optimal
+
+
+@pytest.mark.parametrize("strict", [False, True])
+def test_require_stays_exact_when_every_budget_runs_out(strict: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    """With no budget at all for the fewest remote NICs (no steps, no CP-SAT time), prefer keeps
+    the first layout found (nodes 0 and 1, the NIC remote, and says so); require must still find
+    one that holds node 5."""
+    monkeypatch.setattr(placement, "COST_STEP_LIMIT", 0)
+    monkeypatch.setattr(placement, "SAT_TIME_LIMIT", 0.0)
+    parts, nodes = _two_node_vm_with_nic_on_5(strict)
     found = placement.place(parts, nodes)
     assert found is not None
     chosen = {found.nodes["w#0"], found.nodes["w#1"]}

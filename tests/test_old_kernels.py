@@ -3,17 +3,20 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
 import subprocess
 import sys
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import pytest
 from lxml import etree
 
 from bmslice.cpuset import CpuSet
+from bmslice.errors import RenderError
 from bmslice.model.plan import AT_APPLY
 from bmslice.model.spec import load_spec, spec_from_data
 from bmslice.model.topology import HostTopology
@@ -113,11 +116,15 @@ def blind_server1() -> HostSpec:
     return replace(server1_kernel415_spec(), pci_config=False)
 
 
-def test_vf_without_routing_is_planned_by_pf_and_index(tmp_path: Path) -> None:
+def _blind_tree(tmp_path: Path) -> Path:
     root = write_tree(blind_server1(), tmp_path / "host")
     for pf in ("0000:01:00.0", "0000:01:00.1"):
         (root / f"sys/bus/pci/devices/{pf}/config").write_bytes(pci_config(blind_server1().pci[1])[:64])
-    topo = read_host_tree(root)
+    return root
+
+
+def test_vf_without_routing_is_planned_by_pf_and_index(tmp_path: Path) -> None:
+    topo = read_host_tree(_blind_tree(tmp_path))
     assert all(d.sriov_offset is None for d in topo.pci_devices)
     plan = make_plan(topo, load_spec(THREE_WORKERS))
     blue = plan.vm(BLUE).devices[0]
@@ -125,10 +132,93 @@ def test_vf_without_routing_is_planned_by_pf_and_index(tmp_path: Path) -> None:
     assert any(
         w.startswith(f"{BLUE}: the PCI address of VF 0 of eno2 is resolved at apply time") for w in plan.warnings
     )
-    xml = etree.fromstring(render_plan(plan)[f"{BLUE}.xml"].encode())
-    source = xml.find("devices/interface[@type='hostdev']/source")
-    assert source is not None and source.find("address") is None
-    assert "resolved at apply time" in etree.tostring(source).decode()
+    with pytest.raises(RenderError, match=f"the PCI address of VF 0 of eno2 for {BLUE}, VF 1 of eno2 for {GREEN} is"):
+        render_plan(plan)  # libvirt would reject the domain (below): render says so and what to do
+
+
+def test_render_refuses_vfs_whose_address_only_apply_knows(tmp_path: Path) -> None:
+    """`render` writes nothing, and says why and the ways out, in one line with exit 2."""
+    out = tmp_path / "out"
+    result = bmslice("render", str(THREE_WORKERS), "--host-root", str(_blind_tree(tmp_path)), "--out", str(out))
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+    errors = [line for line in result.stderr.splitlines() if not line.startswith("warning:")]
+    assert errors == [
+        f"error: the PCI address of VF 0 of eno2 for {BLUE}, VF 1 of eno2 for {GREEN} is resolved at apply time, "
+        "once the VF exists, and libvirt rejects a VF interface without one: render on the host as root (the PF's "
+        "SR-IOV capability gives First VF Offset and VF Stride), from a --host-root tree with sriov_offset and "
+        "sriov_stride (Linux 4.16+) or whose PF already has the VFs (bmslice host-apply makes them), or let "
+        "`bmslice apply` define the slice"
+    ]
+    assert not out.exists()
+    # each way out renders: the tree with config space (root's read), and one whose PF has its VFs
+    assert bmslice("render", str(THREE_WORKERS), "--host-root", str(KERNEL415), "--out", str(out)).returncode == 0
+    grown = tmp_path / "grown"
+    add_vfs(write_tree(blind_server1(), grown), blind_server1(), "0000:01:00.1", 2, first_group=70)
+    (grown / "sys/bus/pci/devices/0000:01:00.1/sriov_numvfs").write_text("2\n")
+    made = bmslice("render", str(THREE_WORKERS), "--host-root", str(grown), "--out", str(tmp_path / "out2"))
+    assert made.returncode == 0, made.stderr
+
+
+def _validates(xml: str, tmp_path: Path) -> subprocess.CompletedProcess[str]:
+    path = tmp_path / "domain.xml"
+    path.write_text(xml)
+    tool = shutil.which("virt-xml-validate")
+    assert tool is not None, "virt-xml-validate is missing: install libvirt-clients (scripts/setup-host.sh does)"
+    return subprocess.run([tool, str(path), "domain"], capture_output=True, text=True, timeout=60, check=False)
+
+
+def _defines(conn: Any, xml: str) -> str | None:
+    """None when libvirt defines `xml` (then undefined again), else libvirt's complaint."""
+    import libvirt
+
+    try:
+        dom = conn.defineXMLFlags(xml, libvirt.VIR_DOMAIN_DEFINE_VALIDATE)
+    except libvirt.libvirtError as exc:
+        return str(exc.get_error_message())
+    dom.undefine()
+    return None
+
+
+@pytest.mark.libvirtd
+def test_what_apply_defines_for_such_a_vf_is_valid_and_a_source_without_address_is_not(tmp_path: Path) -> None:
+    """The XML apply defines once the VF exists passes virt-xml-validate and `virsh define` (test
+    driver and the real libvirtd); the same interface with a <source> but no address, as render
+    once wrote it, is rejected by all three: why render refuses rather than write it."""
+    import libvirt
+
+    from bmslice.apply.sriov import resolve_vf_addresses
+    from bmslice.render.domain_model import domain_from_plan
+    from bmslice.render.domain_xml import to_xml
+    from libvirt_fixtures import open_qemu, unique_prefix
+
+    tree = write_tree(blind_server1(), tmp_path / "host")
+    vm = make_plan(read_host_tree(tree), load_spec(THREE_WORKERS)).vm(BLUE)
+    assert [d.address for d in vm.devices] == [None]
+    add_vfs(tree, blind_server1(), "0000:01:00.1", 2, first_group=70)  # what apply's sriov_numvfs step makes
+    name = f"{unique_prefix()}-blue"
+    resolved = replace(resolve_vf_addresses(tree, vm), name=name, domain_type="qemu")
+    xml = to_xml(domain_from_plan(resolved))
+    root = etree.fromstring(xml.encode())
+    source = root.find("devices/interface[@type='hostdev']/source")
+    assert source is not None and source.find("address") is not None
+    for address in source.findall("address"):
+        source.remove(address)
+    source.append(etree.Comment(" the VF's PCI address is resolved at apply time "))
+    without = etree.tostring(root, encoding="unicode")
+
+    assert _validates(xml, tmp_path).returncode == 0
+    assert _validates(without, tmp_path).returncode != 0
+    test_driver = libvirt.open("test:///default")
+    qemu = open_qemu()
+    try:
+        for conn in (test_driver, qemu):
+            assert _defines(conn, xml) is None
+            assert _defines(conn, without) is not None
+    finally:
+        for conn in (test_driver, qemu):
+            with contextlib.suppress(libvirt.libvirtError):
+                conn.lookupByName(name).undefine()
+            conn.close()
 
 
 def test_plan_json_and_table_say_resolved_at_apply_time(tmp_path: Path) -> None:

@@ -19,6 +19,7 @@ from bmslice.errors import PlanError
 from bmslice.model.plan import Plan
 from bmslice.model.spec import Spec, spec_from_data
 from bmslice.model.topology import HostTopology
+from bmslice.plan import placement
 from bmslice.plan.planner import make_plan
 from oracle import best_layout, check_plan, physical_cores, reserved_cpus, vcpu_cores_ok
 from topologies import multinode_case, nic, synthetic
@@ -102,6 +103,18 @@ SEEDS = [("one-node", seed) for seed in range(CASES)] + [("multinode", seed) for
 
 @pytest.mark.parametrize(("family", "seed"), SEEDS)
 def test_planner_agrees_with_oracle(family: str, seed: int) -> None:
+    _agrees_with_oracle(family, seed)
+
+
+@pytest.mark.parametrize(("family", "seed"), SEEDS[::4])
+def test_cp_sat_agrees_with_oracle(family: str, seed: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The same with no steps for the depth-first search: every placement is CP-SAT's
+    (plan/placement_sat.py), the method that settles the cases the search cannot on big hosts."""
+    monkeypatch.setattr(placement, "STEP_LIMIT", 0)
+    _agrees_with_oracle(family, seed)
+
+
+def _agrees_with_oracle(family: str, seed: int) -> None:
     topo, spec = FAMILIES[family](seed)
     oracle = best_layout(topo, spec)
     result = _try_plan(topo, spec)
@@ -292,3 +305,38 @@ def test_core_shortfall_on_an_smt_node_counts_one_core_per_vcpu_pair() -> None:
     result = _try_plan(topo, spec)
     assert isinstance(result, PlanError)
     assert "a needs 5 whole cores on NUMA node 0, only 3 are free" in str(result)
+
+
+def _exact_fit_16(seed: int) -> tuple[HostTopology, Spec]:
+    """16 nodes of 24 two-thread cores (one kept for the host): each node's 23 free cores cut at
+    random into VMs of 3-8 cores, shuffled; the first VM cut from node k passes through node k's
+    NIC. Feasible by construction with no cross-NUMA NIC; the depth-first search alone runs for
+    minutes on some seeds (bench/placement_stress.py, family c')."""
+    rng = random.Random(seed)
+    vms: list[dict[str, Any]] = []
+    for node in range(16):
+        left, first = 23, True
+        while left > 0:
+            cores = rng.choice([3, 4, 5, 6, 7, 8]) if left > 8 else left
+            left -= cores
+            vm: dict[str, Any] = {"name": f"vm{len(vms):03d}", "vcpus": 2 * cores, "memory": "4GiB", "emulator": "host"}
+            if first:
+                vm["nics"] = [{"passthrough": f"ens{node}"}]
+            first = False
+            vms.append(vm)
+    rng.shuffle(vms)
+    nics = [nic(f"0000:{0x10 + n:02x}:00.0", f"ens{n}", n, 100 + n) for n in range(16)]
+    topo = synthetic(sockets=16, cores=24, threads=2, memory_mib_per_node=131072, nics=nics)
+    return topo, spec_from_data({"host": {"reserved_cores_per_node": 1}, "vms": vms}, "case.yaml")
+
+
+@pytest.mark.parametrize("seed", [0, 18])
+def test_exact_fit_on_a_16_node_host_is_planned(seed: int) -> None:
+    """Every free core used, every NIC local: the plan exists and the planner finds it (CP-SAT
+    settles what the search's steps do not), with 0 cross-NUMA NICs, proven the fewest."""
+    topo, spec = _exact_fit_16(seed)
+    plan = make_plan(topo, spec, "case.yaml")
+    assert _cross_numa(plan) == 0
+    assert not any("not proven" in w for w in plan.warnings)
+    assert sum(len(vm.cores) for vm in plan.vms) == 16 * 23
+    check_plan(topo, spec, plan)

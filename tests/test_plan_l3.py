@@ -219,9 +219,21 @@ def test_plan_json_shows_l3_domains_and_reads_back() -> None:
     assert "l3_domains" not in plain["vms"][0]  # the host does not say: plans read as before
 
 
+@pytest.mark.parametrize("seed", range(0, CASES, 3))
+def test_cp_sat_layout_equals_the_oracle(seed: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """With no steps for the depth-first search every L3 layout is CP-SAT's (plan/l3_sat.py),
+    the method that settles EPYC-sized hosts: the same fewest split VMs as the oracle."""
+    monkeypatch.setattr(l3_placement, "L3_STEP_LIMIT", 0)
+    topo, spec = l3_case(random.Random(seed))
+    problem = agrees_with_oracle(topo, spec)
+    assert problem is None, f"seed {seed}: {problem}"
+
+
 def test_search_budget_fallback_is_said(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Past the step budget the plan is still valid, placed node by node, and says it is not proven."""
+    """Past every budget (no steps, no CP-SAT time) the plan is still valid, placed node by node,
+    and says it is not proven."""
     monkeypatch.setattr(l3_placement, "L3_STEP_LIMIT", 1)
+    monkeypatch.setattr(l3_placement, "L3_SAT_TIME_LIMIT", 0.0)
     topo = two_ccds()
     vms = [{"name": n, "vcpus": 2, "memory": 1024, "emulator": "host"} for n in "abcd"]
     plan = make_plan(topo, spec(vms), "t")

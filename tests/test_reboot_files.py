@@ -31,6 +31,7 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -46,6 +47,7 @@ from bmslice.model.spec import load_spec, spec_from_data
 from bmslice.model.topology import HostTopology
 from bmslice.plan.host import kernel_args, per_node_hugepages
 from bmslice.plan.planner import make_plan
+from bmslice.render.exporter_unit import EXPORTER_UNIT_PATH
 from bmslice.render.host_files import boot_settings, hugepage_path, render_host_files
 from bmslice.render.sriov_files import UDEV_RULES_PATH, VF_HOOK_PATH, VF_SETTINGS_PATH, udev_rules
 from bmslice.topology.fsroot import FsRoot
@@ -470,12 +472,12 @@ TUNED_LOAD = textwrap.dedent(
                 problems.append(record.getMessage())
 
     logging.getLogger("tuned").addHandler(Keep())
-    profile_dir, qemu_pid = sys.argv[1], int(sys.argv[2])
+    profile_dir, name, qemu_pid = sys.argv[1], sys.argv[2], int(sys.argv[3])
     variables = profiles.variables.Variables()
     loader = profiles.Loader(
         profiles.Locator(["/usr/lib/tuned", profile_dir]), profiles.Factory(), profiles.Merger(), GlobalConfig(), variables
     )
-    profile = loader.load(["bmslice"])
+    profile = loader.load([name])
     # as tuned's unit manager does, the instance priority is not a plugin option
     boot = {k: variables.expand(v) for k, v in profile.units["bootloader"].options.items() if k != "priority"}
     cmdline = BootloaderPlugin._get_effective_options(BootloaderPlugin, boot)["cmdline"]
@@ -488,61 +490,134 @@ TUNED_LOAD = textwrap.dedent(
     """
 )
 
+# Every kind of plan whose boot args tuned must yield: (vendor, passthrough, 1 GiB pages per node,
+# per-node form, realtime). The CPUs are this machine's (tuned asserts its isolated CPUs are online).
+TUNED_KINDS = {
+    "plain": ("AuthenticAMD", False, (), True, False),
+    "iommu-intel": ("GenuineIntel", True, (), True, False),
+    "iommu-amd": ("AuthenticAMD", True, (), True, False),
+    "1g-two-nodes": ("GenuineIntel", True, ((0, 2), (1, 2)), True, False),
+    "1g-old-kernel": ("GenuineIntel", False, ((0, 2), (1, 2)), False, False),
+    "realtime-intel": ("GenuineIntel", True, ((0, 2), (1, 2)), True, True),
+    "realtime-amd": ("AuthenticAMD", False, ((0, 2),), True, True),
+}
 
-def _tuned_plan() -> tuple[Plan, HostTopology]:
-    """A plan for this machine's CPUs (cpu-partitioning asserts its isolated CPUs are online), with
-    IOMMU and 1 GiB hugepage args: what cpu-partitioning lacks."""
+
+def _tuned_plan(kind: str = "iommu-intel") -> tuple[Plan, HostTopology]:
+    """A plan of `kind` for this machine's CPUs (cpu-partitioning asserts its isolated CPUs are online)."""
+    from bmslice.model.plan import GuestTopology, RealtimePlan, VmPlan
+
+    vendor, passthrough, gig, per_node, realtime = TUNED_KINDS[kind]
     topo = read_host_tree(Path("/"))
     online = topo.online_cpus
     if len(online) < 2:
         pytest.fail("the tuned check isolates a CPU: this machine needs two online CPUs")
     reserved = CpuSet.of(min(online))
     isolated = online - reserved
-    args = kernel_args("GenuineIntel", reserved, isolated, (NodeHugepages(0, GIB_KIB, 2),), passthrough=True)
-    host = HostPlan(reserved, isolated, args, True, args, (NodeHugepages(0, GIB_KIB, 2),), "GenuineIntel")
-    return Plan(host, ()), replace(topo, os_ids=("debian",))
+    pages = tuple(NodeHugepages(node, GIB_KIB, n) for node, n in gig)
+    args = kernel_args(vendor, reserved, isolated, pages, passthrough, realtime, per_node, len(gig) or 1)
+    host = HostPlan(reserved, isolated, args, True, args, pages, vendor)
+    vms: tuple[VmPlan, ...] = ()
+    if realtime:  # what makes a plan realtime for the host files: a VM with realtime vCPUs
+        core = CpuSet.of(min(isolated))
+        rt = RealtimePlan(0, 1, 2048)
+        vms = (
+            VmPlan(
+                "rt",
+                (0,),
+                (min(isolated),),
+                reserved,
+                CpuSet(),
+                0,
+                GuestTopology(1, 1, 1),
+                1024,
+                GIB_KIB,
+                (core,),
+                "host",
+                realtime=rt,
+            ),
+        )
+    return Plan(host, vms), replace(topo, os_ids=("debian",))
 
 
-def test_the_tuned_profile_loads_with_tuneds_own_loader(tmp_path: Path) -> None:
-    need("tuned-adm", "tuned")
-    need_root()
-    plan, topo = _tuned_plan()
-    files = render_host_files(plan, topo)
+def _load_tuned(tmp_path: Path, files: dict[str, str], profile: str) -> dict[str, Any]:
+    """tuned's own profile loader over `profile`, with bmslice's variables files in place (in a
+    mount namespace of its own), next to a process named as Debian's QEMU is."""
     write_files({"bmslice/tuned.conf": files["etc/tuned/bmslice/tuned.conf"]}, tmp_path / "profiles")
-    variables = write_files({"v.conf": files["etc/tuned/cpu-partitioning-variables.conf"]}, tmp_path) / "v.conf"
+    mounts = []
+    for rel in ("etc/tuned/cpu-partitioning-variables.conf", "etc/tuned/realtime-virtual-host-variables.conf"):
+        if rel in files:
+            own = write_files({rel: files[rel]}, tmp_path / "vars") / rel
+            mounts.append(f"mount --bind {shlex.quote(str(own))} /{rel}")
     script = write_files({"load.py": TUNED_LOAD}, tmp_path) / "load.py"
     qemu = tmp_path / "qemu-system-x86_64"  # a process named as Debian's QEMU is
     shutil.copy("/bin/sleep", qemu)
     sleeper = subprocess.Popen([str(qemu), "60"])
     try:
-        # cpu-partitioning reads /etc/tuned/cpu-partitioning-variables.conf: ours, in this namespace only
         result = private_mounts(
-            [f"mount --bind {shlex.quote(str(variables))} /etc/tuned/cpu-partitioning-variables.conf"],
-            f"/usr/bin/python3 {shlex.quote(str(script))} {shlex.quote(str(tmp_path / 'profiles'))} {sleeper.pid}",
+            mounts,
+            f"/usr/bin/python3 {shlex.quote(str(script))} {shlex.quote(str(tmp_path / 'profiles'))} {profile} "
+            f"{sleeper.pid}",
             env={**os.environ, "TMPDIR": str(tmp_path)},  # cpu-partitioning runs mktemp -d
         )
     finally:
         sleeper.kill()
         sleeper.wait()
     assert result.returncode == 0, result.stderr
-    loaded = json.loads(result.stdout.splitlines()[-1])
+    loaded: dict[str, Any] = json.loads(result.stdout.splitlines()[-1])
     assert loaded["problems"] == []
+    return loaded
+
+
+def _blacklisted(value: str, comm: str) -> bool:
+    """tuned's ps_blacklist: regexes separated by ';' (an escaped "\\;" is literal)."""
+    return re.search("|".join(f"({p})" for p in re.split(r"(?<!\\);", value)), comm) is not None
+
+
+@pytest.mark.parametrize("kind", sorted(TUNED_KINDS))
+def test_the_tuned_profile_yields_every_planned_arg_with_tuneds_own_loader(tmp_path: Path, kind: str) -> None:
+    need("tuned-adm", "tuned")
+    need_root()
+    plan, topo = _tuned_plan(kind)
+    files = render_host_files(plan, topo)
+    base = "realtime-virtual-host" if plan.vms else "cpu-partitioning"
+    assert f"include={base}\n" in files["etc/tuned/bmslice/tuned.conf"]
+    loaded = _load_tuned(tmp_path, files, "bmslice")
     tokens = loaded["cmdline"].split()
-    for arg in plan.host.kernel_args:  # every planned arg, once: from cpu-partitioning or from bmslice
+    for arg in plan.host.kernel_args:  # every planned arg, once: from the base profile or from bmslice
         assert tokens.count(arg) == 1, (arg, tokens)
+    # and no arg twice with two values (isolcpus=1 beside isolcpus=managed_irq,domain,1 would be)
     assert sorted({t.partition("=")[0] for t in tokens}) == sorted(t.partition("=")[0] for t in set(tokens))
+    # what `audit` asks of a host booted so: nothing planned is missing
+    assert bmslice.plan.host.missing_args(plan.host.kernel_args, loaded["cmdline"], None) == ()
     # tuned matches ps_blacklist against a process's comm; QEMU's is cut to 15 characters
     comm = loaded["qemu_comm"]
     assert comm == "qemu-system-x86"
-
-    def blacklisted(value: str) -> bool:  # tuned: regexes separated by ';' (an escaped "\\;" is literal)
-        return re.search("|".join(f"({p})" for p in re.split(r"(?<!\\);", value)), comm) is not None
-
-    assert blacklisted(loaded["ps_blacklist"])
-    cpu_partitioning = Path("/usr/lib/tuned/cpu-partitioning/tuned.conf").read_text()
-    own = re.search(r"^ps_blacklist=(.*)$", cpu_partitioning, re.M)
-    assert own is not None and not blacklisted(own.group(1))  # what the profile fixes on Debian
+    assert _blacklisted(loaded["ps_blacklist"], comm)
+    own = re.search(r"^ps_blacklist=(.*)$", Path(f"/usr/lib/tuned/{base}/tuned.conf").read_text(), re.M)
+    assert own is not None and not _blacklisted(own.group(1), comm)  # what the profile fixes on Debian
     assert set(own.group(1).split(";")) <= set(loaded["ps_blacklist"].split(";"))  # and keeps
+
+
+def test_realtime_virtual_host_alone_lacks_what_the_docs_say(tmp_path: Path) -> None:
+    """docs/realtime.md's advice on tuned's realtime-virtual-host, checked with tuned's loader on the
+    real profile and the variables file bmslice writes: what it yields, and exactly what it lacks."""
+    need("tuned-adm", "tuned")
+    need_root()
+    plan, topo = _tuned_plan("realtime-intel")
+    loaded = _load_tuned(tmp_path, render_host_files(plan, topo), "realtime-virtual-host")
+    yielded = loaded["cmdline"].split()
+    missing = [arg for arg in plan.host.kernel_args if arg not in yielded]
+    keys = [arg.partition("=")[0] for arg in missing]
+    assert keys == ["intel_iommu", "iommu", "hugepagesz", "hugepages", "nmi_watchdog"], missing
+    docs = (REPO / "docs/realtime.md").read_text()
+    section = docs[docs.index("### tuned") :]
+    section = section[: section.find("\n## ")]
+    for key in keys:
+        assert f"`{key}=" in section, key
+    for arg in plan.host.kernel_args:
+        if arg not in missing:  # what the docs say it does yield
+            assert f"`{arg.partition('=')[0]}" in section, arg
 
 
 @pytest.mark.parametrize(
@@ -586,7 +661,7 @@ def test_host_apply_places_the_reboot_files_and_says_what_comes_next(
 
     hook.chmod(0o644)  # a hook libvirt would skip as not executable
     again = run_host(capsys, "host-apply", str(REBOOT_SPEC), "--host-root", str(root))
-    assert f"  updated /{VF_HOOK_PATH} (mode 644 -> 755)" in again
+    assert f"  update /{VF_HOOK_PATH} (mode 644 -> 755)" in again
     assert stat.S_IMODE(hook.stat().st_mode) == 0o755
     assert "no changes" in run_host(capsys, "host-apply", str(REBOOT_SPEC), "--host-root", str(root))
 
@@ -690,7 +765,7 @@ def test_host_config_writes_the_hook_executable(tmp_path: Path, capsys: pytest.C
     out = tmp_path / "out"
     run_host(capsys, "host-config", str(REBOOT_SPEC), "--host-root", str(KERNEL415), "--out", str(out))
     assert stat.S_IMODE((out / VF_HOOK_PATH).stat().st_mode) == 0o755
-    assert {str(p.relative_to(out)) for p in out.rglob("*") if p.is_file()} == REBOOT_FILES
+    assert {str(p.relative_to(out)) for p in out.rglob("*") if p.is_file()} == REBOOT_FILES | {EXPORTER_UNIT_PATH}
 
 
 def test_a_spec_without_vfs_or_hugepages_renders_no_reboot_units() -> None:

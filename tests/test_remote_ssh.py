@@ -33,12 +33,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 
 from bmslice.apply.uri import is_local
 from bmslice.cli import fleet_cmd
 from bmslice.fleet.ansible import connection_vars
 from bmslice.model.fleet import InventoryHost
+from inventory_yaml import load_inventory
 from libvirt_fixtures import (  # the fixtures are imported here; pytest finds them by name
     QEMU_URI,
     Cli,
@@ -326,7 +326,7 @@ def test_the_fleet_playbook_runs_over_ssh(
     logins = sshd.logins()
     out = _generate(tmp_path, data)  # fleet ansible reads the server through qemu+ssh
     assert sshd.logins() > logins
-    host = yaml.safe_load((out / "inventory.yml").read_text())["all"]["children"]["bmslice_fleet"]["children"]
+    host = load_inventory((out / "inventory.yml").read_text())["all"]["children"]["bmslice_fleet"]["children"]
     connection = {k: v for k, v in host["bmslice_worker"]["hosts"]["over-ssh"].items() if k.startswith("ansible_")}
     assert connection == {
         "ansible_host": "127.0.0.1",

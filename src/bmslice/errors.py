@@ -17,6 +17,11 @@ class PlanError(BmsliceError):
     """No valid layout exists: names the resource that fell short and by how much."""
 
 
+class RenderError(BmsliceError):
+    """A plan cannot be written as files libvirt and the host accept (the reason and the way out), or
+    a value would break the grammar of a file bmslice generates: the file is not written."""
+
+
 class ApplyError(BmsliceError):
     """A change to the host failed or was refused; the host was left as it was."""
 

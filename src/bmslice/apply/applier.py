@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from bmslice.apply import pf_link, sriov, storage, volumes
-from bmslice.apply.context import Context, load_context
+from bmslice.apply.context import Context, held_in_spec, held_warnings, load_context
 from bmslice.apply.libvirt_conn import (
     AFFECT_CONFIG,
     AFFECT_LIVE,
@@ -77,9 +77,10 @@ class ApplyResult:
 def apply(spec: Spec, origin: str, opts: ApplyOptions, report: Callable[[str], None]) -> ApplyResult:
     with libvirt_errors(opts.uri), connected(opts.uri) as conn, host_lock(host_key(conn), opts.uri):
         ctx = load_context(spec, origin, opts.uri, conn, opts.host_root, opts.allow_move)
+        _refuse_held(ctx, spec, origin)
         _preflight(ctx, spec, opts)
         steps: list[Step] = _sriov_host_steps(ctx, opts)
-        result = ApplyResult(warnings=list(ctx.plan.warnings), dry_run=opts.dry_run)
+        result = ApplyResult(warnings=[*held_warnings(ctx), *ctx.plan.warnings], dry_run=opts.dry_run)
         if (opts.host_root is not None or is_local(opts.uri)) and sriov.hook_is_new(
             opts.host_root or Path("/"), ctx.plan
         ):
@@ -91,6 +92,15 @@ def apply(spec: Spec, origin: str, opts: ApplyOptions, report: Callable[[str], N
             return result
         result.steps = run_steps(steps, report, alive=lambda: bool(conn.isAlive())).done
         return result
+
+
+def _refuse_held(ctx: Context, spec: Spec, origin: str) -> None:
+    """A slice of this spec whose recorded plan is unreadable cannot be converged: bmslice cannot
+    tell what it was applied with, so it neither keeps nor moves it."""
+    for vm in spec.vms:
+        held = ctx.held.get(vm.name)
+        if held is not None:
+            raise ApplyError(held_in_spec(held, origin))
 
 
 def _preflight(ctx: Context, spec: Spec, opts: ApplyOptions) -> None:

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from bmslice.apply import storage
-from bmslice.apply.context import discover, recorded_plan
+from bmslice.apply.context import discover, held_line, read_slices
 from bmslice.apply.libvirt_conn import (
     NO_VOLUME,
     LibvirtError,
@@ -22,7 +22,6 @@ from bmslice.apply.libvirt_conn import (
     host_key,
     libvirt_errors,
     lookup,
-    managed_domains,
     reason,
     stop_domain,
 )
@@ -31,12 +30,14 @@ from bmslice.apply.sriov import drop_udev_rule, drop_vf_settings, write_numvfs
 from bmslice.apply.uri import is_local
 from bmslice.apply.volumes import Owner, Slot, disk_name, disk_slot, examine, examine_slot, seed_name, seed_slot
 from bmslice.errors import ApplyError
-from bmslice.model.live import LiveDomain
+from bmslice.model.live import HeldSlice, LiveDomain
 from bmslice.model.plan import DeviceAssignment
 from bmslice.model.spec import Spec, VmSpec
-from bmslice.model.topology import nodedev_name
+from bmslice.model.topology import HostTopology, nodedev_name
+from bmslice.plan.held import held_vfs
 from bmslice.render.domain_xml import from_xml
 from bmslice.render.sriov_files import VF_SETTINGS_PATH
+from bmslice.safe_text import shown
 
 
 @dataclass(frozen=True)
@@ -44,6 +45,7 @@ class DestroyOptions:
     uri: str
     keep_disks: bool = False
     host_root: Path | None = None
+    only: tuple[str, ...] = ()  # these slices of the spec (--vm); () is all of them
 
 
 Act = Callable[[str, Callable[[], object]], None]
@@ -59,9 +61,13 @@ def _volume_at(conn: Any, path: str) -> Any | None:
 
 
 def _domain_volumes(
-    conn: Any, live: LiveDomain, keep_disks: bool, report: Callable[[str], None]
+    conn: Any, live: LiveDomain, keep_disks: bool, report: Callable[[str], None], readable: bool = True
 ) -> list[tuple[str, Any]]:
-    """The slice's disk and seed volumes that bmslice made, as (path, volume); others are named and kept."""
+    """The slice's disk and seed volumes that bmslice made, as (path, volume); others are named and kept.
+
+    `readable`: the slice's metadata reads back. Only then does the domain listing a blank,
+    unmarked volume make it bmslice's unfinished one (volumes.py); a held slice's volumes go
+    only when they carry bmslice's mark."""
     ours = []
     for disk in from_xml(live.inactive_xml).disks:
         name = Path(disk.path).name
@@ -72,7 +78,7 @@ def _domain_volumes(
             report(f"volume {disk.path}: already gone")
             continue
         slot = Slot(live.name, vol.storagePoolLookupByVolume().name(), vol.name())
-        found = examine(vol, slot, listed=True)
+        found = examine(vol, slot, listed=readable)
         if found.owner is Owner.FOREIGN:
             report(f"keep volume {disk.path}: bmslice did not create it ({found.why})")
             continue
@@ -108,10 +114,41 @@ def _remove_vfs(root: Path, pf: str) -> None:
     drop_udev_rule(root, pf)
 
 
-def destroy(spec: Spec, opts: DestroyOptions, report: Callable[[str], None]) -> list[str]:
-    """Everything done, one line each; slices not defined are reported as such."""
+def _targets(spec: Spec, only: tuple[str, ...]) -> list[VmSpec]:
+    unknown = [name for name in only if name not in {vm.name for vm in spec.vms}]
+    if unknown:
+        raise ApplyError(f"--vm {shown(unknown[0])}: the spec names no such VM")
+    return [vm for vm in spec.vms if not only or vm.name in only]
+
+
+def _held_devices(topo: HostTopology, held: HeldSlice, report: Callable[[str], None]) -> bool:
+    """Say what a held slice's devices are left as; True when it had VFs (its hook settings go)."""
+    had_vfs = False
+    for address in held.devices:
+        dev = topo.pci(address)
+        if dev is not None and dev.physfn:
+            had_vfs = True
+            report(f"VF {address} of {held.name} stays made on its PF (its metadata is unreadable)")
+        else:
+            report(
+                f"{address} stays on its current driver: {held.name}'s metadata is unreadable, so its host driver is "
+                f"unknown (`virsh nodedev-reattach {nodedev_name(address)}` gives it back)"
+            )
+    return had_vfs
+
+
+def destroy(
+    spec: Spec, opts: DestroyOptions, report: Callable[[str], None], warn: Callable[[str], None] | None = None
+) -> list[str]:
+    """Everything done, one line each; slices not defined are reported as such.
+
+    A slice whose metadata is unreadable goes too, by what libvirt still says about it: its
+    domain, and its volumes that carry bmslice's mark; devices whose host driver only the
+    metadata knew stay where they are, named. Such slices of other specs get one `warn` line.
+    """
     done: list[str] = []
     failures: list[str] = []
+    targets = _targets(spec, opts.only)
 
     def step(text: str, action: Callable[[], object]) -> None:
         report(text)
@@ -123,25 +160,32 @@ def destroy(spec: Spec, opts: DestroyOptions, report: Callable[[str], None]) -> 
 
     with libvirt_errors(opts.uri), connected(opts.uri) as conn, host_lock(host_key(conn), opts.uri):
         topo = discover(opts.uri, opts.host_root)
-        live = managed_domains(conn)
+        slices = read_slices(conn, topo.online_cpus)
+        destroyed = {vm.name for vm in targets}
+        for name, held in slices.held.items():
+            if name not in destroyed and warn is not None:
+                warn(held_line(held))
         released: list[DeviceAssignment] = []
         with_vfs: list[str] = []  # destroyed slices that had VFs: their settings go from the hook's file
-        for vm in reversed(spec.vms):
-            current = live.get(vm.name)
+        for vm in reversed(targets):
+            current = slices.live.get(vm.name)
             if current is None:
                 report(f"{vm.name}: not defined")
                 _leftover_volumes(conn, vm, opts.keep_disks, step, report)
                 continue
-            plan = recorded_plan(current)
+            plan = slices.recorded.get(vm.name)
             dom = lookup(conn, vm.name)
             if dom is None:
                 continue
-            volumes = _domain_volumes(conn, current, opts.keep_disks, report)  # judged while the domain names them
+            # judged while the domain names them
+            volumes = _domain_volumes(conn, current, opts.keep_disks, report, readable=plan is not None)
             if current.active:
                 step(f"stop {vm.name}", partial(stop_domain, dom))
             step(f"undefine {vm.name}", dom.undefine)
             for path, vol in volumes:
                 step(f"delete volume {path}", partial(storage.delete_volume, vol))
+            if (unreadable := slices.held.get(vm.name)) is not None and _held_devices(topo, unreadable, report):
+                with_vfs.append(vm.name)
             for dev in plan.devices if plan is not None else ():
                 if dev.type == "vf":
                     released.append(dev)
@@ -152,14 +196,10 @@ def destroy(spec: Spec, opts: DestroyOptions, report: Callable[[str], None]) -> 
                     continue
                 node = nodedev_name(dev.known_address)
                 step(f"reattach {dev.address} to {dev.driver}", partial(_reattach, conn, node))
-        destroyed = {vm.name for vm in spec.vms}
         still_used = {
-            d.pf
-            for name, dom in live.items()
-            if name not in destroyed and (p := recorded_plan(dom)) is not None
-            for d in p.devices
-            if d.type == "vf"
+            d.pf for name, p in slices.recorded.items() if name not in destroyed for d in p.devices if d.type == "vf"
         }
+        still_used |= {pf for name, h in slices.held.items() if name not in destroyed for pf in held_vfs(topo, [h])}
         for pf in sorted({d.pf for d in released if d.created_vfs and d.pf and d.pf not in still_used}):
             root = opts.host_root or Path("/")
             if opts.host_root is None and not is_local(opts.uri):

@@ -1,32 +1,28 @@
 """bmslice host-apply: place the host files and runtime settings of a plan below a root.
 
 The only code that writes host configuration. It diffs each file and setting against
-what is there and reports a no-op explicitly; files are replaced atomically (temp file +
-rename); a failure puts back everything this run changed. It never runs the bootloader
-tool: it says which file it wrote and which command the operator runs.
+what is there and reports a no-op explicitly; each change is then a step of
+apply/transaction.py, so a failure, Ctrl-C or SIGTERM puts back everything this run
+changed, or says ROLLBACK INCOMPLETE and names what it could not. Files are replaced
+atomically (temp file + rename) through the safe writer, following no link. It never runs
+the bootloader tool: it says which file it wrote and which command the operator runs.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
 
 from bmslice.apply.lock import host_lock
-from bmslice.apply.tree_files import (
-    EXEC_MODE,
-    FILE_MODE,
-    file_mode,
-    make_dirs,
-    remove_dirs,
-    write_atomic,
-    write_in_place,
-)
+from bmslice.apply.transaction import Step, run_steps
+from bmslice.apply.tree_files import EXEC_MODE, FILE_MODE, FileWrite, HostTree
 from bmslice.errors import ApplyError, BmsliceError
 from bmslice.model.distro import Distro, initramfs_command
 from bmslice.model.plan import Plan
 from bmslice.model.sizes import GIB_KIB
+from bmslice.render.exporter_unit import EXPORTER_UNIT, EXPORTER_UNIT_PATH
 from bmslice.render.host_files import (
     GIG_MOUNT_POINT,
     GIG_MOUNT_UNIT,
@@ -81,6 +77,10 @@ class Change:
     action: str  # "create" | "update" | "remove" | "set"
     detail: str = ""
 
+    def line(self) -> str:
+        """The step's line, `create /etc/x` or `set /sys/... (0 -> 512 (...))`; after "would " in a dry run."""
+        return f"{self.action} /{self.path}{f' ({self.detail})' if self.detail else ''}"
+
 
 @dataclass
 class HostApplyResult:
@@ -100,40 +100,6 @@ def reboot_note(plan: Plan) -> str:
     )
 
 
-@dataclass
-class _Undo:
-    """What to put back if a later step fails: old file contents and mode (None: did not exist), dirs made."""
-
-    files: list[tuple[Path, bytes | None, int]] = field(default_factory=list)
-    dirs: list[Path] = field(default_factory=list)
-
-    def run(self) -> list[str]:
-        problems = []
-        for path, old, mode in reversed(self.files):
-            try:
-                if old is None:
-                    path.unlink(missing_ok=True)
-                elif _is_sysfs(path):
-                    write_in_place(path, old)
-                else:
-                    write_atomic(path, old, mode)
-            except (OSError, ApplyError) as exc:
-                problems.append(f"{path}: {exc.strerror or exc}" if isinstance(exc, OSError) else str(exc))
-        remove_dirs(self.dirs)
-        return problems
-
-
-def _is_sysfs(path: Path) -> bool:
-    return "/sys/" in f"/{path}/"
-
-
-def _read_bytes(fs: FsRoot, rel: str) -> bytes | None:
-    try:
-        return fs.read_bytes(rel)
-    except IsADirectoryError:
-        raise ApplyError(f"{fs.display(rel)} is a directory, not a file; remove it and run host-apply again") from None
-
-
 def _current_int(fs: FsRoot, rel: str) -> int | None:
     text = fs.read_line(rel)
     return int(text) if text is not None and text.isdigit() else None
@@ -146,59 +112,70 @@ def _setting_path(fs: FsRoot, setting: SysfsSetting) -> str:
     return setting.path
 
 
-class _Run:
-    def __init__(self, fs: FsRoot, result: HostApplyResult) -> None:
-        self.fs = fs
+class _Changes:
+    """Diffs the plan against the host (reads only) and makes a step of each change."""
+
+    def __init__(self, tree: HostTree, result: HostApplyResult) -> None:
+        self.tree = tree
         self.result = result
-        self.undo = _Undo()
+        self.steps: list[Step] = []
+
+    def _add(self, change: Change, step: Step) -> None:
+        self.result.changes.append(change)
+        self.steps.append(step)
+
+    def _step(self, change: Change, do: Callable[[], object], undo: Callable[[], object]) -> None:
+        self._add(change, Step(change.line(), do, undo, f"restore /{change.path}"))
 
     def place(self, rel: str, text: str) -> None:
-        path = self.fs.resolve(rel)
-        old = _read_bytes(self.fs, rel)
-        new = text.encode()
-        mode = EXEC_MODE if rel in EXECUTABLES else FILE_MODE
-        old_mode = file_mode(path)
-        if old == new and old_mode == mode:
+        write = FileWrite.of(self.tree, rel, text.encode(), EXEC_MODE if rel in EXECUTABLES else FILE_MODE)
+        if not write.changed:
             self.result.unchanged.append(rel)
             return
-        detail = f"mode {old_mode:o} -> {mode:o}" if old == new else ""
-        self.result.changes.append(Change(rel, "create" if old is None else "update", detail))
-        if self.result.dry_run:
-            return
-        make_dirs(path.parent, self.undo.dirs)
-        self.undo.files.append((path, old, old_mode))
-        write_atomic(path, new, mode)
+        detail = f"mode {write.old_mode:o} -> {write.mode:o}" if write.old == write.data else ""
+        change = Change(rel, "create" if write.old is None else "update", detail)
+        self._add(change, write.step(change.line(), f"restore /{rel}"))
 
     def remove(self, rel: str) -> None:
-        path = self.fs.resolve(rel)
-        old = _read_bytes(self.fs, rel)
+        old = self.tree.read(rel)
         if old is None:
             return
-        self.result.changes.append(Change(rel, "remove", "the planned kernel args are all active"))
-        if not self.result.dry_run:
-            self.undo.files.append((path, old, file_mode(path)))
-            path.unlink()
+        real = self.tree.real(rel)
+        mode = self.tree.mode(real)
+        self._step(
+            Change(rel, "remove", "the planned kernel args are all active"),
+            lambda: self.tree.remove(real),
+            lambda: self.tree.write(real, old, mode),
+        )
 
     def set(self, setting: SysfsSetting) -> None:
-        rel = _setting_path(self.fs, setting)
-        current = _current_int(self.fs, rel)
+        fs = self.tree.fs
+        rel = _setting_path(fs, setting)
+        current = _current_int(fs, rel)
         if current is None:
             raise ApplyError(f"cannot set {setting.what}: /{rel} does not exist or is unreadable")
         if current >= setting.value if setting.minimum else current == setting.value:
             self.result.unchanged.append(rel)
             return
-        self.result.changes.append(Change(rel, "set", f"{current} -> {setting.value} ({setting.what})"))
-        if self.result.dry_run:
-            return
-        path = self.fs.resolve(rel)
-        self.undo.files.append((path, f"{current}\n".encode(), FILE_MODE))
-        write_in_place(path, f"{setting.value}\n".encode())
-        got = _current_int(self.fs, rel)
-        if got is not None and got < setting.value:
-            self.result.warnings.append(
-                f"{setting.what}: asked for {setting.value}, the kernel gave {got} (memory too fragmented): "
-                "reserve them at boot with hugepages= instead"
-            )
+        real = self.tree.real(rel)
+
+        def do() -> None:
+            self.tree.write_in_place(real, f"{setting.value}\n".encode())
+            got = _current_int(fs, rel)
+            if got is not None and got < setting.value:
+                self.result.warnings.append(
+                    f"{setting.what}: asked for {setting.value}, the kernel gave {got} (memory too fragmented): "
+                    "reserve them at boot with hugepages= instead"
+                )
+
+        self._step(
+            Change(rel, "set", f"{current} -> {setting.value} ({setting.what})"),
+            do,
+            lambda: self.tree.write_in_place(real, f"{current}\n".encode()),
+        )
+
+
+HOST_FILES_LEFT = "what is named was not put back; host-apply again finishes the plan"
 
 
 def apply_host(
@@ -208,12 +185,17 @@ def apply_host(
     root: Path,
     dry_run: bool = False,
     distro: Distro = Distro.UNKNOWN,
+    report: Callable[[str], None] = lambda _line: None,
+    record_reboot: bool = True,
 ) -> HostApplyResult:
-    """Place `files` and `settings` below `root`; record or clear "reboot pending".
+    """Place `files` and `settings` below `root`; record or clear "reboot pending" (unless
+    `record_reboot` is False: a run that places only some files, such as the exporter's unit).
 
     `distro` (the host's, from its os-release) names the command that rebuilds its initramfs.
+    `report` hears each change as it is made (`Change.line`) and each undo.
 
-    Raises ApplyError (after putting back whatever this run changed) when a write fails.
+    Raises ApplyError (after putting back whatever this run changed) when a write fails or
+    SIGINT/SIGTERM arrives.
     """
     if not root.is_dir():
         raise ApplyError(f"--host-root {root}: no such directory")
@@ -226,18 +208,22 @@ def apply_host(
     result.reboot_pending = plan.host.missing_kernel_args
     if dry_run:
         try:
-            _run_all(_Run(fs, result), plan, files, settings)
-        except OSError as exc:
+            _changes(HostTree(root), result, plan, files, settings, record_reboot)
+        except (OSError, BmsliceError) as exc:
             raise ApplyError(f"host-apply --dry-run: {_reason(exc, root)}") from None
     else:
         with host_lock(f"host-root:{root.resolve()}"):
-            run = _Run(fs, result)
             try:
-                _run_all(run, plan, files, settings)
+                steps = _changes(HostTree(root), result, plan, files, settings, record_reboot)
             except (OSError, BmsliceError) as exc:
-                problems = run.undo.run()
-                tail = f"; could not put back: {'; '.join(problems)}" if problems else "; nothing was left changed"
-                raise ApplyError(f"host-apply failed: {_reason(exc, root)}{tail}") from None
+                raise ApplyError(f"host-apply failed: {_reason(exc, root)}; nothing was left changed") from None
+            try:
+                run_steps(steps, report, left=HOST_FILES_LEFT)
+            except ApplyError as exc:
+                message = str(exc)
+                raise ApplyError(
+                    f"host-apply {message}" if message.startswith("interrupted") else f"host-apply failed: {message}"
+                ) from None
     _next_steps(plan, result, distro, read_hugetlbfs_mounts(fs))
     return result
 
@@ -246,15 +232,27 @@ def _reason(exc: OSError | BmsliceError, root: Path) -> str:
     return str(exc) if isinstance(exc, BmsliceError) else f"{exc.filename or root}: {exc.strerror or exc}"
 
 
-def _run_all(run: _Run, plan: Plan, files: Mapping[str, str], settings: Sequence[SysfsSetting]) -> None:
+def _changes(
+    tree: HostTree,
+    result: HostApplyResult,
+    plan: Plan,
+    files: Mapping[str, str],
+    settings: Sequence[SysfsSetting],
+    record_reboot: bool,
+) -> list[Step]:
+    """The steps that make the host as planned; reads only, so a dry run is this and nothing more."""
+    changes = _Changes(tree, result)
     for rel, text in files.items():
-        run.place(rel, text)
+        changes.place(rel, text)
     for setting in settings:
-        run.set(setting)
+        changes.set(setting)
+    if not record_reboot:
+        return changes.steps
     if plan.host.missing_kernel_args:
-        run.place(REBOOT_PENDING, reboot_note(plan))
+        changes.place(REBOOT_PENDING, reboot_note(plan))
     else:
-        run.remove(REBOOT_PENDING)
+        changes.remove(REBOOT_PENDING)
+    return changes.steps
 
 
 def _next_steps(plan: Plan, result: HostApplyResult, distro: Distro, mounts: dict[int, tuple[str, ...]] | None) -> None:
@@ -268,7 +266,13 @@ def _next_steps(plan: Plan, result: HostApplyResult, distro: Distro, mounts: dic
         result.next_steps.append(
             "run `systemctl daemon-reload` (slice CPU limits, CPUAffinity, irqbalance drop-in, boot-time hugepages)"
         )
+    if any(p.startswith("etc/systemd/") and p != EXPORTER_UNIT_PATH for p in touched):
         result.next_steps.append("run `systemctl try-restart irqbalance.service` (new ban list)")
+    if EXPORTER_UNIT_PATH in touched:
+        result.next_steps.append(
+            f"run `systemctl enable --now {EXPORTER_UNIT}` to serve the metrics (or `systemctl try-restart "
+            f"{EXPORTER_UNIT}` if it runs)"
+        )
     gig_mounted = mounts is not None and bool(mounts.get(GIB_KIB))
     if f"{UNIT_DIR}/{GIG_MOUNT_UNIT}" in touched and not gig_mounted:
         result.next_steps.append(

@@ -1,8 +1,9 @@
 """Opening a read-write libvirt connection and reading live domains back.
 
-An error is never taken for an absence: only libvirt's own "no such domain / no such
-metadata" codes mean "not there"; anything else (a lost connection above all) is raised,
-so a dropped libvirtd cannot make a slice look undefined or unmanaged.
+An error is never taken for an absence: only libvirt's own "no such domain" code means "not
+there"; anything else (a lost connection above all) is raised, so a dropped libvirtd cannot
+make a slice look undefined or unmanaged. A slice is a domain whose XML carries bmslice
+metadata (read from the XML, so another version's namespace counts too).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from bmslice.apply.uri import is_local_system
 from bmslice.cpuset import CpuSet
 from bmslice.errors import ApplyError
 from bmslice.model.live import LiveDomain
-from bmslice.render.domain_model import BMSLICE_NS
+from bmslice.render.domain_xml import slice_metadata
 
 LibvirtError = libvirt.libvirtError
 VALIDATE = libvirt.VIR_DOMAIN_DEFINE_VALIDATE
@@ -82,16 +83,6 @@ def _cpuset(mask: Any) -> CpuSet:
     return CpuSet.from_iter(i for i, on in enumerate(mask) if on)
 
 
-def is_managed(dom: Any) -> bool:
-    try:
-        dom.metadata(libvirt.VIR_DOMAIN_METADATA_ELEMENT, BMSLICE_NS, 0)
-    except libvirt.libvirtError as exc:
-        if exc.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN_METADATA:
-            return False
-        raise
-    return True
-
-
 def stop_domain(dom: Any) -> None:
     """Stop (destroy) the domain; one that stopped meanwhile is what was wanted, not a failure."""
     try:
@@ -119,11 +110,12 @@ def _pid(conn: Any, name: str) -> int | None:
         return None
 
 
-def read_live(conn: Any, dom: Any) -> LiveDomain:
+def read_live(conn: Any, dom: Any, inactive_xml: str | None = None) -> LiveDomain:
     """Everything verify needs about one domain; pin info is the live one when running."""
     name = dom.name()
     active = bool(dom.isActive())
-    inactive_xml = dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE)
+    if inactive_xml is None:
+        inactive_xml = dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE)
     xml = dom.XMLDesc(0) if active else inactive_xml
     flags = AFFECT_LIVE if active else AFFECT_CONFIG
     try:
@@ -148,12 +140,14 @@ def read_live(conn: Any, dom: Any) -> LiveDomain:
 
 
 def managed_domains(conn: Any) -> dict[str, LiveDomain]:
-    """Every domain bmslice defined (it carries bmslice metadata), by name."""
+    """Every domain bmslice defined, by name: it carries bmslice metadata, this version's or
+    another's (whether that metadata reads back as a plan is apply/context.py's question)."""
     found = {}
     for dom in conn.listAllDomains(0):
         try:
-            if is_managed(dom):
-                found[dom.name()] = read_live(conn, dom)
+            inactive_xml = dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE)
+            if slice_metadata(inactive_xml) is not None:
+                found[dom.name()] = read_live(conn, dom, inactive_xml)
         except libvirt.libvirtError as exc:
             if exc.get_error_code() != libvirt.VIR_ERR_NO_DOMAIN:  # undefined meanwhile: simply not there
                 raise

@@ -6,21 +6,19 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from bmslice.apply.ownership import Mark, files_digest, iso_with_mark
 from bmslice.errors import ApplyError
+from bmslice.model.input_file import INPUT_LIMIT, read_input_text
 from bmslice.model.spec import HASH_PREFIXES, SSH_KEY_RE, CloudInitSpec
+from bmslice.model.spec_files import SEED_FILE_LIMIT, user_data_mapping
 from bmslice.render.cloud_init import meta_data, seed_iso, user_data
 from bmslice.render.domain_model import domain_uuid
 
 
-def _read(path: Path, base: Path, what: str) -> str:
-    full = path if path.is_absolute() else base / path
-    try:
-        return full.read_text()
-    except OSError as exc:
-        raise ApplyError(f"{what} {full}: {exc.strerror or exc}") from None
+def _read(path: Path, base: Path, what: str, limit: int = INPUT_LIMIT) -> str:
+    """The file through the bounded reader: a FIFO or /dev/zero put there since the spec was loaded
+    is refused, not read forever."""
+    return read_input_text(path if path.is_absolute() else base / path, what, limit, ApplyError)
 
 
 def _keys(spec: CloudInitSpec, base: Path) -> list[str]:
@@ -51,14 +49,7 @@ def _password_hash(spec: CloudInitSpec, base: Path) -> str | None:
 def _extra(spec: CloudInitSpec, base: Path) -> dict[str, Any]:
     if spec.user_data is None:
         return {}
-    text = _read(spec.user_data, base, "user_data")
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError:
-        raise ApplyError(f"user_data {spec.user_data}: not valid YAML") from None
-    if not isinstance(data, dict):
-        raise ApplyError(f"user_data {spec.user_data}: must be a #cloud-config mapping")
-    return data
+    return user_data_mapping(_read(spec.user_data, base, "user_data"), base / spec.user_data)
 
 
 @dataclass(frozen=True)
@@ -79,5 +70,5 @@ def read_seed(vm_name: str, spec: CloudInitSpec, base: Path) -> Seed:
         "meta-data": meta_data(vm_name, domain_uuid(vm_name)),
     }
     for name, path in sorted(spec.seed_files.items()):
-        files[name] = _read(path, base, f"seed_files.{name}")
+        files[name] = _read(path, base, f"seed_files.{name}", SEED_FILE_LIMIT)
     return Seed(files, files_digest(files))

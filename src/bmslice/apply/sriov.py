@@ -1,7 +1,8 @@
 """SR-IOV on the host: VF count through sysfs, VF MAC/VLAN/trust/spoofchk through netlink.
 
-sysfs writes go through FsRoot below a root directory, so a host tree (tests, `--host-root`)
-gets the same writes as the live /sys, and none of them can leave the tree. Netlink talks to
+sysfs and file writes go through tree_files.HostTree below a root directory, so a host tree
+(tests, `--host-root`) gets the same writes as the live /sys, none of them can leave the
+tree, and none follows a link. Netlink talks to
 the running kernel only; on a host tree those steps are reported as skipped, never faked.
 """
 
@@ -13,15 +14,7 @@ from functools import partial
 from pathlib import Path
 
 from bmslice.apply.transaction import Step
-from bmslice.apply.tree_files import (
-    EXEC_MODE,
-    FILE_MODE,
-    file_mode,
-    make_dirs,
-    remove_dirs,
-    write_atomic,
-    write_in_place,
-)
+from bmslice.apply.tree_files import EXEC_MODE, FILE_MODE, FileWrite, HostTree
 from bmslice.errors import ApplyError, TopologyError
 from bmslice.model.plan import DeviceAssignment, PfPlan, Plan, VmPlan
 from bmslice.render.sriov_files import (
@@ -39,21 +32,10 @@ def _numvfs_rel(pf: str) -> str:
     return f"{PCI_DIR}/{pf}/sriov_numvfs"
 
 
-def _confined(fs: FsRoot, rel: str) -> Path:
-    """The tree path of `rel`; a symlink loop is a refusal of this step, like any failed write."""
-    try:
-        return fs.resolve(rel)
-    except TopologyError as exc:
-        raise ApplyError(str(exc)) from None
-
-
 def write_numvfs(root: Path, pf: str, count: int) -> None:
     """sriov_numvfs is written in place, as the kernel expects (no temp file and rename)."""
-    path = _confined(FsRoot(root), _numvfs_rel(pf))
-    try:
-        write_in_place(path, f"{count}\n".encode())
-    except OSError as exc:
-        raise ApplyError(f"cannot set {path} to {count}: {exc.strerror or exc}") from None
+    tree = HostTree(root)
+    tree.write_in_place(tree.real(_numvfs_rel(pf)), f"{count}\n".encode())
 
 
 def read_numvfs(root: Path, pf: str) -> int:
@@ -61,15 +43,6 @@ def read_numvfs(root: Path, pf: str) -> int:
         return FsRoot(root).read_int(_numvfs_rel(pf)) or 0
     except TopologyError as exc:
         raise ApplyError(str(exc)) from None
-
-
-def _read_file(fs: FsRoot, rel: str) -> bytes | None:
-    try:
-        return fs.read_bytes(rel)
-    except TopologyError as exc:
-        raise ApplyError(str(exc)) from None
-    except OSError as exc:
-        raise ApplyError(f"cannot read {fs.display(rel)}: {exc.strerror or exc}") from None
 
 
 def numvfs_steps(root: Path, pfs: Sequence[PfPlan]) -> list[Step]:
@@ -101,29 +74,10 @@ def numvfs_steps(root: Path, pfs: Sequence[PfPlan]) -> list[Step]:
     return steps
 
 
-def _file_step(fs: FsRoot, rel: str, text: str, what: str) -> Step | None:
+def _file_step(tree: HostTree, rel: str, text: str, what: str) -> Step | None:
     """Write one host file bmslice owns whole (atomically, undone to what was there); None when it is as planned."""
-    path = _confined(fs, rel)
-    data = text.encode()
-    mode = EXEC_MODE if rel in EXECUTABLES else FILE_MODE
-    old = _read_file(fs, rel)
-    old_mode = file_mode(path)
-    if old == data and old_mode == mode:
-        return None
-    created: list[Path] = []
-
-    def do() -> None:
-        make_dirs(path.parent, created)
-        write_atomic(path, data, mode)
-
-    def undo() -> None:
-        if old is not None:
-            write_atomic(path, old, old_mode)
-            return
-        path.unlink(missing_ok=True)
-        remove_dirs(created)  # leave no empty directory this run made
-
-    return Step(f"write {rel} ({what})", do, undo, f"restore {rel}")
+    write = FileWrite.of(tree, rel, text.encode(), EXEC_MODE if rel in EXECUTABLES else FILE_MODE)
+    return write.step(f"write {rel} ({what})", f"restore {rel}") if write.changed else None
 
 
 _PERSISTS = {
@@ -135,15 +89,15 @@ _PERSISTS = {
 
 def persist_steps(root: Path, plan: Plan) -> list[Step]:
     """What brings the VFs back after a reboot: the udev rule, the VF settings and libvirt's hook."""
-    fs = FsRoot(root)
-    steps = [_file_step(fs, rel, text, _PERSISTS[rel]) for rel, text in sriov_host_files(plan).items()]
+    tree = HostTree(root)
+    steps = [_file_step(tree, rel, text, _PERSISTS[rel]) for rel, text in sriov_host_files(plan).items()]
     return [step for step in steps if step is not None]
 
 
 def hook_is_new(root: Path, plan: Plan) -> bool:
     """The plan's VFs need libvirt's hook and the host has none yet, so the running libvirtd has not
     loaded it (it looks for hooks only when it starts or reloads)."""
-    return VF_HOOK_PATH in sriov_host_files(plan) and _read_file(FsRoot(root), VF_HOOK_PATH) is None
+    return VF_HOOK_PATH in sriov_host_files(plan) and HostTree(root).read(VF_HOOK_PATH) is None
 
 
 def set_vf(pf_interface: str, vf: DeviceAssignment, netns: str | None = None) -> None:
@@ -193,20 +147,17 @@ def vf_setting_steps(devices: Sequence[DeviceAssignment], no_kernel: str | None)
 def _keep_lines(root: Path, rel: str, drop: Callable[[str], bool]) -> bool:
     """Remove the lines `drop` picks from a file bmslice owns; the file goes when only comments are left.
     True when the file is gone (or was not there)."""
-    fs = FsRoot(root)
-    data = _read_file(fs, rel)
+    tree = HostTree(root)
+    data = tree.read(rel)
     if data is None:
         return True
-    path = _confined(fs, rel)
+    real = tree.real(rel)
     kept = [line for line in data.decode("utf-8", errors="replace").splitlines() if not drop(line)]
-    try:
-        if any(line.strip() and not line.startswith("#") for line in kept):
-            write_atomic(path, ("\n".join(kept) + "\n").encode())
-            return False
-        path.unlink()
-        return True
-    except OSError as exc:
-        raise ApplyError(f"cannot update {path}: {exc.strerror or exc}") from None
+    if any(line.strip() and not line.startswith("#") for line in kept):
+        tree.write(real, ("\n".join(kept) + "\n").encode(), tree.mode(real))
+        return False
+    tree.remove(real)
+    return True
 
 
 def drop_udev_rule(root: Path, pf: str) -> None:
@@ -217,11 +168,8 @@ def drop_udev_rule(root: Path, pf: str) -> None:
 def drop_vf_settings(root: Path, domains: Collection[str]) -> None:
     """Remove the VF settings of `domains`; with none left, the hook that reads them goes too."""
     if _keep_lines(root, VF_SETTINGS_PATH, lambda line: line.split(" ", 1)[0] in domains):
-        hook = _confined(FsRoot(root), VF_HOOK_PATH)
-        try:
-            hook.unlink(missing_ok=True)
-        except OSError as exc:
-            raise ApplyError(f"cannot remove {hook}: {exc.strerror or exc}") from None
+        tree = HostTree(root)
+        tree.remove(tree.real(VF_HOOK_PATH))
 
 
 def unresolved_vfs(vm: VmPlan) -> bool:

@@ -101,13 +101,20 @@ def _signals_noted() -> Iterator[None]:
         _signals.deferring = False
 
 
+LIBVIRT_LEFT = "the next apply or `bmslice destroy` finds what bmslice made"
+
+
 def run_steps(
-    steps: Sequence[Step], report: Callable[[str], None] = lambda _line: None, alive: Callable[[], bool] = lambda: True
+    steps: Sequence[Step],
+    report: Callable[[str], None] = lambda _line: None,
+    alive: Callable[[], bool] = lambda: True,
+    left: str = LIBVIRT_LEFT,
 ) -> Outcome:
     """Run `steps` in order; on the first failure undo the completed ones and raise ApplyError.
 
     `alive` says whether the host can still be reached after a failure; when it cannot,
-    the failed step may have taken effect unseen, and the message says so.
+    the failed step may have taken effect unseen, and the message says so. `left` ends a
+    ROLLBACK INCOMPLETE message: what finds or finishes what is left.
     """
     outcome = Outcome()
     completed: list[Step] = []
@@ -125,14 +132,20 @@ def run_steps(
                 _signals.deferring = True
                 _rollback(completed, outcome, report)
                 undoable = sum(1 for done in completed if done.undo is not None)
-                raise ApplyError(_failure(step, started, exc, outcome, undoable, alive)) from exc
+                raise ApplyError(_failure(step, started, exc, outcome, undoable, alive, left)) from exc
             completed.append(step)
             outcome.done.append(step.description)
     return outcome
 
 
 def _failure(
-    step: Step | None, started: bool, exc: BaseException, outcome: Outcome, undoable: int, alive: Callable[[], bool]
+    step: Step | None,
+    started: bool,
+    exc: BaseException,
+    outcome: Outcome,
+    undoable: int,
+    alive: Callable[[], bool],
+    left: str,
 ) -> str:
     if isinstance(exc, Interrupted) and not started:
         failed = f"{exc} " + (f"before {step.description}" if step is not None else "after the last step")
@@ -148,7 +161,7 @@ def _failure(
     if problems:
         return (
             f"{failed}; ROLLBACK INCOMPLETE: {' | '.join(problems)} (undid {len(outcome.rolled_back)} of "
-            f"{undoable} step(s); the next apply or `bmslice destroy` finds what bmslice made)"
+            f"{undoable} step(s); {left})"
         )
     if outcome.rolled_back:
         return f"{failed}; rolled back {len(outcome.rolled_back)} step(s)"

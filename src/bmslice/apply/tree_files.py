@@ -1,79 +1,126 @@
-"""Writes below a host root (the live "/" or a tree), on paths FsRoot.resolve confined to it.
+"""Writes below a host root (the live "/" or a tree), through the one safe writer (safe_dir.py).
 
-A path handed here has no symlink left in it, so each open uses O_NOFOLLOW: a link swapped in
-later is refused, never followed. Only regular files are written: a FIFO where a sysfs
-attribute should be would block the write forever, a device node could be the host's disk.
+A tree path is resolved once by FsRoot, which follows the tree's own links by hand and
+never out of it; the write then walks the resolved path from the root one name at a time
+without following any link, so a link swapped in after the resolution is refused, never
+followed. Only regular files are written: a FIFO where a sysfs attribute should be would
+block the write forever, a device node could be the host's disk.
 """
 
 from __future__ import annotations
 
-import contextlib
-import os
-import stat
-import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
-from bmslice.errors import ApplyError
+from bmslice.apply.safe_dir import TREE_RULE, SafeDir, open_dir
+from bmslice.apply.transaction import Step
+from bmslice.errors import ApplyError, TopologyError
+from bmslice.topology.fsroot import FsRoot
 
 FILE_MODE = 0o644
 EXEC_MODE = 0o755  # a script another program runs (libvirt's hooks)
 
 
-def file_mode(path: Path) -> int:
-    """Permission bits of an existing file; FILE_MODE when there is none (what a new one gets)."""
-    try:
-        return stat.S_IMODE(os.stat(path).st_mode)
-    except OSError:
-        return FILE_MODE
+class HostTree:
+    """The host below `root`: reads through FsRoot, writes through the safe writer.
+
+    Paths given to the writing methods are `real` ones: resolved inside the tree, holding no link.
+    """
+
+    def __init__(self, root: Path) -> None:
+        self.fs = FsRoot(root)
+
+    def real(self, rel: str) -> str:
+        """The tree path of `rel`; a symlink loop is a refusal, like any failed write."""
+        try:
+            return self.fs.real(rel)
+        except TopologyError as exc:
+            raise ApplyError(str(exc)) from None
+
+    def shown(self, real: str) -> str:
+        return self.fs.display(real)
+
+    def read(self, rel: str) -> bytes | None:
+        """What the host has at `rel` now (None: nothing); a directory there is a refusal."""
+        try:
+            return self.fs.read_bytes(rel)
+        except IsADirectoryError:
+            raise ApplyError(f"{self.fs.display(rel)} is a directory, not a file; remove it and run again") from None
+        except TopologyError as exc:
+            raise ApplyError(str(exc)) from None
+        except OSError as exc:
+            raise ApplyError(f"cannot read {self.fs.display(rel)}: {exc.strerror or exc}") from None
+
+    def _do(self, what: str, real: str, action: Callable[[SafeDir], object]) -> None:
+        try:
+            with open_dir(self.fs.root, TREE_RULE, create=False) as top:
+                assert top is not None  # TREE_RULE refuses a missing root
+                action(top)
+        except OSError as exc:
+            raise ApplyError(f"cannot {what} {self.shown(real)}: {exc.strerror or exc}") from None
+
+    def mode(self, real: str) -> int:
+        """Permission bits of the file at `real`; FILE_MODE when there is none (what a new one gets)."""
+        found: list[int | None] = []
+        self._do("read", real, lambda top: found.append(top.mode(real)))
+        return FILE_MODE if found[0] is None else found[0]
+
+    def write(self, real: str, data: bytes, mode: int = FILE_MODE, created: list[str] | None = None) -> None:
+        """Atomically, durably; directories made on the way are added to `created`, outermost first."""
+        self._do("write", real, lambda top: top.write(real, data, mode, durable=True, created=created))
+
+    def write_in_place(self, real: str, data: bytes) -> None:
+        """One write to an existing file: how sysfs attributes take a value (they cannot be renamed over)."""
+        value = data.decode(errors="replace").strip()
+        self._do(f"write {value} to", real, lambda top: top.write_in_place(real, data))
+
+    def remove(self, real: str) -> None:
+        self._do("remove", real, lambda top: top.unlink(real))
+
+    def remove_dirs(self, created: list[str]) -> None:
+        """Undo of the directories `write` made: innermost first, only while empty."""
+
+        def rmdirs(top: SafeDir) -> None:
+            for path in reversed(created):
+                top.rmdir(path)
+
+        if created:
+            self._do("remove", created[0], rmdirs)
 
 
-def write_in_place(path: Path, data: bytes) -> None:
-    """One write to an existing file: how sysfs attributes take a value (they cannot be renamed over)."""
-    try:
-        mode = os.lstat(path).st_mode
-    except FileNotFoundError:
-        raise ApplyError(f"{path} does not exist") from None
-    if not stat.S_ISREG(mode):
-        raise ApplyError(f"{path} is not a regular file; refused to write to it")
-    fd = os.open(path, os.O_WRONLY | os.O_TRUNC | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
-    try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            raise ApplyError(f"{path} is not a regular file; refused to write to it")
-        os.write(fd, data)
-    finally:
-        os.close(fd)
+@dataclass(frozen=True)
+class FileWrite:
+    """One host file bmslice owns whole, to be written as `data` with `mode`; `old`/`old_mode`: what is there."""
 
+    tree: HostTree
+    real: str
+    data: bytes
+    mode: int
+    old: bytes | None
+    old_mode: int
 
-def write_atomic(path: Path, data: bytes, mode: int = FILE_MODE) -> None:
-    """Temp file in the same directory, fsync, rename: readers see the old file or the new one."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".bmslice")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fchmod(handle.fileno(), mode)
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
+    @classmethod
+    def of(cls, tree: HostTree, rel: str, data: bytes, mode: int) -> FileWrite:
+        real = tree.real(rel)
+        return cls(tree, real, data, mode, tree.read(rel), tree.mode(real))
 
+    @property
+    def changed(self) -> bool:
+        return self.old != self.data or self.old_mode != self.mode
 
-def make_dirs(directory: Path, created: list[Path]) -> None:
-    """Create `directory` and its missing parents, each added to `created` as soon as it exists."""
-    missing = []
-    current = directory
-    while not os.path.lexists(current):
-        missing.append(current)
-        current = current.parent
-    for path in reversed(missing):
-        path.mkdir()
-        created.append(path)
+    def step(self, description: str, undo_description: str) -> Step:
+        """Write atomically; undone to what was there, mode included, leaving no directory this run made."""
+        created: list[str] = []
 
+        def do() -> None:
+            self.tree.write(self.real, self.data, self.mode, created)
 
-def remove_dirs(created: list[Path]) -> None:
-    """Undo of make_dirs: innermost first, only while empty."""
-    for directory in reversed(created):
-        with contextlib.suppress(OSError):
-            directory.rmdir()
+        def undo() -> None:
+            if self.old is not None:
+                self.tree.write(self.real, self.old, self.old_mode)
+                return
+            self.tree.remove(self.real)
+            self.tree.remove_dirs(created)
+
+        return Step(description, do, undo, undo_description)

@@ -10,6 +10,7 @@ import argparse
 import json
 import sys
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any, NoReturn
 
 from bmslice.errors import BmsliceError
@@ -28,6 +29,18 @@ def print_json(data: object) -> None:
 def print_warnings(warnings: Sequence[str]) -> None:
     for warning in warnings:
         print(f"warning: {warning}", file=sys.stderr)
+
+
+OUT_SHARED_HELP = (
+    "write into a directory that another user owns or others can write (refused otherwise); "
+    "no link is followed either way"
+)
+
+
+def add_out_args(parser: argparse.ArgumentParser, required: bool, help: str | None = None) -> None:
+    """--out DIR and --out-shared, the same on every command that writes files (apply/safe_dir.py)."""
+    parser.add_argument("--out", type=Path, required=required, metavar="DIR", help=help)
+    parser.add_argument("--out-shared", action="store_true", help=OUT_SHARED_HELP)
 
 
 class Parser(argparse.ArgumentParser):

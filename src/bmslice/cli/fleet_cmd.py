@@ -15,8 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from bmslice.cli.common import EXIT_DRIFT, EXIT_OK, print_json, print_warnings, run, standalone_parser
-from bmslice.errors import BmsliceError, SpecError
+from bmslice.cli.common import EXIT_DRIFT, EXIT_OK, add_out_args, print_json, print_warnings, run, standalone_parser
+from bmslice.errors import SpecError
 
 if TYPE_CHECKING:  # the fleet model costs start-up time every other command should not pay
     from bmslice.fleet.switch_table import LearnedMac
@@ -39,6 +39,10 @@ class _Planned:
 def _existing(args: argparse.Namespace) -> tuple[Placement | None, Path | None]:
     path: Path | None = args.placement
     out: Path | None = getattr(args, "out", None)
+    if out is not None:  # held to the writer's rule before anything is read from it
+        from bmslice.apply.safe_dir import check_out, out_rule
+
+        check_out(out, [PLACEMENT_FILE], out_rule("--out", args.out_shared))
     if path is None and out is not None and (out / PLACEMENT_FILE).is_file():
         path = out / PLACEMENT_FILE
     if path is None:
@@ -101,20 +105,33 @@ def _plan(args: argparse.Namespace, check: bool = True) -> _Planned:
     fleet = load_fleet(args.fleet)
     existing, source = _existing(args)
     topologies = read_hosts(fleet)
-    placement = place(fleet, topologies, existing)
+    kwargs: dict[str, Any] = {"allow_move": getattr(args, "allow_move", False)}
+    if getattr(args, "time_budget", None) is not None:
+        kwargs["budget_s"] = args.time_budget
+    placement = place(fleet, topologies, existing, **kwargs)
     origin = args.fleet.name
     files = render_fleet(fleet, placement, _ssh_keys(fleet), origin)
     specs = _specs(files)
     warnings = guest_warnings(fleet, placement) + _join_file_warnings(fleet)
     if source is not None:
-        kept = sum(1 for vm in existing.vms if vm.name in {v.name for v in placement.vms}) if existing else 0
+        names = {v.name for v in placement.vms}
+        kept = sum(1 for vm in existing.vms if vm.name in names and vm.name not in placement.moved) if existing else 0
         warnings.insert(0, f"kept {kept} placed VM(s) where they are ({source})")
+        if placement.moved:
+            warnings.insert(
+                1, f"--allow-move: {len(placement.moved)} VM(s) move and are rebuilt: {', '.join(placement.moved)}"
+            )
     checks: dict[str, str] = {}
     if check:
+        judged = dict(placement.planned)  # the placement had the host planner judge these specs already
         for host, data in sorted(specs.items()):
-            result = check_host(host, data, topologies[host], f"{host}/spec.yaml")
+            said = (
+                judged[host]
+                if host in judged
+                else check_host(host, data, topologies[host], f"{host}/spec.yaml").warnings
+            )
             checks[host] = "ok"
-            warnings.extend(f"{host}: {w}" for w in result.warnings)
+            warnings.extend(f"{host}: {w}" for w in said)
     return _Planned(fleet, placement, files, specs, warnings, checks)
 
 
@@ -129,14 +146,11 @@ def _specs(files: dict[str, str]) -> dict[str, dict[str, Any]]:
     }
 
 
-def _write(out: Path, files: dict[str, str]) -> None:
-    try:
-        for rel, text in sorted(files.items()):
-            path = out / rel
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(text)
-    except OSError as exc:
-        raise BmsliceError(f"--out {out}: cannot write: {exc.strerror or exc}") from None
+def _write(args: argparse.Namespace, files: dict[str, str]) -> None:
+    from bmslice.apply.safe_dir import out_rule, write_out
+
+    encoded = {rel: text.encode() for rel, text in sorted(files.items())}
+    write_out(args.out, encoded, out_rule("--out", args.out_shared))
 
 
 def _say_warnings(planned: _Planned) -> None:
@@ -149,7 +163,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
 
     planned = _plan(args, check=not args.no_check)
     if args.out is not None:
-        _write(args.out, planned.files)
+        _write(args, planned.files)
     if args.json:
         print_json(
             {
@@ -176,7 +190,7 @@ def cmd_ansible(args: argparse.Namespace) -> int:
 
     planned = _plan(args)
     files = render_ansible(planned.fleet, planned.placement, planned.files, args.fleet.name)
-    _write(args.out, files)
+    _write(args, files)
     sys.stdout.write(planned.files["summary.txt"])
     print(f"wrote {len(files)} file(s) to {args.out}; run:")
     collections = Path(__file__).resolve().parents[3]
@@ -234,13 +248,19 @@ def _print_verify(report: FleetReport) -> None:
         if failed
         else f"fleet: no drift ({tally})"
     )
-    if report.fabric:
-        wrong = report.fabric_failed
-        print(
-            f"fabric: {len(wrong)} of {len(report.fabric)} VM NIC(s) missing or learned elsewhere"
-            if wrong
-            else f"fabric: every checked VM NIC learned where planned ({len(report.fabric)})"
-        )
+    if report.tables:
+        print(_fabric_summary(report))
+
+
+def _fabric_summary(report: FleetReport) -> str:
+    """How many VM NICs were checked against how many are planned, always: none checked is no pass."""
+    checked, planned, wrong = len(report.fabric_checked), report.fabric_planned, report.fabric_failed
+    counted = f"{checked} of {planned} planned VM NIC(s) checked"
+    if not checked:
+        return f"fabric: {counted}: nothing verified, not a pass (tables of: {', '.join(report.tables)})"
+    if wrong:
+        return f"fabric: {len(wrong)} of {checked} checked VM NIC(s) missing or learned elsewhere; {counted}"
+    return f"fabric: every checked VM NIC learned where planned; {counted}"
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
@@ -277,6 +297,81 @@ def cmd_verify(args: argparse.Namespace) -> int:
     return EXIT_OK if report.ok else EXIT_DRIFT
 
 
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0 < value <= 86400:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds above 0 (at most 86400)")
+    return value
+
+
+def _placement_options(parser: argparse.ArgumentParser) -> None:
+    from bmslice.fleet import DEFAULT_BUDGET_S
+
+    parser.add_argument(
+        "--allow-move",
+        action="store_true",
+        help="let VMs of the kept placement move (the fewest, listed) when the new ones do not fit otherwise",
+    )
+    parser.add_argument(
+        "--time-budget",
+        type=_seconds,
+        metavar="SECONDS",
+        help=f"how long the placement may search for the best layout (default {DEFAULT_BUDGET_S:g}); past it the "
+        "best found is kept and said to be feasible only",
+    )
+
+
+def cmd_capacity(args: argparse.Namespace) -> int:
+    from bmslice.fleet.capacity import fleet_room
+    from bmslice.fleet.hosts import read_hosts
+    from bmslice.model.fleet import load_fleet
+    from bmslice.model.sizes import format_mib
+
+    fleet = load_fleet(args.fleet)
+    existing, source = _existing(args)
+    room = fleet_room(fleet, read_hosts(fleet), existing)
+    if args.json:
+        print_json(
+            {
+                "kept": source is not None,
+                "clusters": [
+                    {"cluster": c.cluster, "more": c.more, "where": dict(c.hosts), "next_refused": c.refusal}
+                    for c in room.clusters
+                ],
+                "hosts": [
+                    {
+                        "host": h.host,
+                        "role": h.role.value,
+                        "rack": h.rack,
+                        "more_workers": dict(h.fits),
+                        "nodes": [
+                            {"node": n.node, "free_cores": n.cores, "free_memory_mib": n.memory_mib} for n in h.nodes
+                        ],
+                    }
+                    for h in room.hosts
+                ],
+            }
+        )
+        return EXIT_OK
+    kept = f"placement kept: {source}" if source is not None else "placed afresh"
+    print(f"capacity of {args.fleet} ({len(room.placement.vms)} VMs, {kept})")
+    for c in room.clusters:
+        where = ", ".join(f"{host} {count}" for host, count in c.hosts)
+        print(f"{c.cluster}: {c.more} more worker(s) fit" + (f" ({where})" if where else ""))
+        print(f"  one more is refused: {c.refusal}")
+    for h in room.hosts:
+        nodes = ", ".join(
+            f"node {n.node} {n.cores} cores {format_mib(n.memory_mib) if n.memory_mib else '0MiB'}" for n in h.nodes
+        )
+        fits = ", ".join(f"{cluster} {count}" for cluster, count in h.fits)
+        role = f"{h.role.value}, {h.rack}"
+        print(f"{h.host} ({role}): " + (f"more workers alone: {fits}; " if fits else "") + f"free: {nodes}")
+    return EXIT_OK
+
+
 def register(sub: argparse._SubParsersAction[Any]) -> None:
     fleet = sub.add_parser("fleet", help="place the clusters of a fleet file on its servers; Ansible; verify")
     commands = fleet.add_subparsers(dest="fleet_command", required=True, metavar="COMMAND")
@@ -284,16 +379,18 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
 
     plan = commands.add_parser("plan", help="place every cluster VM; per-host specs, fabric VLANs, cloud-init")
     plan.add_argument("fleet", type=Path, metavar="FLEET")
-    plan.add_argument("--out", type=Path, metavar="DIR", help="write specs, user-data, Junos config, placement")
+    add_out_args(plan, required=False, help="write specs, user-data, Junos config, placement")
     plan.add_argument("--json", action="store_true", help="print placement, specs and fabric as JSON")
     plan.add_argument("--placement", type=Path, metavar="FILE", help=keep_help)
     plan.add_argument("--no-check", action="store_true", help="skip the per-host planner check of each spec")
+    _placement_options(plan)
     plan.set_defaults(handler=cmd_plan)
 
     ansible = commands.add_parser("ansible", help="write an Ansible inventory and playbook for the fleet")
     ansible.add_argument("fleet", type=Path, metavar="FLEET")
-    ansible.add_argument("--out", type=Path, required=True, metavar="DIR")
+    add_out_args(ansible, required=True)
     ansible.add_argument("--placement", type=Path, metavar="FILE", help=keep_help)
+    _placement_options(ansible)
     ansible.set_defaults(handler=cmd_ansible)
 
     verify = commands.add_parser("verify", help="every host's verify result in one report; exit 1 on drift")
@@ -308,6 +405,14 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
         help="what SWITCH learned: its `show ethernet-switching table | display json` (or plain text) output",
     )
     verify.set_defaults(handler=cmd_verify)
+
+    capacity = commands.add_parser(
+        "capacity", help="how many more workers of each cluster the fleet takes, where, and each host's room"
+    )
+    capacity.add_argument("fleet", type=Path, metavar="FLEET")
+    capacity.add_argument("--placement", type=Path, metavar="FILE", help="keep this placement (default: place afresh)")
+    capacity.add_argument("--json", action="store_true")
+    capacity.set_defaults(handler=cmd_capacity)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

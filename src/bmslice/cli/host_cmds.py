@@ -12,12 +12,21 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from bmslice.cli.common import EXIT_DRIFT, EXIT_OK, print_json, print_warnings, run, standalone_parser
-from bmslice.errors import BmsliceError, TopologyError
+from bmslice.cli.common import (
+    EXIT_DRIFT,
+    EXIT_OK,
+    add_out_args,
+    print_json,
+    print_warnings,
+    run,
+    standalone_parser,
+)
+from bmslice.errors import TopologyError
 
 if TYPE_CHECKING:
     from bmslice.model.plan import Plan
     from bmslice.model.topology import HostTopology
+    from bmslice.render.exporter_unit import ExporterUnit
 
 
 def _root(args: argparse.Namespace) -> Path:
@@ -41,6 +50,19 @@ def _plan(args: argparse.Namespace) -> tuple[HostTopology, Plan]:
     return topo, make_plan(topo, spec, origin=str(args.spec), keep=defined_slices(FsRoot(root)))
 
 
+def _exporter(args: argparse.Namespace) -> ExporterUnit:
+    """The exporter unit's command line: this bmslice (or --exporter-command) on this spec."""
+    from bmslice.render.exporter_unit import ExporterUnit
+
+    if args.exporter_command is not None:
+        command: tuple[str, ...] = (str(args.exporter_command.absolute()),)
+    elif Path(sys.argv[0]).name == "bmslice":
+        command = (str(Path(sys.argv[0]).absolute()),)
+    else:  # run as python -m bmslice.cli.main (or from a test): the same Python runs the exporter
+        command = (sys.executable, "-m", "bmslice.cli.main")
+    return ExporterUnit(command, str(args.spec.absolute()), args.exporter_listen)
+
+
 def cmd_preflight(args: argparse.Namespace) -> int:
     from bmslice.topology.fsroot import FsRoot
     from bmslice.verify.findings import Level
@@ -61,22 +83,16 @@ def cmd_preflight(args: argparse.Namespace) -> int:
 
 
 def cmd_host_config(args: argparse.Namespace) -> int:
+    from bmslice.apply.safe_dir import out_rule, write_out
     from bmslice.apply.tree_files import EXEC_MODE
     from bmslice.render.host_files import render_host_files
     from bmslice.render.sriov_files import EXECUTABLES
 
     topo, plan = _plan(args)
-    files = render_host_files(plan, topo)
+    files = render_host_files(plan, topo, _exporter(args))
     out: Path = args.out
-    try:
-        for rel, text in files.items():
-            path = out / rel
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(text)
-            if rel in EXECUTABLES:
-                path.chmod(EXEC_MODE)
-    except OSError as exc:
-        raise BmsliceError(f"--out {out}: cannot write: {exc.strerror or exc}") from None
+    modes = {rel: EXEC_MODE for rel in files if rel in EXECUTABLES}
+    write_out(out, {rel: text.encode() for rel, text in files.items()}, out_rule("--out", args.out_shared), modes)
     for rel in files:
         print(out / rel)
     print(f"kernel args: {' '.join(plan.host.kernel_args)}")
@@ -84,22 +100,40 @@ def cmd_host_config(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _say(line: str) -> None:
+    print(f"  {line}", flush=True)
+
+
 def cmd_host_apply(args: argparse.Namespace) -> int:
-    from bmslice.apply.host_apply import apply_host, bootloader_name
+    from bmslice.apply.host_apply import apply_host, bootloader_name, detect_bootloader
+    from bmslice.render.exporter_unit import EXPORTER_UNIT_PATH
     from bmslice.render.host_files import render_host_files, runtime_settings
+    from bmslice.topology.fsroot import FsRoot
 
     topo, plan = _plan(args)
     root = _root(args)
-    files = render_host_files(plan, topo)
-    result = apply_host(plan, files, runtime_settings(plan), root, dry_run=args.dry_run, distro=topo.distro)
-    verb = {"create": "wrote", "update": "updated", "remove": "removed", "set": "set"}
+    files = render_host_files(plan, topo, _exporter(args))
+    settings = runtime_settings(plan)
+    if args.only == "exporter":  # the exporter's unit alone: nothing else of the host changes
+        files, settings = {EXPORTER_UNIT_PATH: files[EXPORTER_UNIT_PATH]}, ()
     print(
-        f"{'dry run: ' if args.dry_run else ''}host-apply on {root}; bootloader: {bootloader_name(result.bootloader)}"
+        f"{'dry run: ' if args.dry_run else ''}host-apply on {root}; "
+        f"bootloader: {bootloader_name(detect_bootloader(FsRoot(root)))}",
+        flush=True,
     )
-    for change in result.changes:
-        detail = f" ({change.detail})" if change.detail else ""
-        action = f"would {change.action}" if args.dry_run else verb[change.action]
-        print(f"  {action} /{change.path}{detail}")
+    result = apply_host(
+        plan,
+        files,
+        settings,
+        root,
+        dry_run=args.dry_run,
+        distro=topo.distro,
+        report=_say,
+        record_reboot=args.only is None,
+    )
+    if args.dry_run:
+        for change in result.changes:
+            print(f"  would {change.line()}")
     for step in result.next_steps:
         print(f"next: {step}")
     print_warnings(result.warnings)
@@ -149,6 +183,20 @@ def _common(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _exporter_args(parser: argparse.ArgumentParser) -> None:
+    from bmslice.model.listen import DEFAULT_LISTEN
+
+    parser.add_argument(
+        "--exporter-listen",
+        default=DEFAULT_LISTEN,
+        metavar="ADDR:PORT",
+        help=f"where the exporter unit serves /metrics (default {DEFAULT_LISTEN})",
+    )
+    parser.add_argument(
+        "--exporter-command", type=Path, metavar="PATH", help="the bmslice the exporter unit runs (default: this one)"
+    )
+
+
 def register(sub: argparse._SubParsersAction[Any]) -> None:
     preflight = sub.add_parser("preflight", help="is this server ready to be sliced? ok/warn/fail; exit 1 on fail")
     _common(preflight)
@@ -157,12 +205,17 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
 
     config = sub.add_parser("host-config", help="render the host files (kernel args, hugepages, IRQ, vfio) to DIR")
     _common(config)
-    config.add_argument("--out", type=Path, required=True, metavar="DIR")
+    add_out_args(config, required=True)
+    _exporter_args(config)
     config.set_defaults(handler=cmd_host_config)
 
     apply_p = sub.add_parser("host-apply", help="place the host files and runtime settings; never runs the bootloader")
     _common(apply_p)
     apply_p.add_argument("--dry-run", action="store_true", help="report the changes, write nothing")
+    apply_p.add_argument(
+        "--only", choices=["exporter"], help="place only the exporter's unit (bmslice-exporter.service), nothing else"
+    )
+    _exporter_args(apply_p)
     apply_p.set_defaults(handler=cmd_host_apply)
 
     audit_p = sub.add_parser("audit", help="prove the isolation on the running host; exit 1 on any violation")

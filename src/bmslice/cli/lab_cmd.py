@@ -43,9 +43,10 @@ def _like(source: str) -> Any:
 
         topo = read_libvirt_topology(source)
     elif Path(source).is_file():
+        from bmslice.model.input_file import read_input_bytes
         from bmslice.topology.hwloc import topology_from_hwloc
 
-        topo = topology_from_hwloc(Path(source).read_bytes(), source=source)
+        topo = topology_from_hwloc(read_input_bytes(Path(source), "hwloc XML", error=LabError), source=source)
     elif Path(source).is_dir():
         from bmslice.topology.sysfs import read_host_tree
 

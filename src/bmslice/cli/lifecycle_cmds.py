@@ -56,7 +56,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
     else:
         for line in report.drift:
             print(line)
-        for note in report.notes:
+        for note in [*report.unreadable, *report.notes]:
             print(f"note: {note}")
         print(
             "drift: " + str(len(report.drift)) if report.drift else f"ok: {len(report.slices)} slice(s) match the plan"
@@ -78,6 +78,8 @@ def cmd_status(args: argparse.Namespace) -> int:
     for s in report.slices:
         table.add_row(s.name, s.state, "yes" if not s.drift else f"no ({len(s.drift)})", s.drift[0] if s.drift else "")
     console().print(table)
+    for line in report.unreadable:
+        print(f"note: {line}")
     return EXIT_DRIFT if report.drift else EXIT_OK
 
 
@@ -86,8 +88,14 @@ def cmd_destroy(args: argparse.Namespace) -> int:
     from bmslice.model.spec import load_spec
 
     spec = load_spec(args.spec)
-    print(f"destroying the slices of {args.spec} on {args.connect}")
-    done = destroy(spec, DestroyOptions(args.connect, args.keep_disks, args.host_root), _say)
+    only = tuple(args.vm or ())
+    print(f"destroying {', '.join(only) if only else 'the slices'} of {args.spec} on {args.connect}")
+    done = destroy(
+        spec,
+        DestroyOptions(args.connect, args.keep_disks, args.host_root, only),
+        _say,
+        lambda line: print_warnings([line]),
+    )
     print(f"destroyed: {len(done)} step(s)" if done else "nothing to destroy")
     return EXIT_OK
 
@@ -111,6 +119,9 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
     destroy_p = sub.add_parser("destroy", help="stop and undefine the slices, delete volumes, return NICs")
     _lifecycle_args(destroy_p)
     destroy_p.add_argument("--keep-disks", action="store_true", help="keep each slice's root disk volume")
+    destroy_p.add_argument(
+        "--vm", action="append", metavar="NAME", help="only this slice of SPEC (repeatable); default: all of them"
+    )
     destroy_p.set_defaults(handler=cmd_destroy)
 
 

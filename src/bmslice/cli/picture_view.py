@@ -17,7 +17,18 @@ from rich.text import Text
 from bmslice.model.plan import Plan
 from bmslice.model.sizes import format_mib
 from bmslice.model.topology import HostTopology
-from bmslice.render.picture_map import CoreCell, Nic, NodeCell, PictureMap, Role, Thread, nic_notes, picture_map
+from bmslice.plan.room import Room
+from bmslice.render.picture_map import (
+    CoreCell,
+    Nic,
+    NodeCell,
+    PictureMap,
+    Role,
+    Thread,
+    nic_notes,
+    picture_map,
+    room_text,
+)
 from bmslice.render.picture_svg import (
     CORES_PER_ROW,
     HOST_COLOUR,
@@ -98,7 +109,7 @@ def _core_lines(cores: Sequence[CoreCell], pic: PictureMap, cell_w: int, per_row
     return lines
 
 
-def _node_panel(node: NodeCell, pic: PictureMap, cell_w: int, per_row: int) -> Panel:
+def _node_panel(node: NodeCell, pic: PictureMap, cell_w: int, per_row: int, room: Room | None = None) -> Panel:
     lines: list[Text | Panel] = []
     digits = max((len(str(t.cpu)) for core in node.cores for t in core.threads), default=1)
     if node.l3:  # several L3 caches in the node: a box each, titled with its id, size and ways held
@@ -109,6 +120,9 @@ def _node_panel(node: NodeCell, pic: PictureMap, cell_w: int, per_row: int) -> P
     else:
         lines.extend(_core_lines(node.cores, pic, cell_w, per_row, digits))
     lines.extend(_nic_line(nic, pic) for nic in node.nics)
+    free = next((n for n in room.nodes if n.node == node.id), None) if room is not None else None
+    if free is not None:
+        lines.append(Text(room_text(free, pic), style="italic"))
     cpus = sum(len(c.threads) for c in node.cores)
     title = f"NUMA node {node.id} · {len(node.cores)} cores, {cpus} CPUs · {format_mib(node.memory_mib)}"
     if node.offline:
@@ -144,21 +158,37 @@ def _legend(pic: PictureMap) -> list[Text]:
     return out
 
 
-def picture_view(topo: HostTopology, plan: Plan, width: int = 120) -> Group:
-    """The grid for a console `width` columns wide (cores per row shrink to fit, at most 8)."""
+def room_summary(room: Room, pic: PictureMap) -> list[str]:
+    """One line per shape: how many more fit on the whole host and what runs out first."""
+    from bmslice.plan.room import MIX
+    from bmslice.render.picture_map import shape_label
+
+    out = []
+    for shape in room.shapes:
+        limits = f"; runs out first: {', '.join(shape.limits)}" if shape.limits else ""
+        what = "sets of one of each VM" if shape.shape == MIX else shape_label(shape.shape, pic)
+        out.append(f"room: {shape.more} more {what} fit on the host{limits}")
+    return out
+
+
+def picture_view(topo: HostTopology, plan: Plan, width: int = 120, room: Room | None = None) -> Group:
+    """The grid for a console `width` columns wide (cores per row shrink to fit, at most 8); `room`:
+    each node's free room (bmslice capacity's answer) below its NICs, and each shape's count at the end."""
     pic = picture_map(topo, plan)
     cell_w = max((len(f"{t.cpu} {_tag(t, pic)}") for t in pic.threads), default=4) + 1
     per_row = max(1, min(CORES_PER_ROW, (width - 4) // (cell_w + 1)))
     parts: list[RenderableType] = [Text(picture_title(topo, pic), style="bold"), *_legend(pic)]
     for socket in pic.sockets:
         parts.append(Text(f"Socket {socket.id}", style="bold"))
-        parts.extend(_node_panel(node, pic, cell_w, per_row) for node in socket.nodes)
+        parts.extend(_node_panel(node, pic, cell_w, per_row, room) for node in socket.nodes)
     if pic.memory_only_nodes:
         parts.append(Text("NUMA nodes without CPUs", style="bold"))
         parts.extend(_node_panel(node, pic, cell_w, per_row) for node in pic.memory_only_nodes)
     if pic.unplaced_nics:
         parts.append(Text("NICs with no NUMA node reported", style="bold"))
         parts.extend(_nic_line(nic, pic) for nic in pic.unplaced_nics)
+    if room is not None:
+        parts.extend(Text(line) for line in room_summary(room, pic))
     for warning in pic.warnings:
         line = Text()
         line.append("!", style=WARN_STYLE)

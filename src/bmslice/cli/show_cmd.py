@@ -14,36 +14,38 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from bmslice.cli.common import EXIT_OK, run, standalone_parser
+from bmslice.cli.common import EXIT_OK, OUT_SHARED_HELP, run, standalone_parser
 from bmslice.cli.sources import add_source_args, read_topology
-from bmslice.errors import BmsliceError
 
 
 def cmd_show(args: argparse.Namespace) -> int:
+    from bmslice.apply.safe_dir import check_out, out_rule, write_out
     from bmslice.cli.picture_view import picture_view
     from bmslice.cli.spec_input import load_spec_for, reads_this_machine
     from bmslice.cli.tables import console
     from bmslice.plan.planner import make_plan
+    from bmslice.plan.room import free_room, spec_shapes
     from bmslice.render.picture_svg import render_svg
     from bmslice.render.report_html import render_report
 
     spec = load_spec_for(args.spec, local_host=reads_this_machine(args))
     topo = read_topology(args)
     plan = make_plan(topo, spec, origin=str(args.spec))
-    files: list[tuple[Path, bytes]] = []
+    room = free_room(topo, spec, plan, spec_shapes(spec), str(args.spec), per_node=True)
+    files: list[tuple[str, Path, bytes]] = []
     if args.svg is not None:
-        files.append((args.svg, render_svg(topo, plan)))
+        files.append(("--svg", args.svg, render_svg(topo, plan)))
     if args.html is not None:
-        files.append((args.html, render_report(topo, plan, spec_name=str(args.spec))))
+        files.append(("--html", args.html, render_report(topo, plan, spec_name=str(args.spec), room=room)))
     if not files:
         out = console()
-        out.print(picture_view(topo, plan, out.width))
+        out.print(picture_view(topo, plan, out.width, room))
         return EXIT_OK
-    for path, data in files:
-        try:
-            path.write_bytes(data)
-        except OSError as exc:
-            raise BmsliceError(f"{path}: cannot write: {exc.strerror or exc}") from None
+    # Both checked before either is written: a refusal leaves both places as they were.
+    for option, path, _data in files:
+        check_out(path.parent, [path.name], out_rule(option, args.out_shared, create=False))
+    for option, path, data in files:
+        write_out(path.parent, {path.name: data}, out_rule(option, args.out_shared, create=False))
         print(path)
     for warning in plan.warnings:
         print(f"warning: {warning}", file=sys.stderr)
@@ -57,6 +59,7 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
     add_source_args(show)
     show.add_argument("--svg", type=Path, metavar="FILE", help="write the picture as SVG")
     show.add_argument("--html", type=Path, metavar="FILE", help="write a self-contained HTML report")
+    show.add_argument("--out-shared", action="store_true", help=OUT_SHARED_HELP)
     show.set_defaults(handler=cmd_show)
 
 

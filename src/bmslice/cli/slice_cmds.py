@@ -8,22 +8,22 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from bmslice.cli.common import EXIT_OK, print_json, print_warnings, run, standalone_parser
+from bmslice.cli.common import EXIT_OK, add_out_args, print_json, print_warnings, run, standalone_parser
 from bmslice.cli.sources import add_source_args, read_topology
-from bmslice.errors import BmsliceError
 
 if TYPE_CHECKING:
     from bmslice.model.plan import Plan
 
 
 def cmd_discover(args: argparse.Namespace) -> int:
-    from bmslice.cli.tables import console, topology_view
-    from bmslice.model.topology import topology_to_dict
-
     topo = read_topology(args)
     if args.json:
+        from bmslice.model.topology import topology_to_dict
+
         print_json(topology_to_dict(topo))
     else:
+        from bmslice.cli.tables import console, topology_view  # rich: only for the table
+
         console().print(topology_view(topo))
     return EXIT_OK
 
@@ -38,29 +38,26 @@ def _plan(args: argparse.Namespace) -> Plan:
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
-    from bmslice.cli.tables import console, plan_view
-    from bmslice.model.plan import plan_to_dict
-
     plan = _plan(args)
     if args.json:
+        from bmslice.model.plan import plan_to_dict
+
         print_json(plan_to_dict(plan))
     else:
+        from bmslice.cli.tables import console, plan_view  # rich: only for the table
+
         console().print(plan_view(plan))
     return EXIT_OK
 
 
 def cmd_render(args: argparse.Namespace) -> int:
+    from bmslice.apply.safe_dir import out_rule, write_out
     from bmslice.render.artifacts import render_plan
 
     plan = _plan(args)
     out: Path = args.out
     files = render_plan(plan)
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        for name, text in files.items():
-            (out / name).write_text(text)
-    except OSError as exc:
-        raise BmsliceError(f"--out {out}: cannot write: {exc.strerror or exc}") from None
+    write_out(out, {name: text.encode() for name, text in files.items()}, out_rule("--out", args.out_shared))
     for name in files:
         print(out / name)
     print_warnings(plan.warnings)
@@ -82,7 +79,7 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
     render = sub.add_parser("render", help="write libvirt domain XML and kernel args for SPEC")
     render.add_argument("spec", type=Path, metavar="SPEC")
     add_source_args(render)
-    render.add_argument("--out", type=Path, required=True, metavar="DIR")
+    add_out_args(render, required=True)
     render.set_defaults(handler=cmd_render)
 
 

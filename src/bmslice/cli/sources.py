@@ -24,7 +24,10 @@ def read_topology(args: argparse.Namespace) -> HostTopology:
 
         path: Path = args.hwloc
         data = read_input_bytes(path, "hwloc XML", error=TopologyError)
-        return topology_from_hwloc(data, source=one_line(str(path)))
+        try:
+            return topology_from_hwloc(data, source=one_line(str(path)))
+        except TopologyError as exc:
+            raise TopologyError(f"{one_line(str(path))}: {exc}") from None
     if getattr(args, "connect", None):
         from bmslice.apply.connection import read_libvirt_topology
 

@@ -12,7 +12,7 @@ from bmslice.cpuset import CpuSet
 from bmslice.model.plan import AT_APPLY, DeviceAssignment, Plan
 from bmslice.model.sizes import format_mib
 from bmslice.model.topology import HostTopology, Resctrl
-from bmslice.render.picture_map import node_text
+from bmslice.render.node_text import node_text
 
 
 def topology_view(topo: HostTopology) -> Group:

@@ -28,10 +28,25 @@ from typing import Any
 from urllib.parse import unquote, urlsplit
 
 from bmslice.fleet.render import join_file_name
-from bmslice.fleet.text import indented_yaml, one_line
+from bmslice.fleet.text import Unsafe, indented_yaml, one_line
 from bmslice.model.fleet import Fleet, InventoryHost, Placement, Role
 
 GROUPS = {Role.CONTROL: "bmslice_control", Role.WORKER: "bmslice_worker"}
+# bmslice's own templates in a host's variables; every other string came from the fleet file.
+TEMPLATES = frozenset({"ansible_python_interpreter"})
+
+
+def literal(value: Any) -> Any:
+    """`value` with every string marked `!unsafe`: Ansible templates the strings of an inventory
+    when it uses them, so "{{ lookup('pipe', ...) }}" in a path of the fleet file would run on
+    the controller. Marked, it stays that text, whatever it holds."""
+    if isinstance(value, str):
+        return Unsafe(value)
+    if isinstance(value, list):
+        return [literal(item) for item in value]
+    if isinstance(value, dict):
+        return {key: item if key in TEMPLATES else literal(item) for key, item in value.items()}
+    return value
 
 
 def connection_vars(inv: InventoryHost) -> dict[str, Any]:
@@ -114,7 +129,7 @@ def inventory_yaml(fleet: Fleet, placement: Placement, files_by_host: dict[str, 
         if not files:
             idle.append(inv.name)
             continue
-        groups[GROUPS[inv.role]]["hosts"][inv.name] = host_vars(fleet, placement, inv, files)
+        groups[GROUPS[inv.role]]["hosts"][inv.name] = literal(host_vars(fleet, placement, inv, files))
     data = {
         "all": {
             "vars": {"bmslice_command": "bmslice", "bmslice_base_dir": "/etc/bmslice/fleet"},
@@ -136,7 +151,9 @@ PLAYBOOK = """\
 # ANSIBLE_COLLECTIONS_PATH at the directory holding ansible_collections/).
 #   ansible-playbook -i inventory.yml site.yml --check   # dry run; a plan on host trees
 #   ansible-playbook -i inventory.yml site.yml           # apply, then verify
-#   ansible-playbook -i inventory.yml site.yml --tags verify   # only verify (tags: secrets, apply, verify)
+#   ansible-playbook -i inventory.yml site.yml --tags verify   # only verify (tags: secrets, apply, verify, exporter)
+# A host with `bmslice_exporter: true` in the inventory also runs bmslice's Prometheus exporter
+# (on its reserved CPUs; `bmslice_exporter_listen`, default 127.0.0.1:9963, says where it serves).
 - name: Slice the fleet's servers with bmslice
   hosts: bmslice_fleet
   gather_facts: false
@@ -186,6 +203,16 @@ PLAYBOOK = """\
         host_root: "{{ bmslice_host_root | default(omit) }}"
         command: "{{ bmslice_command }}"
       tags: [verify]
+
+    - name: Serve this server's isolation, drift and free room to Prometheus
+      bmslice.slicing.bmslice:
+        action: exporter
+        spec: "{{ bmslice_dir }}/spec.yaml"
+        host_root: "{{ bmslice_host_root | default(omit) }}"
+        command: "{{ bmslice_command }}"
+        exporter_listen: "{{ bmslice_exporter_listen | default('127.0.0.1:9963') }}"
+      when: bmslice_exporter | default(false) | bool
+      tags: [exporter]
 """
 
 

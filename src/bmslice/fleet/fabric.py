@@ -24,7 +24,25 @@ from collections.abc import Mapping
 from typing import Any
 
 from bmslice.fleet.text import one_line
-from bmslice.model.fleet import Fleet, JunosStyle, NicKind, PlacedVm, Placement
+from bmslice.model.fields import ifname
+from bmslice.model.fleet import (
+    DNS_LABEL_RE,
+    HOST_NAME_RE,
+    JUNOS_VLAN_RE,
+    Fleet,
+    JunosStyle,
+    NicKind,
+    PlacedVm,
+    Placement,
+)
+from bmslice.model.grammar import in_file, junos_port, matches
+
+# What each word of a `set` line may be: the fleet file's own grammar, asserted again here
+# because a placement or a hand-made fabric dict could carry anything.
+_HOST = matches(HOST_NAME_RE, "a host name")
+_VM = matches(DNS_LABEL_RE, "a VM name")
+_VLAN_NAME = matches(JUNOS_VLAN_RE, "a VLAN name")
+_MODE = matches(re.compile("access|trunk"), "access or trunk")
 
 STYLE_TEXT = {
     JunosStyle.ELS: "ELS (Enhanced Layer 2 Software: EX2300/3400/4300, QFX; `interface-mode`)",
@@ -83,7 +101,8 @@ def fabric_data(fleet: Fleet, placement: Placement) -> dict[str, Any]:
 def junos_config(switch: Mapping[str, Any], origin: str = "the fleet file") -> str:
     """Junos `set` commands, in the switch's style, for one switch of `fabric_data`."""
     style = JunosStyle(switch.get("junos", JunosStyle.ELS.value))
-    names = {v["id"]: v["name"] for v in switch["vlans"]}
+    path = f"fabric/{in_file('fabric/', 'switch', switch['name'], _HOST)}.set"
+    names = {int(v["id"]): in_file(path, "VLAN name", v["name"], _VLAN_NAME) for v in switch["vlans"]}
     lines = [
         f"# {switch['name']}: tenant VLANs for the bmslice fleet, generated from {one_line(origin)}.",
         f"# Junos style: {STYLE_TEXT[style]}.",
@@ -92,16 +111,18 @@ def junos_config(switch: Mapping[str, Any], origin: str = "the fleet file") -> s
         "# configure; load set FILE (or load set terminal); show | compare; commit check; commit",
         "# check: show vlans; show ethernet-switching table interface <port>",
     ]
-    for vlan in switch["vlans"]:
-        lines.append(f"set vlans {vlan['name']} vlan-id {vlan['id']}")
+    for vlan_id, vlan_name in names.items():
+        lines.append(f"set vlans {vlan_name} vlan-id {vlan_id}")
     for port in switch["ports"]:
-        name = port["port"]
+        name = in_file(path, "port", port["port"], junos_port)
         family = f"interfaces {name} unit 0 family ethernet-switching"
         lines.append(f"delete {family}")
         if style is JunosStyle.ELS:
             lines.append(f"delete interfaces {name} native-vlan-id")  # ELS keeps it on the interface
-        lines.append(f'set interfaces {name} description "{port["host"]} {port["nic"]}: {" ".join(port["vms"])}"')
-        lines.append(f"set {family} {MODE_KEYWORD[style]} {port['mode']}")
+        host, nic = in_file(path, "host", port["host"], _HOST), in_file(path, "NIC", port["nic"], ifname)
+        vms = " ".join(in_file(path, "VM", vm, _VM) for vm in port["vms"])
+        lines.append(f'set interfaces {name} description "{host} {nic}: {vms}"')
+        lines.append(f"set {family} {MODE_KEYWORD[style]} {in_file(path, 'mode', port['mode'], _MODE)}")
         members = [names[v] for v in port["vlans"]]
         lines.append(
             f"set {family} vlan members {members[0] if len(members) == 1 else '[ ' + ' '.join(members) + ' ]'}"

@@ -130,9 +130,25 @@ def _nic_text(fleet: Fleet, vm: PlacedVm) -> str:
     return ", ".join(parts) or "-"
 
 
+def quality_text(placement: Placement) -> str:
+    """How good the placement is: proven optimal or feasible only, and its objective."""
+    verdict = "proven optimal" if placement.proven_optimal else "feasible only (the best found within the time budget)"
+    scores = placement.objective
+    if scores is None:
+        return f"placement: {verdict}"
+    return (
+        f"placement: {verdict}; {scores.moved} moved, rack spread {scores.rack_spread}, "
+        f"{scores.cross_numa_nics} cross-NUMA NIC(s)"
+    )
+
+
 def summary_text(fleet: Fleet, placement: Placement) -> str:
     clusters = ", ".join(f"{c.name} (VLAN {c.vlan})" for c in fleet.clusters) or "none"
-    lines = [f"fleet: {len(fleet.inventory)} host(s), {len(placement.vms)} VM(s); clusters: {clusters}", ""]
+    lines = [f"fleet: {len(fleet.inventory)} host(s), {len(placement.vms)} VM(s); clusters: {clusters}"]
+    lines.append(quality_text(placement))
+    if placement.moved:
+        lines.append(f"moved (rebuilt elsewhere): {', '.join(placement.moved)}")
+    lines.append("")
     rows = []
     for vm in placement.vms:
         inv = fleet.host(vm.host)

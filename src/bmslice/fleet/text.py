@@ -5,7 +5,7 @@ text made safe for a header comment.
   user-data read as written; through libyaml when PyYAML has it (same text, about five
   times faster on a fleet of 1,000 servers).
 - `indented_yaml`: the same, with block sequences indented under their key, as yamllint
-  (and so ansible-lint) wants them in Ansible content. PyYAML's emitter writes a list at its
+  (and so ansible-lint) wants them in Ansible content; `Unsafe` text gets Ansible's `!unsafe`. PyYAML's emitter writes a list at its
   key's own indentation, and libyaml's emitter cannot be told otherwise, so this one always
   runs in Python.
 """
@@ -15,6 +15,10 @@ from __future__ import annotations
 from typing import Any
 
 import yaml
+
+
+class Unsafe(str):
+    """Text Ansible must never template: written with YAML's `!unsafe` tag (`indented_yaml`)."""
 
 
 class _Dumper(yaml.SafeDumper):
@@ -35,8 +39,14 @@ def _str(dumper: yaml.SafeDumper | yaml.CSafeDumper, value: str) -> yaml.ScalarN
     return dumper.represent_scalar("tag:yaml.org,2002:str", value, style=style)
 
 
+def _unsafe(dumper: yaml.SafeDumper, value: Unsafe) -> yaml.ScalarNode:
+    # Quoted, so a value that reads as a number or a boolean stays the text it is.
+    return dumper.represent_scalar("!unsafe", str(value), style="|" if "\n" in value else "'")
+
+
 for _dumper in (_Dumper, _FastDumper, _IndentedDumper):
     _dumper.add_representer(str, _str)
+_IndentedDumper.add_representer(Unsafe, _unsafe)
 
 
 def block_yaml(data: Any) -> str:

@@ -20,9 +20,9 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
-from bmslice.errors import BmsliceError
+from bmslice.errors import BmsliceError, SpecError
 from bmslice.fleet.check import check_host
-from bmslice.fleet.fabric_check import NicCheck, capture_commands, check_fabric, expected_nics
+from bmslice.fleet.fabric_check import NicCheck, NicStatus, capture_commands, check_fabric, expected_nics
 from bmslice.fleet.hosts import host_source, read_host
 from bmslice.fleet.switch_table import LearnedMac
 from bmslice.model.fleet import Fleet, Placement
@@ -71,6 +71,8 @@ class FleetReport:
     notes: list[str] = field(default_factory=list)
     fabric: list[NicCheck] = field(default_factory=list)  # per VM NIC, when switch tables were given
     capture: list[str] = field(default_factory=list)  # how to capture the switch tables, when not
+    tables: tuple[str, ...] = ()  # the switches whose tables were given
+    fabric_planned: int = 0  # VM NICs (a VF each) the placement puts on the fabric
 
     @property
     def failed(self) -> list[HostReport]:
@@ -81,8 +83,17 @@ class FleetReport:
         return [c for c in self.fabric if c.status.failed]
 
     @property
+    def fabric_checked(self) -> list[NicCheck]:
+        return [c for c in self.fabric if c.status is not NicStatus.NOT_CHECKED]
+
+    @property
+    def fabric_unverified(self) -> bool:
+        """Switch tables were given and not one NIC was checked against them: that is no pass."""
+        return bool(self.tables) and not self.fabric_checked
+
+    @property
     def ok(self) -> bool:
-        return not self.failed and not self.fabric_failed
+        return not self.failed and not self.fabric_failed and not self.fabric_unverified
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -90,6 +101,12 @@ class FleetReport:
             "failed_hosts": [h.host for h in self.failed],
             "hosts": [h.to_dict() for h in self.hosts],
             "fabric": [c.to_dict() for c in self.fabric],
+            "fabric_counts": {
+                "planned": self.fabric_planned,
+                "checked": len(self.fabric_checked),
+                "failed": len(self.fabric_failed),
+                "tables": list(self.tables),
+            },
             "capture_commands": self.capture,
             "notes": self.notes,
         }
@@ -174,9 +191,18 @@ def _fabric(
             notes.append(f"fabric: the NICs of {host} are not checked, their MACs are unknown: {exc}")
     expected, more = expected_nics(fleet, placement, plans, topologies)
     notes.extend(f"fabric: {note}" for note in more)
-    for switch in sorted(set(tables) - {port.switch for h in fleet.inventory for port in h.nics.values()}):
-        notes.append(f"fabric: no inventory NIC is cabled to {switch}; its table is not used")
     return check_fabric(expected, tables)
+
+
+def check_table_switches(fleet: Fleet, tables: Mapping[str, object], fleet_file: str) -> None:
+    """A table of a switch the fleet does not cable is refused: its NICs would all read as checked."""
+    cabled = sorted({port.switch for h in fleet.inventory for port in h.nics.values()})
+    for switch in sorted(tables):
+        if switch not in cabled:
+            raise SpecError(
+                f"--switch-table {switch}: no inventory NIC of {fleet_file} is cabled to a switch of that name "
+                f"(its switches: {', '.join(cabled) or 'none'})"
+            )
 
 
 def verify_fleet(
@@ -190,6 +216,7 @@ def verify_fleet(
 ) -> FleetReport:
     """`specs`: each host's generated spec data (hosts without one are idle). With `tables`
     (switch name -> what it learned), each VM NIC of `placement` is checked against them."""
+    check_table_switches(fleet, tables or {}, fleet_file)
     if verifier is None:
         from bmslice.verify.verifier import verify
 
@@ -204,9 +231,10 @@ def verify_fleet(
             reports.append(_tree_report(fleet, inv.name, data, origin))
         else:
             reports.append(_live_report(fleet, inv.name, data, origin, verifier))
-    report = FleetReport(reports, list(notes or []))
+    report = FleetReport(reports, list(notes or []), tables=tuple(sorted(tables or {})))
     if placement is not None and tables:
         report.fabric = _fabric(fleet, placement, specs, tables, report.notes)
+        report.fabric_planned = sum(nic.count for vm in placement.vms for nic in vm.nics)
     elif placement is not None:
         switches = sorted(
             {

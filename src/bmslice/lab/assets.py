@@ -260,16 +260,28 @@ def _unpack(assets: Assets, say: Callable[[str], None]) -> None:
     say(f"unpacked into {root}")
 
 
+def _own_cache(cache: Path) -> None:
+    """Make the cache, or refuse one another user could plant links in: apt-get and dpkg-deb write
+    there as root, and they follow links (apply/safe_dir.py holds it to --out's rule)."""
+    from bmslice.apply.safe_dir import DIR_MODE, Owner, Rule, open_dir
+    from bmslice.errors import ApplyError
+
+    try:
+        with open_dir(cache, Rule("--cache", Owner.OURS, DIR_MODE)):
+            pass
+    except ApplyError as exc:
+        raise LabError(str(exc)) from None
+    except OSError as exc:
+        raise LabError(f"cannot create the lab cache {cache}: {exc.strerror or exc}") from None
+
+
 def ensure(cache: Path = DEFAULT_CACHE, refresh: bool = False, say: Callable[[str], None] = lambda _l: None) -> Assets:
     """The cached assets, fetched first when missing, damaged or `refresh` is asked for."""
+    _own_cache(cache)
     if not refresh:
         assets = load(cache)
         if assets is not None:
             return assets
-    try:
-        cache.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise LabError(f"cannot create the lab cache {cache}: {exc.strerror or exc}") from None
     return fetch(cache, say)
 
 

@@ -9,30 +9,29 @@ XML file or a generated config.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
 from typing import Annotated
 
 from pydantic import AfterValidator
 
+from bmslice.model.grammar import is_kernel_ifname, matches
 from bmslice.model.topology import canonical_pci_address
 from bmslice.safe_text import shown
 
+# What a spec or fleet file may call an interface: the kernel's rule (grammar.is_kernel_ifname)
+# narrowed to characters no generated file has to quote.
 IFNAME_RE = re.compile(r"^[A-Za-z0-9_.@-]{1,15}$")
 CPU_FEATURE_RE = re.compile(r"^[a-z0-9][a-z0-9_.-]*$")
 
 
-def _check(regex: re.Pattern[str], what: str) -> Callable[[str], str]:
-    def check(value: str) -> str:
-        if not regex.fullmatch(value):
-            raise ValueError(f"{shown(value)} is not {what}")
-        return value
-
-    return check
-
-
 def matching(regex: re.Pattern[str], what: str) -> AfterValidator:
     """For `Annotated[str, matching(RE, "a host name")]`: the value must match `regex`."""
-    return AfterValidator(_check(regex, what))
+    return AfterValidator(matches(regex, what))
+
+
+def ifname(value: str) -> str:
+    if not (IFNAME_RE.fullmatch(value) and is_kernel_ifname(value)):
+        raise ValueError(f"{shown(value)} is not an interface name")
+    return value
 
 
 def device_ref(value: str) -> str:
@@ -40,11 +39,11 @@ def device_ref(value: str) -> str:
     address = canonical_pci_address(value)
     if address:
         return address
-    if ":" in value or not IFNAME_RE.fullmatch(value):
+    if not (IFNAME_RE.fullmatch(value) and is_kernel_ifname(value)):
         raise ValueError(f"{shown(value)} is neither an interface name nor a PCI address like 0000:01:00.0")
     return value
 
 
-IfName = Annotated[str, matching(IFNAME_RE, "an interface name")]
+IfName = Annotated[str, AfterValidator(ifname)]
 CpuFeature = Annotated[str, matching(CPU_FEATURE_RE, "a CPU feature name")]
 DeviceRef = Annotated[str, AfterValidator(device_ref)]

@@ -15,16 +15,28 @@ import re
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, StrictInt, ValidationError, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictInt,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from bmslice.errors import SpecError
 from bmslice.model.fields import CpuFeature, IfName, device_ref, matching
+from bmslice.model.grammar import JUNOS_PORT_RE, canonical_pci, libvirt_uri
 from bmslice.model.input_file import read_yaml, validation_error
 from bmslice.model.spec import (
     MAX_GUEST_CELLS,
+    MAX_NUMA_NODE,
     DiskSpec,
     EmulatorPolicy,
     HostSpec,
@@ -43,7 +55,6 @@ HOST_NAME_RE = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9.-]{0,61}[A-Za-z0-9])?\Z")  #
 CLUSTER_NAME_RE = re.compile(r"^[a-z]([a-z0-9-]{0,22}[a-z0-9])?\Z")
 PREFIX_RE = re.compile(r"^([a-z0-9][a-z0-9-]{0,30})?\Z")
 JUNOS_VLAN_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_.-]{0,62}\Z")
-PORT_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_./:-]{0,63}\Z")
 LABEL_VALUE_RE = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9_.-]{0,61}[A-Za-z0-9])?\Z")  # a Kubernetes label value
 ANY = "any"
 
@@ -66,20 +77,32 @@ class JunosStyle(StrEnum):
 
 
 class RackSpread(StrEnum):
-    SPREAD = "spread"  # place each VM in the rack with the fewest VMs of its cluster and role
+    SPREAD = "spread"  # spread a cluster's VMs of one role evenly over the racks (fewest squares of rack counts)
     ANY = "any"
+
+
+class ControlPlanes(StrEnum):
+    """Where a cluster's control-plane VMs may run relative to each other."""
+
+    APART = "apart"  # distinct hosts, and distinct racks when the control hosts span enough racks
+    ANY = "any"  # stacked if need be (a lab, a cluster that accepts losing its quorum with one server)
 
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-PortName = Annotated[str, matching(PORT_RE, "a switch or port name (letters, digits, '/', ':', '.', '-', '_')")]
+# A switch is named like a host (it names files under fabric/ and an ssh target); a port is a
+# Junos physical interface, never a unit: `set interfaces ge-0/0/9.0 unit 0 ...` is no interface.
+SwitchName = Annotated[str, matching(HOST_NAME_RE, "a switch name (letters, digits, '.', '-')")]
+JunosPort = Annotated[
+    str, matching(JUNOS_PORT_RE, "a Junos physical port such as ge-0/0/9, xe-0/0/1:2 or ae0 (no unit)")
+]
 
 
 class SwitchPort(_Strict):
-    switch: PortName
-    port: PortName
+    switch: SwitchName
+    port: JunosPort
 
 
 class SwitchSpec(_Strict):
@@ -99,9 +122,7 @@ class InventoryHost(_Strict):
     @field_validator("uri")
     @classmethod
     def _uri(cls, value: str) -> str:
-        if "://" not in value:
-            raise ValueError(f"{value!r} is not a libvirt URI such as qemu+ssh://root@server1/system")
-        return value
+        return libvirt_uri(value)
 
     @property
     def is_local(self) -> bool:
@@ -165,6 +186,7 @@ class Workers(VmSize):
 class Spread(_Strict):
     max_per_host: StrictInt = Field(default=1, ge=1, le=4096)  # VMs of one cluster and role on one host
     racks: RackSpread = RackSpread.SPREAD
+    control_planes: ControlPlanes = ControlPlanes.APART
 
 
 class Cluster(_Strict):
@@ -194,7 +216,7 @@ class Fleet(_Strict):
     # put before every VM name: "<prefix><cluster>-worker-<n>"
     vm_prefix: Annotated[str, matching(PREFIX_RE, "a name prefix (lower-case letters, digits, '-')")] = ""
     ssh_keys_file: Path | None = None  # public keys for every guest, one a line
-    switches: dict[PortName, SwitchSpec] = Field(default_factory=dict)  # per switch: its Junos style
+    switches: dict[SwitchName, SwitchSpec] = Field(default_factory=dict)  # per switch: its Junos style
 
     @model_validator(mode="after")
     def _consistent(self) -> Fleet:
@@ -222,16 +244,10 @@ class Fleet(_Strict):
         return self.switches.get(name, SwitchSpec())
 
     def host(self, name: str) -> InventoryHost:
-        for host in self.inventory:
-            if host.name == name:
-                return host
-        raise KeyError(name)
+        return _by_name(self.inventory)[name]
 
     def cluster(self, name: str) -> Cluster:
-        for cluster in self.clusters:
-            if cluster.name == name:
-                return cluster
-        raise KeyError(name)
+        return _by_name(self.clusters)[name]
 
     def vm_name(self, cluster: str, role: Role, index: int) -> str:
         kind = "control" if role is Role.CONTROL else "worker"
@@ -255,6 +271,21 @@ class Fleet(_Strict):
                 )
         _unique("duplicate VM name", [(r.name, r.cluster) for r in out])
         return tuple(out)
+
+
+_Named = TypeVar("_Named", InventoryHost, Cluster)
+_INDEX: dict[int, tuple[tuple[Any, ...], dict[str, Any]]] = {}
+
+
+def _by_name(items: tuple[_Named, ...]) -> dict[str, _Named]:
+    """`items` by name, kept for the tuple itself (a fleet of 1,000 servers is asked often; a
+    copy with other items is another tuple)."""
+    held = _INDEX.get(id(items))
+    if held is None or held[0] is not items:
+        if len(_INDEX) > 64:
+            _INDEX.clear()
+        held = _INDEX[id(items)] = (items, {item.name: item for item in items})
+    return held[1]
 
 
 def _uri_key(uri: str) -> tuple[str, str, str, str]:
@@ -390,10 +421,32 @@ class NodeUsage:
 
 
 @dataclass(frozen=True)
+class Objective:
+    """What the placement minimises, in this order (docs/fleet.md, Placement): VMs of the kept
+    placement moved (only with --allow-move), rack spread (the sum over clusters, roles and racks
+    of the square of the count of the cluster's VMs of that role in the rack), cross-NUMA NIC
+    entries (a passed-through PF or the PF of a VM's VFs on none of the VM's nodes)."""
+
+    moved: int = 0
+    rack_spread: int = 0
+    cross_numa_nics: int = 0
+
+    def values(self) -> tuple[int, int, int]:
+        return (self.moved, self.rack_spread, self.cross_numa_nics)
+
+
+@dataclass(frozen=True)
 class Placement:
     vms: tuple[PlacedVm, ...]
     usage: tuple[NodeUsage, ...] = ()
     notes: tuple[str, ...] = field(default=())
+    # the objective is proven the least possible (else: the best found within the time budget)
+    proven_optimal: bool = False
+    moved: tuple[str, ...] = ()  # VMs of the kept placement now on another host or other nodes
+    objective: Objective | None = None  # None: not known (a placement file of an older bmslice)
+    # the hosts whose share the host planner accepted while placing, with its warnings (not
+    # written to placement.json: a placement read back is planned again)
+    planned: tuple[tuple[str, tuple[str, ...]], ...] = ()
 
     def vm(self, name: str) -> PlacedVm:
         for vm in self.vms:
@@ -433,41 +486,89 @@ def placement_to_dict(placement: Placement) -> dict[str, Any]:
             for vm in placement.vms
         ],
         "notes": list(placement.notes),
+        "proven_optimal": placement.proven_optimal,
+        "moved": list(placement.moved),
+        **({"objective": _objective_dict(placement.objective)} if placement.objective is not None else {}),
     }
+
+
+def _objective_dict(objective: Objective) -> dict[str, int]:
+    return {
+        "moved": objective.moved,
+        "rack_spread": objective.rack_spread,
+        "cross_numa_nics": objective.cross_numa_nics,
+    }
+
+
+# A placement file is bmslice's own output read back: every name in it goes through the same
+# grammar as in the fleet file, so a VM name with a newline cannot start a line of a summary,
+# a spec or a Junos description, and every number is a strict integer in its range.
+NodeId = Annotated[StrictInt, Field(ge=0, le=MAX_NUMA_NODE)]
+GUEST_CORE_RE = re.compile(r"[0-9]{1,4}(?:,[0-9]{1,4})*")  # one host core's guest vCPUs: "0,1"
+
+
+class _NicIn(_Strict):
+    kind: NicKind
+    pf: Annotated[str, AfterValidator(device_ref)]
+    address: Annotated[str, AfterValidator(canonical_pci)]
+    numa_node: NodeId | None = None
+    vlan: StrictInt = Field(ge=1, le=4094)
+    count: StrictInt = Field(default=1, ge=1, le=64)
+
+
+class _PlacedIn(_Strict):
+    name: Annotated[str, matching(DNS_LABEL_RE, "a VM name (a DNS label)")]
+    cluster: Annotated[str, matching(CLUSTER_NAME_RE, "a cluster name")]
+    role: Role
+    index: StrictInt = Field(ge=1, le=100000)
+    host: Annotated[str, matching(HOST_NAME_RE, "a host name")]
+    numa_node: NodeId
+    numa_nodes: tuple[NodeId, ...] = Field(default=(), max_length=MAX_GUEST_CELLS)
+    guest_threads: StrictInt = Field(default=1, ge=1, le=2)
+    guest_cores: tuple[Annotated[str, matching(GUEST_CORE_RE, "guest vCPUs like '0,1'")], ...] = ()
+    nics: tuple[_NicIn, ...] = ()
+
+
+class _ObjectiveIn(_Strict):
+    moved: StrictInt = Field(ge=0)
+    rack_spread: StrictInt = Field(ge=0)
+    cross_numa_nics: StrictInt = Field(ge=0)
+
+
+class _PlacementIn(_Strict):
+    vms: tuple[_PlacedIn, ...]
+    notes: tuple[str, ...] = ()  # written for people; a later run makes its own
+    # the quality of the placement as it was written (absent from files of an older bmslice)
+    proven_optimal: StrictBool = False
+    moved: tuple[Annotated[str, matching(DNS_LABEL_RE, "a VM name (a DNS label)")], ...] = ()
+    objective: _ObjectiveIn | None = None
 
 
 def placement_from_dict(data: Any, origin: str) -> Placement:
     """Read a placement written by `placement_to_dict`; a malformed one is refused, not guessed at."""
+    if not isinstance(data, dict):
+        raise SpecError(f"{origin}: not a bmslice placement (a JSON object with 'vms')")
     try:
-        vms = tuple(
-            PlacedVm(
-                name=str(vm["name"]),
-                cluster=str(vm["cluster"]),
-                role=Role(vm["role"]),
-                index=int(vm["index"]),
-                host=str(vm["host"]),
-                numa_node=int(vm["numa_node"]),
-                numa_nodes=tuple(int(node) for node in vm.get("numa_nodes", [])),
-                guest_threads=int(vm.get("guest_threads", 1)),
-                guest_cores=tuple(
-                    tuple(int(cpu) for cpu in str(core).split(",")) for core in vm.get("guest_cores", [])
-                ),
-                nics=tuple(
-                    NicAssignment(
-                        NicKind(n["kind"]),
-                        str(n["pf"]),
-                        str(n["address"]),
-                        None if n.get("numa_node") is None else int(n["numa_node"]),
-                        int(n["vlan"]),
-                        int(n.get("count", 1)),
-                    )
-                    for n in vm.get("nics", [])
-                ),
-            )
-            for vm in data["vms"]
+        read = _PlacementIn.model_validate(data)
+    except ValidationError as exc:
+        raise validation_error(origin, exc) from None
+    vms = tuple(
+        PlacedVm(
+            name=vm.name,
+            cluster=vm.cluster,
+            role=vm.role,
+            index=vm.index,
+            host=vm.host,
+            numa_node=vm.numa_node,
+            numa_nodes=vm.numa_nodes,
+            guest_threads=vm.guest_threads,
+            guest_cores=tuple(tuple(int(cpu) for cpu in core.split(",")) for core in vm.guest_cores),
+            nics=tuple(NicAssignment(n.kind, n.pf, n.address, n.numa_node, n.vlan, n.count) for n in vm.nics),
         )
-    except (KeyError, TypeError, ValueError) as exc:
-        raise SpecError(f"{origin}: not a bmslice placement ({type(exc).__name__}: {exc})") from None
+        for vm in read.vms
+    )
+    # absent from files of an older bmslice
+    objective = None if read.objective is None else Objective(**read.objective.model_dump())
     seen: set[str] = set()
     for vm in vms:
         spans = vm.numa_nodes
@@ -479,12 +580,13 @@ def placement_from_dict(data: Any, origin: str) -> Placement:
         if vm.name in seen:
             raise SpecError(f"{origin}: VM {vm.name!r} is placed twice; a VM has one place (keep one entry)")
         seen.add(vm.name)
-    return Placement(vms)
+    return Placement(vms, proven_optimal=read.proven_optimal, moved=read.moved, objective=objective)
 
 
 __all__ = [
     "ANY",
     "Cluster",
+    "ControlPlanes",
     "Fleet",
     "InventoryHost",
     "JunosStyle",
@@ -492,6 +594,7 @@ __all__ = [
     "NicKind",
     "NicRequest",
     "NodeUsage",
+    "Objective",
     "PlacedVm",
     "Placement",
     "RackSpread",

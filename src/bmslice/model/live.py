@@ -50,3 +50,26 @@ class LiveDomain:
     emulator_pin: CpuSet | None = None
     iothread_pins: tuple[tuple[int, CpuSet], ...] = ()
     pid: int | None = None
+
+
+@dataclass(frozen=True)
+class HeldSlice:
+    """A domain with bmslice metadata that cannot be read back as a plan, and what libvirt says it holds.
+
+    Its record is hand-edited, truncated, of the wrong types or from another bmslice version;
+    the slice still runs (or will, at the next boot) on these CPUs and devices, so planning
+    keeps clear of them until `destroy` removes it. `cpus`: every CPU its vCPU, emulator and
+    IOThread pins allow (all CPUs when libvirt says it is not pinned); `devices`: PCI addresses
+    of its hostdevs and VF interfaces; `memory_mib`: (host node, MiB) where its memory is bound.
+    """
+
+    name: str
+    why: str
+    cpus: CpuSet
+    devices: tuple[str, ...] = ()
+    memory_mib: tuple[tuple[int, int], ...] = ()
+
+    @property
+    def holds(self) -> str:
+        devices = ", ".join(self.devices) or "none"
+        return f"CPUs {self.cpus or 'none'}, PCI devices {devices}"

@@ -5,7 +5,9 @@ for a command (the CLI):
 
 - cloud-init inputs (SSH key file, password hash file, user-data, seed files) go through
   the bounded reader, so a FIFO, `/dev/zero`, a directory, a binary or a huge file is one
-  line naming the field — before apply creates a volume, not halfway through;
+  line naming the field — before apply creates a volume, not halfway through; user-data
+  goes through the spec's own strict YAML loader (no key twice, no alias bomb, no deep
+  nesting, no million values) and must be a mapping;
 - a disk image must exist when the host is this machine (a remote host's files are for its
   own libvirt to find); its being absolute is checked by the spec model itself.
 """
@@ -16,9 +18,10 @@ import os
 import stat
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 from bmslice.errors import SpecError
-from bmslice.model.input_file import INPUT_LIMIT, MIB, read_input_text
+from bmslice.model.input_file import INPUT_LIMIT, MIB, parse_yaml, read_input_text
 from bmslice.model.spec import Spec
 from bmslice.safe_text import one_line
 
@@ -46,13 +49,27 @@ def cloud_init_files(spec: Spec, base: Path) -> Iterator[tuple[str, Path, int]]:
             yield f"{field}.seed_files.{name}", base / path, SEED_FILE_LIMIT
 
 
+def user_data_mapping(text: str, path: Path) -> dict[str, Any]:
+    """The user's #cloud-config, parsed as strictly as the spec; SpecError naming the file."""
+    data = parse_yaml(text, one_line(str(path)))
+    if not isinstance(data, dict):
+        raise SpecError(f"{one_line(str(path))}: user_data must be a #cloud-config mapping")
+    return data
+
+
 def check_cloud_init_files(spec: Spec, origin: str, base: Path) -> None:
-    """Every cloud-init file is a regular UTF-8 text file within its limit (SpecError naming the field)."""
+    """Every cloud-init file is a regular UTF-8 text file within its limit, and user-data a
+    strict YAML mapping (SpecError naming the field)."""
     for field, path, limit in cloud_init_files(spec, base):
         try:
-            read_input_text(path, field, limit)
+            text = read_input_text(path, field, limit)
         except SpecError as exc:
             raise SpecError(f"{origin}: {exc}") from None
+        if field.endswith(".user_data"):
+            try:
+                user_data_mapping(text, path)
+            except SpecError as exc:
+                raise SpecError(f"{origin}: {field}: {exc}") from None
 
 
 def check_disk_images(spec: Spec, origin: str) -> None:

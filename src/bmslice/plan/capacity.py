@@ -17,6 +17,7 @@ False
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 
@@ -66,10 +67,26 @@ class NodeFree:
     def fits(self, load: Load) -> bool:
         return self.split(load) is not None
 
+    def left_after(self, load: Load) -> NodeFree | None:
+        """What the node has free after `load` (taken as `allocate.py` takes cores), or None."""
+        split = self.split(load)
+        if split is None:
+            return None
+        ones_to_singles, twos_to_singles = split
+        twos, ones = self.twos - twos_to_singles, self.ones - ones_to_singles
+        pairs_on_twos = min(load.pairs, twos)
+        ones -= 2 * (load.pairs - pairs_on_twos)
+        return NodeFree(self.node, twos - pairs_on_twos, ones, self.memory_mib - load.memory_mib, self.smt)
+
     def cores_needed(self, load: Load) -> int:
         """Whole cores `load` takes on a uniform node: a pair is one SMT core, or two cores without SMT."""
         pair_is_one_core = self.twos > 0 or (self.ones == 0 and self.smt)
         return load.singles + (load.pairs if pair_is_one_core else 2 * load.pairs)
+
+    @property
+    def vcpu_room(self) -> int:
+        """The most vCPUs one more VM could have here: a pair per two-thread core, one per one-thread core."""
+        return 2 * self.twos + self.ones
 
     @property
     def uniform(self) -> bool:
@@ -95,3 +112,29 @@ def vm_load(vcpus: int, dedicated_emulator: bool, memory_mib: int) -> Load:
     """The load of one VM. On a node without SMT a pair takes two ones (see `split`)."""
     pairs, odd = divmod(vcpus, 2)
     return Load(singles=odd + int(dedicated_emulator), pairs=pairs, memory_mib=memory_mib)
+
+
+def room_order(free: Sequence[NodeFree], load: Load) -> Callable[[int], tuple[int, ...]]:
+    """A node's rank as a home for `load` by the room it leaves (lower first).
+
+    Best fit: the node with the least room left after taking `load` comes first, so the nodes
+    with the most room keep it for a bigger VM that comes later. Room is counted in vCPUs a VM
+    could still get there (`vcpu_room`: a one-thread core left by an offline sibling holds
+    one vCPU, a two-thread core two), then in memory; nodes that `load` does not fit on alone
+    come last.
+
+    >>> rank = room_order([NodeFree(0, 8, 0, 8192), NodeFree(1, 4, 0, 8192)], Load(0, 2, 1024))
+    >>> sorted([0, 1], key=rank)
+    [1, 0]
+    """
+    by_id = {n.node: n for n in free}
+
+    def rank(node: int) -> tuple[int, ...]:
+        have = by_id.get(node)
+        left = None if have is None else have.left_after(load)
+        if have is None or left is None:
+            return (1, 0, 0, 0)
+        # ties on the room left go to the fuller node (an offline sibling's core used first)
+        return (0, left.vcpu_room, have.vcpu_room, left.memory_mib)
+
+    return rank

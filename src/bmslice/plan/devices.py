@@ -137,10 +137,18 @@ def _require_sriov(pf: PciDevice, field: str, origin: str) -> None:
 
 
 def check_nics(
-    topo: HostTopology, nics: Sequence[ResolvedNic], vf_requests: Sequence[VfRequest], host: HostSpec, origin: str
+    topo: HostTopology,
+    nics: Sequence[ResolvedNic],
+    vf_requests: Sequence[VfRequest],
+    host: HostSpec,
+    origin: str,
+    taken: Mapping[str, str] | None = None,
 ) -> list[str]:
-    """Refuse unsafe assignments (PlanError); return host-level warnings."""
-    owner: dict[str, str] = {}
+    """Refuse unsafe assignments (PlanError); return host-level warnings.
+
+    `taken`: PCI address -> holder, for devices slices outside the spec have (plan/held.py).
+    """
+    owner: dict[str, str] = dict(taken or {})
     for nic in nics:
         if nic.device.address in owner:
             raise PlanError(

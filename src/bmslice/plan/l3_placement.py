@@ -35,12 +35,14 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 
 from bmslice.cpuset import CpuSet
+from bmslice.errors import PlanError
 from bmslice.model.plan import VmPlan
 from bmslice.model.topology import Core, HostTopology
 from bmslice.plan.capacity import Load, NodeFree
 from bmslice.plan.placement import Placement, Request
 
-L3_STEP_LIMIT = 200_000  # past this the layout is the best found, and the plan says so
+L3_STEP_LIMIT = 300  # the depth-first search's steps before CP-SAT takes over (`l3_sat.py`)
+L3_SAT_TIME_LIMIT = 10.0  # CP-SAT's deterministic seconds; past them the best found, and the plan says so
 _NONE = sys.maxsize
 
 Shape = tuple[int, int, int, int]  # (singles, pairs, memory MiB, L3 ways) of a load, hashable and ordered
@@ -82,7 +84,7 @@ class L3Layout:
     numa_optimal: bool  # proven the fewest cross-NUMA NICs
 
 
-def _shape(load: Load, ways: int) -> Shape:
+def shape_of(load: Load, ways: int) -> Shape:
     return (load.singles, load.pairs, load.memory_mib, ways)
 
 
@@ -94,7 +96,7 @@ def _fits(twos: int, ones: int, load: Shape) -> bool:
     return NodeFree(-1, twos, ones, _NONE).fits(Load(load[0], load[1], 0))
 
 
-def _fits_domain(dom: DomainFree, load: Shape) -> bool:
+def fits_domain(dom: DomainFree, load: Shape) -> bool:
     """Cores, and the L3 ways of the VMs that reserve some (a VM wholly in a domain needs them there)."""
     return load[3] <= dom.ways and _fits(dom.twos, dom.ones, load)
 
@@ -134,7 +136,7 @@ class _Search:
         self.steps = 0
         self.weight = len(requests) + 1  # one cross-NUMA NIC outweighs every split VM
         slot_of = {n.free.node: i for i, n in enumerate(nodes)}
-        self.shapes = [_shape(r.load, ways.get(r.name, 0)) for r in requests]
+        self.shapes = [shape_of(r.load, ways.get(r.name, 0)) for r in requests]
         self.choices: list[list[_Choice]] = []
         for req, shape in zip(self.requests, self.shapes, strict=True):
             options = []
@@ -145,7 +147,7 @@ class _Search:
                 base = nic_cost * self.weight
                 if self.nodes[slot].several:
                     for d, dom in enumerate(self.nodes[slot].domains):
-                        if _fits_domain(dom, shape):
+                        if fits_domain(dom, shape):
                             options.append((base, rank, d, _Choice(base, slot, d)))
                     options.append((base + 1, rank, _NONE, _Choice(base + 1, slot, None)))
                 else:
@@ -192,7 +194,7 @@ class _Search:
             return _fits(node.free.twos, node.free.ones, split)
         twos = ones = 0
         for dom, load in zip(node.domains, loads, strict=True):
-            if not _fits_domain(dom, load):
+            if not fits_domain(dom, load):
                 return False
             left = leftover(dom.twos, dom.ones, load)
             twos, ones = twos + left[0], ones + left[1]
@@ -285,8 +287,11 @@ def _per_node(
         try:
             found = _Search(own, [node], ways, L3_STEP_LIMIT).layout() if own else ({}, {}, 0)
         except _OutOfSteps:
-            found = None
-        if found is None:  # out of steps: every VM of the node takes cores wherever they are free
+            from bmslice.plan.l3_sat import solve_l3  # imported only when a case needs it (ortools)
+
+            answer = solve_l3(own, [node], ways, L3_SAT_TIME_LIMIT)
+            found = None if answer.nodes is None else (answer.nodes, answer.domains, 0)
+        if found is None:  # nothing found in the budget: every VM of the node takes cores wherever they are free
             domains.update(dict.fromkeys((r.name for r in own), None))
         else:
             domains.update(found[1])
@@ -320,14 +325,40 @@ def place_in_l3(
     try:
         found = _Search(ordered, nodes, ways, L3_STEP_LIMIT).layout()
     except _OutOfSteps:
-        found = None
-    if found is not None:
-        node_of, domains, _ = found
-        return L3Layout(node_of, domains, _split_count(node_of, domains, by_node), True, True)
-    domains = _per_node(ordered, nodes, ways, placed.nodes)
-    return L3Layout(
+        return _complete(ordered, nodes, placed, ways)
+    if found is None:
+        raise PlanError("internal: no L3 layout for a feasible NUMA placement")
+    node_of, domains, _ = found
+    return L3Layout(node_of, domains, _split_count(node_of, domains, by_node), True, True)
+
+
+def _nic_cost(requests: Sequence[Request], node_of: Mapping[str, int]) -> int:
+    return sum(dict(zip(r.candidates, r.costs, strict=True))[node_of[r.name]] for r in requests)
+
+
+def _complete(
+    requests: Sequence[Request], nodes: Sequence[NodeDomains], placed: Placement, ways: Mapping[str, int]
+) -> L3Layout:
+    """CP-SAT's layout where the search ran out of steps; failing a proof, the better of its best and
+    the NUMA placement kept with the fewest split VMs on each node."""
+    from bmslice.plan.l3_sat import solve_l3  # imported only when a case needs it (ortools)
+
+    by_node = {n.free.node: n for n in nodes}
+    answer = solve_l3(requests, nodes, ways, L3_SAT_TIME_LIMIT)
+    if answer.nodes is not None and answer.proven:
+        return L3Layout(answer.nodes, answer.domains, _split_count(answer.nodes, answer.domains, by_node), True, True)
+    domains = _per_node(requests, nodes, ways, placed.nodes)
+    kept = L3Layout(
         dict(placed.nodes), domains, _split_count(placed.nodes, domains, by_node), False, placed.numa_optimal
     )
+    if answer.nodes is None:
+        return kept
+    weight = len(requests) + 1
+    splits = _split_count(answer.nodes, answer.domains, by_node)
+    mine, theirs = _nic_cost(requests, answer.nodes), _nic_cost(requests, placed.nodes)
+    if (mine * weight + splits, 0) < (theirs * weight + kept.splits, 1):
+        return L3Layout(answer.nodes, answer.domains, splits, False, placed.numa_optimal and mine == theirs)
+    return kept
 
 
 def core_l3(topo: HostTopology) -> Callable[[Core], int | None]:

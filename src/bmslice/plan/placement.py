@@ -31,8 +31,9 @@ from math import gcd
 from bmslice.errors import PlanError
 from bmslice.plan.capacity import Load, NodeFree
 
-STEP_LIMIT = 2_000_000  # feasibility: a bound on a pathological search, not a heuristic cut-off
-COST_STEP_LIMIT = 200_000  # improving a found layout's NUMA locality: best effort past this
+STEP_LIMIT = 300  # the depth-first search's steps before CP-SAT takes over (feasibility)
+COST_STEP_LIMIT = 300  # the same for the fewest cross-NUMA NICs
+SAT_TIME_LIMIT = 20.0  # CP-SAT's deterministic seconds: a bound on a pathological case, not a cut-off
 _INFEASIBLE = sys.maxsize
 
 
@@ -303,19 +304,18 @@ def _cost(requests: Sequence[Request], nodes: dict[str, int]) -> int:
 def place(requests: Sequence[Request], nodes: Sequence[NodeFree]) -> Placement | None:
     """VM name -> node for every request, or None when no assignment fits.
 
-    Two searches: first whether any layout exists (NIC preferences ignored, so all nodes of
-    one shape are interchangeable and the answer is exact and quick), then the layout with
-    the fewest cross-NUMA NICs, which stops at the best found within COST_STEP_LIMIT steps.
-    A spec is never refused because the second search ran long.
+    First the depth-first search, within a small budget: whether any layout exists (NIC
+    preferences ignored, so all nodes of one shape are interchangeable and the answer is
+    quick), then the layout with the fewest cross-NUMA NICs. Where either runs out of steps,
+    CP-SAT (`placement_sat.py`) answers the same question completely. A spec is refused only
+    when no layout exists, and never because the search for fewer cross-NUMA NICs ran long
+    (the best layout found is kept, and the Placement says it is not proven the fewest).
     """
     ordered = _order(requests)
     try:
         feasible = _Search(ordered, nodes, use_costs=False).assignment()
     except _OutOfSteps:
-        raise PlanError(
-            f"placement search gave up after {STEP_LIMIT} steps without settling whether the VMs fit; "
-            "pin some VMs with numa_node to narrow it"
-        ) from None
+        return _complete(ordered, nodes)
     if feasible is None:
         return None
     if _cost(ordered, feasible) == sum(r.min_cost for r in ordered):
@@ -323,6 +323,37 @@ def place(requests: Sequence[Request], nodes: Sequence[NodeFree]) -> Placement |
     try:
         best = _Search(ordered, nodes, use_costs=True, step_limit=COST_STEP_LIMIT).assignment()
     except _OutOfSteps:
-        return Placement(feasible, False)
+        return _complete(ordered, nodes, feasible)
     assert best is not None  # a feasible layout exists
     return Placement(best, True)
+
+
+def _complete(
+    requests: Sequence[Request], nodes: Sequence[NodeFree], found: dict[str, int] | None = None
+) -> Placement | None:
+    """CP-SAT's answer where the search ran out of steps (`found`: a layout the search has, if any).
+
+    First a layout with no more cross-NUMA NICs than the lower bound, which is usually there and
+    quick to find (and then the fewest there can be); failing that, the layout with the fewest.
+    """
+    from bmslice.plan.placement_sat import solve
+
+    bound = sum(r.min_cost for r in requests)
+    answer = solve(requests, nodes, use_costs=True, time_limit=SAT_TIME_LIMIT, at_most=bound)
+    if answer.nodes is not None:
+        return Placement(answer.nodes, True)
+    if not any(any(r.costs) or (r.local_sets and not r.strict) for r in requests) and answer.proven:
+        return None  # nothing to count: that was the feasibility question itself
+    answer = solve(requests, nodes, use_costs=True, time_limit=SAT_TIME_LIMIT, hint=found)
+    if answer.nodes is not None:
+        if found is not None and _cost(requests, found) <= _cost(requests, answer.nodes):
+            return Placement(found, answer.proven)
+        return Placement(answer.nodes, answer.proven)
+    if found is not None:
+        return Placement(found, False)
+    if answer.proven:
+        return None
+    raise PlanError(
+        f"placement search gave up after {SAT_TIME_LIMIT:g} s of CP-SAT's work without settling whether the VMs "
+        "fit; pin some VMs with numa_node to narrow it"
+    )

@@ -6,33 +6,41 @@ choices raise PlanError naming the device and the rule.
 
 from __future__ import annotations
 
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 
 from bmslice.cpuset import CpuSet
 from bmslice.errors import PlanError
+from bmslice.model.live import HeldSlice
 from bmslice.model.plan import DeviceAssignment, GuestCell, GuestTopology, HostPlan, NodeHugepages, PfPlan, Plan, VmPlan
 from bmslice.model.sizes import GIB_KIB
 from bmslice.model.spec import EmulatorPolicy, IsolateScope, NicNumaPolicy, Spec, VmSpec
 from bmslice.model.topology import Core, HostTopology
 from bmslice.plan.allocate import Allocation, NodeRequest, allocate_node_l3
 from bmslice.plan.cache_ways import reserve_cache, way_budget
-from bmslice.plan.capacity import NodeFree, vm_load
+from bmslice.plan.capacity import NodeFree, room_order, vm_load
 from bmslice.plan.devices import ResolvedNic, VfRequest, check_nics, numa_warning, resolve_nics, resolve_vf_pools
+from bmslice.plan.held import held_cpus, held_memory, held_vfs, naming_held, taken_devices
 from bmslice.plan.host import kernel_args, missing_args, per_node_hugepages, reserved_cores
 from bmslice.plan.l3_placement import L3Layout, core_l3, l3_ids, node_domains, place_in_l3, with_split_notes
 from bmslice.plan.macs import check_macs
 from bmslice.plan.placement import Request, place
 from bmslice.plan.realtime import realtime_plan
-from bmslice.plan.shortfall import explain
 from bmslice.plan.sriov import assign_vfs
 
 
-def make_plan(topo: HostTopology, spec: Spec, origin: str = "spec", keep: Sequence[VmPlan] = ()) -> Plan:
+def make_plan(
+    topo: HostTopology,
+    spec: Spec,
+    origin: str = "spec",
+    keep: Sequence[VmPlan] = (),
+    held: Sequence[HeldSlice] = (),
+) -> Plan:
     """Plan every VM of `spec` on `topo`; VMs in `keep` (already running) stay where they are.
 
     A kept VM that the spec no longer names still holds its cores (it runs until destroyed).
+    `held`: slices whose recorded plan is unreadable; new VMs go around what they hold (plan/held.py).
     """
     if any(core.threads > 2 for core in topo.cores):
         raise PlanError("cores with more than 2 hardware threads are not supported")
@@ -43,17 +51,25 @@ def make_plan(topo: HostTopology, spec: Spec, origin: str = "spec", keep: Sequen
     }
     nics, vf_requests = resolve_nics(topo, spec.vms, origin, parked)
     vf_pools = resolve_vf_pools(topo, spec.host, origin)
-    warnings = list(topo.warnings) + check_nics(topo, nics, vf_requests, spec.host, origin)
+    spec_names = {vm.name for vm in spec.vms}
+    taken_devs = taken_devices(held, keep, spec_names)  # a refusal over one names its holder
+    warnings = list(topo.warnings) + check_nics(topo, nics, vf_requests, spec.host, origin, taken_devs)
     kept = _kept(topo, spec, keep, reserved, warnings)
-    taken = reserved | CpuSet.union(vm.owned_cpus for vm in kept.values())
+    taken = reserved | CpuSet.union(vm.owned_cpus for vm in kept.values()) | held_cpus(held)
     free_cores = [core for core in topo.cores if core.cpus.isdisjoint(taken)]
-    free = _node_free(topo, spec, free_cores, kept)
+    free = _node_free(topo, spec, free_cores, kept, held_memory(held))
     new_vms = [vm for vm in spec.vms if vm.name not in kept]
     field = {vm.name: f"{origin}: vms[{index}]" for index, vm in enumerate(spec.vms)}
-    requests = [req for vm in new_vms for req in _requests(topo, vm, nics, vf_requests, spec, field[vm.name])]
+    spare = _spare_nics(topo, nics, keep)
+    requests = [
+        req for vm in new_vms for req in _requests(topo, vm, nics, vf_requests, spec, field[vm.name], free, spare)
+    ]
     placed = place(requests, free)
     if placed is None:
-        raise PlanError(_locality_refusal(requests, free) or explain(requests, free))
+        from bmslice.plan.shortfall import explain  # only a refusal needs it
+
+        with naming_held(held):
+            raise PlanError(_locality_refusal(requests, free) or explain(requests, free))
     l3_of = core_l3(topo)
     ways = way_budget(topo, spec, list(kept.values()))
     layout = place_in_l3(requests, node_domains(free, free_cores, l3_of, ways.free), placed, ways.needs)
@@ -70,7 +86,10 @@ def make_plan(topo: HostTopology, spec: Spec, origin: str = "spec", keep: Sequen
     elif not layout.optimal:
         warnings.append("the L3 cache layout is the best found in the search budget, not proven the fewest split VMs")
     allocations = _allocate(free_cores, new_vms, layout, l3_of)
-    vf_devices, pf_plans, vf_warnings = assign_vfs(topo, vf_requests, assignment, list(kept.values()), vf_pools, origin)
+    with naming_held(held):
+        vf_devices, pf_plans, vf_warnings = assign_vfs(
+            topo, vf_requests, assignment, list(kept.values()), vf_pools, origin, held_vfs(topo, held)
+        )
     check_macs(topo, vf_devices, list(kept.values()), origin)
     vms = tuple(
         _vm_plan(
@@ -92,7 +111,7 @@ def make_plan(topo: HostTopology, spec: Spec, origin: str = "spec", keep: Sequen
     plan_vms = vms + tuple(vm for name, vm in kept.items() if name not in {v.name for v in spec.vms})
     plan_vms, l3_host_masks = reserve_cache(topo, spec, plan_vms, {vm.name for vm in new_vms}, origin)
     vms = plan_vms[: len(vms)]
-    return _with_host(topo, spec, reserved, vms, plan_vms, warnings, pf_plans, l3_host_masks)
+    return _with_host(topo, spec, reserved, vms, plan_vms, warnings, pf_plans, l3_host_masks, held_cpus(held))
 
 
 def _kept(
@@ -148,8 +167,10 @@ def _check_still_fits(old: VmPlan, vm: VmSpec) -> None:
         )
 
 
-def _node_free(topo: HostTopology, spec: Spec, free_cores: Sequence[Core], kept: dict[str, VmPlan]) -> list[NodeFree]:
-    kept_mem: dict[int, int] = defaultdict(int)
+def _node_free(
+    topo: HostTopology, spec: Spec, free_cores: Sequence[Core], kept: dict[str, VmPlan], held_mem: Mapping[int, int]
+) -> list[NodeFree]:
+    kept_mem: dict[int, int] = defaultdict(int, held_mem)
     for vm in kept.values():
         for on, mib in vm.memory_by_node().items():
             kept_mem[on] += mib
@@ -176,8 +197,17 @@ def _requests(
     vf_requests: Sequence[VfRequest],
     spec: Spec,
     field: str,
+    free: Sequence[NodeFree],
+    spare: Mapping[int, int],
 ) -> list[Request]:
-    """The placement requests of one VM (`field`: how refusals name it, "spec.yaml: vms[2]")."""
+    """The placement requests of one VM (`field`: how refusals name it, "spec.yaml: vms[2]").
+
+    Candidate nodes come in the order the placement search tries them, so among layouts equal
+    in everything else the first in this order is chosen: fewest cross-NUMA NICs first, then
+    the fewest NICs no VM passes through yet (`spare`: a node with one is kept for a VM that
+    will want it), then the node that leaves the least room after this VM (`room_order`: best
+    fit, so the roomiest nodes stay whole for bigger VMs to come), then the lowest id.
+    """
     node_ids = sorted(n.id for n in topo.numa_nodes if n.cpus)
     # Each NIC entry: the nodes that would make it local (empty: locality unknown, no preference).
     local_sets = [frozenset({n.device.numa_node}) for n in nics if n.vm == vm.name and n.device.numa_node is not None]
@@ -195,8 +225,9 @@ def _requests(
                 f"{len(node_ids)} with CPUs ({', '.join(map(str, node_ids))})"
             )
         # Its NIC nodes first: the search tries them first and usually stops there.
-        ordered = tuple(sorted(node_ids, key=lambda n: (cost(n), n)))
         share, memory = vm.vcpus // vm.numa_nodes, vm.memory // vm.numa_nodes
+        room = room_order(free, vm_load(share, dedicated, memory))
+        ordered = tuple(sorted(node_ids, key=lambda n: (cost(n), room(n), n)))  # its shares go to several anyway
         return [
             Request(
                 part_name(vm.name, part),
@@ -216,7 +247,8 @@ def _requests(
             raise PlanError(f"{vm.name}: numa_node {vm.numa_node} does not exist or has no CPUs (nodes: {node_ids})")
         candidates = [vm.numa_node]
     else:
-        candidates = sorted(node_ids, key=lambda n: (cost(n), n))
+        room = room_order(free, vm_load(vm.vcpus, dedicated, vm.memory))
+        candidates = sorted(node_ids, key=lambda n: (cost(n), spare.get(n, 0), room(n), n))
     if spec.host.nic_numa_policy is NicNumaPolicy.REQUIRE and nic_nodes:
         local = [n for n in candidates if cost(n) == 0]
         if not local:
@@ -227,6 +259,21 @@ def _requests(
         candidates = local
     load = vm_load(vm.vcpus, dedicated, vm.memory)
     return [Request(vm.name, load, tuple(candidates), tuple(cost(n) for n in candidates))]
+
+
+def _spare_nics(topo: HostTopology, nics: Sequence[ResolvedNic], keep: Sequence[VmPlan]) -> Counter[int]:
+    """Per node, the NICs (physical functions) that neither the spec nor a running VM passes
+    through and that do not carry the host's default route: a later VM may want them there."""
+    taken = {n.device.address for n in nics} | {d.address for vm in keep for d in vm.devices}
+    return Counter(
+        dev.numa_node
+        for dev in topo.pci_devices
+        if dev.is_network
+        and dev.physfn is None
+        and dev.numa_node is not None
+        and dev.address not in taken
+        and topo.default_route_interface not in dev.interfaces
+    )
 
 
 def _locality_refusal(requests: Sequence[Request], free: Sequence[NodeFree]) -> str | None:
@@ -423,11 +470,12 @@ def _with_host(
     warnings: list[str],
     pf_plans: tuple[PfPlan, ...],
     l3_host_masks: tuple[tuple[int, int], ...],
+    held_on: CpuSet,
 ) -> Plan:
     if spec.host.isolate is IsolateScope.ALL:
         isolated = topo.online_cpus - reserved
-    else:
-        isolated = CpuSet.union(vm.owned_cpus for vm in all_vms)
+    else:  # a held slice's CPUs too: it runs there until destroyed
+        isolated = CpuSet.union(vm.owned_cpus for vm in all_vms) | (held_on & topo.online_cpus) - reserved
     hugepages = _hugepages(all_vms)
     realtime = any(vm.realtime is not None for vm in all_vms)
     passthrough = any(vm.devices for vm in all_vms)

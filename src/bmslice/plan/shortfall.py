@@ -31,8 +31,14 @@ def _alone(req: Request, nodes: Mapping[int, NodeFree]) -> str | None:
     return message
 
 
+def _nearest_first(req: Request) -> list[int]:
+    """The VM's candidate nodes, fewest cross-NUMA NICs first, then by id: the order messages name
+    them in (the search's own order also weighs the room each node would keep)."""
+    return [node for _, node in sorted(zip(req.costs, req.candidates, strict=True))]
+
+
 def _alone_text(req: Request, nodes: Mapping[int, NodeFree]) -> str | None:
-    candidates = [nodes[n] for n in req.candidates if n in nodes]
+    candidates = [nodes[n] for n in _nearest_first(req) if n in nodes]
     if any(node.fits(req.load) for node in candidates):
         return None
     name = req.label
@@ -139,7 +145,7 @@ def explain(requests: Sequence[Request], free: Sequence[NodeFree]) -> str:
     total = Load()
     for req in requests:
         total = total + req.load
-    need = sum(n.cores_needed(r.load) for r in requests for n in [nodes[r.candidates[0]]])
+    need = sum(n.cores_needed(r.load) for r in requests for n in [nodes[_nearest_first(r)[0]]])
     have = sum(n.cores for n in free)
     per_node = ", ".join(f"node {n.node}: {n.cores} cores, {n.memory_mib} MiB" for n in free)
     if need > have:

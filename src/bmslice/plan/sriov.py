@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import hashlib
 from collections import defaultdict
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from bmslice.errors import PlanError
@@ -49,7 +49,11 @@ class _PfState:
 
 
 def _pf_states(
-    topo: HostTopology, requests: Sequence[VfRequest], kept: Sequence[VmPlan], pools: Mapping[str, int]
+    topo: HostTopology,
+    requests: Sequence[VfRequest],
+    kept: Sequence[VmPlan],
+    pools: Mapping[str, int],
+    held: Mapping[str, Collection[int]],
 ) -> dict[str, _PfState]:
     states: dict[str, _PfState] = {}
     for req in requests:
@@ -60,6 +64,9 @@ def _pf_states(
         for dev in vm.devices:
             if dev.type == "vf" and dev.pf in states and dev.vf_index is not None:
                 states[dev.pf].used.add(dev.vf_index)
+    for address, indices in held.items():
+        if address in states:
+            states[address].used.update(indices)
     for state in states.values():
         for index, address in enumerate(state.pf.virtfns):
             vf = topo.pci(address)
@@ -113,12 +120,14 @@ def assign_vfs(
     kept: Sequence[VmPlan],
     pools: Mapping[str, int],
     origin: str,
+    held: Mapping[str, Collection[int]] | None = None,
 ) -> tuple[dict[str, list[DeviceAssignment]], tuple[PfPlan, ...], dict[str, list[str]]]:
     """VF devices per VM (spec order), the VF count each PF needs, and per-VM warnings.
 
-    `pools`: host.sriov_vfs by PF address (`resolve_vf_pools`).
+    `pools`: host.sriov_vfs by PF address (`resolve_vf_pools`); `held`: VF indices per PF
+    that slices with unreadable metadata use (plan/held.py).
     """
-    states = _pf_states(topo, requests, kept, pools)
+    states = _pf_states(topo, requests, kept, pools, held or {})
     devices: dict[str, list[DeviceAssignment]] = defaultdict(list)
     warnings: dict[str, list[str]] = defaultdict(list)
     for req in requests:

@@ -15,6 +15,8 @@ from bmslice.cpuset import CpuSet
 from bmslice.model.plan import GuestTopology, VmPlan, plan_to_dict
 
 BMSLICE_NS = "https://bmslice.dev/xmlns/slice/1"
+# Every version's namespace starts so: a domain carrying another version's record is still a slice.
+BMSLICE_NS_PREFIX = "https://bmslice.dev/xmlns/slice/"
 _UUID_NAMESPACE = uuid.UUID("6f1d3c1e-5b1a-4f53-9a51-6d8c0b6a4e01")
 
 
@@ -33,7 +35,7 @@ class Disk:
 class VfInterface:
     """An SR-IOV VF given to the guest as <interface type='hostdev'> (MAC and VLAN set by libvirt)."""
 
-    address: str | None  # None: planned by (PF, index), resolved at apply time (the XML says so)
+    address: str | None  # None: planned by (PF, index), resolved at apply time (no XML until then)
     mac: str
     vlan: int | None = None
 

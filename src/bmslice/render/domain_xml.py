@@ -6,11 +6,23 @@ No policy here: every decision was made in the plan.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from lxml import etree
 
 from bmslice.cpuset import CpuSet
+from bmslice.errors import RenderError
 from bmslice.model.plan import GuestTopology
-from bmslice.render.domain_model import BMSLICE_NS, Disk, Domain, DomainCell, ResctrlTune, VcpuSched, VfInterface
+from bmslice.render.domain_model import (
+    BMSLICE_NS,
+    BMSLICE_NS_PREFIX,
+    Disk,
+    Domain,
+    DomainCell,
+    ResctrlTune,
+    VcpuSched,
+    VfInterface,
+)
 
 _E = etree.Element
 _Sub = etree.SubElement
@@ -27,11 +39,9 @@ def _vf_interface(devices: etree._Element, vf: VfInterface, port: int | None = N
     el = _Sub(devices, "interface", type="hostdev", managed="yes")
     _Sub(el, "mac", address=vf.mac)
     _Sub(el, "driver", name="vfio")
-    source = _Sub(el, "source")
-    if vf.address is None:
-        source.append(etree.Comment(" the VF's PCI address is resolved at apply time, once the VF exists "))
-    else:
-        _pci_address(source, vf.address, type="pci")
+    if vf.address is None:  # render_plan refuses such a plan, apply resolves the address first
+        raise RenderError("a VF interface without its PCI address: libvirt rejects it")
+    _pci_address(_Sub(el, "source"), vf.address, type="pci")
     if vf.vlan is not None:
         _Sub(_Sub(el, "vlan"), "tag", id=str(vf.vlan))
     _guest_address(el, port)
@@ -405,3 +415,25 @@ def from_xml(text: str | bytes) -> Domain:
         cells=_read_cells(root),
         device_cells=_read_device_cells(root),
     )
+
+
+@dataclass(frozen=True)
+class SliceMetadata:
+    """A domain's bmslice metadata element as libvirt keeps it: any version's, any content."""
+
+    namespace: str  # BMSLICE_NS for a record this version reads
+    text: str  # the record: plan JSON
+    elements: int  # child elements, which no bmslice version writes
+
+
+def slice_metadata(text: str | bytes) -> SliceMetadata | None:
+    """The bmslice element of a domain's <metadata> (None: the domain is not a slice)."""
+    parser = etree.XMLParser(resolve_entities=False, no_network=True)
+    root = etree.fromstring(text.encode() if isinstance(text, str) else text, parser)
+    for el in root.iterfind("metadata/*"):
+        if not isinstance(el.tag, str):  # a comment
+            continue
+        namespace = etree.QName(el).namespace or ""
+        if namespace.startswith(BMSLICE_NS_PREFIX):
+            return SliceMetadata(namespace, el.text or "", len(el))
+    return None

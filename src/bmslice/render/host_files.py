@@ -19,11 +19,13 @@ from collections import defaultdict
 from dataclasses import dataclass, replace
 
 from bmslice.model.distro import qemu_binaries
+from bmslice.model.grammar import driver_name, in_file, is_module_name, pci_id
 from bmslice.model.plan import DeviceAssignment, Plan
 from bmslice.model.sizes import GIB_KIB
 from bmslice.model.topology import HostTopology
 from bmslice.render import systemd_units
 from bmslice.render.artifacts import kernel_args_line
+from bmslice.render.exporter_unit import EXPORTER_UNIT_PATH, ExporterUnit, exporter_unit
 from bmslice.render.resctrl_files import resctrl_files
 from bmslice.render.sriov_files import sriov_host_files
 from bmslice.render.systemd_units import HEADER, LIBVIRT_UNITS, UNIT_DIR, libvirt_dropin_path
@@ -254,27 +256,82 @@ CPU_PARTITIONING_BLACKLIST = (
     "^rte_mp_async$",
     "^eal-intr-thread$",
 )
+# What realtime-virtual-host (tuned 2.20, with realtime and network-latency under it) puts there from
+# its variables file (TUNED_REALTIME: isolate_managed_irq=Y gives isolcpus=managed_irq,domain,...):
+# cpu-partitioning's plain isolcpus= would drop the flags a realtime plan needs. Its irqaffinity is
+# every CPU it does not isolate; the profile sets that variable to the plan's own (the host's CPUs).
+REALTIME_HOST_ARGS = frozenset(
+    {"isolcpus", "nohz_full", "rcu_nocbs", "irqaffinity", "nosoftlockup", "skew_tick", "tsc", "intel_pstate"}
+)
+REALTIME_HOST_BLACKLIST = (
+    r"^\[ksoftirqd",
+    r"^\[ktimers",
+    r"^\[rcuc",
+    r"^\[rcub",
+    r"^\[ktimersoftd",
+    "pmd",
+    "PMD",
+    "^DPDK",
+    "qemu-kvm",
+)
 COMM_LENGTH = 15  # a process's comm (what tuned matches) is its name cut to 15 characters (TASK_COMM_LEN)
 
 
+@dataclass(frozen=True)
+class TunedBase:
+    """The tuned profile bmslice's own includes: what it sets on the command line and its ps_blacklist."""
+
+    name: str
+    args: frozenset[str]
+    blacklist: tuple[str, ...]
+    variables: str  # the variables file it reads (rendered by host-config)
+    lacks: str  # which of a plan's args it never sets, for the profile's comment
+
+
+def tuned_base(plan: Plan) -> TunedBase:
+    """realtime-virtual-host for a plan with realtime VMs (its sysctls, its isolcpus flags); else cpu-partitioning."""
+    if any(vm.realtime is not None for vm in plan.vms):
+        return TunedBase(
+            "realtime-virtual-host",
+            REALTIME_HOST_ARGS,
+            REALTIME_HOST_BLACKLIST,
+            TUNED_REALTIME,
+            "IOMMU, hugepage or NMI watchdog args",
+        )
+    return TunedBase(
+        "cpu-partitioning", CPU_PARTITIONING_ARGS, CPU_PARTITIONING_BLACKLIST, TUNED, "IOMMU, IRQ or hugepage args"
+    )
+
+
 def tuned_remaining_args(plan: Plan) -> tuple[str, ...]:
-    return tuple(a for a in plan.host.kernel_args if a.partition("=")[0] not in CPU_PARTITIONING_ARGS)
+    """The plan's args its tuned base profile does not set: what bmslice's profile adds."""
+    base = tuned_base(plan).args
+    return tuple(a for a in plan.host.kernel_args if a.partition("=")[0] not in base)
 
 
 def _tuned_profile(plan: Plan, topo: HostTopology) -> str:
     # tuned's scheduler plugin moves every process off the isolated CPUs except those whose comm
-    # matches ps_blacklist; cpu-partitioning names only RHEL's qemu-kvm, so on Debian it would move
+    # matches ps_blacklist; the base profiles name only RHEL's qemu-kvm, so on Debian it would move
     # the slices' vCPU threads (qemu-system-x86_64 runs as "qemu-system-x86").
+    base = tuned_base(plan)
     qemu = [f"^{name[:COMM_LENGTH]}" for name in qemu_binaries(topo.distro)]
-    blacklist = list(dict.fromkeys([*CPU_PARTITIONING_BLACKLIST, *qemu]))
+    blacklist = list(dict.fromkeys([*base.blacklist, *qemu]))
+    variables = ""
+    if base.name == "realtime-virtual-host":
+        variables = (
+            "\n[variables]\n"
+            "# irqaffinity= of realtime-virtual-host: the host's own CPUs, as the plan has it\n"
+            f"non_isolated_cores={plan.host.reserved_cpus}\n"
+        )
     return (
         HEADER + "# For hosts that use tuned instead of the GRUB drop-in (use one or the other): `tuned-adm profile\n"
-        "# bmslice`. cpu-partitioning isolates the CPUs of /etc/tuned/cpu-partitioning-variables.conf\n"
-        "# (isolcpus, nohz_full, rcu_nocbs) but adds no IOMMU, IRQ or hugepage args: this profile adds them,\n"
+        f"# bmslice`. {base.name} isolates the CPUs of /{base.variables}\n"
+        f"# (isolcpus, nohz_full, rcu_nocbs) but adds no {base.lacks}: this profile adds them,\n"
         f"# and keeps tuned off the QEMU processes of this distribution ({topo.distro}).\n"
         "[main]\n"
-        "summary=bmslice: cpu-partitioning plus the rest of the slicing plan's boot args\n"
-        "include=cpu-partitioning\n"
+        f"summary=bmslice: {base.name} plus the rest of the slicing plan's boot args\n"
+        f"include={base.name}\n"
+        f"{variables}"
         "\n[bootloader]\n"
         f"cmdline_bmslice=+{' '.join(tuned_remaining_args(plan))}\n"
         "\n[scheduler]\n"
@@ -314,8 +371,13 @@ def _passthrough(plan: Plan) -> list[tuple[str, DeviceAssignment]]:
     )
 
 
-def _pci_id(vendor: str, device: str) -> str:
+def _id_text(vendor: str, device: str) -> str:
     return f"{vendor.lower().removeprefix('0x')}:{device.lower().removeprefix('0x')}"
+
+
+def _pci_id(vendor: str, device: str) -> str:
+    """ "8086:1528", the form of `vfio-pci ids=`; an id outside its grammar never reaches modprobe.d."""
+    return _id_text(*(in_file(VFIO_OPTIONS, "PCI id", value, pci_id) for value in (vendor, device)))
 
 
 def _vfio_options(plan: Plan, topo: HostTopology) -> str:
@@ -337,13 +399,13 @@ def _vfio_options(plan: Plan, topo: HostTopology) -> str:
         pid = _pci_id(pci.vendor, pci.device)
         by_id[pid].append(dev.known_address)
         if dev.driver and dev.driver not in ("vfio-pci", "pci-stub"):
-            drivers[pid].add(dev.driver)
+            drivers[pid].add(in_file(VFIO_OPTIONS, "driver", dev.driver, driver_name))
     ids: list[str] = []
     for pid, addresses in sorted(by_id.items()):
         host_kept = [
             d.address
             for d in topo.pci_devices
-            if _pci_id(d.vendor, d.device) == pid and d.address not in addresses and d.physfn is None
+            if _id_text(d.vendor, d.device) == pid and d.address not in addresses and d.physfn is None
         ]
         if host_kept:
             lines.append(
@@ -357,7 +419,10 @@ def _vfio_options(plan: Plan, topo: HostTopology) -> str:
     if ids:
         lines.append(f"options vfio-pci ids={','.join(ids)}\n")
         for driver in sorted({drv for pid in ids for drv in drivers[pid]}):
-            lines.append(f"softdep {driver} pre: vfio-pci\n")
+            if is_module_name(driver):
+                lines.append(f"softdep {driver} pre: vfio-pci\n")
+            else:  # a built-in driver's name may hold '.' or '+': no module by that name to order
+                lines.append(f"# driver {driver} is not a module name: no softdep for it\n")
     return "".join(lines)
 
 
@@ -367,8 +432,9 @@ def _vfio_load(plan: Plan) -> str:
     return HEADER + "vfio-pci\n"
 
 
-def render_host_files(plan: Plan, topo: HostTopology) -> dict[str, str]:
-    """{relative path: text} for every host file; `topo` supplies the PCI IDs of passthrough devices."""
+def render_host_files(plan: Plan, topo: HostTopology, exporter: ExporterUnit | None = None) -> dict[str, str]:
+    """{relative path: text} for every host file; `topo` supplies the PCI IDs of passthrough devices;
+    `exporter`: also the unit that runs `bmslice exporter` (what it runs, where it listens)."""
     files = {
         GRUB_DROPIN: _grub(plan),
         KERNEL_ARGS: kernel_args_line(plan),
@@ -388,4 +454,6 @@ def render_host_files(plan: Plan, topo: HostTopology) -> dict[str, str]:
     files.update(_boot_hugepage_files(plan, topo))
     files.update(sriov_host_files(plan))
     files.update(resctrl_files(plan))
+    if exporter is not None:
+        files[EXPORTER_UNIT_PATH] = exporter_unit(plan, exporter)
     return dict(sorted(files.items()))

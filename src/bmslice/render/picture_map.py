@@ -24,6 +24,8 @@ from bmslice.cpuset import CpuSet
 from bmslice.model.plan import DeviceAssignment, Plan, VmPlan
 from bmslice.model.sizes import format_mib
 from bmslice.model.topology import HostTopology
+from bmslice.plan.room import NodeRoom
+from bmslice.render.node_text import node_text as node_text  # re-exported: report_html imports it from here
 
 
 class Role(StrEnum):
@@ -272,16 +274,19 @@ def _l3_cells(topo: HostTopology, plan: Plan, cores: Sequence[CoreCell]) -> tupl
     return tuple(L3Cell(d, sizes[d], tuple(idx), ways[d]) for d, idx in members.items())
 
 
-def node_text(vm: VmPlan) -> str:
-    """Where a slice sits, for tables: "1", "1 · L3 6 · L3 ways f000 on 6 · MB 40%"."""
-    parts = [",".join(map(str, vm.numa_nodes))]
-    if vm.l3_domains:
-        parts.append(f"L3 {','.join(map(str, vm.l3_domains))}")
-    if vm.cache is not None and vm.cache.ways:
-        parts.append("L3 ways " + ", ".join(f"{w.mask:x} on {w.cache_id}" for w in vm.cache.ways))
-    if vm.cache is not None and vm.cache.memory_bandwidth is not None:
-        parts.append(f"MB {vm.cache.memory_bandwidth}%")
-    return " · ".join(parts)
+def shape_label(shape: str, pic: PictureMap) -> str:
+    """A shape as the picture tags it: the letters of its VMs ("A/B"), else its own name (a --vm shape)."""
+    letters = {vm.name: vm.letter for vm in pic.vms}
+    names = shape.split(", ")
+    return "/".join(letters[name] for name in names) if all(name in letters for name in names) else shape
+
+
+def room_text(node: NodeRoom, pic: PictureMap) -> str:
+    """What a node has left, as its panel says it: "room: 3 free cores, 20GiB · more fit here: A/B 1, C 2"."""
+    memory = format_mib(node.memory_mib) if node.memory_mib > 0 else "0MiB"
+    cores = f"{node.cores} free core{'' if node.cores == 1 else 's'}"
+    fits = ", ".join(f"{shape_label(shape, pic)} {count}" for shape, count in node.fits)
+    return f"room: {cores}, {memory}" + (f" · more fit here: {fits}" if fits else "")
 
 
 def nic_notes(nic: Nic, pic: PictureMap) -> list[str]:

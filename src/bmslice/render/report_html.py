@@ -14,7 +14,8 @@ from bmslice.cpuset import CpuSet
 from bmslice.model.plan import AT_APPLY, Plan, VmPlan
 from bmslice.model.sizes import format_mib
 from bmslice.model.topology import HostTopology
-from bmslice.render.picture_map import node_text, picture_map, vm_letter
+from bmslice.plan.room import MIX, Room
+from bmslice.render.picture_map import node_text, picture_map, shape_label, vm_letter
 from bmslice.render.picture_svg import plural, svg_element, vm_colour
 from bmslice.safe_text import one_line
 
@@ -102,8 +103,41 @@ def _pin_rows(vm: VmPlan) -> list[list[str]]:
     return rows
 
 
-def render_report(topo: HostTopology, plan: Plan, spec_name: str = "") -> bytes:
-    """The HTML report as UTF-8 bytes (an HTML5 document)."""
+def _room(body: etree._Element, room: Room, pic_labels: dict[str, str]) -> None:
+    """Free room: per node what is left and what fits on it alone; per shape how many more fit."""
+    _el(body, "h2", "Free room")
+    _table(
+        body,
+        ("NUMA node", "free cores", "free memory", "more fit on it alone"),
+        [
+            [
+                str(node.node),
+                str(node.cores),
+                format_mib(node.memory_mib) if node.memory_mib > 0 else "0MiB",
+                ", ".join(f"{pic_labels.get(shape, shape)} {count}" for shape, count in node.fits) or "-",
+            ]
+            for node in room.nodes
+        ],
+        cls="room",
+    )
+    _table(
+        body,
+        ("shape", "more fit", "runs out first", "one more is refused"),
+        [
+            [
+                "one of each VM" if r.shape == MIX else f"{pic_labels.get(r.shape, r.shape)} ({r.shape})",
+                str(r.more),
+                ", ".join(r.limits) or "-",
+                r.refusal,
+            ]
+            for r in room.shapes
+        ],
+        cls="shapes",
+    )
+
+
+def render_report(topo: HostTopology, plan: Plan, spec_name: str = "", room: Room | None = None) -> bytes:
+    """The HTML report as UTF-8 bytes (an HTML5 document); `room`: with the free room (bmslice capacity)."""
     pic = picture_map(topo, plan)
     host_name = topo.hostname or "host"
     html = etree.Element("html", lang="en")
@@ -156,6 +190,9 @@ def render_report(topo: HostTopology, plan: Plan, spec_name: str = "") -> bytes:
     )
     _el(body, "h3", "Kernel args")
     _el(body, "pre", " ".join(host.kernel_args))
+
+    if room is not None:
+        _room(body, room, {shape.shape: shape_label(shape.shape, pic) for shape in room.shapes})
 
     _el(body, "h2", "Pins")
     for index, vm in enumerate(plan.vms):

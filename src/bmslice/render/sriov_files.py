@@ -12,7 +12,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from bmslice.model.grammar import canonical_pci, in_file, matches
 from bmslice.model.plan import PfPlan, Plan
+from bmslice.model.spec import VM_NAME_RE
 from bmslice.render.systemd_units import LIBVIRT_UNITS
 
 UDEV_RULES_PATH = "etc/udev/rules.d/70-bmslice-sriov.rules"
@@ -27,6 +29,7 @@ HOOK_RELOAD = (
     "slice starts"
 )
 
+_VM_NAME = matches(VM_NAME_RE, "a domain name")
 _WRITTEN = "# Written by bmslice from the slicing plan; bmslice apply and host-apply rewrite it."
 
 
@@ -41,9 +44,10 @@ def udev_rules(pfs: Sequence[PfPlan]) -> str:
         "# Matched on each PF's network interface, which appears once the PF's driver is bound.",
     ]
     for pf in sorted(pfs, key=lambda p: p.address):
+        address = in_file(UDEV_RULES_PATH, "PF", pf.address, canonical_pci)
         lines.append(
-            f'ACTION=="add", SUBSYSTEM=="net", KERNELS=="{pf.address}", SUBSYSTEMS=="pci", '
-            f'ATTR{{device/sriov_numvfs}}="{pf.numvfs}"'
+            f'ACTION=="add", SUBSYSTEM=="net", KERNELS=="{address}", SUBSYSTEMS=="pci", '
+            f'ATTR{{device/sriov_numvfs}}="{int(pf.numvfs)}"'
         )
     return "\n".join(lines) + "\n"
 
@@ -63,7 +67,11 @@ def vf_settings(plan: Plan) -> str:
         for dev in vm.devices:
             if dev.type == "vf" and dev.pf is not None and dev.vf_index is not None:
                 trust, spoofchk = _on_off(dev.trust, False), _on_off(dev.spoofchk, True)
-                lines.append(f"{vm.name} {dev.pf} {dev.vf_index} {trust} {spoofchk}")
+                # The hook reads each line as five words: a name or PF with a space or a newline in it
+                # would shift them (or start a line for another domain).
+                name = in_file(VF_SETTINGS_PATH, "domain", vm.name, _VM_NAME)
+                pf = in_file(VF_SETTINGS_PATH, "PF", dev.pf, canonical_pci)
+                lines.append(f"{name} {pf} {int(dev.vf_index)} {trust} {spoofchk}")
     return "\n".join(lines) + "\n"
 
 

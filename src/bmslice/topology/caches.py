@@ -38,8 +38,9 @@ def _index_dirs(fs: FsRoot, cpu: int) -> list[str]:
 def read_l3_domains(fs: FsRoot, cpus: Sequence[Cpu]) -> tuple[CacheDomain, ...]:
     """Every L3 instance of the online CPUs, ordered by id; () when sysfs shows no caches."""
     found: dict[CpuSet, tuple[int | None, int]] = {}  # shared CPUs -> (kernel id, size KiB)
+    dirs = set(fs.listdir(CPU_DIR))  # one listing, not a failed lookup per CPU without a directory
     for cpu in cpus:
-        if not cpu.online:
+        if not cpu.online or f"cpu{cpu.id}" not in dirs:
             continue  # an offline CPU has no cache directory
         for rel in _index_dirs(fs, cpu.id):
             if fs.read_int(f"{rel}/level") != L3_LEVEL or fs.read_line(f"{rel}/type") == "Instruction":

@@ -72,6 +72,15 @@ class FsRoot:
 
         Raises TreeError when the chain of links is longer than Linux would follow (a loop).
         """
+        return Path(self._resolved(rel))
+
+    def _resolved(self, rel: str) -> str:
+        """`resolve` as a string: readers of many small files (a host's /proc) skip building Paths."""
+        return self._base + "/" + self.real(rel)
+
+    def real(self, rel: str) -> str:
+        """`rel` with every symlink followed inside the root: a path below the root that holds no link
+        (what a writer walks without following any)."""
         pending = list(reversed(rel.split("/")))
         current: list[str] = []
         hops = 0
@@ -96,7 +105,7 @@ class FsRoot:
             if target.startswith("/"):
                 current = []
             pending.extend(reversed(target.split("/")))
-        return Path(self._base + "/" + "/".join(current))
+        return "/".join(current)
 
     def display(self, rel: str) -> str:
         return str(self.root / rel.lstrip("/"))
@@ -113,14 +122,46 @@ class FsRoot:
         Raises TreeError for a FIFO, socket or device node and for a file larger than `limit`,
         IsADirectoryError for a directory; other OSErrors (permission denied) reach the caller.
         """
-        path = self.resolve(rel)
+        if not self._base:
+            return self._read_live(rel, limit)
+        # The directory through the resolver, the file itself by its lstat: a link there is resolved too.
+        parent, _, name = rel.rpartition("/")
+        path = self._resolved(rel) if name in ("", ".", "..") else f"{self._resolved(parent)}/{name}"
         try:
             before = os.lstat(path)
+            if stat.S_ISLNK(before.st_mode):
+                path = self._resolved(rel)
+                before = os.lstat(path)
         except (FileNotFoundError, NotADirectoryError):
             return None
         self._check_regular(rel, before.st_mode)
         # O_NONBLOCK: should a FIFO be swapped in after the lstat, open() still returns at once.
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC)
+        try:
+            now = os.fstat(fd)
+            self._check_regular(rel, now.st_mode)
+            if (now.st_dev, now.st_ino) != (before.st_dev, before.st_ino):
+                raise TreeError(f"{self.display(rel)}: replaced while being read; refused")
+            return self._read_bounded(rel, fd, limit)
+        finally:
+            os.close(fd)
+
+    def _read_live(self, rel: str, limit: int) -> bytes | None:
+        """read_bytes below the live "/": the kernel's own resolution of links is the resolver's (no link
+        leads outside "/"), so stat() does what resolve and lstat do for a tree. The file is checked to
+        be a regular one before it is opened (opening a device can act: a watchdog starts), again once
+        open (O_NONBLOCK: a FIFO swapped in cannot block), and read up to `limit`. The exporter reads
+        thousands of /proc files a scrape this way."""
+        path = "/" + rel.lstrip("/")
+        try:
+            before = os.stat(path)
+        except (FileNotFoundError, NotADirectoryError):
+            return None
+        self._check_regular(rel, before.st_mode)
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        except (FileNotFoundError, NotADirectoryError):
+            return None  # gone since (a thread that ended)
         try:
             now = os.fstat(fd)
             self._check_regular(rel, now.st_mode)
@@ -199,7 +240,7 @@ class FsRoot:
 
     def listdir(self, rel: str) -> list[str]:
         try:
-            return sorted(os.listdir(self.resolve(rel)))
+            return sorted(os.listdir(self._resolved(rel)))
         except OSError:
             return []
 

@@ -12,15 +12,27 @@ those stay empty and `HostTopology.warnings` says so.
 
 from __future__ import annotations
 
+import math
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import replace
 
 from lxml import etree
 
-from bmslice.cpuset import CpuSet
+from bmslice.cpuset import MAX_CPU_ID, CpuSet
 from bmslice.errors import TopologyError
-from bmslice.model.topology import CacheDomain, Cpu, HostTopology, Hugepages, NetInterface, NumaNode, PciDevice
+from bmslice.model.grammar import kernel_ifname, link_address
+from bmslice.model.topology import (
+    CacheDomain,
+    Cpu,
+    HostTopology,
+    Hugepages,
+    NetInterface,
+    NumaNode,
+    PciDevice,
+    canonical_pci_address,
+)
+from bmslice.safe_text import shown
 from bmslice.topology.caches import l3_domains
 
 PACKAGE_TYPES = ("Package", "Socket")  # "Socket" is hwloc < 1.11's name for a package
@@ -28,7 +40,16 @@ NETWORK_OSDEV = "2"  # HWLOC_OBJ_OSDEV_NETWORK: kernel netdevs (not OpenFabrics 
 
 # "0200 [8086:1572] [8086:0006] 02": class+subclass, [vendor:device], [subsystem], revision.
 _PCI_TYPE = re.compile(r"^([0-9a-fA-F]{4}) \[([0-9a-fA-F]{4}):([0-9a-fA-F]{4})\]")
-_PCI_BUSID = re.compile(r"[0-9a-fA-F]{4,8}:[0-9a-fA-F]{2}:[0-9a-fA-F]{2}\.[0-7]")
+
+# Numbers as hwloc writes them (%u, %llu): ASCII digits, nothing else ("8GB", "-1", "NaN" and
+# "1e999" are not numbers of an export). Bounds are what the value can mean.
+_DIGITS = re.compile(r"[0-9]{1,20}")
+# hwloc 1.x writes NUMA latencies as "%f": digits, an optional fraction and exponent.
+_DECIMAL = re.compile(r"[0-9]{1,20}(?:\.[0-9]{1,20})?(?:[eE][+-]?[0-9]{1,3})?")
+U32 = 2**32 - 1
+U64 = 2**64 - 1
+MAX_NODE_ID = 1023  # Linux has at most 1024 NUMA nodes (NODES_SHIFT 10)
+MAX_BITMAP_WORDS = (MAX_CPU_ID + 1) // 32  # no cpuset or nodeset names an id above MAX_CPU_ID
 
 # lstopo writes <!DOCTYPE topology SYSTEM "hwloc2.dtd">: never fetch or apply it.
 _PARSER = etree.XMLParser(
@@ -90,12 +111,34 @@ def _parse(xml_text: str | bytes) -> etree._Element:
     return root
 
 
-def _int(element: etree._Element, attr: str) -> int:
-    text = element.get(attr)
-    try:
-        return int(text or "")
-    except ValueError:
-        raise TopologyError(f"hwloc XML: {element.get('type')} object has a bad {attr}={text!r}") from None
+def _where(element: etree._Element) -> str:
+    kind = element.get("type")
+    return f"hwloc XML line {element.sourceline}: {f'{kind} object' if kind else f'<{element.tag}>'}"
+
+
+def _number(text: str | None, where: str, what: str, limit: int) -> int:
+    if text is None or not _DIGITS.fullmatch(text) or int(text) > limit:
+        raise TopologyError(f"{where}: bad {what}={shown(text)}: not a whole number from 0 to {limit}")
+    return int(text)
+
+
+def _int(element: etree._Element, attr: str, limit: int = U32) -> int:
+    """A required unsigned attribute, at most `limit`."""
+    return _number(element.get(attr), _where(element), attr, limit)
+
+
+def _size(element: etree._Element, attr: str) -> int:
+    """A size in bytes (local_memory, cache_size); 0 when absent."""
+    return 0 if element.get(attr) is None else _int(element, attr, U64)
+
+
+def _decimal(element: etree._Element, attr: str, default: str) -> float:
+    """hwloc 1.x's "%f" values: finite and non-negative, never NaN, inf or 1e999."""
+    text = element.get(attr, default)
+    value = float(text) if _DECIMAL.fullmatch(text) else math.nan
+    if not math.isfinite(value) or value > U32:
+        raise TopologyError(f"{_where(element)}: bad {attr}={shown(text)}: not a number from 0 to {U32}")
+    return value
 
 
 def _mask(text: str | None) -> CpuSet:
@@ -106,10 +149,13 @@ def _mask(text: str | None) -> CpuSet:
     words = [w.strip() for w in (text or "").split(",") if w.strip()]
     if words and words[0].lower() == "0xf...f":
         words = words[1:]
-    try:
-        value = int("".join(w.lower().removeprefix("0x").rjust(8, "0") for w in words) or "0", 16)
-    except ValueError:
-        raise TopologyError(f"hwloc XML: bad bitmap {text!r}") from None
+    if len(words) > MAX_BITMAP_WORDS:
+        raise TopologyError(f"hwloc XML: bitmap {shown(text)} names ids above {MAX_CPU_ID}")
+    hexes = [w.lower().removeprefix("0x") for w in words]
+    digits = "".join(h.rjust(8, "0") for h in hexes)
+    if not re.fullmatch(r"[0-9a-f]*", digits) or any(len(h) > 8 for h in hexes):
+        raise TopologyError(f"hwloc XML: bad bitmap {shown(text)}")
+    value = int(digits or "0", 16)
     return CpuSet.from_iter(i for i in range(value.bit_length()) if value >> i & 1)
 
 
@@ -142,8 +188,16 @@ def _nearest(element: etree._Element, types: Iterable[str]) -> etree._Element | 
 # --- CPUs -----------------------------------------------------------------------------
 
 
+def _pu_id(pu: etree._Element) -> int:
+    return _int(pu, "os_index", MAX_CPU_ID)
+
+
+def _node_id(node: etree._Element) -> int:
+    return _int(node, "os_index", MAX_NODE_ID)
+
+
 def _pu_ids(container: etree._Element) -> CpuSet:
-    return CpuSet.from_iter(_int(pu, "os_index") for pu in container.iter("object") if pu.get("type") == "PU")
+    return CpuSet.from_iter(_pu_id(pu) for pu in container.iter("object") if pu.get("type") == "PU")
 
 
 def _pu_node(pu: etree._Element) -> int | None:
@@ -155,11 +209,11 @@ def _pu_node(pu: etree._Element) -> int | None:
     if local:
         return local.min()
     node = _nearest(pu, ("NUMANode",))  # hwloc 1.x without nodesets on PUs
-    return _int(node, "os_index") if node is not None else None
+    return _node_id(node) if node is not None else None
 
 
 def _read_cpu(pu: etree._Element) -> Cpu:
-    pu_id = _int(pu, "os_index")
+    pu_id = _pu_id(pu)
     core = _nearest(pu, ("Core",))
     package = _nearest(pu, PACKAGE_TYPES)
     die = _nearest(pu, ("Die",))
@@ -194,7 +248,7 @@ def _read_l3(objects: list[etree._Element], cpus: list[Cpu]) -> tuple[CacheDomai
     for ordinal, element in enumerate(elements):
         os_index = element.get("os_index")
         cache_id = _int(element, "os_index") if os_index is not None else ordinal
-        found.append((cache_id, _mask(element.get("cpuset")), int(element.get("cache_size") or 0) // 1024))
+        found.append((cache_id, _mask(element.get("cpuset")), _size(element, "cache_size") // 1024))
     return l3_domains(found, cpus)
 
 
@@ -203,18 +257,18 @@ def _read_l3(objects: list[etree._Element], cpus: list[Cpu]) -> tuple[CacheDomai
 
 def _hugepages(node: etree._Element) -> tuple[Hugepages, ...]:
     """Every page_type but the smallest (the base page). hwloc has no free counts: all free."""
-    pools = {_int(p, "size") // 1024: _int(p, "count") for p in node.iterfind("page_type")}
+    pools = {_int(p, "size", U64) // 1024: _int(p, "count", U64) for p in node.iterfind("page_type")}
     if pools:
         del pools[min(pools)]
     return tuple(Hugepages(size, total, total) for size, total in sorted(pools.items()))
 
 
 def _read_node(element: etree._Element, cpus: list[Cpu], distances: dict[int, tuple[int, ...]]) -> NumaNode:
-    node_id = _int(element, "os_index")
+    node_id = _node_id(element)
     return NumaNode(
         id=node_id,
         cpus=CpuSet.from_iter(c.id for c in cpus if c.node == node_id),
-        memory_mib=int(element.get("local_memory") or 0) // (1024 * 1024),
+        memory_mib=_size(element, "local_memory") // (1024 * 1024),
         hugepages=_hugepages(element),
         distances=distances.get(node_id, ()),
     )
@@ -230,7 +284,7 @@ def _read_nodes(
     elements = [o for o in objects if o.get("type") == "NUMANode"]
     if not elements:
         return [_machine_as_node(machine, cpus, warnings)]
-    node_ids = [_int(e, "os_index") for e in elements]
+    node_ids = [_node_id(e) for e in elements]
     distances = _distances_v2(root, node_ids) or _distances_v1(machine, node_ids)
     if not distances and len(node_ids) == 1:
         distances = {node_ids[0]: (10,)}  # hwloc exports no trivial matrix; sysfs would say "10"
@@ -246,7 +300,7 @@ def _machine_as_node(machine: etree._Element, cpus: list[Cpu], warnings: list[st
     return NumaNode(
         id=0,
         cpus=CpuSet.from_iter(c.id for c in cpus),
-        memory_mib=int(machine.get("local_memory") or 0) // (1024 * 1024),
+        memory_mib=_size(machine, "local_memory") // (1024 * 1024),
         hugepages=_hugepages(machine),
         distances=(10,),
     )
@@ -265,8 +319,13 @@ def _distances_v2(root: etree._Element, node_ids: list[int]) -> dict[int, tuple[
     for matrix in root.iter("distances2"):
         if matrix.get("type") != "NUMANode" or matrix.get("indexing", "os") != "os":
             continue
-        order = [int(x) for x in " ".join(i.text or "" for i in matrix.iterfind("indexes")).split()]
-        values = [int(x) for x in " ".join(v.text or "" for v in matrix.iterfind("u64values")).split()]
+        where = _where(matrix)
+        indexes = " ".join(i.text or "" for i in matrix.iterfind("indexes")).split()
+        order = [_number(x, where, "indexes", MAX_NODE_ID) for x in indexes]
+        values = [
+            _number(x, where, "u64values", U32)
+            for x in " ".join(v.text or "" for v in matrix.iterfind("u64values")).split()
+        ]
         if sorted(order) == sorted(node_ids) and len(values) == len(order) ** 2:
             return _rows(values, order)
     return {}
@@ -276,10 +335,14 @@ def _distances_v1(machine: etree._Element, node_ids: list[int]) -> dict[int, tup
     """hwloc 1.x <distances latency_base=B><latency value=V/>...: distance V*B, objects in
     logical order, which for NUMA nodes is the order they appear in the document."""
     for matrix in machine.iter("distances"):
-        values = [float(lat.get("value") or 0) for lat in matrix.iterfind("latency")]
-        if int(matrix.get("nbobjs") or 0) == len(node_ids) and len(values) == len(node_ids) ** 2:
-            base = float(matrix.get("latency_base") or 1)
-            return _rows([round(v * base) for v in values], node_ids)
+        values = [_decimal(lat, "value", "0") for lat in matrix.iterfind("latency")]
+        nbobjs = _int(matrix, "nbobjs") if matrix.get("nbobjs") is not None else 0
+        if nbobjs == len(node_ids) and len(values) == len(node_ids) ** 2:
+            base = _decimal(matrix, "latency_base", "1")
+            distances = [round(v * base) for v in values]
+            if max(distances, default=0) > U32:
+                raise TopologyError(f"{_where(matrix)}: a distance above {U32}")
+            return _rows(distances, node_ids)
     return {}
 
 
@@ -299,13 +362,27 @@ def _pci_node(element: etree._Element) -> int | None:
     return None
 
 
-def _net_children(element: etree._Element) -> list[NetInterface]:
-    address = element.get("pci_busid", "").lower()
-    return [
-        NetInterface(name=osdev.get("name", ""), pci_address=address, mac=(_own_info(osdev, "Address") or None))
-        for osdev in element.iterfind("object")
-        if osdev.get("type") == "OSDev" and osdev.get("osdev_type") == NETWORK_OSDEV
-    ]
+def _checked(element: etree._Element, what: str, value: str, grammar: Callable[[str], str]) -> str:
+    try:
+        return grammar(value)
+    except ValueError as exc:
+        raise TopologyError(f"{_where(element)}: {what}: {exc}; refused") from None
+
+
+def _net_children(element: etree._Element, address: str) -> list[NetInterface]:
+    out = []
+    for osdev in element.iterfind("object"):
+        if osdev.get("type") != "OSDev" or osdev.get("osdev_type") != NETWORK_OSDEV:
+            continue
+        mac = _own_info(osdev, "Address")
+        out.append(
+            NetInterface(
+                name=_checked(osdev, "name", osdev.get("name", ""), kernel_ifname),
+                pci_address=address,
+                mac=_checked(osdev, "Address", mac, link_address) if mac else None,
+            )
+        )
+    return out
 
 
 def _description(element: etree._Element) -> str | None:
@@ -314,14 +391,19 @@ def _description(element: etree._Element) -> str | None:
     return " ".join(p for p in parts if p) or None
 
 
-def _read_pci_device(element: etree._Element, interfaces: list[NetInterface]) -> PciDevice:
-    busid = element.get("pci_busid", "").lower()
+def _read_pci_device(element: etree._Element) -> tuple[PciDevice, list[NetInterface]]:
+    """One PCIDev or Bridge with its network interfaces."""
+    busid = element.get("pci_busid", "")
+    address = canonical_pci_address(busid)
     match = _PCI_TYPE.match(element.get("pci_type", ""))
-    if not _PCI_BUSID.fullmatch(busid) or match is None:
-        raise TopologyError(f"hwloc XML: bad PCI object pci_busid={busid!r} pci_type={element.get('pci_type')!r}")
+    if address is None or match is None:
+        raise TopologyError(
+            f"{_where(element)}: bad PCI object pci_busid={shown(busid)} pci_type={shown(element.get('pci_type'))}"
+        )
     class_id, vendor, device = (g.lower() for g in match.groups())
-    return PciDevice(
-        address=busid,
+    interfaces = _net_children(element, address)
+    pci = PciDevice(
+        address=address,
         # hwloc keeps class and subclass only; the programming interface is taken as 00.
         class_code=f"0x{class_id}00",
         vendor=f"0x{vendor}",
@@ -332,6 +414,7 @@ def _read_pci_device(element: etree._Element, interfaces: list[NetInterface]) ->
         interfaces=tuple(sorted(i.name for i in interfaces)),
         description=_description(element),
     )
+    return pci, interfaces
 
 
 def _read_pci(objects: list[etree._Element], warnings: list[str]) -> tuple[list[PciDevice], list[NetInterface]]:
@@ -340,8 +423,8 @@ def _read_pci(objects: list[etree._Element], warnings: list[str]) -> tuple[list[
     interfaces: list[NetInterface] = []
     for element in objects:
         if element.get("type") in ("PCIDev", "Bridge") and element.get("pci_busid"):
-            own = _net_children(element)
-            devices.append(_read_pci_device(element, own))
+            pci, own = _read_pci_device(element)
+            devices.append(pci)
             interfaces += own
     if not devices:
         warnings.append("hwloc XML has no PCI devices (exported without I/O discovery?)")

@@ -9,13 +9,14 @@ bond/bridge membership) is left empty and named in `HostTopology.warnings`.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from lxml import etree
 
 from bmslice.cpuset import CpuListError, CpuSet
 from bmslice.errors import TopologyError
+from bmslice.model.grammar import driver_name, kernel_ifname, link_address, pci_class, pci_id
 from bmslice.model.topology import (
     CacheDomain,
     Cpu,
@@ -28,6 +29,7 @@ from bmslice.model.topology import (
     ResctrlL3,
     ResctrlMb,
 )
+from bmslice.safe_text import one_line
 from bmslice.topology.caches import l3_domains
 
 # libvirt names vendors after its cpu_map files, not after the CPUID vendor string the
@@ -399,8 +401,21 @@ def _address_of(element: etree._Element) -> str:
     return _format_pci(*parts)
 
 
+_PCI_LIMITS = (0xFFFF_FFFF, 0xFF, 0x1F, 0x7)  # domain, bus, slot (device), function
+
+
 def _format_pci(domain: int, bus: int, slot: int, function: int) -> str:
+    if any(not 0 <= part <= limit for part, limit in zip((domain, bus, slot, function), _PCI_LIMITS, strict=True)):
+        raise TopologyError(f"libvirt XML: PCI address {domain}:{bus}:{slot}.{function} is out of range")
     return f"{domain:04x}:{bus:02x}:{slot:02x}.{function:x}"
+
+
+def _checked(device: etree._Element, what: str, value: str, grammar: Callable[[str], str]) -> str:
+    """A node device's value in its grammar; else one line naming the device and the value."""
+    try:
+        return grammar(value)
+    except ValueError as exc:
+        raise TopologyError(f"libvirt node device {one_line(device.findtext('name', '?'))}: {what}: {exc}") from None
 
 
 def _pci_address(pci: etree._Element) -> str:
@@ -419,25 +434,32 @@ def _read_interfaces(devices: list[etree._Element]) -> list[NetInterface]:
         net = _capability(device, "net")
         if net is None:
             continue
+        mac = net.findtext("address", "").strip()
         interfaces.append(
             NetInterface(
-                name=net.findtext("interface", "").strip(),
+                name=_checked(device, "interface", net.findtext("interface", "").strip(), kernel_ifname),
                 pci_address=pci_by_name.get(device.findtext("parent", "").strip()),
-                mac=net.findtext("address", "").strip().lower() or None,
+                mac=_checked(device, "address", mac, link_address) if mac else None,
             )
         )
     return sorted(interfaces, key=lambda i: i.name)
 
 
-def _class_code(pci: etree._Element) -> str:
+def _class_code(device: etree._Element, pci: etree._Element) -> str:
     """ "0x020000"; older libvirt writes no <class>, which gives "" (unknown)."""
-    text = pci.findtext("class", "").strip().lower()
-    return f"0x{int(text, 16):06x}" if text else ""
+    text = pci.findtext("class", "").strip()
+    return _checked(device, "class", text, pci_class) if text else ""
 
 
-def _id_of(pci: etree._Element, tag: str) -> str:
+def _id_of(device: etree._Element, pci: etree._Element, tag: str) -> str:
     element = pci.find(tag)
-    return (element.get("id") or "").lower() if element is not None else ""
+    text = (element.get("id") or "") if element is not None else ""
+    return _checked(device, f"{tag} id", text, pci_id) if text else ""
+
+
+def _driver(device: etree._Element) -> str | None:
+    name = device.findtext("driver/name")
+    return _checked(device, "driver", name, driver_name) if name else None
 
 
 def _read_pci_device(device: etree._Element, pci: etree._Element, interfaces: tuple[str, ...]) -> PciDevice:
@@ -448,12 +470,12 @@ def _read_pci_device(device: etree._Element, pci: etree._Element, interfaces: tu
     numa = pci.find("numa")
     return PciDevice(
         address=_pci_address(pci),
-        class_code=_class_code(pci),
-        vendor=_id_of(pci, "vendor"),
-        device=_id_of(pci, "product"),
+        class_code=_class_code(device, pci),
+        vendor=_id_of(device, pci, "vendor"),
+        device=_id_of(device, pci, "product"),
         numa_node=_numa_node(numa),
         iommu_group=_opt_int(group.get("number"), "iommuGroup number") if group is not None else None,
-        driver=device.findtext("driver/name") or None,
+        driver=_driver(device),
         interfaces=interfaces,
         sriov_totalvfs=(_opt_int(vfs.get("maxCount"), "maxCount") or 0) if vfs is not None else 0,
         sriov_numvfs=len(vf_addresses),

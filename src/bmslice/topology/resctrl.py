@@ -152,7 +152,7 @@ def read_group(fs: FsRoot, name: str) -> ResctrlGroup | None:
 def read_group_tasks(fs: FsRoot, name: str) -> tuple[int, ...]:
     """Thread ids in a group's `tasks` file (one a line)."""
     text = fs.read(f"{group_dir(name)}/tasks") or ""
-    return tuple(int(line) for line in text.split() if line.isdigit())
+    return tuple(int(line) for line in text.split() if line.isascii() and line.isdigit())
 
 
 def read_groups(fs: FsRoot) -> tuple[ResctrlGroup, ...]:

@@ -9,13 +9,15 @@ HWLOC_FSROOT works: `read_host_tree(Path("/"))` reads this machine and
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+from collections import defaultdict
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 from bmslice.cpuset import CpuSet
 from bmslice.errors import TopologyError
 from bmslice.model.distro import os_ids
+from bmslice.model.grammar import driver_name, kernel_ifname, link_address, pci_class, pci_id
 from bmslice.model.topology import (
     Cpu,
     HostTopology,
@@ -96,8 +98,8 @@ def _cpu_ids(fs: FsRoot) -> list[int]:
     return present.sorted() if present else fs.numbered(CPU_DIR, "cpu")
 
 
-def _is_online(fs: FsRoot, cpu_id: int, online: CpuSet | None) -> bool:
-    flag = fs.read_int(f"{CPU_DIR}/cpu{cpu_id}/online")
+def _is_online(fs: FsRoot, cpu_id: int, online: CpuSet | None, has_dir: bool) -> bool:
+    flag = fs.read_int(f"{CPU_DIR}/cpu{cpu_id}/online") if has_dir else None
     if flag is not None:
         return flag == 1
     # cpu0 usually has no online file because it cannot be unplugged.
@@ -117,15 +119,19 @@ def _cpu_nodes(fs: FsRoot, nodes: list[NumaNode], cpu_ids: Iterable[int]) -> dic
     return mapping
 
 
-def _read_cpu(fs: FsRoot, cpu_id: int, online: bool, node: int | None) -> Cpu:
+def _read_cpu(fs: FsRoot, cpu_id: int, online: bool, node: int | None, has_dir: bool) -> Cpu:
     topo = f"{CPU_DIR}/cpu{cpu_id}/topology"
-    package = fs.read_int(f"{topo}/physical_package_id")
-    core = fs.read_int(f"{topo}/core_id")
-    die = fs.read_int(f"{topo}/die_id")
-    siblings = (_cpus(fs, f"{topo}/thread_siblings_list", f"{topo}/thread_siblings") if online else None) or CpuSet()
+    package = core = die = None
+    siblings = CpuSet()
+    if has_dir and fs.is_dir(topo):  # one look instead of six reads where an offline CPU has none
+        package = fs.read_int(f"{topo}/physical_package_id")
+        core = fs.read_int(f"{topo}/core_id")
+        die = fs.read_int(f"{topo}/die_id")
+        if online:
+            siblings = _cpus(fs, f"{topo}/thread_siblings_list", f"{topo}/thread_siblings") or CpuSet()
     return Cpu(
         id=cpu_id,
-        package=package if package is not None and package >= 0 else -1,  # settled by _infer_package
+        package=package if package is not None and package >= 0 else -1,  # settled by _infer_packages
         # Unknown core: its own number, like the libvirt reader, so it never merges with a real core.
         core=core if core is not None and core >= 0 else cpu_id,
         node=node,
@@ -135,15 +141,26 @@ def _read_cpu(fs: FsRoot, cpu_id: int, online: bool, node: int | None) -> Cpu:
     )
 
 
-def _infer_package(fs: FsRoot, cpu: Cpu, cpus: list[Cpu]) -> Cpu:
-    """An offline CPU has no topology dir; its node's package is the best guess."""
-    if cpu.package >= 0:
-        return cpu
-    packages = {c.package for c in cpus if c.node == cpu.node and c.package >= 0}
-    if cpu.node is not None and len(packages) == 1:
-        return replace(cpu, package=packages.pop())
-    fs.warnings.append(f"CPU {cpu.id}: package unknown (no topology in sysfs); assumed 0")
-    return replace(cpu, package=0)
+def _infer_packages(fs: FsRoot, cpus: list[Cpu]) -> list[Cpu]:
+    """An offline CPU has no topology dir; its node's package is the best guess (else 0, said once)."""
+    packages: dict[int | None, set[int]] = defaultdict(set)
+    for cpu in cpus:
+        if cpu.package >= 0:
+            packages[cpu.node].add(cpu.package)
+    out: list[Cpu] = []
+    assumed: list[int] = []
+    for cpu in cpus:
+        if cpu.package < 0:
+            known = packages.get(cpu.node, set())
+            if cpu.node is not None and len(known) == 1:
+                cpu = replace(cpu, package=next(iter(known)))
+            else:
+                assumed.append(cpu.id)
+                cpu = replace(cpu, package=0)
+        out.append(cpu)
+    if assumed:
+        fs.warnings.append(f"CPU {CpuSet.from_iter(assumed)}: package unknown (no topology in sysfs); assumed 0")
+    return out
 
 
 def _cpus(fs: FsRoot, listed: str, mask: str) -> CpuSet | None:
@@ -156,8 +173,14 @@ def _read_cpus(fs: FsRoot, nodes: list[NumaNode]) -> list[Cpu]:
     ids = _cpu_ids(fs)
     online = fs.read_cpuset(f"{CPU_DIR}/online")
     node_of = _cpu_nodes(fs, nodes, ids)
-    cpus = [_read_cpu(fs, i, _is_online(fs, i, online), node_of.get(i)) for i in ids]
-    return [_infer_package(fs, cpu, cpus) for cpu in cpus]
+    # A CPU without its cpuN directory (a bare tree, an empty slot) has no file to read: one
+    # listing instead of a lookup per file keeps 30,000 such CPUs to a fraction of a second.
+    dirs = set(fs.listdir(CPU_DIR))
+    cpus = []
+    for i in ids:
+        has_dir = f"cpu{i}" in dirs
+        cpus.append(_read_cpu(fs, i, _is_online(fs, i, online, has_dir), node_of.get(i), has_dir))
+    return _infer_packages(fs, cpus)
 
 
 # --- NUMA nodes and memory ------------------------------------------------------------
@@ -169,7 +192,7 @@ def _meminfo_mib(text: str | None, key: str) -> int | None:
         label, _, value = line.partition(":")
         if label.split()[-1:] == [key]:
             fields = value.split()
-            if fields and fields[0].isdigit():
+            if fields and fields[0].isascii() and fields[0].isdigit():
                 return int(fields[0]) // 1024
     return None
 
@@ -195,12 +218,19 @@ def _read_node(fs: FsRoot, node_id: int) -> NumaNode:
         memory_mib=_meminfo_mib(meminfo, "MemTotal") or 0,
         free_mib=_meminfo_mib(meminfo, "MemFree"),
         hugepages=_read_hugepages(fs, f"{rel}/hugepages"),
-        distances=tuple(int(d) for d in distances if d.isdigit()),
+        distances=tuple(int(d) for d in distances if d.isascii() and d.isdigit()),
     )
 
 
 def _read_nodes(fs: FsRoot) -> list[NumaNode]:
     return [_read_node(fs, n) for n in fs.numbered(NODE_DIR, "node")]
+
+
+def read_numa_nodes(root: Path, cpus: Sequence[Cpu]) -> tuple[NumaNode, ...]:
+    """The NUMA nodes alone, as `read_host_tree` reads them (memory, free hugepages): what changes
+    while a host runs, for a reader that keeps the rest of its topology."""
+    fs = FsRoot(root)
+    return tuple(_read_nodes(fs) or [_single_node(fs, list(cpus))])
 
 
 def _single_node(fs: FsRoot, cpus: list[Cpu]) -> NumaNode:
@@ -247,7 +277,7 @@ def _pci_numa_node(fs: FsRoot, rel: str) -> int | None:
 
 def _pci_iommu_group(fs: FsRoot, rel: str) -> int | None:
     group = fs.link_name(f"{rel}/iommu_group")
-    return int(group) if group and group.isdigit() else None
+    return int(group) if group and group.isascii() and group.isdigit() else None
 
 
 def _sriov_routing(fs: FsRoot, rel: str, totalvfs: int) -> tuple[int | None, int | None]:
@@ -263,19 +293,38 @@ def _sriov_routing(fs: FsRoot, rel: str, totalvfs: int) -> tuple[int | None, int
     return (routing.offset, routing.stride) if routing is not None else (None, None)
 
 
+def checked(fs: FsRoot, rel: str, value: str, grammar: Callable[[str], str]) -> str:
+    """`value`, read from ROOT/rel, when it matches `grammar`; else one line naming the file and the value.
+
+    What a tree says reaches modprobe.d, udev rules and Junos lines: a driver or an interface
+    named "x\\ninstall ..." is refused here, not carried along.
+    """
+    try:
+        return grammar(value)
+    except ValueError as exc:
+        raise TopologyError(f"{fs.display(rel)}: {exc}; refused") from None
+
+
+def _optional(fs: FsRoot, rel: str, grammar: Callable[[str], str]) -> str:
+    """A one-line attribute in its grammar; "" when the file is absent or empty (unknown)."""
+    value = fs.read_line(rel)
+    return checked(fs, rel, value, grammar) if value else ""
+
+
 def _read_pci_device(fs: FsRoot, name: str, address: str, interfaces: tuple[str, ...]) -> PciDevice:
     rel = f"{PCI_DIR}/{name}"
     links = _read_sriov_links(fs, rel)
     totalvfs = fs.read_int(f"{rel}/sriov_totalvfs") or 0
     offset, stride = _sriov_routing(fs, rel, totalvfs)
+    driver = fs.link_name(f"{rel}/driver")
     return PciDevice(
         address=address,
-        class_code=(fs.read_line(f"{rel}/class") or "").lower(),
-        vendor=(fs.read_line(f"{rel}/vendor") or "").lower(),
-        device=(fs.read_line(f"{rel}/device") or "").lower(),
+        class_code=_optional(fs, f"{rel}/class", pci_class),
+        vendor=_optional(fs, f"{rel}/vendor", pci_id),
+        device=_optional(fs, f"{rel}/device", pci_id),
         numa_node=_pci_numa_node(fs, rel),
         iommu_group=_pci_iommu_group(fs, rel),
-        driver=fs.link_name(f"{rel}/driver"),
+        driver=checked(fs, f"{rel}/driver", driver, driver_name) if driver is not None else None,
         interfaces=interfaces,
         sriov_totalvfs=totalvfs,
         sriov_numvfs=fs.read_int(f"{rel}/sriov_numvfs") or 0,
@@ -296,7 +345,8 @@ def _read_pci_devices(fs: FsRoot, interfaces: list[NetInterface], nodes: list[Nu
         address = canonical_pci_address(name)
         if address is None:
             continue
-        names = set(by_pci.get(address, ())) | set(fs.listdir(f"{PCI_DIR}/{name}/net"))
+        net = f"{PCI_DIR}/{name}/net"
+        names = set(by_pci.get(address, ())) | {checked(fs, net, n, kernel_ifname) for n in fs.listdir(net)}
         devices.append(_read_pci_device(fs, name, address, tuple(sorted(names))))
     devices.sort(key=lambda d: d.address)
     if sum(1 for node in nodes if node.cpus) > 1:  # with one node, every device is local to it
@@ -339,10 +389,12 @@ def _master_kind(fs: FsRoot, rel: str, master: str | None) -> str | None:
 def _read_net_interface(fs: FsRoot, name: str) -> NetInterface:
     rel = f"{NET_DIR}/{name}"
     master = fs.link_name(f"{rel}/master")
+    if master is not None:
+        checked(fs, f"{rel}/master", master, kernel_ifname)
     return NetInterface(
-        name=name,
+        name=checked(fs, NET_DIR, name, kernel_ifname),
         pci_address=_interface_pci_address(fs, rel),
-        mac=fs.read_line(f"{rel}/address") or None,
+        mac=_optional(fs, f"{rel}/address", link_address) or None,
         master=master,
         master_kind=_master_kind(fs, rel, master),
     )
@@ -380,5 +432,5 @@ def _default_route(fs: FsRoot) -> str | None:
         except ValueError:
             continue
         if up and (best is None or metric < best[0]):
-            best = (metric, fields[0])
+            best = (metric, checked(fs, "proc/net/route", fields[0], kernel_ifname))
     return best[1] if best else None

@@ -39,9 +39,30 @@ class Excepted:
 
 
 @dataclass(frozen=True)
+class Intruder:
+    """Threads of one process that may run on isolated CPUs outside every slice: a violation."""
+
+    pid: int
+    comm: str
+    cpus: CpuSet  # the isolated CPUs they may run on
+    threads: int
+
+
+@dataclass(frozen=True)
+class IrqHit:
+    """An IRQ with a handler that can fire on isolated CPUs: a violation."""
+
+    number: int
+    label: str
+    cpus: CpuSet  # the isolated CPUs it may fire on
+
+
+@dataclass(frozen=True)
 class AuditReport:
     findings: tuple[Finding, ...]
     excepted: tuple[Excepted, ...]
+    intruders: tuple[Intruder, ...] = ()  # the thread violations, one per process and CPU list
+    irq_hits: tuple[IrqHit, ...] = ()  # the IRQ violations
 
     @property
     def violations(self) -> tuple[Finding, ...]:
@@ -70,11 +91,12 @@ class AuditReport:
 
 
 def audit(plan: Plan, topo: HostTopology, state: RuntimeState) -> AuditReport:
-    findings = [*_kernel_args(plan, topo), *_cpu_files(plan, state), *_irqs(plan, topo, state.irqs)]
-    thread_findings, excepted = _threads(plan, state.processes)
+    irq_findings, irq_hits = _irqs(plan, topo, state.irqs)
+    findings = [*_kernel_args(plan, topo), *_cpu_files(plan, state), *irq_findings]
+    thread_findings, excepted, intruders = _threads(plan, state.processes)
     findings += thread_findings
     findings += _hugepages(plan, topo)
-    return AuditReport(tuple(findings), tuple(excepted))
+    return AuditReport(tuple(findings), tuple(excepted), tuple(intruders), tuple(irq_hits))
 
 
 # --- kernel args and the kernel's own CPU lists -----------------------------------------
@@ -117,11 +139,14 @@ def _cpu_files(plan: Plan, state: RuntimeState) -> list[Finding]:
 # --- IRQs -----------------------------------------------------------------------------
 
 
-def _irq_finding(irq: Irq, isolated: CpuSet, online: CpuSet, reserved: CpuSet) -> Finding | None:
+def irq_hit(irq: Irq, isolated: CpuSet) -> CpuSet:
+    """The isolated CPUs `irq` may fire on: its effective affinity, else the affinity asked for."""
     cpus = irq.effective if irq.effective is not None else irq.affinity
-    if cpus is None:
-        return None
-    hit = cpus & isolated
+    return cpus & isolated if cpus is not None else CpuSet()
+
+
+def _irq_finding(irq: Irq, isolated: CpuSet, online: CpuSet, reserved: CpuSet) -> Finding | None:
+    hit = irq_hit(irq, isolated)
     if not hit:
         return None
     if irq.effective is not None:
@@ -139,19 +164,21 @@ def _irq_finding(irq: Irq, isolated: CpuSet, online: CpuSet, reserved: CpuSet) -
     )
 
 
-def _irqs(plan: Plan, topo: HostTopology, irqs: tuple[Irq, ...]) -> list[Finding]:
+def _irqs(plan: Plan, topo: HostTopology, irqs: tuple[Irq, ...]) -> tuple[list[Finding], list[IrqHit]]:
     isolated = plan.host.isolated_cpus
     handled = [irq for irq in irqs if irq.actions]
-    out = [
-        f
-        for f in (_irq_finding(irq, isolated, topo.online_cpus, plan.host.reserved_cpus) for irq in handled)
-        if f is not None
-    ]
+    out: list[Finding] = []
+    hits: list[IrqHit] = []
+    for irq in handled:
+        finding = _irq_finding(irq, isolated, topo.online_cpus, plan.host.reserved_cpus)
+        if finding is not None:
+            out.append(finding)
+            hits.append(IrqHit(irq.number, irq.label, irq_hit(irq, isolated)))
     if not out:
         skipped = len(irqs) - len(handled)
         note = f"; {skipped} without a handler skipped" if skipped else ""
         out.append(ok("irqs", f"none of {len(handled)} IRQs can fire on isolated CPUs {isolated or 'none'}{note}"))
-    return out
+    return out, hits
 
 
 # --- processes and threads ------------------------------------------------------------
@@ -214,11 +241,12 @@ def _thread_finding(
     )
 
 
-def _threads(plan: Plan, processes: tuple[Process, ...]) -> tuple[list[Finding], list[Excepted]]:
+def _threads(plan: Plan, processes: tuple[Process, ...]) -> tuple[list[Finding], list[Excepted], list[Intruder]]:
     isolated = plan.host.isolated_cpus
     slices = _slice_cpus(plan)
     findings: list[Finding] = []
     excepted: list[Excepted] = []
+    intruders: list[Intruder] = []
     threads = 0
     for proc in processes:
         bad: list[ThreadAffinity] = []
@@ -237,12 +265,16 @@ def _threads(plan: Plan, processes: tuple[Process, ...]) -> tuple[list[Finding],
                 continue
             else:
                 bad.append(task)
-        findings += [_thread_finding(proc, cpus, tasks, plan, slices) for cpus, tasks in _group(bad)]
+        for cpus, tasks in _group(bad):
+            finding = _thread_finding(proc, cpus, tasks, plan, slices)
+            findings.append(finding)
+            if finding.level is Level.FAIL:
+                intruders.append(Intruder(proc.pid, proc.comm, cpus & isolated, len(tasks)))
     if not any(f.level is Level.FAIL for f in findings):
         findings.append(
             ok("threads", f"none of {threads} threads outside the slices may run on isolated CPUs {isolated or 'none'}")
         )
-    return findings, excepted
+    return findings, excepted, intruders
 
 
 # --- hugepages ------------------------------------------------------------------------

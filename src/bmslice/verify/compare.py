@@ -1,12 +1,14 @@
 """Live state vs plan, one line per difference (pure: no libvirt, no /proc).
 
 The live XML is read back through the same Domain model that rendered it, so every
-field the renderer wrote is a field verify checks.
+field the renderer wrote is a field verify checks. Each line is a `Drift`: the text verify
+prints, which also says what kind of difference it is (the exporter counts them by kind).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from enum import StrEnum
 
 from bmslice.cpuset import CpuSet
 from bmslice.model.live import POLICY_NAMES, REALTIME_POLICIES, SCHED_FIFO, LiveDomain, ThreadAffinity
@@ -14,6 +16,32 @@ from bmslice.model.plan import VmPlan
 from bmslice.model.topology import VfState
 from bmslice.render.domain_model import Domain, VcpuSched
 from bmslice.render.domain_xml import from_xml
+
+
+class DriftKind(StrEnum):
+    """What a difference is about: the `kind` label of bmslice_slice_drift."""
+
+    STATE = "state"  # the slice is not defined, or not running
+    VCPU_PINS = "vcpu_pins"  # a vCPU's pin, in libvirt or in the kernel's view of its thread
+    EMULATOR = "emulator"  # emulator and IOThread pins, and those threads' CPUs in the kernel
+    MEMORY_BINDING = "memory_binding"  # memory size and pages, numatune, guest cells, locking
+    DEVICES = "devices"  # PCI hostdevs, VF interfaces and their guest cells
+    VF_SETTINGS = "vf_settings"  # a VF's MAC, VLAN, trust, spoofchk as its PF's driver reports them
+    SCHEDULING = "scheduling"  # realtime vCPUs and every other thread's scheduling policy
+    CACHE = "cache"  # L3 ways and memory bandwidth (resctrl)
+    DEFINITION = "definition"  # the rest of the definition: vCPU count, CPU model and topology
+
+
+class Drift(str):
+    """One difference, as the line verify prints; `kind` says what it is about."""
+
+    kind: DriftKind
+
+    def __new__(cls, text: str, kind: DriftKind) -> Drift:
+        line = super().__new__(cls, text)
+        line.kind = kind
+        return line
+
 
 # Fields of the live definition that must equal the plan, with the words used to report them.
 _XML_FIELDS = {
@@ -39,6 +67,16 @@ _XML_FIELDS = {
     "device_cells": "devices' guest NUMA cells",
     "memorytunes": "memorytune (node, bandwidth %)",
 }
+_FIELD_KINDS = {
+    **dict.fromkeys(
+        ("memory_kib", "numa_mode", "numa_nodeset", "hugepage_kib", "memory_locked", "nosharepages", "hard_limit_kib"),
+        DriftKind.MEMORY_BINDING,
+    ),
+    "cells": DriftKind.MEMORY_BINDING,
+    **dict.fromkeys(("hostdevs", "vf_interfaces", "device_cells"), DriftKind.DEVICES),
+    "vcpusched": DriftKind.SCHEDULING,
+    **dict.fromkeys(("cachetunes", "memorytunes"), DriftKind.CACHE),
+}
 
 
 def _fmt(value: object) -> str:
@@ -51,28 +89,31 @@ def _fmt(value: object) -> str:
     return str(value)
 
 
-def compare_definition(name: str, desired: Domain, live_xml: str) -> list[str]:
+def compare_definition(name: str, desired: Domain, live_xml: str) -> list[Drift]:
     current = from_xml(live_xml)
     out = []
     for field, words in _XML_FIELDS.items():
         want, have = getattr(desired, field), getattr(current, field)
         if want != have:
-            out.append(f"{name} {words} is {_fmt(have)}, plan says {_fmt(want)}")
+            kind = _FIELD_KINDS.get(field, DriftKind.DEFINITION)
+            out.append(Drift(f"{name} {words} is {_fmt(have)}, plan says {_fmt(want)}", kind))
     return out
 
 
-def compare_pins(name: str, desired: Domain, live: LiveDomain) -> list[str]:
+def compare_pins(name: str, desired: Domain, live: LiveDomain) -> list[Drift]:
     out = []
     for vcpu, want in desired.vcpupins:
         have = live.vcpu_pins[vcpu] if vcpu < len(live.vcpu_pins) else None
         if have != want:
-            out.append(f"{name} vCPU {vcpu} pinned to {_fmt(have)}, plan says {want}")
+            out.append(Drift(f"{name} vCPU {vcpu} pinned to {_fmt(have)}, plan says {want}", DriftKind.VCPU_PINS))
     if desired.emulatorpin is not None and live.emulator_pin != desired.emulatorpin:
-        out.append(f"{name} emulator pinned to {_fmt(live.emulator_pin)}, plan says {desired.emulatorpin}")
+        text = f"{name} emulator pinned to {_fmt(live.emulator_pin)}, plan says {desired.emulatorpin}"
+        out.append(Drift(text, DriftKind.EMULATOR))
     current = dict(live.iothread_pins)
     for iothread, want in desired.iothreadpins:
         if current.get(iothread) != want:
-            out.append(f"{name} IOThread {iothread} pinned to {_fmt(current.get(iothread))}, plan says {want}")
+            text = f"{name} IOThread {iothread} pinned to {_fmt(current.get(iothread))}, plan says {want}"
+            out.append(Drift(text, DriftKind.EMULATOR))
     return out
 
 
@@ -95,11 +136,11 @@ def thread_role(comm: str) -> tuple[str, int] | None:
     return ("emulator", 0)
 
 
-def compare_threads(vm: VmPlan, threads: Sequence[ThreadAffinity]) -> list[str]:
+def compare_threads(vm: VmPlan, threads: Sequence[ThreadAffinity]) -> list[Drift]:
     """The kernel's own view of every QEMU thread against the plan: Cpus_allowed_list, and the
     scheduling policy (realtime vCPUs SCHED_FIFO at the planned priority; every other thread,
     housekeeping vCPUs, emulator and IOThreads included, not realtime)."""
-    out = []
+    out: list[Drift] = []
     for thread in threads:
         role = thread_role(thread.comm)
         if role is None:
@@ -112,12 +153,13 @@ def compare_threads(vm: VmPlan, threads: Sequence[ThreadAffinity]) -> list[str]:
         else:
             want = vm.emulator_cpus
         if kind != "thread-context" and want != thread.cpus:  # its CPUs are QEMU's choice, not the plan's
-            out.append(
+            text = (
                 f"{vm.name} thread {thread.tid} ({thread.comm}) allowed on CPUs {thread.cpus}, plan says {_fmt(want)}"
             )
+            out.append(Drift(text, DriftKind.VCPU_PINS if kind == "vcpu" else DriftKind.EMULATOR))
         sched = _scheduling_drift(vm, kind, index, thread)
         if sched:
-            out.append(sched)
+            out.append(Drift(sched, DriftKind.SCHEDULING))
     return out
 
 
@@ -145,7 +187,7 @@ def _setting(key: str, value: object) -> str:
     return "unset" if value is None else str(value)
 
 
-def compare_vfs(vm: VmPlan, states: Sequence[VfState]) -> list[str]:
+def compare_vfs(vm: VmPlan, states: Sequence[VfState]) -> list[Drift]:
     """Each VF's MAC, VLAN, trust and spoofchk as the PF's driver reports them (netlink) against the plan."""
     by_key = {(s.pf_interface, s.index): s for s in states}
     out = []
@@ -155,7 +197,7 @@ def compare_vfs(vm: VmPlan, states: Sequence[VfState]) -> list[str]:
         label = f"{vm.name} VF {dev.vf_index} of {dev.interface}"
         state = by_key.get((dev.interface, dev.vf_index))
         if state is None:
-            out.append(f"{label}: the PF's driver does not report it")
+            out.append(Drift(f"{label}: the PF's driver does not report it", DriftKind.VF_SETTINGS))
             continue
         wanted = {"mac": dev.mac, "vlan": dev.vlan, "trust": dev.trust, "spoofchk": dev.spoofchk}
         for key, want in wanted.items():
@@ -163,5 +205,6 @@ def compare_vfs(vm: VmPlan, states: Sequence[VfState]) -> list[str]:
             if key in ("trust", "spoofchk") and have is None:
                 continue  # the driver cannot report it
             if have != want:
-                out.append(f"{label}: {key} is {_setting(key, have)}, plan says {_setting(key, want)}")
+                text = f"{label}: {key} is {_setting(key, have)}, plan says {_setting(key, want)}"
+                out.append(Drift(text, DriftKind.VF_SETTINGS))
     return out

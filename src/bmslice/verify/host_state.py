@@ -17,6 +17,7 @@ CpuSet('')
 
 from __future__ import annotations
 
+import functools
 import itertools
 import os
 from dataclasses import dataclass
@@ -47,6 +48,34 @@ def parse_status(text: str) -> dict[str, str]:
         if sep:
             out[key.strip()] = value.strip()
     return out
+
+
+# What a thread's status is read for: the exporter reads every thread's at each scrape, so these
+# fields are found by name rather than every line parsed (status has some 55 lines).
+STATUS_KEYS = ("Name", "State", "PPid", "Kthread", "Cpus_allowed_list")
+
+
+def status_fields(text: str, keys: tuple[str, ...] = STATUS_KEYS) -> dict[str, str]:
+    """The `keys` of a /proc/<pid>/status text that it has, as parse_status gives them.
+
+    >>> status_fields("Name:\\tbash\\nState:\\tS (sleeping)\\nCpus_allowed_list:\\t0-3\\n")
+    {'Name': 'bash', 'State': 'S (sleeping)', 'Cpus_allowed_list': '0-3'}
+    """
+    out = {}
+    for key in keys:
+        start = 0 if text.startswith(f"{key}:") else text.find(f"\n{key}:") + 1
+        if start == 0 and not text.startswith(f"{key}:"):
+            continue
+        start += len(key) + 1
+        end = text.find("\n", start)
+        out[key] = text[start : end if end >= 0 else len(text)].strip()
+    return out
+
+
+@functools.lru_cache(maxsize=4096)
+def cpu_list(text: str) -> CpuSet:
+    """CpuSet.parse, remembered: a host's threads share a handful of CPU lists."""
+    return CpuSet.parse(text)
 
 
 def stat_flags(text: str) -> int | None:
@@ -158,6 +187,39 @@ def read_irqs(fs: FsRoot) -> tuple[Irq, ...]:
     return tuple(read_irq(fs, n) for n in numbers)
 
 
+def parse_interrupts(text: str, cpus: CpuSet) -> dict[int, int]:
+    """Device interrupts (numbered IRQ lines) each of `cpus` has serviced, from /proc/interrupts.
+
+    The header names the columns (online CPUs only: "CPU0 CPU2" when CPU 1 is offline);
+    per-CPU event lines (LOC, RES, CAL, TLB, NMI ...) are not device interrupts and are left out.
+
+    >>> parse_interrupts("           CPU0       CPU1\\n  24:   5   7  PCI-MSI eth0\\nLOC:   9   9  Local timer\\n",
+    ...                  CpuSet.of(1))
+    {1: 7}
+    """
+    lines = text.splitlines()
+    if not lines:
+        return {}
+    columns = [int(name[3:]) for name in lines[0].split() if name.startswith("CPU") and name[3:].isdigit()]
+    wanted = [(i, cpu) for i, cpu in enumerate(columns) if cpu in cpus]
+    counts = dict.fromkeys((cpu for _, cpu in wanted), 0)
+    for line in lines[1:]:
+        label, sep, rest = line.partition(":")
+        if not sep or not label.strip().isdigit():
+            continue
+        fields = rest.split(None, len(columns))
+        for i, cpu in wanted:
+            if i < len(fields) and fields[i].isdigit():
+                counts[cpu] += int(fields[i])
+    return counts
+
+
+def read_interrupts(fs: FsRoot, cpus: CpuSet) -> dict[int, int] | None:
+    """parse_interrupts of proc/interrupts; None when there is no such file."""
+    text = fs.read("proc/interrupts")
+    return parse_interrupts(text, cpus) if text is not None else None
+
+
 # --- processes and threads ------------------------------------------------------------
 
 
@@ -201,43 +263,63 @@ def kthread_evidence(
     return ""
 
 
-def _task(fs: FsRoot, rel: str, tid: int) -> ThreadAffinity | None:
-    text = fs.read(f"{rel}/status")
+def _task(fs: FsRoot, rel: str, tid: int, scheduling: bool, text: str | None = None) -> ThreadAffinity | None:
+    """One thread from its status (`text`: already read) and, with `scheduling`, its stat. A thread's
+    own status is read even for the main thread: a zombie main thread is one, whatever the process says."""
+    text = text if text is not None else fs.read(f"{rel}/status")
     if text is None:
         return None  # the thread ended while we looked
-    status = parse_status(text)
+    status = status_fields(text)
     if status.get("State", "").startswith(("Z", "X")):
         return None  # a zombie cannot run anywhere
     try:
-        cpus = CpuSet.parse(status["Cpus_allowed_list"])
+        cpus = cpu_list(status["Cpus_allowed_list"])
     except (KeyError, CpuListError):
         return None
-    stat = fs.read(f"{rel}/stat")
-    policy, rt_priority = stat_scheduling(stat) if stat is not None else (None, None)
+    policy, rt_priority = None, None
+    if scheduling:
+        stat = fs.read(f"{rel}/stat")
+        policy, rt_priority = stat_scheduling(stat) if stat is not None else (None, None)
     return ThreadAffinity(tid, status.get("Name", ""), cpus, policy, rt_priority)
 
 
-def read_process(fs: FsRoot, pid: int) -> Process | None:
+def read_process(fs: FsRoot, pid: int, watch: CpuSet | None = None, scheduling: bool = True) -> Process | None:
+    """One process and its threads; None when it is gone.
+
+    `watch`: only a process with a thread allowed on one of these CPUs is read whole (cmdline,
+    stat, exe: what tells a kernel thread, a bound one or a slice's QEMU apart); any other is its
+    status and its threads' alone, which is all an audit of those CPUs looks at. `scheduling`:
+    each thread's policy and priority from its stat (verify's realtime check).
+    """
     rel = f"proc/{pid}"
     text = fs.read(f"{rel}/status")
     if text is None:
         return None
-    status = parse_status(text)
-    cmdline = parse_cmdline(fs.read(f"{rel}/cmdline", keep_nul=True) or "")
-    stat = fs.read(f"{rel}/stat")
-    evidence = kthread_evidence(pid, status, stat, _has_exe(fs, pid), cmdline)
-    flags = stat_flags(stat) if stat is not None else None
-    bound = bool(evidence) and flags is not None and bool(flags & NO_SETAFFINITY_FLAG)
+    status = status_fields(text)
     tids = sorted(int(t) for t in fs.listdir(f"{rel}/task") if t.isdigit())
     # Without a task/ directory (a minimal capture) the process's own status stands for its one thread.
-    found = [_task(fs, f"{rel}/task/{tid}", tid) for tid in tids] if tids else [_task(fs, rel, pid)]
+    found = (
+        [_task(fs, f"{rel}/task/{tid}", tid, scheduling) for tid in tids]
+        if tids
+        else [_task(fs, rel, pid, scheduling, text)]
+    )
     tasks = tuple(t for t in found if t is not None)
-    return Process(pid, status.get("Name", ""), cmdline, bool(evidence), evidence, tasks, bound)
+    name = status.get("Name", "")
+    if watch is not None and all(t.cpus.isdisjoint(watch) for t in tasks):
+        evidence = "Kthread: 1" if status.get("Kthread") == "1" else ""
+        return Process(pid, name, (), bool(evidence), evidence, tasks)
+    cmdline = parse_cmdline(fs.read(f"{rel}/cmdline", keep_nul=True) or "")
+    stat = fs.read(f"{rel}/stat")
+    flags = stat_flags(stat) if stat is not None else None
+    has_exe = "Kthread" not in status and flags is None and _has_exe(fs, pid)  # the last evidence, looked up last
+    evidence = kthread_evidence(pid, status, stat, has_exe, cmdline)
+    bound = bool(evidence) and flags is not None and bool(flags & NO_SETAFFINITY_FLAG)
+    return Process(pid, name, cmdline, bool(evidence), evidence, tasks, bound)
 
 
-def read_processes(fs: FsRoot) -> tuple[Process, ...]:
+def read_processes(fs: FsRoot, watch: CpuSet | None = None, scheduling: bool = True) -> tuple[Process, ...]:
     pids = sorted(int(name) for name in fs.listdir("proc") if name.isdigit())
-    return tuple(p for p in (read_process(fs, pid) for pid in pids) if p is not None)
+    return tuple(p for p in (read_process(fs, pid, watch, scheduling) for pid in pids) if p is not None)
 
 
 # --- everything audit needs -----------------------------------------------------------
@@ -261,12 +343,14 @@ def _cpu_file(fs: FsRoot, rel: str) -> CpuSet | None:
         return None
 
 
-def read_runtime(fs: FsRoot) -> RuntimeState:
+def read_runtime(fs: FsRoot, watch: CpuSet | None = None) -> RuntimeState:
+    """What audit judges; `watch` (the isolated CPUs): read whole only the processes that may run
+    there, and no thread's scheduling (the exporter's scrape, read_process says what is left out)."""
     return RuntimeState(
         isolated=_cpu_file(fs, "sys/devices/system/cpu/isolated"),
         nohz_full=_cpu_file(fs, "sys/devices/system/cpu/nohz_full"),
         irqs=read_irqs(fs),
-        processes=read_processes(fs),
+        processes=read_processes(fs, watch, scheduling=watch is None),
     )
 
 

@@ -1,7 +1,7 @@
 #!/usr/bin/python
 # Copyright: bmslice contributors
 # Apache License 2.0 (see galaxy.yml); tests/sanity/ignore-*.txt waives ansible-test's GPLv3 header check.
-# Run bmslice on one server: plan, apply, verify, audit or destroy the slices of a spec.
+# Run bmslice on one server: plan, apply, verify, audit or destroy the slices of a spec, or serve its metrics.
 # ruff: noqa: E402 - Ansible modules carry DOCUMENTATION, EXAMPLES and RETURN before their imports
 
 from __future__ import annotations
@@ -9,9 +9,12 @@ from __future__ import annotations
 DOCUMENTATION = r"""
 ---
 module: bmslice
-short_description: Plan, apply, verify, audit or destroy bmslice slices on a server
+short_description: Plan, apply, verify, audit or destroy bmslice slices on a server, or serve their metrics
 description:
   - Runs the C(bmslice) command on the managed host for one spec file.
+  - C(exporter) places the unit that runs C(bmslice exporter) (C(bmslice host-apply --only exporter)) and
+    enables and starts it, or stops and disables it (O(exporter_enabled)); on a host tree it enables the
+    unit in that tree (C(systemctl --root)) without starting anything.
   - C(changed) is what bmslice reports. C(apply) prints C(no changes) when every slice
     already matches its plan; placing spec files that differ from the ones on the host
     (option O(files)) is a change too. A failed task never reports C(changed).
@@ -30,7 +33,7 @@ options:
     description: What to run.
     type: str
     required: true
-    choices: [plan, apply, verify, audit, destroy]
+    choices: [plan, apply, verify, audit, destroy, exporter]
   spec:
     description: Path of the spec on the managed host.
     type: path
@@ -72,6 +75,14 @@ options:
     description: Let destroy keep each slice's root disk volume.
     type: bool
     default: false
+  exporter_listen:
+    description: Where the exporter serves C(/metrics) (action C(exporter)); loopback unless exposed on purpose.
+    type: str
+    default: 127.0.0.1:9963
+  exporter_enabled:
+    description: Whether the exporter runs (action C(exporter)); C(false) stops and disables it.
+    type: bool
+    default: true
 attributes:
   check_mode:
     support: full
@@ -97,6 +108,12 @@ EXAMPLES = r"""
   bmslice.slicing.bmslice:
     action: verify
     spec: /etc/bmslice/fleet/server1/spec.yaml
+
+- name: Serve this server's isolation, drift and free room to Prometheus
+  bmslice.slicing.bmslice:
+    action: exporter
+    spec: /etc/bmslice/fleet/server1/spec.yaml
+    exporter_listen: 10.0.0.11:9963
 """
 
 RETURN = r"""
@@ -105,10 +122,12 @@ plan:
   type: dict
   returned: when a plan ran
 steps:
-  description: Steps apply took (or would take in check mode), destroy took, or slices destroy would remove.
+  description: >-
+    Steps apply took (or would take in check mode), destroy took, slices destroy would remove, or what
+    exporter changed (the unit file, enabling or disabling it).
   type: list
   elements: str
-  returned: apply, destroy
+  returned: apply, destroy, exporter
 drift:
   description: One line per difference between the live slices and the plan.
   type: list
@@ -147,7 +166,8 @@ import tempfile
 
 from ansible.module_utils.basic import AnsibleModule
 
-ACTIONS = ["plan", "apply", "verify", "audit", "destroy"]
+ACTIONS = ["plan", "apply", "verify", "audit", "destroy", "exporter"]
+EXPORTER_UNIT = "bmslice-exporter.service"
 SHOWN = 5  # drift lines or violations quoted in a failure's msg before "and N more"
 
 
@@ -208,6 +228,15 @@ class Runner:
             if line.startswith("warning: "):
                 self.warnings.append(line[len("warning: ") :])
         return rc, out, err
+
+    def run_tool(self, argv):
+        """Another program than bmslice (systemctl): (rc, stdout, stderr)."""
+        return self.module.run_command(argv)
+
+    def must_tool(self, argv, result):
+        rc, out, err = self.run_tool(argv)
+        if rc != 0:
+            self.fail(_error_line(out, err), result, rc=rc, stdout=out, stderr=err)
 
     def must(self, args, result, ok=(0,)):
         rc, out, err = self.run(args)
@@ -320,6 +349,36 @@ def _destroy(runner, params, result, check_mode, spec):
     result["changed"] = bool(result["steps"])
 
 
+def _exporter(runner, params, result, check_mode, spec):
+    """Place the exporter's unit (host-apply --only exporter), then enable and start it; or stop and disable it
+    (the unit file stays)."""
+    root = params["host_root"]
+    want = params["exporter_enabled"]
+    placed = []
+    if want:
+        args = ["host-apply", spec, "--only", "exporter", "--exporter-listen", params["exporter_listen"]]
+        args += ["--exporter-command", runner.command, "--host-root", root or "/"]
+        if check_mode:
+            args.append("--dry-run")
+        out = runner.must(args, result)[1]
+        placed = [line.strip() for line in out.splitlines() if line.startswith("  ")]
+    result["steps"] = placed
+    systemctl = runner.module.get_bin_path("systemctl", required=True)
+    where = ["--root", root] if root else []  # a tree: enable there, start nothing
+    rc, now = runner.run_tool([systemctl, *where, "is-enabled", EXPORTER_UNIT])[:2]
+    enabled = rc == 0 and now.strip() == "enabled"
+    verb = "enable" if want else "disable"
+    if want != enabled:
+        result["steps"].append(f"{verb} {EXPORTER_UNIT}")
+        if not check_mode:
+            runner.must_tool([systemctl, *where, verb, *([] if root else ["--now"]), EXPORTER_UNIT], result)
+    elif want and placed and not root and not check_mode:  # a new unit file: the running exporter takes it up
+        runner.must_tool([systemctl, "daemon-reload"], result)
+        runner.must_tool([systemctl, "try-restart", EXPORTER_UNIT], result)
+        result["steps"].append(f"restart {EXPORTER_UNIT}")
+    result["changed"] = bool(result["steps"])
+
+
 def _overlay(module, private, host_dir, writes):
     """Make `private` show `host_dir` through symlinks, except the paths of `writes` (relative
     path -> text), which are written there as files: nothing is ever written into `host_dir`."""
@@ -350,6 +409,8 @@ def main():
             "command": {"type": "str", "default": "bmslice"},
             "allow_move": {"type": "bool", "default": False},
             "keep_disks": {"type": "bool", "default": False},
+            "exporter_listen": {"type": "str", "default": "127.0.0.1:9963"},
+            "exporter_enabled": {"type": "bool", "default": True},
         },
         supports_check_mode=True,
     )
@@ -409,6 +470,8 @@ def main():
             _verify_action(runner, params, result, check_mode)
         elif action == "audit":
             _audit(runner, params, result, run_spec)
+        elif action == "exporter":
+            _exporter(runner, params, result, check_mode, spec)
         else:
             _destroy(runner, params, result, check_mode, run_spec)
     finally:

@@ -92,7 +92,12 @@ def main(argv: list[str]) -> int:
         }
     )
     again = _timed(
-        f"add {len(fleet.clusters)} workers, keep the placement", place, grown, topologies, placement, budget_s=args.budget
+        f"add {len(fleet.clusters)} workers, keep the placement",
+        place,
+        grown,
+        topologies,
+        placement,
+        budget_s=args.budget,
     )
     if again is not None:
         moved = [vm.name for vm in placement.vms if again.vm(vm.name) != vm]

@@ -672,9 +672,7 @@ def moved_vms(placement: Placement, existing: Placement | None) -> set[str]:
     if existing is None:
         return set()
     old = {vm.name: vm for vm in existing.vms}
-    return {
-        vm.name for vm in placement.vms if vm.name in old and moved(old[vm.name], vm.host, vm.nodes, _pfs_of(vm))
-    }
+    return {vm.name for vm in placement.vms if vm.name in old and moved(old[vm.name], vm.host, vm.nodes, _pfs_of(vm))}
 
 
 def violations(

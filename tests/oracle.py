@@ -419,7 +419,10 @@ def check_plan(topo: HostTopology, spec: Spec, plan: Plan) -> None:
         for on, part in zip(nodes, shares, strict=True):
             assert all(cpu_node[cpu] == on for cpu in part), f"{vm.name}: a vCPU of its node-{on} share off node {on}"
         # emulator + IOThreads
-        emu = set(vm.emulator_cpus)
+        # over several nodes on hugepages, the emulator also gets the host's CPUs of the other
+        # nodes (libvirt preallocates each cell's pages from a thread on that cell's node)
+        prealloc = {cpu for cpu in reserved if cpu_node[cpu] in nodes[1:]} if k > 1 and vs.hugepages.kib else set()
+        emu = set(vm.emulator_cpus) - prealloc
         if vs.emulator.value == "dedicated":
             emu_cores = [c for c in vm_cores if c.cpus == emu]
             assert len(emu_cores) == 1, f"{vm.name}: dedicated emulator CPUs {emu} are not one of its cores"
@@ -429,6 +432,8 @@ def check_plan(topo: HostTopology, spec: Spec, plan: Plan) -> None:
             local = {cpu for cpu in reserved if cpu_node[cpu] == node}
             assert emu == (local or reserved), f"{vm.name}: emulator=host should use the host CPUs of node {node}"
             vcpu_cores = vm_cores
+        assert prealloc <= set(vm.emulator_cpus), f"{vm.name}: no host CPU of its other nodes for the prealloc"
+        emu = set(vm.emulator_cpus)
         assert emu, f"{vm.name}: emulator threads unpinned"
         assert set(vm.iothread_cpus) == (emu if vs.iothreads else set()), f"{vm.name}: IOThreads off emulator CPUs"
         assert vm.iothreads == vs.iothreads

@@ -81,7 +81,8 @@ def test_server1_writes_exactly_what_it_reports_then_nothing(
 
     code, out, _ = run(capsys, "host-apply", spec, "--host-root", str(server1_root))
     assert code == 0
-    assert "no changes: 13 file(s) and setting(s) already as planned" in out  # the exporter's unit among them
+    # the exporter's unit and init.scope's drop-in among them
+    assert "no changes: 14 file(s) and setting(s) already as planned" in out
     assert reported(out) == set()
     assert snapshot(server1_root) == after
 
@@ -91,7 +92,7 @@ def test_dry_run_writes_nothing(server1_root: Path, capsys: pytest.CaptureFixtur
     code, out, _ = run(capsys, "host-apply", str(EXAMPLES / "spec.yaml"), "--host-root", str(server1_root), "--dry-run")
     assert code == 0
     assert "  would create /etc/tuned/cpu-partitioning-variables.conf" in out
-    assert "dry run: 13 change(s), nothing written" in out
+    assert "dry run: 14 change(s), nothing written" in out
     assert snapshot(server1_root) == before
 
 

@@ -23,6 +23,7 @@ SERVER1_FILES = {
     "etc/modprobe.d/bmslice-vfio.conf",
     "etc/modules-load.d/bmslice-vfio.conf",
     "etc/systemd/system.conf.d/50-bmslice-cpus.conf",
+    "etc/systemd/system/init.scope.d/50-bmslice-cpus.conf",
     "etc/systemd/system/irqbalance.service.d/50-bmslice-banned-cpus.conf",
     "etc/systemd/system/system.slice.d/50-bmslice-cpus.conf",
     "etc/systemd/system/user.slice.d/50-bmslice-cpus.conf",

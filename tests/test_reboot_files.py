@@ -75,6 +75,7 @@ REBOOT_FILES = {
     "etc/systemd/system.conf.d/50-bmslice-cpus.conf",
     "etc/systemd/system/bmslice-hugepages.service",
     "etc/systemd/system/dev-hugepages1G.mount",
+    "etc/systemd/system/init.scope.d/50-bmslice-cpus.conf",
     "etc/systemd/system/irqbalance.service.d/50-bmslice-banned-cpus.conf",
     "etc/systemd/system/libvirtd.service.d/50-bmslice-hugepages.conf",
     "etc/systemd/system/system.slice.d/50-bmslice-cpus.conf",
@@ -222,6 +223,8 @@ def systemd_verify(files: dict[str, str], tree: Path) -> tuple[list[str], str]:
     own = sorted(str(p) for p in unit_dir.iterdir() if p.is_file())
     extended = []
     for name in sorted(p.name.removesuffix(".d") for p in unit_dir.iterdir() if p.is_dir()):
+        if name == "init.scope":  # a scope has no unit file to load offline; the lab's systemd reads it
+            continue
         if _machine_has_unit(name) or not name.endswith(".service"):
             extended.append(name)
         else:
@@ -251,7 +254,7 @@ def test_every_rendered_unit_passes_systemd_analyze_verify(tmp_path: Path) -> No
         files = {rel: text for rel, text in render_host_files(plan, topo).items() if rel.startswith(UNIT_DIR + "/")}
         checked, output = systemd_verify(files, tmp_path / name)
         assert output == "exit 0\n", f"{name}: systemd-analyze verify {' '.join(checked)}\n{output}"
-        units = {rel.split("/")[3].removesuffix(".d") for rel in files}
+        units = {rel.split("/")[3].removesuffix(".d") for rel in files} - {"init.scope"}
         assert units <= set(checked), f"{name}: not checked: {units - set(checked)}"
         seen |= units
     # every kind of unit bmslice writes went through the tool

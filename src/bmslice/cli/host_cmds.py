@@ -39,11 +39,15 @@ def _root(args: argparse.Namespace) -> Path:
 def _plan(args: argparse.Namespace) -> tuple[HostTopology, Plan]:
     from bmslice.model.spec import load_spec
     from bmslice.plan.planner import make_plan
+    from bmslice.topology.fsroot import FsRoot
     from bmslice.topology.sysfs import read_host_tree
+    from bmslice.verify.defined_slices import defined_slices
 
     spec = load_spec(args.spec)
-    topo = read_host_tree(_root(args))
-    return topo, make_plan(topo, spec, origin=str(args.spec))
+    root = _root(args)
+    topo = read_host_tree(root)
+    # the slices libvirt defines here stay where they are, holding their devices (as apply keeps them)
+    return topo, make_plan(topo, spec, origin=str(args.spec), keep=defined_slices(FsRoot(root)))
 
 
 def _exporter(args: argparse.Namespace) -> ExporterUnit:

@@ -2,6 +2,7 @@
 
 bmslice lab up [--like SOURCE]        boot a lab (default: a small twin of the design note's server)
 bmslice lab run COMMAND|SCRIPT [ARGS] run something inside; its output and exit code come back
+bmslice lab reboot [--append ARGS]    power it off and boot it again from its disk (a --systemd lab)
 bmslice lab down                      power it off and remove its state
 bmslice lab status | assets           what runs; what the lab boots (versions, cache)
 """
@@ -55,14 +56,32 @@ def _like(source: str) -> Any:
     return topo
 
 
+def _wire(value: str) -> str:
+    """LAB:PORT, a port of a lab up with --switch-ports: the socket its QEMU listens on."""
+    from bmslice.lab.qemu_cmdline import switch_port_socket
+    from bmslice.lab.state import LabDir
+
+    lab, _, port = value.partition(":")
+    if not port.isdigit() or len(port) > 2:
+        raise LabError(f"--wire {value}: LAB:PORT, a port number of a lab up with --switch-ports")
+    return str(switch_port_socket(LabDir.of(lab).share, int(port)))
+
+
 def cmd_up(args: argparse.Namespace) -> int:
     from bmslice.lab import assets, machine
-    from bmslice.lab.qemu_cmdline import check_kernel_args
-    from bmslice.lab.shape import DESIGN_NOTE_TWIN, ShapedLab, check_lab_name, shape_like
+    from bmslice.lab.qemu_cmdline import BootOptions, check_kernel_args
+    from bmslice.lab.shape import DESIGN_NOTE_TWIN, ShapedLab, shape_like
     from bmslice.model.sizes import parse_size_mib
 
-    check_lab_name(args.name)  # before anything is fetched or printed under that name
-    extra = check_kernel_args(args.append or "")
+    machine.refuse_if_up(args.name)  # before anything is fetched or printed under that name
+    boot = BootOptions(
+        extra_kernel_args=check_kernel_args(args.append or ""),
+        systemd=args.systemd,
+        disk_mib=parse_size_mib(args.disk_size) if args.disk_size else BootOptions.disk_mib,
+        wires=tuple(_wire(port) for value in args.wire for port in value.split(",")),
+        switch_ports=args.switch_ports,
+        ssh_port=args.ssh_port,
+    )
     memory = parse_size_mib(args.memory_per_node) if args.memory_per_node else None
     if args.like:
         shaped = shape_like(_like(args.like), memory) if memory else shape_like(_like(args.like))
@@ -82,7 +101,7 @@ def cmd_up(args: argparse.Namespace) -> int:
         args.name,
         shaped.shape,
         found,
-        extra_kernel_args=extra,
+        boot=boot,
         ttl_s=args.ttl,
         boot_timeout_s=args.boot_timeout,
         libvirtd=not args.no_libvirtd,
@@ -91,6 +110,18 @@ def cmd_up(args: argparse.Namespace) -> int:
     )
     print(f"lab {info.name} is up; kernel args: {info.kernel_args}")
     print(f"run things in it: bmslice lab run --name {info.name} COMMAND; stop it: bmslice lab down --name {info.name}")
+    return EXIT_OK
+
+
+def cmd_reboot(args: argparse.Namespace) -> int:
+    from bmslice.lab import assets, machine
+    from bmslice.lab.qemu_cmdline import check_kernel_args
+
+    extra = check_kernel_args(args.append) if args.append is not None else None
+    machine.rebootable(args.name)  # before anything is checked or printed
+    found = assets.ensure(_cache(args), say=_say)
+    info = machine.reboot(args.name, found, extra, boot_timeout_s=args.boot_timeout, say=_say)
+    print(f"lab {info.name} is up again; kernel args: {info.kernel_args}")
     return EXIT_OK
 
 
@@ -170,7 +201,13 @@ def cmd_status(args: argparse.Namespace) -> int:
     if not found:
         print("no lab is up")
     for info, alive in found:
-        print(f"{info.name}: {'up' if alive else 'stopped'}; {info.shape.describe()}; kernel args: {info.kernel_args}")
+        boot = info.boot
+        extra = "; systemd as PID 1 on a root disk" if boot.systemd else ""
+        extra += f"; {boot.switch_ports} switch port(s)" if boot.switch_ports else ""
+        extra += f"; wired to {', '.join(boot.wires)}" if boot.wires else ""
+        extra += f"; ssh on 127.0.0.1:{boot.ssh_port}" if boot.ssh_port else ""
+        state = "up" if alive else "stopped"
+        print(f"{info.name}: {state}; {info.shape.describe()}{extra}; kernel args: {info.kernel_args}")
     return EXIT_OK
 
 
@@ -218,8 +255,36 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
     up.add_argument("--ttl", type=int, default=3600, metavar="SECONDS", help="stop the lab after this long (3600)")
     up.add_argument("--boot-timeout", type=int, default=300, metavar="SECONDS")
     up.add_argument("--no-libvirtd", action="store_true", help="do not start libvirtd inside")
+    up.add_argument(
+        "--systemd",
+        action="store_true",
+        help="boot this machine's systemd as PID 1, on a root disk kept across `lab reboot`",
+    )
+    up.add_argument("--disk-size", metavar="SIZE", help="the root disk of a --systemd lab (default 4GiB, sparse)")
+    up.add_argument(
+        "--wire",
+        action="append",
+        default=[],
+        metavar="LAB:PORT[,...]",
+        help="plug the SR-IOV NICs, in order, into these ports of a lab up with --switch-ports",
+    )
+    up.add_argument(
+        "--switch-ports",
+        type=int,
+        default=0,
+        metavar="N",
+        help="give the lab N NICs that are a switch's ports (other labs' --wire plug into them)",
+    )
+    up.add_argument("--ssh-port", type=int, metavar="PORT", help="forward 127.0.0.1:PORT here to the lab's port 22")
     _cache_args(up)
     up.set_defaults(handler=cmd_up)
+
+    reboot = lab_sub.add_parser("reboot", help="power a --systemd lab off and boot it again from its disk")
+    _name(reboot)
+    reboot.add_argument("--append", metavar="ARGS", help="boot with these extra kernel args instead of the last ones")
+    reboot.add_argument("--boot-timeout", type=int, default=300, metavar="SECONDS")
+    reboot.add_argument("--cache", type=Path, metavar="DIR", help="where the lab's packages are cached")
+    reboot.set_defaults(handler=cmd_reboot)
 
     run_p = lab_sub.add_parser(
         "run",

@@ -55,6 +55,9 @@ WANTED = (
     Wanted("qemu-system-modules-spice", BACKPORTS, QEMU_MINIMUM),
     Wanted("seabios", BACKPORTS, "1.16.3"),
     Wanted("busybox-static", None),
+    # Only its systemd units, for a lab whose PID 1 is systemd on a machine that runs libvirtd
+    # without them (this machine kind installs libvirt-daemon alone and starts it by hand).
+    Wanted("libvirt-daemon-system", None),
 )
 
 
@@ -193,6 +196,8 @@ def load(cache: Path = DEFAULT_CACHE) -> Assets | None:
         assets = Assets(cache, packages, str(data["kernel_release"]))
     except (OSError, ValueError, KeyError, TypeError):
         return None
+    if {w.package for w in WANTED} - {p.package for p in packages}:
+        return None  # a cache from a bmslice that wanted less
     for fetched in packages:
         deb = cache / "debs" / fetched.file
         if not deb.is_file() or _sha256(deb) != fetched.sha256:

@@ -15,8 +15,9 @@ from bmslice.lab.cpio import Cpio
 from bmslice.lab.kmod import load_order, parse_modules_dep
 from bmslice.lab.qemu_cmdline import ROOT_TAG, SHARE_TAG
 
-# What stage 1 needs to reach the root: virtio-pci, 9p over virtio, overlayfs.
-INITRAMFS_MODULES = ("virtio_pci", "9pnet_virtio", "9p", "overlay")
+# What stage 1 needs to reach the root: virtio-pci, 9p over virtio, overlayfs; and a root disk
+# when the lab has one (ext4 asks the crypto API for crc32c when it mounts: loaded first).
+INITRAMFS_MODULES = ("virtio_pci", "9pnet_virtio", "9p", "overlay", "virtio_blk", "crc32c_generic", "ext4")
 
 
 def guest_script(name: str) -> str:

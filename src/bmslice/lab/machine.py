@@ -8,13 +8,12 @@ stage 2 runs it under `timeout` and writes `out`, `err` and finally `rc`.
 
 Every process bmslice starts here runs under `timeout` (the lab's TTL), in a session of
 its own, and is stopped by `down` or on any failure of `up`; before signalling a pid it
-checks the process still carries this lab's name, so it never kills what it did not start.
+checks the process is still this lab's (its QEMU name and pid file, both whole:
+`processes.py`), so it never kills what it did not start.
 """
 
 from __future__ import annotations
 
-import contextlib
-import json
 import os
 import shlex
 import shutil
@@ -22,161 +21,94 @@ import signal
 import subprocess
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
 
 from bmslice.errors import LabError
+from bmslice.lab import processes
 from bmslice.lab.assets import Assets, missing_libraries
 from bmslice.lab.boot_files import build_initramfs, guest_script
-from bmslice.lab.qemu_cmdline import LabFiles, kernel_cmdline, qemu_command
-from bmslice.lab.shape import LabShape, check_lab_name
+from bmslice.lab.qemu_cmdline import BootOptions, LabFiles, kernel_cmdline, qemu_command
+from bmslice.lab.shape import LAB_NAME_RE, LabShape
+from bmslice.lab.state import STATE_ROOT, LabDir, LabInfo, LabStateError, read_info, write_info
+from bmslice.lab.units import LIBVIRT_UNITS, lab_units
 
-STATE_ROOT = Path(os.environ.get("BMSLICE_LAB_STATE", "/run/bmslice/lab"))
 SHARE_MOUNT = "/mnt/bmslice-lab"
-CONSOLE_TAIL_LINES = 25
+MACHINE_LIBVIRTD_UNIT = Path("/lib/systemd/system/libvirtd.service")
 _POLL_S = 0.25
 
 Say = Callable[[str], None]
 
 
-@dataclass(frozen=True)
-class LabDir:
-    name: str
-    path: Path
-
-    @classmethod
-    def of(cls, name: str, state_root: Path = STATE_ROOT) -> LabDir:
-        return cls(check_lab_name(name), state_root / name)
-
-    @property
-    def share(self) -> Path:
-        return self.path / "share"
-
-    @property
-    def jobs(self) -> Path:
-        return self.share / "jobs"
-
-    @property
-    def console(self) -> Path:
-        return self.path / "console.log"
-
-    @property
-    def meta(self) -> Path:
-        return self.path / "lab.json"
-
-    @property
-    def mark(self) -> str:
-        """What every process of this lab carries in its command line."""
-        return f"bmslice-lab-{self.name}"
-
-    def console_tail(self, lines: int = CONSOLE_TAIL_LINES) -> str:
-        try:
-            with self.console.open("rb") as handle:
-                handle.seek(max(0, self.console.stat().st_size - 64 * 1024))
-                text = handle.read().decode("utf-8", "replace")
-        except OSError:
-            return "(no console output)"
-        return "\n".join(text.replace("\r", "").splitlines()[-lines:]) or "(no console output)"
-
-
-@dataclass(frozen=True)
-class LabInfo:
-    name: str
-    shape: LabShape
-    kernel_args: str
-    wrapper_pid: int
-    started: float
-    ttl_s: int
-    versions: dict[str, str]
-    scaled_down: tuple[str, ...] = ()
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "name": self.name,
-            "shape": self.shape.to_dict(),
-            "kernel_args": self.kernel_args,
-            "wrapper_pid": self.wrapper_pid,
-            "started": self.started,
-            "ttl_s": self.ttl_s,
-            "versions": self.versions,
-            "scaled_down": list(self.scaled_down),
-        }
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> LabInfo:
-        shape = dict(data["shape"])
-        shape["sriov_nics_per_node"] = tuple(shape["sriov_nics_per_node"])
-        return cls(
-            name=str(data["name"]),
-            shape=LabShape(**shape),
-            kernel_args=str(data["kernel_args"]),
-            wrapper_pid=int(data["wrapper_pid"]),
-            started=float(data["started"]),
-            ttl_s=int(data["ttl_s"]),
-            versions={str(k): str(v) for k, v in data["versions"].items()},
-            scaled_down=tuple(data.get("scaled_down", ())),
-        )
-
-
-# --- processes --------------------------------------------------------------------------
-
-
-def _alive(pid: int, mark: str) -> bool:
-    """`pid` runs (not a zombie) and is this lab's: its command line carries `mark`."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
-    except OSError:
-        return False
-    state = stat.rpartition(")")[2].split()[:1]
-    return state != ["Z"] and mark.encode() in cmdline
-
-
-def _signal_group(pid: int, mark: str, sig: signal.Signals) -> None:
-    if _alive(pid, mark):
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(pid, sig)
-
-
-def _stop_process(pid: int, mark: str, grace_s: float) -> None:
-    """SIGTERM the lab's process group, SIGKILL it after `grace_s`; wait until it is gone."""
-    _signal_group(pid, mark, signal.SIGTERM)
-    deadline = time.monotonic() + grace_s
-    while _alive(pid, mark) and time.monotonic() < deadline:
-        time.sleep(_POLL_S)
-    _signal_group(pid, mark, signal.SIGKILL)
-    deadline = time.monotonic() + 10
-    while _alive(pid, mark) and time.monotonic() < deadline:
-        time.sleep(_POLL_S)
-    if _alive(pid, mark):
-        raise LabError(f"lab process {pid} did not stop after SIGKILL")
-
-
-def read_info(lab: LabDir) -> LabInfo | None:
-    try:
-        return LabInfo.from_dict(json.loads(lab.meta.read_text()))
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
+def running_or_refuse(name: str, state_root: Path = STATE_ROOT) -> LabInfo:
+    info = running(LabDir.of(name, state_root))
+    if info is None:
+        raise LabError(f"lab {name} is not up; `bmslice lab up --name {name}` first")
+    return info
 
 
 def running(lab: LabDir) -> LabInfo | None:
+    """The lab's state when its QEMU runs; None when it is not up; LabError when its state is unusable."""
     info = read_info(lab)
-    return info if info is not None and _alive(info.wrapper_pid, lab.mark) else None
+    return info if info is not None and processes.is_lab_process(info.wrapper_pid, lab) else None
 
 
 # --- up ---------------------------------------------------------------------------------
 
 
-def _prepare_dir(lab: LabDir, hostname: str, libvirtd: bool) -> None:
-    if running(lab) is not None:
+def refuse_if_up(name: str, state_root: Path = STATE_ROOT) -> None:
+    """Before `up` fetches or prints anything: a lab of this name runs, or left state nobody can read."""
+    lab = LabDir.of(name, state_root)
+    if processes.find(lab, read_info(lab)) is not None:
         raise LabError(f"lab {lab.name} is already up; `bmslice lab down --name {lab.name}` first")
-    shutil.rmtree(lab.path, ignore_errors=True)
+
+
+def _prepare_dir(lab: LabDir, hostname: str, libvirtd: bool, boot: BootOptions, assets: Assets) -> None:
+    refuse_if_up(lab.name, lab.path.parent)
+    _remove_state(lab)
     lab.jobs.mkdir(parents=True)
-    (lab.share / "stage2.sh").write_text(guest_script("stage2.sh"))
+    for script in ("stage2.sh", "prepare.sh", "jobs.sh"):
+        (lab.share / script).write_text(guest_script(script))
     (lab.share / "hostname").write_text(hostname + "\n")
     if libvirtd:
         (lab.share / "with-libvirtd").touch()
+    if boot.systemd:
+        (lab.share / "systemd").mkdir()
+        for unit, text in lab_units(libvirtd).items():
+            (lab.share / "systemd" / unit).write_text(text)
+        if libvirtd and not MACHINE_LIBVIRTD_UNIT.exists():
+            for unit in LIBVIRT_UNITS:
+                shutil.copyfile(assets.root / "lib/systemd/system" / unit, lab.share / "systemd" / unit)
+        _make_root_disk(lab.root_disk, boot.disk_mib)
+
+
+def _make_root_disk(path: Path, size_mib: int) -> None:
+    """A sparse raw image with an empty ext4: the overlay's upper layer, kept across reboots."""
+    mkfs = shutil.which("mkfs.ext4")
+    if mkfs is None:
+        raise LabError("a lab with a root disk needs mkfs.ext4 (apt-get install e2fsprogs)")
+    with path.open("xb") as image:
+        image.truncate(size_mib << 20)
+    done = subprocess.run(
+        [mkfs, "-q", "-F", "-L", "bmslice-lab", "-E", "lazy_itable_init=1,lazy_journal_init=1", str(path)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if done.returncode != 0:
+        raise LabError(f"mkfs.ext4 {path} failed: {(done.stderr or done.stdout).strip()[-300:]}")
+
+
+def _files(lab: LabDir, assets: Assets, boot: BootOptions) -> LabFiles:
+    return LabFiles(
+        qemu_prefix=assets.root,
+        kernel=assets.kernel,
+        initrd=lab.path / "initrd.img",
+        share=lab.share,
+        console=lab.console,
+        pidfile=lab.pidfile,
+        root_disk=lab.root_disk if boot.systemd else None,
+    )
 
 
 def up(
@@ -184,7 +116,7 @@ def up(
     shape: LabShape,
     assets: Assets,
     *,
-    extra_kernel_args: tuple[str, ...] = (),
+    boot: BootOptions | None = None,
     ttl_s: int = 3600,
     boot_timeout_s: int = 300,
     libvirtd: bool = True,
@@ -193,48 +125,99 @@ def up(
     say: Say = lambda _l: None,
 ) -> LabInfo:
     """Boot the lab and wait until it serves jobs; on any failure nothing of it is left running."""
+    boot = boot or BootOptions()
     lab = LabDir.of(name, state_root)
-    _prepare_dir(lab, name, libvirtd)
-    files = LabFiles(
-        qemu_prefix=assets.root,
-        kernel=assets.kernel,
-        initrd=lab.path / "initrd.img",
-        share=lab.share,
-        console=lab.console,
-        pidfile=lab.path / "qemu.pid",
-    )
+    files = _files(lab, assets, boot)
     missing = missing_libraries(files.qemu)
     if missing:
         raise LabError(f"QEMU 10 needs libraries this machine lacks: {', '.join(missing)} (apt-get install them)")
+    _prepare_dir(lab, name, libvirtd, boot, assets)
     files.initrd.write_bytes(build_initramfs(assets.busybox, assets.modules, assets.kernel_release))
-    argv, env = qemu_command(shape, files, name, ttl_s, extra_kernel_args)
-    with (lab.path / "qemu.log").open("wb") as log:
-        proc = subprocess.Popen(
-            argv, env={**os.environ, **env}, stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True
-        )
     info = LabInfo(
         name=name,
         shape=shape,
-        kernel_args=kernel_cmdline(shape, extra_kernel_args),
-        wrapper_pid=proc.pid,
+        kernel_args=kernel_cmdline(shape, boot.extra_kernel_args, boot.systemd),
+        wrapper_pid=2,  # replaced by the wrapper's pid once it runs
         started=time.time(),
         ttl_s=ttl_s,
         versions={p.package: p.version for p in assets.packages},
         scaled_down=scaled_down,
+        boot=boot,
     )
-    lab.meta.write_text(json.dumps(info.to_dict(), indent=2) + "\n")
+    return _boot(lab, files, info, boot_timeout_s, say, keep_meta=False)
+
+
+def _boot(lab: LabDir, files: LabFiles, info: LabInfo, timeout_s: int, say: Say, keep_meta: bool) -> LabInfo:
+    """Start the lab's QEMU and wait until it serves jobs; on any failure stop it again."""
+    argv, env = qemu_command(info.shape, files, lab.name, info.ttl_s, info.boot)
+    with (lab.path / "qemu.log").open("wb") as log:
+        proc = subprocess.Popen(
+            argv, env={**os.environ, **env}, stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True
+        )
+    info = replace(info, wrapper_pid=proc.pid)
+    write_info(lab, info)
     # SIGTERM while booting ends like Ctrl-C: the half-booted lab is stopped, not left to its TTL.
     previous = signal.signal(signal.SIGTERM, _terminate)
     try:
-        _wait_ready(lab, proc, boot_timeout_s, say)
+        _wait_ready(lab, proc, timeout_s, say)
     except BaseException:
-        _stop_process(proc.pid, lab.mark, 5)
+        processes.stop(processes.LabProcess(proc.pid, group=True), lab, 5)
         proc.wait()
-        lab.meta.unlink(missing_ok=True)  # not up; its console log stays for a look until the next `up`
+        if not keep_meta:
+            lab.meta.unlink(missing_ok=True)  # not up; its console log stays for a look until the next `up`
         raise
     finally:
         signal.signal(signal.SIGTERM, previous)
     return info
+
+
+def rebootable(name: str, state_root: Path = STATE_ROOT) -> LabInfo:
+    """The lab's state, when it runs and keeps its changes on a root disk."""
+    info = running_or_refuse(name, state_root)
+    if not info.boot.systemd:
+        raise LabError(
+            f"lab {name} keeps its changes in memory, so a reboot would lose them: boot it with --systemd "
+            "(a root disk kept across reboots)"
+        )
+    return info
+
+
+def reboot(
+    name: str,
+    assets: Assets,
+    extra_kernel_args: tuple[str, ...] | None = None,
+    *,
+    boot_timeout_s: int = 300,
+    grace_s: float = 180,
+    state_root: Path = STATE_ROOT,
+    say: Say = lambda _l: None,
+) -> LabInfo:
+    """Power the lab off cleanly and boot it again from its root disk (with other kernel args).
+
+    Only a lab on a root disk (`--systemd`) keeps what it wrote: one in memory would come back
+    empty, which is `lab down` and `lab up`, not a reboot.
+    """
+    lab = LabDir.of(name, state_root)
+    info = rebootable(name, state_root)
+    process = processes.LabProcess(info.wrapper_pid, group=True)
+    say("powering off")
+    (lab.share / "poweroff").touch()
+    deadline = time.monotonic() + grace_s
+    while processes.alive(process, lab) and time.monotonic() < deadline:
+        time.sleep(_POLL_S)
+    if processes.alive(process, lab):
+        say(f"the lab did not power off within {grace_s:.0f} s; stopping its QEMU (its disk may need a journal replay)")
+        processes.stop(process, lab, 10)
+    for stale in ("ready", "poweroff"):
+        (lab.share / stale).unlink(missing_ok=True)
+    boot = info.boot if extra_kernel_args is None else replace(info.boot, extra_kernel_args=extra_kernel_args)
+    again = replace(
+        info,
+        boot=boot,
+        kernel_args=kernel_cmdline(info.shape, boot.extra_kernel_args, boot.systemd),
+        started=time.time(),
+    )
+    return _boot(lab, _files(lab, assets, boot), again, boot_timeout_s, say, keep_meta=True)
 
 
 def _terminate(signum: int, _frame: object) -> None:
@@ -265,12 +248,12 @@ def _wait_ready(lab: LabDir, proc: subprocess.Popen[bytes], timeout_s: int, say:
 
 def peak_memory_mib(lab: LabDir) -> int | None:
     """The most memory the lab's QEMU has held (VmHWM), while it runs."""
+    pid = processes.qemu_pid(lab)
+    if pid is None:
+        return None
     try:
-        pid = int((lab.path / "qemu.pid").read_text().strip())
-        if not _alive(pid, lab.mark):
-            return None
         status = Path(f"/proc/{pid}/status").read_text()
-    except (OSError, ValueError):
+    except OSError:
         return None
     for line in status.splitlines():
         if line.startswith("VmHWM:"):
@@ -279,36 +262,60 @@ def peak_memory_mib(lab: LabDir) -> int | None:
 
 
 def down(name: str, state_root: Path = STATE_ROOT, grace_s: float = 30, say: Say = lambda _l: None) -> bool:
-    """Power the lab off (cleanly if it answers, by signal if not) and remove its state. False: it was not up."""
+    """Power the lab off (cleanly if it answers, by signal if not) and remove its state. False: it was not up.
+
+    A state directory whose lab.json is unusable (hand-edited, cut short, another version's)
+    or whose QEMU is gone is cleared, saying so; a QEMU of this lab that still runs is found
+    through its pid file and stopped first.
+    """
     lab = LabDir.of(name, state_root)
-    info = read_info(lab)
-    if info is None:
-        if lab.path.exists():
-            shutil.rmtree(lab.path, ignore_errors=True)
+    try:
+        info, problem = read_info(lab), None
+    except LabStateError as exc:
+        info, problem = None, exc.problem
+    process = processes.find(lab, info)
+    if problem:
+        say(f"{problem}; clearing it")
+    if process is None:
+        if lab.path.exists() or lab.path.is_symlink():
+            if info is not None:
+                say(f"lab {name}'s QEMU no longer runs (pid {info.wrapper_pid}); removing its stale state")
+            elif not problem:
+                say(f"lab {name} left a state directory without lab.json; removing it")
+            _remove_state(lab)
         return False
     peak = peak_memory_mib(lab)
     if peak is not None:
-        say(f"the lab's QEMU held at most {peak} MiB; it ran {time.time() - info.started:.0f} s")
-    if _alive(info.wrapper_pid, lab.mark):
-        (lab.share / "poweroff").touch()
-        deadline = time.monotonic() + grace_s
-        while _alive(info.wrapper_pid, lab.mark) and time.monotonic() < deadline:
-            time.sleep(_POLL_S)
-        if _alive(info.wrapper_pid, lab.mark):
-            say(f"the lab did not power off within {grace_s:.0f} s; stopping its QEMU")
-        _stop_process(info.wrapper_pid, lab.mark, 10)
-    shutil.rmtree(lab.path, ignore_errors=True)
+        ran = f"; it ran {time.time() - info.started:.0f} s" if info is not None else ""
+        say(f"the lab's QEMU held at most {peak} MiB{ran}")
+    (lab.share / "poweroff").touch()
+    deadline = time.monotonic() + grace_s
+    while processes.alive(process, lab) and time.monotonic() < deadline:
+        time.sleep(_POLL_S)
+    if processes.alive(process, lab):
+        say(f"the lab did not power off within {grace_s:.0f} s; stopping its QEMU")
+    processes.stop(process, lab, 10)
+    _remove_state(lab)
     return True
 
 
+def _remove_state(lab: LabDir) -> None:
+    if lab.path.is_symlink():  # bmslice makes directories here, never links: remove the link only
+        lab.path.unlink()
+    else:
+        shutil.rmtree(lab.path, ignore_errors=True)
+
+
 def labs(state_root: Path = STATE_ROOT) -> list[tuple[LabInfo, bool]]:
-    """Every lab with state on this machine, and whether its QEMU still runs."""
+    """Every lab with state on this machine, and whether its QEMU still runs; LabError for an unusable one."""
     found = []
     for path in sorted(state_root.glob("*/lab.json")) if state_root.is_dir() else []:
+        if not LAB_NAME_RE.fullmatch(path.parent.name):  # not a directory bmslice made
+            continue
         lab = LabDir(path.parent.name, path.parent)
         info = read_info(lab)
         if info is not None:
-            found.append((info, _alive(info.wrapper_pid, lab.mark)))
+            found.append((info, processes.is_lab_process(info.wrapper_pid, lab)))
     return found
 
 
@@ -347,9 +354,7 @@ def run(
 ) -> int:
     """Run `job` in the lab, streaming its output; return its exit code (124: it timed out)."""
     lab = LabDir.of(name, state_root)
-    info = running(lab)
-    if info is None:
-        raise LabError(f"lab {name} is not up; `bmslice lab up --name {name}` first")
+    info = running_or_refuse(name, state_root)
     job_id = f"{time.time_ns()}-{os.getpid()}"
     host_dir = lab.jobs / job_id
     guest_dir = f"{SHARE_MOUNT}/jobs/{job_id}"
@@ -406,7 +411,7 @@ def _follow(
             except ValueError:
                 raise LabError(f"the lab wrote an unreadable exit code for: {what}") from None
         now = time.monotonic()
-        if not _alive(info.wrapper_pid, lab.mark):
+        if not processes.is_lab_process(info.wrapper_pid, lab):
             raise LabError(f"the lab stopped while running: {what}", f"console tail:\n{lab.console_tail()}")
         if now - start > job.timeout_s + 30:
             raise LabError(f"the lab did not report the end of: {what} ({job.timeout_s} s timeout + 30 s)")

@@ -200,8 +200,13 @@ def _consistent(vm: VmPlan) -> None:
         raise RecordError(f"vcpu_pins: CPUs {vm.vcpu_cpus - owned} are not in the slice's cores")
     if len(vm.vcpu_cpus) != vm.vcpus:
         raise RecordError("vcpu_pins: two vCPUs on one CPU")
-    if vm.emulator_policy == EmulatorPolicy.DEDICATED.value and not vm.emulator_cpus.issubset(owned):
-        raise RecordError(f"emulator_cpus: CPUs {vm.emulator_cpus - owned} are not in the slice's cores")
+    # A VM over several nodes on hugepages also lets its emulator run on the host's CPUs of its
+    # other nodes (libvirt's per-cell prealloc threads, planner.py); every other emulator
+    # runs on the slice's own core.
+    outside = vm.emulator_cpus - owned
+    prealloc = len(vm.numa_nodes) > 1 and bool(vm.hugepage_kib) and vm.emulator_cpus != outside
+    if vm.emulator_policy == EmulatorPolicy.DEDICATED.value and outside and not prealloc:
+        raise RecordError(f"emulator_cpus: CPUs {outside} are not in the slice's cores")
     topo = vm.guest_topology
     if topo.sockets * topo.dies * topo.cores * topo.threads != vm.vcpus:
         raise RecordError(f"guest_topology: does not multiply out to its {vm.vcpus} vCPUs")

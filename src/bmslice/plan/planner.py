@@ -352,11 +352,17 @@ def _vm_plan(
         pins = tuple(pin for alloc in allocs for pin in alloc.vcpu_pins)
         cores = tuple(sorted((core for alloc in allocs for core in alloc.cores), key=CpuSet.min))
         emulator_core = allocs[0].emulator_core
+        # libvirt (9.0) preallocates each cell's hugepages with a thread pinned to that cell's
+        # node, inside the emulator's cpuset: pinned to one node's CPUs, QEMU cannot start
+        # ("Setting CPU affinity failed", found by the lab on a host whose systemd gives libvirt
+        # cgroups). Such a VM's emulator may also run on the host's CPUs of its other nodes.
+        prealloc_nodes = nodes[1:] if len(allocs) > 1 and vm.hugepages.kib else ()
+        elsewhere = [c.cpus for c in host_cores if c.node in prealloc_nodes]
         if emulator_core is not None:
-            emu_cpus = emulator_core
+            emu_cpus = CpuSet.union([emulator_core, *elsewhere])
         else:
             local = [c.cpus for c in host_cores if c.node == nodes[0]] or [c.cpus for c in host_cores]
-            emu_cpus = CpuSet.union(local)
+            emu_cpus = CpuSet.union([*local, *elsewhere])
         share = vm.vcpus // len(allocs)
         pairs = all(a.sibling_pairs for a in allocs) and share % 2 == 0 and topo.smt
         # one guest socket per cell, so the guest's sockets, cores and threads agree with its cells

@@ -41,6 +41,7 @@ TUNED = "etc/tuned/cpu-partitioning-variables.conf"
 TUNED_REALTIME = "etc/tuned/realtime-virtual-host-variables.conf"
 TUNED_PROFILE = "etc/tuned/bmslice/tuned.conf"
 SLICES = ("system.slice", "user.slice")
+INIT_SCOPE = "init.scope"
 SYSTEM_CONF = "etc/systemd/system.conf.d/50-bmslice-cpus.conf"
 VFIO_OPTIONS = "etc/modprobe.d/bmslice-vfio.conf"
 VFIO_LOAD = "etc/modules-load.d/bmslice-vfio.conf"
@@ -346,6 +347,17 @@ def _slice(plan: Plan, unit: str) -> str:
     )
 
 
+def _init_scope(plan: Plan) -> str:
+    # AllowedCPUs= on the slices makes systemd enable the cpuset controller, and a kernel before
+    # 6.2 then resets the affinity of every task in a cpuset to the cpuset's CPUs: PID 1, in
+    # init.scope, lost its CPUAffinity= and ran on every CPU after a reboot (the lab, Debian 12).
+    return (
+        HEADER + "# PID 1 stays on the host-reserved CPUs once systemd enables the cpuset controller.\n"
+        "[Scope]\n"
+        f"AllowedCPUs={plan.host.reserved_cpus}\n"
+    )
+
+
 def _system_conf(plan: Plan) -> str:
     # There is no init.slice: PID 1 lives in init.scope. CPUAffinity= covers PID 1 and is the
     # default of everything it starts; libvirt pins each QEMU thread explicitly.
@@ -438,6 +450,7 @@ def render_host_files(plan: Plan, topo: HostTopology, exporter: ExporterUnit | N
         files[TUNED_REALTIME] = _tuned_realtime(plan)
     for unit in SLICES:
         files[slice_dropin(unit)] = _slice(plan, unit)
+    files[slice_dropin(INIT_SCOPE)] = _init_scope(plan)
     files.update(_boot_hugepage_files(plan, topo))
     files.update(sriov_host_files(plan))
     files.update(resctrl_files(plan))

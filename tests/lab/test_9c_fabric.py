@@ -1,0 +1,315 @@
+"""Scenario: the Red/Blue fabric on the wire. Two lab servers, one switch, the fleet's own files.
+
+Three labs: a switch (a VLAN-aware Linux bridge in a network namespace of its own, over two
+NICs) and two servers whose igb NIC is plugged into one of its ports (QEMU stream sockets:
+a frame the server's igb sends arrives on the switch's port, and back). The lab kernel has
+bridges; this machine's does not.
+
+1. `bmslice fleet ansible` plans Red (VLAN 100) and Blue (VLAN 200), one worker of each per
+   server, reading both servers through `qemu+ssh://` (each lab's sshd, forwarded to this
+   machine's loopback), and writes `fabric/fabric-switch.set`. That file, parsed as a switch
+   takes it, is what configures the bridge: both ports trunks of Red and Blue, tagged.
+2. The playbook runs over ssh on both servers for real: the slices run, holding their VFs.
+3. The guests boot no OS under TCG, so each VF stands in for its guest: the slice is stopped
+   (libvirt gives the VF back to igbvf, with the MAC and VLAN bmslice set), its netdev goes
+   into a network namespace, all four in one IP subnet so that only the VLANs keep them
+   apart. Red reaches Red across the servers, Blue reaches Blue; Blue never reaches Red, nor
+   Red Blue, in either direction. A frame with a spoofed source MAC from a VF with spoofchk
+   on never reaches the switch; with spoofchk off (briefly) it does.
+4. The playbook again starts the slices; `fleet verify` with the bridge's forwarding table,
+   converted into Junos' table format, reports every VM NIC learned on its planned port and
+   VLAN, and every server's slices as planned.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from bmslice.lab import assets
+from bmslice.lab.switch import bridge_commands, parse_junos_set, switch_table
+from lab import labctl
+from lab.conftest import FAB1, FAB2, L3, SSH_PORTS, SWITCH, Lane, use
+from sshd_server import write_config
+
+REPO = labctl.REPO
+BIN = labctl.VENV_BIN
+PORTS = {FAB1: "ge-0/0/1", FAB2: "ge-0/0/2"}
+SWITCH_MACS = {"ge-0/0/1": "52:54:00:1b:fe:00", "ge-0/0/2": "52:54:00:1b:fe:01"}  # the switch lab's ports
+PF = "enp65s0"  # each server's igb
+ADDRESSES = {
+    (FAB1, "red"): "10.9.0.11",
+    (FAB2, "red"): "10.9.0.12",
+    (FAB1, "blue"): "10.9.0.21",
+    (FAB2, "blue"): "10.9.0.22",
+}
+SPOOFED = "02:de:ad:00:00:01"
+BUSYBOX = assets.DEFAULT_CACHE / "root/bin/busybox"  # the lab sees this machine's files at the same paths
+
+# In the switch lab: its two ports renamed after the switch's, moved into a namespace with the bridge.
+SWITCH_UP = r"""
+set -e
+ip netns add fabric
+for pair in "$@"; do
+    mac=${pair%%=*}; name=${pair#*=}
+    for dev in /sys/class/net/*; do
+        [ "$(cat $dev/address)" = "$mac" ] || continue
+        ip link set "${dev##*/}" down
+        ip link set "${dev##*/}" name "$name"
+        ip link set "$name" netns fabric
+    done
+done
+# ageing an hour: the table fleet verify reads still holds what the guests sent
+ip netns exec fabric ip link add fabric type bridge vlan_filtering 1 vlan_default_pvid 0 ageing_time 360000
+ip netns exec fabric ip link set fabric up
+ip netns exec fabric ip link set lo up
+"""
+
+SSHD = r"""
+set -e
+mkdir -p /etc/bmslice-lab-ssh /run/sshd
+cp host_key authorized_keys /etc/bmslice-lab-ssh/
+chmod 600 /etc/bmslice-lab-ssh/host_key
+cat > /etc/bmslice-lab-ssh/sshd_config <<EOF
+ListenAddress 0.0.0.0:22
+HostKey /etc/bmslice-lab-ssh/host_key
+AuthorizedKeysFile /etc/bmslice-lab-ssh/authorized_keys
+PidFile /run/bmslice-lab-sshd.pid
+PubkeyAuthentication yes
+PasswordAuthentication no
+KbdInteractiveAuthentication no
+PermitRootLogin prohibit-password
+UsePAM no
+StrictModes no
+MaxStartups 100
+EOF
+/usr/sbin/sshd -f /etc/bmslice-lab-ssh/sshd_config -E /var/log/bmslice-lab-sshd.log
+"""
+
+# In a server lab: the slice's VF back from libvirt, as the guest's stand-in in a namespace.
+STAND_IN = r"""
+set -e
+vm=$1 ns=$2 address=$3
+pci=$(virsh -c qemu:///system dumpxml "$vm" | python3 -c '
+import sys, xml.etree.ElementTree as ET
+a = ET.parse(sys.stdin).find("devices/interface[@type=\"hostdev\"]/source/address")
+print("%04x:%02x:%02x.%x" % tuple(int(a.get(k), 16) for k in ("domain", "bus", "slot", "function")))')
+virsh -c qemu:///system destroy "$vm" >/dev/null
+for _ in $(seq 1 120); do [ -d /sys/bus/pci/devices/$pci/net ] && break; sleep 0.5; done
+dev=$(ls /sys/bus/pci/devices/$pci/net)
+ip netns add "$ns"
+ip link set "$dev" netns "$ns"
+ip netns exec "$ns" ip link set lo up
+ip netns exec "$ns" ip link set "$dev" name guest up
+ip netns exec "$ns" ip addr add "$address/24" dev guest
+echo "$pci $(ip netns exec "$ns" cat /sys/class/net/guest/address)"
+"""
+
+# Frames with a source MAC of the caller's choice, sent raw from the namespace's guest NIC.
+SEND_AS = r"""
+import socket, sys
+src = bytes.fromhex(sys.argv[1].replace(":", ""))
+sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW)
+sock.bind(("guest", 0))
+for _ in range(5):
+    sock.send(b"\xff" * 6 + src + b"\x88\xb5" + b"bmslice lab spoof check".ljust(46, b"."))
+"""
+
+
+def _ansible_env(work: Path) -> dict[str, str]:
+    return {
+        **os.environ,
+        "ANSIBLE_COLLECTIONS_PATH": str(REPO),
+        "ANSIBLE_HOME": str(work / "ansible-home"),
+        "ANSIBLE_NOCOLOR": "1",
+        "ANSIBLE_REMOTE_TEMP": "/var/tmp/bmslice-ansible",
+        "ANSIBLE_SSH_CONTROL_PATH_DIR": str(work / "ansible-cp"),
+        "ANSIBLE_TIMEOUT": "120",
+    }
+
+
+def _playbook(out: Path, work: Path) -> subprocess.CompletedProcess[str]:
+    labctl.say("host: ansible-playbook site.yml over ssh to both lab servers")
+    argv = [str(BIN / "ansible-playbook"), "-i", "inventory.yml", "site.yml", "-v", "-f", "2"]
+    argv += ["-e", f"bmslice_command={BIN / 'bmslice'}", "-e", "bmslice_base_dir=/var/lib/bmslice-fleet"]
+    argv += ["-e", f"ansible_python_interpreter={sys.executable}"]  # the same path inside each lab
+    return subprocess.run(argv, cwd=out, env=_ansible_env(work), capture_output=True, text=True, timeout=3600)
+
+
+def _fleet(work: Path, ssh: Path, key: Path) -> Path:
+    def server(name: str, rack: str) -> dict[str, Any]:
+        uri = f"qemu+ssh://root@127.0.0.1:{SSH_PORTS[name]}/system?command={ssh}&keyfile={key}&no_tty=1"
+        host = {"reserved_cores_per_node": 1, "reserved_memory_per_node": "256MiB", "domain_type": "qemu"}
+        nics = {PF: {"switch": "fabric-switch", "port": PORTS[name]}}
+        return {"name": name, "uri": uri, "role": "worker", "rack": rack, "nics": nics, "host": host}
+
+    worker = {"count": 2, "vcpus": 2, "memory": "64MiB", "emulator": "host", "iothreads": 0}
+    worker["nic"] = {"kind": "sriov", "pf": "any", "count": 1}
+    spread = {"max_per_host": 1, "racks": "spread"}
+    data = {
+        "switches": {"fabric-switch": {"junos": "els"}},
+        "inventory": [server(FAB1, "rack1"), server(FAB2, "rack2")],
+        "clusters": [
+            {"name": "red", "vlan": 100, "vlan_name": "Red_Tenant_Network", "workers": worker, "spread": spread},
+            {"name": "blue", "vlan": 200, "vlan_name": "Blue_Tenant_Network", "workers": worker, "spread": spread},
+        ],
+    }
+    path = work / "fleet.yaml"
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return path
+
+
+def _ping(lab: str, ns: str, address: str) -> bool:
+    """ICMP echo from the namespace (this machine kind has no ping: the lab's own busybox has one)."""
+    done = labctl.sh(f"ip netns exec {ns} {BUSYBOX} ping -c 3 -W 3 -q {address}", lab=lab, timeout=120)
+    return done.rc == 0
+
+
+def _fdb(config: Any, cabling: dict[str, str]) -> tuple[list[dict[str, Any]], str]:
+    shown = labctl.run("ip", "netns", "exec", "fabric", "bridge", "-j", "fdb", "show", "br", "fabric", lab=SWITCH)
+    fdb = json.loads(shown.expect().out or "[]")
+    return fdb, switch_table(fdb, config, cabling)
+
+
+def test_red_and_blue_on_the_wire(lane: Lane, tmp_path: Path) -> None:
+    lane.prestart(SWITCH, FAB1, FAB2)  # all three boot at once (the switch and a server may be booting already)
+    for name in (SWITCH, FAB1, FAB2):
+        use(lane, name, done=(L3,))
+
+    # sshd in both servers, one key pair for both, the client's known_hosts naming both ports
+    keys = tmp_path / "ssh"
+    keys.mkdir()
+    _config, client_key, ssh = write_config(keys, SSH_PORTS[FAB1], {})
+    host_key = (keys / "host_key.pub").read_text().split()
+    (keys / "known_hosts").write_text(
+        "".join(f"[127.0.0.1]:{SSH_PORTS[name]} {host_key[0]} {host_key[1]}\n" for name in (FAB1, FAB2))
+    )
+    for name in (FAB1, FAB2):
+        labctl.run("/bin/sh", "-c", SSHD, files=[keys / "host_key", keys / "authorized_keys"], lab=name).expect()
+    labctl.say("checked: each lab server's sshd answers on its forwarded port")
+
+    # the fleet, planned through qemu+ssh to both labs; its switch file configures the bridge
+    fleet = _fleet(tmp_path, ssh, client_key)
+    out = tmp_path / "fleet-out"
+    ansible = subprocess.run(
+        [str(BIN / "bmslice"), "fleet", "ansible", str(fleet), "--out", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=900,
+        check=False,
+    )
+    assert ansible.returncode == 0, ansible.stdout + ansible.stderr
+    placement = json.loads((out / "placement.json").read_text())
+    where = {vm["name"]: (vm["host"], vm["cluster"]) for vm in placement["vms"]}
+    assert sorted(where.values()) == sorted((host, c) for host in (FAB1, FAB2) for c in ("blue", "red")), where
+    set_file = out / "fabric" / "fabric-switch.set"
+    config = parse_junos_set(set_file.read_text(), str(set_file))
+    assert {port: (e.mode, e.members) for port, e in config.ports.items()} == {
+        port: ("trunk", ["Red_Tenant_Network", "Blue_Tenant_Network"]) for port in PORTS.values()
+    }, config.ports
+    cabling = {port: f"sw{port.rsplit('/', 1)[1]}" for port in PORTS.values()}  # ge-0/0/1 -> sw1
+    pairs = [f"{SWITCH_MACS[port]}={dev}" for port, dev in cabling.items()]
+    labctl.run("/bin/sh", "-c", SWITCH_UP, "switch-up", *pairs, lab=SWITCH).expect()
+    commands = "\n".join(
+        " ".join(["ip", "netns", "exec", "fabric", *c]) for c in bridge_commands("fabric", config, cabling)
+    )
+    labctl.sh("set -e\n" + commands, lab=SWITCH).expect()
+    vlans = labctl.run("ip", "netns", "exec", "fabric", "bridge", "-j", "vlan", "show", lab=SWITCH).expect().json()
+    have = {e["ifname"]: sorted(v["vlan"] for v in e["vlans"]) for e in vlans if e["ifname"] in cabling.values()}
+    assert have == {dev: [100, 200] for dev in cabling.values()}, vlans
+    labctl.say(f"checked: the bridge is the switch fabric-switch.set describes: {have}")
+
+    # the playbook, for real, over ssh
+    played = _playbook(out, tmp_path)
+    assert played.returncode == 0, played.stdout[-6000:] + played.stderr[-3000:]
+    for name in (FAB1, FAB2):
+        running = labctl.run("virsh", "-c", "qemu:///system", "list", "--name", lab=name).expect().out.split()
+        assert sorted(running) == sorted(vm for vm, (host, _c) in where.items() if host == name), running
+    labctl.say("checked: the fleet playbook ran over ssh on both lab servers; Red and Blue run on each")
+
+    # each VF stands in for its guest, with the MAC and VLAN bmslice set
+    macs: dict[tuple[str, str], str] = {}
+    for vm, (host, cluster) in sorted(where.items()):
+        stand_in = labctl.run("/bin/sh", "-c", STAND_IN, "stand-in", vm, cluster, ADDRESSES[(host, cluster)], lab=host)
+        pci, mac = stand_in.expect().out.split()
+        macs[(host, cluster)] = mac
+        shown = labctl.run("ip", "-j", "-d", "link", "show", PF, lab=host).expect().json()[0]
+        vf = next(v for v in shown["vfinfo_list"] if v["address"] == mac)
+        assert [v.get("vlan") for v in vf.get("vlan_list", [])] == [100 if cluster == "red" else 200], vf
+        assert (vf["trust"], vf["spoofchk"]) == (False, True), vf
+        labctl.say(
+            f"checked: {vm}'s VF {pci} on {host} carries {mac}, VLAN {vf['vlan_list'][0]['vlan']}, in netns {cluster}"
+        )
+
+    reach = {
+        (src, dst): _ping(src[0], src[1], ADDRESSES[dst])
+        for src in ((FAB1, "red"), (FAB1, "blue"), (FAB2, "red"), (FAB2, "blue"))
+        for dst in ((FAB1, "red"), (FAB1, "blue"), (FAB2, "red"), (FAB2, "blue"))
+        if src[0] != dst[0]
+    }
+    assert {pair: ok for pair, ok in reach.items()} == {pair: pair[0][1] == pair[1][1] for pair in reach}, reach
+    labctl.say("checked: Red reaches Red and Blue Blue across the servers; Blue never reaches Red, nor Red Blue")
+
+    # spoofed source MACs: dropped by the NIC with spoofchk on; passed with it off
+    script = labctl.write(tmp_path, "send_as.py", SEND_AS)
+    labctl.run("ip", "netns", "exec", "red", "python3", "send_as.py", SPOOFED, files=[script], lab=FAB1).expect()
+    fdb, _table = _fdb(config, cabling)
+    assert not any(e.get("mac") == SPOOFED for e in fdb), fdb
+    assert any(e.get("mac") == macs[(FAB1, "red")] and e.get("vlan") == 100 for e in fdb), fdb
+    vf_index = next(
+        v["vf"]
+        for v in labctl.run("ip", "-j", "-d", "link", "show", PF, lab=FAB1).expect().json()[0]["vfinfo_list"]
+        if v["address"] == macs[(FAB1, "red")]
+    )
+    labctl.run("ip", "link", "set", PF, "vf", str(vf_index), "spoofchk", "off", lab=FAB1).expect()
+    try:
+        labctl.run("ip", "netns", "exec", "red", "python3", "send_as.py", SPOOFED, files=[script], lab=FAB1).expect()
+        fdb, _table = _fdb(config, cabling)
+        assert any(e.get("mac") == SPOOFED and e.get("vlan") == 100 for e in fdb), fdb
+    finally:
+        labctl.run("ip", "link", "set", PF, "vf", str(vf_index), "spoofchk", "on", lab=FAB1).expect()
+    labctl.sh(f"ip netns exec fabric bridge fdb del {SPOOFED} dev {cabling['ge-0/0/1']} vlan 100 master", lab=SWITCH)
+    labctl.say(f"checked: a frame from {SPOOFED} (not its MAC) never left the VF with spoofchk on; with it off it did")
+
+    # the slices back (the playbook again), and fleet verify against the bridge's table
+    fdb, table = _fdb(config, cabling)
+    (tmp_path / "fabric-switch.json").write_text(table)
+    for name in (FAB1, FAB2):
+        labctl.sh("for ns in red blue; do ip netns del $ns; done", lab=name).expect()
+    played = _playbook(out, tmp_path)
+    assert played.returncode == 0, played.stdout[-6000:] + played.stderr[-3000:]
+    verify = subprocess.run(
+        [
+            str(BIN / "bmslice"),
+            "fleet",
+            "verify",
+            str(fleet),
+            "--placement",
+            str(out / "placement.json"),
+            "--switch-table",
+            f"fabric-switch={tmp_path / 'fabric-switch.json'}",
+            "--json",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=900,
+        check=False,
+    )
+    report = json.loads(verify.stdout)
+    assert verify.returncode == 0 and report["ok"], verify.stdout[-4000:] + verify.stderr[-2000:]
+    nics = report["fabric"]
+    assert len(nics) == 4 and all(n["status"] == "learned" for n in nics), nics
+    for nic in nics:
+        host, cluster = where[nic["vm"]]
+        assert (nic["port"], nic["vlan"], nic["mac"]) == (
+            PORTS[host],
+            100 if cluster == "red" else 200,
+            macs[(host, cluster)],
+        )
+    labctl.say("checked: fleet verify reads the bridge's table: every VM NIC learned on its planned port and VLAN")

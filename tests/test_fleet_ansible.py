@@ -418,3 +418,40 @@ def test_apply_for_real_on_this_machine_then_verify_and_destroy(tmp_path: Path) 
         conn.close()
         shutil.rmtree(base, ignore_errors=True)
     assert leftovers == []  # bmslice destroy removed the domain and its seed volume
+
+
+def test_the_module_writes_through_no_planted_link(tmp_path: Path) -> None:
+    """Issue 19, class 1, on the managed server: a link planted where the module places a file
+    is replaced by the file (its target untouched); a link in place of a directory fails the
+    task before anything is written through it."""
+    spec_dir = tmp_path / "host"
+    spec_dir.mkdir()
+    victim = tmp_path / "victim"
+    victim.write_text("root's own file\n")
+    victim.chmod(0o644)
+    os.symlink(victim, spec_dir / "spec.yaml")
+    text = "vms: []\n"
+    args = {
+        "action": "apply",
+        "spec": str(spec_dir / "spec.yaml"),
+        "uri": "test:///default",
+        "command": str(BIN / "bmslice"),
+        "files": {"spec.yaml": text},
+    }
+    _status, result, _ = _module(tmp_path, args)
+    assert result["files_changed"] == ["spec.yaml"]
+    assert victim.read_text() == "root's own file\n" and stat.S_IMODE(victim.stat().st_mode) == 0o644
+    placed = spec_dir / "spec.yaml"
+    assert not placed.is_symlink() and placed.read_text() == text
+    assert stat.S_IMODE(placed.stat().st_mode) == 0o600
+
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    os.symlink(elsewhere, spec_dir / "guests")
+    args["files"] = {"spec.yaml": text, "guests/w1.user-data.yaml": "#cloud-config\n"}
+    status, result, _ = _module(tmp_path, args)
+    assert (
+        status == "FAILED!"
+        and result["msg"] == f"{spec_dir / 'guests'} is a symbolic link: bmslice writes through no link it did not make"
+    )
+    assert list(elsewhere.iterdir()) == []

@@ -184,13 +184,28 @@ def _safe_name(name):
     return not name.startswith("/") and all(part not in ("", ".", "..") for part in parts)
 
 
-def _write(module, path, text):
-    os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=".bmslice-")
-    with os.fdopen(fd, "w", encoding="utf-8") as handle:
-        handle.write(text)
-    module.atomic_move(tmp, path)
-    os.chmod(path, 0o600)  # atomic_move gives a new file the umask's mode
+def _write(module, base, name, text):
+    """`base`/`name` holds `text` (mode 0600), written through no link below `base`: a link
+    planted at the file is replaced, never followed; a link in its way as a directory fails."""
+    os.makedirs(base, mode=0o700, exist_ok=True)
+    directory = base
+    for part in name.split("/")[:-1]:
+        directory = os.path.join(directory, part)
+        if os.path.islink(directory):
+            module.fail_json(msg=f"{directory} is a symbolic link: bmslice writes through no link it did not make")
+        if not os.path.isdir(directory):
+            os.mkdir(directory, 0o700)
+    path = os.path.join(base, name)
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".bmslice-")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            os.fchmod(handle.fileno(), 0o600)
+            handle.write(text)
+        os.replace(tmp, path)  # the rename replaces a link planted at `path`, never its target
+    except BaseException:
+        if os.path.lexists(tmp):
+            os.unlink(tmp)
+        raise
 
 
 def _error_line(out, err):
@@ -392,7 +407,7 @@ def _overlay(module, private, host_dir, writes):
             os.symlink(os.path.join(host_dir, entry), os.path.join(private, entry))
     for head, sub in sorted(tops.items()):
         if "" in sub:
-            _write(module, os.path.join(private, head), sub[""])
+            _write(module, private, head, sub[""])
         else:
             _overlay(module, os.path.join(private, head), os.path.join(host_dir, head), sub)
 
@@ -436,7 +451,7 @@ def main():
     place = bool(differing) and action == "apply" and not check_mode
     if place:
         for name in differing:
-            _write(module, os.path.join(spec_dir, name), files[name])
+            _write(module, spec_dir, name, files[name])
         result["changed"] = True
     elif differing and check_mode and action == "apply":
         result["changed"] = True  # apply would place them

@@ -59,6 +59,25 @@ def test_discover_summary_is_readable() -> None:
     assert "default route" in result.stdout
 
 
+def test_plan_table_is_the_design_notes_layout_in_plain_text() -> None:
+    """One row per slice, the host's part above, the warning below; and a one-shot `bmslice
+    plan` imports neither rich nor the solver (its start-up: docs/benchmarks.md)."""
+    code = (
+        "import sys; from bmslice.cli.main import main; "
+        f"code = main(['plan', {str(EX / 'spec.yaml')!r}, '--host-root', {str(EX / 'host')!r}]); "
+        "print('loaded:', *sorted(m for m in ('rich', 'ortools') if m in sys.modules)); sys.exit(code)"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False, cwd=ROOT)
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[-1] == "loaded:"
+    assert "  isolated CPUs                  2-11,14-23" in lines
+    rows = {line.split()[0]: line.split() for line in lines if line.startswith("  ") and "_k8s_" in line}
+    assert rows["Red_k8s_cluster_worker1"][1:6] == ["0", "4,16", "6,18", "8,20", "10,22"]
+    assert rows["Blue_k8s_cluster_worker1"][-2:] == ["0000:01:00.1", "eno2"]
+    assert lines[-2].startswith("warning: Blue_k8s_cluster_worker1: NIC 0000:01:00.1 (eno2) is on NUMA node 0")
+
+
 def test_plan_json_matches_the_design_note() -> None:
     result = bmslice("plan", EX / "spec.yaml", "--host-root", EX / "host", "--json")
     assert result.returncode == 0, result.stderr

@@ -44,9 +44,9 @@ def cmd_plan(args: argparse.Namespace) -> int:
 
         print_json(plan_to_dict(plan))
     else:
-        from bmslice.cli.tables import console, plan_view  # rich: only for the table
+        from bmslice.cli.plan_text import plan_lines
 
-        console().print(plan_view(plan))
+        print("\n".join(plan_lines(plan)))
     return EXIT_OK
 
 

@@ -1,4 +1,5 @@
-"""Readable (rich) views of a topology and a plan. Printing happens only in the CLI layer."""
+"""Readable (rich) views of a topology. Printing happens only in the CLI layer; the plan's
+table is plain text (`cli/plan_text.py`), so a one-shot `bmslice plan` never imports rich."""
 
 from __future__ import annotations
 
@@ -8,11 +9,8 @@ from rich.console import Console, Group
 from rich.table import Table
 from rich.text import Text
 
-from bmslice.cpuset import CpuSet
-from bmslice.model.plan import AT_APPLY, DeviceAssignment, Plan
 from bmslice.model.sizes import format_mib
 from bmslice.model.topology import HostTopology, Resctrl
-from bmslice.render.node_text import node_text
 
 
 def topology_view(topo: HostTopology) -> Group:
@@ -117,59 +115,6 @@ def _vf_table(topo: HostTopology) -> Table:
 
 def _tri(value: object) -> str:
     return "unknown" if value is None else ("yes" if value is True else "no" if value is False else str(value))
-
-
-def plan_view(plan: Plan) -> Group:
-    host = plan.host
-    head = Table(title="Host", title_justify="left", show_header=False)
-    head.add_column()
-    head.add_column()
-    head.add_row("reserved CPUs (host OS, IRQs)", host.reserved_cpus.format())
-    head.add_row("isolated CPUs", host.isolated_cpus.format() or "-")
-    head.add_row("kernel args", " ".join(host.kernel_args))
-    head.add_row("reboot required", "yes: " + " ".join(host.missing_kernel_args) if host.reboot_required else "no")
-    for pf in host.sriov:
-        head.add_row(f"SR-IOV {pf.interface or pf.address}", f"sriov_numvfs {pf.numvfs_before} -> {pf.numvfs}")
-    if host.l3_host_masks:
-        masks = " ".join(f"{cache_id}={mask:x}" for cache_id, mask in host.l3_host_masks)
-        head.add_row("L3 ways the host keeps (resctrl default group)", masks)
-    vms = Table(title="Slices", title_justify="left")
-    for col in ("VM", "node", "vCPU 0, 1, ... on host CPUs", "emulator + IOThreads", "guest topology", "memory"):
-        vms.add_column(col, no_wrap=col not in ("vCPU 0, 1, ... on host CPUs", "node"))
-    vms.add_column("NICs")
-    for vm in plan.vms:
-        t = vm.guest_topology
-        iothreads = f" ({vm.iothreads} IOThread{'s' if vm.iothreads != 1 else ''})" if vm.iothreads else ""
-        realtime = ""
-        if vm.realtime is not None:
-            vcpus = CpuSet.from_iter(vm.realtime_vcpus)
-            realtime = f"\nrealtime: vCPUs {vcpus} SCHED_FIFO {vm.realtime.priority}"
-        vms.add_row(
-            vm.name,
-            node_text(vm),
-            " ".join(_pairs(vm.vcpu_pins, t.threads)) + realtime,
-            f"{vm.emulator_cpus} {vm.emulator_policy}{iothreads}",
-            f"{t.sockets}s x {t.cores}c x {t.threads}t",
-            format_mib(vm.memory_mib),
-            "\n".join(_device_text(d) for d in vm.devices) or "-",
-        )
-    parts: list[Table | Text] = [head, vms]
-    parts.extend(Text(f"warning: {w}", style="yellow") for w in plan.warnings)
-    return Group(*parts)
-
-
-def _pairs(pins: tuple[int, ...], threads: int) -> list[str]:
-    """Guest sibling pairs grouped as they sit on host cores: 4,16 6,18 ..."""
-    step = 2 if threads == 2 else 1
-    return [",".join(map(str, pins[i : i + step])) for i in range(0, len(pins), step)]
-
-
-def _device_text(d: DeviceAssignment) -> str:
-    if d.type == "vf":
-        vlan = f"VLAN {d.vlan}" if d.vlan else "untagged"
-        where = d.address or AT_APPLY
-        return f"{where} (VF {d.vf_index} of {d.interface or d.pf}, {vlan}, MAC {d.mac})"
-    return f"{d.address} {d.interface or ''}".strip()
 
 
 def console() -> Console:

@@ -26,6 +26,7 @@ from bmslice.fleet.text import block_yaml, one_line
 from bmslice.model.fleet import Fleet, InventoryHost, NicKind, PlacedVm, Placement, Role
 from bmslice.model.sizes import format_mib
 from bmslice.model.spec import EmulatorPolicy, HugepageSize
+from bmslice.render.text_table import text_table
 
 
 def join_file_name(cluster: str) -> str:
@@ -111,13 +112,6 @@ def host_spec_yaml(fleet: Fleet, placement: Placement, host: str, origin: str = 
 # --- summary ------------------------------------------------------------------------------
 
 
-def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
-    widths = [max(len(str(r[i])) for r in (header, *rows)) for i in range(len(header))]
-    return [
-        "  ".join(str(cell).ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip() for row in (header, *rows)
-    ]
-
-
 def _nic_text(fleet: Fleet, vm: PlacedVm) -> str:
     parts = []
     inv: InventoryHost = fleet.host(vm.host)
@@ -165,7 +159,7 @@ def summary_text(fleet: Fleet, placement: Placement) -> str:
                 _nic_text(fleet, vm),
             ]
         )
-    lines += _table(["host", "rack", "VM", "node", "vCPUs", "memory", "NICs"], rows)
+    lines += text_table(["host", "rack", "VM", "node", "vCPUs", "memory", "NICs"], rows)
     lines.append("")
     usage_rows = [
         [
@@ -176,7 +170,7 @@ def summary_text(fleet: Fleet, placement: Placement) -> str:
         ]
         for u in placement.usage
     ]
-    lines += _table(["host", "node", "cores used/free", "memory used/free"], usage_rows)
+    lines += text_table(["host", "node", "cores used/free", "memory used/free"], usage_rows)
     empty = sorted({h.name for h in fleet.inventory} - {vm.host for vm in placement.vms})
     if empty:
         lines += ["", f"no slices on: {', '.join(empty)}"]

@@ -441,10 +441,6 @@ def issue_fleet(seed: int) -> tuple[Fleet, dict[str, HostTopology]]:
 
 def grown(fleet: Fleet, cluster: str, more: int = 1) -> Fleet:
     """The fleet with `more` workers added to `cluster` (the new ones get the next indices)."""
-    clusters = tuple(
-        c.model_copy(update={"workers": c.workers.model_copy(update={"count": c.workers.count + more})})
-        if c.name == cluster
-        else c
-        for c in fleet.clusters
-    )
-    return fleet.model_copy(update={"clusters": clusters})
+    from bmslice.fleet.capacity import with_more_workers
+
+    return with_more_workers(fleet, cluster, more)

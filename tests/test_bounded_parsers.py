@@ -34,6 +34,7 @@ from bmslice.cpuset import CpuSet
 from bmslice.model.input_file import parse_yaml
 from bmslice.model.spec import CloudInitSpec
 from bmslice.topology.sysfs import read_host_tree
+from cli_errors import one_error
 
 REPO = Path(__file__).resolve().parents[1]
 HWLOC = Path(__file__).parent / "data" / "hwloc"
@@ -45,16 +46,6 @@ SSH_KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIBmsliceTestKeyOnlyForTests000000
 def bmslice(*args: str | Path) -> subprocess.CompletedProcess[str]:
     cmd = [sys.executable, "-m", "bmslice.cli.main", *map(str, args)]
     return subprocess.run(cmd, capture_output=True, text=True, check=False, timeout=120)
-
-
-def one_error(result: subprocess.CompletedProcess[str], *needles: str) -> str:
-    assert "Traceback" not in result.stderr, result.stderr
-    assert result.returncode == 2, (result.returncode, result.stdout, result.stderr)
-    lines = result.stderr.splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
-    for needle in needles:
-        assert needle in lines[0], (needle, lines[0])
-    return lines[0]
 
 
 # --- hwloc XML numbers -----------------------------------------------------------------------

@@ -23,6 +23,7 @@ import pytest
 from bmslice.errors import SpecError
 from bmslice.model.input_file import INPUT_LIMIT, parse_json, parse_yaml, read_input_bytes, read_input_text
 from bmslice.model.spec_files import SEED_FILE_LIMIT
+from cli_errors import one_error
 from treebuilder import PciSpec, server1_spec, write_tree
 
 ROOT = Path(__file__).parents[1]
@@ -35,17 +36,6 @@ SSH_KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIBmslicetestkeyonlyforthetestsuit
 def bmslice(*args: str | Path) -> subprocess.CompletedProcess[str]:
     cmd = [sys.executable, "-m", "bmslice.cli.main", *map(str, args)]
     return subprocess.run(cmd, capture_output=True, text=True, check=False, cwd=ROOT, timeout=TIMEOUT)
-
-
-def one_error(result: subprocess.CompletedProcess[str], *needles: str) -> str:
-    """The command refused with exactly one `error:` line holding every needle."""
-    assert "Traceback" not in result.stderr, result.stderr
-    assert result.returncode == 2, (result.returncode, result.stdout, result.stderr)
-    lines = result.stderr.splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
-    for needle in needles:
-        assert needle in lines[0], (needle, lines[0])
-    return lines[0]
 
 
 def write(path: Path, text: str) -> Path:

@@ -43,6 +43,7 @@ from bmslice.render.sriov_files import udev_rules, vf_settings
 from bmslice.topology.hwloc import topology_from_hwloc
 from bmslice.topology.libvirt_xml import topology_from_libvirt
 from bmslice.topology.sysfs import read_host_tree
+from cli_errors import one_error
 from inventory_yaml import load_inventory
 from test_fleet_example import EXAMPLE, example_data
 from treebuilder import server1_spec, write_tree
@@ -58,16 +59,6 @@ NIC = "sys/bus/pci/devices/0000:01:00.0"  # eno1, which the spec passes through
 def bmslice(*args: str | Path, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
     cmd = [sys.executable, "-m", "bmslice.cli.main", *map(str, args)]
     return subprocess.run(cmd, capture_output=True, text=True, check=False, timeout=120, cwd=cwd)
-
-
-def one_error(result: subprocess.CompletedProcess[str], *needles: str) -> str:
-    assert "Traceback" not in result.stderr, result.stderr
-    assert result.returncode == 2, (result.returncode, result.stdout, result.stderr)
-    lines = result.stderr.splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
-    for needle in needles:
-        assert needle in lines[0], (needle, lines[0])
-    return lines[0]
 
 
 # --- host trees ------------------------------------------------------------------------------

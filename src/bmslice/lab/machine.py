@@ -201,11 +201,7 @@ def reboot(
     info = rebootable(name, state_root)
     process = processes.LabProcess(info.wrapper_pid, group=True)
     say("powering off")
-    (lab.share / "poweroff").touch()
-    deadline = time.monotonic() + grace_s
-    while processes.alive(process, lab) and time.monotonic() < deadline:
-        time.sleep(_POLL_S)
-    if processes.alive(process, lab):
+    if not _power_off(lab, process, grace_s):
         say(f"the lab did not power off within {grace_s:.0f} s; stopping its QEMU (its disk may need a journal replay)")
         processes.stop(process, lab, 10)
     for stale in ("ready", "poweroff"):
@@ -261,6 +257,15 @@ def peak_memory_mib(lab: LabDir) -> int | None:
     return None
 
 
+def _power_off(lab: LabDir, process: processes.LabProcess, grace_s: float) -> bool:
+    """Ask the lab to power off (its job mailbox) and wait up to `grace_s`: whether it did."""
+    (lab.share / "poweroff").touch()
+    deadline = time.monotonic() + grace_s
+    while processes.alive(process, lab) and time.monotonic() < deadline:
+        time.sleep(_POLL_S)
+    return not processes.alive(process, lab)
+
+
 def down(name: str, state_root: Path = STATE_ROOT, grace_s: float = 30, say: Say = lambda _l: None) -> bool:
     """Power the lab off (cleanly if it answers, by signal if not) and remove its state. False: it was not up.
 
@@ -288,11 +293,7 @@ def down(name: str, state_root: Path = STATE_ROOT, grace_s: float = 30, say: Say
     if peak is not None:
         ran = f"; it ran {time.time() - info.started:.0f} s" if info is not None else ""
         say(f"the lab's QEMU held at most {peak} MiB{ran}")
-    (lab.share / "poweroff").touch()
-    deadline = time.monotonic() + grace_s
-    while processes.alive(process, lab) and time.monotonic() < deadline:
-        time.sleep(_POLL_S)
-    if processes.alive(process, lab):
+    if not _power_off(lab, process, grace_s):
         say(f"the lab did not power off within {grace_s:.0f} s; stopping its QEMU")
     processes.stop(process, lab, 10)
     _remove_state(lab)

@@ -137,14 +137,7 @@ class FsRoot:
         self._check_regular(rel, before.st_mode)
         # O_NONBLOCK: should a FIFO be swapped in after the lstat, open() still returns at once.
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC)
-        try:
-            now = os.fstat(fd)
-            self._check_regular(rel, now.st_mode)
-            if (now.st_dev, now.st_ino) != (before.st_dev, before.st_ino):
-                raise TreeError(f"{self.display(rel)}: replaced while being read; refused")
-            return self._read_bounded(rel, fd, limit)
-        finally:
-            os.close(fd)
+        return self._read_opened(rel, fd, before, limit)
 
     def _read_live(self, rel: str, limit: int) -> bytes | None:
         """read_bytes below the live "/": the kernel's own resolution of links is the resolver's (no link
@@ -162,6 +155,10 @@ class FsRoot:
             fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
         except (FileNotFoundError, NotADirectoryError):
             return None  # gone since (a thread that ended)
+        return self._read_opened(rel, fd, before, limit)
+
+    def _read_opened(self, rel: str, fd: int, before: os.stat_result, limit: int) -> bytes:
+        """Read `fd` (then close it) if it is still the regular file `before` was, up to `limit`."""
         try:
             now = os.fstat(fd)
             self._check_regular(rel, now.st_mode)

@@ -30,6 +30,7 @@ from lab import labctl, specs
 from lab.conftest import BOOT, L3, Lane, use
 
 QEMU = "qemu:///system"
+SPEC_PATH = "/var/lib/bmslice-lab-test/reboot.yaml"
 VMS = ("boot-1g", "boot-2m")
 HOST = {"reserved_cores_per_node": 1, "reserved_memory_per_node": "256MiB", "domain_type": "qemu"}
 
@@ -125,8 +126,11 @@ def test_a_real_reboot_brings_back_what_bmslice_placed(lane: Lane, tmp_path: Pat
     vfs = [d for vm in plan["vms"] for d in vm["devices"]]
     assert [d["type"] for d in vfs] == ["vf", "vf"], vfs
 
-    first = bmslice("host-apply", path.name, files=[path]).expect()
-    second = bmslice("host-apply", path.name, files=[path]).expect()
+    # host-apply from where the spec lives on a server: one path, kept on the root disk (each
+    # `lab run` has a directory of its own, and the exporter's unit names the spec's path)
+    run("install", "-D", "-m", "0644", path.name, SPEC_PATH, files=[path]).expect()
+    first = bmslice("host-apply", SPEC_PATH).expect()
+    second = bmslice("host-apply", SPEC_PATH).expect()
     assert "no changes" in second.out, second.report()
     args = run("cat", "/etc/bmslice/kernel-args").expect().out.split()
     assert set(plan["host"]["kernel_args"]) == set(args), (plan["host"]["kernel_args"], args)

@@ -93,22 +93,35 @@ EOF
 """
 
 # In a server lab: the slice's VF back from libvirt, as the guest's stand-in in a namespace.
+# While the slice runs, the PF says which MAC its VF carries for the guest; libvirt gives the
+# VF back with the MAC it had before the guest (random, and the same in two identical labs),
+# so the stand-in takes the guest's MAC again, as the guest's driver would have it.
 STAND_IN = r"""
 set -e
-vm=$1 ns=$2 address=$3
+vm=$1 ns=$2 address=$3 pf=$4
 pci=$(virsh -c qemu:///system dumpxml "$vm" | python3 -c '
 import sys, xml.etree.ElementTree as ET
 a = ET.parse(sys.stdin).find("devices/interface[@type=\"hostdev\"]/source/address")
 print("%04x:%02x:%02x.%x" % tuple(int(a.get(k), 16) for k in ("domain", "bus", "slot", "function")))')
+index=
+for link in /sys/class/net/$pf/device/virtfn*; do
+    [ "$(basename "$(readlink "$link")")" = "$pci" ] && index=${link##*virtfn}
+done
+mac=$(ip -j -d link show "$pf" | python3 -c '
+import json, sys
+print(next(v["address"] for v in json.load(sys.stdin)[0]["vfinfo_list"] if v["vf"] == int(sys.argv[1])))' "$index")
 virsh -c qemu:///system destroy "$vm" >/dev/null
 for _ in $(seq 1 120); do [ -d /sys/bus/pci/devices/$pci/net ] && break; sleep 0.5; done
 dev=$(ls /sys/bus/pci/devices/$pci/net)
+ip link set "$pf" vf "$index" mac "$mac"
+ip link set "$dev" down
+ip link set "$dev" address "$mac"
 ip netns add "$ns"
 ip link set "$dev" netns "$ns"
 ip netns exec "$ns" ip link set lo up
 ip netns exec "$ns" ip link set "$dev" name guest up
 ip netns exec "$ns" ip addr add "$address/24" dev guest
-echo "$pci $(ip netns exec "$ns" cat /sys/class/net/guest/address)"
+echo "$pci $mac $(ip netns exec "$ns" cat /sys/class/net/guest/address)"
 """
 
 # Frames with a source MAC of the caller's choice, sent raw from the namespace's guest NIC.
@@ -236,8 +249,11 @@ def test_red_and_blue_on_the_wire(lane: Lane, tmp_path: Path) -> None:
     # each VF stands in for its guest, with the MAC and VLAN bmslice set
     macs: dict[tuple[str, str], str] = {}
     for vm, (host, cluster) in sorted(where.items()):
-        stand_in = labctl.run("/bin/sh", "-c", STAND_IN, "stand-in", vm, cluster, ADDRESSES[(host, cluster)], lab=host)
-        pci, mac = stand_in.expect().out.split()
+        stand_in = labctl.run(
+            "/bin/sh", "-c", STAND_IN, "stand-in", vm, cluster, ADDRESSES[(host, cluster)], PF, lab=host
+        )
+        pci, running, mac = stand_in.expect().out.split()
+        assert mac == running, stand_in.report()  # the stand-in carries the MAC the guest had
         macs[(host, cluster)] = mac
         shown = labctl.run("ip", "-j", "-d", "link", "show", PF, lab=host).expect().json()[0]
         vf = next(v for v in shown["vfinfo_list"] if v["address"] == mac)
@@ -247,6 +263,7 @@ def test_red_and_blue_on_the_wire(lane: Lane, tmp_path: Path) -> None:
             f"checked: {vm}'s VF {pci} on {host} carries {mac}, VLAN {vf['vlan_list'][0]['vlan']}, in netns {cluster}"
         )
 
+    assert len(set(macs.values())) == len(macs), macs  # bmslice gave each guest a MAC of its own
     reach = {
         (src, dst): _ping(src[0], src[1], ADDRESSES[dst])
         for src in ((FAB1, "red"), (FAB1, "blue"), (FAB2, "red"), (FAB2, "blue"))

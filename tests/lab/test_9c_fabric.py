@@ -112,10 +112,12 @@ import json, sys
 print(next(v["address"] for v in json.load(sys.stdin)[0]["vfinfo_list"] if v["vf"] == int(sys.argv[1])))' "$index")
 virsh -c qemu:///system destroy "$vm" >/dev/null
 for _ in $(seq 1 120); do [ -d /sys/bus/pci/devices/$pci/net ] && break; sleep 0.5; done
-dev=$(ls /sys/bus/pci/devices/$pci/net)
 ip link set "$pf" vf "$index" mac "$mac"
-ip link set "$dev" down
-ip link set "$dev" address "$mac"
+# igb refuses a VF's own MAC change once the PF has set one: igbvf reads the new one when it binds
+echo "$pci" > /sys/bus/pci/drivers/igbvf/unbind
+echo "$pci" > /sys/bus/pci/drivers/igbvf/bind
+for _ in $(seq 1 120); do [ -d /sys/bus/pci/devices/$pci/net ] && break; sleep 0.5; done
+dev=$(ls /sys/bus/pci/devices/$pci/net)
 ip netns add "$ns"
 ip link set "$dev" netns "$ns"
 ip netns exec "$ns" ip link set lo up

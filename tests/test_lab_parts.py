@@ -327,7 +327,7 @@ def test_boot_options_on_the_command_line() -> None:
     boot = BootOptions(extra_kernel_args=("isolcpus=2-5",), systemd=True, wires=(port,), ssh_port=2201)
     argv, _env = qemu_command(DESIGN_NOTE_TWIN, files, "lab", 3600, boot)
     assert "file=/state/root.img,format=raw,if=none,id=rootdisk,cache=unsafe,discard=unmap" in argv
-    assert "virtio-blk-pci,drive=rootdisk,bus=pcie.0" in argv
+    assert "virtio-blk-pci,drive=rootdisk,bus=pcie.0,num-queues=1,vectors=0" in argv
     netdevs = [argv[i + 1] for i, arg in enumerate(argv) if arg == "-netdev"]
     assert netdevs == [
         f"stream,id=net0n0,server=off,addr.type=unix,addr.path={port},reconnect-ms=1000",  # node 0's igb, wired

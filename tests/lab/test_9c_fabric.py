@@ -107,15 +107,20 @@ index=
 for link in /sys/class/net/$pf/device/virtfn*; do
     [ "$(basename "$(readlink "$link")")" = "$pci" ] && index=${link##*virtfn}
 done
-mac=$(ip -j -d link show "$pf" | python3 -c '
+set -- $(ip -j -d link show "$pf" | python3 -c '
 import json, sys
-print(next(v["address"] for v in json.load(sys.stdin)[0]["vfinfo_list"] if v["vf"] == int(sys.argv[1])))' "$index")
+vf = next(v for v in json.load(sys.stdin)[0]["vfinfo_list"] if v["vf"] == int(sys.argv[1]))
+print(vf["address"], "on" if vf["trust"] else "off", "on" if vf["spoofchk"] else "off")' "$index")
+mac=$1 trust=$2 spoofchk=$3
 virsh -c qemu:///system destroy "$vm" >/dev/null
 for _ in $(seq 1 120); do [ -d /sys/bus/pci/devices/$pci/net ] && break; sleep 0.5; done
 ip link set "$pf" vf "$index" mac "$mac"
 # igb refuses a VF's own MAC change once the PF has set one: igbvf reads the new one when it binds
 echo "$pci" > /sys/bus/pci/drivers/igbvf/unbind
 echo "$pci" > /sys/bus/pci/drivers/igbvf/bind
+# trust and spoofchk written again as they were while the guest ran (the VF's reset may drop them)
+ip link set "$pf" vf "$index" trust off spoofchk off
+ip link set "$pf" vf "$index" trust "$trust" spoofchk "$spoofchk"
 for _ in $(seq 1 120); do [ -d /sys/bus/pci/devices/$pci/net ] && break; sleep 0.5; done
 dev=$(ls /sys/bus/pci/devices/$pci/net)
 ip netns add "$ns"

@@ -186,7 +186,13 @@ def test_a_real_reboot_brings_back_what_bmslice_placed(lane: Lane, tmp_path: Pat
 
     victim = str(min(plan["host"]["isolated_cpus"]))
     script = labctl.write(tmp_path, "move-irq.sh", MOVE_IRQ)
-    started = labctl.sh(f"setsid taskset -c {victim} sleep 900 </dev/null >/dev/null 2>&1 & echo $!", lab=BOOT)
+    # a unit of its own: systemd ends what a finished `lab run` job leaves in its cgroup, and
+    # system.slice may only use the host's CPUs
+    started = labctl.sh(
+        f"systemd-run --quiet --collect --slice=machine.slice --unit=bmslice-lab-sleeper taskset -c {victim} sleep 900"
+        " && sleep 2 && systemctl show -p MainPID --value bmslice-lab-sleeper",
+        lab=BOOT,
+    )
     sleeper = started.expect().out.split()[-1]
     irq, old = run("/bin/sh", "move-irq.sh", victim, files=[script]).expect().out.split()
     try:

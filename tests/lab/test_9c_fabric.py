@@ -49,7 +49,6 @@ ADDRESSES = {
     (FAB1, "blue"): "10.9.0.21",
     (FAB2, "blue"): "10.9.0.22",
 }
-SPOOFED = "02:de:ad:00:00:01"
 BUSYBOX = assets.DEFAULT_CACHE / "root/bin/busybox"  # the lab sees this machine's files at the same paths
 
 # In the switch lab: its two ports renamed after the switch's, moved into a namespace with the bridge.
@@ -129,16 +128,6 @@ ip netns exec "$ns" ip link set lo up
 ip netns exec "$ns" ip link set "$dev" name guest up
 ip netns exec "$ns" ip addr add "$address/24" dev guest
 echo "$pci $mac $(ip netns exec "$ns" cat /sys/class/net/guest/address)"
-"""
-
-# Frames with a source MAC of the caller's choice, sent raw from the namespace's guest NIC.
-SEND_AS = r"""
-import socket, sys
-src = bytes.fromhex(sys.argv[1].replace(":", ""))
-sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW)
-sock.bind(("guest", 0))
-for _ in range(5):
-    sock.send(b"\xff" * 6 + src + b"\x88\xb5" + b"bmslice lab spoof check".ljust(46, b"."))
 """
 
 
@@ -280,29 +269,12 @@ def test_red_and_blue_on_the_wire(lane: Lane, tmp_path: Path) -> None:
     assert {pair: ok for pair, ok in reach.items()} == {pair: pair[0][1] == pair[1][1] for pair in reach}, reach
     labctl.say("checked: Red reaches Red and Blue Blue across the servers; Blue never reaches Red, nor Red Blue")
 
-    # spoofed source MACs: dropped by the NIC with spoofchk on; passed with it off
-    script = labctl.write(tmp_path, "send_as.py", SEND_AS)
-    labctl.run("ip", "netns", "exec", "red", "python3", "send_as.py", SPOOFED, files=[script], lab=FAB1).expect()
-    fdb, _table = _fdb(config, cabling)
-    assert not any(e.get("mac") == SPOOFED for e in fdb), fdb
-    assert any(e.get("mac") == macs[(FAB1, "red")] and e.get("vlan") == 100 for e in fdb), fdb
-    vf_index = next(
-        v["vf"]
-        for v in labctl.run("ip", "-j", "-d", "link", "show", PF, lab=FAB1).expect().json()[0]["vfinfo_list"]
-        if v["address"] == macs[(FAB1, "red")]
-    )
-    labctl.run("ip", "link", "set", PF, "vf", str(vf_index), "spoofchk", "off", lab=FAB1).expect()
-    try:
-        labctl.run("ip", "netns", "exec", "red", "python3", "send_as.py", SPOOFED, files=[script], lab=FAB1).expect()
-        fdb, _table = _fdb(config, cabling)
-        assert any(e.get("mac") == SPOOFED and e.get("vlan") == 100 for e in fdb), fdb
-    finally:
-        labctl.run("ip", "link", "set", PF, "vf", str(vf_index), "spoofchk", "on", lab=FAB1).expect()
-    labctl.sh(f"ip netns exec fabric bridge fdb del {SPOOFED} dev {cabling['ge-0/0/1']} vlan 100 master", lab=SWITCH)
-    labctl.say(f"checked: a frame from {SPOOFED} (not its MAC) never left the VF with spoofchk on; with it off it did")
+    # Spoofed source MACs are not tried here: QEMU 10.0's igb, given spoofchk on for the VF (its
+    # PF says so above), still passed frames with another source MAC to the switch in this lane,
+    # so the lab cannot show what spoofchk does on a real NIC (docs/lab.md, Limits).
 
     # the slices back (the playbook again), and fleet verify against the bridge's table
-    fdb, table = _fdb(config, cabling)
+    _entries, table = _fdb(config, cabling)
     (tmp_path / "fabric-switch.json").write_text(table)
     for name in (FAB1, FAB2):
         labctl.sh("for ns in red blue; do ip netns del $ns; done", lab=name).expect()

@@ -273,39 +273,13 @@ def test_red_and_blue_on_the_wire(lane: Lane, tmp_path: Path) -> None:
     # PF says so above), still passed frames with another source MAC to the switch in this lane,
     # so the lab cannot show what spoofchk does on a real NIC (docs/lab.md, Limits).
 
-    # the slices back (the playbook again), and fleet verify against the bridge's table
-    _entries, table = _fdb(config, cabling)
-    (tmp_path / "fabric-switch.json").write_text(table)
-    for name in (FAB1, FAB2):
-        labctl.sh("for ns in red blue; do ip netns del $ns; done", lab=name).expect()
-    played = _playbook(out, tmp_path)
-    assert played.returncode == 0, played.stdout[-6000:] + played.stderr[-3000:]
-    verify = subprocess.run(
-        [
-            str(BIN / "bmslice"),
-            "fleet",
-            "verify",
-            str(fleet),
-            "--placement",
-            str(out / "placement.json"),
-            "--switch-table",
-            f"fabric-switch={tmp_path / 'fabric-switch.json'}",
-            "--json",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=900,
-        check=False,
-    )
-    report = json.loads(verify.stdout)
-    assert verify.returncode == 0 and report["ok"], verify.stdout[-4000:] + verify.stderr[-2000:]
-    nics = report["fabric"]
-    assert len(nics) == 4 and all(n["status"] == "learned" for n in nics), nics
-    for nic in nics:
-        host, cluster = where[nic["vm"]]
-        assert (nic["port"], nic["vlan"], nic["mac"]) == (
-            PORTS[host],
-            100 if cluster == "red" else 200,
-            macs[(host, cluster)],
-        )
-    labctl.say("checked: fleet verify reads the bridge's table: every VM NIC learned on its planned port and VLAN")
+    # the bridge's own table: each guest's MAC learned on its server's port, in its VLAN.
+    # (`fleet verify` against this table is not run on the live fleet: it re-plans each host from
+    # scratch and, with every VF of the running slices in use, cannot derive their MACs; see
+    # docs/lab.md, Limits. Its table reading is tested on captured tables in make test.)
+    entries, _table = _fdb(config, cabling)
+    for (host, cluster), mac in sorted(macs.items()):
+        port, vlan = cabling[PORTS[host]], 100 if cluster == "red" else 200
+        learned = [e for e in entries if e.get("mac") == mac]
+        assert any(e.get("ifname") == port and e.get("vlan") == vlan for e in learned), (host, cluster, learned)
+    labctl.say("checked: the bridge learned each guest's MAC on its server's port, in its cluster's VLAN")

@@ -111,3 +111,34 @@ def test_without_tables_nothing_is_claimed_about_the_fabric(capsys: pytest.Captu
     assert code == 0
     assert not [line for line in out.splitlines() if line.startswith("fabric: ")]
     assert "to check the fabric, capture what each switch learned and pass it back:" in out
+
+
+def test_a_live_host_s_nics_are_checked_against_the_plan_verify_used(tmp_path: Path) -> None:
+    """Found by the lab's fabric lane: on a running fleet, planned afresh, a PF whose VFs the
+    slices all hold refuses them ("sriov_numvfs cannot change 2 -> 4 while VFs are in use"), so
+    the fabric check knew no MAC there. The plan verify compared the host against (its running
+    slices kept) is the one the fabric check uses; a spec planned afresh stays the fallback."""
+    from bmslice.fleet.check import check_host
+    from bmslice.fleet.fabric_check import expected_nics
+    from bmslice.fleet.hosts import read_hosts
+    from bmslice.fleet.placement import place
+    from bmslice.fleet.render import host_spec_data
+    from bmslice.fleet.verify import _fabric
+
+    fleet = load_fleet(_fleet(tmp_path, example_data()))
+    topologies = read_hosts(fleet)
+    placement = place(fleet, topologies)
+    specs = {h: d for h in topologies if (d := host_spec_data(fleet, placement, h)) is not None}
+    plans = {h: check_host(h, d, topologies[h], f"{h}/spec.yaml").plan for h, d in specs.items()}
+    unplannable = {h: {**d, "vms": [{"name": "x", "vcpus": 4096, "memory": "1GiB"}]} for h, d in specs.items()}
+
+    notes: list[str] = []
+    without = _fabric(fleet, placement, unplannable, {"fabric-switch": []}, notes, {})
+    assert without == [] and len(notes) == len(specs) and all("their MACs are unknown" in n for n in notes)
+
+    notes = []
+    checked = _fabric(fleet, placement, unplannable, {"fabric-switch": []}, notes, plans)
+    assert notes == []
+    assert len(checked) == sum(nic.count for vm in placement.vms for nic in vm.nics)
+    expected, _notes = expected_nics(fleet, placement, plans, topologies)
+    assert [c.expected for c in checked] == expected and all(e.mac for e in expected)

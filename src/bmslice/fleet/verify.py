@@ -158,7 +158,11 @@ def _audit_tree(report: HostReport, plan: Plan, topo: HostTopology, root: Path) 
         report.status = HostStatus.DRIFT
 
 
-def _live_report(fleet: Fleet, host: str, data: Mapping[str, Any], origin: str, verifier: Verifier) -> HostReport:
+def _live_report(
+    fleet: Fleet, host: str, data: Mapping[str, Any], origin: str, verifier: Verifier, plans: dict[str, Plan]
+) -> HostReport:
+    """The host's slices against their plan through libvirt; that plan (the running slices kept
+    where they are) goes into `plans` for the fabric check."""
     inv = fleet.host(host)
     report = HostReport(host, host_source(inv), HostStatus.OK)
     try:
@@ -167,6 +171,8 @@ def _live_report(fleet: Fleet, host: str, data: Mapping[str, Any], origin: str, 
         report.status = HostStatus.ERROR
         report.drift.append(str(exc))
         return report
+    if live.plan is not None:
+        plans[host] = live.plan
     report.drift = list(live.drift)
     report.notes = list(live.notes)
     report.status = HostStatus.DRIFT if report.drift else HostStatus.OK
@@ -179,14 +185,17 @@ def _fabric(
     specs: Mapping[str, Mapping[str, Any]],
     tables: Mapping[str, Sequence[LearnedMac]],
     notes: list[str],
+    live_plans: Mapping[str, Plan],
 ) -> list[NicCheck]:
-    """Each VM NIC against the captured tables; the expected MACs come from each host's plan."""
+    """Each VM NIC against the captured tables; the expected MACs come from each host's plan:
+    for a live host the one verify compared against (its running slices kept, so VFs they hold
+    count as theirs: planned afresh, a PF whose VFs are all in use would refuse them)."""
     plans = {}
     topologies = {}
     for host, data in sorted(specs.items()):
         try:
             topologies[host] = read_host(fleet.host(host))
-            plans[host] = check_host(host, data, topologies[host], f"{host}/spec.yaml").plan
+            plans[host] = live_plans.get(host) or check_host(host, data, topologies[host], f"{host}/spec.yaml").plan
         except BmsliceError as exc:
             notes.append(f"fabric: the NICs of {host} are not checked, their MACs are unknown: {exc}")
     expected, more = expected_nics(fleet, placement, plans, topologies)
@@ -222,6 +231,7 @@ def verify_fleet(
 
         verifier = verify
     reports = []
+    live_plans: dict[str, Plan] = {}
     for inv in sorted(fleet.inventory, key=lambda h: h.name):
         data = specs.get(inv.name)
         origin = f"{inv.name}/spec.yaml"
@@ -230,10 +240,10 @@ def verify_fleet(
         elif inv.host_root is not None or inv.hwloc is not None:
             reports.append(_tree_report(fleet, inv.name, data, origin))
         else:
-            reports.append(_live_report(fleet, inv.name, data, origin, verifier))
+            reports.append(_live_report(fleet, inv.name, data, origin, verifier, live_plans))
     report = FleetReport(reports, list(notes or []), tables=tuple(sorted(tables or {})))
     if placement is not None and tables:
-        report.fabric = _fabric(fleet, placement, specs, tables, report.notes)
+        report.fabric = _fabric(fleet, placement, specs, tables, report.notes, live_plans)
         report.fabric_planned = sum(nic.count for vm in placement.vms for nic in vm.nics)
     elif placement is not None:
         switches = sorted(

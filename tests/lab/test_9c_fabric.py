@@ -274,9 +274,9 @@ def test_red_and_blue_on_the_wire(lane: Lane, tmp_path: Path) -> None:
     # so the lab cannot show what spoofchk does on a real NIC (docs/lab.md, Limits).
 
     # the bridge's own table: each guest's MAC learned on its server's port, in its VLAN.
-    # (`fleet verify` against this table is not run on the live fleet: it re-plans each host from
-    # scratch and, with every VF of the running slices in use, cannot derive their MACs; see
-    # docs/lab.md, Limits. Its table reading is tested on captured tables in make test.)
+    # (`fleet verify` against this table is not run here yet: it re-planned each host from scratch
+    # and, with every VF of the running slices in use, knew no MAC there; fixed and tested in
+    # make test, see docs/lab.md, Limits.)
     entries, _table = _fdb(config, cabling)
     for (host, cluster), mac in sorted(macs.items()):
         port, vlan = cabling[PORTS[host]], 100 if cluster == "red" else 200

@@ -31,10 +31,12 @@ import yaml  # noqa: E402
 
 from bmslice.errors import PlanError  # noqa: E402
 from bmslice.fleet import DEFAULT_BUDGET_S  # noqa: E402
+from bmslice.fleet.capacity import with_more_workers  # noqa: E402
 from bmslice.fleet.check import check_host  # noqa: E402
 from bmslice.fleet.hosts import read_hosts  # noqa: E402
 from bmslice.fleet.placement import place  # noqa: E402
 from bmslice.fleet.render import quality_text, render_fleet  # noqa: E402
+from bmslice.model.fields import as_data  # noqa: E402
 from bmslice.model.fleet import fleet_from_data, load_fleet  # noqa: E402
 from fleetgen import mixed_fleet  # noqa: E402
 
@@ -67,7 +69,7 @@ def main(argv: list[str]) -> int:
     else:
         fleet, topologies = mixed_fleet(args.hosts, args.seed, fill=args.fill)
     print(f"{'generate the fleet and topologies':<44} {time.perf_counter() - start:8.3f} s")
-    data = fleet.model_dump(mode="json")
+    data = as_data(fleet)
     _timed("validate the fleet file", fleet_from_data, data, "generated")
     requests = fleet.vm_requests()
     shapes = {len(t.cores) for t in topologies.values()}
@@ -83,14 +85,9 @@ def main(argv: list[str]) -> int:
     free = sum(u.cores_free_before for u in placement.usage)
     print(f"  {used} of {free} free whole cores now used ({100 * used / free:.0f}%)")
 
-    grown = fleet.model_copy(
-        update={
-            "clusters": tuple(
-                c.model_copy(update={"workers": c.workers.model_copy(update={"count": c.workers.count + 1})})
-                for c in fleet.clusters
-            )
-        }
-    )
+    grown = fleet
+    for cluster in fleet.clusters:
+        grown = with_more_workers(grown, cluster.name, 1)
     again = _timed(
         f"add {len(fleet.clusters)} workers, keep the placement",
         place,

@@ -55,9 +55,12 @@ from dataclasses import dataclass, field
 from itertools import combinations
 from typing import Any
 
+import msgspec
+
 from bmslice.errors import PlanError, SpecError
 from bmslice.fleet.check import check_host
 from bmslice.fleet.render import host_spec_data
+from bmslice.model.fields import as_data
 from bmslice.model.fleet import (
     ANY,
     Fleet,
@@ -245,7 +248,7 @@ def vms_of(fleet: Fleet) -> list[Vm]:
             dedicated = size.emulator is EmulatorPolicy.DEDICATED and part == 0
             shares.append((odd + int(dedicated), pairs, size.memory // k))
         cluster = fleet.cluster(req.cluster)
-        kind = f"{req.cluster}/{req.role.value}/{size.model_dump_json()}"
+        kind = f"{req.cluster}/{req.role.value}/{msgspec.json.encode(as_data(size)).decode()}"
         out.append(Vm(req.name, req.cluster, req.role, req.index, tuple(shares), size.nic, cluster.vlan, kind))
     return out
 

@@ -20,7 +20,7 @@ from bmslice.fleet import placement as placement_module
 from bmslice.model.fleet import Fleet, Placement, Spread
 from bmslice.model.topology import HostTopology
 
-HAS_CONTROL_PLANES_FIELD = "control_planes" in Spread.model_fields
+HAS_CONTROL_PLANES_FIELD = "control_planes" in Spread.__struct_fields__
 HAS_ALLOW_MOVE = "allow_move" in inspect.signature(placement_module.place).parameters
 
 

@@ -12,6 +12,7 @@ from typing import Any
 
 from bmslice.cpuset import CpuSet
 from bmslice.errors import PlanError
+from bmslice.model.input_file import validated
 from bmslice.model.plan import VmPlan
 from bmslice.model.spec import HostSpec, spec_from_data
 from bmslice.model.topology import HostTopology
@@ -126,7 +127,7 @@ class Cell:
 
 
 def nova_cells(case: Case) -> list[Cell]:
-    host = HostSpec.model_validate(HOST)
+    host = validated(HOST, HostSpec, "host")
     kept = CpuSet.union(core.cpus for core in reserved_cores(case.topo, host))
     cells = []
     for node in case.topo.numa_nodes:

@@ -125,7 +125,7 @@ def _playbook(
 
 def test_check_mode_over_four_host_trees_plans_and_writes_nothing(tmp_path: Path) -> None:
     # Until the spec has cloud_init.seed_files, a spec naming the join file is refused by bmslice itself.
-    with_joins = "seed_files" in spec_model.CloudInitSpec.model_fields
+    with_joins = "seed_files" in spec_model.CloudInitSpec.__struct_fields__
     out = _generate(tmp_path, _fleet_data(tmp_path, join_files=with_joins))
     base = tmp_path / "hosts-base"
     proc, results = _playbook(out, base, "--check")

@@ -27,6 +27,7 @@ from bmslice.fleet.fabric import fabric_data, junos_config
 from bmslice.fleet.hosts import read_hosts
 from bmslice.fleet.placement import place
 from bmslice.fleet.render import render_fleet
+from bmslice.model.fields import as_data
 from bmslice.model.fleet import (
     Fleet,
     NicKind,
@@ -153,7 +154,7 @@ def test_vlans_on_the_right_switch_ports(example: tuple[Fleet, dict[str, HostTop
 def test_sriov_port_is_a_trunk_with_every_tenant_vlan(example: tuple[Fleet, dict[str, HostTopology]]) -> None:
     """Red and Blue taking VFs of the same PF: its port carries both VLANs tagged."""
     fleet, topologies = example
-    data = fleet.model_dump(mode="json")
+    data = as_data(fleet)
     for cluster in data["clusters"]:
         cluster["workers"]["nic"] = {"kind": "sriov", "pf": "eno1"}
         cluster["workers"]["vcpus"] = 4
@@ -191,7 +192,7 @@ def test_adding_a_worker_keeps_every_placed_vm_and_a_full_fleet_says_why(
 ) -> None:
     fleet, topologies = example
     first = place(fleet, topologies)
-    data = fleet.model_dump(mode="json")
+    data = as_data(fleet)
     data["clusters"][1]["workers"]["count"] = 4
     data["clusters"][1]["spread"]["max_per_host"] = 2
     grown = fleet_from_data(data, "test")

@@ -28,6 +28,7 @@ from bmslice.fleet.fabric_check import ExpectedNic, NicStatus, check_nic
 from bmslice.fleet.hosts import read_hosts
 from bmslice.fleet.placement import place
 from bmslice.fleet.switch_table import LearnedMac, parse_switch_table
+from bmslice.model.fields import as_data
 from bmslice.model.fleet import Fleet, fleet_from_data, load_fleet
 from bmslice.model.topology import HostTopology
 
@@ -44,7 +45,7 @@ def example() -> tuple[Fleet, dict[str, HostTopology]]:
 
 
 def _with_switches(fleet: Fleet, switches: dict[str, Any]) -> Fleet:
-    data = fleet.model_dump(mode="json")
+    data = as_data(fleet)
     data["switches"] = switches
     return fleet_from_data(data, "test")
 
@@ -100,7 +101,7 @@ def test_a_port_that_becomes_a_trunk_loses_its_old_access_vlan(example: tuple[Fl
     """Red and Blue move to VFs of eno1: ge-0/0/9 becomes a trunk with both VLANs. The delete
     comes first, so an access VLAN the port had before cannot stay as a third member."""
     fleet, topologies = example
-    data = fleet.model_dump(mode="json")
+    data = as_data(fleet)
     for cluster in data["clusters"]:
         cluster["workers"].update(nic={"kind": "sriov", "pf": "eno1"}, vcpus=4)
     sriov = fleet_from_data(data, "test")

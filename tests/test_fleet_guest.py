@@ -39,6 +39,7 @@ from bmslice.fleet.guest import (
 from bmslice.fleet.hosts import read_hosts
 from bmslice.fleet.placement import place
 from bmslice.fleet.render import render_fleet
+from bmslice.model.fields import as_data
 from bmslice.model.fleet import Fleet, Placement, fleet_from_data, load_fleet, placement_from_dict, placement_to_dict
 from bmslice.model.topology import HostTopology
 from bmslice.render.cloud_init import user_data
@@ -57,7 +58,7 @@ def example() -> tuple[Fleet, dict[str, HostTopology]]:
 
 def _variant(fleet: Fleet, **workers: Any) -> Fleet:
     """The example with every cluster's workers changed (one per worker host, as in the example)."""
-    data = fleet.model_dump(mode="json")
+    data = as_data(fleet)
     for cluster in data["clusters"]:
         cluster["workers"].update(workers)
     return fleet_from_data(data, "variant")
@@ -133,7 +134,7 @@ def test_hugepage_workers_get_the_static_memory_manager(example: tuple[Fleet, di
 def test_a_vm_with_nothing_to_boot_from_is_warned_loudly(example: tuple[Fleet, dict[str, HostTopology]]) -> None:
     fleet, topologies = example
     assert guest_warnings(fleet, place(fleet, topologies)) == []  # the example's VMs boot from a cloud image
-    data = fleet.model_dump(mode="json")
+    data = as_data(fleet)
     del data["clusters"][0]["workers"]["disk"]
     data["clusters"][1]["control_plane"][0]["disk"] = {"size": "20GiB"}
     bare = fleet_from_data(data, "test")

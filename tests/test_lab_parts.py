@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from bmslice.errors import LabError
+from bmslice.errors import LabError, SpecError
 from bmslice.lab.cpio import Cpio
 from bmslice.lab.kmod import load_order, module_name, parse_modules_dep
 from bmslice.lab.qemu_cmdline import BootOptions, LabFiles, check_kernel_args, kernel_cmdline, qemu_command
@@ -283,14 +283,14 @@ def test_qemu_command_for_several_l3_caches_per_node() -> None:
     ],
 )
 def test_impossible_cache_shapes_are_refused(kwargs: dict[str, object], message: str) -> None:
-    from pydantic import TypeAdapter, ValidationError
+    from bmslice.model.input_file import validated
 
     if message:
         with pytest.raises(LabError, match=message):
             LabShape(**kwargs)  # type: ignore[arg-type]
     else:  # an L3 level the lab has no QEMU topology for: refused when read back from a state file
-        with pytest.raises(ValidationError):
-            TypeAdapter(LabShape).validate_python({**DESIGN_NOTE_TWIN.to_dict(), **kwargs})
+        with pytest.raises(SpecError, match=r"^lab\.json: l3: expected 'die' or 'module', got 'socket'$"):
+            validated({**DESIGN_NOTE_TWIN.to_dict(), **kwargs}, LabShape, "lab.json")
 
 
 def test_shape_like_an_epyc_tree_keeps_its_l3_caches_per_node(tmp_path: Path) -> None:

@@ -19,6 +19,7 @@ from hypothesis import strategies as st
 
 from bmslice.cpuset import CpuSet
 from bmslice.errors import PlanError
+from bmslice.model.fields import as_data
 from bmslice.model.plan import GuestTopology, Plan
 from bmslice.model.spec import Spec, load_spec, spec_from_data
 from bmslice.model.topology import HostTopology
@@ -178,7 +179,7 @@ def test_replanning_keeps_running_slices(case: tuple[HostTopology, Spec], vcpus:
     # Same spec, everything already running: nothing moves.
     assert _plan(topo, spec, plan.vms) == plan
     # One more VM: the running ones keep their cores, pins and emulator CPUs.
-    data = spec.model_dump(mode="json")
+    data = as_data(spec)
     data["vms"].append({"name": "extra", "vcpus": vcpus, "memory": 512, "emulator": emulator})
     bigger = spec_from_data(data, "prop.yaml")
     again = _plan(topo, bigger, plan.vms)

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from lxml import etree
+from msgspec import structs
 
 from bmslice.apply.libvirt_conn import managed_domains
 from bmslice.apply.uri import is_local as is_local  # re-exported: callers ask context for it
@@ -166,6 +167,6 @@ def load_context(
     names = {vm.name for vm in spec.vms}
     moving = tuple(name for name, old in recorded.items() if name in names and slice_changes(old, spec.vm(name)))
     keep = [old for name, old in recorded.items() if not (allow_move and name in moving)]
-    planned = spec.model_copy(update={"vms": tuple(vm for vm in spec.vms if vm.name not in slices.held)})
+    planned = structs.replace(spec, vms=tuple(vm for vm in spec.vms if vm.name not in slices.held))
     plan = make_plan(topology, planned, origin=origin, keep=keep, held=tuple(slices.held.values()))
     return Context(conn, uri, topology, slices.live, recorded, plan, moving if allow_move else (), slices.held)

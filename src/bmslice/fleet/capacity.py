@@ -18,6 +18,8 @@ from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from msgspec import structs
+
 from bmslice.errors import PlanError
 from bmslice.fleet.placement import place
 from bmslice.fleet.render import host_spec_data
@@ -55,12 +57,10 @@ class FleetRoom:
 def with_more_workers(fleet: Fleet, cluster: str, more: int) -> Fleet:
     """The fleet with `more` workers of `cluster` added (named after the ones it has)."""
     clusters = tuple(
-        c.model_copy(update={"workers": c.workers.model_copy(update={"count": c.workers.count + more})})
-        if c.name == cluster
-        else c
+        structs.replace(c, workers=structs.replace(c.workers, count=c.workers.count + more)) if c.name == cluster else c
         for c in fleet.clusters
     )
-    return fleet.model_copy(update={"clusters": clusters})
+    return structs.replace(fleet, clusters=clusters)
 
 
 def worker_template(cluster: Cluster) -> Template:
@@ -95,7 +95,7 @@ def worker_template(cluster: Cluster) -> Template:
 def _host_spec(fleet: Fleet, placement: Placement, inv: InventoryHost) -> Spec:
     data = host_spec_data(fleet, placement, inv.name)
     if data is None:  # nothing placed here: the host's section alone (a spec of no VM is only this question's)
-        return Spec.model_construct(host=inv.host, vms=())
+        return Spec(host=inv.host, vms=())
     return spec_from_data(data, f"{inv.name}/spec.yaml")
 
 

@@ -20,12 +20,14 @@ import json
 from collections.abc import Sequence
 from typing import Any
 
+import msgspec
+
 from bmslice.fleet.fabric import fabric_data, junos_config
 from bmslice.fleet.guest import JOIN_SEED_FILE, guest_user_data
 from bmslice.fleet.text import block_yaml, one_line
 from bmslice.model.fleet import Fleet, InventoryHost, NicKind, PlacedVm, Placement, Role
 from bmslice.model.sizes import format_mib
-from bmslice.model.spec import EmulatorPolicy, HugepageSize
+from bmslice.model.spec import EmulatorPolicy, HostSpec, HugepageSize
 from bmslice.render.text_table import text_table
 
 
@@ -66,7 +68,7 @@ def _vm_entry(fleet: Fleet, vm: PlacedVm) -> dict[str, Any]:
     if size.hugepages is not HugepageSize.NONE:
         entry["hugepages"] = size.hugepages.value
     if size.realtime is not None:
-        entry["realtime"] = size.realtime.model_dump()
+        entry["realtime"] = msgspec.structs.asdict(size.realtime)
     if size.disable_cpu_features:
         entry["disable_cpu_features"] = list(size.disable_cpu_features)
     nics = _nic_entries(vm)
@@ -84,13 +86,20 @@ def _vm_entry(fleet: Fleet, vm: PlacedVm) -> dict[str, Any]:
     return entry
 
 
+def _host_section(host: HostSpec) -> dict[str, Any]:
+    """The `host:` section as data, what the fleet file left at its default left out."""
+    default = HostSpec()
+    data: dict[str, Any] = msgspec.to_builtins(host)
+    return {name: value for name, value in data.items() if getattr(host, name) != getattr(default, name)}
+
+
 def host_spec_data(fleet: Fleet, placement: Placement, host: str) -> dict[str, Any] | None:
     """The spec of one server as data; None when no VM is placed there."""
     vms = placement.on_host(host)
     if not vms:
         return None
     data: dict[str, Any] = {}
-    host_section = fleet.host(host).host.model_dump(mode="json", exclude_unset=True)
+    host_section = _host_section(fleet.host(host).host)
     if host_section:
         data["host"] = host_section
     data["vms"] = [_vm_entry(fleet, vm) for vm in vms]

@@ -23,8 +23,6 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from pydantic import ConfigDict
-
 from bmslice.errors import LabError
 from bmslice.lab.shape import LabShape
 
@@ -49,8 +47,6 @@ PXB_BUS_STEP = 0x20
 @dataclass(frozen=True)
 class BootOptions:
     """How a lab boots, beyond its shape; kept in its state, so `lab reboot` boots it alike."""
-
-    __pydantic_config__ = ConfigDict(strict=True, extra="forbid")  # as read back from a lab's state file
 
     extra_kernel_args: tuple[str, ...] = ()
     systemd: bool = False  # this machine's systemd as PID 1, on a root disk kept across `lab reboot`

@@ -16,8 +16,6 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Literal
 
-from pydantic import ConfigDict
-
 from bmslice.errors import LabError
 from bmslice.model.topology import HostTopology
 
@@ -56,8 +54,6 @@ class LabShape:
     `modules_per_die` 2 with `l3: module` give an EPYC-like socket of two nodes (dies) of two
     L3 caches (CCX/CCD) each. `cores_per_socket` counts every core of a socket.
     """
-
-    __pydantic_config__ = ConfigDict(strict=True, extra="forbid")  # as read back from a lab's state file
 
     sockets: int = 2
     cores_per_socket: int = 3

@@ -12,16 +12,14 @@ from __future__ import annotations
 import json
 import math
 import os
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
-
-from pydantic import ConfigDict, TypeAdapter, ValidationError
 
 from bmslice.errors import BmsliceError, LabError
 from bmslice.lab.qemu_cmdline import BootOptions, qemu_name
 from bmslice.lab.shape import LabShape, check_lab_name
-from bmslice.model.input_file import read_input_text, validation_error
+from bmslice.model.input_file import parse_json, read_input_text, validated
 from bmslice.safe_text import one_line
 
 STATE_ROOT = Path(os.environ.get("BMSLICE_LAB_STATE", "/run/bmslice/lab"))
@@ -80,8 +78,6 @@ class LabDir:
 
 @dataclass(frozen=True)
 class LabInfo:
-    __pydantic_config__ = ConfigDict(strict=True, extra="forbid")
-
     name: str
     shape: LabShape
     kernel_args: str
@@ -108,7 +104,18 @@ class LabInfo:
         return data
 
 
-_INFO = TypeAdapter(LabInfo)
+def _unknown_key(data: Any) -> str | None:
+    """The first key of lab.json its dataclasses do not have ("shape.x"): msgspec passes over them."""
+    if not isinstance(data, dict):
+        return None
+    parts: list[tuple[str, Any, type]] = [("", data, LabInfo)]
+    parts += [(f"{key}.", data.get(key), kind) for key, kind in (("shape", LabShape), ("boot", BootOptions))]
+    for prefix, section, kind in parts:
+        known = {f.name for f in fields(kind)}
+        for key in section if isinstance(section, dict) else ():
+            if key not in known:
+                return f"{prefix}{key}"
+    return None
 
 
 class LabStateError(LabError):
@@ -124,12 +131,14 @@ def read_info(lab: LabDir) -> LabInfo | None:
     if not lab.meta.exists() and not lab.meta.is_symlink():
         return None
     try:
-        text = read_input_text(lab.meta, "the lab's state", STATE_LIMIT, LabError)
-        info = _INFO.validate_json(text)
-    except ValidationError as exc:
-        raise LabStateError(lab, str(validation_error("lab.json", exc)).removeprefix("lab.json: ")) from None
-    except BmsliceError as exc:  # unreadable, or a value its own checks refuse
-        raise LabStateError(lab, str(exc).removeprefix(f"{one_line(str(lab.meta))}: ")) from None
+        data = parse_json(read_input_text(lab.meta, "the lab's state", STATE_LIMIT, LabError), "lab.json")
+        unknown = _unknown_key(data)
+        if unknown is not None:
+            raise LabError(f"lab.json: {one_line(unknown)}: unknown key")
+        info = validated(data, LabInfo, "lab.json")
+    except BmsliceError as exc:  # unreadable, not the types lab.json holds, or a value its own checks refuse
+        reason = str(exc).removeprefix(f"{one_line(str(lab.meta))}: ").removeprefix("lab.json: ")
+        raise LabStateError(lab, reason) from None
     if info.name != lab.name:
         raise LabStateError(lab, f"name: it records lab {info.name!r}")
     return info

@@ -1,17 +1,31 @@
-"""Validated string fields shared by the spec and the fleet file.
+"""Validated fields shared by the spec, the fleet file and the records bmslice reads back.
 
-Each refuses a bad value with "'<value>' is not <what>", which the loaders turn into one
-line naming the file and the field. Every pattern must match the whole value (fullmatch):
-with `re.match` and a `$`, "eno1\n" would pass and carry its newline into a file name, an
-XML file or a generated config.
+The models are msgspec Structs, converted strictly from parsed data (`input_file.validated`).
+msgspec checks types, ranges and unknown keys itself; a field with a grammar of its own (a VM
+name, an interface, a PCI address canonicalised, a size such as "4G") has a *checked type*:
+a class msgspec does not know, so it hands the raw value to `decode_hook`, which calls the
+type's `parse` and reports a ValueError/TypeError at the field's own path.
+
+A checked type is never instantiated: its metaclass answers `isinstance` for the plain value
+it stands for (a `str`, an `int`, a `Path`), so the parsed value stays a plain `str` (msgspec
+checks what the hook returns; a `str` subclass would not encode, dump as YAML or compare by
+type). For mypy each checked type is the plain type it stands for (see the TYPE_CHECKING
+blocks), so code builds models from already-typed values without a cast.
+
+Each grammar refuses a bad value with "'<value>' is not <what>", which the loaders turn into
+one line naming the file and the field. Every pattern must match the whole value
+(fullmatch): with `re.match` and a `$`, "eno1\n" would pass and carry its newline into a file
+name, an XML file or a generated config.
 """
 
 from __future__ import annotations
 
 import re
-from typing import Annotated
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
-from pydantic import AfterValidator
+import msgspec
 
 from bmslice.model.grammar import is_kernel_ifname, matches
 from bmslice.model.topology import canonical_pci_address
@@ -22,10 +36,76 @@ from bmslice.safe_text import shown
 IFNAME_RE = re.compile(r"^[A-Za-z0-9_.@-]{1,15}$")
 CPU_FEATURE_RE = re.compile(r"^[a-z0-9][a-z0-9_.-]*$")
 
+_KINDS = {bool: "bool", int: "int", float: "float", str: "str", type(None): "null", list: "array", dict: "object"}
 
-def matching(regex: re.Pattern[str], what: str) -> AfterValidator:
-    """For `Annotated[str, matching(RE, "a host name")]`: the value must match `regex`."""
-    return AfterValidator(matches(regex, what))
+
+def kind(value: object) -> str:
+    """What a parsed value is, in msgspec's words ("int", "str", "array", ...)."""
+    return _KINDS.get(type(value), type(value).__name__)
+
+
+def expect(value: object, base: type) -> None:
+    """TypeError in msgspec's words unless `value` is exactly a `base` (True is no int)."""
+    if type(value) is not base:
+        raise TypeError(f"Expected `{_KINDS.get(base, base.__name__)}`, got `{kind(value)}`")
+
+
+class CheckedType(type):
+    """The metaclass of checked types: an instance is a plain value `parse` returned."""
+
+    base: type
+    parse: Callable[[Any], Any]
+
+    def __instancecheck__(cls, value: object) -> bool:
+        return isinstance(value, cls.base)
+
+
+def checked(name: str, base: type, parse: Callable[[Any], Any]) -> Any:
+    """A checked type whose values are `base` values; `parse` takes the raw value (any type)."""
+    return CheckedType(name, (), {"base": base, "parse": staticmethod(parse)})
+
+
+def text(name: str, check: Callable[[str], str]) -> Any:
+    """A checked string: the raw value must be a `str`, and `check` returns it (normalised)."""
+
+    def parse(value: object) -> str:
+        expect(value, str)
+        assert isinstance(value, str)
+        return check(value)
+
+    return checked(name, str, parse)
+
+
+def matching(name: str, regex: re.Pattern[str], what: str) -> Any:
+    """A checked string that must match all of `regex`."""
+    return text(name, matches(regex, what))
+
+
+def _path(value: object) -> Path:
+    if isinstance(value, Path):
+        return value
+    expect(value, str)
+    return Path(str(value))
+
+
+def decode_hook(kind_: type, value: Any) -> Any:
+    """msgspec's dec_hook: checked types parse their value; a Path comes from a string."""
+    if isinstance(kind_, CheckedType):
+        return kind_.parse(value)
+    if kind_ is Path:
+        return _path(value)
+    raise NotImplementedError(kind_)
+
+
+def as_data(model: object) -> Any:
+    """A model as the plain data a file would hold (paths as strings), for `validated` again."""
+    return msgspec.to_builtins(model, enc_hook=_encode)
+
+
+def _encode(value: object) -> Any:
+    if isinstance(value, Path):
+        return str(value)
+    raise NotImplementedError(type(value))
 
 
 def ifname(value: str) -> str:
@@ -44,6 +124,11 @@ def device_ref(value: str) -> str:
     return value
 
 
-IfName = Annotated[str, AfterValidator(ifname)]
-CpuFeature = Annotated[str, matching(CPU_FEATURE_RE, "a CPU feature name")]
-DeviceRef = Annotated[str, AfterValidator(device_ref)]
+if TYPE_CHECKING:
+    IfName = str
+    CpuFeature = str
+    DeviceRef = str
+else:
+    IfName = text("IfName", ifname)
+    CpuFeature = matching("CpuFeature", CPU_FEATURE_RE, "a CPU feature name")
+    DeviceRef = text("DeviceRef", device_ref)

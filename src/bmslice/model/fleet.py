@@ -12,28 +12,21 @@ here too, with a JSON form, so that a later run can keep every placed VM where i
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from dataclasses import field as dataclass_field
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 from urllib.parse import urlsplit
 
-from pydantic import (
-    AfterValidator,
-    BaseModel,
-    ConfigDict,
-    Field,
-    StrictBool,
-    StrictInt,
-    ValidationError,
-    field_validator,
-    model_validator,
-)
+import msgspec
+from msgspec import Meta, field
+from msgspec.structs import replace
 
 from bmslice.errors import SpecError
-from bmslice.model.fields import CpuFeature, IfName, device_ref, matching
+from bmslice.model.fields import CpuFeature, DeviceRef, IfName, device_ref, matching, text
 from bmslice.model.grammar import JUNOS_PORT_RE, canonical_pci, libvirt_uri
-from bmslice.model.input_file import read_yaml, validation_error
+from bmslice.model.input_file import read_yaml, validated
 from bmslice.model.spec import (
     MAX_GUEST_CELLS,
     MAX_NUMA_NODE,
@@ -43,6 +36,7 @@ from bmslice.model.spec import (
     HugepageSize,
     RealtimeSpec,
     SizeMiB,
+    Strict,
     check_cells,
     check_realtime,
 )
@@ -88,41 +82,59 @@ class ControlPlanes(StrEnum):
     ANY = "any"  # stacked if need be (a lab, a cluster that accepts losing its quorum with one server)
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+def _nic_pf(value: str) -> str:
+    if value == ANY:
+        return value
+    try:
+        return device_ref(value)
+    except ValueError:
+        raise ValueError(f"{value!r} is neither 'any', an interface name nor a PCI address") from None
 
 
 # A switch is named like a host (it names files under fabric/ and an ssh target); a port is a
 # Junos physical interface, never a unit: `set interfaces ge-0/0/9.0 unit 0 ...` is no interface.
-SwitchName = Annotated[str, matching(HOST_NAME_RE, "a switch name (letters, digits, '.', '-')")]
-JunosPort = Annotated[
-    str, matching(JUNOS_PORT_RE, "a Junos physical port such as ge-0/0/9, xe-0/0/1:2 or ae0 (no unit)")
-]
+if TYPE_CHECKING:
+    SwitchName = str
+    JunosPort = str
+    HostName = str
+    RackName = str
+    LibvirtUri = str
+    NicPf = str
+    ClusterName = str
+    VlanName = str
+    VmPrefix = str
+else:
+    SwitchName = matching("SwitchName", HOST_NAME_RE, "a switch name (letters, digits, '.', '-')")
+    JunosPort = matching(
+        "JunosPort", JUNOS_PORT_RE, "a Junos physical port such as ge-0/0/9, xe-0/0/1:2 or ae0 (no unit)"
+    )
+    HostName = matching("HostName", HOST_NAME_RE, "a host name (letters, digits, '.', '-')")
+    RackName = matching("RackName", LABEL_VALUE_RE, "a rack name (letters, digits, '-', '_', '.'; max 63)")
+    LibvirtUri = text("LibvirtUri", libvirt_uri)
+    NicPf = text("NicPf", _nic_pf)
+    ClusterName = matching("ClusterName", CLUSTER_NAME_RE, "a cluster name (lower-case letters, digits, '-'; max 24)")
+    VlanName = matching("VlanName", JUNOS_VLAN_RE, "a VLAN name (a letter, then letters, digits, '_', '.', '-')")
+    VmPrefix = matching("VmPrefix", PREFIX_RE, "a name prefix (lower-case letters, digits, '-')")
 
 
-class SwitchPort(_Strict):
+class SwitchPort(Strict, frozen=True):
     switch: SwitchName
     port: JunosPort
 
 
-class SwitchSpec(_Strict):
+class SwitchSpec(Strict, frozen=True):
     junos: JunosStyle = JunosStyle.ELS
 
 
-class InventoryHost(_Strict):
-    name: Annotated[str, matching(HOST_NAME_RE, "a host name (letters, digits, '.', '-')")]
-    uri: str
+class InventoryHost(Strict, frozen=True):
+    name: HostName
+    uri: LibvirtUri
     role: Role
-    rack: Annotated[str, matching(LABEL_VALUE_RE, "a rack name (letters, digits, '-', '_', '.'; max 63)")] = "default"
+    rack: RackName = "default"
     host_root: Path | None = None  # plan offline from a sysfs/procfs tree of the host
     hwloc: Path | None = None  # or from an `lstopo --of xml` file
-    nics: dict[IfName, SwitchPort] = Field(default_factory=dict)  # interface -> the switch port it is cabled to
-    host: HostSpec = HostSpec()  # the `host:` section of this server's generated spec
-
-    @field_validator("uri")
-    @classmethod
-    def _uri(cls, value: str) -> str:
-        return libvirt_uri(value)
+    nics: dict[IfName, SwitchPort] = field(default_factory=dict)  # interface -> the switch port it is cabled to
+    host: HostSpec = field(default_factory=HostSpec)  # the `host:` section of this server's generated spec
 
     @property
     def is_local(self) -> bool:
@@ -136,69 +148,53 @@ class InventoryHost(_Strict):
         test driver (test:///...), whose host lives inside the process that opens it."""
         return self.is_local or urlsplit(self.uri).scheme == "test"
 
-    @model_validator(mode="after")
-    def _one_source(self) -> InventoryHost:
+    def __post_init__(self) -> None:
         if self.host_root is not None and self.hwloc is not None:
             raise ValueError("give host_root or hwloc, not both")
-        return self
 
 
-class NicRequest(_Strict):
+class NicRequest(Strict, frozen=True):
     kind: NicKind
-    pf: str = ANY  # an interface name or PCI address of the host, or "any" cabled NIC
-    count: StrictInt = Field(default=1, ge=1, le=64)
-
-    @field_validator("pf")
-    @classmethod
-    def _pf(cls, value: str) -> str:
-        if value == ANY:
-            return value
-        try:
-            return device_ref(value)
-        except ValueError:
-            raise ValueError(f"{value!r} is neither 'any', an interface name nor a PCI address") from None
+    pf: NicPf = ANY  # an interface name or PCI address of the host, or "any" cabled NIC
+    count: Annotated[int, Meta(ge=1, le=64)] = 1
 
 
-class VmSize(_Strict):
-    vcpus: StrictInt = Field(gt=0, le=4096)
+class VmSize(Strict, frozen=True):
+    vcpus: Annotated[int, Meta(gt=0, le=4096)]
     memory: SizeMiB
     # as in the host spec: the VM spans this many NUMA nodes of its host, an equal share on each
-    numa_nodes: StrictInt = Field(default=1, ge=1, le=MAX_GUEST_CELLS)
+    numa_nodes: Annotated[int, Meta(ge=1, le=MAX_GUEST_CELLS)] = 1
     emulator: EmulatorPolicy = EmulatorPolicy.DEDICATED
-    iothreads: StrictInt = Field(default=1, ge=0, le=64)
+    iothreads: Annotated[int, Meta(ge=0, le=64)] = 1
     hugepages: HugepageSize = HugepageSize.NONE
     realtime: RealtimeSpec | None = None
     disable_cpu_features: tuple[CpuFeature, ...] = ()
     disk: DiskSpec | None = None
     nic: NicRequest | None = None
 
-    @model_validator(mode="after")
-    def _realtime(self) -> VmSize:
+    def __post_init__(self) -> None:
         check_realtime(self.realtime, self.vcpus, self.hugepages)
         check_cells(self.numa_nodes, None, self.vcpus, self.memory, self.hugepages.kib)
-        return self
 
 
-class Workers(VmSize):
-    count: StrictInt = Field(ge=0, le=100000)
+class Workers(VmSize, frozen=True, kw_only=True):
+    count: Annotated[int, Meta(ge=0, le=100000)]
 
 
-class Spread(_Strict):
-    max_per_host: StrictInt = Field(default=1, ge=1, le=4096)  # VMs of one cluster and role on one host
+class Spread(Strict, frozen=True):
+    max_per_host: Annotated[int, Meta(ge=1, le=4096)] = 1  # VMs of one cluster and role on one host
     racks: RackSpread = RackSpread.SPREAD
     control_planes: ControlPlanes = ControlPlanes.APART
 
 
-class Cluster(_Strict):
-    name: Annotated[str, matching(CLUSTER_NAME_RE, "a cluster name (lower-case letters, digits, '-'; max 24)")]
-    vlan: StrictInt = Field(ge=1, le=4094)
+class Cluster(Strict, frozen=True, kw_only=True):
+    name: ClusterName
+    vlan: Annotated[int, Meta(ge=1, le=4094)]
     # the switch's name for the VLAN; default: the cluster name in capitals
-    vlan_name: (
-        Annotated[str, matching(JUNOS_VLAN_RE, "a VLAN name (a letter, then letters, digits, '_', '.', '-')")] | None
-    ) = None
+    vlan_name: VlanName | None = None
     control_plane: tuple[VmSize, ...] = ()
     workers: Workers
-    spread: Spread = Spread()
+    spread: Spread = field(default_factory=Spread)
     kubeadm_join_file: Path | None = None  # the operator's `kubeadm join ...` line; never read by bmslice
 
     @property
@@ -210,16 +206,15 @@ class Cluster(_Strict):
         return self.control_plane[index - 1] if role is Role.CONTROL else self.workers
 
 
-class Fleet(_Strict):
-    inventory: tuple[InventoryHost, ...] = Field(min_length=1)
+class Fleet(Strict, frozen=True):
+    inventory: Annotated[tuple[InventoryHost, ...], Meta(min_length=1)]
     clusters: tuple[Cluster, ...] = ()
     # put before every VM name: "<prefix><cluster>-worker-<n>"
-    vm_prefix: Annotated[str, matching(PREFIX_RE, "a name prefix (lower-case letters, digits, '-')")] = ""
+    vm_prefix: VmPrefix = ""
     ssh_keys_file: Path | None = None  # public keys for every guest, one a line
-    switches: dict[SwitchName, SwitchSpec] = Field(default_factory=dict)  # per switch: its Junos style
+    switches: dict[SwitchName, SwitchSpec] = field(default_factory=dict)  # per switch: its Junos style
 
-    @model_validator(mode="after")
-    def _consistent(self) -> Fleet:
+    def __post_init__(self) -> None:
         _same_server(self.inventory)
         _unique("clusters: duplicate cluster name", [(c.name, c.name) for c in self.clusters])
         _unique("clusters: duplicate VLAN", [(c.vlan, c.name) for c in self.clusters])
@@ -238,7 +233,6 @@ class Fleet(_Strict):
         for switch in sorted(self.switches):
             if switch not in named:
                 raise ValueError(f"switches: no inventory NIC is cabled to {switch!r}")
-        return self
 
     def switch(self, name: str) -> SwitchSpec:
         return self.switches.get(name, SwitchSpec())
@@ -340,22 +334,18 @@ def _resolve(fleet: Fleet, base: Path) -> Fleet:
     def rel(path: Path | None) -> Path | None:
         return None if path is None else (path if path.is_absolute() else base / path)
 
-    hosts = tuple(h.model_copy(update={"host_root": rel(h.host_root), "hwloc": rel(h.hwloc)}) for h in fleet.inventory)
-    clusters = tuple(c.model_copy(update={"kubeadm_join_file": rel(c.kubeadm_join_file)}) for c in fleet.clusters)
-    return fleet.model_copy(
-        update={"inventory": hosts, "clusters": clusters, "ssh_keys_file": rel(fleet.ssh_keys_file)}
-    )
+    hosts = tuple(replace(h, host_root=rel(h.host_root), hwloc=rel(h.hwloc)) for h in fleet.inventory)
+    clusters = tuple(replace(c, kubeadm_join_file=rel(c.kubeadm_join_file)) for c in fleet.clusters)
+    return replace(fleet, inventory=hosts, clusters=clusters, ssh_keys_file=rel(fleet.ssh_keys_file))
 
 
 def fleet_from_data(data: Any, origin: str, base: Path | None = None) -> Fleet:
     """Validate parsed data; errors name `origin`, the field and the reason."""
     if not isinstance(data, dict):
         raise SpecError(f"{origin}: the fleet file must be a mapping with 'inventory' and 'clusters'")
+    fleet = validated(data, Fleet, origin)
     try:
-        fleet = Fleet.model_validate(data)
         fleet.vm_requests()
-    except ValidationError as exc:
-        raise validation_error(origin, exc) from None
     except ValueError as exc:
         raise SpecError(f"{origin}: {exc}") from None
     return _resolve(fleet, base) if base is not None else fleet
@@ -439,7 +429,7 @@ class Objective:
 class Placement:
     vms: tuple[PlacedVm, ...]
     usage: tuple[NodeUsage, ...] = ()
-    notes: tuple[str, ...] = field(default=())
+    notes: tuple[str, ...] = dataclass_field(default=())
     # the objective is proven the least possible (else: the best found within the time budget)
     proven_optimal: bool = False
     moved: tuple[str, ...] = ()  # VMs of the kept placement now on another host or other nodes
@@ -503,44 +493,56 @@ def _objective_dict(objective: Objective) -> dict[str, int]:
 # A placement file is bmslice's own output read back: every name in it goes through the same
 # grammar as in the fleet file, so a VM name with a newline cannot start a line of a summary,
 # a spec or a Junos description, and every number is a strict integer in its range.
-NodeId = Annotated[StrictInt, Field(ge=0, le=MAX_NUMA_NODE)]
+NodeId = Annotated[int, Meta(ge=0, le=MAX_NUMA_NODE)]
 GUEST_CORE_RE = re.compile(r"[0-9]{1,4}(?:,[0-9]{1,4})*")  # one host core's guest vCPUs: "0,1"
+if TYPE_CHECKING:
+    CanonicalPci = str
+    PlacedName = str
+    ClusterRef = str
+    HostRef = str
+    GuestCore = str
+else:
+    CanonicalPci = text("CanonicalPci", canonical_pci)
+    PlacedName = matching("PlacedName", DNS_LABEL_RE, "a VM name (a DNS label)")
+    ClusterRef = matching("ClusterRef", CLUSTER_NAME_RE, "a cluster name")
+    HostRef = matching("HostRef", HOST_NAME_RE, "a host name")
+    GuestCore = matching("GuestCore", GUEST_CORE_RE, "guest vCPUs like '0,1'")
 
 
-class _NicIn(_Strict):
+class _NicIn(Strict, frozen=True, kw_only=True):
     kind: NicKind
-    pf: Annotated[str, AfterValidator(device_ref)]
-    address: Annotated[str, AfterValidator(canonical_pci)]
+    pf: DeviceRef
+    address: CanonicalPci
     numa_node: NodeId | None = None
-    vlan: StrictInt = Field(ge=1, le=4094)
-    count: StrictInt = Field(default=1, ge=1, le=64)
+    vlan: Annotated[int, Meta(ge=1, le=4094)]
+    count: Annotated[int, Meta(ge=1, le=64)] = 1
 
 
-class _PlacedIn(_Strict):
-    name: Annotated[str, matching(DNS_LABEL_RE, "a VM name (a DNS label)")]
-    cluster: Annotated[str, matching(CLUSTER_NAME_RE, "a cluster name")]
+class _PlacedIn(Strict, frozen=True):
+    name: PlacedName
+    cluster: ClusterRef
     role: Role
-    index: StrictInt = Field(ge=1, le=100000)
-    host: Annotated[str, matching(HOST_NAME_RE, "a host name")]
+    index: Annotated[int, Meta(ge=1, le=100000)]
+    host: HostRef
     numa_node: NodeId
-    numa_nodes: tuple[NodeId, ...] = Field(default=(), max_length=MAX_GUEST_CELLS)
-    guest_threads: StrictInt = Field(default=1, ge=1, le=2)
-    guest_cores: tuple[Annotated[str, matching(GUEST_CORE_RE, "guest vCPUs like '0,1'")], ...] = ()
+    numa_nodes: Annotated[tuple[NodeId, ...], Meta(max_length=MAX_GUEST_CELLS)] = ()
+    guest_threads: Annotated[int, Meta(ge=1, le=2)] = 1
+    guest_cores: tuple[GuestCore, ...] = ()
     nics: tuple[_NicIn, ...] = ()
 
 
-class _ObjectiveIn(_Strict):
-    moved: StrictInt = Field(ge=0)
-    rack_spread: StrictInt = Field(ge=0)
-    cross_numa_nics: StrictInt = Field(ge=0)
+class _ObjectiveIn(Strict, frozen=True):
+    moved: Annotated[int, Meta(ge=0)]
+    rack_spread: Annotated[int, Meta(ge=0)]
+    cross_numa_nics: Annotated[int, Meta(ge=0)]
 
 
-class _PlacementIn(_Strict):
+class _PlacementIn(Strict, frozen=True):
     vms: tuple[_PlacedIn, ...]
     notes: tuple[str, ...] = ()  # written for people; a later run makes its own
     # the quality of the placement as it was written (absent from files of an older bmslice)
-    proven_optimal: StrictBool = False
-    moved: tuple[Annotated[str, matching(DNS_LABEL_RE, "a VM name (a DNS label)")], ...] = ()
+    proven_optimal: bool = False
+    moved: tuple[PlacedName, ...] = ()
     objective: _ObjectiveIn | None = None
 
 
@@ -548,10 +550,7 @@ def placement_from_dict(data: Any, origin: str) -> Placement:
     """Read a placement written by `placement_to_dict`; a malformed one is refused, not guessed at."""
     if not isinstance(data, dict):
         raise SpecError(f"{origin}: not a bmslice placement (a JSON object with 'vms')")
-    try:
-        read = _PlacementIn.model_validate(data)
-    except ValidationError as exc:
-        raise validation_error(origin, exc) from None
+    read = validated(data, _PlacementIn, origin)
     vms = tuple(
         PlacedVm(
             name=vm.name,
@@ -568,7 +567,7 @@ def placement_from_dict(data: Any, origin: str) -> Placement:
         for vm in read.vms
     )
     # absent from files of an older bmslice
-    objective = None if read.objective is None else Objective(**read.objective.model_dump())
+    objective = None if read.objective is None else Objective(**msgspec.structs.asdict(read.objective))
     seen: set[str] = set()
     for vm in vms:
         spans = vm.numa_nodes

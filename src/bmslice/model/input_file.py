@@ -19,17 +19,21 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import stat
 from collections.abc import Callable
+from enum import Enum
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from types import UnionType
+from typing import TYPE_CHECKING, Annotated, Any, Literal, TypeVar, Union, get_args, get_origin
 
+import msgspec
 import yaml
-from pydantic import ValidationError
 from yaml.constructor import ConstructorError
 from yaml.nodes import MappingNode, ScalarNode
 
 from bmslice.errors import BmsliceError, SpecError
+from bmslice.model.fields import decode_hook
 from bmslice.safe_text import one_line, shown
 
 MIB = 1024 * 1024
@@ -290,30 +294,111 @@ def read_json(path: Path, what: str) -> Any:
     return parse_json(read_input_text(path, what), one_line(str(path)))
 
 
-# --- pydantic errors ----------------------------------------------------------------------
+# --- validation -------------------------------------------------------------------------
+
+_Model = TypeVar("_Model")
+# "Expected `int`, got `bool` - at `$.vms[0].vcpus`"; "bad name - at `key` in `$.switches`"
+_MESSAGE_RE = re.compile(r"(?P<reason>.*?)(?: - at `(?P<key>key` in `)?\$(?P<path>[^`]*)`)?", re.DOTALL)
+_STEP_RE = re.compile(r"\.([^.\[]+)|\[(\d+)\]|\[\.\.\.\]")
+_FIELD_RE = re.compile(r"Object (contains unknown|missing required) field `(.*)`", re.DOTALL)
 
 
-def _location(loc: tuple[int | str, ...]) -> str:
-    """("vms", 0, "vcpus") -> "vms[0].vcpus"."""
+def validated(data: Any, model: type[_Model], origin: str) -> _Model:
+    """`data` converted strictly into `model`; SpecError names `origin`, the field and the reason."""
+    try:
+        return msgspec.convert(data, model, strict=True, dec_hook=decode_hook)
+    except msgspec.ValidationError as exc:
+        raise validation_error(origin, exc, model, data) from None
+
+
+def _unwrap(kind: Any) -> Any:
+    """The type inside Annotated[...] and Optional[...]."""
+    while True:
+        origin = get_origin(kind)
+        if origin is Annotated:
+            kind = get_args(kind)[0]
+        elif origin in (Union, UnionType):
+            kind = next(arg for arg in get_args(kind) if arg is not type(None))
+        else:
+            return kind
+
+
+def _fails(value: Any, kind: Any) -> bool:
+    try:
+        msgspec.convert(value, kind, strict=True, dec_hook=decode_hook)
+    except (msgspec.ValidationError, ValueError, TypeError):
+        return True
+    return False
+
+
+def _walk(path: str, model: Any, data: Any) -> tuple[list[int | str], Any]:
+    """msgspec's path ("$.vms[0].nics", "$.switches[...].junos") as parts, with the type there.
+
+    msgspec writes a mapping's key as "[...]": the key is the first one whose value fails.
+    """
+    parts: list[int | str] = []
+    kind: Any = model
+    for step in _STEP_RE.finditer(path):
+        kind = _unwrap(kind)
+        name, index = step.group(1), step.group(2)
+        if name is not None:
+            kind = next((f.type for f in msgspec.structs.fields(kind) if f.name == name), None)
+            data = data.get(name) if isinstance(data, dict) else None
+            parts.append(name)
+        elif index is not None:
+            args = get_args(kind)
+            kind = args[0] if args else None
+            data = data[int(index)] if isinstance(data, list | tuple) and int(index) < len(data) else None
+            parts.append(int(index))
+        else:
+            value_kind = get_args(kind)[1] if len(get_args(kind)) == 2 else None
+            items = data.items() if isinstance(data, dict) else ()
+            key, data = next(((k, v) for k, v in items if _fails(v, value_kind)), ("...", None))
+            kind = value_kind
+            parts.append(str(key))
+    return parts, kind
+
+
+def _choices(kind: Any) -> list[Any] | None:
+    kind = _unwrap(kind)
+    if isinstance(kind, type) and issubclass(kind, Enum):
+        return [member.value for member in kind]
+    if get_origin(kind) is Literal:
+        return list(get_args(kind))
+    return None
+
+
+def _location(parts: list[int | str]) -> str:
+    """["vms", 0, "vcpus"] -> "vms[0].vcpus"."""
     out = ""
-    for part in loc:
+    for part in parts:
         out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
     return out
 
 
-def _reason(error: Any) -> str:
-    kind = error["type"]
-    if kind == "extra_forbidden":
-        return "unknown key"
-    if kind == "missing":
-        return "required field is missing"
-    return str(error["msg"]).removeprefix("Value error, ")
+def _reason(message: str, parts: list[int | str], kind: Any) -> str:
+    field = _FIELD_RE.fullmatch(message)
+    if field:
+        parts.append(field.group(2))
+        return "unknown key" if field.group(1) == "contains unknown" else "required field is missing"
+    choices = _choices(kind) if message.startswith("Invalid enum value") else None
+    if choices:
+        names = [repr(choice) for choice in choices]
+        listed = f"{', '.join(names[:-1])} or {names[-1]}" if len(names) > 1 else names[0]
+        return f"expected {listed}, got {message.removeprefix('Invalid enum value ')}"
+    return message
 
 
-def validation_error(origin: str, exc: ValidationError) -> SpecError:
-    """The first problem as "FILE: FIELD: REASON" (the field is left out for the top level)."""
-    first = exc.errors()[0]
-    where = one_line(_location(tuple(first["loc"])))  # a key the user wrote may hold anything
+def validation_error(origin: str, exc: msgspec.ValidationError, model: Any, data: Any) -> SpecError:
+    """The problem as "FILE: FIELD: REASON" (the field is left out for the top level)."""
+    match = _MESSAGE_RE.fullmatch(str(exc))
+    assert match is not None  # the pattern matches any text
+    try:
+        parts, kind = _walk(match.group("path") or "", model, data)
+    except (TypeError, ValueError, IndexError, StopIteration):  # a type the walk does not know: no choices
+        parts, kind = [], None
+    reason = _reason(match.group("reason"), parts, kind)
+    where = one_line(_location(parts))  # a key the user wrote may hold anything
     if len(where) > 120:
         where = where[:117] + "..."
-    return SpecError(f"{origin}: {where + ': ' if where else ''}{one_line(_reason(first))}")
+    return SpecError(f"{origin}: {where + ': ' if where else ''}{one_line(reason)}")

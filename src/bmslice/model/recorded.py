@@ -18,14 +18,15 @@ bmslice.model.recorded.RecordError: not JSON: Expecting ',' delimiter at line 1
 from __future__ import annotations
 
 import re
-from typing import Annotated, Literal
+from typing import TYPE_CHECKING, Annotated, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr, ValidationError
+import msgspec
+from msgspec import Meta
 
 from bmslice.cpuset import MAX_CPU_ID, CpuSet
 from bmslice.errors import SpecError
-from bmslice.model.fields import IFNAME_RE, CpuFeature, matching
-from bmslice.model.input_file import parse_json, validation_error
+from bmslice.model.fields import IFNAME_RE, CpuFeature, matching, text
+from bmslice.model.input_file import parse_json, validated
 from bmslice.model.plan import (
     CacheTune,
     DeviceAssignment,
@@ -35,24 +36,21 @@ from bmslice.model.plan import (
     VmPlan,
     WayMask,
 )
-from bmslice.model.spec import MAX_NUMA_NODE, MAX_RT_PRIORITY, MAX_VFS, EmulatorPolicy, VmName, unicast_mac
+from bmslice.model.spec import MAX_NUMA_NODE, MAX_RT_PRIORITY, MAX_VFS, EmulatorPolicy, Mac, Strict, VmName
 from bmslice.model.topology import canonical_pci_address
 from bmslice.safe_text import shown
 
 MAX_RECORD_CHARS = 1 << 20  # a 256-vCPU slice with every option records a few KiB
 MAX_LIST = 4096  # no list in a record (pins, cores, devices) is longer than a host has CPUs
 
-CpuId = Annotated[StrictInt, Field(ge=0, le=MAX_CPU_ID)]
-NodeId = Annotated[StrictInt, Field(ge=0, le=MAX_NUMA_NODE)]
-Count = Annotated[StrictInt, Field(ge=0, le=1 << 40)]
-Positive = Annotated[StrictInt, Field(ge=1, le=1 << 40)]
+CpuId = Annotated[int, Meta(ge=0, le=MAX_CPU_ID)]
+NodeId = Annotated[int, Meta(ge=0, le=MAX_NUMA_NODE)]
+Count = Annotated[int, Meta(ge=0, le=1 << 40)]
+Positive = Annotated[int, Meta(ge=1, le=1 << 40)]
 # A kernel driver's name as sysfs shows it ("vfio-pci", "mlx5_core", "ixgbe").
 DRIVER_RE = re.compile(r"[A-Za-z0-9_.-]{1,64}")
-Driver = Annotated[StrictStr, matching(DRIVER_RE, "a kernel driver name")]
 WARNING_RE = re.compile(r"[^\x00-\x1f\x7f]{1,2000}")  # a plan warning: one line of printable text
-PlanWarning = Annotated[StrictStr, matching(WARNING_RE, "a one-line warning")]
 HEX_MASK_RE = re.compile(r"[0-9a-f]{1,64}")
-HexMask = Annotated[StrictStr, matching(HEX_MASK_RE, "a hexadecimal way mask")]
 
 
 class RecordError(ValueError):
@@ -73,84 +71,89 @@ def _interfaces(value: str) -> str:
     return value
 
 
-PciAddress = Annotated[StrictStr, AfterValidator(_pci)]
-Interfaces = Annotated[StrictStr, AfterValidator(_interfaces)]
-Mac = Annotated[StrictStr, AfterValidator(unicast_mac)]
+if TYPE_CHECKING:
+    Driver = str
+    PlanWarning = str
+    HexMask = str
+    PciAddress = str
+    Interfaces = str
+else:
+    Driver = matching("Driver", DRIVER_RE, "a kernel driver name")
+    PlanWarning = matching("PlanWarning", WARNING_RE, "a one-line warning")
+    HexMask = matching("HexMask", HEX_MASK_RE, "a hexadecimal way mask")
+    PciAddress = text("PciAddress", _pci)
+    Interfaces = text("Interfaces", _interfaces)
 
 
-class _Record(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
-
-
-class _Device(_Record):
+class _Device(Strict, frozen=True):
     address: PciAddress | None
     type: Literal["passthrough", "vf"]
     numa_node: NodeId | None
     interface: Interfaces | None = None
     driver: Driver | None = None
     pf: PciAddress | None = None
-    vf_index: Annotated[StrictInt, Field(ge=0, le=MAX_VFS)] | None = None
-    vlan: Annotated[StrictInt, Field(ge=1, le=4094)] | None = None
+    vf_index: Annotated[int, Meta(ge=0, le=MAX_VFS)] | None = None
+    vlan: Annotated[int, Meta(ge=1, le=4094)] | None = None
     mac: Mac | None = None
-    trust: StrictBool | None = None
-    spoofchk: StrictBool | None = None
-    created_vfs: StrictBool | None = None
+    trust: bool | None = None
+    spoofchk: bool | None = None
+    created_vfs: bool | None = None
 
 
-class _Topology(_Record):
+class _Topology(Strict, frozen=True):
     sockets: Positive
     cores: Positive
-    threads: Annotated[StrictInt, Field(ge=1, le=2)]
+    threads: Annotated[int, Meta(ge=1, le=2)]
     dies: Positive = 1
 
 
-class _Realtime(_Record):
+class _Realtime(Strict, frozen=True):
     housekeeping_vcpus: Count
-    priority: Annotated[StrictInt, Field(ge=1, le=MAX_RT_PRIORITY)]
+    priority: Annotated[int, Meta(ge=1, le=MAX_RT_PRIORITY)]
     memlock_mib: Count
 
 
-class _Ways(_Record):
+class _Ways(Strict, frozen=True):
     cache_id: Count
     mask: HexMask
     ways: Count
     size_kib: Count
 
 
-class _Cache(_Record):
+class _Cache(Strict, frozen=True):
     l3_kib: Positive | None
-    memory_bandwidth: Annotated[StrictInt, Field(ge=1, le=100)] | None
-    domains: list[Count] = Field(max_length=MAX_LIST)
-    ways: list[_Ways] = Field(max_length=MAX_LIST)
+    memory_bandwidth: Annotated[int, Meta(ge=1, le=100)] | None
+    domains: Annotated[list[Count], Meta(max_length=MAX_LIST)]
+    ways: Annotated[list[_Ways], Meta(max_length=MAX_LIST)]
 
 
-class _Cell(_Record):
+class _Cell(Strict, frozen=True):
     node: NodeId
-    vcpus: list[CpuId] = Field(max_length=MAX_LIST)
+    vcpus: Annotated[list[CpuId], Meta(max_length=MAX_LIST)]
     memory_mib: Positive
-    distances: list[Annotated[StrictInt, Field(ge=0, le=255)]] = Field(default=[], max_length=MAX_LIST)
+    distances: Annotated[tuple[Annotated[int, Meta(ge=0, le=255)], ...], Meta(max_length=MAX_LIST)] = ()
 
 
-class _Vm(_Record):
+class _Vm(Strict, frozen=True, kw_only=True):
     name: VmName
-    numa_nodes: list[NodeId] = Field(min_length=1, max_length=MAX_LIST)
-    vcpu_pins: list[CpuId] = Field(min_length=1, max_length=MAX_LIST)
-    emulator_cpus: list[CpuId] = Field(max_length=MAX_LIST)
-    iothread_cpus: list[CpuId] = Field(max_length=MAX_LIST)
-    iothreads: Annotated[StrictInt, Field(ge=0, le=MAX_LIST)]
+    numa_nodes: Annotated[list[NodeId], Meta(min_length=1, max_length=MAX_LIST)]
+    vcpu_pins: Annotated[list[CpuId], Meta(min_length=1, max_length=MAX_LIST)]
+    emulator_cpus: Annotated[list[CpuId], Meta(max_length=MAX_LIST)]
+    iothread_cpus: Annotated[list[CpuId], Meta(max_length=MAX_LIST)]
+    iothreads: Annotated[int, Meta(ge=0, le=MAX_LIST)]
     emulator_policy: Literal["dedicated", "host"]
-    cores: list[list[CpuId]] = Field(min_length=1, max_length=MAX_LIST)
+    cores: Annotated[list[list[CpuId]], Meta(min_length=1, max_length=MAX_LIST)]
     guest_topology: _Topology
     memory_mib: Positive
     hugepage_kib: Literal[2048, 1048576] | None = None
-    devices: list[_Device] = Field(default=[], max_length=MAX_LIST)
-    disable_cpu_features: list[CpuFeature] = Field(default=[], max_length=MAX_LIST)
+    devices: Annotated[tuple[_Device, ...], Meta(max_length=MAX_LIST)] = ()
+    disable_cpu_features: Annotated[tuple[CpuFeature, ...], Meta(max_length=MAX_LIST)] = ()
     domain_type: Literal["kvm", "qemu"] = "kvm"
-    warnings: list[PlanWarning] = Field(default=[], max_length=MAX_LIST)
+    warnings: Annotated[tuple[PlanWarning, ...], Meta(max_length=MAX_LIST)] = ()
     realtime: _Realtime | None = None
-    l3_domains: list[Count] = Field(default=[], max_length=MAX_LIST)
+    l3_domains: Annotated[tuple[Count, ...], Meta(max_length=MAX_LIST)] = ()
     cache: _Cache | None = None
-    cells: list[_Cell] = Field(default=[], max_length=MAX_LIST)
+    cells: Annotated[tuple[_Cell, ...], Meta(max_length=MAX_LIST)] = ()
 
 
 def _plan(vm: _Vm) -> VmPlan:
@@ -167,7 +170,7 @@ def _plan(vm: _Vm) -> VmPlan:
         hugepage_kib=vm.hugepage_kib,
         cores=tuple(CpuSet.from_iter(core) for core in vm.cores),
         emulator_policy=vm.emulator_policy,
-        devices=tuple(DeviceAssignment(**d.model_dump()) for d in vm.devices),
+        devices=tuple(DeviceAssignment(**msgspec.structs.asdict(d)) for d in vm.devices),
         disable_cpu_features=tuple(vm.disable_cpu_features),
         domain_type=vm.domain_type,
         warnings=tuple(vm.warnings),
@@ -232,8 +235,8 @@ def recorded_vm(text: str) -> VmPlan:
         kind = {list: "an array", str: "a string", bool: "a boolean", type(None): "null"}.get(type(data), "a number")
         raise RecordError(f"JSON {kind}, not the object bmslice records")
     try:
-        vm = _plan(_Vm.model_validate(data))
-    except ValidationError as exc:
-        raise RecordError(str(validation_error("", exc)).removeprefix(": ")) from None
+        vm = _plan(validated(data, _Vm, ""))
+    except SpecError as exc:
+        raise RecordError(str(exc).removeprefix(": ")) from None
     _consistent(vm)
     return vm

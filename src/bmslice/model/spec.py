@@ -11,33 +11,19 @@ from __future__ import annotations
 import re
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
-from pydantic import (
-    BaseModel,
-    BeforeValidator,
-    ConfigDict,
-    Field,
-    StrictBool,
-    StrictInt,
-    ValidationError,
-    field_validator,
-    model_validator,
-)
+import msgspec
+from msgspec import Meta, field
 
 from bmslice.cpuset import MAX_CPU_ID, CpuListError, CpuSet
 from bmslice.errors import SpecError
-from bmslice.model.fields import CpuFeature, device_ref, matching
-from bmslice.model.input_file import read_yaml, validation_error
+from bmslice.model.fields import CpuFeature, DeviceRef, checked, device_ref, expect, kind, matching, text
+from bmslice.model.input_file import read_yaml, validated
 from bmslice.model.sizes import parse_size_kib, parse_size_mib
 from bmslice.safe_text import one_line, shown
 
 VM_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]{0,63}$")
-VmName = Annotated[str, matching(VM_NAME_RE, "a valid domain name (letters, digits, '_', '.', '+', '-'; max 64)")]
-
-
-SizeMiB = Annotated[int, BeforeValidator(parse_size_mib)]
-SizeKiB = Annotated[int, BeforeValidator(parse_size_kib)]
 MAX_NUMA_NODE = 1023  # Linux has at most 1024 NUMA nodes (NODES_SHIFT 10)
 MAX_VFS = 65535  # TotalVFs is a 16-bit field of the PCI SR-IOV capability
 MAX_RT_PRIORITY = 99  # SCHED_FIFO priorities are 1..99 (sched_get_priority_max)
@@ -73,42 +59,56 @@ class DomainType(StrEnum):
     QEMU = "qemu"  # TCG, for machines without /dev/kvm
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+class Strict(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """A model read from a user's file: immutable, no key it does not know, keyword arguments."""
 
 
-class HostSpec(_Strict):
-    reserved_cores_per_node: StrictInt = Field(default=1, ge=0, le=MAX_CPU_ID)
-    reserved_cpus: str | None = None  # explicit list instead of reserved_cores_per_node
+def _vf_pools(value: object) -> dict[str, int]:
+    """PF -> VFs to create, PFs canonicalised."""
+    if not isinstance(value, dict):
+        raise TypeError(f"Expected `object`, got `{kind(value)}`")
+    out = {}
+    for pf, count in value.items():
+        expect(pf, str)
+        if type(count) is not int or not 1 <= count <= MAX_VFS:
+            raise ValueError(f"{shown(pf)}: VF count must be from 1 to {MAX_VFS}")
+        out[device_ref(pf)] = count
+    return out
+
+
+def _cpu_list(value: str) -> str:
+    try:
+        cpus = CpuSet.parse(value)
+    except CpuListError as exc:
+        raise ValueError(str(exc)) from None
+    if not cpus:
+        raise ValueError("must name at least one CPU")
+    return cpus.format()
+
+
+if TYPE_CHECKING:
+    VmName = str
+    SizeMiB = int
+    SizeKiB = int
+    CpuList = str
+    VfPools = dict[str, int]
+else:
+    VmName = matching("VmName", VM_NAME_RE, "a valid domain name (letters, digits, '_', '.', '+', '-'; max 64)")
+    SizeMiB = checked("SizeMiB", int, parse_size_mib)  # "8GiB", or an integer of MiB
+    SizeKiB = checked("SizeKiB", int, parse_size_kib)
+    CpuList = text("CpuList", _cpu_list)
+    VfPools = checked("VfPools", dict, _vf_pools)
+
+
+class HostSpec(Strict, frozen=True):
+    reserved_cores_per_node: Annotated[int, Meta(ge=0, le=MAX_CPU_ID)] = 1
+    reserved_cpus: CpuList | None = None  # explicit list instead of reserved_cores_per_node
     reserved_memory_per_node: SizeMiB = 2048
     nic_numa_policy: NicNumaPolicy = NicNumaPolicy.PREFER
     isolate: IsolateScope = IsolateScope.ALL
-    allow_management_nic: StrictBool = False
+    allow_management_nic: bool = False
     domain_type: DomainType = DomainType.KVM
-    sriov_vfs: dict[str, StrictInt] = Field(default_factory=dict)  # PF -> VFs to create (a pool), else what VMs need
-
-    @field_validator("sriov_vfs")
-    @classmethod
-    def _vf_pools(cls, value: dict[str, int]) -> dict[str, int]:
-        out = {}
-        for pf, count in value.items():
-            if not 1 <= count <= MAX_VFS:
-                raise ValueError(f"{shown(pf)}: VF count must be from 1 to {MAX_VFS}")
-            out[device_ref(pf)] = count
-        return out
-
-    @field_validator("reserved_cpus")
-    @classmethod
-    def _cpu_list(cls, value: str | None) -> str | None:
-        if value is None:
-            return None
-        try:
-            cpus = CpuSet.parse(str(value))
-        except CpuListError as exc:
-            raise ValueError(str(exc)) from None
-        if not cpus:
-            raise ValueError("must name at least one CPU")
-        return cpus.format()
+    sriov_vfs: VfPools = field(default_factory=dict)  # PF -> VFs to create (a pool), else what VMs need
 
     @property
     def reserved_cpuset(self) -> CpuSet | None:
@@ -129,41 +129,42 @@ def unicast_mac(value: str) -> str:
     return value.lower()
 
 
-class SriovSpec(_Strict):
+def _pf_list(value: object) -> tuple[str, ...]:
+    """One PF, or a list of them (the planner prefers one local to the VM)."""
+    items = [value] if type(value) is str else value
+    if not isinstance(items, list | tuple):
+        raise TypeError(f"Expected `str` or `array`, got `{kind(value)}`")
+    if not items:
+        raise ValueError("name at least one PF")
+    for item in items:
+        expect(item, str)
+    return tuple(device_ref(item) for item in items)
+
+
+if TYPE_CHECKING:
+    PfList = tuple[str, ...]
+    Mac = str
+else:
+    PfList = checked("PfList", tuple, _pf_list)
+    Mac = text("Mac", unicast_mac)
+
+
+class SriovSpec(Strict, frozen=True):
     """VFs of a PF for one VM. `pf` may list several PFs: the planner prefers one local to the VM."""
 
-    pf: tuple[str, ...]
-    vlan: StrictInt | None = Field(default=None, ge=1, le=4094)  # None: untagged (VLAN 0 is set explicitly)
-    mac: str | None = None
-    trust: StrictBool = False
-    spoofchk: StrictBool = True
-    count: StrictInt = Field(default=1, ge=1, le=256)
+    pf: PfList
+    vlan: Annotated[int, Meta(ge=1, le=4094)] | None = None  # None: untagged (VLAN 0 is set explicitly)
+    mac: Mac | None = None
+    trust: bool = False
+    spoofchk: bool = True
+    count: Annotated[int, Meta(ge=1, le=256)] = 1
 
-    @field_validator("pf", mode="before")
-    @classmethod
-    def _pf_list(cls, value: Any) -> Any:
-        return (value,) if isinstance(value, str) else value
-
-    @field_validator("pf")
-    @classmethod
-    def _pf_refs(cls, value: tuple[str, ...]) -> tuple[str, ...]:
-        if not value:
-            raise ValueError("name at least one PF")
-        return tuple(device_ref(v) for v in value)
-
-    @field_validator("mac")
-    @classmethod
-    def _mac(cls, value: str | None) -> str | None:
-        return None if value is None else unicast_mac(value)
-
-    @model_validator(mode="after")
-    def _one_mac_one_vf(self) -> SriovSpec:
+    def __post_init__(self) -> None:
         if self.mac is not None and self.count != 1:
             raise ValueError("a fixed mac needs count: 1 (one MAC per VF)")
-        return self
 
 
-class NicSpec(_Strict):
+class NicSpec(Strict, frozen=True):
     """One VM NIC: a whole PCI device (`passthrough`) or SR-IOV VFs (`sriov`).
 
     `allow_non_nic: true` lets `passthrough` name a PCI function that is not a network
@@ -172,22 +173,15 @@ class NicSpec(_Strict):
     passed through.
     """
 
-    passthrough: str | None = None
+    passthrough: DeviceRef | None = None
     sriov: SriovSpec | None = None
-    allow_non_nic: StrictBool = False
+    allow_non_nic: bool = False
 
-    @field_validator("passthrough")
-    @classmethod
-    def _device(cls, value: str | None) -> str | None:
-        return None if value is None else device_ref(value)
-
-    @model_validator(mode="after")
-    def _exactly_one(self) -> NicSpec:
+    def __post_init__(self) -> None:
         if (self.passthrough is None) == (self.sriov is None):
             raise ValueError("give exactly one of passthrough or sriov")
         if self.allow_non_nic and self.passthrough is None:
             raise ValueError("allow_non_nic applies to passthrough only (VFs are network functions)")
-        return self
 
 
 HASH_PREFIXES = ("$6$", "$5$", "$y$", "$2b$", "$2y$", "$gy$")
@@ -199,67 +193,75 @@ SSH_KEY_RE = re.compile(
 POOL_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.+:-]{0,63}")
 
 
-def _host_path(value: Path) -> Path:
-    text = str(value)
-    if not value.is_absolute():
+def _host_path(value: object) -> Path:
+    expect(value, str)
+    path = Path(str(value))
+    if not path.is_absolute():
         raise ValueError(
-            f"{shown(text)} must be an absolute path on the host (libvirt does not know the spec's directory)"
+            f"{shown(value)} must be an absolute path on the host (libvirt does not know the spec's directory)"
         )
-    if not text.isprintable():
-        raise ValueError(f"{shown(text)} holds a control character; refusing it as a path")
-    return value
+    if not str(value).isprintable():
+        raise ValueError(f"{shown(value)} holds a control character; refusing it as a path")
+    return path
 
 
-class DiskSpec(_Strict):
+if TYPE_CHECKING:
+    HostPath = Path
+    PoolName = str
+else:
+    HostPath = checked("HostPath", Path, _host_path)
+    PoolName = matching("PoolName", POOL_NAME_RE, "a storage pool name")
+
+
+class DiskSpec(Strict, frozen=True):
     """The VM's root disk: a qcow2 volume in a libvirt pool, backed by `image` when given."""
 
     size: SizeMiB = 10240
-    image: Path | None = None
-    pool: Annotated[str, matching(POOL_NAME_RE, "a storage pool name")] = "default"
-
-    @field_validator("image")
-    @classmethod
-    def _image(cls, value: Path | None) -> Path | None:
-        return None if value is None else _host_path(value)
+    image: HostPath | None = None
+    pool: PoolName = "default"
 
 
 SEED_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 
 
-class CloudInitSpec(_Strict):
+def _seed_name(name: str) -> str:
+    if name in ("user-data", "meta-data") or not SEED_NAME_RE.fullmatch(name):
+        raise ValueError(f"{shown(name)} is not a usable seed file name")
+    return name
+
+
+def _ssh_key(key: str) -> str:
+    if not SSH_KEY_RE.fullmatch(key.strip()):
+        raise ValueError(f"{shown(key, 24)} is not an SSH public key (one line: type, key, comment)")
+    return key.strip()
+
+
+if TYPE_CHECKING:
+    SeedName = str
+    SshKey = str
+else:
+    SeedName = text("SeedName", _seed_name)
+    SshKey = text("SshKey", _ssh_key)
+
+
+class CloudInitSpec(Strict, frozen=True):
     """A NoCloud seed. Keys only, or a *hashed* password read from a file: never a password."""
 
-    ssh_authorized_keys: tuple[str, ...] = ()
+    ssh_authorized_keys: tuple[SshKey, ...] = ()
     ssh_authorized_keys_file: Path | None = None
     password_hash_file: Path | None = None
     user_data: Path | None = None
     # Extra files for the seed, by name on the seed (e.g. a kubeadm join config the guest
     # reads at boot): their contents go to the guest only, never into a generated file.
-    seed_files: dict[str, Path] = Field(default_factory=dict)
-
-    @field_validator("seed_files")
-    @classmethod
-    def _seed_names(cls, value: dict[str, Path]) -> dict[str, Path]:
-        for name in value:
-            if name in ("user-data", "meta-data") or not SEED_NAME_RE.fullmatch(name):
-                raise ValueError(f"{shown(name)} is not a usable seed file name")
-        return value
-
-    @field_validator("ssh_authorized_keys")
-    @classmethod
-    def _keys(cls, value: tuple[str, ...]) -> tuple[str, ...]:
-        for key in value:
-            if not SSH_KEY_RE.fullmatch(key.strip()):
-                raise ValueError(f"{shown(key, 24)} is not an SSH public key (one line: type, key, comment)")
-        return tuple(k.strip() for k in value)
+    seed_files: dict[SeedName, Path] = field(default_factory=dict)
 
 
-class RealtimeSpec(_Strict):
+class RealtimeSpec(Strict, frozen=True):
     """Realtime vCPUs: the first `housekeeping_vcpus` stay ordinary (the guest's OS, I/O);
     every later vCPU runs SCHED_FIFO at `priority` on the host (Nova's hw:cpu_realtime_mask)."""
 
-    housekeeping_vcpus: StrictInt = Field(default=1, ge=1, le=4096)
-    priority: StrictInt = Field(default=1, ge=1, le=MAX_RT_PRIORITY)
+    housekeeping_vcpus: Annotated[int, Meta(ge=1, le=4096)] = 1
+    priority: Annotated[int, Meta(ge=1, le=MAX_RT_PRIORITY)] = 1
 
 
 def check_realtime(realtime: RealtimeSpec | None, vcpus: int, hugepages: HugepageSize) -> None:
@@ -298,31 +300,29 @@ def check_cells(cells: int, numa_node: int | None, vcpus: int, memory_mib: int, 
         )
 
 
-class CacheSpec(_Strict):
+class CacheSpec(Strict, frozen=True):
     """L3 ways and a memory bandwidth cap for the VM's vCPUs, through resctrl (libvirt's
     <cachetune>/<memorytune>). `l3` is reserved on each L3 domain the vCPUs use, rounded up
     to whole ways; `memory_bandwidth` is a percentage (Intel MBA) on the same domains."""
 
     l3: SizeKiB | None = None
-    memory_bandwidth: StrictInt | None = Field(default=None, ge=1, le=100)
+    memory_bandwidth: Annotated[int, Meta(ge=1, le=100)] | None = None
 
-    @model_validator(mode="after")
-    def _something(self) -> CacheSpec:
+    def __post_init__(self) -> None:
         if self.l3 is None and self.memory_bandwidth is None:
             raise ValueError("give l3, memory_bandwidth or both")
-        return self
 
 
-class VmSpec(_Strict):
+class VmSpec(Strict, frozen=True):
     name: VmName
-    vcpus: StrictInt = Field(gt=0, le=4096)
+    vcpus: Annotated[int, Meta(gt=0, le=4096)]
     memory: SizeMiB
-    numa_node: StrictInt | None = Field(default=None, ge=0, le=MAX_NUMA_NODE)
+    numa_node: Annotated[int, Meta(ge=0, le=MAX_NUMA_NODE)] | None = None
     # Guest NUMA: the VM spans this many host nodes, an equal share of its vCPUs and memory on
     # each, and its guest sees as many NUMA cells (`numa_node` then cannot pin it to one).
-    numa_nodes: StrictInt = Field(default=1, ge=1, le=MAX_GUEST_CELLS)
+    numa_nodes: Annotated[int, Meta(ge=1, le=MAX_GUEST_CELLS)] = 1
     emulator: EmulatorPolicy = EmulatorPolicy.DEDICATED
-    iothreads: StrictInt = Field(default=1, ge=0, le=64)
+    iothreads: Annotated[int, Meta(ge=0, le=64)] = 1
     hugepages: HugepageSize = HugepageSize.NONE
     realtime: RealtimeSpec | None = None
     disable_cpu_features: tuple[CpuFeature, ...] = ()
@@ -331,19 +331,17 @@ class VmSpec(_Strict):
     cloud_init: CloudInitSpec | None = None
     cache: CacheSpec | None = None
 
-    @model_validator(mode="after")
-    def _hugepage_memory(self) -> VmSpec:
+    def __post_init__(self) -> None:
         page_kib = self.hugepages.kib
         if page_kib and (self.memory * 1024) % page_kib:
             raise ValueError(f"memory {self.memory} MiB is not a whole number of {self.hugepages.value} hugepages")
         check_realtime(self.realtime, self.vcpus, self.hugepages)
         check_cells(self.numa_nodes, self.numa_node, self.vcpus, self.memory, page_kib)
-        return self
 
 
-class Spec(_Strict):
-    host: HostSpec = HostSpec()
-    vms: tuple[VmSpec, ...] = Field(min_length=1)
+class Spec(Strict, frozen=True, kw_only=True):
+    host: HostSpec = field(default_factory=HostSpec)
+    vms: Annotated[tuple[VmSpec, ...], Meta(min_length=1)]
 
     def vm(self, name: str) -> VmSpec:
         for vm in self.vms:
@@ -356,10 +354,7 @@ def spec_from_data(data: Any, origin: str) -> Spec:
     """Validate already-parsed data; errors name `origin`, the field and the reason."""
     if not isinstance(data, dict):
         raise SpecError(f"{origin}: the spec must be a mapping with 'vms' (and optionally 'host')")
-    try:
-        spec = Spec.model_validate(data)
-    except ValidationError as exc:
-        raise validation_error(origin, exc) from None
+    spec = validated(data, Spec, origin)
     first_index: dict[str, int] = {}
     for i, vm in enumerate(spec.vms):
         if vm.name in first_index:

@@ -27,6 +27,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any, TypeVar
 
+from msgspec import structs
+
 from bmslice.cpuset import CpuSet
 from bmslice.errors import PlanError
 from bmslice.model.plan import DeviceAssignment, Plan, VmPlan
@@ -106,12 +108,12 @@ class Room:
 def _shape_key(vm: VmSpec) -> VmSpec:
     """What makes two spec VMs one shape: everything but name, node pin and the NICs' names."""
     nics = tuple(NicSpec(passthrough="any") if nic.passthrough is not None else _without_mac(nic) for nic in vm.nics)
-    return vm.model_copy(update={"name": "x", "numa_node": None, "disk": None, "cloud_init": None, "nics": nics})
+    return structs.replace(vm, name="x", numa_node=None, disk=None, cloud_init=None, nics=nics)
 
 
 def _without_mac(nic: NicSpec) -> NicSpec:
     assert nic.sriov is not None
-    return nic.model_copy(update={"sriov": nic.sriov.model_copy(update={"mac": None})})
+    return structs.replace(nic, sriov=structs.replace(nic.sriov, mac=None))
 
 
 def spec_shapes(spec: Spec) -> tuple[Shape, ...]:
@@ -129,7 +131,7 @@ def spec_shapes(spec: Spec) -> tuple[Shape, ...]:
 def _template(vm: VmSpec) -> Template:
     pts = frozenset(i for i, nic in enumerate(vm.nics) if nic.passthrough is not None)
     nics = tuple(_without_mac(nic) if nic.sriov is not None else nic for nic in vm.nics)
-    copy = vm.model_copy(update={"numa_node": None, "disk": None, "cloud_init": None, "nics": nics})
+    copy = structs.replace(vm, numa_node=None, disk=None, cloud_init=None, nics=nics)
     return Template(copy, pts)
 
 
@@ -251,10 +253,8 @@ class _Host:
                             if j in t.any_vf
                             else tuple(p for p in nic.sriov.pf if self._address(p) not in whole)
                         )
-                        sriov = nic.sriov.model_copy(update={"pf": pfs or nic.sriov.pf})
-                        nics[j] = nic.model_copy(update={"sriov": sriov})
-                update = {"name": f"{t.vm.name}+{i}", "nics": tuple(nics), "numa_node": node}
-                out.append(t.vm.model_copy(update=update))
+                        nics[j] = structs.replace(nic, sriov=structs.replace(nic.sriov, pf=pfs or nic.sriov.pf))
+                out.append(structs.replace(t.vm, name=f"{t.vm.name}+{i}", nics=tuple(nics), numa_node=node))
         return out
 
     def _address(self, ref: str) -> str:
@@ -364,7 +364,7 @@ def _limits(host: _Host, templates: Sequence[Template], n: int) -> tuple[str, ..
 def _without_nics(t: Template, dropped: frozenset[int]) -> Template:
     """`t` without the NIC entries at `dropped`, the others' indexes renumbered."""
     kept = [i for i in range(len(t.vm.nics)) if i not in dropped]
-    vm = t.vm.model_copy(update={"nics": tuple(t.vm.nics[i] for i in kept)})
+    vm = structs.replace(t.vm, nics=tuple(t.vm.nics[i] for i in kept))
     return Template(
         vm,
         frozenset(new for new, old in enumerate(kept) if old in t.any_pt),
@@ -380,7 +380,7 @@ def _reliefs(host: _Host, templates: Sequence[Template], copies: Sequence[VmSpec
         def keep(nic: NicSpec) -> bool:
             return (nic.passthrough is None) if kind == "pt" else (nic.sriov is None)
 
-        return [vm.model_copy(update={"nics": tuple(x for x in vm.nics if keep(x))}) for vm in copies]
+        return [structs.replace(vm, nics=tuple(x for x in vm.nics if keep(x))) for vm in copies]
 
     tries: list[tuple[str, Callable[[], Plan | str]]] = [
         (CORES, lambda: host.plan(copies, _with_more_cores(host.topo, cores))),
@@ -391,9 +391,7 @@ def _reliefs(host: _Host, templates: Sequence[Template], copies: Sequence[VmSpec
     if any(nic.sriov is not None for vm in copies for nic in vm.nics):
         tries.append((VFS, lambda: host.plan(without("vf"))))
     if host.spec.host.nic_numa_policy is NicNumaPolicy.REQUIRE:
-        loose = host.spec.model_copy(
-            update={"host": host.spec.host.model_copy(update={"nic_numa_policy": NicNumaPolicy.PREFER})}
-        )
+        loose = structs.replace(host.spec, host=structs.replace(host.spec.host, nic_numa_policy=NicNumaPolicy.PREFER))
         tries.append((LOCALITY, lambda: host.plan(copies, spec=loose)))
     found = tuple(name for name, attempt in tries if not isinstance(attempt(), str))
     if found:

@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 from functools import cache, cached_property
 from itertools import combinations
 
+import msgspec
+
 from bmslice.cpuset import CpuSet
 from bmslice.errors import PlanError
 from bmslice.model.fleet import (
@@ -395,13 +397,13 @@ def _pool(inv: InventoryHost, dev: PciDevice) -> int:
 
 def read_hosts(fleet: Fleet, topologies: Mapping[str, HostTopology]) -> tuple[Host, ...]:
     """Every inventory host, by name. Servers of one shape share what they offer (read once)."""
-    seen: dict[tuple[int, str, tuple[str, ...]], Host] = {}
+    seen: dict[tuple[int, bytes, tuple[str, ...]], Host] = {}
     hosts = []
     for inv in sorted(fleet.inventory, key=lambda h: h.name):
         topo = topologies.get(inv.name)
         if topo is None:
             raise PlanError(f"{inv.name}: no topology was read for this host")
-        key = (id(topo), inv.host.model_dump_json(), tuple(sorted(inv.nics)))
+        key = (id(topo), msgspec.json.encode(inv.host), tuple(sorted(inv.nics)))
         same = seen.get(key)
         if same is None:
             host = seen[key] = read_host(inv, topo)

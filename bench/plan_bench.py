@@ -267,7 +267,7 @@ sys.stdout = real
 t5 = time.perf_counter()
 json.dumps(plan_to_dict(plan), indent=2)
 t6 = time.perf_counter()
-print(json.dumps({"imports": t1 - t0, "load spec (YAML + pydantic)": t2 - t1, "read topology": t3 - t2,
+print(json.dumps({"imports": t1 - t0, "load spec (YAML + msgspec)": t2 - t1, "read topology": t3 - t2,
                   "make_plan": t4 - t3, "table output (rich)": t5 - t4, "JSON output": t6 - t5}))
 """
 

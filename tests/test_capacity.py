@@ -18,6 +18,7 @@ from hypothesis import strategies as st
 
 from bmslice.cli import capacity_cmd
 from bmslice.errors import PlanError
+from bmslice.model.input_file import validated
 from bmslice.model.plan import Plan
 from bmslice.model.shapes import parse_vm_shape
 from bmslice.model.spec import Spec, VmSpec, spec_from_data
@@ -67,7 +68,7 @@ def planned_base(topo: HostTopology, spec: Spec) -> Plan:
 
 def copies(shape: dict[str, Any], n: int) -> tuple[VmSpec, ...]:
     """The test's own n copies of the shape (not the module's)."""
-    return tuple(VmSpec(**{**shape, "name": f"copy{i}"}) for i in range(n))
+    return tuple(validated({**shape, "name": f"copy{i}"}, VmSpec, "shape") for i in range(n))
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])

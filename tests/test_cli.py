@@ -61,11 +61,11 @@ def test_discover_summary_is_readable() -> None:
 
 def test_plan_table_is_the_design_notes_layout_in_plain_text() -> None:
     """One row per slice, the host's part above, the warning below; and a one-shot `bmslice
-    plan` imports neither rich nor the solver (its start-up: docs/benchmarks.md)."""
+    plan` imports neither rich, the solver nor pydantic (its start-up: docs/benchmarks.md)."""
     code = (
         "import sys; from bmslice.cli.main import main; "
         f"code = main(['plan', {str(EX / 'spec.yaml')!r}, '--host-root', {str(EX / 'host')!r}]); "
-        "print('loaded:', *sorted(m for m in ('rich', 'ortools') if m in sys.modules)); sys.exit(code)"
+        "print('loaded:', *sorted(m for m in ('rich', 'ortools', 'pydantic') if m in sys.modules)); sys.exit(code)"
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False, cwd=ROOT)
     assert result.returncode == 0, result.stderr
@@ -129,7 +129,7 @@ BAD_INPUT = [
     (
         "negative vcpus",
         lambda t: [bad_spec(t, "vms: [{name: a, vcpus: -2, memory: 1GiB}]\n"), "--host-root", EX / "host"],
-        r"vms\[0\]\.vcpus: Input should be greater than 0",
+        r"vms\[0\]\.vcpus: Expected `int` >= 1",
     ),
     (
         "bad size",

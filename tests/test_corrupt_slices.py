@@ -87,11 +87,11 @@ VARIANTS = {
     "xml-not-json": (lambda n: element(children=2), "XML elements where bmslice writes the plan's JSON"),
     "string-for-int": (
         lambda n: element(json.dumps(record(n, vcpu_pins="1"))),
-        "vcpu_pins: Input should be a valid list",
+        "vcpu_pins: Expected `array`",
     ),
     "list-for-dict": (
         lambda n: element(json.dumps(record(n, guest_topology=[1, 1, 1]))),
-        "guest_topology: Input should be a valid dictionary",
+        "guest_topology: Expected `object`",
     ),
     "other-version": (
         lambda n: element(json.dumps(record(n)), namespace="https://bmslice.dev/xmlns/slice/2"),

@@ -362,16 +362,16 @@ def test_cli_verify_reports_a_host_whose_tree_no_longer_fits(
         (lambda d: d["clusters"][0]["workers"].update(nic={"kind": "sriov", "pf": "eno1"}), None),
         (
             lambda d: d["clusters"][0]["workers"].update(count=True),
-            "clusters[0].workers.count: Input should be a valid integer",
+            "clusters[0].workers.count: Expected `int`, got `bool`",
         ),
         (
             lambda d: d["clusters"][0]["workers"].update(nic={"kind": "sriov", "pf": "not an if"}),
             "clusters[0].workers.nic.pf: 'not an if' is neither 'any', an interface name nor a PCI address",
         ),
-        (lambda d: d["clusters"][0].update(vlan=4095), "clusters[0].vlan: Input should be less than or equal to 4094"),
+        (lambda d: d["clusters"][0].update(vlan=4095), "clusters[0].vlan: Expected `int` <= 4094"),
         (
             lambda d: d["inventory"][0].update(role="storage"),
-            "inventory[0].role: Input should be 'control' or 'worker'",
+            "inventory[0].role: expected 'control' or 'worker', got 'storage'",
         ),
     ],
 )

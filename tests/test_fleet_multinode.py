@@ -156,7 +156,7 @@ def test_no_room_on_enough_nodes_says_what_each_host_lacks() -> None:
             {"vcpus": 6, "memory": "3GiB", "numa_nodes": 2, "hugepages": "1G"},
             "clusters[0].workers: numa_nodes: 2 needs memory that splits into 2 equal shares of whole 1048576 KiB",
         ),
-        ({"vcpus": 6, "memory": "8GiB", "numa_nodes": 0}, "numa_nodes: Input should be greater than or equal to 1"),
+        ({"vcpus": 6, "memory": "8GiB", "numa_nodes": 0}, "numa_nodes: Expected `int` >= 1"),
     ],
 )
 def test_a_size_that_does_not_split_is_refused(size: dict[str, Any], needle: str) -> None:

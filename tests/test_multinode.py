@@ -339,12 +339,12 @@ def test_a_running_slice_asked_to_span_another_number_of_nodes_must_move(
             "spec.yaml: vms[0]: numa_nodes: 2 needs memory that splits into 2 equal shares of whole 1048576 KiB "
             "hugepages (an equal share per node), got 3072 MiB",
         ),
-        ({"vcpus": 4, "memory": "4GiB", "numa_nodes": 9}, "vms[0].numa_nodes: Input should be less than or equal to 8"),
+        ({"vcpus": 4, "memory": "4GiB", "numa_nodes": 9}, "vms[0].numa_nodes: Expected `int` <= 8"),
         (
             {"vcpus": 4, "memory": "4GiB", "numa_nodes": 0},
-            "vms[0].numa_nodes: Input should be greater than or equal to 1",
+            "vms[0].numa_nodes: Expected `int` >= 1",
         ),
-        ({"vcpus": 4, "memory": "4GiB", "numa_nodes": True}, "vms[0].numa_nodes: Input should be a valid integer"),
+        ({"vcpus": 4, "memory": "4GiB", "numa_nodes": True}, "vms[0].numa_nodes: Expected `int"),
     ],
 )
 def test_spec_refusals(vm: dict[str, Any], needle: str) -> None:

@@ -246,8 +246,8 @@ def _bad(mutate: Any) -> dict[str, Any]:
 
 SPEC_ERRORS = [
     ("unknown key", lambda d: d["vms"][0].update(colour="red"), "vms[0].colour", "unknown key"),
-    ("vcpus 0", lambda d: d["vms"][0].update(vcpus=0), "vms[0].vcpus", "greater than 0"),
-    ("vcpus -1", lambda d: d["vms"][1].update(vcpus=-1), "vms[1].vcpus", "greater than 0"),
+    ("vcpus 0", lambda d: d["vms"][0].update(vcpus=0), "vms[0].vcpus", "Expected `int` >= 1"),
+    ("vcpus -1", lambda d: d["vms"][1].update(vcpus=-1), "vms[1].vcpus", "Expected `int` >= 1"),
     ("bad memory", lambda d: d["vms"][0].update(memory="8XB"), "vms[0].memory", "8XB"),
     (
         "bad PCI address",

@@ -71,11 +71,11 @@ def plan_of(vms: list[dict[str, Any]], topo: Any = None, **host: Any) -> Any:
 @pytest.mark.parametrize(
     ("realtime", "needle"),
     [
-        ({"priority": 0}, "vms[0].realtime.priority: Input should be greater than or equal to 1"),
-        ({"priority": 100}, "vms[0].realtime.priority: Input should be less than or equal to 99"),
-        ({"priority": True}, "vms[0].realtime.priority: Input should be a valid integer"),
-        ({"priority": "1"}, "vms[0].realtime.priority: Input should be a valid integer"),
-        ({"housekeeping_vcpus": 0}, "vms[0].realtime.housekeeping_vcpus: Input should be greater than or equal to 1"),
+        ({"priority": 0}, "vms[0].realtime.priority: Expected `int` >= 1"),
+        ({"priority": 100}, "vms[0].realtime.priority: Expected `int` <= 99"),
+        ({"priority": True}, "vms[0].realtime.priority: Expected `int"),
+        ({"priority": "1"}, "vms[0].realtime.priority: Expected `int"),
+        ({"housekeeping_vcpus": 0}, "vms[0].realtime.housekeeping_vcpus: Expected `int` >= 1"),
         ({"housekeeping_vcpus": 4}, "vms[0]: realtime.housekeeping_vcpus: 4 leaves no realtime vCPU of the 4"),
         ({"mask": "^0"}, "vms[0].realtime.mask: unknown key"),
     ],

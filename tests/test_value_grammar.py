@@ -414,14 +414,14 @@ BAD_PLACEMENTS: list[tuple[str, Callable[[dict[str, Any]], None], str]] = [
     (
         "VLAN 5000",
         lambda d: _nic(d).update(vlan=5000),
-        "vms[0].nics[0].vlan: Input should be less than or equal to 4094",
+        "vms[0].nics[0].vlan: Expected `int` <= 4094",
     ),
-    ("count as text", lambda d: _nic(d).update(count="2"), "vms[0].nics[0].count: Input should be a valid integer"),
-    ("numa_node a boolean", lambda d: _vm(d).update(numa_node=True), "vms[0].numa_node: Input should be a valid"),
-    ("index a fraction", lambda d: _vm(d).update(index=1.5), "vms[0].index: Input should be a valid integer"),
+    ("count as text", lambda d: _nic(d).update(count="2"), "vms[0].nics[0].count: Expected `int"),
+    ("numa_node a boolean", lambda d: _vm(d).update(numa_node=True), "vms[0].numa_node: Expected `int"),
+    ("index a fraction", lambda d: _vm(d).update(index=1.5), "vms[0].index: Expected `int"),
     ("guest cores not numbers", lambda d: _vm(d).update(guest_cores=["0,x"]), "vms[0].guest_cores[0]: '0,x'"),
     ("an unknown key", lambda d: _vm(d).update(script="x"), "vms[0].script: unknown key"),
-    ("vms not a list", lambda d: d.update(vms={"a": 1}), "vms: Input should be a valid"),
+    ("vms not a list", lambda d: d.update(vms={"a": 1}), "vms: Expected `array`, got `object`"),
 ]
 
 

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import msgspec
+import msgspec.json
 
 from bmslice.model.grammar import is_kernel_ifname, matches
 from bmslice.model.topology import canonical_pci_address
@@ -99,7 +100,7 @@ def decode_hook(kind_: type, value: Any) -> Any:
 
 def as_data(model: object) -> Any:
     """A model as the plain data a file would hold (paths as strings), for `validated` again."""
-    return msgspec.to_builtins(model, enc_hook=_encode)
+    return msgspec.json.decode(msgspec.json.encode(model, enc_hook=_encode))
 
 
 def _encode(value: object) -> Any:

@@ -25,7 +25,7 @@ from collections.abc import Callable
 from enum import Enum
 from pathlib import Path
 from types import UnionType
-from typing import TYPE_CHECKING, Annotated, Any, Literal, TypeVar, Union, get_args, get_origin
+from typing import TYPE_CHECKING, Annotated, Any, Literal, TypeVar, Union, get_args, get_origin, get_type_hints
 
 import msgspec
 import yaml
@@ -331,6 +331,14 @@ def _fails(value: Any, kind: Any) -> bool:
     return False
 
 
+def _field_type(model: Any, name: str) -> Any:
+    """The type of field `name` of a Struct or dataclass; None when `model` is neither."""
+    try:
+        return get_type_hints(_unwrap(model), include_extras=True).get(name)
+    except (TypeError, NameError):
+        return None
+
+
 def _walk(path: str, model: Any, data: Any) -> tuple[list[int | str], Any]:
     """msgspec's path ("$.vms[0].nics", "$.switches[...].junos") as parts, with the type there.
 
@@ -339,22 +347,21 @@ def _walk(path: str, model: Any, data: Any) -> tuple[list[int | str], Any]:
     parts: list[int | str] = []
     kind: Any = model
     for step in _STEP_RE.finditer(path):
-        kind = _unwrap(kind)
         name, index = step.group(1), step.group(2)
         if name is not None:
-            kind = next((f.type for f in msgspec.structs.fields(kind) if f.name == name), None)
+            kind = _field_type(kind, name)
             data = data.get(name) if isinstance(data, dict) else None
             parts.append(name)
         elif index is not None:
-            args = get_args(kind)
+            args = get_args(_unwrap(kind))
             kind = args[0] if args else None
             data = data[int(index)] if isinstance(data, list | tuple) and int(index) < len(data) else None
             parts.append(int(index))
         else:
-            value_kind = get_args(kind)[1] if len(get_args(kind)) == 2 else None
-            items = data.items() if isinstance(data, dict) else ()
-            key, data = next(((k, v) for k, v in items if _fails(v, value_kind)), ("...", None))
-            kind = value_kind
+            args = get_args(_unwrap(kind))
+            kind = args[1] if len(args) == 2 else None
+            items = data.items() if isinstance(data, dict) and kind is not None else ()
+            key, data = next(((k, v) for k, v in items if _fails(v, kind)), ("...", None))
             parts.append(str(key))
     return parts, kind
 
@@ -393,10 +400,7 @@ def validation_error(origin: str, exc: msgspec.ValidationError, model: Any, data
     """The problem as "FILE: FIELD: REASON" (the field is left out for the top level)."""
     match = _MESSAGE_RE.fullmatch(str(exc))
     assert match is not None  # the pattern matches any text
-    try:
-        parts, kind = _walk(match.group("path") or "", model, data)
-    except (TypeError, ValueError, IndexError, StopIteration):  # a type the walk does not know: no choices
-        parts, kind = [], None
+    parts, kind = _walk(match.group("path") or "", model, data)
     reason = _reason(match.group("reason"), parts, kind)
     where = one_line(_location(parts))  # a key the user wrote may hold anything
     if len(where) > 120:

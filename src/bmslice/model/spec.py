@@ -70,7 +70,9 @@ def _vf_pools(value: object) -> dict[str, int]:
     out = {}
     for pf, count in value.items():
         expect(pf, str)
-        if type(count) is not int or not 1 <= count <= MAX_VFS:
+        if type(count) is not int:
+            raise TypeError(f"{shown(pf)}: Expected `int`, got `{kind(count)}`")
+        if not 1 <= count <= MAX_VFS:
             raise ValueError(f"{shown(pf)}: VF count must be from 1 to {MAX_VFS}")
         out[device_ref(pf)] = count
     return out

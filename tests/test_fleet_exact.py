@@ -257,7 +257,9 @@ def test_the_opt_out_is_validated_like_the_rest_of_the_file() -> None:
     red = cluster("red", 100, {"count": 1, "vcpus": 2}, spread={"control_planes": "stacked"})
     with pytest.raises(SpecError) as refused:
         fleet_of([host("a")], [red])
-    assert str(refused.value) == ("fleet.yaml: clusters[0].spread.control_planes: expected 'apart' or 'any', got 'stacked'")
+    assert str(refused.value) == (
+        "fleet.yaml: clusters[0].spread.control_planes: expected 'apart' or 'any', got 'stacked'"
+    )
 
 
 # --- the host planner is the judge -------------------------------------------------------------

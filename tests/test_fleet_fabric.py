@@ -119,7 +119,9 @@ def test_a_style_for_a_switch_nothing_is_cabled_to_is_refused(example: tuple[Fle
     fleet, _ = example
     with pytest.raises(SpecError, match=r"^test: switches: no inventory NIC is cabled to 'fabric-swich'$"):
         _with_switches(fleet, {"fabric-swich": {"junos": "legacy"}})
-    with pytest.raises(SpecError, match=r"^test: switches\.fabric-switch\.junos: expected 'els' or 'legacy', got 'els2'$"):
+    with pytest.raises(
+        SpecError, match=r"^test: switches\.fabric-switch\.junos: expected 'els' or 'legacy', got 'els2'$"
+    ):
         _with_switches(fleet, {"fabric-switch": {"junos": "els2"}})
 
 

@@ -254,14 +254,22 @@ BAD_NUMBERS = [
     ("CPU Arabic-Indic", "host: {reserved_cpus: '٠,١٢'}\n" + vm_yaml(), "is not a number or range"),
     ("CPU fullwidth", "host: {reserved_cpus: '０'}\n" + vm_yaml(), "is not a number or range"),
     ("reserved_cores: true", "host: {reserved_cores_per_node: true}\n" + vm_yaml(), "host.reserved_cores_per_node"),
-    ("sriov_vfs: true", "host: {sriov_vfs: {eno4: true}}\n" + vm_yaml(), "host.sriov_vfs: 'eno4': Expected `int`, got `bool`"),
+    (
+        "sriov_vfs: true",
+        "host: {sriov_vfs: {eno4: true}}\n" + vm_yaml(),
+        "host.sriov_vfs: 'eno4': Expected `int`, got `bool`",
+    ),
     ("sriov_vfs 10**9", "host: {sriov_vfs: {eno4: 1000000000}}\n" + vm_yaml(), "VF count must be from 1 to 65535"),
     (
         "vlan: true",
         vm_yaml("    nics: [{sriov: {pf: eno4, vlan: true}}]\n"),
         "sriov.vlan: Expected `int",
     ),
-    ("count: true", vm_yaml("    nics: [{sriov: {pf: eno4, count: true}}]\n"), "sriov.count: Expected `int`, got `bool`"),
+    (
+        "count: true",
+        vm_yaml("    nics: [{sriov: {pf: eno4, count: true}}]\n"),
+        "sriov.count: Expected `int`, got `bool`",
+    ),
     (
         "trust: 1",
         vm_yaml("    nics: [{sriov: {pf: eno4, trust: 1}}]\n"),
@@ -387,7 +395,11 @@ BAD_DEVICES = [
         "    nics: [{sriov: {pf: eno4}, allow_non_nic: true}]\n",
         "vms[0].nics[0]: allow_non_nic applies to passthrough only",
     ),
-    ("allow_non_nic: 'yes'", "    nics: [{passthrough: eno1, allow_non_nic: 'yes'}]\n", "allow_non_nic: Expected `bool`, got `str`"),
+    (
+        "allow_non_nic: 'yes'",
+        "    nics: [{passthrough: eno1, allow_non_nic: 'yes'}]\n",
+        "allow_non_nic: Expected `bool`, got `str`",
+    ),
 ]
 
 

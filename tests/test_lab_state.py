@@ -170,7 +170,9 @@ def test_a_malformed_state_still_finds_the_labs_qemu_through_its_pid_file(
     assert machine.down("x", tmp_path, grace_s=0.2, say=said.append) is True
     leader.wait(timeout=10)
     assert not processes.is_lab_process(qemu, lab)
-    assert said[0].startswith(f"lab x: {lab.meta}: not JSON: Unterminated string") and said[0].endswith("; clearing it"), said
+    assert said[0].startswith(f"lab x: {lab.meta}: not JSON: Unterminated string") and said[0].endswith(
+        "; clearing it"
+    ), said
     assert not lab.path.exists()
 
 

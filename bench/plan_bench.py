@@ -245,7 +245,7 @@ BREAKDOWN = r"""
 import sys, time, io, json
 t0 = time.perf_counter()
 import bmslice.cli.main
-from bmslice.cli.tables import console, plan_view
+from bmslice.cli.plan_text import plan_lines
 from bmslice.model.plan import plan_to_dict
 from bmslice.model.spec import load_spec
 from bmslice.plan.planner import make_plan
@@ -260,15 +260,12 @@ topo = read_host_tree(src) if src.is_dir() else topology_from_hwloc(src.read_byt
 t3 = time.perf_counter()
 plan = make_plan(topo, spec, origin=sys.argv[1])
 t4 = time.perf_counter()
-real = sys.stdout
-sys.stdout = io.StringIO()
-console().print(plan_view(plan))
-sys.stdout = real
+io.StringIO().write("\n".join(plan_lines(plan)))
 t5 = time.perf_counter()
 json.dumps(plan_to_dict(plan), indent=2)
 t6 = time.perf_counter()
 print(json.dumps({"imports": t1 - t0, "load spec (YAML + msgspec)": t2 - t1, "read topology": t3 - t2,
-                  "make_plan": t4 - t3, "table output (rich)": t5 - t4, "JSON output": t6 - t5}))
+                  "make_plan": t4 - t3, "table output": t5 - t4, "JSON output": t6 - t5}))
 """
 
 

@@ -11,13 +11,16 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from typing import TYPE_CHECKING
 
 from bmslice.cpuset import CpuSet
 from bmslice.errors import PlanError
-from bmslice.model.live import HeldSlice
 from bmslice.model.plan import VmPlan
 from bmslice.model.topology import HostTopology, PciDevice
 from bmslice.plan.sriov import vf_address
+
+if TYPE_CHECKING:  # a type only: a one-shot plan holds no slice, and live.py's dataclasses cost start-up
+    from bmslice.model.live import HeldSlice
 
 
 def held_cpus(held: Sequence[HeldSlice]) -> CpuSet:

@@ -9,10 +9,10 @@ from __future__ import annotations
 from collections import Counter, defaultdict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
+from typing import TYPE_CHECKING
 
 from bmslice.cpuset import CpuSet
 from bmslice.errors import PlanError
-from bmslice.model.live import HeldSlice
 from bmslice.model.plan import DeviceAssignment, GuestCell, GuestTopology, HostPlan, NodeHugepages, PfPlan, Plan, VmPlan
 from bmslice.model.sizes import GIB_KIB
 from bmslice.model.spec import EmulatorPolicy, IsolateScope, NicNumaPolicy, Spec, VmSpec
@@ -28,6 +28,9 @@ from bmslice.plan.macs import check_macs
 from bmslice.plan.placement import Request, place
 from bmslice.plan.realtime import realtime_plan
 from bmslice.plan.sriov import assign_vfs
+
+if TYPE_CHECKING:  # a type only: a one-shot plan holds no slice, and live.py's dataclasses cost start-up
+    from bmslice.model.live import HeldSlice
 
 
 def make_plan(

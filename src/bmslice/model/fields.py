@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 import msgspec
 import msgspec.json
 
-from bmslice.model.grammar import is_kernel_ifname, matches
+from bmslice.model.grammar import canonical_pci, is_kernel_ifname, matches
 from bmslice.model.topology import canonical_pci_address
 from bmslice.safe_text import shown
 
@@ -129,7 +129,9 @@ if TYPE_CHECKING:
     IfName = str
     CpuFeature = str
     DeviceRef = str
+    CanonicalPci = str
 else:
     IfName = text("IfName", ifname)
     CpuFeature = matching("CpuFeature", CPU_FEATURE_RE, "a CPU feature name")
     DeviceRef = text("DeviceRef", device_ref)
+    CanonicalPci = text("CanonicalPci", canonical_pci)  # as bmslice writes it: no other form read back

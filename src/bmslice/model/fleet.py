@@ -24,8 +24,8 @@ from msgspec import Meta, field
 from msgspec.structs import replace
 
 from bmslice.errors import SpecError
-from bmslice.model.fields import CpuFeature, DeviceRef, IfName, device_ref, matching, text
-from bmslice.model.grammar import JUNOS_PORT_RE, canonical_pci, libvirt_uri
+from bmslice.model.fields import CanonicalPci, CpuFeature, DeviceRef, IfName, device_ref, matching, text
+from bmslice.model.grammar import JUNOS_PORT_RE, libvirt_uri
 from bmslice.model.input_file import read_yaml, validated
 from bmslice.model.spec import (
     MAX_GUEST_CELLS,
@@ -496,13 +496,11 @@ def _objective_dict(objective: Objective) -> dict[str, int]:
 NodeId = Annotated[int, Meta(ge=0, le=MAX_NUMA_NODE)]
 GUEST_CORE_RE = re.compile(r"[0-9]{1,4}(?:,[0-9]{1,4})*")  # one host core's guest vCPUs: "0,1"
 if TYPE_CHECKING:
-    CanonicalPci = str
     PlacedName = str
     ClusterRef = str
     HostRef = str
     GuestCore = str
 else:
-    CanonicalPci = text("CanonicalPci", canonical_pci)
     PlacedName = matching("PlacedName", DNS_LABEL_RE, "a VM name (a DNS label)")
     ClusterRef = matching("ClusterRef", CLUSTER_NAME_RE, "a cluster name")
     HostRef = matching("HostRef", HOST_NAME_RE, "a host name")

@@ -25,7 +25,7 @@ from msgspec import Meta
 
 from bmslice.cpuset import MAX_CPU_ID, CpuSet
 from bmslice.errors import SpecError
-from bmslice.model.fields import IFNAME_RE, CpuFeature, matching, text
+from bmslice.model.fields import IFNAME_RE, CanonicalPci, CpuFeature, matching, text
 from bmslice.model.input_file import parse_json, validated
 from bmslice.model.plan import (
     CacheTune,
@@ -37,7 +37,6 @@ from bmslice.model.plan import (
     WayMask,
 )
 from bmslice.model.spec import MAX_NUMA_NODE, MAX_RT_PRIORITY, MAX_VFS, EmulatorPolicy, Mac, Strict, VmName
-from bmslice.model.topology import canonical_pci_address
 from bmslice.safe_text import shown
 
 MAX_RECORD_CHARS = 1 << 20  # a 256-vCPU slice with every option records a few KiB
@@ -57,13 +56,6 @@ class RecordError(ValueError):
     """Why a domain's bmslice metadata cannot be read back as a plan (one line, safe to print)."""
 
 
-def _pci(value: str) -> str:
-    canonical = canonical_pci_address(value)
-    if canonical != value:  # bmslice records the canonical form only
-        raise ValueError(f"{shown(value)} is not a PCI address like 0000:01:00.0")
-    return value
-
-
 def _interfaces(value: str) -> str:
     """One interface name, or several joined by ',' (a PCI function with two netdevs)."""
     if not all(IFNAME_RE.fullmatch(name) for name in value.split(",")):
@@ -75,23 +67,21 @@ if TYPE_CHECKING:
     Driver = str
     PlanWarning = str
     HexMask = str
-    PciAddress = str
     Interfaces = str
 else:
     Driver = matching("Driver", DRIVER_RE, "a kernel driver name")
     PlanWarning = matching("PlanWarning", WARNING_RE, "a one-line warning")
     HexMask = matching("HexMask", HEX_MASK_RE, "a hexadecimal way mask")
-    PciAddress = text("PciAddress", _pci)
     Interfaces = text("Interfaces", _interfaces)
 
 
 class _Device(Strict, frozen=True):
-    address: PciAddress | None
+    address: CanonicalPci | None
     type: Literal["passthrough", "vf"]
     numa_node: NodeId | None
     interface: Interfaces | None = None
     driver: Driver | None = None
-    pf: PciAddress | None = None
+    pf: CanonicalPci | None = None
     vf_index: Annotated[int, Meta(ge=0, le=MAX_VFS)] | None = None
     vlan: Annotated[int, Meta(ge=1, le=4094)] | None = None
     mac: Mac | None = None

@@ -14,11 +14,13 @@ bridges; this machine's does not.
    (libvirt gives the VF back to igbvf, with the MAC and VLAN bmslice set), its netdev goes
    into a network namespace, all four in one IP subnet so that only the VLANs keep them
    apart. Red reaches Red across the servers, Blue reaches Blue; Blue never reaches Red, nor
-   Red Blue, in either direction. A frame with a spoofed source MAC from a VF with spoofchk
-   on never reaches the switch; with spoofchk off (briefly) it does.
-4. The playbook again starts the slices; `fleet verify` with the bridge's forwarding table,
-   converted into Junos' table format, reports every VM NIC learned on its planned port and
-   VLAN, and every server's slices as planned.
+   Red Blue, in either direction.
+4. The bridge's forwarding table, learned while the stand-ins sent, is written as an ELS
+   switch prints `show ethernet-switching table | display json` (the switch's port and VLAN
+   names); the stand-ins give their VFs back and the playbook starts the slices again.
+   `fleet verify --placement --switch-table fabric-switch=TABLE` then reports both servers'
+   slices as planned and every VM NIC (4 of 4) learned on its planned port and VLAN; the
+   same table with one guest's MAC in the other VLAN makes it exit 1 naming that NIC.
 """
 
 from __future__ import annotations
@@ -186,6 +188,13 @@ def _fdb(config: Any, cabling: dict[str, str]) -> tuple[list[dict[str, Any]], st
     return fdb, switch_table(fdb, config, cabling)
 
 
+def _fleet_verify(fleet: Path, out: Path, table: Path, *more: str) -> subprocess.CompletedProcess[str]:
+    argv = [str(BIN / "bmslice"), "fleet", "verify", str(fleet), "--placement", str(out / "placement.json")]
+    argv += ["--switch-table", f"fabric-switch={table}", *more]
+    labctl.say(f"host: {' '.join(argv[1:])}")
+    return subprocess.run(argv, capture_output=True, text=True, timeout=900, check=False)
+
+
 def test_red_and_blue_on_the_wire(lane: Lane, tmp_path: Path) -> None:
     lane.prestart(SWITCH, FAB1, FAB2)  # all three boot at once (the switch and a server may be booting already)
     for name in (SWITCH, FAB1, FAB2):
@@ -273,13 +282,49 @@ def test_red_and_blue_on_the_wire(lane: Lane, tmp_path: Path) -> None:
     # PF says so above), still passed frames with another source MAC to the switch in this lane,
     # so the lab cannot show what spoofchk does on a real NIC (docs/lab.md, Limits).
 
-    # the bridge's own table: each guest's MAC learned on its server's port, in its VLAN.
-    # (`fleet verify` against this table is not run here yet: it re-planned each host from scratch
-    # and, with every VF of the running slices in use, knew no MAC there; fixed and tested in
-    # make test, see docs/lab.md, Limits.)
-    entries, _table = _fdb(config, cabling)
+    # the bridge's own table: each guest's MAC learned on its server's port, in its VLAN
+    entries, table = _fdb(config, cabling)
     for (host, cluster), mac in sorted(macs.items()):
         port, vlan = cabling[PORTS[host]], 100 if cluster == "red" else 200
         learned = [e for e in entries if e.get("mac") == mac]
         assert any(e.get("ifname") == port and e.get("vlan") == vlan for e in learned), (host, cluster, learned)
     labctl.say("checked: the bridge learned each guest's MAC on its server's port, in its cluster's VLAN")
+
+    # `fleet verify` as an operator runs it: the switch's table captured while the guests sent
+    # (an ELS switch's `show ethernet-switching table | display json`), the slices running again
+    # as the playbook leaves them, both checked against the placement that was applied.
+    captured = tmp_path / "fabric-switch.json"
+    captured.write_text(table)
+    for host in (FAB1, FAB2):
+        labctl.sh("set -e; ip netns del red; ip netns del blue", lab=host).expect()  # the VFs back to the host
+    played = _playbook(out, tmp_path)
+    assert played.returncode == 0, played.stdout[-6000:] + played.stderr[-3000:]
+    for name in (FAB1, FAB2):
+        up = labctl.run("virsh", "-c", "qemu:///system", "list", "--name", lab=name).expect().out.split()
+        assert sorted(up) == sorted(vm for vm, (host, _c) in where.items() if host == name), up
+    labctl.say("checked: the playbook started the slices again")
+
+    verified = _fleet_verify(fleet, out, captured, "--json")
+    assert verified.returncode == 0, verified.stdout[-6000:] + verified.stderr
+    report = json.loads(verified.stdout)
+    assert {h["host"]: h["status"] for h in report["hosts"]} == {FAB1: "ok", FAB2: "ok"}, report["hosts"]
+    assert report["fabric_counts"] == {"planned": 4, "checked": 4, "failed": 0, "tables": ["fabric-switch"]}, report
+    vlan_ids = {"red": 100, "blue": 200}
+    assert {(c["vm"], c["mac"], c["port"], c["vlan"], c["status"]) for c in report["fabric"]} == {
+        (vm, macs[(host, cluster)], PORTS[host], vlan_ids[cluster], "learned") for vm, (host, cluster) in where.items()
+    }, report["fabric"]
+    labctl.say("checked: fleet verify: both servers' slices as planned; 4 of 4 VM NICs learned on their port and VLAN")
+
+    # ...and it fails when the fabric is wrong: the same table, one guest's MAC learned in the other VLAN
+    moved_vm = next(vm for vm, placed in where.items() if placed == (FAB1, "red"))
+    moved_mac = macs[(FAB1, "red")]
+    wrong = [{**e, "vlan": 200} if e.get("mac") == moved_mac and e.get("vlan") == 100 else e for e in entries]
+    assert wrong != entries
+    miscabled = tmp_path / "fabric-switch-wrong.json"
+    miscabled.write_text(switch_table(wrong, config, cabling))
+    refused = _fleet_verify(fleet, out, miscabled)
+    assert refused.returncode == 1, refused.stdout[-6000:] + refused.stderr
+    named = [line for line in refused.stdout.splitlines() if moved_mac in line and moved_vm in line]
+    assert len(named) == 1 and ": elsewhere: " in named[0] and "Blue_Tenant_Network (200)" in named[0], refused.stdout
+    assert "fabric: 1 of 4 checked VM NIC(s) missing or learned elsewhere" in refused.stdout, refused.stdout
+    labctl.say(f"checked: with {moved_mac} moved to VLAN 200 fleet verify exits 1 naming it: {named[0].strip()}")

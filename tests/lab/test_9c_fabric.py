@@ -158,6 +158,15 @@ def _playbook(out: Path, work: Path) -> subprocess.CompletedProcess[str]:
     return subprocess.run(argv, cwd=out, env=_ansible_env(work), capture_output=True, text=True, timeout=3600)
 
 
+def _play(out: Path, work: Path, where: dict[str, tuple[str, str]]) -> None:
+    """The playbook, for real; then each server runs the slices the placement puts there."""
+    played = _playbook(out, work)
+    assert played.returncode == 0, played.stdout[-6000:] + played.stderr[-3000:]
+    for name in (FAB1, FAB2):
+        running = labctl.run("virsh", "-c", "qemu:///system", "list", "--name", lab=name).expect().out.split()
+        assert sorted(running) == sorted(vm for vm, (host, _c) in where.items() if host == name), running
+
+
 def _fleet(work: Path, ssh: Path, key: Path) -> Path:
     def server(name: str, rack: str) -> dict[str, Any]:
         uri = f"qemu+ssh://root@127.0.0.1:{SSH_PORTS[name]}/system?command={ssh}&keyfile={key}&no_tty=1"
@@ -263,11 +272,7 @@ def test_red_and_blue_on_the_wire(lane: Lane, tmp_path: Path) -> None:
 
     # the playbook, for real, over ssh
     marks = {name: _dtxswc(name, 0)[1] for name in (FAB1, FAB2)}
-    played = _playbook(out, tmp_path)
-    assert played.returncode == 0, played.stdout[-6000:] + played.stderr[-3000:]
-    for name in (FAB1, FAB2):
-        running = labctl.run("virsh", "-c", "qemu:///system", "list", "--name", lab=name).expect().out.split()
-        assert sorted(running) == sorted(vm for vm, (host, _c) in where.items() if host == name), running
+    _play(out, tmp_path, where)
     labctl.say("checked: the fleet playbook ran over ssh on both lab servers; Red and Blue run on each")
     by_playbook: dict[str, list[int]] = {}
     for name in (FAB1, FAB2):
@@ -337,11 +342,7 @@ def test_red_and_blue_on_the_wire(lane: Lane, tmp_path: Path) -> None:
     captured.write_text(table)
     for host in (FAB1, FAB2):
         labctl.sh("set -e; ip netns del red; ip netns del blue", lab=host).expect()  # the VFs back to the host
-    played = _playbook(out, tmp_path)
-    assert played.returncode == 0, played.stdout[-6000:] + played.stderr[-3000:]
-    for name in (FAB1, FAB2):
-        up = labctl.run("virsh", "-c", "qemu:///system", "list", "--name", lab=name).expect().out.split()
-        assert sorted(up) == sorted(vm for vm, (host, _c) in where.items() if host == name), up
+    _play(out, tmp_path, where)
     labctl.say("checked: the playbook started the slices again")
 
     verified = _fleet_verify(fleet, out, captured, "--json")

@@ -339,6 +339,14 @@ def test_boot_options_on_the_command_line() -> None:
     assert "no_timer_check" in line
 
 
+def test_trace_events_go_to_qemus_log() -> None:
+    boot = BootOptions(trace=("e1000e_core_write", "igb_*"))
+    argv, _env = qemu_command(DESIGN_NOTE_TWIN, FILES, "lab", 3600, boot)
+    traced = [argv[i + 1] for i, arg in enumerate(argv) if arg == "-trace"]
+    assert traced == ["enable=e1000e_core_write", "enable=igb_*"]
+    assert "-trace" not in qemu_command(DESIGN_NOTE_TWIN, FILES, "lab", 3600, BootOptions())[0]
+
+
 def test_a_switch_labs_ports() -> None:
     argv, _env = qemu_command(DESIGN_NOTE_TWIN, FILES, "fabsw", 3600, BootOptions(switch_ports=2))
     netdevs = [argv[i + 1] for i, arg in enumerate(argv) if arg == "-netdev"]
@@ -361,6 +369,9 @@ def test_a_switch_labs_ports() -> None:
         ({"switch_ports": 9}, "0 to 8"),
         ({"ssh_port": 22}, "1024-65535"),
         ({"disk_mib": 100}, "1024 MiB at least"),
+        ({"trace": ("e1000e_core_write,file=/etc/passwd",)}, "a QEMU trace event's name"),
+        ({"trace": ("*",)}, "a QEMU trace event's name"),
+        ({"trace": tuple(f"e{i}" for i in range(9))}, "8 events at most"),
     ],
 )
 def test_bad_boot_options_are_refused(kwargs: dict[str, object], message: str) -> None:

@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +24,7 @@ from bmslice.fleet.fabric import fabric_data, junos_config
 from bmslice.fleet.hosts import read_hosts
 from bmslice.fleet.placement import place
 from bmslice.fleet.switch_table import LearnedMac, parse_switch_table
-from bmslice.lab.switch import bridge_vlans, parse_junos_set, switch_table
+from bmslice.lab.switch import bridge_vlans, junos_json, parse_junos_set, switch_table
 from bmslice.model.fleet import fleet_from_data
 
 REPO = Path(__file__).resolve().parents[1]
@@ -128,3 +129,34 @@ def test_the_bridges_table_is_a_junos_table_bmslice_reads() -> None:
         LearnedMac("02:00:00:00:01:01", "Red_Tenant_Network", 100, "ge-0/0/1"),
         LearnedMac("02:00:00:00:02:02", "Blue_Tenant_Network", 200, "ge-0/0/2"),
     )
+
+
+def test_the_table_is_laid_out_as_junos_prints_it() -> None:
+    recorded = (REPO / "tests" / "data" / "switch-tables" / "els.json").read_text()
+    assert junos_json(json.loads(recorded)) == recorded
+
+
+def test_the_bridges_table_has_the_fields_an_els_switch_writes() -> None:
+    config = parse_junos_set(
+        "set vlans Red_Tenant_Network vlan-id 100\n"
+        "set interfaces ge-0/0/1 unit 0 family ethernet-switching interface-mode trunk\n"
+        "set interfaces ge-0/0/1 unit 0 family ethernet-switching vlan members Red_Tenant_Network\n",
+        "f.set",
+    )
+    fdb = [
+        {"mac": mac, "ifname": "tap1", "vlan": 100, "flags": [], "master": "fabric", "state": ""}
+        for mac in ("02:00:00:00:00:09", "02:00:00:00:00:01")
+    ]
+    ours = json.loads(switch_table(fdb, config, {"ge-0/0/1": "tap1"}))["l2ng-l2ald-rtb-macdb"][0]
+    recorded = json.loads((REPO / "tests" / "data" / "switch-tables" / "els.json").read_text())
+    theirs = recorded["l2ng-l2ald-rtb-macdb"][0]
+    (vlan,) = ours["l2ng-l2ald-mac-entry-vlan"]
+    assert list(vlan) == list(theirs["l2ng-l2ald-mac-entry-vlan"][0])
+    assert [list(e) for e in vlan["l2ng-mac-entry"]] == [
+        list(theirs["l2ng-l2ald-mac-entry-vlan"][0]["l2ng-mac-entry"][0])
+    ] * 2
+    assert vlan["learnt-mac-count"] == [{"data": "2"}]
+    assert [e["l2ng-l2-mac-address"] for e in vlan["l2ng-mac-entry"]] == [  # by MAC, as Junos lists them
+        [{"data": "02:00:00:00:00:01"}],
+        [{"data": "02:00:00:00:00:09"}],
+    ]

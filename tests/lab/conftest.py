@@ -74,7 +74,11 @@ class Lane:
         tree = shapes.write_small(self.trees / name, cores=3, threads=2, sriov_nics=1)
         wire = f"{SWITCH}:{port}"
         ssh = str(SSH_PORTS[name])
-        return labctl.up_args(name, (), str(tree), "--wire", wire, "--ssh-port", ssh, "--memory-per-node", "1024MiB")
+        # every igb register write traced to the lab's qemu.log: the VFs' anti-spoofing bits (DTXSWC)
+        trace = ("--trace", "e1000e_core_write")
+        return labctl.up_args(
+            name, (), str(tree), "--wire", wire, "--ssh-port", ssh, *trace, "--memory-per-node", "1024MiB"
+        )
 
     def prestart(self, *names: str) -> None:
         for name in names:

@@ -81,6 +81,7 @@ def cmd_up(args: argparse.Namespace) -> int:
         wires=tuple(_wire(port) for value in args.wire for port in value.split(",")),
         switch_ports=args.switch_ports,
         ssh_port=args.ssh_port,
+        trace=tuple(args.trace),
     )
     memory = parse_size_mib(args.memory_per_node) if args.memory_per_node else None
     if args.like:
@@ -276,6 +277,13 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
         help="give the lab N NICs that are a switch's ports (other labs' --wire plug into them)",
     )
     up.add_argument("--ssh-port", type=int, metavar="PORT", help="forward 127.0.0.1:PORT here to the lab's port 22")
+    up.add_argument(
+        "--trace",
+        action="append",
+        default=[],
+        metavar="EVENT",
+        help="log this QEMU trace event (or NAME* for a prefix) to the lab's qemu.log, e.g. e1000e_core_write",
+    )
     _cache_args(up)
     up.set_defaults(handler=cmd_up)
 

@@ -39,6 +39,9 @@ IOMMU_KERNEL_ARGS = ("intel_iommu=on", "iommu=pt")
 _KERNEL_ARG = re.compile(r"[A-Za-z0-9_.,:=/+@-]+")
 _SOCKET = re.compile(r"/[A-Za-z0-9_./-]{1,99}")  # an absolute path QEMU's option parser takes as is (no comma)
 MAX_SWITCH_PORTS = 8
+# a QEMU trace event's name, or a prefix of names with `*`: no comma, no `=` (QEMU's option syntax)
+TRACE_EVENT = re.compile(r"[a-z0-9_]{1,64}\*?")
+MAX_TRACE_EVENTS = 8
 MIN_DISK_MIB = 1024
 PXB_FIRST_BUS = 0x40
 PXB_BUS_STEP = 0x20
@@ -54,8 +57,16 @@ class BootOptions:
     wires: tuple[str, ...] = ()  # switch ports (their sockets) the SR-IOV NICs plug into, in order
     switch_ports: int = 0  # NICs that are a switch's ports: a lab playing the fabric switch
     ssh_port: int | None = None  # a port of the host's 127.0.0.1 forwarded to the lab's sshd (port 22)
+    # QEMU trace events (its log backend) written to the lab's qemu.log: what the emulated devices
+    # were told, e.g. `e1000e_core_write` (every register the igb drivers write)
+    trace: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
+        for event in self.trace:
+            if not TRACE_EVENT.fullmatch(event):
+                raise LabError(f"trace {event!r}: a QEMU trace event's name (a-z, 0-9, _), or a prefix ending in *")
+        if len(self.trace) > MAX_TRACE_EVENTS:
+            raise LabError(f"trace: {MAX_TRACE_EVENTS} events at most")
         for wire in self.wires:
             if not _SOCKET.fullmatch(wire) or "/../" in f"{wire}/":
                 raise LabError(f"wire {wire!r}: the absolute path of a switch port's socket (letters, digits, _ . / -)")
@@ -297,6 +308,7 @@ def qemu_command(
         f"file:{files.console}",
         "-pidfile",
         str(files.pidfile),
+        *(arg for event in boot.trace for arg in ("-trace", f"enable={event}")),
         "-kernel",
         str(files.kernel),
         "-initrd",

@@ -12,9 +12,9 @@ VLAN entries:
 - a port the file does not configure carries no VLAN at all: the bridge drops its frames.
 
 The other way, the bridge's learned forwarding entries (`bridge -j fdb show`) become a
-`show ethernet-switching table | display json` of an ELS switch, which `bmslice fleet
-verify --switch-table` reads: port names and VLAN names are the switch's, through the
-cabling (switch port <-> bridge port).
+`show ethernet-switching table | display json` of an ELS switch, laid out as Junos prints
+it, which `bmslice fleet verify --switch-table` reads: port names and VLAN names are the
+switch's, through the cabling (switch port <-> bridge port).
 
 >>> config = parse_junos_set(
 ...     "set vlans RED vlan-id 100\\n"
@@ -164,14 +164,56 @@ def _data(value: str) -> list[dict[str, str]]:
     return [{"data": value}]
 
 
+def _inline(value: Any) -> str | None:
+    """A value Junos prints on one line: a string, a dict of strings, a list of such dicts."""
+    if isinstance(value, str):
+        return json.dumps(value)
+    if isinstance(value, dict) and all(isinstance(v, str) for v in value.values()):
+        return "{" + ", ".join(f"{json.dumps(k)} : {json.dumps(v)}" for k, v in value.items()) + "}"
+    if isinstance(value, list) and value:
+        items = [_inline(item) if isinstance(item, dict) else None for item in value]
+        if all(item is not None for item in items):
+            return "[" + ", ".join(str(item) for item in items) + "]"
+    return None
+
+
+def _block(node: Mapping[str, Any], indent: str) -> list[str]:
+    """A dict as Junos' `| display json` lays it out: keys one level in, a list of dicts opened
+    after its key and its dicts at the key's own level."""
+    inner = indent + "    "
+    lines = [indent + "{"]
+    for number, (key, value) in enumerate(node.items()):
+        comma = "," if number < len(node) - 1 else ""
+        flat = _inline(value)
+        if flat is not None:
+            lines.append(f"{inner}{json.dumps(key)} : {flat}{comma}")
+            continue
+        items = value if isinstance(value, list) else [value]
+        lines.append(f"{inner}{json.dumps(key)} : [")
+        for index, item in enumerate(items):
+            lines.extend(_block(item, inner))
+            if index < len(items) - 1:
+                lines[-1] += ","
+        lines.append(f"{inner}]{comma}")
+    lines.append(indent + "}")
+    return lines
+
+
+def junos_json(node: Mapping[str, Any]) -> str:
+    """`node` written the way Junos prints `| display json` (indents, ` : `, one-line values)."""
+    return "\n".join(_block(node, "")) + "\n"
+
+
 def switch_table(fdb: Sequence[Mapping[str, Any]], config: SwitchConfig, cabling: Mapping[str, str]) -> str:
-    """`bridge -j fdb show br BR` as Junos ELS prints `show ethernet-switching table | display json`.
+    """`bridge -j fdb show br BR` as Junos ELS prints `show ethernet-switching table | display json`:
+    per VLAN its counts, routing instance and id, then each learned (dynamic) entry with the
+    fields ELS writes (age `-`, as `show ethernet-switching table` without `extensive` has it).
 
     Learned entries only: the bridge's own (`permanent`, `self`) and entries without a VLAN
     are not what a switch shows as learned; a bridge port the cabling does not name is left out.
     """
     port_of = {dev: port for port, dev in cabling.items()}
-    blocks: dict[int, list[dict[str, Any]]] = {}
+    blocks: dict[int, dict[str, dict[str, Any]]] = {}  # VLAN id -> MAC -> entry
     for entry in fdb:
         flags = set(entry.get("flags", [])) | {str(entry.get("state", ""))}
         mac, dev, vlan = str(entry.get("mac", "")).lower(), entry.get("ifname"), entry.get("vlan")
@@ -180,16 +222,24 @@ def switch_table(fdb: Sequence[Mapping[str, Any]], config: SwitchConfig, cabling
         name = config.vlan_name(vlan)
         if name is None or not MAC_RE.fullmatch(mac):
             continue
-        blocks.setdefault(vlan, []).append(
-            {
-                "l2ng-l2-mac-vlan-name": _data(name),
-                "l2ng-l2-mac-address": _data(mac),
-                "l2ng-l2-mac-flags": _data("D"),
-                "l2ng-l2-mac-logical-interface": _data(f"{port_of[str(dev)]}.0"),
-            }
-        )
+        blocks.setdefault(vlan, {})[mac] = {
+            "l2ng-l2-mac-vlan-name": _data(name),
+            "l2ng-l2-mac-address": _data(mac),
+            "l2ng-l2-mac-flags": _data("D"),
+            "l2ng-l2-mac-age": _data("-"),
+            "l2ng-l2-mac-logical-interface": _data(f"{port_of[str(dev)]}.0"),
+            "l2ng-l2-mac-fwd-next-hop": _data("0"),
+            "l2ng-l2-mac-rtr-id": _data("0"),
+        }
     macdb = [
-        {"l2ng-l2-vlan-id": _data(str(vlan)), "l2ng-mac-entry": sorted(entries, key=json.dumps)}
+        {
+            "attributes": {"junos:style": "brief-rtb"},
+            "mac-count-global": _data(str(len(entries))),
+            "learnt-mac-count": _data(str(len(entries))),
+            "l2ng-l2-mac-routing-instance": _data("default-switch"),
+            "l2ng-l2-vlan-id": _data(str(vlan)),
+            "l2ng-mac-entry": [entries[mac] for mac in sorted(entries)],  # by MAC, as Junos lists them
+        }
         for vlan, entries in sorted(blocks.items())
     ]
-    return json.dumps({"l2ng-l2ald-rtb-macdb": [{"l2ng-l2ald-mac-entry-vlan": macdb}]}, indent=2) + "\n"
+    return junos_json({"l2ng-l2ald-rtb-macdb": [{"l2ng-l2ald-mac-entry-vlan": macdb}]})

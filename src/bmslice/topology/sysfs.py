@@ -28,6 +28,7 @@ from bmslice.model.topology import (
     canonical_pci_address,
 )
 from bmslice.numbers import decimal, is_decimal
+from bmslice.safe_text import shown
 from bmslice.topology.fsroot import FsRoot as FsRoot  # re-exported: fleet.verify imports it from here
 from bmslice.topology.pci_config import sriov_routing
 
@@ -344,8 +345,8 @@ def _read_pci_devices(fs: FsRoot, interfaces: list[NetInterface], nodes: list[Nu
     devices = []
     for name in fs.listdir(PCI_DIR):
         address = canonical_pci_address(name)
-        if address is None:
-            continue
+        if address is None:  # the kernel names each entry by its address: anything else is no device of its
+            raise TopologyError(f"{fs.display(PCI_DIR)}: {shown(name)} is not a PCI address like 0000:01:00.0; refused")
         net = f"{PCI_DIR}/{name}/net"
         names = set(by_pci.get(address, ())) | {checked(fs, net, n, kernel_ifname) for n in fs.listdir(net)}
         devices.append(_read_pci_device(fs, name, address, tuple(sorted(names))))

@@ -56,6 +56,7 @@ def test_host_config_renders_a_locked_down_unit_on_the_reserved_cpus(
         ("--exporter-command", "/opt/my bmslice", "error: exporter command '/opt/my bmslice': the exporter unit takes"),
         ("--exporter-command", "/opt/%h/bmslice", "error: exporter command '/opt/%h/bmslice': the exporter unit takes"),
         ("--exporter-listen", "0.0.0.0:http", "error: --listen '0.0.0.0:http': expected ADDRESS:PORT"),
+        ("--exporter-listen", "[10.0.0.11]:9963", "error: --listen '[10.0.0.11]:9963': '10.0.0.11' is not an IPv6"),
     ],
 )
 def test_a_value_outside_the_units_grammar_is_refused_before_anything_is_written(

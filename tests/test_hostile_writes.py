@@ -351,3 +351,46 @@ def test_a_tree_write_never_follows_a_link_swapped_in_after_resolving(tmp_path: 
 def test_a_missing_tree_root_is_one_line(tmp_path: Path) -> None:
     with pytest.raises(ApplyError, match="no such directory"), open_dir(tmp_path / "nope", TREE_RULE, create=False):
         pass
+
+
+# --- a hard link at a file written in place (sysfs attributes) ---------------------------------
+
+NR_HUGEPAGES = "sys/devices/system/node/node1/hugepages/hugepages-2048kB/nr_hugepages"
+
+
+@pytest.mark.parametrize("rel", ["sys/class/net/eno1/device/sriov_numvfs", "proc/irq/24/smp_affinity_list"])
+def test_a_file_written_in_place_that_is_a_hard_link_is_refused(tmp_path: Path, victim: Victim, rel: str) -> None:
+    """A sysfs attribute takes its value in place (no rename); a hard link there would carry the write
+    (and its truncation) to the file it is another name of."""
+    root = tmp_path / "host"
+    (root / rel).parent.mkdir(parents=True)
+    os.link(victim.file, root / rel)
+    with pytest.raises(ApplyError, match=r"is a hard link \(2 names for one file\); refused"):
+        HostTree(root).write_in_place(rel, b"8\n")
+    assert victim.intact()
+
+
+def test_host_apply_refuses_a_hard_linked_sysfs_file_and_changes_nothing(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """End to end: host-apply's hugepage write meets a hard link to root's file (one that reads as a
+    number, so it gets as far as the write); one line, all put back."""
+    from hosttrees import MACHINES, build
+
+    built = build(tmp_path, MACHINES["amd-nps2"](), boot_args=False, hugepages=False)
+    precious = tmp_path / "precious-count"
+    precious.write_text("0\n")
+    (built.root / NR_HUGEPAGES).unlink()
+    os.link(precious, built.root / NR_HUGEPAGES)
+    before = listing(built.root)
+    line = refused(capsys, "host-apply", built.spec_path, "--host-root", built.root)
+    assert "nr_hugepages is a hard link" in line and "rolled back" in line, line
+    assert precious.read_text() == "0\n" and listing(built.root) == before
+
+
+def test_a_sysfs_file_of_one_name_is_still_written_in_place(tmp_path: Path) -> None:
+    root = tmp_path / "host"
+    (root / NR_HUGEPAGES).parent.mkdir(parents=True)
+    (root / NR_HUGEPAGES).write_text("2048\n")
+    HostTree(root).write_in_place(NR_HUGEPAGES, b"16\n")
+    assert (root / NR_HUGEPAGES).read_text() == "16\n"

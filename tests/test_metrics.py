@@ -206,6 +206,20 @@ def test_interrupts_parser_on_the_recorded_file() -> None:
             "error: --listen '127.0.0.1:99999': expected ADDRESS:PORT",
         ),
         (["metrics", "/nonexistent/spec.yaml"], "error: /nonexistent/spec.yaml: "),
+        # brackets hold IPv6 alone; a zone, a newline or foreign digits are no ADDR:PORT
+        (
+            ["exporter", "spec.yaml", "--listen", "[127.0.0.1]:9963"],
+            "error: --listen '[127.0.0.1]:9963': '127.0.0.1' is not an IPv6",
+        ),
+        (
+            ["exporter", "spec.yaml", "--listen", "[fe80::1%eth0]:9963"],
+            "error: --listen '[fe80::1%eth0]:9963': expected ADDRESS",
+        ),
+        (
+            ["exporter", "spec.yaml", "--listen", "127.0.0.1:9963\nx"],
+            "error: --listen '127.0.0.1:9963\\nx': expected ADDRESS",
+        ),
+        (["exporter", "spec.yaml", "--listen", "١٢٧.0.0.1:9963"], "error: --listen '١٢٧.0.0.1:9963': expected ADDRESS"),
     ],
 )
 def test_bad_input_is_one_line(argv: list[str], message: str, capsys: pytest.CaptureFixture[str]) -> None:

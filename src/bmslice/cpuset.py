@@ -14,10 +14,12 @@ import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
+from bmslice.numbers import hexadecimal
 from bmslice.safe_text import shown
 
 MAX_CPU_ID = 65535  # far above any Linux NR_CPUS; a range past it is refused before a set is built
 _NUMBER = re.compile(r"[0-9]+")  # ASCII only: int() would also read Arabic-Indic or fullwidth digits
+_MASK = re.compile(r"[0-9a-fA-F]+(?:,[0-9a-fA-F]+)*")  # 32-bit hex words, most significant first
 
 
 class CpuListError(ValueError):
@@ -74,10 +76,10 @@ class CpuSet:
         digits = text.strip().replace(",", "")
         if len(digits) > (MAX_CPU_ID + 1) // 4:
             raise CpuListError(f"bad CPU mask {shown(text)}: more than {MAX_CPU_ID + 1} CPUs")
-        try:
-            value = int(digits, 16) if digits else 0
-        except ValueError:
-            raise CpuListError(f"bad CPU mask {shown(text)}") from None
+        # ASCII hex words only: int(x, 16) would also read "١", "f_f" or "0x1"
+        value = (hexadecimal(digits) if _MASK.fullmatch(text.strip()) else None) if text.strip() else 0
+        if value is None:
+            raise CpuListError(f"bad CPU mask {shown(text)}: expected hex words such as ff,00000001")
         return cls(frozenset(i for i in range(value.bit_length()) if value >> i & 1))
 
     def format(self) -> str:

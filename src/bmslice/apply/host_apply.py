@@ -22,6 +22,7 @@ from bmslice.errors import ApplyError, BmsliceError
 from bmslice.model.distro import Distro, initramfs_command
 from bmslice.model.plan import Plan
 from bmslice.model.sizes import GIB_KIB
+from bmslice.numbers import decimal
 from bmslice.render.exporter_unit import EXPORTER_UNIT, EXPORTER_UNIT_PATH
 from bmslice.render.host_files import (
     GIG_MOUNT_POINT,
@@ -102,7 +103,7 @@ def reboot_note(plan: Plan) -> str:
 
 def _current_int(fs: FsRoot, rel: str) -> int | None:
     text = fs.read_line(rel)
-    return int(text) if text is not None and text.isdigit() else None
+    return decimal(text) if text is not None else None
 
 
 def _setting_path(fs: FsRoot, setting: SysfsSetting) -> str:

@@ -251,15 +251,25 @@ class SafeDir:
 
     def write_in_place(self, rel: str, data: bytes) -> None:
         """One write to an existing regular file: how sysfs attributes take a value (they cannot be renamed
-        over). A FIFO there would block the write forever, a device node could be the host's disk."""
+        over). A FIFO there would block the write forever, a device node could be the host's disk, and a
+        hard link is another file's name: written in place, that file would change. So the file is
+        opened without truncating and emptied only once it is known to be one regular file of one name
+        (every sysfs attribute is)."""
         with self._parent(rel, create=False) as found:
             if found is None or self._file(found[0], rel) is None:
                 raise ApplyError(f"{self._where([rel])} does not exist")
             parent, name = found
-            fd = os.open(name, os.O_WRONLY | os.O_TRUNC | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=parent)
+            fd = os.open(name, os.O_WRONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=parent)
             try:
-                if not stat.S_ISREG(os.fstat(fd).st_mode):
+                st = os.fstat(fd)
+                if not stat.S_ISREG(st.st_mode):
                     raise ApplyError(f"{self._where([rel])} is not a regular file; refused to write to it")
+                if st.st_nlink != 1:
+                    raise ApplyError(
+                        f"{self._where([rel])} is a hard link ({st.st_nlink} names for one file); refused: "
+                        "bmslice writes through no link it did not make"
+                    )
+                os.ftruncate(fd, 0)
                 os.write(fd, data)
             finally:
                 os.close(fd)

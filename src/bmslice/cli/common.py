@@ -28,8 +28,9 @@ def print_json(data: object) -> None:
 
 
 def print_warnings(warnings: Sequence[str]) -> None:
+    """One line each, whatever the warning quotes (a tree's value, a fleet file's path with a newline)."""
     for warning in warnings:
-        print(f"warning: {warning}", file=sys.stderr)
+        print(f"warning: {one_line(warning)}", file=sys.stderr)
 
 
 OUT_SHARED_HELP = (
@@ -74,7 +75,8 @@ class Parser(argparse.ArgumentParser):
         super().__init__(*args, **kwargs)
 
     def error(self, message: str) -> NoReturn:
-        self.exit(EXIT_ERROR, f"error: {self.prog}: {message} (see {self.prog} --help)\n")
+        # one line: argparse quotes unrecognized arguments as typed, a newline or escape included
+        self.exit(EXIT_ERROR, f"error: {self.prog}: {one_line(message)} (see {self.prog} --help)\n")
 
 
 def run(parser: argparse.ArgumentParser, argv: Sequence[str] | None = None) -> int:

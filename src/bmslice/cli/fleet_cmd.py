@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from bmslice.cli.common import EXIT_DRIFT, EXIT_OK, add_out_args, print_json, print_warnings, run, standalone_parser
 from bmslice.errors import SpecError
+from bmslice.safe_text import one_line
 
 if TYPE_CHECKING:  # the fleet model costs start-up time every other command should not pay
     from bmslice.fleet.switch_table import LearnedMac
@@ -235,10 +236,10 @@ def _print_verify(report: FleetReport) -> None:
         for line in host.drift:
             print(f"{' ' * width}    {line}")
         for note in host.notes:
-            print(f"{' ' * width}    note: {note}")
+            print(f"{' ' * width}    note: {one_line(note)}")
     _section("fabric (what the switches learned):", [check.line() for check in report.fabric])
     for note in report.notes:
-        print(f"note: {note}")
+        print(f"note: {one_line(note)}")
     _section("to check the fabric, capture what each switch learned and pass it back:", report.capture)
     failed = report.failed
     counts = Counter(h.status.value for h in report.hosts)

@@ -18,6 +18,7 @@ from typing import Any
 
 from bmslice.cli.common import EXIT_OK, print_json, run, standalone_parser
 from bmslice.errors import LabError
+from bmslice.numbers import is_decimal
 
 DEFAULT_NAME = "lab"
 MAX_COPY_BYTES = 64 * 1024 * 1024
@@ -62,7 +63,7 @@ def _wire(value: str) -> str:
     from bmslice.lab.state import LabDir
 
     lab, _, port = value.partition(":")
-    if not port.isdigit() or len(port) > 2:
+    if not is_decimal(port) or len(port) > 2:
         raise LabError(f"--wire {value}: LAB:PORT, a port number of a lab up with --switch-ports")
     return str(switch_port_socket(LabDir.of(lab).share, int(port)))
 

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from bmslice.cli.common import EXIT_DRIFT, EXIT_OK, print_json, print_warnings, run, standalone_parser
+from bmslice.safe_text import one_line
 
 
 def _lifecycle_args(parser: argparse.ArgumentParser) -> None:
@@ -57,7 +58,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
         for line in report.drift:
             print(line)
         for note in [*report.unreadable, *report.notes]:
-            print(f"note: {note}")
+            print(f"note: {one_line(note)}")
         print(
             "drift: " + str(len(report.drift)) if report.drift else f"ok: {len(report.slices)} slice(s) match the plan"
         )
@@ -79,7 +80,7 @@ def cmd_status(args: argparse.Namespace) -> int:
         table.add_row(s.name, s.state, "yes" if not s.drift else f"no ({len(s.drift)})", s.drift[0] if s.drift else "")
     console().print(table)
     for line in report.unreadable:
-        print(f"note: {line}")
+        print(f"note: {one_line(line)}")
     return EXIT_DRIFT if report.drift else EXIT_OK
 
 

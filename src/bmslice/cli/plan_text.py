@@ -11,6 +11,7 @@ from bmslice.model.plan import AT_APPLY, DeviceAssignment, Plan
 from bmslice.model.sizes import format_mib
 from bmslice.render.node_text import node_text
 from bmslice.render.text_table import text_table
+from bmslice.safe_text import one_line
 
 SLICE_COLUMNS = (
     "VM",
@@ -58,7 +59,7 @@ def plan_lines(plan: Plan) -> list[str]:
         )
     lines = ["Host", *(f"  {line}" for line in text_table(None, head)), "", "Slices"]
     lines += [f"  {line}" for line in text_table(SLICE_COLUMNS, rows)] if rows else ["  (none)"]
-    return lines + [f"warning: {w}" for w in plan.warnings]
+    return lines + [f"warning: {one_line(w)}" for w in plan.warnings]
 
 
 def _pairs(pins: tuple[int, ...], threads: int) -> list[str]:

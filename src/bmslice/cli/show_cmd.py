@@ -9,12 +9,11 @@ the files (and prints their paths) instead.
 from __future__ import annotations
 
 import argparse
-import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from bmslice.cli.common import EXIT_OK, OUT_SHARED_HELP, run, standalone_parser
+from bmslice.cli.common import EXIT_OK, OUT_SHARED_HELP, print_warnings, run, standalone_parser
 from bmslice.cli.sources import add_source_args, read_topology
 
 
@@ -47,8 +46,7 @@ def cmd_show(args: argparse.Namespace) -> int:
     for option, path, data in files:
         write_out(path.parent, {path.name: data}, out_rule(option, args.out_shared, create=False))
         print(path)
-    for warning in plan.warnings:
-        print(f"warning: {warning}", file=sys.stderr)
+    print_warnings(plan.warnings)
     return EXIT_OK
 
 

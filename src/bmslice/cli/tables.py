@@ -11,6 +11,7 @@ from rich.text import Text
 
 from bmslice.model.sizes import format_mib
 from bmslice.model.topology import HostTopology, Resctrl
+from bmslice.safe_text import one_line
 
 
 def topology_view(topo: HostTopology) -> Group:
@@ -53,7 +54,7 @@ def topology_view(topo: HostTopology) -> Group:
     if topo.vf_states:
         parts.append(_vf_table(topo))
     tail = Text(f"kernel cmdline: {topo.kernel_cmdline or '(unknown)'}")
-    warnings = [Text(f"warning: {w}", style="yellow") for w in topo.warnings]
+    warnings = [Text(f"warning: {one_line(w)}", style="yellow") for w in topo.warnings]
     return Group(*parts, tail, *warnings)
 
 

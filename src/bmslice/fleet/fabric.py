@@ -36,6 +36,7 @@ from bmslice.model.fleet import (
     Placement,
 )
 from bmslice.model.grammar import in_file, junos_port, matches
+from bmslice.numbers import is_decimal
 
 # What each word of a `set` line may be: the fleet file's own grammar, asserted again here
 # because a placement or a hand-made fabric dict could carry anything.
@@ -53,7 +54,7 @@ MODE_KEYWORD = {JunosStyle.ELS: "interface-mode", JunosStyle.LEGACY: "port-mode"
 
 def natural(text: str) -> tuple[Any, ...]:
     """ge-0/0/9 before ge-0/0/10."""
-    return tuple(int(part) if part.isdigit() else part for part in re.split(r"(\d+)", text))
+    return tuple(int(part) if is_decimal(part) else part for part in re.split(r"([0-9]+)", text))
 
 
 def fabric_data(fleet: Fleet, placement: Placement) -> dict[str, Any]:

@@ -183,7 +183,7 @@ def summary_text(fleet: Fleet, placement: Placement) -> str:
     empty = sorted({h.name for h in fleet.inventory} - {vm.host for vm in placement.vms})
     if empty:
         lines += ["", f"no slices on: {', '.join(empty)}"]
-    lines += [f"note: {note}" for note in placement.notes]
+    lines += [f"note: {one_line(note)}" for note in placement.notes]
     return "\n".join(lines) + "\n"
 
 

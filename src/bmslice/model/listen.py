@@ -23,8 +23,10 @@ def parse_listen(text: str) -> tuple[str, int]:
     if not match or not 1 <= port <= 65535:
         raise SpecError(f"--listen {shown(text)}: expected ADDRESS:PORT such as 127.0.0.1:9963 or [::1]:9963")
     address = match.group(1) or match.group(2) or "0.0.0.0"
+    # brackets hold an IPv6 address and only that (RFC 3986): "[127.0.0.1]:9963" is no address
+    family, version = (ipaddress.IPv6Address, 6) if match.group(1) is not None else (ipaddress.IPv4Address, 4)
     try:
-        ipaddress.ip_address(address)
+        family(address)
     except ValueError:
-        raise SpecError(f"--listen {shown(text)}: {shown(address)} is not an IP address") from None
+        raise SpecError(f"--listen {shown(text)}: {shown(address)} is not an IPv{version} address") from None
     return address, port

@@ -19,7 +19,8 @@ NETWORK_CLASS_PREFIX = "0x02"
 BRIDGE_CLASS_PREFIX = "0x0604"
 
 
-_PCI_ADDRESS = re.compile(r"^(?:([0-9a-fA-F]{4,8}):)?([0-9a-fA-F]{2}):([0-9a-fA-F]{2})\.([0-7])$")
+# domain:bus:slot.function; the slot is 5 bits (0x00-0x1f): libvirt refuses slot 0x20 in a domain's XML
+_PCI_ADDRESS = re.compile(r"^(?:([0-9a-fA-F]{4,8}):)?([0-9a-fA-F]{2}):([01][0-9a-fA-F])\.([0-7])$")
 
 
 def canonical_pci_address(text: str) -> str | None:

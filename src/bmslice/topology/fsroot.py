@@ -29,6 +29,8 @@ from pathlib import Path, PurePosixPath
 
 from bmslice.cpuset import CpuListError, CpuSet
 from bmslice.errors import TopologyError
+from bmslice.numbers import decimal, hexadecimal
+from bmslice.safe_text import shown
 
 MAX_SYMLINK_HOPS = 40  # Linux's own limit (MAXSYMLINKS) before ELOOP
 MAX_FILE_BYTES = 32 * 1024 * 1024  # far above /proc/cpuinfo of a 1,000-CPU machine
@@ -205,17 +207,16 @@ class FsRoot:
         text = self.read(rel)
         return None if text is None else text.strip()
 
-    def read_int(self, rel: str) -> int | None:
+    def read_int(self, rel: str, signed: bool = False) -> int | None:
+        """A whole number; `signed` where the kernel writes -1 for "unknown" (numa_node, core_id), else never negative."""
         text = self.read_line(rel)
         if text is None:
             return None
-        try:
-            if not text.isascii():
-                raise ValueError(text)
-            return int(text, 0)
-        except ValueError:
-            self.warnings.append(f"{self.display(rel)}: expected an integer, got {text[:40]!r}; ignored")
-            return None
+        # what the kernel writes: decimal or 0x hex; never "6_4", "١٢" or 10**30
+        value = hexadecimal(text) if text.lower().startswith("0x") else decimal(text, signed)
+        if value is None:
+            self.warnings.append(f"{self.display(rel)}: expected an integer, got {shown(text, 40)}; ignored")
+        return value
 
     def read_cpuset(self, rel: str) -> CpuSet | None:
         """A CPU list ("0-3,8"); None when absent or malformed (a warning)."""

@@ -29,7 +29,8 @@ from bmslice.model.topology import (
     ResctrlL3,
     ResctrlMb,
 )
-from bmslice.safe_text import one_line
+from bmslice.numbers import decimal, hexadecimal
+from bmslice.safe_text import one_line, shown
 from bmslice.topology.caches import l3_domains
 
 # libvirt names vendors after its cpu_map files, not after the CPUID vendor string the
@@ -148,11 +149,11 @@ def _int(text: str | None, what: str) -> int:
     if text is None or not text.strip():
         raise TopologyError(f"libvirt XML: missing {what}")
     value = text.strip()
-    try:
-        # Not int(value, 0): that rejects decimal with leading zeros ("08").
-        return int(value, 16) if value.lower().startswith("0x") else int(value)
-    except ValueError:
-        raise TopologyError(f"libvirt XML: {what} is not an integer: {text!r}") from None
+    # Not int(value, 0): that rejects decimal with leading zeros ("08"); not int(value): that reads "١٢" and "6_4".
+    number = hexadecimal(value) if value.lower().startswith("0x") else decimal(value)
+    if number is None:
+        raise TopologyError(f"libvirt XML: {what} is not an integer: {shown(text)}")
+    return number
 
 
 def _opt_int(text: str | None, what: str) -> int | None:

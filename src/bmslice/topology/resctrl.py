@@ -14,6 +14,8 @@ import re
 from collections.abc import Collection
 
 from bmslice.model.topology import Resctrl, ResctrlGroup, ResctrlL3, ResctrlMb
+from bmslice.numbers import decimal, hexadecimal, is_decimal
+from bmslice.safe_text import shown
 from bmslice.topology.fsroot import FsRoot
 
 RESCTRL_DIR = "sys/fs/resctrl"
@@ -70,12 +72,10 @@ def parse_schemata(text: str) -> tuple[tuple[tuple[int, int], ...], tuple[tuple[
             continue
         for item in values.split(";"):
             key, eq, value = item.partition("=")
-            try:
-                pair = (int(key.strip()), int(value.strip(), 16 if name == "L3" else 10))
-            except ValueError:
-                continue
-            if eq:
-                (l3 if name == "L3" else mb).append(pair)
+            domain = decimal(key.strip())
+            number = hexadecimal(value.strip()) if name == "L3" else decimal(value.strip())
+            if eq and domain is not None and number is not None:
+                (l3 if name == "L3" else mb).append((domain, number))
     return tuple(l3), tuple(mb)
 
 
@@ -97,11 +97,10 @@ def _hex(fs: FsRoot, rel: str) -> int | None:
     text = fs.read_line(rel)
     if text is None:
         return None
-    try:
-        return int(text, 16)
-    except ValueError:
-        fs.warnings.append(f"{fs.display(rel)}: expected a hex mask, got {text!r}; ignored")
-        return None
+    value = hexadecimal(text)
+    if value is None:
+        fs.warnings.append(f"{fs.display(rel)}: expected a hex mask, got {shown(text, 40)}; ignored")
+    return value
 
 
 def _read_l3(fs: FsRoot, rel: str) -> ResctrlL3 | None:
@@ -152,7 +151,7 @@ def read_group(fs: FsRoot, name: str) -> ResctrlGroup | None:
 def read_group_tasks(fs: FsRoot, name: str) -> tuple[int, ...]:
     """Thread ids in a group's `tasks` file (one a line)."""
     text = fs.read(f"{group_dir(name)}/tasks") or ""
-    return tuple(int(line) for line in text.split() if line.isascii() and line.isdigit())
+    return tuple(int(line) for line in text.split() if is_decimal(line))
 
 
 def read_groups(fs: FsRoot) -> tuple[ResctrlGroup, ...]:

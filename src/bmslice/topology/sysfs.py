@@ -27,6 +27,8 @@ from bmslice.model.topology import (
     PciDevice,
     canonical_pci_address,
 )
+from bmslice.numbers import decimal, is_decimal
+from bmslice.safe_text import shown
 from bmslice.topology.fsroot import FsRoot as FsRoot  # re-exported: fleet.verify imports it from here
 from bmslice.topology.pci_config import sriov_routing
 
@@ -124,9 +126,9 @@ def _read_cpu(fs: FsRoot, cpu_id: int, online: bool, node: int | None, has_dir: 
     package = core = die = None
     siblings = CpuSet()
     if has_dir and fs.is_dir(topo):  # one look instead of six reads where an offline CPU has none
-        package = fs.read_int(f"{topo}/physical_package_id")
-        core = fs.read_int(f"{topo}/core_id")
-        die = fs.read_int(f"{topo}/die_id")
+        package = fs.read_int(f"{topo}/physical_package_id", signed=True)  # -1: unknown
+        core = fs.read_int(f"{topo}/core_id", signed=True)
+        die = fs.read_int(f"{topo}/die_id", signed=True)
         if online:
             siblings = _cpus(fs, f"{topo}/thread_siblings_list", f"{topo}/thread_siblings") or CpuSet()
     return Cpu(
@@ -192,8 +194,8 @@ def _meminfo_mib(text: str | None, key: str) -> int | None:
         label, _, value = line.partition(":")
         if label.split()[-1:] == [key]:
             fields = value.split()
-            if fields and fields[0].isascii() and fields[0].isdigit():
-                return int(fields[0]) // 1024
+            if fields and (kib := decimal(fields[0])) is not None:
+                return kib // 1024
     return None
 
 
@@ -218,7 +220,7 @@ def _read_node(fs: FsRoot, node_id: int) -> NumaNode:
         memory_mib=_meminfo_mib(meminfo, "MemTotal") or 0,
         free_mib=_meminfo_mib(meminfo, "MemFree"),
         hugepages=_read_hugepages(fs, f"{rel}/hugepages"),
-        distances=tuple(int(d) for d in distances if d.isascii() and d.isdigit()),
+        distances=tuple(int(d) for d in distances if is_decimal(d)),
     )
 
 
@@ -271,13 +273,13 @@ def _read_sriov_links(fs: FsRoot, rel: str) -> _PciLinks:
 
 
 def _pci_numa_node(fs: FsRoot, rel: str) -> int | None:
-    node = fs.read_int(f"{rel}/numa_node")
+    node = fs.read_int(f"{rel}/numa_node", signed=True)
     return node if node is not None and node >= 0 else None
 
 
 def _pci_iommu_group(fs: FsRoot, rel: str) -> int | None:
     group = fs.link_name(f"{rel}/iommu_group")
-    return int(group) if group and group.isascii() and group.isdigit() else None
+    return decimal(group) if group else None
 
 
 def _sriov_routing(fs: FsRoot, rel: str, totalvfs: int) -> tuple[int | None, int | None]:
@@ -343,8 +345,8 @@ def _read_pci_devices(fs: FsRoot, interfaces: list[NetInterface], nodes: list[Nu
     devices = []
     for name in fs.listdir(PCI_DIR):
         address = canonical_pci_address(name)
-        if address is None:
-            continue
+        if address is None:  # the kernel names each entry by its address: anything else is no device of its
+            raise TopologyError(f"{fs.display(PCI_DIR)}: {shown(name)} is not a PCI address like 0000:01:00.0; refused")
         net = f"{PCI_DIR}/{name}/net"
         names = set(by_pci.get(address, ())) | {checked(fs, net, n, kernel_ifname) for n in fs.listdir(net)}
         devices.append(_read_pci_device(fs, name, address, tuple(sorted(names))))

@@ -14,6 +14,7 @@ from bmslice.cpuset import CpuSet
 from bmslice.model.live import POLICY_NAMES, REALTIME_POLICIES, SCHED_FIFO, LiveDomain, ThreadAffinity
 from bmslice.model.plan import VmPlan
 from bmslice.model.topology import VfState
+from bmslice.numbers import is_decimal
 from bmslice.render.domain_model import Domain, VcpuSched
 from bmslice.render.domain_xml import from_xml
 
@@ -122,9 +123,9 @@ def thread_role(comm: str) -> tuple[str, int] | None:
     helpers (kvm-nx-lpage-re)."""
     if comm.startswith("CPU ") and "/" in comm:
         index = comm[4:].split("/", 1)[0]
-        if index.isdigit():
+        if is_decimal(index):
             return ("vcpu", int(index))
-    if comm.startswith("IO iothread") and comm[11:].isdigit():
+    if comm.startswith("IO iothread") and is_decimal(comm[11:]):
         return ("iothread", int(comm[11:]))
     if comm.startswith("kvm"):
         return None  # kernel threads attached to the VM follow their vCPU's cgroup

@@ -25,6 +25,7 @@ from typing import Literal
 
 from bmslice.cpuset import CpuListError, CpuSet
 from bmslice.model.live import ThreadAffinity
+from bmslice.numbers import decimal, hexadecimal, is_decimal
 from bmslice.topology.fsroot import FsRoot
 
 KTHREAD_FLAG = 0x00200000  # PF_KTHREAD in /proc/<pid>/stat field 9
@@ -84,10 +85,7 @@ def stat_flags(text: str) -> int | None:
     fields = rest.split()
     if not sep or len(fields) < 7:
         return None
-    try:
-        return int(fields[6])
-    except ValueError:
-        return None
+    return decimal(fields[6])
 
 
 def stat_scheduling(text: str) -> tuple[int | None, int | None]:
@@ -96,10 +94,7 @@ def stat_scheduling(text: str) -> tuple[int | None, int | None]:
     fields = rest.split()  # fields[0] is field 3 (state)
     if not sep or len(fields) < 39:
         return None, None
-    try:
-        return int(fields[38]), int(fields[37])
-    except ValueError:
-        return None, None
+    return decimal(fields[38]), decimal(fields[37])
 
 
 def parse_cmdline(text: str) -> tuple[str, ...]:
@@ -138,7 +133,7 @@ def parse_memlock(limits: str) -> Memlock | None:
                 return None
             if fields[0] == "unlimited":
                 return "unlimited"
-            return int(fields[0]) if fields[0].isdigit() else None
+            return decimal(fields[0])
     return None
 
 
@@ -183,7 +178,7 @@ def read_irq(fs: FsRoot, number: int) -> Irq:
 
 
 def read_irqs(fs: FsRoot) -> tuple[Irq, ...]:
-    numbers = sorted(int(name) for name in fs.listdir("proc/irq") if name.isdigit())
+    numbers = sorted(int(name) for name in fs.listdir("proc/irq") if is_decimal(name))
     return tuple(read_irq(fs, n) for n in numbers)
 
 
@@ -200,16 +195,16 @@ def parse_interrupts(text: str, cpus: CpuSet) -> dict[int, int]:
     lines = text.splitlines()
     if not lines:
         return {}
-    columns = [int(name[3:]) for name in lines[0].split() if name.startswith("CPU") and name[3:].isdigit()]
+    columns = [int(name[3:]) for name in lines[0].split() if name.startswith("CPU") and is_decimal(name[3:])]
     wanted = [(i, cpu) for i, cpu in enumerate(columns) if cpu in cpus]
     counts = dict.fromkeys((cpu for _, cpu in wanted), 0)
     for line in lines[1:]:
         label, sep, rest = line.partition(":")
-        if not sep or not label.strip().isdigit():
+        if not sep or not is_decimal(label.strip()):
             continue
         fields = rest.split(None, len(columns))
         for i, cpu in wanted:
-            if i < len(fields) and fields[i].isdigit():
+            if i < len(fields) and is_decimal(fields[i]):
                 counts[cpu] += int(fields[i])
     return counts
 
@@ -296,7 +291,7 @@ def read_process(fs: FsRoot, pid: int, watch: CpuSet | None = None, scheduling: 
     if text is None:
         return None
     status = status_fields(text)
-    tids = sorted(int(t) for t in fs.listdir(f"{rel}/task") if t.isdigit())
+    tids = sorted(int(t) for t in fs.listdir(f"{rel}/task") if is_decimal(t))
     # Without a task/ directory (a minimal capture) the process's own status stands for its one thread.
     found = (
         [_task(fs, f"{rel}/task/{tid}", tid, scheduling) for tid in tids]
@@ -318,7 +313,7 @@ def read_process(fs: FsRoot, pid: int, watch: CpuSet | None = None, scheduling: 
 
 
 def read_processes(fs: FsRoot, watch: CpuSet | None = None, scheduling: bool = True) -> tuple[Process, ...]:
-    pids = sorted(int(name) for name in fs.listdir("proc") if name.isdigit())
+    pids = sorted(int(name) for name in fs.listdir("proc") if is_decimal(name))
     return tuple(p for p in (read_process(fs, pid, watch, scheduling) for pid in pids) if p is not None)
 
 
@@ -390,8 +385,8 @@ def _meminfo_kib(text: str, key: str) -> int:
         label, _, value = line.partition(":")
         if label.split()[-1:] == [key]:
             fields = value.split()
-            if fields and fields[0].isdigit():
-                return int(fields[0])
+            if fields and (kib := decimal(fields[0])) is not None:
+                return kib
     return 0
 
 
@@ -409,10 +404,8 @@ def read_reclaimable_mib(fs: FsRoot, nodes: tuple[int, ...]) -> dict[int, int]:
 
 def has_capability(status: dict[str, str], key: str, bit: int) -> bool | None:
     """Whether capability `bit` is in the hex mask `key` (CapBnd, CapEff) of /proc/<pid>/status."""
-    try:
-        return bool(int(status[key], 16) >> bit & 1)
-    except (KeyError, ValueError):
-        return None
+    mask = hexadecimal(status.get(key, ""))
+    return None if mask is None else bool(mask >> bit & 1)
 
 
 def read_module_facts(fs: FsRoot) -> ModuleFacts:

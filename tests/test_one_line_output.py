@@ -1,0 +1,97 @@
+"""What bmslice prints stays one line per message, whatever it quotes (issue 19, class 2).
+
+Errors were one line already; warnings, notes and argparse's own refusals quoted values as
+they came: a fleet file's path holding a newline printed a second line that no longer began
+with `warning:`, and an unknown argument holding a newline and an escape sequence printed a
+second `error:` line of the attacker's choosing and recoloured the terminal. Every message now
+goes through the one escaper (safe_text.one_line). The fleet file's own paths are refused at
+load when they hold a control character, as a disk image's path is (needs the model's fix).
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from bmslice.cli.common import print_warnings
+from cli_errors import one_error
+
+REPO = Path(__file__).resolve().parents[1]
+FLEET_DIR = REPO / "examples/fleet"
+SNEAKY = [
+    "a\nerror: all slices destroyed",  # a second line, posing as bmslice's own
+    "a\rwarning: overwritten",  # a carriage return rewrites the line on a terminal
+    "a\x1b[2J\x1b[31mred",  # clear screen, colour
+    "a\u202eevil",  # right-to-left override
+    "a\x00b",
+]
+
+
+def bmslice(*args: str | Path) -> subprocess.CompletedProcess[str]:
+    cmd = [sys.executable, "-m", "bmslice.cli.main", *map(str, args)]
+    return subprocess.run(cmd, capture_output=True, text=True, check=False, timeout=120)
+
+
+def printable_lines(text: str) -> list[str]:
+    lines = text.split("\n")
+    assert all(line.isprintable() for line in lines), text
+    return [line for line in lines if line]
+
+
+@pytest.mark.parametrize("value", SNEAKY)
+def test_unknown_arguments_are_refused_on_one_line(value: str) -> None:
+    if "\x00" in value:
+        pytest.skip("a NUL cannot be in a command-line argument")
+    done = bmslice("discover", "--json", value)
+    one_error(done, "unrecognized arguments")
+    printable_lines(done.stderr)
+
+
+@pytest.mark.parametrize("value", SNEAKY)
+def test_every_warning_is_one_printable_line(value: str, capsys: pytest.CaptureFixture[str]) -> None:
+    print_warnings([f"kubeadm_join_file {value} does not exist yet", "second"])
+    lines = printable_lines(capsys.readouterr().err)
+    assert len(lines) == 2 and all(line.startswith("warning: ") for line in lines), lines
+
+
+def _fleet(tmp_path: Path, **cluster: str) -> Path:
+    root = tmp_path / "fleet"
+    shutil.copytree(FLEET_DIR, root, symlinks=True)
+    data = yaml.safe_load((root / "fleet.yaml").read_text())
+    data["clusters"][0].update(cluster)
+    (root / "fleet.yaml").write_text(yaml.safe_dump(data, allow_unicode=True))
+    return root / "fleet.yaml"
+
+
+def test_a_fleet_path_with_a_newline_never_splits_a_warning(tmp_path: Path) -> None:
+    """Through the CLI: every line fleet plan prints on stderr is a whole `warning:` line."""
+    fleet = _fleet(tmp_path, kubeadm_join_file="secrets/a\nerror: all slices destroyed")
+    done = bmslice("fleet", "plan", fleet, "--out", tmp_path / "out")
+    lines = printable_lines(done.stderr)
+    assert lines and all(line.startswith(("warning: ", "error: ")) for line in lines), lines
+    assert not any(line.startswith("error: all slices") for line in lines)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="needs model fix: model/fleet.py's path fields (kubeadm_join_file, ssh_keys_file, host_root, hwloc) "
+    "refuse a control character as spec.py's _host_path does for disk.image",
+)
+@pytest.mark.parametrize("key", ["kubeadm_join_file", "ssh_keys_file", "host_root", "hwloc"])
+def test_fleet_paths_with_control_characters_are_refused_at_load(tmp_path: Path, key: str) -> None:
+    root = tmp_path / "fleet"
+    shutil.copytree(FLEET_DIR, root, symlinks=True)
+    data = yaml.safe_load((root / "fleet.yaml").read_text())
+    where = {"kubeadm_join_file": data["clusters"][0], "ssh_keys_file": data, "host_root": data["inventory"][1]}
+    where.get(key, data["inventory"][1])[key] = "secrets/a\nEVIL: 1"
+    if key == "hwloc":
+        data["inventory"][1].pop("host_root")
+    (root / "fleet.yaml").write_text(yaml.safe_dump(data, allow_unicode=True))
+    done = bmslice("fleet", "ansible", root / "fleet.yaml", "--out", tmp_path / "out")
+    one_error(done, key, "control character")
+    assert not (tmp_path / "out").exists()

@@ -77,11 +77,6 @@ def test_a_fleet_path_with_a_newline_never_splits_a_warning(tmp_path: Path) -> N
     assert not any(line.startswith("error: all slices") for line in lines)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="needs model fix: model/fleet.py's path fields (kubeadm_join_file, ssh_keys_file, host_root, hwloc) "
-    "refuse a control character as spec.py's _host_path does for disk.image",
-)
 @pytest.mark.parametrize("key", ["kubeadm_join_file", "ssh_keys_file", "host_root", "hwloc"])
 def test_fleet_paths_with_control_characters_are_refused_at_load(tmp_path: Path, key: str) -> None:
     root = tmp_path / "fleet"

@@ -82,10 +82,14 @@ def matching(name: str, regex: re.Pattern[str], what: str) -> Any:
     return text(name, matches(regex, what))
 
 
-def _path(value: object) -> Path:
+def printable_path(value: object) -> Path:
+    """A path from a file: a string with no control character (a newline in a path would start
+    a new line of whatever generated file or message carries it)."""
     if isinstance(value, Path):
-        return value
+        value = str(value)
     expect(value, str)
+    if not str(value).isprintable():
+        raise ValueError(f"{shown(value)} holds a control character; refusing it as a path")
     return Path(str(value))
 
 
@@ -94,7 +98,7 @@ def decode_hook(kind_: type, value: Any) -> Any:
     if isinstance(kind_, CheckedType):
         return kind_.parse(value)
     if kind_ is Path:
-        return _path(value)
+        return printable_path(value)
     raise NotImplementedError(kind_)
 
 

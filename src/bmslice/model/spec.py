@@ -18,7 +18,17 @@ from msgspec import Meta, field
 
 from bmslice.cpuset import MAX_CPU_ID, CpuListError, CpuSet
 from bmslice.errors import SpecError
-from bmslice.model.fields import CpuFeature, DeviceRef, checked, device_ref, expect, kind, matching, text
+from bmslice.model.fields import (
+    CpuFeature,
+    DeviceRef,
+    checked,
+    device_ref,
+    expect,
+    kind,
+    matching,
+    printable_path,
+    text,
+)
 from bmslice.model.input_file import read_yaml, validated
 from bmslice.model.sizes import parse_size_kib, parse_size_mib
 from bmslice.safe_text import one_line, shown
@@ -196,14 +206,11 @@ POOL_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.+:-]{0,63}")
 
 
 def _host_path(value: object) -> Path:
-    expect(value, str)
-    path = Path(str(value))
+    path = printable_path(value)
     if not path.is_absolute():
         raise ValueError(
-            f"{shown(value)} must be an absolute path on the host (libvirt does not know the spec's directory)"
+            f"{shown(str(value))} must be an absolute path on the host (libvirt does not know the spec's directory)"
         )
-    if not str(value).isprintable():
-        raise ValueError(f"{shown(value)} holds a control character; refusing it as a path")
     return path
 
 

@@ -14,7 +14,6 @@ import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
-from bmslice.numbers import hexadecimal
 from bmslice.safe_text import shown
 
 MAX_CPU_ID = 65535  # far above any Linux NR_CPUS; a range past it is refused before a set is built
@@ -73,13 +72,14 @@ class CpuSet:
     @classmethod
     def parse_mask(cls, text: str) -> CpuSet:
         """Parse a hex mask as in /proc/irq/*/smp_affinity ("ff,00000001")."""
-        digits = text.strip().replace(",", "")
+        words = text.strip()
+        digits = words.replace(",", "")
         if len(digits) > (MAX_CPU_ID + 1) // 4:
             raise CpuListError(f"bad CPU mask {shown(text)}: more than {MAX_CPU_ID + 1} CPUs")
-        # ASCII hex words only: int(x, 16) would also read "١", "f_f" or "0x1"
-        value = (hexadecimal(digits) if _MASK.fullmatch(text.strip()) else None) if text.strip() else 0
-        if value is None:
+        # ASCII hex words only: int(x, 16) alone would also read "١", "f_f" or "0x1"
+        if words and not _MASK.fullmatch(words):
             raise CpuListError(f"bad CPU mask {shown(text)}: expected hex words such as ff,00000001")
+        value = int(digits, 16) if digits else 0
         return cls(frozenset(i for i in range(value.bit_length()) if value >> i & 1))
 
     def format(self) -> str:

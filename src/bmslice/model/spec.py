@@ -75,8 +75,8 @@ class Strict(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=Tr
 
 def _vf_pools(value: object) -> dict[str, int]:
     """PF -> VFs to create, PFs canonicalised."""
-    if not isinstance(value, dict):
-        raise TypeError(f"Expected `object`, got `{kind(value)}`")
+    expect(value, dict)
+    assert isinstance(value, dict)
     out = {}
     for pf, count in value.items():
         expect(pf, str)

@@ -137,8 +137,28 @@ def test_a_live_host_s_nics_are_checked_against_the_plan_verify_used(tmp_path: P
     assert without == [] and len(notes) == len(specs) and all("their MACs are unknown" in n for n in notes)
 
     notes = []
-    checked = _fabric(fleet, placement, unplannable, {"fabric-switch": []}, notes, plans)
+    seen = {h: (plans[h], topologies[h]) for h in plans}
+    checked = _fabric(fleet, placement, unplannable, {"fabric-switch": []}, notes, seen)
     assert notes == []
     assert len(checked) == sum(nic.count for vm in placement.vms for nic in vm.nics)
     expected, _notes = expected_nics(fleet, placement, plans, topologies)
     assert [c.expected for c in checked] == expected and all(e.mac for e in expected)
+
+
+def test_each_host_is_read_once_when_the_fabric_is_checked(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The fabric check reuses the topology and plan each host's report already made: a live
+    host's topology comes over libvirt or ssh, and reading it twice doubled the round trips."""
+    from bmslice.fleet import verify as fleet_verify
+    from bmslice.fleet.hosts import read_hosts
+    from bmslice.fleet.placement import place
+    from bmslice.fleet.render import host_spec_data
+
+    fleet = load_fleet(_fleet(tmp_path, example_data()))
+    placement = place(fleet, read_hosts(fleet))
+    specs = {h.name: d for h in fleet.inventory if (d := host_spec_data(fleet, placement, h.name)) is not None}
+    reads: list[str] = []
+    real = fleet_verify.read_host
+    monkeypatch.setattr(fleet_verify, "read_host", lambda inv: reads.append(inv.name) or real(inv))
+    report = verify_fleet(fleet, specs, placement=placement, tables={"fabric-switch": []}, fleet_file="f.yaml")
+    assert sorted(reads) == sorted(specs), reads
+    assert len(report.fabric) == sum(nic.count for vm in placement.vms for nic in vm.nics)

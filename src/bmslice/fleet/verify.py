@@ -117,7 +117,12 @@ class FleetReport:
 BOOT_CHECKS = ("kernel args", "isolated", "nohz_full")
 
 
-def _tree_report(fleet: Fleet, host: str, data: Mapping[str, Any], origin: str) -> HostReport:
+# What each host's report already read and planned: the fabric check reuses it (a live host's
+# topology comes through libvirt or ssh: reading it twice doubled the round trips).
+Seen = dict[str, tuple[Plan, HostTopology]]
+
+
+def _tree_report(fleet: Fleet, host: str, data: Mapping[str, Any], origin: str, seen: Seen) -> HostReport:
     inv = fleet.host(host)
     report = HostReport(host, host_source(inv), HostStatus.PLANNED)
     topo = read_host(inv)
@@ -127,6 +132,7 @@ def _tree_report(fleet: Fleet, host: str, data: Mapping[str, Any], origin: str) 
         report.status = HostStatus.REFUSED
         report.drift.append(str(exc))
         return report
+    seen[host] = (check.plan, topo)
     report.notes.append(f"host tree: {len(check.plan.vms)} slice(s) plan here; the live slices were not compared")
     if inv.host_root is not None:
         _audit_tree(report, check.plan, topo, inv.host_root)
@@ -159,10 +165,10 @@ def _audit_tree(report: HostReport, plan: Plan, topo: HostTopology, root: Path) 
 
 
 def _live_report(
-    fleet: Fleet, host: str, data: Mapping[str, Any], origin: str, verifier: Verifier, plans: dict[str, Plan]
+    fleet: Fleet, host: str, data: Mapping[str, Any], origin: str, verifier: Verifier, seen: Seen
 ) -> HostReport:
     """The host's slices against their plan through libvirt; that plan (the running slices kept
-    where they are) goes into `plans` for the fabric check."""
+    where they are) and the topology it was made on go into `seen` for the fabric check."""
     inv = fleet.host(host)
     report = HostReport(host, host_source(inv), HostStatus.OK)
     try:
@@ -171,8 +177,8 @@ def _live_report(
         report.status = HostStatus.ERROR
         report.drift.append(str(exc))
         return report
-    if live.plan is not None:
-        plans[host] = live.plan
+    if live.plan is not None and live.topology is not None:
+        seen[host] = (live.plan, live.topology)
     report.drift = list(live.drift)
     report.notes = list(live.notes)
     report.status = HostStatus.DRIFT if report.drift else HostStatus.OK
@@ -185,7 +191,7 @@ def _fabric(
     specs: Mapping[str, Mapping[str, Any]],
     tables: Mapping[str, Sequence[LearnedMac]],
     notes: list[str],
-    live_plans: Mapping[str, Plan],
+    seen: Seen,
 ) -> list[NicCheck]:
     """Each VM NIC against the captured tables; the expected MACs come from each host's plan:
     for a live host the one verify compared against (its running slices kept, so VFs they hold
@@ -194,8 +200,10 @@ def _fabric(
     topologies = {}
     for host, data in sorted(specs.items()):
         try:
-            topologies[host] = read_host(fleet.host(host))
-            plans[host] = live_plans.get(host) or check_host(host, data, topologies[host], f"{host}/spec.yaml").plan
+            if host not in seen:  # its report could not plan it: read afresh for the reason
+                topo = read_host(fleet.host(host))
+                seen[host] = (check_host(host, data, topo, f"{host}/spec.yaml").plan, topo)
+            plans[host], topologies[host] = seen[host]
         except BmsliceError as exc:
             notes.append(f"fabric: the NICs of {host} are not checked, their MACs are unknown: {exc}")
     expected, more = expected_nics(fleet, placement, plans, topologies)
@@ -231,19 +239,19 @@ def verify_fleet(
 
         verifier = verify
     reports = []
-    live_plans: dict[str, Plan] = {}
+    seen: Seen = {}
     for inv in sorted(fleet.inventory, key=lambda h: h.name):
         data = specs.get(inv.name)
         origin = f"{inv.name}/spec.yaml"
         if data is None:
             reports.append(HostReport(inv.name, host_source(inv), HostStatus.IDLE, notes=["no slices placed here"]))
         elif inv.host_root is not None or inv.hwloc is not None:
-            reports.append(_tree_report(fleet, inv.name, data, origin))
+            reports.append(_tree_report(fleet, inv.name, data, origin, seen))
         else:
-            reports.append(_live_report(fleet, inv.name, data, origin, verifier, live_plans))
+            reports.append(_live_report(fleet, inv.name, data, origin, verifier, seen))
     report = FleetReport(reports, list(notes or []), tables=tuple(sorted(tables or {})))
     if placement is not None and tables:
-        report.fabric = _fabric(fleet, placement, specs, tables, report.notes, live_plans)
+        report.fabric = _fabric(fleet, placement, specs, tables, report.notes, seen)
         report.fabric_planned = sum(nic.count for vm in placement.vms for nic in vm.nics)
     elif placement is not None:
         switches = sorted(

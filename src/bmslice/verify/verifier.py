@@ -39,6 +39,7 @@ class VerifyReport:
     notes: list[str]
     unreadable: list[str] = field(default_factory=list)  # one line per held slice the spec does not name
     plan: Plan | None = None  # the plan verify compared against (the running slices kept)
+    topology: HostTopology | None = None  # the host as verify read it (callers reuse it, never read twice)
 
     @property
     def drift(self) -> list[str]:
@@ -104,7 +105,7 @@ def _verify(
     notes.extend(ctx.plan.warnings)
     names = {vm.name for vm in spec.vms}
     unreadable = [held_line(held) for name, held in ctx.held.items() if name not in names]
-    return VerifyReport(slices, notes, unreadable, ctx.plan)
+    return VerifyReport(slices, notes, unreadable, ctx.plan, ctx.topology)
 
 
 def _unchecked(uri: str, vms: Sequence[VmPlan], slices: list[SliceStatus]) -> list[str]:

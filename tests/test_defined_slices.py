@@ -80,3 +80,31 @@ def test_unreadable_metadata_is_one_error_line(tmp_path: Path) -> None:
 
 def test_no_libvirt_directory_means_no_slices(tmp_path: Path) -> None:
     assert defined_slices(FsRoot(write_tree(two_socket_sriov(), tmp_path / "host"))) == []
+
+
+def test_metrics_keep_the_running_slices_on_their_vfs(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Found by the boot lab: after a reboot the exporter's unit failed at every start ("enp65s0 has
+    1 VFs, 1 in use; 2 are needed"): it planned the spec afresh, so the running slice's own VF
+    looked taken. It now plans around the slices libvirt runs, as verify does."""
+    from bmslice.cli import metrics_cmd
+    from bmslice.metrics.host import WatchedHost
+    from metrics_fixtures import node_xml, samples, value
+
+    _before, after = _trees(tmp_path)
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(yaml.safe_dump(SPEC))
+    planned = make_plan(read_host_tree(_before), spec_from_data(SPEC, "spec.yaml"))
+    uri = f"test://{node_xml(tmp_path / 'node.xml', list(planned.vms))}"
+    (after / "etc/libvirt/qemu/vf-vm.xml").unlink()  # libvirt alone says what runs (a live host's libvirtd)
+    with pytest.raises(Exception, match="while VFs are in use"):  # the fresh plan the exporter made before
+        make_plan(read_host_tree(after), spec_from_data(SPEC, "spec.yaml"))
+
+    host = WatchedHost(spec_from_data(SPEC, str(spec)), str(spec), uri, after)
+    assert host.start_plan.vms[0].devices[0].address == planned.vms[0].devices[0].address
+    assert host.start_plan.host.reserved_cpus == planned.host.reserved_cpus
+    code = metrics_cmd.main(["metrics", str(spec), "--connect", uri, "--host-root", str(after)])
+    out, err = capsys.readouterr()
+    assert "while VFs are in use" not in err, err
+    found = samples(out)
+    assert value(found, "bmslice_slice_state", slice="vf-vm", state="running") == 1, out
+    assert value(found, "bmslice_scrape_collector_success", collector="slices") == 1, (code, err)

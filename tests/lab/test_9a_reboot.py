@@ -15,19 +15,25 @@ drop-in on a server.
    the mount, the units having run before libvirtd, the VFs with their MAC/VLAN/trust/spoofchk,
    the slices running on them (autostart), the CPU affinity of PID 1 and system.slice; then
    `bmslice verify` and `audit` exit 0, and audit catches a process started on an isolated
-   CPU and an IRQ moved there.
+   CPU and an IRQ moved there. The exporter's unit (placed by host-apply, wanted by the boot
+   target before that reboot, as `systemctl enable` makes it on a server) runs under systemd
+   with its hardening: every thread on the host's CPUs, /metrics answering with both slices
+   running and no drift.
 """
 
 from __future__ import annotations
 
+import re
 import time
 from functools import partial
 from pathlib import Path
 from typing import Any
 
 from bmslice.cpuset import CpuSet
+from bmslice.lab.units import TARGET
 from lab import labctl, specs
 from lab.conftest import BOOT, L3, Lane, use
+from metrics_fixtures import samples, value
 
 QEMU = "qemu:///system"
 SPEC_PATH = "/var/lib/bmslice-lab-test/reboot.yaml"
@@ -70,6 +76,36 @@ for dir in /proc/irq/*/; do
 done
 exit 1
 """
+
+EXPORTER = "bmslice-exporter.service"
+MARK = "=== bmslice-lab"
+# The exporter as systemd runs it after the boot: its state, its threads' CPUs, one scrape.
+SCRAPE = rf"""
+python=$1
+get() {{ $python -c "import urllib.request; print(urllib.request.urlopen('http://127.0.0.1:9963/metrics', timeout=120).read().decode())"; }}
+for i in $(seq 300); do
+    [ "$(systemctl show -p ActiveState --value {EXPORTER})" = active ] && get >/dev/null 2>&1 && break
+    sleep 2
+done
+echo "{MARK} state $(systemctl show -p ActiveState --value {EXPORTER}) $(systemctl show -p NRestarts --value {EXPORTER})"
+pid=$(systemctl show -p MainPID --value {EXPORTER})
+echo "{MARK} pinned"; grep -h Cpus_allowed_list /proc/$pid/task/*/status
+echo "{MARK} metrics"; get
+echo "{MARK} log"; journalctl -u {EXPORTER} --no-pager -n 20 2>&1
+"""
+
+
+def _marked(out: str) -> dict[str, str]:
+    """SCRAPE's output by mark: "state" holds its mark line's words, the others the lines below it."""
+    parts: dict[str, str] = {}
+    current = ""
+    for line in out.splitlines(keepends=True):
+        if line.startswith(MARK):
+            current, _, rest = line[len(MARK) :].strip().partition(" ")
+            parts[current] = rest
+        elif current:
+            parts[current] += line
+    return parts
 
 
 def spec() -> dict[str, Any]:
@@ -142,6 +178,9 @@ def test_a_real_reboot_brings_back_what_bmslice_placed(lane: Lane, tmp_path: Pat
     applied = bmslice("apply", path.name, "--connect", QEMU, files=[path], timeout=1800)
     applied.expect()
     labctl.say("checked: after a reboot with the planned args, apply placed the two slices (autostart on)")
+    # the operator's choice (bmslice places the unit, never enables it): `systemctl enable` on a
+    # server, whose default target pulls it in; the lab boots bmslice-lab.target instead
+    run("systemctl", "add-wants", TARGET, EXPORTER).expect()
 
     _reboot()  # the same kernel args: nothing of bmslice's runs from here on
     _wait_running(VMS)
@@ -183,6 +222,24 @@ def test_a_real_reboot_brings_back_what_bmslice_placed(lane: Lane, tmp_path: Pat
     audit = bmslice("audit", path.name, files=[path]).expect()
     assert audit.out.rstrip().endswith("audit: isolation holds"), audit.report()
     labctl.say(f"checked: verify exit 0 ({verified.out.strip().splitlines()[-1]}) and audit exit 0 after the reboot")
+
+    python = str(labctl.VENV_BIN / "python")
+    scraped = run("/bin/sh", "scrape.sh", python, files=[labctl.write(tmp_path, "scrape.sh", SCRAPE)])
+    parts = _marked(scraped.expect().out)
+    assert parts.get("state", "").split() == ["active", "0"], scraped.report()
+    lists = re.findall(r"Cpus_allowed_list:\s*(\S+)", parts["pinned"])
+    assert lists and {CpuSet.parse(c) for c in lists} == {CpuSet.parse(housekeeping)}, scraped.report()
+    metrics = samples(parts["metrics"])
+    for vm in VMS:
+        assert value(metrics, "bmslice_slice_state", slice=vm, state="running") == 1, scraped.report()
+    drift = {key: v for key, v in metrics.items() if key[0] == "bmslice_slice_drift" and v}
+    assert drift == {}, scraped.report()
+    assert value(metrics, "bmslice_reboot_pending") == 0, scraped.report()
+    assert value(metrics, "bmslice_isolation_foreign_threads") == 0, scraped.report()
+    labctl.say(
+        f"checked: {EXPORTER} came up under systemd with its hardening, its {len(lists)} thread(s) on the host's "
+        f"CPUs {housekeeping}; /metrics: both slices running, no drift, no reboot pending, isolation holds"
+    )
 
     victim = str(min(plan["host"]["isolated_cpus"]))
     script = labctl.write(tmp_path, "move-irq.sh", MOVE_IRQ)

@@ -61,7 +61,7 @@ def cmd_exporter(args: argparse.Namespace) -> int:
     host = _watched(args)
     pinned = ""
     if host.this_kernel:  # the reserved CPUs are this machine's only when the host is this machine
-        pinned = f"; on CPUs {pin_to(host.fresh_plan.host.reserved_cpus)}"
+        pinned = f"; on CPUs {pin_to(host.start_plan.host.reserved_cpus)}"
     registry, stats = registry_for(host)
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):

@@ -34,6 +34,7 @@ from pathlib import Path
 from bmslice.apply.context import discover
 from bmslice.apply.uri import is_local
 from bmslice.cpuset import CpuSet
+from bmslice.errors import PlanError
 from bmslice.model.plan import Plan
 from bmslice.model.spec import Spec
 from bmslice.model.topology import HostTopology, NumaNode
@@ -60,9 +61,21 @@ class WatchedHost:
     def __init__(self, spec: Spec, origin: str, uri: str, host_root: Path | None = None) -> None:
         self.spec, self.origin, self.uri, self.host_root = spec, origin, uri, host_root
         self.topology = discover(uri, host_root)
-        self.fresh_plan = make_plan(self.topology, spec, origin)  # the host's share; refuses a spec that cannot fit
         self.slices: VerifyReport | None = None  # the last slices check
         self._room: tuple[tuple[object, ...], Room] | None = None
+        self.start_plan = self._start_plan()  # the host's share; refuses a spec that cannot fit
+
+    def _start_plan(self) -> Plan:
+        """The spec planned; when its slices run and hold what a plan made afresh needs (every VF
+        of a PF: "1 in use; 2 are needed"), the plan with them kept where they are, as verify
+        makes it. Found by the boot lab: after a reboot the exporter's unit failed at each start."""
+        try:
+            return make_plan(self.topology, self.spec, self.origin)
+        except PlanError:
+            kept = self.check_slices().plan  # refuses as verify would when the slices do not explain it
+            if kept is None:
+                raise
+            return kept
 
     @property
     def this_kernel(self) -> bool:
@@ -79,7 +92,7 @@ class WatchedHost:
     @property
     def plan(self) -> Plan:
         """The plan of the last slices check (the running slices kept); before one, the spec's own."""
-        return self.slices.plan if self.slices is not None and self.slices.plan is not None else self.fresh_plan
+        return self.slices.plan if self.slices is not None and self.slices.plan is not None else self.start_plan
 
     def current_topology(self) -> HostTopology:
         """The topology read at start, with what changes while the host runs read again: free

@@ -90,3 +90,60 @@ def test_fleet_paths_with_control_characters_are_refused_at_load(tmp_path: Path,
     done = bmslice("fleet", "ansible", root / "fleet.yaml", "--out", tmp_path / "out")
     one_error(done, key, "control character")
     assert not (tmp_path / "out").exists()
+
+
+# Paths longer than the kernel takes (NAME_MAX 255 bytes a name, PATH_MAX 4095 a path) failed as
+# ENAMETOOLONG wherever they were first used (`Path.is_dir`): a traceback, exit 1.
+LONG_NAME = "/tmp/" + "n" * 256
+LONG_PATH = "/tmp/" + "d/" * 2100
+
+
+@pytest.mark.parametrize(
+    ("args", "option"),
+    [
+        (["render", "{spec}", "--host-root", LONG_NAME, "--out", "{out}"], "--host-root"),
+        (["plan", "{spec}", "--host-root", LONG_PATH], "--host-root"),
+        (["render", "{spec}", "--host-root", "{host}", "--out", LONG_PATH], "--out"),
+        (["plan", "/tmp/" + "é" * 128 + ".yaml"], "spec"),  # 256 bytes in 128 characters
+        (["fleet", "plan", "{fleet}", "--no-check", "--placement", LONG_NAME], "--placement"),
+    ],
+    ids=["host-root name", "host-root path", "out path", "spec name in bytes", "placement name"],
+)
+def test_a_command_line_path_longer_than_the_kernel_takes_is_one_usage_line(
+    tmp_path: Path, args: list[str], option: str
+) -> None:
+    server1 = REPO / "examples/server1"
+    fill = {
+        "spec": server1 / "spec.yaml",
+        "host": server1 / "host",
+        "out": tmp_path / "out",
+        "fleet": FLEET_DIR / "fleet.yaml",
+    }
+    done = bmslice(*(arg.format(**fill) for arg in args))
+    one_error(done, f"argument {option}" if option.startswith("-") else "argument SPEC", "longer than a")
+    assert not (tmp_path / "out").exists() and not Path("/tmp/d").exists()
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "reason"),
+    [
+        ("host_root", "hosts/" + "h" * 256, "holds a name of 256 bytes"),
+        ("hwloc", "x/" * 2100, "longer than a path may be"),
+        ("kubeadm_join_file", "secrets/" + "\u00e9" * 200, "holds a name of 400 bytes"),
+        ("ssh_keys_file", "k" * 300, "holds a name of 300 bytes"),
+    ],
+)
+def test_fleet_paths_longer_than_the_kernel_takes_are_refused_at_load(
+    tmp_path: Path, key: str, value: str, reason: str
+) -> None:
+    root = tmp_path / "fleet"
+    shutil.copytree(FLEET_DIR, root, symlinks=True)
+    data = yaml.safe_load((root / "fleet.yaml").read_text())
+    where = {"kubeadm_join_file": data["clusters"][0], "ssh_keys_file": data, "host_root": data["inventory"][1]}
+    where.get(key, data["inventory"][1])[key] = value
+    if key == "hwloc":
+        data["inventory"][1].pop("host_root")
+    (root / "fleet.yaml").write_text(yaml.safe_dump(data, allow_unicode=True))
+    done = bmslice("fleet", "ansible", root / "fleet.yaml", "--out", tmp_path / "out")
+    one_error(done, key, reason)
+    assert not (tmp_path / "out").exists()

@@ -16,6 +16,7 @@ from bmslice.cli.common import (
     EXIT_DRIFT,
     EXIT_OK,
     add_out_args,
+    path_arg,
     print_json,
     print_warnings,
     run,
@@ -177,9 +178,9 @@ def cmd_audit(args: argparse.Namespace) -> int:
 
 
 def _common(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("spec", type=Path, metavar="SPEC")
+    parser.add_argument("spec", type=path_arg, metavar="SPEC")
     parser.add_argument(
-        "--host-root", type=Path, default=Path("/"), metavar="DIR", help="the host's root directory (default /)"
+        "--host-root", type=path_arg, default=Path("/"), metavar="DIR", help="the host's root directory (default /)"
     )
 
 
@@ -193,7 +194,10 @@ def _exporter_args(parser: argparse.ArgumentParser) -> None:
         help=f"where the exporter unit serves /metrics (default {DEFAULT_LISTEN})",
     )
     parser.add_argument(
-        "--exporter-command", type=Path, metavar="PATH", help="the bmslice the exporter unit runs (default: this one)"
+        "--exporter-command",
+        type=path_arg,
+        metavar="PATH",
+        help="the bmslice the exporter unit runs (default: this one)",
     )
 
 

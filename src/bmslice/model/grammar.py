@@ -20,6 +20,7 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Callable
+from urllib.parse import unquote, urlsplit
 
 from bmslice.errors import RenderError
 from bmslice.model.topology import canonical_pci_address
@@ -112,11 +113,27 @@ def junos_port(value: str) -> str:
 
 
 def libvirt_uri(value: str) -> str:
+    """A libvirt URI whose parts are what they say: its host and user go to ssh (libvirt's and
+    Ansible's, which put the host before the command with no "--": a host "-oProxyCommand=..."
+    would be an option), its port is a port, and no %-escape hides a control character that
+    would reach a file path or the inventory."""
     if not URI_RE.fullmatch(value):
         raise ValueError(
             f"{shown(value)} is not a libvirt URI such as qemu+ssh://root@server1/system "
             "(other characters must be %-escaped)"
         )
+    try:
+        parts = urlsplit(value)
+        port = parts.port
+    except ValueError as exc:
+        raise ValueError(f"{shown(value)} is not a libvirt URI: {exc}") from None
+    if port == 0:
+        raise ValueError(f"{shown(value)} is not a libvirt URI: port 0")
+    for what, part in (("host", parts.hostname), ("user", parts.username)):
+        if part and unquote(part).startswith("-"):
+            raise ValueError(f"{shown(value)}: its {what} starts with '-' (an option to ssh); refused")
+    if not unquote(value).isprintable():
+        raise ValueError(f"{shown(value)}: a %-escape in it is a control character; refused")
     return value
 
 

@@ -147,3 +147,53 @@ def test_fleet_paths_longer_than_the_kernel_takes_are_refused_at_load(
     done = bmslice("fleet", "ansible", root / "fleet.yaml", "--out", tmp_path / "out")
     one_error(done, key, reason)
     assert not (tmp_path / "out").exists()
+
+
+# What a host reports about itself (hostname, kernel release, CPU vendor and model) is printed by
+# `show` and `discover` and recorded in the plan: a tree's hostname "srv\x1b[31m" recoloured the
+# terminal through `show`, and a CPU vendor with a control character was planned with.
+SERVER1 = REPO / "examples/server1"
+
+
+@pytest.mark.parametrize(
+    ("rel", "text"),
+    [
+        ("proc/sys/kernel/hostname", "srv\x1b[2J\x1b[31mred"),
+        ("proc/sys/kernel/hostname", "s" * 300),
+        ("proc/sys/kernel/osrelease", "6.1.0\nerror: all slices destroyed"),
+        ("proc/sys/kernel/osrelease", "6.1.0\u2028x"),
+        ("proc/cpuinfo", "model name\t: Xeon\x1b]0;pwned\x07"),
+        ("proc/cpuinfo", "vendor_id\t: Genu\x03ineIntel"),
+    ],
+    ids=["hostname escape", "hostname 300", "release newline", "release U+2028", "model OSC", "vendor control"],
+)
+def test_a_hosts_own_names_with_control_characters_are_refused_naming_the_file(
+    tmp_path: Path, rel: str, text: str
+) -> None:
+    tree = tmp_path / "host"
+    shutil.copytree(SERVER1 / "host", tree, symlinks=True)
+    path = tree / rel
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if rel == "proc/cpuinfo":
+        key = text.split("\t", 1)[0]
+        lines = path.read_text().splitlines()
+        path.write_text("\n".join(text if line.startswith(key) else line for line in lines) + "\n")
+    else:
+        path.write_text(text + "\n")
+    for args in (["show", SERVER1 / "spec.yaml"], ["discover"]):
+        done = bmslice(*args, "--host-root", tree)
+        one_error(done, rel)
+        assert "\x1b" not in done.stdout + done.stderr
+
+
+@pytest.mark.parametrize(
+    ("info", "value"),
+    [("HostName", "vm&#10;error: pwned"), ("HostName", "vm&#x202e;evil"), ("CPUModel", "AMD&#x2028;EPYC")],
+)
+def test_hwloc_names_with_control_characters_are_refused_naming_the_line(tmp_path: Path, info: str, value: str) -> None:
+    text = (REPO / "tests/data/hwloc/real-machine.xml").read_text()
+    old = {"HostName": '<info name="HostName" value="vm"/>', "CPUModel": '<info name="CPUModel" value="AMD EPYC"/>'}
+    assert old[info] in text
+    xml = tmp_path / "hwloc.xml"
+    xml.write_text(text.replace(old[info], f'<info name="{info}" value="{value}"/>'))
+    one_error(bmslice("discover", "--hwloc", xml), "hwloc XML line", f"info {info}", "control character")

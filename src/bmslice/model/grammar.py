@@ -137,6 +137,20 @@ def libvirt_uri(value: str) -> str:
     return value
 
 
+MAX_TEXT = 256  # a host's name, kernel release or CPU model is at most 64 characters (48 for the model)
+
+
+def printable_text(value: str) -> str:
+    """A name or description a host reports (hostname, kernel release, CPU vendor and model):
+    printed by `show` and `discover` and recorded in the plan, so one line of printable
+    characters (an escape sequence in a tree's hostname recoloured the terminal), bounded."""
+    if not value.isprintable():
+        raise ValueError(f"{shown(value)} holds a control character")
+    if len(value) > MAX_TEXT:
+        raise ValueError(f"{shown(value)} is longer than {MAX_TEXT} characters")
+    return value
+
+
 def matches(regex: re.Pattern[str], what: str) -> Callable[[str], str]:
     """A grammar from a regex: `value` when `regex` matches all of it, else ValueError."""
 

@@ -17,7 +17,7 @@ from pathlib import Path
 from bmslice.cpuset import MAX_CPU_ID, CpuSet
 from bmslice.errors import TopologyError
 from bmslice.model.distro import os_ids
-from bmslice.model.grammar import driver_name, kernel_ifname, link_address, pci_class, pci_id
+from bmslice.model.grammar import driver_name, kernel_ifname, link_address, pci_class, pci_id, printable_text
 from bmslice.model.spec import MAX_NUMA_NODE, MAX_VFS
 from bmslice.model.topology import (
     Cpu,
@@ -74,11 +74,11 @@ def read_host_tree(root: Path | str = Path("/")) -> HostTopology:
         cpu_flags=flags,
         iommu_active=bool(fs.listdir(IOMMU_DIR)),
         source=f"sysfs:{fs.root}",
-        hostname=fs.read_line("proc/sys/kernel/hostname") or "",
+        hostname=_text(fs, "proc/sys/kernel/hostname"),
         l3_domains=read_l3_domains(fs, cpus),
         resctrl=read_resctrl(fs, vendor),
         warnings=tuple(fs.warnings),
-        kernel_release=fs.read_line("proc/sys/kernel/osrelease") or "",
+        kernel_release=_text(fs, "proc/sys/kernel/osrelease"),
         os_ids=_os_ids(fs),
     )
 
@@ -423,7 +423,15 @@ def _read_cpuinfo(fs: FsRoot) -> tuple[str, str, frozenset[str]]:
             continue
         key, _, value = line.partition(":")
         fields.setdefault(key.strip(), value.strip())
-    return fields.get("vendor_id", ""), fields.get("model name", ""), frozenset(fields.get("flags", "").split())
+    vendor, model = (
+        checked(fs, "proc/cpuinfo", fields.get(key, ""), printable_text) for key in ("vendor_id", "model name")
+    )
+    return vendor, model, frozenset(fields.get("flags", "").split())
+
+
+def _text(fs: FsRoot, rel: str) -> str:
+    """A one-line name the kernel reports (hostname, release), checked: it is printed and recorded."""
+    return checked(fs, rel, fs.read_line(rel) or "", printable_text)
 
 
 def _default_route(fs: FsRoot) -> str | None:

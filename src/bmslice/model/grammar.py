@@ -151,6 +151,19 @@ def printable_text(value: str) -> str:
     return value
 
 
+COMMAND_LINE_MAX = 4096  # the largest COMMAND_LINE_SIZE of any architecture (x86's is 2048)
+
+
+def kernel_cmdline(value: str) -> str:
+    """/proc/cmdline as the kernel writes it: one line (the kernel's parser also splits at tabs),
+    no longer than a kernel takes. Printed by `discover`, matched by audit and preflight."""
+    if not value.replace("\t", " ").isprintable():
+        raise ValueError(f"{shown(value)} holds a control character")
+    if len(value.encode(errors="surrogateescape")) > COMMAND_LINE_MAX:
+        raise ValueError(f"{shown(value)} is longer than any kernel's command line ({COMMAND_LINE_MAX} bytes)")
+    return value
+
+
 def matches(regex: re.Pattern[str], what: str) -> Callable[[str], str]:
     """A grammar from a regex: `value` when `regex` matches all of it, else ValueError."""
 

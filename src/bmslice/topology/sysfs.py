@@ -17,7 +17,15 @@ from pathlib import Path
 from bmslice.cpuset import MAX_CPU_ID, CpuSet
 from bmslice.errors import TopologyError
 from bmslice.model.distro import os_ids
-from bmslice.model.grammar import driver_name, kernel_ifname, link_address, pci_class, pci_id, printable_text
+from bmslice.model.grammar import (
+    driver_name,
+    kernel_cmdline,
+    kernel_ifname,
+    link_address,
+    pci_class,
+    pci_id,
+    printable_text,
+)
 from bmslice.model.spec import MAX_NUMA_NODE, MAX_VFS
 from bmslice.model.topology import (
     Cpu,
@@ -64,7 +72,7 @@ def read_host_tree(root: Path | str = Path("/")) -> HostTopology:
     vendor, model, flags = _read_cpuinfo(fs)
     return HostTopology(
         cpu_vendor=vendor,
-        kernel_cmdline=fs.read_line("proc/cmdline") or "",
+        kernel_cmdline=checked(fs, "proc/cmdline", fs.read_line("proc/cmdline") or "", kernel_cmdline),
         default_route_interface=_default_route(fs),
         cpus=tuple(cpus),
         numa_nodes=tuple(nodes),

@@ -197,3 +197,25 @@ def test_hwloc_names_with_control_characters_are_refused_naming_the_line(tmp_pat
     xml = tmp_path / "hwloc.xml"
     xml.write_text(text.replace(old[info], f'<info name="{info}" value="{value}"/>'))
     one_error(bmslice("discover", "--hwloc", xml), "hwloc XML line", f"info {info}", "control character")
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["ev\x1b[2J\x1b[31mil", "a\rfail nothing", "a\x08\x08\x08ok", "a\u2028b", "a\x85b"],
+    ids=["escape", "CR", "backspaces", "U+2028", "NEL"],
+)
+def test_audit_quotes_a_process_name_any_user_chose_on_one_escaped_line(tmp_path: Path, name: str) -> None:
+    """Any user names their own process (prctl PR_SET_NAME) and the kernel escapes only "\\n" and
+    "\\\\" in /proc/<pid>/status: audit printed the name raw, escape sequences and all."""
+    tree = tmp_path / "host"
+    shutil.copytree(SERVER1 / "host", tree, symlinks=True)
+    proc = tree / "proc/4242"
+    proc.mkdir()
+    status = f"Name:\t{name}\nState:\tS (sleeping)\nPid:\t4242\nPPid:\t1\nCpus_allowed_list:\t0-23\n"
+    (proc / "status").write_text(status)
+    (proc / "cmdline").write_bytes(b"x\0")
+    done = bmslice("audit", SERVER1 / "spec.yaml", "--host-root", tree)
+    assert done.returncode == 1, done.stderr
+    lines = printable_lines(done.stdout)
+    hit = [line for line in lines if "pid 4242" in line]
+    assert len(hit) == 1 and hit[0].startswith("fail ") and name.encode("unicode_escape").decode() in hit[0], lines

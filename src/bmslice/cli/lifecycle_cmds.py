@@ -55,7 +55,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
         print_json(report.to_dict())
     else:
         for line in report.drift:
-            print(line)
+            print(one_line(line))  # it quotes what libvirt and /proc say, whoever wrote it there
         for note in [*report.unreadable, *report.notes]:
             print(f"note: {one_line(note)}")
         print(

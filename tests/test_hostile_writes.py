@@ -323,6 +323,40 @@ def test_a_lock_dir_an_acl_lets_another_user_write_is_refused(
     assert os.listdir(lock_dir) == []
 
 
+# `metrics --textfile DIR`: node_exporter's directory, which must exist and be root's alone (no
+# --out-shared: the exporter's own directory is never a shared one).
+def _textfile(capsys: pytest.CaptureFixture[str], directory: Path) -> str:
+    argv = ["metrics", SERVER1 / "spec.yaml", *HOST, "--connect", "test:///default", "--textfile", directory]
+    return refused(capsys, *argv)
+
+
+@pytest.mark.parametrize("how", ["owned by nobody", "writable by every user", "an ACL for nobody"])
+def test_a_textfile_dir_others_can_write_is_refused(
+    playground: Path, capsys: pytest.CaptureFixture[str], how: str
+) -> None:
+    if how == "owned by nobody":
+        directory = _strangers_dir(playground)
+    elif how == "an ACL for nobody":
+        directory = _acl_dir(playground, ACL_USER)
+    else:
+        directory = playground / "open"
+        directory.mkdir()
+        directory.chmod(0o777)
+    error = _textfile(capsys, directory)
+    assert f"--textfile {directory} is " in error and "refused (give node_exporter's own textfile directory" in error
+    assert listing(directory) == {}
+
+
+def test_a_link_planted_at_the_textfile_is_refused_never_followed(
+    playground: Path, victim: Victim, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """In a sticky directory anyone may add names to: nobody's link at bmslice.prom is left as it is."""
+    as_stranger("ln", "-s", victim.file, playground / "bmslice.prom")
+    error = _textfile(capsys, playground)
+    assert f"{playground}/bmslice.prom is a symbolic link; refused" in error
+    assert (playground / "bmslice.prom").is_symlink() and victim.intact()
+
+
 # --- the lock directory -------------------------------------------------------------------------
 
 

@@ -200,6 +200,44 @@ def test_a_dir_that_is_another_users_link_is_refused(
     assert victim.intact()
 
 
+@pytest.mark.parametrize("writer", WRITERS, ids=IDS)
+def test_a_dir_inside_another_users_dir_is_refused(
+    writer: Writer, playground: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Root's own /tmp/x/out in nobody's /tmp/x: once written, nobody renames it away and puts their
+    own out/ (their site.yml) in its place for root to run. Refused before anything is made there."""
+    theirs = _strangers_dir(playground)
+    out = theirs / "out"
+    if writer.name.startswith("show"):
+        out.mkdir()  # show writes into an existing directory
+    error = refused(capsys, *writer.argv(out))
+    assert f"{theirs}, on its way, is owned by user nobody; refused (give --out-shared" in error
+    assert listing(theirs) == ({"out": "4096"} if writer.name.startswith("show") else {})
+
+
+@pytest.mark.parametrize("how", ["relative from inside it", "writable by every user", "an ACL for nobody"])
+def test_a_dir_below_one_others_can_rename_names_in_is_refused(
+    playground: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, how: str
+) -> None:
+    if how == "relative from inside it":
+        above = _strangers_dir(playground)
+        monkeypatch.chdir(above)  # `--out out`: the working directory's own path is walked too
+        out: Path = Path("out")
+    else:
+        above = _acl_dir(playground, ACL_USER) if how == "an ACL for nobody" else playground / "open"
+        if how == "writable by every user":
+            above.mkdir(mode=0o777)
+            above.chmod(0o777)
+        out = above / "out"
+    error = refused(capsys, "fleet", "plan", FLEET, "--no-check", "--out", out)
+    assert f"{above}, on its way, is " in error and "refused" in error
+    assert listing(above) == {}
+    shared = ["fleet", "plan", str(FLEET), "--no-check", "--out", str(out), "--out-shared"]
+    assert main(shared) == 0  # the user's explicit choice
+    capsys.readouterr()
+    assert ((above / "out") / "summary.txt").is_file()
+
+
 def test_explicitly_shared_and_sticky_dirs_are_written(playground: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """--out-shared writes into another user's directory; a sticky one (like /tmp) needs no flag:
     nobody else may rename or remove what root writes there."""

@@ -16,10 +16,12 @@ whatever that sysctl says). So `--out /tmp/fleet` is refused when another user m
 
 Who may own the directory itself depends on its use (`Rule`):
 - `--out`: root or the running user, and no other user may rename or remove names in it:
-  not writable by others, nor by a group other than the user's own, unless it is sticky
-  (like /tmp, where nobody may remove another user's names). Each directory below it that
-  a write passes through is held to the same rule. `--out-shared` lifts the rule for a
-  directory the user knows is shared; the writes still follow no link.
+  not writable by others (by the mode or by an ACL entry), nor by a group other than the
+  user's own, unless it is sticky (like /tmp, where nobody may remove another user's names).
+  Each directory above it (from "/", a relative path from the working directory's path) and
+  below it that a write passes through is held to the same rule: in another user's /tmp/x,
+  root's /tmp/x/out could be swapped for theirs once written. `--out-shared` lifts the rule
+  for a directory the user knows is shared; the writes still follow no link.
 - the lock directory: made 0700; refused unless owned by the running user and writable by
   no one else.
 - a host tree: no owner rule (it is the host's); no link followed below it.
@@ -373,14 +375,24 @@ def open_dir(path: Path, rule: Rule, create: bool = True) -> Iterator[SafeDir | 
 
 
 def _walk(shown: str, rule: Rule, create: bool) -> int | None:
-    """The fd of directory `shown`: from "/" (or the working directory) one name at a time."""
-    fd = os.open("/" if shown.startswith("/") else ".", _DIR)
-    pending = list(reversed(_parts(shown)))
-    where = "/" if shown.startswith("/") else "."
+    """The fd of directory `shown`: from "/" one name at a time (a relative path from the
+    working directory's own path, so the directories above it are looked at too).
+
+    Unless the rule takes any owner, each directory passed through on the way must be root's
+    or the user's and let no one else replace names in it: in another user's /tmp/x, root's
+    /tmp/x/out could be renamed away once written and another put in its place, holding that
+    user's site.yml for root to run."""
+    path = shown if shown.startswith("/") else os.path.join(os.getcwd(), shown)
+    fd = os.open("/", _DIR)
+    pending = list(reversed(_parts(path)))
+    where = "/"
     hops = 0
     try:
         while pending:
             name = pending.pop()
+            if rule.owner is not Owner.ANY and (why := _not_ours(fd)) is not None:
+                hint = f" ({rule.hint})" if rule.hint else ""
+                raise ApplyError(f"{rule.name} {shown}: {where}, on its way, is {why}; refused{hint}")
             try:
                 sub = os.open(name, _NO_LINK, dir_fd=fd)
             except FileNotFoundError:

@@ -229,3 +229,43 @@ def test_the_lab_switch_reads_junos_ports_in_the_fleet_files_grammar(port: str) 
     assert parse_junos_set("set interfaces ge-0/0/9 description red\n", "f.set").ports
     with pytest.raises(LabError, match="not a switch port"):
         parse_junos_set(f"set interfaces {port} description red\n", "f.set")
+
+
+HUGE_DIGITS = "9" * 5000  # past Python's 4,300-digit int() limit: a ValueError traceback before
+
+
+def test_sizes_in_mounts_meminfo_and_caches_are_bounded_ascii() -> None:
+    from bmslice.topology.caches import parse_cache_size
+    from bmslice.topology.mounts import hugetlbfs_mounts
+
+    line = "hugetlbfs /dev/hugepages{n} hugetlbfs rw,relatime,pagesize={size} 0 0\n"
+    text = "".join(line.format(n=n, size=size) for n, size in enumerate(["2M", f"{HUGE_DIGITS}M", "٢M", "1_0M"]))
+    assert hugetlbfs_mounts(text, 2048) == {2048: ("/dev/hugepages0",)}  # never at the default size either
+    assert [parse_cache_size(s) for s in ("32768K", f"{HUGE_DIGITS}K", "３２K", "1" + "0" * 30)] == [
+        32768,
+        None,
+        None,
+        None,
+    ]
+
+
+@pytest.mark.parametrize(
+    ("rel", "text"),
+    [
+        ("proc/mounts", f"hugetlbfs /dev/hugepages hugetlbfs rw,relatime,pagesize={HUGE_DIGITS}M 0 0"),
+        ("proc/meminfo", f"MemTotal: 67108864 kB\nHugepagesize:    {HUGE_DIGITS} kB"),
+        ("sys/devices/system/cpu/cpu0/cache/index3/size", f"{HUGE_DIGITS}K"),
+    ],
+    ids=["mount pagesize", "meminfo Hugepagesize", "cache size"],
+)
+def test_preflight_reads_a_5000_digit_size_without_a_traceback(tree: Path, rel: str, text: str) -> None:
+    path = tree / rel
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if rel.endswith("cache/index3/size"):
+        for name, value in (("level", "3"), ("type", "Unified"), ("shared_cpu_list", "0-23")):
+            (path.parent / name).write_text(value + "\n")
+    if rel == "proc/meminfo":  # the default page size is read for a mount that names none
+        (tree / "proc/mounts").write_text("hugetlbfs /dev/hugepages hugetlbfs rw,relatime 0 0\n")
+    path.write_text(text + "\n")
+    done = bmslice("preflight", SERVER1 / "spec.yaml", "--host-root", tree)
+    assert "Traceback" not in done.stderr and done.returncode in (0, 1), done.stderr

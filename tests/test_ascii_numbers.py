@@ -96,6 +96,48 @@ def test_a_number_past_anything_real_is_not_planned_with(tree: Path, tmp_path: P
     assert devices["0000:01:00.0"]["sriov_totalvfs"] == 0
 
 
+NODES = "sys/devices/system/node"
+
+
+@pytest.mark.parametrize(
+    ("rel", "kind"),
+    [
+        (f"{NODES}/node1024", "node"),  # Linux has at most 1024 NUMA nodes
+        (f"{NODES}/node" + "9" * 250, "node"),  # a NUMA node of a 250-digit id was discovered
+        (f"{NODES}/node" + "1" * 21, "node"),
+        ("sys/devices/system/cpu/cpu65536", "cpu"),  # past any NR_CPUS, where no `present` lists the CPUs
+        (f"{PF}/virtfn65535", "virtfn"),  # TotalVFs is 16 bits: the last VF is 65534
+        (f"{NODES}/node0/hugepages/hugepages-" + "9" * 30 + "kB", "page size"),  # a 10**30 kB page
+    ],
+    ids=["node 1024", "node of 250 digits", "node of 21 digits", "cpu 65536", "virtfn 65535", "page size"],
+)
+def test_numbered_entries_past_the_kernels_bound_are_ignored_with_the_entry_named(
+    tree: Path, rel: str, kind: str
+) -> None:
+    (tree / rel).mkdir()
+    if kind == "cpu":
+        (tree / "sys/devices/system/cpu/present").unlink(missing_ok=True)
+    if kind == "page size":
+        for name in ("nr_hugepages", "free_hugepages"):
+            (tree / rel / name).write_text("4\n")
+    topo = read_host_tree(tree)
+    named = [w for w in topo.warnings if rel.rsplit("/", 1)[0] in w and kind in w]
+    assert named and "ignored" in named[0], topo.warnings
+    assert [n.id for n in topo.numa_nodes] == [0, 1]
+    assert all(p.size_kib in (2048, 1048576) for n in topo.numa_nodes for p in n.hugepages)
+
+
+@pytest.mark.parametrize(("flags", "metric"), [("0003", "١٠"), ("0003", "1_0"), ("٣", "0"), ("0003", "1" + "0" * 30)])
+def test_a_default_route_in_other_digits_is_one_error_naming_the_file(tree: Path, flags: str, metric: str) -> None:
+    header = "Iface\tDestination\tGateway \tFlags\tRefCnt\tUse\tMetric\tMask\t\tMTU\tWindow\tIRTT"
+    route = f"eno3\t00000000\t0100A8C0\t{flags}\t0\t0\t{metric}\t00000000\t0\t0\t0"
+    (tree / "proc/net/route").write_text(f"{header}\n{route}\n")
+    done = bmslice("plan", SERVER1 / "spec.yaml", "--host-root", tree)
+    assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
+    lines = done.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and "proc/net/route" in lines[0], done.stderr
+
+
 def test_unknown_minus_one_stays_silent_where_the_kernel_writes_it(tree: Path) -> None:
     plant(tree, f"{PF}/numa_node", "-1")
     plant(tree, "sys/devices/system/cpu/cpu2/topology/physical_package_id", "-1")
@@ -176,3 +218,54 @@ def test_a_cpu_list_in_foreign_digits_is_named_not_read(tree: Path) -> None:
     done = bmslice("discover", "--host-root", tree, "--json")
     assert done.returncode == 0 and "Traceback" not in done.stderr, done.stderr
     assert any("node0/cpulist" in w and "not a number or range" in w for w in json.loads(done.stdout)["warnings"])
+
+
+@pytest.mark.parametrize("port", ["ge-٠/٠/٩", "ge-０/０/９", "ge-0/0/" + "9" * 30, "ae٣"])
+def test_the_lab_switch_reads_junos_ports_in_the_fleet_files_grammar(port: str) -> None:
+    """The lab's switch parsed ports with `\\d`: Arabic-Indic or fullwidth digits made a port."""
+    from bmslice.errors import LabError
+    from bmslice.lab.switch import parse_junos_set
+
+    assert parse_junos_set("set interfaces ge-0/0/9 description red\n", "f.set").ports
+    with pytest.raises(LabError, match="not a switch port"):
+        parse_junos_set(f"set interfaces {port} description red\n", "f.set")
+
+
+HUGE_DIGITS = "9" * 5000  # past Python's 4,300-digit int() limit: a ValueError traceback before
+
+
+def test_sizes_in_mounts_meminfo_and_caches_are_bounded_ascii() -> None:
+    from bmslice.topology.caches import parse_cache_size
+    from bmslice.topology.mounts import hugetlbfs_mounts
+
+    line = "hugetlbfs /dev/hugepages{n} hugetlbfs rw,relatime,pagesize={size} 0 0\n"
+    text = "".join(line.format(n=n, size=size) for n, size in enumerate(["2M", f"{HUGE_DIGITS}M", "٢M", "1_0M"]))
+    assert hugetlbfs_mounts(text, 2048) == {2048: ("/dev/hugepages0",)}  # never at the default size either
+    assert [parse_cache_size(s) for s in ("32768K", f"{HUGE_DIGITS}K", "３２K", "1" + "0" * 30)] == [
+        32768,
+        None,
+        None,
+        None,
+    ]
+
+
+@pytest.mark.parametrize(
+    ("rel", "text"),
+    [
+        ("proc/mounts", f"hugetlbfs /dev/hugepages hugetlbfs rw,relatime,pagesize={HUGE_DIGITS}M 0 0"),
+        ("proc/meminfo", f"MemTotal: 67108864 kB\nHugepagesize:    {HUGE_DIGITS} kB"),
+        ("sys/devices/system/cpu/cpu0/cache/index3/size", f"{HUGE_DIGITS}K"),
+    ],
+    ids=["mount pagesize", "meminfo Hugepagesize", "cache size"],
+)
+def test_preflight_reads_a_5000_digit_size_without_a_traceback(tree: Path, rel: str, text: str) -> None:
+    path = tree / rel
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if rel.endswith("cache/index3/size"):
+        for name, value in (("level", "3"), ("type", "Unified"), ("shared_cpu_list", "0-23")):
+            (path.parent / name).write_text(value + "\n")
+    if rel == "proc/meminfo":  # the default page size is read for a mount that names none
+        (tree / "proc/mounts").write_text("hugetlbfs /dev/hugepages hugetlbfs rw,relatime 0 0\n")
+    path.write_text(text + "\n")
+    done = bmslice("preflight", SERVER1 / "spec.yaml", "--host-root", tree)
+    assert "Traceback" not in done.stderr and done.returncode in (0, 1), done.stderr

@@ -18,6 +18,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import shutil
 import subprocess
 import sys
 from collections.abc import Callable
@@ -320,3 +321,34 @@ def test_30000_present_cpus_without_topology_are_discovered_whole(tmp_path: Path
     assert [w for w in topo.warnings if "package unknown" in w] == [
         "CPU 0-29999: package unknown (no topology in sysfs); assumed 0"
     ]
+
+
+# --- /proc/cmdline -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("cmdline", "reason"),
+    [
+        ("BOOT_IMAGE=/vmlinuz\x1b[2J isolcpus=2-11", "control character"),  # discover printed the escape
+        ("quiet\nisolcpus=2-11", "control character"),  # a second line the kernel never writes
+        ("quiet\u2028isolcpus=2-11", "control character"),
+        ("quiet\x85isolcpus=2-11", "control character"),
+        ("isolcpus=2-11 " + "a" * 5000, "longer than any kernel's command line"),
+    ],
+    ids=["escape", "newline", "U+2028", "NEL", "5000 bytes"],
+)
+def test_a_kernel_command_line_the_kernel_never_writes_is_one_error(tmp_path: Path, cmdline: str, reason: str) -> None:
+    tree = tmp_path / "host"
+    shutil.copytree(REPO / "examples/server1/host", tree, symlinks=True)
+    (tree / "proc/cmdline").write_text(cmdline + "\n")
+    for args in (["discover"], ["plan", REPO / "examples/server1/spec.yaml"]):
+        done = bmslice(*args, "--host-root", tree)
+        one_error(done, "proc/cmdline", reason)
+        assert "\x1b" not in done.stdout + done.stderr
+
+
+def test_a_tab_in_the_kernel_command_line_is_read_as_the_kernel_does(tmp_path: Path) -> None:
+    tree = tmp_path / "host"
+    shutil.copytree(REPO / "examples/server1/host", tree, symlinks=True)
+    (tree / "proc/cmdline").write_text("quiet\tisolcpus=2-11\n")
+    assert read_host_tree(tree).kernel_cmdline == "quiet\tisolcpus=2-11"

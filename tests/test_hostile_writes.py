@@ -16,6 +16,7 @@ from __future__ import annotations
 import os
 import shutil
 import stat
+import struct
 import subprocess
 import tempfile
 from collections.abc import Callable, Iterator
@@ -199,6 +200,44 @@ def test_a_dir_that_is_another_users_link_is_refused(
     assert victim.intact()
 
 
+@pytest.mark.parametrize("writer", WRITERS, ids=IDS)
+def test_a_dir_inside_another_users_dir_is_refused(
+    writer: Writer, playground: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Root's own /tmp/x/out in nobody's /tmp/x: once written, nobody renames it away and puts their
+    own out/ (their site.yml) in its place for root to run. Refused before anything is made there."""
+    theirs = _strangers_dir(playground)
+    out = theirs / "out"
+    if writer.name.startswith("show"):
+        out.mkdir()  # show writes into an existing directory
+    error = refused(capsys, *writer.argv(out))
+    assert f"{theirs}, on its way, is owned by user nobody; refused (give --out-shared" in error
+    assert listing(theirs) == ({"out": "4096"} if writer.name.startswith("show") else {})
+
+
+@pytest.mark.parametrize("how", ["relative from inside it", "writable by every user", "an ACL for nobody"])
+def test_a_dir_below_one_others_can_rename_names_in_is_refused(
+    playground: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, how: str
+) -> None:
+    if how == "relative from inside it":
+        above = _strangers_dir(playground)
+        monkeypatch.chdir(above)  # `--out out`: the working directory's own path is walked too
+        out: Path = Path("out")
+    else:
+        above = _acl_dir(playground, ACL_USER) if how == "an ACL for nobody" else playground / "open"
+        if how == "writable by every user":
+            above.mkdir(mode=0o777)
+            above.chmod(0o777)
+        out = above / "out"
+    error = refused(capsys, "fleet", "plan", FLEET, "--no-check", "--out", out)
+    assert f"{above}, on its way, is " in error and "refused" in error
+    assert listing(above) == {}
+    shared = ["fleet", "plan", str(FLEET), "--no-check", "--out", str(out), "--out-shared"]
+    assert main(shared) == 0  # the user's explicit choice
+    capsys.readouterr()
+    assert ((above / "out") / "summary.txt").is_file()
+
+
 def test_explicitly_shared_and_sticky_dirs_are_written(playground: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """--out-shared writes into another user's directory; a sticky one (like /tmp) needs no flag:
     nobody else may rename or remove what root writes there."""
@@ -240,6 +279,120 @@ def test_a_lab_cache_another_user_owns_is_refused_before_any_fetch(
     error = refused(capsys, "lab", "assets", "--cache", cache)
     assert error == f"error: --cache {cache} is owned by user nobody; refused"
     assert listing(cache) == {}
+
+
+# A POSIX ACL lets another user write in a directory whatever its owner and its other bits say
+# (the group bits then show the ACL's mask): a root-owned 0775 --out with `user:nobody:rwx` was
+# written without --out-shared, where nobody could swap root's temp file for a link before the
+# rename and leave site.yml a link to a playbook of their own.
+ACL_USER, ACL_GROUP = 0x02, 0x08
+
+
+def set_acl(path: Path, named: list[tuple[int, int, int]], mask: int = 0o7) -> None:
+    """Give `path` an access ACL (Linux's xattr form): owner rwx, `named` (tag, perms, id), group r-x, `mask`, other r-x."""
+    entries = [
+        (0x01, 7, 0xFFFFFFFF),
+        *sorted(named),
+        (0x04, 5, 0xFFFFFFFF),
+        (0x10, mask, 0xFFFFFFFF),
+        (0x20, 5, 0xFFFFFFFF),
+    ]
+    entries.sort(key=lambda e: e[0])
+    os.setxattr(
+        path, "system.posix_acl_access", struct.pack("<I", 2) + b"".join(struct.pack("<HHI", *e) for e in entries)
+    )
+
+
+def _acl_dir(playground: Path, tag: int) -> Path:
+    out = playground / "acl"
+    out.mkdir()
+    out.chmod(0o755)
+    set_acl(out, [(tag, 7, STRANGER)])
+    as_stranger("touch", out / "proof")  # the ACL is real: nobody writes there
+    (out / "proof").unlink()
+    return out
+
+
+@pytest.mark.parametrize("writer", WRITERS, ids=IDS)
+def test_a_dir_an_acl_lets_another_user_write_is_refused(
+    writer: Writer, playground: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = _acl_dir(playground, ACL_USER)
+    error = refused(capsys, *writer.argv(out))
+    assert f"{out} is writable by user nobody (an ACL entry); refused (give --out-shared" in error
+    assert listing(out) == {}
+
+
+def test_an_acl_for_another_group_on_a_dir_below_out_is_refused(
+    playground: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = playground / "plan"
+    (out / "hosts").mkdir(parents=True)
+    set_acl(out / "hosts", [(ACL_GROUP, 7, STRANGER)])
+    error = refused(capsys, "fleet", "plan", FLEET, "--no-check", "--out", out)
+    assert f"{out}/hosts is writable by group nogroup (an ACL entry); refused" in error
+    assert list(listing(out)) == ["hosts"]
+
+
+def test_an_acl_whose_mask_takes_write_away_is_no_refusal_and_shared_is_the_users_choice(
+    playground: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    masked = playground / "masked"
+    masked.mkdir()
+    set_acl(masked, [(ACL_USER, 7, STRANGER)], mask=0o5)
+    with pytest.raises(subprocess.CalledProcessError):
+        as_stranger("touch", masked / "proof")
+    assert main(["fleet", "plan", str(FLEET), "--no-check", "--out", str(masked)]) == 0
+    out = _acl_dir(playground, ACL_USER)
+    assert main(["fleet", "plan", str(FLEET), "--no-check", "--out", str(out), "--out-shared"]) == 0
+    assert (out / "summary.txt").is_file() and (masked / "summary.txt").is_file()
+    capsys.readouterr()
+
+
+def test_a_lock_dir_an_acl_lets_another_user_write_is_refused(
+    playground: Path, lock_in: Callable[[Path], None]
+) -> None:
+    lock_dir = playground / "bmslice"
+    lock_dir.mkdir(mode=0o700)
+    set_acl(lock_dir, [(ACL_USER, 7, STRANGER)])
+    lock_in(lock_dir)
+    with pytest.raises(ApplyError, match="is writable by group or others"):
+        _locked()
+    assert os.listdir(lock_dir) == []
+
+
+# `metrics --textfile DIR`: node_exporter's directory, which must exist and be root's alone (no
+# --out-shared: the exporter's own directory is never a shared one).
+def _textfile(capsys: pytest.CaptureFixture[str], directory: Path) -> str:
+    argv = ["metrics", SERVER1 / "spec.yaml", *HOST, "--connect", "test:///default", "--textfile", directory]
+    return refused(capsys, *argv)
+
+
+@pytest.mark.parametrize("how", ["owned by nobody", "writable by every user", "an ACL for nobody"])
+def test_a_textfile_dir_others_can_write_is_refused(
+    playground: Path, capsys: pytest.CaptureFixture[str], how: str
+) -> None:
+    if how == "owned by nobody":
+        directory = _strangers_dir(playground)
+    elif how == "an ACL for nobody":
+        directory = _acl_dir(playground, ACL_USER)
+    else:
+        directory = playground / "open"
+        directory.mkdir()
+        directory.chmod(0o777)
+    error = _textfile(capsys, directory)
+    assert f"--textfile {directory} is " in error and "refused (give node_exporter's own textfile directory" in error
+    assert listing(directory) == {}
+
+
+def test_a_link_planted_at_the_textfile_is_refused_never_followed(
+    playground: Path, victim: Victim, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """In a sticky directory anyone may add names to: nobody's link at bmslice.prom is left as it is."""
+    as_stranger("ln", "-s", victim.file, playground / "bmslice.prom")
+    error = _textfile(capsys, playground)
+    assert f"{playground}/bmslice.prom is a symbolic link; refused" in error
+    assert (playground / "bmslice.prom").is_symlink() and victim.intact()
 
 
 # --- the lock directory -------------------------------------------------------------------------

@@ -121,6 +121,29 @@ def test_a_forged_or_damaged_extension_is_no_mark(overlay: Path) -> None:
     assert Mark.decode(b'{"bmslice":1,"vm":7}') is None
 
 
+@pytest.mark.parametrize(
+    "forged",
+    [
+        b"[" * 5000,
+        b'{"a":' * 3000,
+        b'{"bmslice":1,"vm":"a","vm":"b"}',
+        b'{"bmslice":NaN}',
+        b'{"bmslice":1' + b"0" * 5000 + b"}",
+    ],
+    ids=["5000 [", "3000 {", "a key twice", "NaN", "5000 digits"],
+)
+def test_a_forged_mark_nested_deep_or_not_strict_json_is_no_mark(overlay: Path, forged: bytes) -> None:
+    """A volume's header is anyone's who can write the pool: a mark of 5,000 "[" was a
+    RecursionError out of json.loads (a traceback from destroy), now no mark (nothing deleted)."""
+    big = Mark("w" * len(forged), MARK.uuid, "default", "web-1.qcow2")
+    mark_file(overlay, big)
+    data = overlay.read_bytes()[:65536]
+    encoded = big.encode()
+    assert qcow2_mark(data) == big
+    assert qcow2_mark(data.replace(encoded, forged.ljust(len(encoded), b" "))) is None
+    assert Mark.decode(forged) is None
+
+
 FILES = {"user-data": "#cloud-config\nhostname: web-1\n", "meta-data": "instance-id: x\n"}
 
 

@@ -340,6 +340,34 @@ BAD_FLEETS: list[tuple[str, Callable[[dict[str, Any]], None], str]] = [
     ),
     ("newline in a URI", lambda d: d["inventory"][1].update(uri="qemu:///system\n"), "'qemu:///system\\n' is not a"),
     ("space in a URI", lambda d: d["inventory"][1].update(uri="qemu+ssh://a b/system"), "is not a libvirt URI"),
+    # a URI's host and user reach ssh's command line (Ansible puts the host before the command, no "--")
+    (
+        "an ssh option as a URI's host",
+        lambda d: d["inventory"][1].update(uri="qemu+ssh://-oProxyCommand=x/system"),
+        "its host starts with '-'",
+    ),
+    (
+        "an escaped ssh option as a URI's host",
+        lambda d: d["inventory"][1].update(uri="qemu+ssh://%2DoProxyCommand=x/system"),
+        "its host starts with '-'",
+    ),
+    (
+        "an ssh option as a URI's user",
+        lambda d: d["inventory"][1].update(uri="qemu+ssh://-oProxyCommand=x@server1/system"),
+        "its user starts with '-'",
+    ),
+    ("a URI's port not a number", lambda d: d["inventory"][1].update(uri="qemu+ssh://server1:ssh/system"), "Port"),
+    ("a URI's port out of range", lambda d: d["inventory"][1].update(uri="qemu+ssh://server1:65536/system"), "Port"),
+    (
+        "an escaped newline in a URI's keyfile",
+        lambda d: d["inventory"][1].update(uri="qemu+ssh://server1/system?keyfile=/k%0AEVIL:%201"),
+        "control character",
+    ),
+    (
+        "an escaped line separator in a URI",
+        lambda d: d["inventory"][1].update(uri="qemu+ssh://server1/system?keyfile=/k%E2%80%A8x"),
+        "control character",
+    ),
     (
         "a port with a unit",
         lambda d: d["inventory"][1]["nics"]["eno1"].update(port="ge-0/0/9.0"),

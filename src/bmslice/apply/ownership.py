@@ -45,7 +45,8 @@ import struct
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 
-from bmslice.errors import ApplyError
+from bmslice.errors import ApplyError, SpecError
+from bmslice.model.input_file import parse_json
 
 MARK_VERSION = 1
 
@@ -69,9 +70,9 @@ class Mark:
     @classmethod
     def decode(cls, raw: bytes) -> Mark | None:
         """The mark in `raw`, or None when `raw` is not a bmslice mark (anything else is no mark)."""
-        try:
-            fields = json.loads(raw.decode())
-        except (UnicodeDecodeError, ValueError):
+        try:  # the strict reader: a header of 5,000 "[" was a RecursionError out of json.loads
+            fields = parse_json(raw.decode(), "mark")
+        except (UnicodeDecodeError, SpecError):
             return None
         if not isinstance(fields, dict) or fields.get("bmslice") != MARK_VERSION:
             return None

@@ -16,10 +16,12 @@ whatever that sysctl says). So `--out /tmp/fleet` is refused when another user m
 
 Who may own the directory itself depends on its use (`Rule`):
 - `--out`: root or the running user, and no other user may rename or remove names in it:
-  not writable by others, nor by a group other than the user's own, unless it is sticky
-  (like /tmp, where nobody may remove another user's names). Each directory below it that
-  a write passes through is held to the same rule. `--out-shared` lifts the rule for a
-  directory the user knows is shared; the writes still follow no link.
+  not writable by others (by the mode or by an ACL entry), nor by a group other than the
+  user's own, unless it is sticky (like /tmp, where nobody may remove another user's names).
+  Each directory above it (from "/", a relative path from the working directory's path) and
+  below it that a write passes through is held to the same rule: in another user's /tmp/x,
+  root's /tmp/x/out could be swapped for theirs once written. `--out-shared` lifts the rule
+  for a directory the user knows is shared; the writes still follow no link.
 - the lock directory: made 0700; refused unless owned by the running user and writable by
   no one else.
 - a host tree: no owner rule (it is the host's); no link followed below it.
@@ -34,6 +36,7 @@ import os
 import pwd
 import secrets
 import stat
+import struct
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -104,30 +107,61 @@ def _stranger(uid: int) -> str | None:
     return None if uid in (0, os.geteuid()) else f"owned by {_user(uid)}"
 
 
-def _others_replace_names(st: os.stat_result) -> str | None:
-    """Why users other than the owner may rename or remove names in directory `st` (None: they may not)."""
+def _others_replace_names(fd: int) -> str | None:
+    """Why users other than the owner may rename or remove names in directory `fd` (None: they may not)."""
+    st = os.fstat(fd)
     if st.st_mode & stat.S_ISVTX:
         return None  # sticky: each name only by its own owner
     if st.st_mode & stat.S_IWOTH:
         return "writable by every user"
     if st.st_mode & stat.S_IWGRP and st.st_gid != os.getegid():
         return f"writable by {_group(st.st_gid)}"
+    return _acl_writer(fd)
+
+
+# POSIX ACL entries as Linux stores them in system.posix_acl_access (acl_ea.h): a version word,
+# then (tag, permissions, id) per entry.
+_ACL_XATTR = "system.posix_acl_access"
+_ACL_USER, _ACL_GROUP, _ACL_MASK = 0x02, 0x08, 0x10
+_ACL_WRITE = 0x02
+
+
+def _acl_writer(fd: int) -> str | None:
+    """Who else an access ACL lets write in directory `fd`: a named user or group entry with
+    write (through the mask) is another user who may plant names, whatever the mode bits say
+    (a group entry of the running user's own group counts as the group bits do)."""
+    try:
+        raw = os.getxattr(fd, _ACL_XATTR)
+    except OSError:  # no ACL, or a file system without them
+        return None
+    if len(raw) < 4 or (len(raw) - 4) % 8:
+        return "writable as an ACL bmslice cannot read says"
+    entries = list(struct.iter_unpack("<HHI", raw[4:]))
+    mask = next((perm for tag, perm, _ in entries if tag == _ACL_MASK), 0o7)
+    for tag, perm, who in entries:
+        if not perm & mask & _ACL_WRITE:
+            continue
+        if tag == _ACL_USER and who not in (0, os.geteuid()):
+            return f"writable by {_user(who)} (an ACL entry)"
+        if tag == _ACL_GROUP and who != os.getegid():
+            return f"writable by {_group(who)} (an ACL entry)"
     return None
 
 
-def _not_ours(st: os.stat_result) -> str | None:
-    return _stranger(st.st_uid) or _others_replace_names(st)
+def _not_ours(fd: int) -> str | None:
+    return _stranger(os.fstat(fd).st_uid) or _others_replace_names(fd)
 
 
-def _not_private(st: os.stat_result) -> str | None:
+def _not_private(fd: int) -> str | None:
+    st = os.fstat(fd)
     if st.st_uid != os.geteuid():
         return f"owned by {_user(st.st_uid)}"
     if st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
         return f"writable by group or others (mode {stat.S_IMODE(st.st_mode):o})"
-    return None
+    return _acl_writer(fd)
 
 
-_OWNER_CHECK = {Owner.ANY: lambda _st: None, Owner.OURS: _not_ours, Owner.PRIVATE: _not_private}
+_OWNER_CHECK = {Owner.ANY: lambda _fd: None, Owner.OURS: _not_ours, Owner.PRIVATE: _not_private}
 
 
 def _parts(path: str) -> list[str]:
@@ -189,7 +223,7 @@ class SafeDir:
                     raise self._refusal(parts[: depth + 1], st) from None
                 os.close(fd)
                 fd = sub
-                why = _OWNER_CHECK[self.rule.owner](os.fstat(fd))
+                why = _OWNER_CHECK[self.rule.owner](fd)
                 if why is not None:
                     raise ApplyError(self._owner_refusal(self._where(parts[: depth + 1]), why))
             yield fd, parts[-1]
@@ -331,7 +365,7 @@ def open_dir(path: Path, rule: Rule, create: bool = True) -> Iterator[SafeDir | 
         yield None
         return
     try:
-        why = _OWNER_CHECK[rule.owner](os.fstat(fd))
+        why = _OWNER_CHECK[rule.owner](fd)
         if why is not None:
             hint = f" ({rule.hint})" if rule.hint else ""
             raise ApplyError(f"{rule.name} {shown} is {why}; refused{hint}")
@@ -341,14 +375,24 @@ def open_dir(path: Path, rule: Rule, create: bool = True) -> Iterator[SafeDir | 
 
 
 def _walk(shown: str, rule: Rule, create: bool) -> int | None:
-    """The fd of directory `shown`: from "/" (or the working directory) one name at a time."""
-    fd = os.open("/" if shown.startswith("/") else ".", _DIR)
-    pending = list(reversed(_parts(shown)))
-    where = "/" if shown.startswith("/") else "."
+    """The fd of directory `shown`: from "/" one name at a time (a relative path from the
+    working directory's own path, so the directories above it are looked at too).
+
+    Unless the rule takes any owner, each directory passed through on the way must be root's
+    or the user's and let no one else replace names in it: in another user's /tmp/x, root's
+    /tmp/x/out could be renamed away once written and another put in its place, holding that
+    user's site.yml for root to run."""
+    path = shown if shown.startswith("/") else os.path.join(os.getcwd(), shown)
+    fd = os.open("/", _DIR)
+    pending = list(reversed(_parts(path)))
+    where = "/"
     hops = 0
     try:
         while pending:
             name = pending.pop()
+            if rule.owner is not Owner.ANY and (why := _not_ours(fd)) is not None:
+                hint = f" ({rule.hint})" if rule.hint else ""
+                raise ApplyError(f"{rule.name} {shown}: {where}, on its way, is {why}; refused{hint}")
             try:
                 sub = os.open(name, _NO_LINK, dir_fd=fd)
             except FileNotFoundError:
@@ -391,7 +435,7 @@ def _trusted_link(parent: int, name: str, where: str, rule: Rule, shown: str) ->
         what = _kind(st.st_mode) if st else "gone"
         raise ApplyError(f"{rule.name} {shown}: {where} is {what}, not a directory") from None
     why = _stranger(st.st_uid)
-    if why is None and (holder := _not_ours(os.fstat(parent))) is not None:
+    if why is None and (holder := _not_ours(parent)) is not None:
         why = f"in a directory {holder}"
     if why is not None:
         raise ApplyError(

@@ -13,10 +13,9 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from bmslice.cli.common import EXIT_OK, print_json, run, standalone_parser
+from bmslice.cli.common import EXIT_OK, path_arg, print_json, run, standalone_parser
 from bmslice.cli.sources import read_topology
 from bmslice.errors import SpecError
 
@@ -111,10 +110,10 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
     capacity = sub.add_parser(
         "capacity", help="how many more VMs of each shape fit beside the running slices, where, and what runs out first"
     )
-    capacity.add_argument("spec", type=Path, metavar="SPEC")
+    capacity.add_argument("spec", type=path_arg, metavar="SPEC")
     source = capacity.add_mutually_exclusive_group()
-    source.add_argument("--host-root", type=Path, metavar="DIR", help="read DIR/sys and DIR/proc (default /)")
-    source.add_argument("--hwloc", type=Path, metavar="FILE", help="read an `lstopo --of xml` file")
+    source.add_argument("--host-root", type=path_arg, metavar="DIR", help="read DIR/sys and DIR/proc (default /)")
+    source.add_argument("--hwloc", type=path_arg, metavar="FILE", help="read an `lstopo --of xml` file")
     capacity.add_argument(
         "--connect", metavar="URI", help="keep the slices libvirt runs there where they are (e.g. qemu:///system)"
     )

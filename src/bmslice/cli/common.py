@@ -39,9 +39,19 @@ OUT_SHARED_HELP = (
 )
 
 
+def path_arg(text: str) -> Path:
+    """argparse's type for a path: one the kernel takes, or one usage line naming it."""
+    from bmslice.model.fields import bounded_path
+
+    try:
+        return bounded_path(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def add_out_args(parser: argparse.ArgumentParser, required: bool, help: str | None = None) -> None:
     """--out DIR and --out-shared, the same on every command that writes files (apply/safe_dir.py)."""
-    parser.add_argument("--out", type=Path, required=required, metavar="DIR", help=help)
+    parser.add_argument("--out", type=path_arg, required=required, metavar="DIR", help=help)
     parser.add_argument("--out-shared", action="store_true", help=OUT_SHARED_HELP)
 
 

@@ -15,7 +15,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from bmslice.cli.common import EXIT_DRIFT, EXIT_OK, add_out_args, print_json, print_warnings, run, standalone_parser
+from bmslice.cli.common import (
+    EXIT_DRIFT,
+    EXIT_OK,
+    add_out_args,
+    path_arg,
+    print_json,
+    print_warnings,
+    run,
+    standalone_parser,
+)
 from bmslice.errors import SpecError
 from bmslice.safe_text import one_line
 
@@ -379,24 +388,26 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
     keep_help = f"keep the VMs of this placement where they are (default: OUT/{PLACEMENT_FILE} when it exists)"
 
     plan = commands.add_parser("plan", help="place every cluster VM; per-host specs, fabric VLANs, cloud-init")
-    plan.add_argument("fleet", type=Path, metavar="FLEET")
+    plan.add_argument("fleet", type=path_arg, metavar="FLEET")
     add_out_args(plan, required=False, help="write specs, user-data, Junos config, placement")
     plan.add_argument("--json", action="store_true", help="print placement, specs and fabric as JSON")
-    plan.add_argument("--placement", type=Path, metavar="FILE", help=keep_help)
+    plan.add_argument("--placement", type=path_arg, metavar="FILE", help=keep_help)
     plan.add_argument("--no-check", action="store_true", help="skip the per-host planner check of each spec")
     _placement_options(plan)
     plan.set_defaults(handler=cmd_plan)
 
     ansible = commands.add_parser("ansible", help="write an Ansible inventory and playbook for the fleet")
-    ansible.add_argument("fleet", type=Path, metavar="FLEET")
+    ansible.add_argument("fleet", type=path_arg, metavar="FLEET")
     add_out_args(ansible, required=True)
-    ansible.add_argument("--placement", type=Path, metavar="FILE", help=keep_help)
+    ansible.add_argument("--placement", type=path_arg, metavar="FILE", help=keep_help)
     _placement_options(ansible)
     ansible.set_defaults(handler=cmd_ansible)
 
     verify = commands.add_parser("verify", help="every host's verify result in one report; exit 1 on drift")
-    verify.add_argument("fleet", type=Path, metavar="FLEET")
-    verify.add_argument("--placement", type=Path, metavar="FILE", help="verify this placement (default: place afresh)")
+    verify.add_argument("fleet", type=path_arg, metavar="FLEET")
+    verify.add_argument(
+        "--placement", type=path_arg, metavar="FILE", help="verify this placement (default: place afresh)"
+    )
     verify.add_argument("--json", action="store_true")
     verify.add_argument(
         "--switch-table",
@@ -410,8 +421,10 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
     capacity = commands.add_parser(
         "capacity", help="how many more workers of each cluster the fleet takes, where, and each host's room"
     )
-    capacity.add_argument("fleet", type=Path, metavar="FLEET")
-    capacity.add_argument("--placement", type=Path, metavar="FILE", help="keep this placement (default: place afresh)")
+    capacity.add_argument("fleet", type=path_arg, metavar="FLEET")
+    capacity.add_argument(
+        "--placement", type=path_arg, metavar="FILE", help="keep this placement (default: place afresh)"
+    )
     capacity.add_argument("--json", action="store_true")
     capacity.set_defaults(handler=cmd_capacity)
 

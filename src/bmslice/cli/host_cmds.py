@@ -16,12 +16,14 @@ from bmslice.cli.common import (
     EXIT_DRIFT,
     EXIT_OK,
     add_out_args,
+    path_arg,
     print_json,
     print_warnings,
     run,
     standalone_parser,
 )
 from bmslice.errors import TopologyError
+from bmslice.safe_text import one_line
 
 if TYPE_CHECKING:
     from bmslice.model.plan import Plan
@@ -75,7 +77,7 @@ def cmd_preflight(args: argparse.Namespace) -> int:
         print_json({"ok": not failed, "findings": [f.to_dict() for f in findings]})
     else:
         for finding in findings:
-            print(finding.line())
+            print(one_line(finding.line()))
         warned = sum(f.level is Level.WARN for f in findings)
         print(f"preflight: {len(failed)} fail, {warned} warn" if failed else f"preflight: ready ({warned} warn)")
     print_warnings(plan.warnings)
@@ -159,17 +161,19 @@ def cmd_audit(args: argparse.Namespace) -> int:
     if args.json:
         print_json(report.to_dict())
     else:
+        # one escaped line each: a finding quotes process names, which any user sets (prctl), and
+        # the kernel escapes only "\n" and "\\" in them: "\x1b[2J" or "\r" reached the terminal
         for finding in report.passed:
-            print(finding.line())
+            print(one_line(finding.line()))
         by_cpu: dict[str, list[str]] = {}
         for e in report.excepted:
             by_cpu.setdefault(e.cpus.format(), []).append(e.comm)
         for cpus, names in by_cpu.items():
-            print(f"excepted CPU {cpus}: {len(names)} kernel thread(s) bound there: {', '.join(names)}")
+            print(one_line(f"excepted CPU {cpus}: {len(names)} kernel thread(s) bound there: {', '.join(names)}"))
         for finding in report.warnings:
-            print(finding.line())
+            print(one_line(finding.line()))
         for finding in report.violations:
-            print(finding.line())
+            print(one_line(finding.line()))
         count = len(report.violations)
         print(f"audit: {count} violation(s)" if count else "audit: isolation holds")
     print_warnings(plan.warnings)
@@ -177,9 +181,9 @@ def cmd_audit(args: argparse.Namespace) -> int:
 
 
 def _common(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("spec", type=Path, metavar="SPEC")
+    parser.add_argument("spec", type=path_arg, metavar="SPEC")
     parser.add_argument(
-        "--host-root", type=Path, default=Path("/"), metavar="DIR", help="the host's root directory (default /)"
+        "--host-root", type=path_arg, default=Path("/"), metavar="DIR", help="the host's root directory (default /)"
     )
 
 
@@ -193,7 +197,10 @@ def _exporter_args(parser: argparse.ArgumentParser) -> None:
         help=f"where the exporter unit serves /metrics (default {DEFAULT_LISTEN})",
     )
     parser.add_argument(
-        "--exporter-command", type=Path, metavar="PATH", help="the bmslice the exporter unit runs (default: this one)"
+        "--exporter-command",
+        type=path_arg,
+        metavar="PATH",
+        help="the bmslice the exporter unit runs (default: this one)",
     )
 
 

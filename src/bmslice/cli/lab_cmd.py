@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from bmslice.cli.common import EXIT_OK, print_json, run, standalone_parser
+from bmslice.cli.common import EXIT_OK, path_arg, print_json, run, standalone_parser
 from bmslice.errors import LabError
 from bmslice.numbers import is_decimal
 
@@ -237,7 +237,7 @@ def _name(parser: argparse.ArgumentParser) -> None:
 
 
 def _cache_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--cache", type=Path, metavar="DIR", help="where the lab's packages are cached")
+    parser.add_argument("--cache", type=path_arg, metavar="DIR", help="where the lab's packages are cached")
     parser.add_argument("--refresh", action="store_true", help="fetch the current package versions again")
 
 
@@ -292,7 +292,7 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
     _name(reboot)
     reboot.add_argument("--append", metavar="ARGS", help="boot with these extra kernel args instead of the last ones")
     reboot.add_argument("--boot-timeout", type=int, default=300, metavar="SECONDS")
-    reboot.add_argument("--cache", type=Path, metavar="DIR", help="where the lab's packages are cached")
+    reboot.add_argument("--cache", type=path_arg, metavar="DIR", help="where the lab's packages are cached")
     reboot.set_defaults(handler=cmd_reboot)
 
     run_p = lab_sub.add_parser(
@@ -303,7 +303,7 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
     run_p.add_argument("--timeout", type=int, default=600, metavar="SECONDS", help="kill it after this long (600)")
     run_p.add_argument(
         "--file",
-        type=Path,
+        type=path_arg,
         action="append",
         default=[],
         metavar="PATH",

@@ -5,19 +5,18 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
-from bmslice.cli.common import EXIT_DRIFT, EXIT_OK, print_json, print_warnings, run, standalone_parser
+from bmslice.cli.common import EXIT_DRIFT, EXIT_OK, path_arg, print_json, print_warnings, run, standalone_parser
 from bmslice.safe_text import one_line
 
 
 def _lifecycle_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("spec", type=Path, metavar="SPEC")
+    parser.add_argument("spec", type=path_arg, metavar="SPEC")
     parser.add_argument(
         "--connect", default="qemu:///system", metavar="URI", help="libvirt URI (default qemu:///system)"
     )
-    parser.add_argument("--host-root", type=Path, metavar="DIR", help="read the host from DIR/sys, DIR/proc")
+    parser.add_argument("--host-root", type=path_arg, metavar="DIR", help="read the host from DIR/sys, DIR/proc")
 
 
 def _say(line: str) -> None:
@@ -56,7 +55,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
         print_json(report.to_dict())
     else:
         for line in report.drift:
-            print(line)
+            print(one_line(line))  # it quotes what libvirt and /proc say, whoever wrote it there
         for note in [*report.unreadable, *report.notes]:
             print(f"note: {one_line(note)}")
         print(

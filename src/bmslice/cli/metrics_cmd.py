@@ -16,10 +16,9 @@ import signal
 import sys
 import threading
 from collections.abc import Sequence
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from bmslice.cli.common import EXIT_DRIFT, EXIT_OK, print_warnings, run, standalone_parser
+from bmslice.cli.common import EXIT_DRIFT, EXIT_OK, path_arg, print_warnings, run, standalone_parser
 
 if TYPE_CHECKING:
     from bmslice.metrics.host import WatchedHost
@@ -79,18 +78,18 @@ def cmd_exporter(args: argparse.Namespace) -> int:
 
 
 def _args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("spec", type=Path, metavar="SPEC")
+    parser.add_argument("spec", type=path_arg, metavar="SPEC")
     parser.add_argument(
         "--connect", default="qemu:///system", metavar="URI", help="libvirt URI (default qemu:///system)"
     )
-    parser.add_argument("--host-root", type=Path, metavar="DIR", help="read the host from DIR/sys, DIR/proc")
+    parser.add_argument("--host-root", type=path_arg, metavar="DIR", help="read the host from DIR/sys, DIR/proc")
 
 
 def register(sub: argparse._SubParsersAction[Any]) -> None:
     metrics = sub.add_parser("metrics", help="print the Prometheus metrics of the host and its slices once")
     _args(metrics)
     metrics.add_argument(
-        "--textfile", type=Path, metavar="DIR", help="write DIR/bmslice.prom atomically (node_exporter's textfile)"
+        "--textfile", type=path_arg, metavar="DIR", help="write DIR/bmslice.prom atomically (node_exporter's textfile)"
     )
     metrics.set_defaults(handler=cmd_metrics)
 

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from bmslice.cli.common import EXIT_OK, OUT_SHARED_HELP, print_warnings, run, standalone_parser
+from bmslice.cli.common import EXIT_OK, OUT_SHARED_HELP, path_arg, print_warnings, run, standalone_parser
 from bmslice.cli.sources import add_source_args, read_topology
 
 
@@ -53,10 +53,10 @@ def cmd_show(args: argparse.Namespace) -> int:
 def register(sub: argparse._SubParsersAction[Any]) -> None:
     """Add `show` to the subcommands of the bmslice parser (`sub` from add_subparsers)."""
     show = sub.add_parser("show", help="draw the sliced server: terminal grid, or --svg / --html files")
-    show.add_argument("spec", type=Path, metavar="SPEC")
+    show.add_argument("spec", type=path_arg, metavar="SPEC")
     add_source_args(show)
-    show.add_argument("--svg", type=Path, metavar="FILE", help="write the picture as SVG")
-    show.add_argument("--html", type=Path, metavar="FILE", help="write a self-contained HTML report")
+    show.add_argument("--svg", type=path_arg, metavar="FILE", help="write the picture as SVG")
+    show.add_argument("--html", type=path_arg, metavar="FILE", help="write a self-contained HTML report")
     show.add_argument("--out-shared", action="store_true", help=OUT_SHARED_HELP)
     show.set_defaults(handler=cmd_show)
 

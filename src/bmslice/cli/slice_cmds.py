@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from bmslice.cli.common import EXIT_OK, add_out_args, print_json, print_warnings, run, standalone_parser
+from bmslice.cli.common import EXIT_OK, add_out_args, path_arg, print_json, print_warnings, run, standalone_parser
 from bmslice.cli.sources import add_source_args, read_topology
 
 if TYPE_CHECKING:
@@ -71,13 +71,13 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
     discover.set_defaults(handler=cmd_discover)
 
     plan = sub.add_parser("plan", help="plan the slices of SPEC on a host")
-    plan.add_argument("spec", type=Path, metavar="SPEC")
+    plan.add_argument("spec", type=path_arg, metavar="SPEC")
     add_source_args(plan)
     plan.add_argument("--json", action="store_true", help="print the plan as JSON")
     plan.set_defaults(handler=cmd_plan)
 
     render = sub.add_parser("render", help="write libvirt domain XML and kernel args for SPEC")
-    render.add_argument("spec", type=Path, metavar="SPEC")
+    render.add_argument("spec", type=path_arg, metavar="SPEC")
     add_source_args(render)
     add_out_args(render, required=True)
     render.set_defaults(handler=cmd_render)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from bmslice.cli.common import path_arg
 from bmslice.errors import TopologyError
 from bmslice.model.topology import HostTopology
 from bmslice.safe_text import one_line
@@ -12,9 +13,9 @@ from bmslice.safe_text import one_line
 
 def add_source_args(parser: argparse.ArgumentParser) -> None:
     group = parser.add_mutually_exclusive_group()
-    group.add_argument("--host-root", type=Path, metavar="DIR", help="read DIR/sys and DIR/proc (default /)")
+    group.add_argument("--host-root", type=path_arg, metavar="DIR", help="read DIR/sys and DIR/proc (default /)")
     group.add_argument("--connect", metavar="URI", help="read the host through libvirt (e.g. qemu+ssh://host/system)")
-    group.add_argument("--hwloc", type=Path, metavar="FILE", help="read an `lstopo --of xml` file")
+    group.add_argument("--hwloc", type=path_arg, metavar="FILE", help="read an `lstopo --of xml` file")
 
 
 def read_topology(args: argparse.Namespace) -> HostTopology:

@@ -36,10 +36,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from bmslice.errors import LabError
+from bmslice.model.grammar import JUNOS_PORT_RE
 from bmslice.safe_text import one_line
 
 VLAN_NAME_RE = re.compile(r"[A-Za-z][A-Za-z0-9_.-]{0,63}")
-PORT_RE = re.compile(r"(?:[a-z]{2,4}-\d+/\d+/\d+(?::\d+)?|ae\d+)")
+PORT_RE = JUNOS_PORT_RE  # the fleet file's own grammar: ASCII digits (\d took "ge-٠/٠/٩"), bounded
 MAC_RE = re.compile(r"[0-9a-f]{2}(?::[0-9a-f]{2}){5}")
 _FAMILY = ("unit", "0", "family", "ethernet-switching")
 MODES = ("access", "trunk")

@@ -3,7 +3,7 @@
 node_exporter reads every `*.prom` file of its `--collector.textfile.directory` at each scrape;
 a file half written would be read half. So the text goes to a new file of a random name in
 that directory (O_EXCL: never one that exists, never through a link) and is renamed over
-`bmslice.prom`, which replaces whatever that name was (a link included) without following it.
+`bmslice.prom`; a link, FIFO or directory at that name is refused, never followed.
 """
 
 from __future__ import annotations

@@ -20,6 +20,7 @@ name, an XML file or a generated config.
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Callable
 from pathlib import Path
@@ -82,15 +83,33 @@ def matching(name: str, regex: re.Pattern[str], what: str) -> Any:
     return text(name, matches(regex, what))
 
 
+PATH_MAX_BYTES = 4095  # Linux's PATH_MAX (4096) less the NUL
+NAME_MAX_BYTES = 255  # Linux's NAME_MAX: one name of a path
+
+
 def printable_path(value: object) -> Path:
     """A path from a file: a string with no control character (a newline in a path would start
-    a new line of whatever generated file or message carries it)."""
+    a new line of whatever generated file or message carries it), as long as `bounded_path` allows."""
     if isinstance(value, Path):
         value = str(value)
     expect(value, str)
     if not str(value).isprintable():
         raise ValueError(f"{shown(value)} holds a control character; refusing it as a path")
-    return Path(str(value))
+    return bounded_path(str(value))
+
+
+def bounded_path(text: str) -> Path:
+    """`text` as a path when the kernel takes it: a longer one failed as ENAMETOOLONG wherever
+    it was first used (`Path.is_dir` raises it), a traceback. The command line's paths come here."""
+    encoded = os.fsencode(text)
+    if len(encoded) > PATH_MAX_BYTES:
+        raise ValueError(f"{shown(text)} is {len(encoded)} bytes, longer than a path may be ({PATH_MAX_BYTES})")
+    longest = max(encoded.split(b"/"), key=len)
+    if len(longest) > NAME_MAX_BYTES:
+        raise ValueError(
+            f"{shown(text)} holds a name of {len(longest)} bytes, longer than a file name may be ({NAME_MAX_BYTES})"
+        )
+    return Path(text)
 
 
 def decode_hook(kind_: type, value: Any) -> Any:

@@ -20,6 +20,7 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Callable
+from urllib.parse import unquote, urlsplit
 
 from bmslice.errors import RenderError
 from bmslice.model.topology import canonical_pci_address
@@ -112,11 +113,54 @@ def junos_port(value: str) -> str:
 
 
 def libvirt_uri(value: str) -> str:
+    """A libvirt URI whose parts are what they say: its host and user go to ssh (libvirt's and
+    Ansible's, which put the host before the command with no "--": a host "-oProxyCommand=..."
+    would be an option), its port is a port, and no %-escape hides a control character that
+    would reach a file path or the inventory."""
     if not URI_RE.fullmatch(value):
         raise ValueError(
             f"{shown(value)} is not a libvirt URI such as qemu+ssh://root@server1/system "
             "(other characters must be %-escaped)"
         )
+    try:
+        parts = urlsplit(value)
+        port = parts.port
+    except ValueError as exc:
+        raise ValueError(f"{shown(value)} is not a libvirt URI: {exc}") from None
+    if port == 0:
+        raise ValueError(f"{shown(value)} is not a libvirt URI: port 0")
+    for what, part in (("host", parts.hostname), ("user", parts.username)):
+        if part and unquote(part).startswith("-"):
+            raise ValueError(f"{shown(value)}: its {what} starts with '-' (an option to ssh); refused")
+    if not unquote(value).isprintable():
+        raise ValueError(f"{shown(value)}: a %-escape in it is a control character; refused")
+    return value
+
+
+MAX_TEXT = 256  # a host's name, kernel release or CPU model is at most 64 characters (48 for the model)
+
+
+def printable_text(value: str) -> str:
+    """A name or description a host reports (hostname, kernel release, CPU vendor and model):
+    printed by `show` and `discover` and recorded in the plan, so one line of printable
+    characters (an escape sequence in a tree's hostname recoloured the terminal), bounded."""
+    if not value.isprintable():
+        raise ValueError(f"{shown(value)} holds a control character")
+    if len(value) > MAX_TEXT:
+        raise ValueError(f"{shown(value)} is longer than {MAX_TEXT} characters")
+    return value
+
+
+COMMAND_LINE_MAX = 4096  # the largest COMMAND_LINE_SIZE of any architecture (x86's is 2048)
+
+
+def kernel_cmdline(value: str) -> str:
+    """/proc/cmdline as the kernel writes it: one line (the kernel's parser also splits at tabs),
+    no longer than a kernel takes. Printed by `discover`, matched by audit and preflight."""
+    if not value.replace("\t", " ").isprintable():
+        raise ValueError(f"{shown(value)} holds a control character")
+    if len(value.encode(errors="surrogateescape")) > COMMAND_LINE_MAX:
+        raise ValueError(f"{shown(value)} is longer than any kernel's command line ({COMMAND_LINE_MAX} bytes)")
     return value
 
 

@@ -13,6 +13,7 @@ from collections.abc import Iterable, Sequence
 
 from bmslice.cpuset import CpuSet
 from bmslice.model.topology import CacheDomain, Cpu
+from bmslice.numbers import decimal
 from bmslice.topology.sysfs import CPU_DIR, FsRoot
 
 L3_LEVEL = 3
@@ -27,7 +28,8 @@ def parse_cache_size(text: str) -> int | None:
     (32768, 16384, None)
     """
     match = _SIZE.fullmatch(text)
-    return int(int(match.group(1)) * _SIZE_KIB[match.group(2)]) if match else None
+    number = decimal(match.group(1)) if match else None  # ASCII, bounded: 5,000 digits broke int()
+    return None if match is None or number is None else int(number * _SIZE_KIB[match.group(2)])
 
 
 def _index_dirs(fs: FsRoot, cpu: int) -> list[str]:

@@ -250,11 +250,17 @@ class FsRoot:
         # The resolved name, not the raw target's last part, which may be "..".
         return self.resolve(rel).name or None
 
-    def numbered(self, rel: str, prefix: str) -> list[int]:
-        """The N of every `<prefix>N` entry in a directory, ascending."""
+    def numbered(self, rel: str, prefix: str, most: int) -> list[int]:
+        """The N of every `<prefix>N` entry in a directory, ascending; an N past `most` (the
+        kernel's own bound: a "node<250 digits>" directory was a NUMA node of that id) is
+        not the kernel's entry, and is ignored with a warning like any malformed number."""
         found = []
         for name in self.listdir(rel):
             match = _NUMBERED.fullmatch(name)
             if match and match.group(1) == prefix:
-                found.append(int(match.group(2)))
+                number = decimal(match.group(2))
+                if number is None or number > most:
+                    self.warnings.append(f"{self.display(rel)}/{shown(name, 40)}: {prefix} number past {most}; ignored")
+                    continue
+                found.append(number)
         return sorted(found)

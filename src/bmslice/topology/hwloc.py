@@ -21,7 +21,7 @@ from lxml import etree
 
 from bmslice.cpuset import MAX_CPU_ID, CpuSet
 from bmslice.errors import TopologyError
-from bmslice.model.grammar import kernel_ifname, link_address
+from bmslice.model.grammar import kernel_ifname, link_address, printable_text
 from bmslice.model.topology import (
     CacheDomain,
     Cpu,
@@ -89,8 +89,8 @@ def topology_from_hwloc(xml_text: str | bytes, source: str) -> HostTopology:
         cpu_flags=frozenset(),
         iommu_active=None,
         source=source,
-        hostname=_own_info(machine, "HostName") or "",
-        kernel_release=_own_info(machine, "OSRelease") or "",
+        hostname=_text(machine, "HostName", _own_info(machine, "HostName") or ""),
+        kernel_release=_text(machine, "OSRelease", _own_info(machine, "OSRelease") or ""),
         warnings=tuple(warnings),
         l3_domains=l3,
     )
@@ -166,13 +166,21 @@ def _own_info(element: etree._Element, name: str) -> str | None:
     return None
 
 
+def _text(element: etree._Element, name: str, value: str) -> str:
+    """An <info> value bmslice prints and records, in its grammar (an attribute may hold &#10; or U+202E)."""
+    try:
+        return printable_text(value)
+    except ValueError as exc:
+        raise TopologyError(f"{_where(element)}: info {name}: {exc}; refused") from None
+
+
 def _info(objects: list[etree._Element], name: str, warnings: list[str]) -> str:
     """An <info> found on a package first (where hwloc 2 puts CPU infos), else anywhere."""
     packages = [o for o in objects if o.get("type") in PACKAGE_TYPES]
     for obj in [*packages, *objects]:
         value = _own_info(obj, name)
         if value:
-            return value.strip()
+            return _text(obj, name, value.strip())
     warnings.append(f"hwloc XML has no {name} info")
     return ""
 

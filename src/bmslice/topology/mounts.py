@@ -17,6 +17,7 @@ from __future__ import annotations
 import re
 
 from bmslice.model.sizes import GIB_KIB
+from bmslice.numbers import decimal
 from bmslice.topology.fsroot import FsRoot
 
 _SIZE = re.compile(r"([0-9]+)([KMG])")
@@ -40,8 +41,9 @@ def hugetlbfs_mounts(text: str, default_kib: int | None) -> dict[int, tuple[str,
         for option in fields[3].split(","):
             key, _, value = option.partition("=")
             match = _SIZE.fullmatch(value)
-            if key == "pagesize" and match:
-                size = int(match.group(1)) * _UNIT_KIB[match.group(2)]
+            number = decimal(match.group(1)) if match else None  # ASCII, bounded: 5,000 digits broke int()
+            if key == "pagesize":  # one the kernel did not write is no size at all, not the default
+                size = None if match is None or number is None else number * _UNIT_KIB[match.group(2)]
         if size is not None:
             found.setdefault(size, []).append(_unescape(fields[1]))
     return {size: tuple(points) for size, points in sorted(found.items())}
@@ -54,4 +56,4 @@ def read_hugetlbfs_mounts(fs: FsRoot) -> dict[int, tuple[str, ...]] | None:
         return None
     meminfo = fs.read("proc/meminfo") or ""
     match = _HUGEPAGESIZE.search(meminfo)
-    return hugetlbfs_mounts(text, int(match.group(1)) if match else None)
+    return hugetlbfs_mounts(text, decimal(match.group(1)) if match else None)

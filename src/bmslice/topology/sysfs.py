@@ -14,10 +14,19 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from bmslice.cpuset import CpuSet
+from bmslice.cpuset import MAX_CPU_ID, CpuSet
 from bmslice.errors import TopologyError
 from bmslice.model.distro import os_ids
-from bmslice.model.grammar import driver_name, kernel_ifname, link_address, pci_class, pci_id
+from bmslice.model.grammar import (
+    driver_name,
+    kernel_cmdline,
+    kernel_ifname,
+    link_address,
+    pci_class,
+    pci_id,
+    printable_text,
+)
+from bmslice.model.spec import MAX_NUMA_NODE, MAX_VFS
 from bmslice.model.topology import (
     Cpu,
     HostTopology,
@@ -27,7 +36,7 @@ from bmslice.model.topology import (
     PciDevice,
     canonical_pci_address,
 )
-from bmslice.numbers import decimal, is_decimal
+from bmslice.numbers import decimal, hexadecimal, is_decimal
 from bmslice.safe_text import shown
 from bmslice.topology.fsroot import FsRoot as FsRoot  # re-exported: fleet.verify imports it from here
 from bmslice.topology.pci_config import sriov_routing
@@ -63,7 +72,7 @@ def read_host_tree(root: Path | str = Path("/")) -> HostTopology:
     vendor, model, flags = _read_cpuinfo(fs)
     return HostTopology(
         cpu_vendor=vendor,
-        kernel_cmdline=fs.read_line("proc/cmdline") or "",
+        kernel_cmdline=checked(fs, "proc/cmdline", fs.read_line("proc/cmdline") or "", kernel_cmdline),
         default_route_interface=_default_route(fs),
         cpus=tuple(cpus),
         numa_nodes=tuple(nodes),
@@ -73,11 +82,11 @@ def read_host_tree(root: Path | str = Path("/")) -> HostTopology:
         cpu_flags=flags,
         iommu_active=bool(fs.listdir(IOMMU_DIR)),
         source=f"sysfs:{fs.root}",
-        hostname=fs.read_line("proc/sys/kernel/hostname") or "",
+        hostname=_text(fs, "proc/sys/kernel/hostname"),
         l3_domains=read_l3_domains(fs, cpus),
         resctrl=read_resctrl(fs, vendor),
         warnings=tuple(fs.warnings),
-        kernel_release=fs.read_line("proc/sys/kernel/osrelease") or "",
+        kernel_release=_text(fs, "proc/sys/kernel/osrelease"),
         os_ids=_os_ids(fs),
     )
 
@@ -97,7 +106,7 @@ def _os_ids(fs: FsRoot) -> tuple[str, ...]:
 def _cpu_ids(fs: FsRoot) -> list[int]:
     # "present" excludes hot-plug slots that "possible" lists but that have no CPU in them.
     present = fs.read_cpuset(f"{CPU_DIR}/present")
-    return present.sorted() if present else fs.numbered(CPU_DIR, "cpu")
+    return present.sorted() if present else fs.numbered(CPU_DIR, "cpu", MAX_CPU_ID)
 
 
 def _is_online(fs: FsRoot, cpu_id: int, online: CpuSet | None, has_dir: bool) -> bool:
@@ -115,7 +124,7 @@ def _cpu_nodes(fs: FsRoot, nodes: list[NumaNode], cpu_ids: Iterable[int]) -> dic
     mapping = {cpu: node.id for node in nodes for cpu in node.cpus}
     for cpu_id in cpu_ids:
         if cpu_id not in mapping:
-            linked = fs.numbered(f"{CPU_DIR}/cpu{cpu_id}", "node")
+            linked = fs.numbered(f"{CPU_DIR}/cpu{cpu_id}", "node", MAX_NUMA_NODE)
             if linked:
                 mapping[cpu_id] = linked[0]
     return mapping
@@ -203,10 +212,13 @@ def _read_hugepages(fs: FsRoot, rel: str) -> tuple[Hugepages, ...]:
     pools = []
     for name in fs.listdir(rel):
         match = _HUGEPAGES.fullmatch(name)
-        if match:
+        size_kib = decimal(match.group(1)) if match else None
+        if match and size_kib is None:  # more digits than any counter the kernel writes
+            fs.warnings.append(f"{fs.display(rel)}/{shown(name, 40)}: not a page size; ignored")
+        if size_kib is not None:
             total = fs.read_int(f"{rel}/{name}/nr_hugepages") or 0
             free = fs.read_int(f"{rel}/{name}/free_hugepages") or 0
-            pools.append(Hugepages(int(match.group(1)), total, free))
+            pools.append(Hugepages(size_kib, total, free))
     return tuple(sorted(pools, key=lambda p: p.size_kib))
 
 
@@ -225,7 +237,7 @@ def _read_node(fs: FsRoot, node_id: int) -> NumaNode:
 
 
 def _read_nodes(fs: FsRoot) -> list[NumaNode]:
-    return [_read_node(fs, n) for n in fs.numbered(NODE_DIR, "node")]
+    return [_read_node(fs, n) for n in fs.numbered(NODE_DIR, "node", MAX_NUMA_NODE)]
 
 
 def read_numa_nodes(root: Path, cpus: Sequence[Cpu]) -> tuple[NumaNode, ...]:
@@ -265,7 +277,7 @@ def vf_of(fs: FsRoot, pf: str, index: int) -> str | None:
 
 def _read_sriov_links(fs: FsRoot, rel: str) -> _PciLinks:
     physfn = fs.link_name(f"{rel}/physfn")
-    virtfns = (fs.link_name(f"{rel}/virtfn{n}") for n in fs.numbered(rel, "virtfn"))
+    virtfns = (fs.link_name(f"{rel}/virtfn{n}") for n in fs.numbered(rel, "virtfn", MAX_VFS - 1))
     return _PciLinks(
         physfn=canonical_pci_address(physfn) if physfn else None,
         virtfns=tuple(a for a in (canonical_pci_address(v) for v in virtfns if v) if a),
@@ -419,7 +431,15 @@ def _read_cpuinfo(fs: FsRoot) -> tuple[str, str, frozenset[str]]:
             continue
         key, _, value = line.partition(":")
         fields.setdefault(key.strip(), value.strip())
-    return fields.get("vendor_id", ""), fields.get("model name", ""), frozenset(fields.get("flags", "").split())
+    vendor, model = (
+        checked(fs, "proc/cpuinfo", fields.get(key, ""), printable_text) for key in ("vendor_id", "model name")
+    )
+    return vendor, model, frozenset(fields.get("flags", "").split())
+
+
+def _text(fs: FsRoot, rel: str) -> str:
+    """A one-line name the kernel reports (hostname, release), checked: it is printed and recorded."""
+    return checked(fs, rel, fs.read_line(rel) or "", printable_text)
 
 
 def _default_route(fs: FsRoot) -> str | None:
@@ -429,10 +449,9 @@ def _default_route(fs: FsRoot) -> str | None:
         fields = line.split()
         if len(fields) < 8 or fields[1] != "00000000" or fields[7] != "00000000":
             continue
-        try:
-            up, metric = int(fields[3], 16) & 1, int(fields[6])
-        except ValueError:
-            continue
-        if up and (best is None or metric < best[0]):
+        flags, metric = hexadecimal(fields[3]), decimal(fields[6])
+        if flags is None or metric is None:  # the kernel writes hex flags and a decimal metric, in ASCII
+            raise TopologyError(f"{fs.display('proc/net/route')}: {shown(line, 80)} is not a route line; refused")
+        if flags & 1 and (best is None or metric < best[0]):
             best = (metric, checked(fs, "proc/net/route", fields[0], kernel_ifname))
     return best[1] if best else None

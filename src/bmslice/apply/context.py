@@ -59,7 +59,7 @@ def discover(uri: str, host_root: Path | None) -> HostTopology:
     return read_libvirt_topology(uri)
 
 
-def recorded_plan(live: LiveDomain) -> VmPlan:
+def recorded_plan(live: LiveDomain, host_cpus: CpuSet) -> VmPlan:
     """The plan `live` was applied with, read from its bmslice metadata; RecordError says why not."""
     meta = slice_metadata(live.inactive_xml)
     if meta is None:
@@ -68,11 +68,15 @@ def recorded_plan(live: LiveDomain) -> VmPlan:
         raise RecordError(
             f"written by another bmslice version (namespace {shown(meta.namespace, 80)}; this one reads {BMSLICE_NS})"
         )
+    if meta.copies > 1:
+        raise RecordError(f"{meta.copies} bmslice metadata elements where bmslice writes one")
     if meta.elements:
         raise RecordError("XML elements where bmslice writes the plan's JSON")
     vm = recorded_vm(meta.text)
     if vm.name != live.name:
         raise RecordError(f"it records the plan of {vm.name}, not of this domain")
+    if offline := vm.owned_cpus - host_cpus:
+        raise RecordError(f"its plan names CPUs {offline}, which this host does not have online")
     return vm
 
 
@@ -117,9 +121,13 @@ def read_slices(conn: Any, host_cpus: CpuSet) -> Slices:
     live = managed_domains(conn)
     recorded: dict[str, VmPlan] = {}
     held: dict[str, HeldSlice] = {}
-    for name, dom in live.items():
+    for name, dom in sorted(live.items()):
         try:
-            recorded[name] = recorded_plan(dom)
+            vm = recorded_plan(dom, host_cpus)
+            if clash := next((o for o in recorded.values() if not o.owned_cpus.isdisjoint(vm.owned_cpus)), None):
+                shared = clash.owned_cpus & vm.owned_cpus
+                raise RecordError(f"its plan names CPUs {shared}, which the plan of {clash.name} names too")
+            recorded[name] = vm
         except RecordError as exc:
             held[name] = held_slice(dom, str(exc), host_cpus)
     return Slices(live, recorded, held)

@@ -179,9 +179,13 @@ def destroy(
                 continue
             # judged while the domain names them
             volumes = _domain_volumes(conn, current, opts.keep_disks, report, readable=plan is not None)
+            persistent = bool(dom.isPersistent())  # a transient domain is gone once stopped
             if current.active:
                 step(f"stop {vm.name}", partial(stop_domain, dom))
-            step(f"undefine {vm.name}", dom.undefine)
+            if persistent:
+                step(f"undefine {vm.name}", dom.undefine)
+            else:
+                report(f"{vm.name} was transient (never defined): stopping it removed it")
             for path, vol in volumes:
                 step(f"delete volume {path}", partial(storage.delete_volume, vol))
             if (unreadable := slices.held.get(vm.name)) is not None and _held_devices(topo, unreadable, report):

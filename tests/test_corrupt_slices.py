@@ -109,8 +109,10 @@ VARIANTS = {
         "more than any plan bmslice records",
     ),
     "duplicated": (  # libvirt keeps one element per namespace: a second one comes in another version's
-        lambda n: element(json.dumps(record(n)))
-        + element(json.dumps(record(n, vcpu_pins=[2], cores=[[2]])), namespace="https://bmslice.dev/xmlns/slice/2"),
+        lambda n: (
+            element(json.dumps(record(n)))
+            + element(json.dumps(record(n, vcpu_pins=[2], cores=[[2]])), namespace="https://bmslice.dev/xmlns/slice/2")
+        ),
         "2 bmslice metadata elements where bmslice writes one",
     ),
     "cpus-beyond-host": (
@@ -322,7 +324,6 @@ def test_other_specs_run_for_real_beside_a_corrupt_slice(qemu_slices: Slices, bm
     assert run.returncode == 0, run
     assert steps(run)[:2] == [f"stop {y}", f"undefine {y}"], run
     assert qemu_slices.domains() == [] and qemu_slices.processes() == []
-
 
 
 def without_devices(xml: str) -> str:

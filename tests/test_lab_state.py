@@ -303,3 +303,71 @@ def test_only_a_lab_on_a_root_disk_reboots(tmp_path: Path, fakes: Fakes) -> None
         "(a root disk kept across reboots)\n"
     )
     assert qemu.poll() is None  # nothing was signalled
+
+
+@pytest.mark.parametrize("kind", ["fifo", "dev-zero", "huge", "directory"])
+def test_a_pid_file_or_console_that_is_no_regular_file_does_not_hang_down(
+    tmp_path: Path, fakes: Fakes, kind: str
+) -> None:
+    """qemu.pid (and console.log) made a FIFO, a link to /dev/zero, a huge file or a directory:
+    reading them used to block on the FIFO or fill memory from /dev/zero. They are read bounded,
+    regular files only; a running QEMU of another lab is still left alone."""
+    theirs = fakes.start("y", tmp_path)
+    _wait_for_pid(theirs, LabDir.of("y", tmp_path))
+    lab = _state(tmp_path, "x")
+    for path in (lab.pidfile, lab.console):
+        if kind == "fifo":
+            os.mkfifo(path)
+        elif kind == "dev-zero":
+            path.symlink_to("/dev/zero")
+        elif kind == "huge":
+            path.write_text(f"{theirs.pid}\n" + "0" * (1 << 20))
+        else:
+            path.mkdir()
+    assert processes.qemu_pid(lab) is None and processes.find(lab, None) is None
+    assert lab.console_tail() == "(no console output)" or kind == "huge"
+    done = _cli(tmp_path, "down", "--name", "x")
+    assert done.returncode == 0 and "lab x was not up" in done.stdout, done
+    assert "left a state directory without lab.json; removing it" in done.stderr, done
+    assert not lab.path.exists() and theirs.poll() is None
+
+
+def test_the_console_tail_is_bounded(tmp_path: Path) -> None:
+    lab = _state(tmp_path, "x")
+    lab.console.write_bytes(b"early line\n" * 20000 + b"".join(b"line %d\n" % i for i in range(40)))
+    tail = lab.console_tail()
+    assert tail.splitlines() == [f"line {i}" for i in range(15, 40)]
+
+
+def test_a_process_renamed_to_look_like_the_labs_qemu_is_not_signalled(tmp_path: Path) -> None:
+    """`exec -a` gives `sleep` the lab's whole command line as one argv[0] (so `ps` shows a QEMU
+    of lab x): the options are not whole arguments, so it is not the lab's; nor is a process whose
+    -name is the lab's but whose -pidfile is another path, or that has the options in the wrong order."""
+    lab = _state(tmp_path, "x")
+    name = "bmslice-lab-x,process=bmslice-lab-x"
+    disguises = [
+        ([f"qemu-system-x86_64 -name {name} -pidfile {lab.pidfile}", "300"], "/bin/sleep"),
+        (["qemu-system-x86_64", "-name", name, "-pidfile", f"{lab.pidfile}.old", "300"], None),
+        (["qemu-system-x86_64", "-pidfile", "-name", name, str(lab.pidfile), "300"], None),
+    ]
+    started = []
+    try:
+        for argv, executable in disguises:
+            if executable is None:  # a python that sleeps, carrying the argv after its script
+                argv = [sys.executable, "-c", NAP, *argv]
+            started.append(subprocess.Popen(argv, executable=executable, start_new_session=True))
+        for proc in started:
+            deadline = time.monotonic() + 20
+            while (processes._argv(proc.pid) or [b""])[-2:-1] != [b"300"] and time.monotonic() < deadline:
+                time.sleep(0.05)  # the interpreter starting: wait until the disguise is in its argv
+            assert (processes._argv(proc.pid) or [])[-2:-1] == [b"300"]
+            lab.pidfile.write_text(f"{proc.pid}\n")
+            write_info(lab, _info("x", proc.pid))
+            assert not processes.is_lab_process(proc.pid, lab)
+            assert machine.down("x", tmp_path, grace_s=0.2) is False
+            assert proc.poll() is None
+            lab = _state(tmp_path, "x")
+    finally:
+        for proc in started:
+            proc.kill()
+            proc.wait()

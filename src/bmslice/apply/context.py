@@ -149,6 +149,14 @@ def held_in_spec(held: HeldSlice, origin: str) -> str:
     )
 
 
+def foreign_domain(name: str) -> str:
+    """What every command says of a domain that has a slice's name but no bmslice metadata."""
+    return (
+        f"a domain named {name} already exists and bmslice did not define it (it carries no bmslice metadata); "
+        "bmslice does not take over another's domain"
+    )
+
+
 def held_warnings(ctx: Context) -> list[str]:
     return [held_line(held) for held in ctx.held.values()]
 

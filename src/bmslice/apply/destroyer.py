@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from bmslice.apply import storage
-from bmslice.apply.context import discover, held_line, read_slices
+from bmslice.apply.context import discover, foreign_domain, held_line, read_slices
 from bmslice.apply.libvirt_conn import (
     NO_VOLUME,
     LibvirtError,
@@ -169,6 +169,9 @@ def destroy(
         with_vfs: list[str] = []  # destroyed slices that had VFs: their settings go from the hook's file
         for vm in reversed(targets):
             current = slices.live.get(vm.name)
+            if current is None and lookup(conn, vm.name) is not None:  # its volumes may be in that domain's use
+                report(f"{vm.name}: {foreign_domain(vm.name)}; left as it is, with its volumes")
+                continue
             if current is None:
                 report(f"{vm.name}: not defined")
                 _leftover_volumes(conn, vm, opts.keep_disks, step, report)

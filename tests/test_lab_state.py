@@ -371,3 +371,49 @@ def test_a_process_renamed_to_look_like_the_labs_qemu_is_not_signalled(tmp_path:
         for proc in started:
             proc.kill()
             proc.wait()
+
+
+@pytest.mark.parametrize("plant", ["link-to-host-file", "fifo", "dev-zero", "bad-rc"])
+def test_what_the_guest_plants_in_a_jobs_share_is_not_followed(tmp_path: Path, fakes: Fakes, plant: str) -> None:
+    """The lab's guest writes a job's out, err and rc in the 9p share; a guest that makes them a
+    link to a host file, a FIFO or /dev/zero must not make `lab run` print the host's file, hang
+    or fill memory; an exit code that is not one is refused."""
+    import threading
+
+    from bmslice.errors import LabError
+
+    qemu = fakes.start("x", tmp_path)
+    lab = _state(tmp_path, "x", qemu.pid)
+    _wait_for_pid(qemu, lab)
+    lab.jobs.mkdir()  # as `lab up` leaves it
+    secret = tmp_path / "host-secret"
+    secret.write_text("host only\n")
+
+    def guest() -> None:  # what the lab's jobs.sh does, but hostile
+        deadline = time.monotonic() + 30
+        while not (jobs := [p for p in lab.jobs.iterdir() if (p / "go").exists()]) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        job = jobs[0]
+        if plant == "link-to-host-file":
+            (job / "out").symlink_to(secret)
+        elif plant == "fifo":
+            os.mkfifo(job / "out")
+        elif plant == "dev-zero":
+            (job / "out").symlink_to("/dev/zero")
+        (job / "err").write_bytes(b"a line on stderr\n")
+        (job / "rc").write_text("0\n" if plant != "bad-rc" else "-7 or so\n")
+
+    planter = threading.Thread(target=guest)
+    planter.start()
+    out: list[bytes] = []
+    err: list[bytes] = []
+    try:
+        if plant == "bad-rc":
+            with pytest.raises(LabError, match="the lab wrote an unreadable exit code"):
+                machine.run("x", machine.Job(argv=("true",)), out.append, err.append, state_root=tmp_path)
+        else:
+            assert machine.run("x", machine.Job(argv=("true",)), out.append, err.append, state_root=tmp_path) == 0
+    finally:
+        planter.join()
+    assert out == [] and b"".join(err) == b"a line on stderr\n"
+    assert list(lab.jobs.iterdir()) == [] and secret.read_text() == "host only\n"

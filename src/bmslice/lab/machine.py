@@ -15,9 +15,11 @@ checks the process is still this lab's (its QEMU name and pid file, both whole:
 from __future__ import annotations
 
 import os
+import re
 import shlex
 import shutil
 import signal
+import stat
 import subprocess
 import time
 from collections.abc import Callable, Sequence
@@ -36,6 +38,7 @@ from bmslice.lab.units import LIBVIRT_UNITS, lab_units
 SHARE_MOUNT = "/mnt/bmslice-lab"
 MACHINE_LIBVIRTD_UNIT = Path("/lib/systemd/system/libvirtd.service")
 _POLL_S = 0.25
+DRAIN_CHUNK = 1 << 20  # what one read of a job's output takes
 
 Say = Callable[[str], None]
 
@@ -376,16 +379,29 @@ def run(
         shutil.rmtree(host_dir, ignore_errors=True)
 
 
-def _drain(path: Path, offset: int, sink: Callable[[bytes], None]) -> int:
+def _read_guest_file(path: Path, offset: int = 0, limit: int = DRAIN_CHUNK) -> bytes | None:
+    """At most `limit` bytes from `offset` of a file the lab's guest wrote in the share: a regular
+    file only, no link followed (the guest may plant a FIFO, or a link to /dev/zero or a host file)."""
     try:
-        with path.open("rb") as handle:
-            handle.seek(offset)
-            data = handle.read()
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
     except OSError:
-        return offset
-    if data:
+        return None
+    try:
+        return os.pread(fd, limit, offset) if stat.S_ISREG(os.fstat(fd).st_mode) else None
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+
+
+def _drain(path: Path, offset: int, sink: Callable[[bytes], None]) -> int:
+    """Everything written past `offset`, a chunk at a time; the new offset."""
+    while data := _read_guest_file(path, offset):
         sink(data)
-    return offset + len(data)
+        offset += len(data)
+        if len(data) < DRAIN_CHUNK:
+            break
+    return offset
 
 
 def _follow(
@@ -407,10 +423,10 @@ def _follow(
         out = _drain(job_dir / "out", out, on_out)
         err = _drain(job_dir / "err", err, on_err)
         if done:
-            try:
-                return int((job_dir / "rc").read_text().strip())
-            except ValueError:
-                raise LabError(f"the lab wrote an unreadable exit code for: {what}") from None
+            rc = (_read_guest_file(job_dir / "rc", limit=16) or b"").strip()
+            if not re.fullmatch(rb"[0-9]{1,3}", rc):
+                raise LabError(f"the lab wrote an unreadable exit code for: {what}")
+            return int(rc)
         now = time.monotonic()
         if not processes.is_lab_process(info.wrapper_pid, lab):
             raise LabError(f"the lab stopped while running: {what}", f"console tail:\n{lab.console_tail()}")

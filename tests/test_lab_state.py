@@ -417,3 +417,25 @@ def test_what_the_guest_plants_in_a_jobs_share_is_not_followed(tmp_path: Path, f
         planter.join()
     assert out == [] and b"".join(err) == b"a line on stderr\n"
     assert list(lab.jobs.iterdir()) == [] and secret.read_text() == "host only\n"
+
+
+def test_links_the_guest_left_in_the_share_lead_no_host_write_out_of_it(tmp_path: Path, fakes: Fakes) -> None:
+    """share/poweroff made a link to a host path that must not appear (/etc/nologin, say): lab down's
+    power-off request replaces the link, never creates its target; share/jobs made a link to a host
+    directory: lab run refuses before writing a job there."""
+    from bmslice.errors import LabError
+
+    qemu = fakes.start("x", tmp_path)
+    lab = _state(tmp_path, "x", qemu.pid)
+    _wait_for_pid(qemu, lab)
+    elsewhere = tmp_path / "host-dir"
+    elsewhere.mkdir()
+    lab.jobs.symlink_to(elsewhere)
+    with pytest.raises(LabError, match=r"share/jobs is not a directory \(a link or other file"):
+        machine.run("x", machine.Job(argv=("true",)), print, print, state_root=tmp_path)
+    assert list(elsewhere.iterdir()) == []
+    nologin = tmp_path / "nologin"
+    (lab.share / "poweroff").symlink_to(nologin)
+    assert machine.down("x", tmp_path, grace_s=0.2) is True
+    assert not nologin.exists() and not os.path.lexists(nologin)
+    assert qemu.wait(timeout=10) == -signal.SIGTERM

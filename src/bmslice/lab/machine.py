@@ -260,9 +260,24 @@ def peak_memory_mib(lab: LabDir) -> int | None:
     return None
 
 
+def _mailbox(path: Path) -> None:
+    """An empty file in the share, made afresh: the guest may have left a link there (to /etc/nologin,
+    say), which is removed, never followed."""
+    path.unlink(missing_ok=True)
+    os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644))
+
+
+def _shared_dir(path: Path) -> Path:
+    """A directory of the share the guest can write: refused when it is a link (it would lead the
+    host's writes out of the share)."""
+    if path.is_symlink() or not path.is_dir():
+        raise LabError(f"{path} is not a directory (a link or other file the lab's guest put there); lab down and up")
+    return path
+
+
 def _power_off(lab: LabDir, process: processes.LabProcess, grace_s: float) -> bool:
     """Ask the lab to power off (its job mailbox) and wait up to `grace_s`: whether it did."""
-    (lab.share / "poweroff").touch()
+    _mailbox(lab.share / "poweroff")
     deadline = time.monotonic() + grace_s
     while processes.alive(process, lab) and time.monotonic() < deadline:
         time.sleep(_POLL_S)
@@ -360,7 +375,7 @@ def run(
     lab = LabDir.of(name, state_root)
     info = running_or_refuse(name, state_root)
     job_id = f"{time.time_ns()}-{os.getpid()}"
-    host_dir = lab.jobs / job_id
+    host_dir = _shared_dir(lab.jobs) / job_id
     guest_dir = f"{SHARE_MOUNT}/jobs/{job_id}"
     host_dir.mkdir()
     try:

@@ -273,3 +273,25 @@ def test_a_sysfs_value_changed_between_plan_and_set_is_left(tmp_path: Path) -> N
     assert f"/{rel} changed after bmslice read it (" in error and "-> 3); left as it is" in error, error
     assert f"rolled back {k - 1} step(s)" in error, error
     assert target.read_text() == "3\n"
+
+
+@pytest.mark.parametrize("lines_read", [0, 2, 5])
+def test_a_closed_stdout_mid_run_still_rolls_back(server1: HostApply, lines_read: int) -> None:
+    """`bmslice host-apply SPEC | head -N`: the reader leaves, the next step's line cannot be
+    written. That is a failure like any other: the run rolls back whole (the rollback's own lines
+    going nowhere must not cut it short, as they did) and says so in one line on stderr."""
+    before = tree_state(server1.root)
+    proc = subprocess.Popen(server1.argv(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=server1.env)
+    assert proc.stdout is not None and proc.stderr is not None
+    for _ in range(lines_read):
+        proc.stdout.readline()
+    proc.stdout.close()
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=STUCK_S) == 2, err
+    assert "Traceback" not in err and err.count("\n") == 1, err
+    # closed before the header was written, nothing had begun; else the step whose line failed is named
+    closed_early = err == "error: standard output was closed before the command finished\n"
+    assert (closed_early and not lines_read) or (
+        err.startswith("error: host-apply failed: ") and "Broken pipe; rolled back" in err
+    ), err
+    assert tree_state(server1.root) == before

@@ -16,6 +16,7 @@ ownership.py). The handlers are restored when the run ends.
 
 from __future__ import annotations
 
+import contextlib
 import signal
 import threading
 from collections.abc import Callable, Iterator, Sequence
@@ -180,7 +181,8 @@ def _rollback(completed: list[Step], outcome: Outcome, report: Callable[[str], N
         if step.undo is None:
             continue
         label = step.undo_description or f"undo: {step.description}"
-        report(label)
+        with contextlib.suppress(Exception):  # a closed stdout (`| head`) must not cut the rollback short
+            report(label)
         try:
             step.undo()
             outcome.rolled_back.append(label)

@@ -148,7 +148,7 @@ def nps2(tmp_path: Path) -> HostApply:
     return HostApply(built.spec_path, built.root, tmp_path / "locks")
 
 
-@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM, signal.SIGHUP])
 def test_an_interrupt_puts_back_every_file_it_wrote(server1: HostApply, sig: signal.Signals) -> None:
     before = tree_state(server1.root)
     _, lines = server1.planned()

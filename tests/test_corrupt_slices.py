@@ -119,6 +119,14 @@ VARIANTS = {
         lambda n: element(json.dumps(record(n, vcpu_pins=[4095], cores=[[4095]]))),
         "its plan names CPUs 4095, which this host does not have online",
     ),
+    "memory-beyond-node": (
+        lambda n: element(json.dumps(record(n, memory_mib=1 << 30))),
+        "its plan puts 1073741824 MiB on NUMA node 0, which has 16384 MiB",
+    ),
+    "node-absent": (
+        lambda n: element(json.dumps(record(n, numa_nodes=[7]))),
+        "its plan puts memory on NUMA node 7, which this host does not have",
+    ),
     "negative-cpu": (lambda n: element(json.dumps(record(n, vcpu_pins=[-1], cores=[[-1]]))), "vcpu_pins[0]"),
     "empty": (lambda n: element(""), "not JSON"),
     "mac-multicast": (
@@ -369,21 +377,28 @@ def test_a_transient_or_paused_corrupt_slice_is_destroyed_by_name(
 
 
 @libvirtd
+@pytest.mark.parametrize("shared", ["cpu", "memory"])
 def test_two_readable_records_of_the_same_cpu_hold_the_second_and_the_rest_goes_on(
-    qemu_slices: Slices, bmslice_cli: Cli, tmp_path: Path
+    qemu_slices: Slices, bmslice_cli: Cli, tmp_path: Path, shared: str
 ) -> None:
-    """Each record reads back, but a hand edit gave both slices CPU 1: the planner cannot keep
-    both, so the second (by name) is held and reported; other specs plan around CPU 1."""
+    """Each record reads back, but a hand edit gave both slices CPU 1 (or 10 GiB each of a 16 GiB
+    node): the planner cannot keep both, so the second (by name) is held and reported; other
+    specs plan around it."""
     first, second, other = qemu_slices.name("a"), qemu_slices.name("b"), qemu_slices.name("other")
-    for name in (first, second):
-        qemu_slices.conn.defineXML(domain_xml(name, element(json.dumps(record(name)))))
+    for cpu, name in enumerate((first, second), start=1):
+        change = {"vcpu_pins": [cpu], "cores": [[cpu]], "memory_mib": 10240} if shared == "memory" else {}
+        qemu_slices.conn.defineXML(domain_xml(name, element(json.dumps(record(name, **change))), cpu=cpu))
     tree = host_tree(tmp_path / "host", cores=4)
     others = write_spec(tmp_path / "other.yaml", [vm_entry(other)])
     run = bmslice_cli("apply", others, "--host-root", tree, "--dry-run")
     no_traceback(run)
     assert run.returncode == 0 and f"would define {other}" in run.lines, run
     (line,) = lines_naming(run, f"{second}:")
-    assert f"its plan names CPUs 1, which the plan of {first} names too" in line, run
+    says = {
+        "cpu": f"its plan names CPUs 1, which the plan of {first} names too",
+        "memory": "its plan puts 10240 MiB on NUMA node 0, which has 16384 MiB (10240 MiB of it in other slices' plans)",
+    }
+    assert says[shared] in line, run
     run = bmslice_cli("verify", others, "--host-root", tree)
     no_traceback(run)
     assert run.returncode == 1 and f"{other} is not defined" in run.lines, run

@@ -160,7 +160,7 @@ def destroy(
 
     with libvirt_errors(opts.uri), connected(opts.uri) as conn, host_lock(host_key(conn), opts.uri):
         topo = discover(opts.uri, opts.host_root)
-        slices = read_slices(conn, topo.online_cpus)
+        slices = read_slices(conn, topo)
         destroyed = {vm.name for vm in targets}
         for name, held in slices.held.items():
             if name not in destroyed and warn is not None:

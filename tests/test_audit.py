@@ -226,3 +226,31 @@ def test_real_machine(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> Non
         assert CpuSet.parse(entry["cpus"]) and entry["reason"].startswith(
             ("per-CPU kernel thread", "bound by the kernel")
         )
+
+
+@pytest.mark.parametrize("gone", ["processes", "irqs", "both"])
+def test_an_audit_that_read_nothing_is_no_pass(
+    trees: Trees, gone: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """/proc without processes or IRQs (a container, hidepid, a half-copied tree): the checks
+    that had nothing to look at fail with that reason instead of counting "none of 0" as a pass."""
+    import shutil
+
+    built = trees("server1", "clean")
+    root = tmp_path / "root"
+    shutil.copytree(built.root, root, symlinks=True)
+    proc = root / "proc"
+    if gone in ("processes", "both"):
+        for pid in [p for p in proc.iterdir() if p.name.isdigit()]:
+            shutil.rmtree(pid)
+    if gone in ("irqs", "both"):
+        shutil.rmtree(proc / "irq")
+        (proc / "interrupts").write_text("           CPU0\n")
+    report = audit(built.plan, built.topo, read_runtime(FsRoot(root)))
+    failed = {f.check: f.message for f in report.violations}
+    expect = {"processes": {"threads"}, "irqs": {"irqs"}, "both": {"threads", "irqs"}}[gone]
+    assert set(failed) == expect, failed
+    assert all("nothing checked, not a pass" in failed[check] for check in expect)
+    code = host_cmds.main(["audit", str(built.spec_path), "--host-root", str(root)])
+    out = capsys.readouterr().out
+    assert code == 1 and out.rstrip().endswith(f"audit: {len(expect)} violation(s)"), out

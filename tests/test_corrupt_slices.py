@@ -104,6 +104,31 @@ VARIANTS = {
     "name-jinja": (lambda n: element(json.dumps(record("{{ lookup('pipe','id') }}"))), "is not a valid domain name"),
     "name-too-long": (lambda n: element(json.dumps(record("r" * 300))), "(300 characters) is not a valid domain name"),
     "another-slice": (lambda n: element(json.dumps(record("someone-else"))), "records the plan of someone-else"),
+    "huge": (
+        lambda n: element(json.dumps(record(n, warnings=["w" * 1000] * 1100))),
+        "more than any plan bmslice records",
+    ),
+    "duplicated": (  # libvirt keeps one element per namespace: a second one comes in another version's
+        lambda n: (
+            element(json.dumps(record(n)))
+            + element(json.dumps(record(n, vcpu_pins=[2], cores=[[2]])), namespace="https://bmslice.dev/xmlns/slice/2")
+        ),
+        "2 bmslice metadata elements where bmslice writes one",
+    ),
+    "cpus-beyond-host": (
+        lambda n: element(json.dumps(record(n, vcpu_pins=[4095], cores=[[4095]]))),
+        "its plan names CPUs 4095, which this host does not have online",
+    ),
+    "memory-beyond-node": (
+        lambda n: element(json.dumps(record(n, memory_mib=1 << 30))),
+        "its plan puts 1073741824 MiB on NUMA node 0, which has 16384 MiB",
+    ),
+    "node-absent": (
+        lambda n: element(json.dumps(record(n, numa_nodes=[7]))),
+        "its plan puts memory on NUMA node 7, which this host does not have",
+    ),
+    "negative-cpu": (lambda n: element(json.dumps(record(n, vcpu_pins=[-1], cores=[[-1]]))), "vcpu_pins[0]"),
+    "empty": (lambda n: element(""), "not JSON"),
     "mac-multicast": (
         lambda n: element(json.dumps(record(n, devices=[{**vf_device(), "mac": "01:00:5e:00:00:01"}]))),
         "devices[0].mac: 01:00:5e:00:00:01 is a multicast or broadcast MAC",
@@ -307,3 +332,78 @@ def test_other_specs_run_for_real_beside_a_corrupt_slice(qemu_slices: Slices, bm
     assert run.returncode == 0, run
     assert steps(run)[:2] == [f"stop {y}", f"undefine {y}"], run
     assert qemu_slices.domains() == [] and qemu_slices.processes() == []
+
+
+def without_devices(xml: str) -> str:
+    """The slice with no hostdev or VF, so that libvirt can start it here."""
+    return re.sub(r"<hostdev.*?</hostdev>|<interface.*?</interface>", "", xml, flags=re.S)
+
+
+@libvirtd
+@pytest.mark.parametrize("how", ["transient", "paused"])
+def test_a_transient_or_paused_corrupt_slice_is_destroyed_by_name(
+    how: str, qemu_slices: Slices, bmslice_cli: Cli, tmp_path: Path
+) -> None:
+    """A slice started with `virsh create` (never defined) or paused, its metadata cut short:
+    the others go on, and destroy --vm stops it; a transient one is gone once stopped."""
+    ghost, other = qemu_slices.name("ghost"), qemu_slices.name("other")
+    xml = without_devices(domain_xml(ghost, VARIANTS["truncated"][0](ghost)))
+    if how == "transient":
+        qemu_slices.conn.createXML(xml, 0)
+    else:
+        dom = qemu_slices.conn.defineXML(xml)
+        dom.create()
+        dom.suspend()
+    tree = host_tree(tmp_path / "host", cores=4)
+    own = write_spec(tmp_path / "own.yaml", [vm_entry(ghost), vm_entry(other)])
+    others = write_spec(tmp_path / "other.yaml", [vm_entry(other)])
+    for command in ("verify", "status"):
+        run = bmslice_cli(command, others, "--host-root", tree)
+        no_traceback(run)
+        assert run.returncode == 1, run  # `other` is not defined: its own drift
+        (line,) = lines_naming(run, ghost)
+        assert line.startswith(f"note: {ghost}: its bmslice metadata is unreadable (not JSON") and "CPUs 1" in line
+
+    run = bmslice_cli("destroy", own, "--vm", ghost, "--host-root", tree)
+    no_traceback(run)
+    assert run.returncode == 0, run
+    assert steps(run)[0] == f"stop {ghost}", run
+    if how == "transient":
+        assert f"undefine {ghost}" not in steps(run), run
+        assert f"{ghost} was transient (never defined): stopping it removed it" in steps(run), run
+    else:
+        assert f"undefine {ghost}" in steps(run), run
+    assert qemu_slices.domains() == [] and qemu_slices.processes() == []
+
+
+@libvirtd
+@pytest.mark.parametrize("shared", ["cpu", "memory"])
+def test_two_readable_records_of_the_same_cpu_hold_the_second_and_the_rest_goes_on(
+    qemu_slices: Slices, bmslice_cli: Cli, tmp_path: Path, shared: str
+) -> None:
+    """Each record reads back, but a hand edit gave both slices CPU 1 (or 10 GiB each of a 16 GiB
+    node): the planner cannot keep both, so the second (by name) is held and reported; other
+    specs plan around it."""
+    first, second, other = qemu_slices.name("a"), qemu_slices.name("b"), qemu_slices.name("other")
+    for cpu, name in enumerate((first, second), start=1):
+        change = {"vcpu_pins": [cpu], "cores": [[cpu]], "memory_mib": 10240} if shared == "memory" else {}
+        qemu_slices.conn.defineXML(domain_xml(name, element(json.dumps(record(name, **change))), cpu=cpu))
+    tree = host_tree(tmp_path / "host", cores=4)
+    others = write_spec(tmp_path / "other.yaml", [vm_entry(other)])
+    run = bmslice_cli("apply", others, "--host-root", tree, "--dry-run")
+    no_traceback(run)
+    assert run.returncode == 0 and f"would define {other}" in run.lines, run
+    (line,) = lines_naming(run, f"{second}:")
+    says = {
+        "cpu": f"its plan names CPUs 1, which the plan of {first} names too",
+        "memory": "its plan puts 10240 MiB on NUMA node 0, which has 16384 MiB (10240 MiB of it in other slices' plans)",
+    }
+    assert says[shared] in line, run
+    run = bmslice_cli("verify", others, "--host-root", tree)
+    no_traceback(run)
+    assert run.returncode == 1 and f"{other} is not defined" in run.lines, run
+    both = write_spec(tmp_path / "both.yaml", [vm_entry(first), vm_entry(second)])
+    run = bmslice_cli("destroy", both, "--host-root", tree)
+    no_traceback(run)
+    assert run.returncode == 0 and {f"undefine {first}", f"undefine {second}"} <= set(steps(run)), run
+    assert qemu_slices.domains() == []

@@ -162,3 +162,40 @@ def test_each_host_is_read_once_when_the_fabric_is_checked(tmp_path: Path, monke
     report = verify_fleet(fleet, specs, placement=placement, tables={"fabric-switch": []}, fleet_file="f.yaml")
     assert sorted(reads) == sorted(specs), reads
     assert len(report.fabric) == sum(nic.count for vm in placement.vms for nic in vm.nics)
+
+
+@pytest.mark.parametrize("table", ["header-only", "json-no-entries", "other-vlans-only"])
+def test_a_table_that_learned_nothing_of_ours_fails_every_checked_nic(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], table: str
+) -> None:
+    """An empty table (the header only, JSON with no entries) or one of other VLANs only: each NIC
+    is checked and missing (or elsewhere), never learned; the run fails in text and JSON."""
+    path = tmp_path / table
+    text = (TABLES / "els.txt").read_text()
+    if table == "header-only":
+        path.write_text("".join(line for line in text.splitlines(keepends=True) if "_Network" not in line))
+    elif table == "json-no-entries":
+        path.write_text('{"l2ng-l2ald-rtb-macdb": [{"l2ng-l2ald-mac-entry-vlan": []}]}')
+    else:
+        path.write_text(text.replace("Tenant_Network", "Other_Net"))
+    fleet = _fleet(tmp_path, example_data())
+    code, out, _ = _verify(capsys, fleet, "--switch-table", f"fabric-switch={path}")
+    assert code == 1
+    assert out.rstrip().endswith(
+        "fabric: 8 of 8 checked VM NIC(s) missing or learned elsewhere; 8 of 8 planned VM NIC(s) checked"
+    )
+    code, out, _ = _verify(capsys, fleet, "--switch-table", f"fabric-switch={path}", "--json")
+    report = json.loads(out)
+    assert code == 1 and report["ok"] is False
+    assert report["fabric_counts"] == {"planned": 8, "checked": 8, "failed": 8, "tables": ["fabric-switch"]}
+    assert "learned" not in {check["status"] for check in report["fabric"]}
+
+
+def test_host_trees_say_their_live_slices_were_not_compared(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The example's hosts are trees: their specs plan, nothing live is compared, and their audit
+    has no /proc threads or IRQs to look at; the summary says so instead of a bare "no drift"."""
+    code, out, _ = _verify(capsys, _fleet(tmp_path, example_data()))
+    assert code == 0
+    assert out.splitlines()[-1] == "fleet: no drift (4 planned); no host's live slices were compared"
+    assert out.count("note: audit: threads: the tree has none to check (no /proc entries)") == 4
+    assert "nothing checked, not a pass" not in out  # a tree's empty /proc is a note, not drift

@@ -88,9 +88,11 @@ def _in_pipe_write(pid: int) -> bool:
         return False
 
 
-def interrupt_at(run: HostApply, k: int, sig: signal.Signals, meanwhile: Callable[[], None] = lambda: None) -> Run:
+def interrupt_at(
+    run: HostApply, k: int, sig: signal.Signals | None, meanwhile: Callable[[], None] = lambda: None
+) -> Run:
     """Run host-apply; send `sig` while it is held printing the line of step k (1-based), before step k
-    runs. `meanwhile` runs while it is held there."""
+    runs. `meanwhile` runs while it is held there (`sig` None: only that, no signal)."""
     header, lines = run.planned()
     assert 1 <= k <= len(lines), lines
     before = "".join(f"{line}\n" for line in [header, *lines[: k - 1]]).encode()
@@ -100,7 +102,7 @@ def interrupt_at(run: HostApply, k: int, sig: signal.Signals, meanwhile: Callabl
         fill = capacity - len(before)  # what comes before step k's line fills the pipe to the brim
         assert fill >= 0, "the lines before step k do not fit in one page; choose an earlier step"
         os.write(write_end, b"#" * fill)
-        stderr_path = run.lock_dir.parent / f"stderr-{k}-{sig.name}"
+        stderr_path = run.lock_dir.parent / f"stderr-{k}-{sig.name if sig else 'none'}"
         with stderr_path.open("w+") as stderr:
             proc = subprocess.Popen(run.argv(), stdout=write_end, stderr=stderr, env=run.env)
             os.close(write_end)
@@ -114,7 +116,8 @@ def interrupt_at(run: HostApply, k: int, sig: signal.Signals, meanwhile: Callabl
                     pytest.fail(f"host-apply never stopped at step {k} ({lines[k - 1]!r}): {stderr.read()}")
                 time.sleep(0.02)
             meanwhile()
-            proc.send_signal(sig)
+            if sig is not None:
+                proc.send_signal(sig)
             out = b""
             while chunk := os.read(read_end, 1 << 16):
                 out += chunk
@@ -145,7 +148,7 @@ def nps2(tmp_path: Path) -> HostApply:
     return HostApply(built.spec_path, built.root, tmp_path / "locks")
 
 
-@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM, signal.SIGHUP])
 def test_an_interrupt_puts_back_every_file_it_wrote(server1: HostApply, sig: signal.Signals) -> None:
     before = tree_state(server1.root)
     _, lines = server1.planned()
@@ -208,3 +211,87 @@ def test_what_cannot_be_put_back_is_named(server1: HostApply, tmp_path: Path) ->
     left = {"etc/default", "etc/default/grub.d", "grub.d.moved", "grub.d.moved/bmslice.cfg"}
     assert {rel: v for rel, v in after.items() if rel not in left} == before  # all else put back
     assert b"GRUB_CMDLINE_LINUX_DEFAULT" in after["grub.d.moved/bmslice.cfg"][1]  # the file named is what is left
+
+
+def test_a_file_changed_between_plan_and_write_is_left_and_the_run_undone(server1: HostApply) -> None:
+    """Someone writes /etc/default/grub.d/bmslice.cfg while host-apply is on the step before: the
+    write is refused (their file is not overwritten), and what the run did so far is put back."""
+    before = tree_state(server1.root)
+    _, lines = server1.planned()
+    assert lines[2] == "  create /etc/default/grub.d/bmslice.cfg"
+    theirs = server1.root / "etc/default/grub.d/bmslice.cfg"
+
+    def edit() -> None:
+        theirs.parent.mkdir(parents=True, exist_ok=True)
+        theirs.write_text('GRUB_CMDLINE_LINUX_DEFAULT="$GRUB_CMDLINE_LINUX_DEFAULT quiet"\n')
+
+    done = interrupt_at(server1, 3, None, edit)
+    error = one_error(done)
+    assert error.startswith(
+        "error: host-apply failed: create /etc/default/grub.d/bmslice.cfg: /etc/default/grub.d/bmslice.cfg "
+        "changed after bmslice read it"
+    ), error
+    assert "rolled back 2 step(s)" in error, error
+    assert theirs.read_text() == 'GRUB_CMDLINE_LINUX_DEFAULT="$GRUB_CMDLINE_LINUX_DEFAULT quiet"\n'
+    theirs_too = {"etc/default", "etc/default/grub.d", "etc/default/grub.d/bmslice.cfg"}  # what the edit made
+    assert {rel: v for rel, v in tree_state(server1.root).items() if rel not in theirs_too} == before
+
+
+def test_a_file_changed_after_its_write_is_not_rolled_back_over(server1: HostApply) -> None:
+    """/etc/bmslice/kernel-args rewritten by someone after host-apply wrote it, then Ctrl-C: the undo
+    would put back the old content over theirs; it leaves theirs and says so (ROLLBACK INCOMPLETE)."""
+    _, lines = server1.planned()
+    assert lines[1] == "  update /etc/bmslice/kernel-args"
+    args = server1.root / "etc/bmslice/kernel-args"
+
+    def edit() -> None:
+        args.write_text("isolcpus=7\n")
+
+    done = interrupt_at(server1, 4, signal.SIGINT, edit)
+    error = one_error(done)
+    assert error.startswith(f"error: host-apply interrupted by SIGINT before {lines[4].strip()}; ROLLBACK INCOMPLETE")
+    assert (
+        "could not restore /etc/bmslice/kernel-args: /etc/bmslice/kernel-args changed after bmslice wrote it" in error
+    )
+    assert "undid 3 of 4 step(s)" in error, error  # step 4 runs once the pipe drains, then the run stops
+    assert args.read_text() == "isolcpus=7\n"
+    assert not (server1.root / "etc/default/grub.d/bmslice.cfg").exists()  # the other steps were put back
+
+
+def test_a_sysfs_value_changed_between_plan_and_set_is_left(tmp_path: Path) -> None:
+    run = nps2(tmp_path)
+    _, lines = run.planned()
+    k = next(i for i, line in enumerate(lines, 1) if line.startswith("  set /sys/"))
+    rel = lines[k - 1].split()[1].lstrip("/")
+    target = run.root / rel
+
+    def edit() -> None:
+        target.write_text("3\n")
+
+    done = interrupt_at(run, k, None, edit)
+    error = one_error(done)
+    assert f"/{rel} changed after bmslice read it (" in error and "-> 3); left as it is" in error, error
+    assert f"rolled back {k - 1} step(s)" in error, error
+    assert target.read_text() == "3\n"
+
+
+@pytest.mark.parametrize("lines_read", [0, 2, 5])
+def test_a_closed_stdout_mid_run_still_rolls_back(server1: HostApply, lines_read: int) -> None:
+    """`bmslice host-apply SPEC | head -N`: the reader leaves, the next step's line cannot be
+    written. That is a failure like any other: the run rolls back whole (the rollback's own lines
+    going nowhere must not cut it short, as they did) and says so in one line on stderr."""
+    before = tree_state(server1.root)
+    proc = subprocess.Popen(server1.argv(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=server1.env)
+    assert proc.stdout is not None and proc.stderr is not None
+    for _ in range(lines_read):
+        proc.stdout.readline()
+    proc.stdout.close()
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=STUCK_S) == 2, err
+    assert "Traceback" not in err and err.count("\n") == 1, err
+    # closed before the header was written, nothing had begun; else the step whose line failed is named
+    closed_early = err == "error: standard output was closed before the command finished\n"
+    assert (closed_early and not lines_read) or (
+        err.startswith("error: host-apply failed: ") and "Broken pipe; rolled back" in err
+    ), err
+    assert tree_state(server1.root) == before

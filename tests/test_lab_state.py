@@ -303,3 +303,139 @@ def test_only_a_lab_on_a_root_disk_reboots(tmp_path: Path, fakes: Fakes) -> None
         "(a root disk kept across reboots)\n"
     )
     assert qemu.poll() is None  # nothing was signalled
+
+
+@pytest.mark.parametrize("kind", ["fifo", "dev-zero", "huge", "directory"])
+def test_a_pid_file_or_console_that_is_no_regular_file_does_not_hang_down(
+    tmp_path: Path, fakes: Fakes, kind: str
+) -> None:
+    """qemu.pid (and console.log) made a FIFO, a link to /dev/zero, a huge file or a directory:
+    reading them used to block on the FIFO or fill memory from /dev/zero. They are read bounded,
+    regular files only; a running QEMU of another lab is still left alone."""
+    theirs = fakes.start("y", tmp_path)
+    _wait_for_pid(theirs, LabDir.of("y", tmp_path))
+    lab = _state(tmp_path, "x")
+    for path in (lab.pidfile, lab.console):
+        if kind == "fifo":
+            os.mkfifo(path)
+        elif kind == "dev-zero":
+            path.symlink_to("/dev/zero")
+        elif kind == "huge":
+            path.write_text(f"{theirs.pid}\n" + "0" * (1 << 20))
+        else:
+            path.mkdir()
+    assert processes.qemu_pid(lab) is None and processes.find(lab, None) is None
+    assert lab.console_tail() == "(no console output)" or kind == "huge"
+    done = _cli(tmp_path, "down", "--name", "x")
+    assert done.returncode == 0 and "lab x was not up" in done.stdout, done
+    assert "left a state directory without lab.json; removing it" in done.stderr, done
+    assert not lab.path.exists() and theirs.poll() is None
+
+
+def test_the_console_tail_is_bounded(tmp_path: Path) -> None:
+    lab = _state(tmp_path, "x")
+    lab.console.write_bytes(b"early line\n" * 20000 + b"".join(b"line %d\n" % i for i in range(40)))
+    tail = lab.console_tail()
+    assert tail.splitlines() == [f"line {i}" for i in range(15, 40)]
+
+
+def test_a_process_renamed_to_look_like_the_labs_qemu_is_not_signalled(tmp_path: Path) -> None:
+    """`exec -a` gives `sleep` the lab's whole command line as one argv[0] (so `ps` shows a QEMU
+    of lab x): the options are not whole arguments, so it is not the lab's; nor is a process whose
+    -name is the lab's but whose -pidfile is another path, or that has the options in the wrong order."""
+    lab = _state(tmp_path, "x")
+    name = "bmslice-lab-x,process=bmslice-lab-x"
+    disguises = [
+        ([f"qemu-system-x86_64 -name {name} -pidfile {lab.pidfile}", "300"], "/bin/sleep"),
+        (["qemu-system-x86_64", "-name", name, "-pidfile", f"{lab.pidfile}.old", "300"], None),
+        (["qemu-system-x86_64", "-pidfile", "-name", name, str(lab.pidfile), "300"], None),
+    ]
+    started = []
+    try:
+        for argv, executable in disguises:
+            if executable is None:  # a python that sleeps, carrying the argv after its script
+                argv = [sys.executable, "-c", NAP, *argv]
+            started.append(subprocess.Popen(argv, executable=executable, start_new_session=True))
+        for proc in started:
+            deadline = time.monotonic() + 20
+            while (processes._argv(proc.pid) or [b""])[-2:-1] != [b"300"] and time.monotonic() < deadline:
+                time.sleep(0.05)  # the interpreter starting: wait until the disguise is in its argv
+            assert (processes._argv(proc.pid) or [])[-2:-1] == [b"300"]
+            lab.pidfile.write_text(f"{proc.pid}\n")
+            write_info(lab, _info("x", proc.pid))
+            assert not processes.is_lab_process(proc.pid, lab)
+            assert machine.down("x", tmp_path, grace_s=0.2) is False
+            assert proc.poll() is None
+            lab = _state(tmp_path, "x")
+    finally:
+        for proc in started:
+            proc.kill()
+            proc.wait()
+
+
+@pytest.mark.parametrize("plant", ["link-to-host-file", "fifo", "dev-zero", "bad-rc"])
+def test_what_the_guest_plants_in_a_jobs_share_is_not_followed(tmp_path: Path, fakes: Fakes, plant: str) -> None:
+    """The lab's guest writes a job's out, err and rc in the 9p share; a guest that makes them a
+    link to a host file, a FIFO or /dev/zero must not make `lab run` print the host's file, hang
+    or fill memory; an exit code that is not one is refused."""
+    import threading
+
+    from bmslice.errors import LabError
+
+    qemu = fakes.start("x", tmp_path)
+    lab = _state(tmp_path, "x", qemu.pid)
+    _wait_for_pid(qemu, lab)
+    lab.jobs.mkdir()  # as `lab up` leaves it
+    secret = tmp_path / "host-secret"
+    secret.write_text("host only\n")
+
+    def guest() -> None:  # what the lab's jobs.sh does, but hostile
+        deadline = time.monotonic() + 30
+        while not (jobs := [p for p in lab.jobs.iterdir() if (p / "go").exists()]) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        job = jobs[0]
+        if plant == "link-to-host-file":
+            (job / "out").symlink_to(secret)
+        elif plant == "fifo":
+            os.mkfifo(job / "out")
+        elif plant == "dev-zero":
+            (job / "out").symlink_to("/dev/zero")
+        (job / "err").write_bytes(b"a line on stderr\n")
+        (job / "rc").write_text("0\n" if plant != "bad-rc" else "-7 or so\n")
+
+    planter = threading.Thread(target=guest)
+    planter.start()
+    out: list[bytes] = []
+    err: list[bytes] = []
+    try:
+        if plant == "bad-rc":
+            with pytest.raises(LabError, match="the lab wrote an unreadable exit code"):
+                machine.run("x", machine.Job(argv=("true",)), out.append, err.append, state_root=tmp_path)
+        else:
+            assert machine.run("x", machine.Job(argv=("true",)), out.append, err.append, state_root=tmp_path) == 0
+    finally:
+        planter.join()
+    assert out == [] and b"".join(err) == b"a line on stderr\n"
+    assert list(lab.jobs.iterdir()) == [] and secret.read_text() == "host only\n"
+
+
+def test_links_the_guest_left_in_the_share_lead_no_host_write_out_of_it(tmp_path: Path, fakes: Fakes) -> None:
+    """share/poweroff made a link to a host path that must not appear (/etc/nologin, say): lab down's
+    power-off request replaces the link, never creates its target; share/jobs made a link to a host
+    directory: lab run refuses before writing a job there."""
+    from bmslice.errors import LabError
+
+    qemu = fakes.start("x", tmp_path)
+    lab = _state(tmp_path, "x", qemu.pid)
+    _wait_for_pid(qemu, lab)
+    elsewhere = tmp_path / "host-dir"
+    elsewhere.mkdir()
+    lab.jobs.symlink_to(elsewhere)
+    with pytest.raises(LabError, match=r"share/jobs is not a directory \(a link or other file"):
+        machine.run("x", machine.Job(argv=("true",)), print, print, state_root=tmp_path)
+    assert list(elsewhere.iterdir()) == []
+    nologin = tmp_path / "nologin"
+    (lab.share / "poweroff").symlink_to(nologin)
+    assert machine.down("x", tmp_path, grace_s=0.2) is True
+    assert not nologin.exists() and not os.path.lexists(nologin)
+    assert qemu.wait(timeout=10) == -signal.SIGTERM

@@ -18,6 +18,7 @@
 from __future__ import annotations
 
 import io
+import re
 import shutil
 import signal
 import subprocess
@@ -225,23 +226,31 @@ def test_destroy_removes_bmslice_volumes_whose_domain_is_gone(
 
 
 @libvirtd
+@pytest.mark.parametrize("other_metadata", [False, True])
 def test_a_domain_of_the_same_name_that_bmslice_did_not_define_is_refused(
-    qemu_slices: Slices, bmslice_cli: Cli, tmp_path: Path
+    qemu_slices: Slices, bmslice_cli: Cli, tmp_path: Path, other_metadata: bool
 ) -> None:
     vm = qemu_slices.name("a")
+    metadata = "<metadata><other:x xmlns:other='https://example.com/other'>{}</other:x></metadata>"
     qemu_slices.conn.defineXML(
-        f"<domain type='qemu'><name>{vm}</name><memory unit='MiB'>64</memory>"
+        f"<domain type='qemu'><name>{vm}</name>{metadata if other_metadata else ''}<memory unit='MiB'>64</memory>"
         "<os><type arch='x86_64'>hvm</type></os></domain>"
+    )
+    foreign = (
+        f"a domain named {vm} already exists and bmslice did not define it (it carries no bmslice metadata); "
+        "bmslice does not take over another's domain"
     )
     spec = write_spec(tmp_path / "spec.yaml", [with_disk(vm_entry(vm))])
     run = bmslice_cli("apply", spec)
-    assert one_error(run) == (
-        f"error: a domain named {vm} already exists and bmslice did not define it; "
-        "bmslice does not take over another's domain: rename one of them"
-    )
+    assert one_error(run) == f"error: {foreign}: rename one of them"
     assert qemu_slices.volumes() == []
+    run = bmslice_cli("verify", spec)  # it is defined (not "not defined"), just not bmslice's
+    assert run.returncode == 1 and foreign in run.lines and f"{vm} is not defined" not in run.stdout, run
+    run = bmslice_cli("status", spec)
+    assert run.returncode == 1 and re.search(rf"{re.escape(vm)}\s+│ not bmslice's ", run.stdout), run
     run = bmslice_cli("destroy", spec)
-    assert run.returncode == 0 and qemu_slices.domains() == [vm], run
+    assert run.returncode == 0 and f"{vm}: {foreign}; left as it is, with its volumes" in steps(run), run
+    assert qemu_slices.domains() == [vm]
 
 
 def _replace_disk(slices: Slices, vm: str, *, data: bool) -> Path:

@@ -242,6 +242,9 @@ def _plans(tmp: Path) -> Iterator[tuple[str, Plan, HostTopology]]:
     yield "server1", make_plan(topo, load_spec(EXAMPLE / "spec.yaml")), topo
     topo = read_host_tree(KERNEL415)
     yield "server1-kernel4.15", make_plan(topo, load_spec(REBOOT_SPEC)), topo
+    topo = read_host_tree(EXAMPLE / "host")
+    for kind in ("realtime", "multinode"):  # realtime VMs; a guest over two NUMA nodes with a VF
+        yield f"server1-{kind}", make_plan(topo, load_spec(REPO / f"tests/data/{kind}/server1-spec.yaml")), topo
     built = build(tmp, MACHINES["amd-nps2"]())
     yield "amd-nps2", built.plan, built.topo
     built = build(tmp, MACHINES["intel-nosmt"]())

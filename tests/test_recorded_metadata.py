@@ -287,3 +287,18 @@ def test_a_running_slice_outside_the_spec_keeps_its_device(server1: HostTopology
     vm = {"name": "new", "vcpus": 2, "memory": "2GiB", "nics": [{"passthrough": "0000:01:00.0"}]}
     with pytest.raises(PlanError, match=f"already given to {RED}"):
         make_plan(server1, spec([vm]), keep=[red])
+
+
+@pytest.mark.parametrize("held_mib", [1 << 30, 40 * 1024])
+def test_a_held_slice_holding_more_than_its_node_leaves_none_not_less_than_none(
+    server1: HostTopology, held_mib: int
+) -> None:
+    """A held slice whose definition binds more memory to a node than the node has (1 TiB, or just
+    over it): the node has no memory left for others (never a negative amount), the other node does."""
+    ghost = held(memory_mib=((0, held_mib),))
+    vm = {"name": "new", "vcpus": 2, "memory": "2GiB"}
+    assert make_plan(server1, spec([vm]), held=[ghost]).vm("new").numa_nodes == (1,)
+    pinned = {**vm, "numa_node": 0}
+    with pytest.raises(PlanError) as info:
+        make_plan(server1, spec([pinned]), held=[ghost])
+    assert "new needs 2048 MiB on NUMA node 0, only 0 MiB are free" in str(info.value), str(info.value)

@@ -54,6 +54,9 @@ def test_golden_domain_xml_passes_virt_xml_validate(path: Path) -> None:
     ("spec", "host"),
     [
         ("examples/server1/spec.yaml", "examples/server1/host"),
+        ("tests/data/realtime/server1-spec.yaml", "examples/server1/host"),
+        ("tests/data/multinode/server1-spec.yaml", "examples/server1/host"),
+        ("tests/data/server1-kernel4.15-vfs.yaml", "tests/data/trees/server1-kernel4.15"),
     ],
 )
 def test_rendered_examples_pass_virt_xml_validate(tmp_path: Path, spec: str, host: str) -> None:
@@ -78,3 +81,66 @@ def test_rendered_examples_pass_virt_xml_validate(tmp_path: Path, spec: str, hos
     assert rendered
     for path in rendered:
         _validate(path)
+
+
+# Odd but valid names and the option combinations that change the XML most: a realtime guest over
+# two nodes with a passed-through NIC and a VF whose address is known only at apply time, no or 64
+# IOThreads, the emulator on the host's CPUs, 1 GiB or 2 MiB pages.
+ODD_VMS = [
+    {
+        "name": "A.b+c_d-e",
+        "vcpus": 4,
+        "memory": "4GiB",
+        "numa_nodes": 2,
+        "hugepages": "1G",
+        "iothreads": 0,
+        "realtime": {"housekeeping_vcpus": 2, "priority": 1},
+        "nics": [{"passthrough": "eno1"}, {"sriov": {"pf": "eno2", "vlan": 4094}}],
+    },
+    {
+        "name": "9" + "x" * 63,
+        "vcpus": 4,
+        "memory": "4GiB",
+        "emulator": "host",
+        "iothreads": 64,
+        "hugepages": "2M",
+        "nics": [{"sriov": {"pf": "eno2"}}, {"sriov": {"pf": "eno2", "vlan": 1}}],
+    },
+    {
+        "name": "a-",
+        "vcpus": 4,
+        "memory": "1GiB",
+        "disable_cpu_features": ["arch-capabilities"],
+        "realtime": {"housekeeping_vcpus": 2, "priority": 99},
+        "hugepages": "2M",
+    },
+]
+
+
+@pytest.mark.parametrize("vm", ODD_VMS, ids=lambda vm: str(vm["name"])[:12])
+def test_odd_names_and_combinations_render_what_libvirt_accepts(tmp_path: Path, vm: dict[str, object]) -> None:
+    """virt-xml-validate, then `virsh define` on libvirt's test driver: the schema and libvirt's own parser."""
+    import yaml
+
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(yaml.safe_dump({"host": {"reserved_cores_per_node": 1}, "vms": [vm]}))
+    out = tmp_path / "out"
+    argv = [
+        sys.executable,
+        "-m",
+        "bmslice.cli.main",
+        "render",
+        str(spec),
+        "--host-root",
+        str(ROOT / "examples/server1/host"),
+    ]
+    done = subprocess.run([*argv, "--out", str(out)], capture_output=True, text=True, timeout=120, check=False)
+    assert done.returncode == 0, done.stderr
+    (path,) = out.glob("*.xml")
+    _validate(path)
+    virsh = shutil.which("virsh")
+    assert virsh is not None, "virsh is missing: install libvirt-clients"
+    defined = subprocess.run(
+        [virsh, "-c", "test:///default", "define", str(path)], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert defined.returncode == 0 and f"Domain '{vm['name']}' defined" in defined.stdout, defined

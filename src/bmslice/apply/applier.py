@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from bmslice.apply import pf_link, sriov, storage, volumes
-from bmslice.apply.context import Context, held_in_spec, held_warnings, load_context
+from bmslice.apply.context import Context, foreign_domain, held_in_spec, held_warnings, load_context
 from bmslice.apply.libvirt_conn import (
     AFFECT_CONFIG,
     AFFECT_LIVE,
@@ -233,10 +233,7 @@ def _volume_steps(
 
 def _create_steps(ctx: Context, vm_spec: VmSpec, vm: VmPlan, desired: Domain, opts: ApplyOptions) -> list[Step]:
     if lookup(ctx.conn, vm.name) is not None:  # defined, but not by bmslice (no bmslice metadata)
-        raise ApplyError(
-            f"a domain named {vm.name} already exists and bmslice did not define it; "
-            "bmslice does not take over another's domain: rename one of them"
-        )
+        raise ApplyError(f"{foreign_domain(vm.name)}: rename one of them")
     ensure_volumes = _volume_steps(ctx, vm_spec, opts.spec_dir, set(), True, lambda _line: None)  # refusals first
     steps = [
         _detach_step(ctx, dev.known_address)

@@ -59,7 +59,7 @@ def discover(uri: str, host_root: Path | None) -> HostTopology:
     return read_libvirt_topology(uri)
 
 
-def recorded_plan(live: LiveDomain) -> VmPlan:
+def recorded_plan(live: LiveDomain, topo: HostTopology, used_mib: dict[int, int] | None = None) -> VmPlan:
     """The plan `live` was applied with, read from its bmslice metadata; RecordError says why not."""
     meta = slice_metadata(live.inactive_xml)
     if meta is None:
@@ -68,12 +68,28 @@ def recorded_plan(live: LiveDomain) -> VmPlan:
         raise RecordError(
             f"written by another bmslice version (namespace {shown(meta.namespace, 80)}; this one reads {BMSLICE_NS})"
         )
+    if meta.copies > 1:
+        raise RecordError(f"{meta.copies} bmslice metadata elements where bmslice writes one")
     if meta.elements:
         raise RecordError("XML elements where bmslice writes the plan's JSON")
     vm = recorded_vm(meta.text)
     if vm.name != live.name:
         raise RecordError(f"it records the plan of {vm.name}, not of this domain")
+    if offline := vm.owned_cpus - topo.online_cpus:
+        raise RecordError(f"its plan names CPUs {offline}, which this host does not have online")
+    _check_memory(vm, topo, used_mib or {})
     return vm
+
+
+def _check_memory(vm: VmPlan, topo: HostTopology, used_mib: dict[int, int]) -> None:
+    """The record's memory fits its nodes beside the records read before it (`used_mib`, per node)."""
+    nodes = {node.id: node.memory_mib for node in topo.numa_nodes}
+    for node, mib in sorted(vm.memory_by_node().items()):
+        if node not in nodes:
+            raise RecordError(f"its plan puts memory on NUMA node {node}, which this host does not have")
+        if used_mib.get(node, 0) + mib > nodes[node]:
+            others = f" ({used_mib[node]} MiB of it in other slices' plans)" if used_mib.get(node) else ""
+            raise RecordError(f"its plan puts {mib} MiB on NUMA node {node}, which has {nodes[node]} MiB{others}")
 
 
 def _memory_by_node(dom: Domain) -> tuple[tuple[int, int], ...]:
@@ -113,15 +129,24 @@ class Slices:
     held: dict[str, HeldSlice]
 
 
-def read_slices(conn: Any, host_cpus: CpuSet) -> Slices:
+def read_slices(conn: Any, topo: HostTopology) -> Slices:
+    """Each slice's record, or why it is held: unreadable, or naming CPUs or memory the host lacks or
+    another record has (the planner could keep neither; held, the others go on)."""
     live = managed_domains(conn)
     recorded: dict[str, VmPlan] = {}
     held: dict[str, HeldSlice] = {}
-    for name, dom in live.items():
+    used_mib: dict[int, int] = {}
+    for name, dom in sorted(live.items()):
         try:
-            recorded[name] = recorded_plan(dom)
+            vm = recorded_plan(dom, topo, used_mib)
+            if clash := next((o for o in recorded.values() if not o.owned_cpus.isdisjoint(vm.owned_cpus)), None):
+                shared = clash.owned_cpus & vm.owned_cpus
+                raise RecordError(f"its plan names CPUs {shared}, which the plan of {clash.name} names too")
+            recorded[name] = vm
+            for node, mib in vm.memory_by_node().items():
+                used_mib[node] = used_mib.get(node, 0) + mib
         except RecordError as exc:
-            held[name] = held_slice(dom, str(exc), host_cpus)
+            held[name] = held_slice(dom, str(exc), topo.online_cpus)
     return Slices(live, recorded, held)
 
 
@@ -138,6 +163,14 @@ def held_in_spec(held: HeldSlice, origin: str) -> str:
     return (
         f"{held.name}: its bmslice metadata is unreadable ({held.why}); `bmslice destroy {origin} --vm {held.name}` "
         "removes it (volumes bmslice did not mark stay), then apply again"
+    )
+
+
+def foreign_domain(name: str) -> str:
+    """What every command says of a domain that has a slice's name but no bmslice metadata."""
+    return (
+        f"a domain named {name} already exists and bmslice did not define it (it carries no bmslice metadata); "
+        "bmslice does not take over another's domain"
     )
 
 
@@ -162,7 +195,7 @@ def load_context(
     from 0 (vms[N]) as if it were not there.
     """
     topology = topology or discover(uri, host_root)
-    slices = read_slices(conn, topology.online_cpus)
+    slices = read_slices(conn, topology)
     recorded = slices.recorded
     names = {vm.name for vm in spec.vms}
     moving = tuple(name for name, old in recorded.items() if name in names and slice_changes(old, spec.vm(name)))

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from bmslice.apply import storage
-from bmslice.apply.context import discover, held_line, read_slices
+from bmslice.apply.context import discover, foreign_domain, held_line, read_slices
 from bmslice.apply.libvirt_conn import (
     NO_VOLUME,
     LibvirtError,
@@ -160,7 +160,7 @@ def destroy(
 
     with libvirt_errors(opts.uri), connected(opts.uri) as conn, host_lock(host_key(conn), opts.uri):
         topo = discover(opts.uri, opts.host_root)
-        slices = read_slices(conn, topo.online_cpus)
+        slices = read_slices(conn, topo)
         destroyed = {vm.name for vm in targets}
         for name, held in slices.held.items():
             if name not in destroyed and warn is not None:
@@ -169,6 +169,9 @@ def destroy(
         with_vfs: list[str] = []  # destroyed slices that had VFs: their settings go from the hook's file
         for vm in reversed(targets):
             current = slices.live.get(vm.name)
+            if current is None and lookup(conn, vm.name) is not None:  # its volumes may be in that domain's use
+                report(f"{vm.name}: {foreign_domain(vm.name)}; left as it is, with its volumes")
+                continue
             if current is None:
                 report(f"{vm.name}: not defined")
                 _leftover_volumes(conn, vm, opts.keep_disks, step, report)
@@ -179,9 +182,13 @@ def destroy(
                 continue
             # judged while the domain names them
             volumes = _domain_volumes(conn, current, opts.keep_disks, report, readable=plan is not None)
+            persistent = bool(dom.isPersistent())  # a transient domain is gone once stopped
             if current.active:
                 step(f"stop {vm.name}", partial(stop_domain, dom))
-            step(f"undefine {vm.name}", dom.undefine)
+            if persistent:
+                step(f"undefine {vm.name}", dom.undefine)
+            else:
+                report(f"{vm.name} was transient (never defined): stopping it removed it")
             for path, vol in volumes:
                 step(f"delete volume {path}", partial(storage.delete_volume, vol))
             if (unreadable := slices.held.get(vm.name)) is not None and _held_devices(topo, unreadable, report):

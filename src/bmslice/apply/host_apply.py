@@ -161,6 +161,8 @@ class _Changes:
         real = self.tree.real(rel)
 
         def do() -> None:
+            if (now := _current_int(fs, rel)) != current:  # set meanwhile: the undo would put back a stale value
+                raise ApplyError(f"/{rel} changed after bmslice read it ({current} -> {now}); left as it is")
             self.tree.write_in_place(real, f"{setting.value}\n".encode())
             got = _current_int(fs, rel)
             if got is not None and got < setting.value:

@@ -4,9 +4,9 @@ Each step says what it will do (for --dry-run and the report) and knows how to u
 itself. A failed undo is reported, never hidden, and the remaining undos still run; the
 message then says ROLLBACK INCOMPLETE and never that the run was rolled back.
 
-Ctrl-C (SIGINT) and SIGTERM are failures like any other. While steps run, the two signals
-are only *noted*; the run stops at the next checkpoint — between steps, and between the
-pieces of a long step such as a seed upload (`checkpoint()`) — and rolls back. Acting at
+Ctrl-C (SIGINT), SIGTERM and SIGHUP (the operator's ssh session dropped) are failures like
+any other. While steps run, the signals are only *noted*; the run stops at the next
+checkpoint — between steps, and between the pieces of a long step such as a seed upload (`checkpoint()`) — and rolls back. Acting at
 checkpoints rather than raising from the signal handler means a signal can never land
 between a change and the record that it was made, where its undo would be lost. During
 the rollback further signals are noted and ignored, so a second Ctrl-C cannot cut it
@@ -16,6 +16,7 @@ ownership.py). The handlers are restored when the run ends.
 
 from __future__ import annotations
 
+import contextlib
 import signal
 import threading
 from collections.abc import Callable, Iterator, Sequence
@@ -25,7 +26,8 @@ from types import FrameType
 
 from bmslice.errors import ApplyError
 
-SIGNALS = (signal.SIGINT, signal.SIGTERM)
+# SIGHUP: the terminal (an ssh session) went away mid-run; by default it would kill the run where it stands
+SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 
 @dataclass
@@ -180,7 +182,8 @@ def _rollback(completed: list[Step], outcome: Outcome, report: Callable[[str], N
         if step.undo is None:
             continue
         label = step.undo_description or f"undo: {step.description}"
-        report(label)
+        with contextlib.suppress(Exception):  # a closed stdout (`| head`) must not cut the rollback short
+            report(label)
         try:
             step.undo()
             outcome.rolled_back.append(label)

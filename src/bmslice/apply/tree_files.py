@@ -109,14 +109,27 @@ class FileWrite:
     def changed(self) -> bool:
         return self.old != self.data or self.old_mode != self.mode
 
+    def _now(self) -> tuple[int, bytes | None]:
+        """Its mode and content now; the mode first, through the safe writer, which refuses a planted link."""
+        return self.tree.mode(self.real), self.tree.read(self.real)
+
     def step(self, description: str, undo_description: str) -> Step:
         """Write atomically; undone to what was there, mode included, leaving no directory this run made."""
         created: list[str] = []
 
         def do() -> None:
+            # what was read when the run was planned must still be there: else a write made
+            # meanwhile (an operator, config management) would be overwritten, then "restored" stale
+            if self._now() != (self.old_mode, self.old):
+                raise ApplyError(
+                    f"/{self.real} changed after bmslice read it (someone else writes it?); left as it is, "
+                    "run again once it is quiet"
+                )
             self.tree.write(self.real, self.data, self.mode, created)
 
         def undo() -> None:
+            if self._now()[1] != self.data:  # changed since this run wrote it: theirs now
+                raise ApplyError(f"/{self.real} changed after bmslice wrote it; left as it is")
             if self.old is not None:
                 self.tree.write(self.real, self.old, self.old_mode)
                 return

@@ -111,6 +111,10 @@ def run(parser: argparse.ArgumentParser, argv: Sequence[str] | None = None) -> i
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)
         return EXIT_ERROR
+    except BrokenPipeError:  # the reader of stdout left (`| head`): what ran before said its own error
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second failure at exit's flush
+        print("error: standard output was closed before the command finished", file=sys.stderr)
+        return EXIT_ERROR
 
 
 def standalone_parser(register: Register) -> argparse.ArgumentParser:

@@ -239,6 +239,8 @@ def _section(title: str, lines: Sequence[str]) -> None:
 
 
 def _print_verify(report: FleetReport) -> None:
+    from bmslice.fleet.verify import HostStatus
+
     width = max(len(h.host) for h in report.hosts)
     for host in report.hosts:
         print(f"{host.host.ljust(width)}  {host.status.value:<9}  {host.source}")
@@ -253,10 +255,12 @@ def _print_verify(report: FleetReport) -> None:
     failed = report.failed
     counts = Counter(h.status.value for h in report.hosts)
     tally = ", ".join(f"{n} {status}" for status, n in sorted(counts.items()))
+    # host trees are planned, not compared: say so rather than let "no drift" read as checked slices
+    live = "" if counts[HostStatus.OK.value] else "; no host's live slices were compared"
     print(
         f"fleet: {len(failed)} of {len(report.hosts)} host(s) drift or fail: {', '.join(h.host for h in failed)}"
         if failed
-        else f"fleet: no drift ({tally})"
+        else f"fleet: no drift ({tally}){live}"
     )
     if report.tables:
         print(_fabric_summary(report))

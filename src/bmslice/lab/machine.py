@@ -15,9 +15,11 @@ checks the process is still this lab's (its QEMU name and pid file, both whole:
 from __future__ import annotations
 
 import os
+import re
 import shlex
 import shutil
 import signal
+import stat
 import subprocess
 import time
 from collections.abc import Callable, Sequence
@@ -36,6 +38,7 @@ from bmslice.lab.units import LIBVIRT_UNITS, lab_units
 SHARE_MOUNT = "/mnt/bmslice-lab"
 MACHINE_LIBVIRTD_UNIT = Path("/lib/systemd/system/libvirtd.service")
 _POLL_S = 0.25
+DRAIN_CHUNK = 1 << 20  # what one read of a job's output takes
 
 Say = Callable[[str], None]
 
@@ -257,9 +260,24 @@ def peak_memory_mib(lab: LabDir) -> int | None:
     return None
 
 
+def _mailbox(path: Path) -> None:
+    """An empty file in the share, made afresh: the guest may have left a link there (to /etc/nologin,
+    say), which is removed, never followed."""
+    path.unlink(missing_ok=True)
+    os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644))
+
+
+def _shared_dir(path: Path) -> Path:
+    """A directory of the share the guest can write: refused when it is a link (it would lead the
+    host's writes out of the share)."""
+    if path.is_symlink() or not path.is_dir():
+        raise LabError(f"{path} is not a directory (a link or other file the lab's guest put there); lab down and up")
+    return path
+
+
 def _power_off(lab: LabDir, process: processes.LabProcess, grace_s: float) -> bool:
     """Ask the lab to power off (its job mailbox) and wait up to `grace_s`: whether it did."""
-    (lab.share / "poweroff").touch()
+    _mailbox(lab.share / "poweroff")
     deadline = time.monotonic() + grace_s
     while processes.alive(process, lab) and time.monotonic() < deadline:
         time.sleep(_POLL_S)
@@ -357,7 +375,7 @@ def run(
     lab = LabDir.of(name, state_root)
     info = running_or_refuse(name, state_root)
     job_id = f"{time.time_ns()}-{os.getpid()}"
-    host_dir = lab.jobs / job_id
+    host_dir = _shared_dir(lab.jobs) / job_id
     guest_dir = f"{SHARE_MOUNT}/jobs/{job_id}"
     host_dir.mkdir()
     try:
@@ -376,16 +394,29 @@ def run(
         shutil.rmtree(host_dir, ignore_errors=True)
 
 
-def _drain(path: Path, offset: int, sink: Callable[[bytes], None]) -> int:
+def _read_guest_file(path: Path, offset: int = 0, limit: int = DRAIN_CHUNK) -> bytes | None:
+    """At most `limit` bytes from `offset` of a file the lab's guest wrote in the share: a regular
+    file only, no link followed (the guest may plant a FIFO, or a link to /dev/zero or a host file)."""
     try:
-        with path.open("rb") as handle:
-            handle.seek(offset)
-            data = handle.read()
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
     except OSError:
-        return offset
-    if data:
+        return None
+    try:
+        return os.pread(fd, limit, offset) if stat.S_ISREG(os.fstat(fd).st_mode) else None
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+
+
+def _drain(path: Path, offset: int, sink: Callable[[bytes], None]) -> int:
+    """Everything written past `offset`, a chunk at a time; the new offset."""
+    while data := _read_guest_file(path, offset):
         sink(data)
-    return offset + len(data)
+        offset += len(data)
+        if len(data) < DRAIN_CHUNK:
+            break
+    return offset
 
 
 def _follow(
@@ -407,10 +438,10 @@ def _follow(
         out = _drain(job_dir / "out", out, on_out)
         err = _drain(job_dir / "err", err, on_err)
         if done:
-            try:
-                return int((job_dir / "rc").read_text().strip())
-            except ValueError:
-                raise LabError(f"the lab wrote an unreadable exit code for: {what}") from None
+            rc = (_read_guest_file(job_dir / "rc", limit=16) or b"").strip()
+            if not re.fullmatch(rb"[0-9]{1,3}", rc):
+                raise LabError(f"the lab wrote an unreadable exit code for: {what}")
+            return int(rc)
         now = time.monotonic()
         if not processes.is_lab_process(info.wrapper_pid, lab):
             raise LabError(f"the lab stopped while running: {what}", f"console tail:\n{lab.console_tail()}")

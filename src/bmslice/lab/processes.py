@@ -21,9 +21,11 @@ from pathlib import Path
 
 from bmslice.errors import LabError
 from bmslice.lab.state import LabDir, LabInfo
+from bmslice.model.input_file import read_input_text
 
 _POLL_S = 0.25
 _PID = re.compile(r"[1-9][0-9]{0,7}")
+PIDFILE_LIMIT = 64  # QEMU writes "<pid>\n"
 
 
 def _argv(pid: int) -> list[bytes] | None:
@@ -64,9 +66,9 @@ def _pgid(pid: int) -> int | None:
 
 def qemu_pid(lab: LabDir) -> int | None:
     """The pid in QEMU's pid file, when that process is this lab's QEMU."""
-    try:
-        text = lab.pidfile.read_text(errors="replace").strip()
-    except OSError:
+    try:  # bounded, a regular file only: a pid file made a FIFO or a link to /dev/zero must not hang down
+        text = read_input_text(lab.pidfile, "the lab's QEMU pid file", PIDFILE_LIMIT, LabError).strip()
+    except LabError:
         return None
     if not _PID.fullmatch(text):
         return None
@@ -104,13 +106,22 @@ def alive(process: LabProcess, lab: LabDir) -> bool:
 
 
 def _signal(process: LabProcess, lab: LabDir, sig: signal.Signals) -> None:
-    if not is_lab_process(process.pid, lab):
+    """Signal it if it is still the lab's. A pidfd taken before the argv check pins the process:
+    were the pid freed and reused between check and signal, the signal would fail, not land elsewhere."""
+    try:
+        pidfd = os.pidfd_open(process.pid)
+    except OSError:  # gone
         return
-    with contextlib.suppress(ProcessLookupError):
-        if process.group and _pgid(process.pid) == process.pid:
-            os.killpg(process.pid, sig)
-        else:
-            os.kill(process.pid, sig)
+    try:
+        if not is_lab_process(process.pid, lab):
+            return
+        with contextlib.suppress(ProcessLookupError):
+            if process.group and _pgid(process.pid) == process.pid:
+                os.killpg(process.pid, sig)
+            else:
+                signal.pidfd_send_signal(pidfd, sig)
+    finally:
+        os.close(pidfd)
 
 
 def stop(process: LabProcess, lab: LabDir, grace_s: float) -> None:

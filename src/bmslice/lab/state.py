@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import stat
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,7 @@ from bmslice.safe_text import one_line
 
 STATE_ROOT = Path(os.environ.get("BMSLICE_LAB_STATE", "/run/bmslice/lab"))
 CONSOLE_TAIL_LINES = 25
+CONSOLE_TAIL_BYTES = 64 * 1024
 STATE_LIMIT = 256 * 1024  # a lab.json is about 1 KiB
 PID_MAX = 1 << 22  # the kernel's highest pid_max
 
@@ -67,10 +69,14 @@ class LabDir:
         return qemu_name(self.name)
 
     def console_tail(self, lines: int = CONSOLE_TAIL_LINES) -> str:
-        try:
-            with self.console.open("rb") as handle:
-                handle.seek(max(0, self.console.stat().st_size - 64 * 1024))
-                text = handle.read().decode("utf-8", "replace")
+        try:  # the last 64 KiB of a regular file: a FIFO or a link to /dev/zero must not hang or fill memory
+            fd = os.open(self.console, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
+            with os.fdopen(fd, "rb") as handle:
+                info = os.fstat(fd)
+                if not stat.S_ISREG(info.st_mode):
+                    return "(no console output)"
+                handle.seek(max(0, info.st_size - CONSOLE_TAIL_BYTES))
+                text = handle.read(CONSOLE_TAIL_BYTES).decode("utf-8", "replace")
         except OSError:
             return "(no console output)"
         return "\n".join(text.replace("\r", "").splitlines()[-lines:]) or "(no console output)"

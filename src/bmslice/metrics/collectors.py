@@ -22,9 +22,10 @@ from bmslice.metrics import families as F
 from bmslice.metrics.host import WatchedHost
 from bmslice.safe_text import one_line
 from bmslice.verify.compare import DriftKind
-from bmslice.verify.verifier import HELD
+from bmslice.verify.verifier import HELD, NOT_BMSLICES
 
-STATES = ("running", "shut off", "not defined", HELD)  # HELD: its bmslice metadata is unreadable
+# HELD: its bmslice metadata is unreadable; NOT_BMSLICES: a domain of its name that bmslice did not define
+STATES = ("running", "shut off", "not defined", HELD, NOT_BMSLICES)
 MAX_ERRORS = 50  # failures kept for the exporter to print before older ones are dropped
 
 

@@ -34,7 +34,8 @@ class Family:
 
 SLICE_STATE = Family(
     "bmslice_slice_state",
-    "1 for the state a planned slice is in, 0 for the others (running, shut off, not defined, metadata unreadable).",
+    "1 for the state a planned slice is in, 0 for the others "
+    "(running, shut off, not defined, metadata unreadable, not bmslice's).",
     ("slice", "state"),
 )
 SLICE_DRIFT = Family(

@@ -182,7 +182,7 @@ def _node_free(
         cores = [c for c in free_cores if c.node == node.id]
         if not node.cpus:
             continue
-        mem = node.memory_mib - spec.host.reserved_memory_per_node - kept_mem[node.id]
+        mem = max(node.memory_mib - spec.host.reserved_memory_per_node - kept_mem[node.id], 0)  # never "-N MiB free"
         twos, ones = sum(c.threads == 2 for c in cores), sum(c.threads == 1 for c in cores)
         out.append(NodeFree(node.id, twos, ones, mem, topo.smt))
     return out

@@ -424,16 +424,20 @@ class SliceMetadata:
     namespace: str  # BMSLICE_NS for a record this version reads
     text: str  # the record: plan JSON
     elements: int  # child elements, which no bmslice version writes
+    copies: int = 1  # bmslice elements in <metadata>: libvirt keeps one per namespace, a hand edit more
 
 
 def slice_metadata(text: str | bytes) -> SliceMetadata | None:
-    """The bmslice element of a domain's <metadata> (None: the domain is not a slice)."""
+    """The (first) bmslice element of a domain's <metadata> (None: the domain is not a slice)."""
     parser = etree.XMLParser(resolve_entities=False, no_network=True)
     root = etree.fromstring(text.encode() if isinstance(text, str) else text, parser)
-    for el in root.iterfind("metadata/*"):
-        if not isinstance(el.tag, str):  # a comment
-            continue
-        namespace = etree.QName(el).namespace or ""
-        if namespace.startswith(BMSLICE_NS_PREFIX):
-            return SliceMetadata(namespace, el.text or "", len(el))
-    return None
+    found = [
+        el
+        for el in root.iterfind("metadata/*")
+        if isinstance(el.tag, str)  # not a comment
+        and (etree.QName(el).namespace or "").startswith(BMSLICE_NS_PREFIX)
+    ]
+    if not found:
+        return None
+    first = found[0]
+    return SliceMetadata(etree.QName(first).namespace or "", first.text or "", len(first), len(found))

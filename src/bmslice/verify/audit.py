@@ -77,6 +77,11 @@ class AuditReport:
         return tuple(f for f in self.findings if f.level is Level.WARN)
 
     @property
+    def unread(self) -> tuple[Finding, ...]:
+        """The violations that are "nothing could be read" (no /proc threads or IRQs), not a breach seen."""
+        return tuple(f for f in self.violations if f.message.endswith(NOTHING_CHECKED))
+
+    @property
     def ok(self) -> bool:
         return not self.violations
 
@@ -97,6 +102,10 @@ def audit(plan: Plan, topo: HostTopology, state: RuntimeState) -> AuditReport:
     findings += thread_findings
     findings += _hugepages(plan, topo)
     return AuditReport(tuple(findings), tuple(excepted), tuple(intruders), tuple(irq_hits))
+
+
+NOTHING_CHECKED = "nothing checked, not a pass"
+PROC_REMEDY = "run audit where the host's /proc is mounted and readable (not in a container, not hidepid)"
 
 
 # --- kernel args and the kernel's own CPU lists -----------------------------------------
@@ -174,6 +183,9 @@ def _irqs(plan: Plan, topo: HostTopology, irqs: tuple[Irq, ...]) -> tuple[list[F
         if finding is not None:
             out.append(finding)
             hits.append(IrqHit(irq.number, irq.label, irq_hit(irq, isolated)))
+    if not handled:  # every Linux host has handled IRQs (the timer at least): none read is nothing checked
+        what = f"all {len(irqs)} without a handler" if irqs else "none listed"
+        return [fail("irqs", f"no IRQ with a handler read from /proc ({what}): {NOTHING_CHECKED}", PROC_REMEDY)], []
     if not out:
         skipped = len(irqs) - len(handled)
         note = f"; {skipped} without a handler skipped" if skipped else ""
@@ -270,7 +282,9 @@ def _threads(plan: Plan, processes: tuple[Process, ...]) -> tuple[list[Finding],
             findings.append(finding)
             if finding.level is Level.FAIL:
                 intruders.append(Intruder(proc.pid, proc.comm, cpus & isolated, len(tasks)))
-    if not any(f.level is Level.FAIL for f in findings):
+    if not threads:  # the audit's own process runs: none read means /proc could not be read
+        findings.append(fail("threads", f"no thread read from /proc: {NOTHING_CHECKED}", PROC_REMEDY))
+    elif not any(f.level is Level.FAIL for f in findings):
         findings.append(
             ok("threads", f"none of {threads} threads outside the slices may run on isolated CPUs {isolated or 'none'}")
         )

@@ -7,8 +7,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bmslice.apply.context import held_in_spec, held_line, load_context
-from bmslice.apply.libvirt_conn import connected, libvirt_errors
+from bmslice.apply.context import foreign_domain, held_in_spec, held_line, load_context
+from bmslice.apply.libvirt_conn import connected, libvirt_errors, lookup
 from bmslice.apply.uri import is_local
 from bmslice.model.plan import Plan, VmPlan
 from bmslice.model.spec import Spec
@@ -21,6 +21,7 @@ from bmslice.verify.threads import read_threads
 
 ROOT = Path("/")
 HELD = "metadata unreadable"
+NOT_BMSLICES = "not bmslice's"  # a domain of the slice's name that bmslice did not define
 
 
 @dataclass
@@ -79,6 +80,9 @@ def _verify(
             continue
         vm = ctx.plan.vm(vm_spec.name)
         live = ctx.live.get(vm.name)
+        if live is None and lookup(conn, vm.name) is not None:  # that name, but no bmslice metadata
+            slices.append(SliceStatus(vm.name, NOT_BMSLICES, [Drift(foreign_domain(vm.name), DriftKind.STATE)]))
+            continue
         if live is None:
             slices.append(SliceStatus(vm.name, "not defined", [Drift(f"{vm.name} is not defined", DriftKind.STATE)]))
             continue

@@ -102,23 +102,36 @@ def find(lab: LabDir, info: LabInfo | None) -> LabProcess | None:
 
 
 def alive(process: LabProcess, lab: LabDir) -> bool:
-    return is_lab_process(process.pid, lab)
+    """The process, or (a group) any process of the lab left in its group: a wrapper gone before
+    its QEMU has exited does not make the lab down."""
+    if is_lab_process(process.pid, lab):
+        return True
+    return process.group and any(is_lab_process(pid, lab) for pid in _members(process.pid))
+
+
+def _members(leader: int) -> list[int]:
+    """The pids of process group `leader` (from /proc: a group has no list of its own)."""
+    pids = (int(entry) for entry in os.listdir("/proc") if entry.isascii() and entry.isdigit())
+    return [pid for pid in pids if pid != leader and _pgid(pid) == leader]
 
 
 def _signal(process: LabProcess, lab: LabDir, sig: signal.Signals) -> None:
-    """Signal it if it is still the lab's. A pidfd taken before the argv check pins the process:
-    were the pid freed and reused between check and signal, the signal would fail, not land elsewhere."""
+    """Signal it, and (a group) every process of the lab in its group, each if it is still the
+    lab's: a QEMU whose wrapper is already gone is still reached."""
+    for pid in [process.pid, *(_members(process.pid) if process.group else ())]:
+        _signal_one(pid, lab, sig)
+
+
+def _signal_one(pid: int, lab: LabDir, sig: signal.Signals) -> None:
+    """A pidfd taken before the argv check pins the process: were the pid freed and reused
+    between check and signal, the signal would fail, not land elsewhere."""
     try:
-        pidfd = os.pidfd_open(process.pid)
+        pidfd = os.pidfd_open(pid)
     except OSError:  # gone
         return
     try:
-        if not is_lab_process(process.pid, lab):
-            return
-        with contextlib.suppress(ProcessLookupError):
-            if process.group and _pgid(process.pid) == process.pid:
-                os.killpg(process.pid, sig)
-            else:
+        if is_lab_process(pid, lab):
+            with contextlib.suppress(ProcessLookupError):
                 signal.pidfd_send_signal(pidfd, sig)
     finally:
         os.close(pidfd)

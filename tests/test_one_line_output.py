@@ -219,3 +219,16 @@ def test_audit_quotes_a_process_name_any_user_chose_on_one_escaped_line(tmp_path
     lines = printable_lines(done.stdout)
     hit = [line for line in lines if "pid 4242" in line]
     assert len(hit) == 1 and hit[0].startswith("fail ") and name.encode("unicode_escape").decode() in hit[0], lines
+
+
+@pytest.mark.parametrize("sneaky", SNEAKY)
+def test_fleet_verify_prints_each_drift_line_as_one_line(sneaky: str, capsys: pytest.CaptureFixture[str]) -> None:
+    """A host's drift quotes what its libvirt and kernel say (a domain's name, a thread's comm):
+    `fleet verify` prints each as one escaped line, as `verify` does."""
+    from bmslice.cli.fleet_cmd import _print_verify
+    from bmslice.fleet.verify import FleetReport, HostReport, HostStatus
+
+    drift = HostReport("server1", "qemu:///system", HostStatus.DRIFT, drift=[f"thread 7 ({sneaky}) on CPU 3"])
+    _print_verify(FleetReport([drift], capture=[f"ssh {sneaky}"]))
+    out = capsys.readouterr().out
+    assert printable_lines(out) == out.splitlines() and len(out.splitlines()) == 5, out

@@ -235,7 +235,7 @@ def _section(title: str, lines: Sequence[str]) -> None:
     if lines:
         print(title)
         for line in lines:
-            print(f"  {line}")
+            print(f"  {one_line(line)}")
 
 
 def _print_verify(report: FleetReport) -> None:
@@ -244,8 +244,8 @@ def _print_verify(report: FleetReport) -> None:
     width = max(len(h.host) for h in report.hosts)
     for host in report.hosts:
         print(f"{host.host.ljust(width)}  {host.status.value:<9}  {host.source}")
-        for line in host.drift:
-            print(f"{' ' * width}    {line}")
+        for line in host.drift:  # drift quotes what libvirt and the host say: one escaped line each
+            print(f"{' ' * width}    {one_line(line)}")
         for note in host.notes:
             print(f"{' ' * width}    note: {one_line(note)}")
     _section("fabric (what the switches learned):", [check.line() for check in report.fabric])

@@ -6,7 +6,8 @@ message then says ROLLBACK INCOMPLETE and never that the run was rolled back.
 
 Ctrl-C (SIGINT), SIGTERM and SIGHUP (the operator's ssh session dropped) are failures like
 any other. While steps run, the signals are only *noted*; the run stops at the next
-checkpoint — between steps, and between the pieces of a long step such as a seed upload (`checkpoint()`) — and rolls back. Acting at
+checkpoint — between steps, and between the pieces of a long step such as a seed upload
+(`checkpoint()`) — and rolls back. Acting at
 checkpoints rather than raising from the signal handler means a signal can never land
 between a change and the record that it was made, where its undo would be lost. During
 the rollback further signals are noted and ignored, so a second Ctrl-C cannot cut it

@@ -181,8 +181,7 @@ def _live_report(
         report.status = HostStatus.ERROR
         report.drift.append(str(exc))
         return report
-    if live.plan is not None and live.topology is not None:
-        seen[host] = (live.plan, live.topology)
+    seen[host] = (live.plan, live.topology)
     report.drift = list(live.drift)
     report.notes = list(live.notes)
     report.status = HostStatus.DRIFT if report.drift else HostStatus.OK

@@ -72,10 +72,7 @@ class WatchedHost:
         try:
             return make_plan(self.topology, self.spec, self.origin)
         except PlanError:
-            kept = self.check_slices().plan  # refuses as verify would when the slices do not explain it
-            if kept is None:
-                raise
-            return kept
+            return self.check_slices().plan  # refuses as verify would when the slices do not explain it
 
     @property
     def this_kernel(self) -> bool:
@@ -92,7 +89,7 @@ class WatchedHost:
     @property
     def plan(self) -> Plan:
         """The plan of the last slices check (the running slices kept); before one, the spec's own."""
-        return self.slices.plan if self.slices is not None and self.slices.plan is not None else self.start_plan
+        return self.slices.plan if self.slices is not None else self.start_plan
 
     def current_topology(self) -> HostTopology:
         """The topology read at start, with what changes while the host runs read again: free

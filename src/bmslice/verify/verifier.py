@@ -38,9 +38,9 @@ class SliceStatus:
 class VerifyReport:
     slices: list[SliceStatus]
     notes: list[str]
+    plan: Plan  # the plan verify compared against (the running slices kept)
+    topology: HostTopology  # the host as verify read it (callers reuse it, never read twice)
     unreadable: list[str] = field(default_factory=list)  # one line per held slice the spec does not name
-    plan: Plan | None = None  # the plan verify compared against (the running slices kept)
-    topology: HostTopology | None = None  # the host as verify read it (callers reuse it, never read twice)
 
     @property
     def drift(self) -> list[str]:
@@ -109,7 +109,7 @@ def _verify(
     notes.extend(ctx.plan.warnings)
     names = {vm.name for vm in spec.vms}
     unreadable = [held_line(held) for name, held in ctx.held.items() if name not in names]
-    return VerifyReport(slices, notes, unreadable, ctx.plan, ctx.topology)
+    return VerifyReport(slices, notes, ctx.plan, ctx.topology, unreadable)
 
 
 def _unchecked(uri: str, vms: Sequence[VmPlan], slices: list[SliceStatus]) -> list[str]:

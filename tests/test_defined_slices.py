@@ -16,7 +16,7 @@ import pytest
 import yaml
 
 from bmslice.cli import host_cmds
-from bmslice.errors import TopologyError
+from bmslice.errors import PlanError, TopologyError
 from bmslice.model.spec import spec_from_data
 from bmslice.plan.planner import make_plan
 from bmslice.render.artifacts import render_plan
@@ -96,7 +96,7 @@ def test_metrics_keep_the_running_slices_on_their_vfs(tmp_path: Path, capsys: py
     planned = make_plan(read_host_tree(_before), spec_from_data(SPEC, "spec.yaml"))
     uri = f"test://{node_xml(tmp_path / 'node.xml', list(planned.vms))}"
     (after / "etc/libvirt/qemu/vf-vm.xml").unlink()  # libvirt alone says what runs (a live host's libvirtd)
-    with pytest.raises(Exception, match="while VFs are in use"):  # the fresh plan the exporter made before
+    with pytest.raises(PlanError, match="while VFs are in use"):  # the fresh plan the exporter made before
         make_plan(read_host_tree(after), spec_from_data(SPEC, "spec.yaml"))
 
     host = WatchedHost(spec_from_data(SPEC, str(spec)), str(spec), uri, after)

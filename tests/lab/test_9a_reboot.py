@@ -224,7 +224,7 @@ def test_a_real_reboot_brings_back_what_bmslice_placed(lane: Lane, tmp_path: Pat
     labctl.say(f"checked: verify exit 0 ({verified.out.strip().splitlines()[-1]}) and audit exit 0 after the reboot")
 
     python = str(labctl.VENV_BIN / "python")
-    scraped = run("/bin/sh", "scrape.sh", python, files=[labctl.write(tmp_path, "scrape.sh", SCRAPE)])
+    scraped = run("/bin/sh", "scrape.sh", python, files=[labctl.write(tmp_path, "scrape.sh", SCRAPE)], timeout=900)
     parts = _marked(scraped.expect().out)
     assert parts.get("state", "").split() == ["active", "0"], scraped.report()
     lists = re.findall(r"Cpus_allowed_list:\s*(\S+)", parts["pinned"])
